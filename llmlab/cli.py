@@ -1,0 +1,48 @@
+"""`llmlab <command>`: the command-line entry point (also `python -m llmlab`).
+
+Thin by design: each subpackage that offers commands has a `cli.py` with
+`register(subparsers) -> None`, which adds its sub-parser and sets `func` to a handler
+`(args) -> int`. Adding a command is one line in `COMMAND_MODULES`. Errors caused by input
+(`LlmlabError`) are printed as one line, without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from llmlab.errors import LlmlabError
+
+COMMAND_MODULES = [
+    "llmlab.model.cli",
+    "llmlab.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmlab",
+        description="llmlab: tokenize, pretrain, fine-tune, align, quantize, evaluate, serve, estimate "
+                    "and explain LLMs, in one PyTorch codebase.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except LlmlabError as e:
+        print(f"llmlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Every error a person can cause (a bad file, flag, config or request) is raised as an `LlmlabError`
+subclass whose message is one sentence naming what was wrong and what to do. The CLI prints these
+without a traceback; anything else reaching the top level is a bug in llmlab.
+"""
+
+
+class LlmlabError(Exception):
+    """Base class for errors caused by input, not by a bug."""
+
+
+class ConfigError(LlmlabError, ValueError):
+    """A model/run configuration is invalid or unsupported."""
+
+
+class CheckpointError(LlmlabError):
+    """A checkpoint file or directory is missing, unreadable or does not match its config."""
+
+
+class ArtifactError(LlmlabError):
+    """A registry artifact (model, corpus, tokenizer file) could not be fetched or verified."""
+
+
+class TokenizerError(LlmlabError, ValueError):
+    """A tokenizer file, training input or encode request is invalid or unsupported."""

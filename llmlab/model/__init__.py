@@ -1,0 +1,1 @@
+"""The model: one decoder-only Transformer, its layers, attention backends, KV cache and checkpoints."""

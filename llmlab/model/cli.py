@@ -1,0 +1,63 @@
+"""`llmlab generate`: load a model (HF directory, .gguf or registry name) and continue a prompt."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="continue a prompt with a model",
+                       description="Load a model and continue a prompt (greedy unless --temperature > 0).")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="HF model directory, .gguf file, or registry name (default: smollm2-135m)")
+    p.add_argument("--prompt", help="text prompt (needs the model's tokenizer)")
+    p.add_argument("--ids", help="comma-separated prompt token ids instead of text")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmlab.errors import LlmlabError
+    from llmlab.model.pretrained import from_pretrained
+
+    if (args.prompt is None) == (args.ids is None):
+        raise LlmlabError("pass exactly one of --prompt TEXT or --ids 1,2,3.")
+    model = from_pretrained(args.model, dtype=args.dtype)
+    if args.ids is not None:
+        try:
+            ids = [int(x) for x in args.ids.split(",") if x.strip()]
+        except ValueError:
+            raise LlmlabError(f"--ids must be comma-separated integers, got {args.ids!r}.") from None
+        tok = None
+    else:
+        tok = _load_tokenizer(args.model)
+        ids = tok.encode(args.prompt)
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.perf_counter()
+    out = model.generate(torch.tensor([ids]), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                         top_k=args.top_k, top_p=args.top_p, eos_token_id=model.cfg.eos_token_id, generator=gen)
+    dt = time.perf_counter() - t0
+    new = out[0, len(ids):].tolist()
+    print(tok.decode(new) if tok is not None else ",".join(map(str, new)))
+    print(f"[{len(new)} tokens in {dt:.2f}s, {len(new) / dt:.1f} tok/s]")
+    return 0
+
+
+def _load_tokenizer(model: str):
+    from llmlab import artifacts
+    from llmlab.errors import LlmlabError
+
+    try:
+        from llmlab.tokenizer import load_tokenizer
+    except ImportError:
+        raise LlmlabError("text prompts need llmlab's tokenizer, which is not installed; use --ids.") from None
+    path = artifacts.fetch(model) if model in artifacts.ARTIFACTS else model
+    return load_tokenizer(path)

@@ -1,0 +1,188 @@
+"""Weight-name and layout conversion: Hugging Face <-> llmlab, and GGUF (llama) -> llmlab.
+
+Pure functions over name -> tensor dicts; file reading and error reporting live in pretrained.py.
+
+- LLaMA family (llama, qwen2, qwen3, mistral): a renaming.
+- GPT-2: `Conv1D` stores weights as (in, out), so they are transposed; the fused `c_attn` is split
+  into q, k, v. Checkpoints with and without the `transformer.` prefix both load.
+- GGUF (llama.cpp): tensors are dequantized by the `gguf` package (Q4_0/Q4_1/Q8_0/F16/F32/...),
+  and Q/K rows are un-permuted: llama.cpp's converter interleaves each head's rotary pairs
+  (x0, x_{d/2}, x1, x_{d/2+1}, ...), while HF / llmlab RoPE rotates halves (x_i, x_{i+d/2}).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from llmlab.config import ModelConfig
+
+_LLAMA_LAYER = {
+    "self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.k", "self_attn.v_proj": "attn.v",
+    "self_attn.o_proj": "attn.o", "self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm",
+    "mlp.gate_proj": "ffn.gate", "mlp.up_proj": "ffn.up", "mlp.down_proj": "ffn.down",
+    "input_layernorm": "norm1", "post_attention_layernorm": "norm2",
+}
+_LLAMA_TOP = {"model.embed_tokens": "embed", "model.norm": "norm_f", "lm_head": "lm_head"}
+_GPT2_LAYER = {"ln_1": "norm1", "ln_2": "norm2", "attn.c_proj": "attn.o", "mlp.c_fc": "ffn.up",
+               "mlp.c_proj": "ffn.down"}
+_GPT2_TOP = {"wte": "embed", "wpe": "pos_embed", "ln_f": "norm_f"}
+_GPT2_CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+_GPT2_IGNORED = re.compile(r"h\.\d+\.attn\.(masked_)?bias$|lm_head\.weight$")  # causal-mask buffers; tied head
+
+
+def hf_to_llmlab(hf: dict[str, Tensor], cfg: ModelConfig) -> Iterator[tuple[str, str, Tensor]]:
+    """Yield (llmlab_name, hf_name, tensor) for every weight in an HF state dict."""
+    if cfg.model_type == "gpt2":
+        yield from _gpt2_to_llmlab(hf, cfg)
+        return
+    for name, t in hf.items():
+        yield _rename(name, _LLAMA_TOP, "model.layers.", _LLAMA_LAYER), name, t
+
+
+def llmlab_to_hf(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """HF-named state dict for `save_pretrained`; the tied head is omitted, as transformers does."""
+    if cfg.model_type == "gpt2":
+        return _llmlab_to_gpt2(state, cfg)
+    top = {v: k for k, v in _LLAMA_TOP.items()}
+    layer = {v: k for k, v in _LLAMA_LAYER.items()}
+    return {_rename(n, top, "blocks.", layer, out_prefix="model.layers."): t
+            for n, t in state.items() if not (cfg.tie_word_embeddings and n == "lm_head.weight")}
+
+
+def _rename(name: str, top: dict[str, str], layer_prefix: str, layer: dict[str, str],
+            out_prefix: str = "blocks.") -> str:
+    stem, _, leaf = name.rpartition(".")
+    if stem in top:
+        return f"{top[stem]}.{leaf}"
+    m = re.fullmatch(re.escape(layer_prefix) + r"(\d+)\.(.+)", stem)
+    if m and m.group(2) in layer:
+        return f"{out_prefix}{m.group(1)}.{layer[m.group(2)]}.{leaf}"
+    return name  # unknown: reported by the loader as an unexpected tensor
+
+
+def _gpt2_to_llmlab(hf: dict[str, Tensor], cfg: ModelConfig) -> Iterator[tuple[str, str, Tensor]]:
+    for name, t in hf.items():
+        short = name.removeprefix("transformer.")
+        if _GPT2_IGNORED.search(short):
+            continue
+        stem, _, leaf = short.rpartition(".")
+        m = re.fullmatch(r"h\.(\d+)\.(.+)", stem)
+        sub = m.group(2) if m else None
+        if leaf == "weight" and sub in _GPT2_CONV1D:
+            t = t.t()  # Conv1D (in, out) -> Linear (out, in)
+        if sub == "attn.c_attn":  # fused q|k|v along the output dimension
+            for part, piece in zip("qkv", t.chunk(3, dim=0)):
+                yield f"blocks.{m.group(1)}.attn.{part}.{leaf}", name, piece.contiguous()
+        elif m and sub in _GPT2_LAYER:
+            yield f"blocks.{m.group(1)}.{_GPT2_LAYER[sub]}.{leaf}", name, t.contiguous()
+        elif stem in _GPT2_TOP:
+            yield f"{_GPT2_TOP[stem]}.{leaf}", name, t
+        else:
+            yield name, name, t
+
+
+def _llmlab_to_gpt2(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    top = {v: k for k, v in _GPT2_TOP.items()}
+    layer = {v: k for k, v in _GPT2_LAYER.items()}
+    for i in range(cfg.num_layers):
+        p = f"blocks.{i}.attn"
+        out[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat(
+            [state[f"{p}.{x}.weight"] for x in "qkv"], dim=0).t().contiguous()
+        out[f"transformer.h.{i}.attn.c_attn.bias"] = torch.cat([state[f"{p}.{x}.bias"] for x in "qkv"])
+    for name, t in state.items():
+        stem, _, leaf = name.rpartition(".")
+        if stem in top:
+            out[f"transformer.{top[stem]}.{leaf}"] = t
+            continue
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", stem)
+        if m and m.group(2) in layer:
+            sub = layer[m.group(2)]
+            out[f"transformer.h.{m.group(1)}.{sub}.{leaf}"] = (
+                t.t().contiguous() if leaf == "weight" and sub in _GPT2_CONV1D else t)
+    return out
+
+
+# ---- GGUF ------------------------------------------------------------------------------------
+
+_GGUF_LAYER = {
+    "attn_q": "attn.q", "attn_k": "attn.k", "attn_v": "attn.v", "attn_output": "attn.o",
+    "attn_q_norm": "attn.q_norm", "attn_k_norm": "attn.k_norm",
+    "ffn_gate": "ffn.gate", "ffn_up": "ffn.up", "ffn_down": "ffn.down",
+    "attn_norm": "norm1", "ffn_norm": "norm2",
+}
+_GGUF_TOP = {"token_embd": "embed", "output_norm": "norm_f", "output": "lm_head"}
+
+
+def gguf_field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def config_from_gguf(reader, source: str = "model.gguf") -> ModelConfig:
+    """ModelConfig from a llama-architecture GGUF's metadata."""
+    from llmlab.errors import ConfigError
+
+    arch = gguf_field(reader, "general.architecture")
+    if arch != "llama":
+        raise ConfigError(f"{source}: general.architecture is {arch!r}; llmlab loads GGUF files with 'llama'.")
+
+    def get(key: str, default=None):
+        value = gguf_field(reader, f"llama.{key}", default)
+        if value is None:
+            raise ConfigError(f"{source}: required GGUF metadata llama.{key} is missing.")
+        return value
+
+    names = {t.name for t in reader.tensors}
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens")
+    heads = int(get("attention.head_count"))
+    hidden = int(get("embedding_length"))
+    scaling = None
+    if gguf_field(reader, "llama.rope.scaling.type") == "linear":
+        scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    return ModelConfig(
+        vocab_size=int(get("vocab_size", len(tokens) if tokens else None)), hidden_size=hidden,
+        num_layers=int(get("block_count")), num_heads=heads, num_kv_heads=int(get("attention.head_count_kv", heads)),
+        head_dim=int(get("rope.dimension_count", hidden // heads)), intermediate_size=int(get("feed_forward_length")),
+        max_position_embeddings=int(get("context_length")), norm="rmsnorm",
+        norm_eps=float(get("attention.layer_norm_rms_epsilon")), activation="silu", gated_ffn=True,
+        position="rope", rope_theta=float(get("rope.freq_base", 10000.0)), rope_scaling=scaling,
+        qk_norm="blk.0.attn_q_norm.weight" in names, tie_word_embeddings="output.weight" not in names,
+        bos_token_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=gguf_field(reader, "tokenizer.ggml.eos_token_id"),
+        pad_token_id=gguf_field(reader, "tokenizer.ggml.padding_token_id"), model_type="llama",
+    )
+
+
+def unpermute_rope(w: Tensor, n_heads: int) -> Tensor:
+    """Undo llama.cpp's per-head interleaving of rotary pairs (inverse of convert_hf_to_gguf's permute)."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def gguf_to_llmlab(reader, cfg: ModelConfig,
+                   progress: Callable[[Iterator], Iterator] = iter) -> Iterator[tuple[str, str, Tensor]]:
+    """Yield (llmlab_name, gguf_name, fp32 tensor) for every tensor of a llama GGUF."""
+    import gguf
+
+    for t in progress(reader.tensors):
+        stem, _, leaf = t.name.rpartition(".")
+        m = re.fullmatch(r"blk\.(\d+)\.(.+)", stem)
+        if m and m.group(2) in _GGUF_LAYER:
+            name = f"blocks.{m.group(1)}.{_GGUF_LAYER[m.group(2)]}.{leaf}"
+        elif stem in _GGUF_TOP:
+            name = f"{_GGUF_TOP[stem]}.{leaf}"
+        else:
+            name = t.name
+        data = gguf.quants.dequantize(t.data, t.tensor_type)
+        w = torch.from_numpy(np.array(data, dtype=np.float32))  # a writable copy
+        if name.endswith("attn.q.weight"):
+            w = unpermute_rope(w, cfg.num_heads)
+        elif name.endswith("attn.k.weight"):
+            w = unpermute_rope(w, cfg.num_kv_heads)
+        yield name, t.name, w

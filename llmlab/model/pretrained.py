@@ -1,0 +1,179 @@
+"""Load and save checkpoints: Hugging Face directories (safetensors), GGUF files, registry names.
+
+    model = llmlab.from_pretrained("path/to/hf-dir" | "model.gguf" | "smollm2-135m")
+    model.save_pretrained("out-dir")   # config.json + model.safetensors, loadable by transformers
+
+Only safetensors, JSON and GGUF are ever read — never pickle (`pytorch_model.bin` is refused with
+a pointer to conversion). Every problem with a file is one `CheckpointError` naming the file and,
+where it applies, the tensor: a missing config.json or weights file, an unsupported model_type, a
+tensor whose shape disagrees with the config, a tensor missing or left over.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from llmlab import artifacts
+from llmlab.config import ModelConfig, load_hf_config
+from llmlab.errors import CheckpointError, ConfigError
+from llmlab.model.convert import config_from_gguf, gguf_to_llmlab, hf_to_llmlab, llmlab_to_hf
+from llmlab.model.transformer import Transformer
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.")
+    return _DTYPES[dtype]
+
+
+def from_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
+                    attn_backend: str = "sdpa") -> Transformer:
+    """Build a Transformer from an HF directory, a .gguf file or a registry name such as 'smollm2-135m'."""
+    path_str = str(path)
+    if path_str in artifacts.ARTIFACTS and not Path(path_str).exists():
+        path = artifacts.fetch(path_str)
+    path = Path(path)
+    if not path.exists():
+        known = ", ".join(sorted(artifacts.ARTIFACTS))
+        raise CheckpointError(f"{path} does not exist; pass an HF model directory, a .gguf file, or one of: {known}.")
+    if path.is_file() and path.suffix == ".gguf":
+        cfg, weights = _read_gguf(path)
+    elif path.is_dir():
+        cfg, weights = _read_hf_dir(path)
+    else:
+        raise CheckpointError(f"{path} is neither a model directory nor a .gguf file.")
+    model = _build(cfg, weights, attn_backend)
+    return model.to(device=device, dtype=resolve_dtype(dtype)).eval()
+
+
+def save_pretrained(model: Transformer, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    state = {n: t.detach() for n, t in model.state_dict().items()}
+    if dtype is not None:
+        state = {n: t.to(dtype) for n, t in state.items()}
+    hf = {n: t.contiguous().cpu() for n, t in llmlab_to_hf(state, cfg).items()}
+    save_file(hf, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    config = cfg.to_hf_dict()
+    config["torch_dtype"] = str(next(iter(hf.values())).dtype).removeprefix("torch.")
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+# ---- readers: each yields (llmlab_name, source_name, source_file, tensor) ------------------------
+
+
+def _read_hf_dir(path: Path):
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{path} has no config.json; a Hugging Face model directory needs one.")
+    try:
+        cfg = load_hf_config(cfg_file)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    files = _safetensors_files(path)
+
+    def weights():
+        from safetensors import safe_open
+
+        for f in files:
+            try:
+                with safe_open(str(f), framework="pt") as sf:
+                    hf = {k: sf.get_tensor(k) for k in sf.keys()}
+            except Exception as e:  # safetensors raises its own error types for corrupt headers
+                raise CheckpointError(f"{f} is not a readable safetensors file ({e}).") from None
+            for name, src, t in hf_to_llmlab(hf, cfg):
+                yield name, src, f, t
+
+    return cfg, weights()
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError):
+            raise CheckpointError(f"{index} is not a valid safetensors index (no 'weight_map').") from None
+        files = [path / name for name in dict.fromkeys(weight_map.values())]
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"{f} is listed in {index.name} but missing.")
+        return files
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    if (path / "pytorch_model.bin").exists() or list(path.glob("pytorch_model*.bin")):
+        raise CheckpointError(f"{path} holds only pickled pytorch_model*.bin weights, which llmlab never loads "
+                              "(unpickling can run code); convert them to safetensors first.")
+    raise CheckpointError(f"{path} has no model.safetensors or model.safetensors.index.json.")
+
+
+def _read_gguf(path: Path):
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # the gguf package raises ValueError / struct errors on bad files
+        raise CheckpointError(f"{path} is not a readable GGUF file ({e}).") from None
+    try:
+        cfg = config_from_gguf(reader, source=str(path))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+    def weights():
+        for name, src, t in gguf_to_llmlab(reader, cfg):
+            yield name, src, path, t
+
+    return cfg, weights()
+
+
+def _build(cfg: ModelConfig, weights, attn_backend: str) -> Transformer:
+    with torch.device("meta"):
+        model = Transformer(cfg, attn_backend=attn_backend)
+    expected = {n: p.shape for n, p in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    loaded: dict[str, Tensor] = {}
+    for name, src, file, t in weights:
+        if name not in expected:
+            if name == "lm_head.weight" and cfg.tie_word_embeddings:
+                continue  # some tied checkpoints store the head anyway
+            raise CheckpointError(f"{file}: tensor {src} has no place in a {cfg.model_type} model with this "
+                                  "config.json; is the config for a different model?")
+        if tuple(t.shape) != tuple(expected[name]):
+            raise CheckpointError(f"{file}: tensor {src} has shape {tuple(t.shape)} but the config expects "
+                                  f"{tuple(expected[name])}; config.json and weights disagree.")
+        loaded[name] = t
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s), first: {missing[0]} "
+                              "(llmlab name); the file is incomplete or for a different architecture.")
+    model.load_state_dict(loaded, strict=False, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.embed.weight
+    # Buffers derived from the config were created on meta: rebuild them on the CPU.
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            model._buffers[name] = _derived_buffer(cfg, name)
+    return model
+
+
+def _derived_buffer(cfg: ModelConfig, name: str) -> Tensor:
+    from llmlab.model.layers import alibi_slopes, rope_inv_freq
+
+    return rope_inv_freq(cfg) if name == "inv_freq" else alibi_slopes(cfg.num_heads)
