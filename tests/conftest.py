@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny random models built with `transformers`, saved as HF checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:
+    """Fill every parameter with noise (norm weights around 1) so a wrong mapping cannot hide."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * std
+            is_norm_weight = p.ndim == 1 and ("norm" in name or "ln" in name) and name.endswith("weight")
+            p.copy_(1.0 + noise if is_norm_weight else noise)
+    return model
+
+
+@pytest.fixture
+def tmp_model_dir(tmp_path):
+    return tmp_path / "model"

@@ -1,0 +1,132 @@
+"""Every checkpoint problem is one clear CheckpointError naming the file (and tensor); the CLI shows it
+as one line without a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import llmlab
+from llmlab import ModelConfig, Transformer
+from llmlab.errors import CheckpointError
+
+CFG = ModelConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                  intermediate_size=48, model_type="llama")
+
+
+@pytest.fixture
+def saved(tmp_path):
+    d = tmp_path / "ckpt"
+    Transformer(CFG).save_pretrained(d)
+    return d
+
+
+def test_saved_llama_config_is_hf_shaped(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_llmlab_only_variants_round_trip_as_llmlab_configs(tmp_path):
+    cfg = CFG.replace(position="alibi", norm_position="post", model_type="llama")
+    model = Transformer(cfg).eval()
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llmlab"
+    again = llmlab.from_pretrained(tmp_path)
+    ids = torch.randint(0, 50, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(again(ids), model(ids))
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(CheckpointError, match="nope does not exist.*smollm2-135m"):
+        llmlab.from_pretrained(tmp_path / "nope")
+
+
+def test_missing_config(saved):
+    (saved / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        llmlab.from_pretrained(saved)
+
+
+def test_missing_weights(saved):
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has no model.safetensors"):
+        llmlab.from_pretrained(saved)
+
+
+def test_pickle_weights_are_refused(saved):
+    (saved / "model.safetensors").unlink()
+    (saved / "pytorch_model.bin").write_bytes(b"not even read")
+    with pytest.raises(CheckpointError, match="never loads"):
+        llmlab.from_pretrained(saved)
+
+
+def test_wrong_model_type(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg["model_type"] = "bert"
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config.json: model_type 'bert' is not supported"):
+        llmlab.from_pretrained(saved)
+
+
+def test_shape_mismatch_names_file_and_tensor(saved):
+    cfg = json.loads((saved / "config.json").read_text())
+    cfg["intermediate_size"] = 64
+    (saved / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError,
+                       match=r"model.safetensors: tensor model.layers.0.mlp.down_proj.weight has shape \(32, 48\) but the config expects \(32, 64\)"):
+        llmlab.from_pretrained(saved)
+
+
+def test_missing_tensor(saved):
+    f = saved / "model.safetensors"
+    state = load_file(f)
+    del state["model.layers.1.self_attn.v_proj.weight"]
+    save_file(state, f)
+    with pytest.raises(CheckpointError, match="missing 1 tensor.*blocks.1.attn.v.weight"):
+        llmlab.from_pretrained(saved)
+
+
+def test_unexpected_tensor(saved):
+    f = saved / "model.safetensors"
+    state = load_file(f)
+    state["model.layers.9.self_attn.q_proj.weight"] = torch.zeros(1)
+    save_file(state, f)
+    with pytest.raises(CheckpointError, match="tensor model.layers.9.self_attn.q_proj.weight has no place"):
+        llmlab.from_pretrained(saved)
+
+
+def test_corrupt_safetensors(saved):
+    (saved / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        llmlab.from_pretrained(saved)
+
+
+def test_invalid_json_config(saved):
+    (saved / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        llmlab.from_pretrained(saved)
+
+
+def test_cli_prints_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "generate", "--model", str(tmp_path / "none"), "--ids", "1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_generate_from_ids(saved):
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "generate", "--model", str(saved), "--ids", "1,2,3",
+                           "--max-new-tokens", "4"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()[0].split(",")) == 4
+
+
+def test_cli_help_lists_commands():
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "generate" in proc.stdout
