@@ -46,7 +46,7 @@ def human(value: float, unit: str) -> str:
     if unit in ("FLOP", "FLOP/s"):
         return f"{value:.4g} {unit}"
     if unit == "":
-        return f"{value:.4g}"
+        return f"{int(value):,}" if float(value).is_integer() else f"{value:.4g}"
     return f"{value:,.4g} {unit}"
 
 

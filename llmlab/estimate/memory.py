@@ -408,7 +408,7 @@ def max_fitting(cfg: ConfigLike, capacity: float, *, vary: str, batch: int = 1, 
                 **kwargs: Any) -> int:
     """The largest batch (vary="batch") or context (vary="context") whose total + overhead fits `capacity` bytes.
 
-    Returns 0 when not even one fits."""
+    Contexts are capped at the model's max_position_embeddings. Returns 0 when not even one fits."""
     cfg = resolve(cfg)
     context = context or cfg.max_position_embeddings
 
@@ -420,6 +420,8 @@ def max_fitting(cfg: ConfigLike, capacity: float, *, vary: str, batch: int = 1, 
         raise ConfigError(f"vary must be 'batch' or 'context', got {vary!r}.")
     if not fits(1):
         return 0
+    if vary == "context" and fits(cfg.max_position_embeddings):
+        return cfg.max_position_embeddings
     lo, hi = 1, 2
     while fits(hi):
         lo, hi = hi, hi * 2

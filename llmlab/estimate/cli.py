@@ -1,0 +1,210 @@
+"""`llmlab estimate …`: parameters, FLOPs, training/inference memory and time from the command line.
+
+    llmlab estimate params llama2-7b
+    llmlab estimate flops gpt3-175b --tokens 300B
+    llmlab estimate train-memory llama-7b --seq-len 2048 --zero 3 --dp 8 --recompute full
+    llmlab estimate infer-memory llama-7b --batch 4 --context 2048 --weights fp16 --gpu A100-40GB
+    llmlab estimate time gpt3-175b --tokens 300B --gpu A100 --n-gpus 1000 --mfu 0.3
+    llmlab estimate gpus
+
+MODEL is a preset name, a config.json, a model directory or a .gguf file. Every command prints a
+table; --json prints one JSON object; --explain prints each formula with its numbers substituted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+from llmlab.errors import ConfigError
+from llmlab.estimate import flops, hardware, memory, params, presets, time
+from llmlab.estimate.explain import Step, render_explain, render_table
+
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def parse_count(text: str) -> float:
+    """'300e9', '300B', '1.4T', '2048' -> a number."""
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*([kmbgtKMBGT]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count: write e.g. 300e9, 300B or 1.4T")
+    return float(m.group(1)) * _SUFFIX.get(m.group(2).lower(), 1)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("estimate", help="parameters, FLOPs, memory and time of a model",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+
+    def command(name: str, help_: str, handler) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, description=help_)
+        if name != "gpus":
+            c.add_argument("model", metavar="MODEL",
+                           help=f"preset ({', '.join(presets.PRESETS)}), config.json, model directory or .gguf")
+        c.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+        c.add_argument("--explain", action="store_true", help="print each formula with the numbers substituted")
+        c.set_defaults(func=handler)
+        return c
+
+    command("params", "parameter count with a breakdown by component", _params)
+
+    c = command("flops", "FLOPs per token (forward/backward), prefill, decode and a training run; MFU", _flops)
+    c.add_argument("--seq-len", type=int, help="sequence length for the attention term (default: model context)")
+    c.add_argument("--tokens", type=parse_count, help="training tokens D (e.g. 300B) for the run total")
+    c.add_argument("--tokens-per-s", type=parse_count, help="measured training throughput (all GPUs) for MFU")
+    c.add_argument("--gpu", help="GPU type for MFU (see `llmlab estimate gpus`)")
+    c.add_argument("--n-gpus", type=int, default=1, help="GPUs producing --tokens-per-s (default 1)")
+    c.add_argument("--dtype", default="bf16", help="compute dtype for the peak (default bf16)")
+
+    c = command("train-memory", "training memory per device: model states (ZeRO/TP/PP) and activations",
+                _train_memory)
+    c.add_argument("--batch", type=int, default=1, help="micro-batch per device (default 1)")
+    c.add_argument("--seq-len", type=int, help="sequence length (default: model context)")
+    c.add_argument("--precision", default="bf16-mixed", choices=list(memory.PRECISIONS),
+                   help="bf16-mixed: 16-bit weights/grads + fp32 master and Adam moments (default)")
+    c.add_argument("--optimizer", default="adamw", choices=list(memory.OPTIMIZERS))
+    c.add_argument("--zero", type=int, default=0, choices=[0, 1, 2, 3], help="ZeRO stage (default 0)")
+    c.add_argument("--dp", type=int, default=1, help="data-parallel size that ZeRO shards over")
+    c.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    c.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree (1F1B; first stage reported)")
+    c.add_argument("--recompute", default="none", choices=list(memory.RECOMPUTE),
+                   help="activation recomputation (default none)")
+    c.add_argument("--no-flash", dest="flash", action="store_false",
+                   help="attention without a fused kernel: keep the s x s scores (explicit backend)")
+    c.add_argument("--sequence-parallel", action="store_true", help="Megatron sequence parallelism (with --tp)")
+    c.add_argument("--activations", default="llmlab", choices=list(memory.ACTIVATION_FORMULAS),
+                   help="llmlab: what llmlab's Transformer saves (measured); megatron: Korthikanti et al. 2022")
+    c.add_argument("--gpu", help="also say whether it fits this GPU")
+
+    c = command("infer-memory", "inference memory: weights, KV cache, activations; what fits a GPU", _infer_memory)
+    c.add_argument("--batch", type=int, default=1, help="concurrent sequences (default 1)")
+    c.add_argument("--context", type=int, help="tokens per sequence held in the KV cache (default: model context)")
+    c.add_argument("--weights", default="bf16", choices=list(memory.WEIGHT_FORMATS), help="weight format")
+    c.add_argument("--kv-dtype", default="bf16", choices=list(memory.DTYPE_BYTES), help="KV-cache dtype")
+    c.add_argument("--no-flash", dest="flash", action="store_false", help="prefill without a fused attention kernel")
+    c.add_argument("--gpu", help="report the largest batch and context that fit this GPU, and the decode ceiling")
+
+    c = command("time", "training time on N GPUs at an assumed MFU; decode speed ceiling", _time)
+    c.add_argument("--tokens", type=parse_count, required=True, help="training tokens D (e.g. 300B)")
+    c.add_argument("--gpu", required=True, help="GPU type (see `llmlab estimate gpus`)")
+    c.add_argument("--n-gpus", type=int, default=1)
+    c.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation, a fraction (default 0.4)")
+    c.add_argument("--dtype", default="bf16", help="compute dtype (default bf16)")
+    c.add_argument("--batch", type=int, default=1, help="decode batch for the bandwidth ceiling")
+    c.add_argument("--context", type=int, help="decode context for the bandwidth ceiling")
+
+    command("gpus", "the GPU table: dense peak TFLOP/s, memory and bandwidth", _gpus)
+
+
+def _emit(args, title: str, steps: list[Step], data: dict | None = None) -> int:
+    if args.json:
+        payload = {"title": title, **(data or {}), "steps": [s.as_dict() for s in steps]}
+        print(json.dumps(payload))
+    elif args.explain:
+        print(render_explain(title, steps))
+    else:
+        print(render_table(title, steps))
+    return 0
+
+
+def _params(args) -> int:
+    cfg = presets.resolve(args.model)
+    b = params.param_breakdown(cfg)
+    L, tot = cfg.num_layers, b.total
+    h, hd, nh, nkv, f, V = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads,
+                            cfg.intermediate_size, cfg.vocab_size)
+    pct = lambda x: f"{100 * x / tot:.1f}% of total"  # noqa: E731
+    ffn_mats = 3 if cfg.gated_ffn else 2
+    steps = [
+        Step("token embedding", b.embedding, "params", "vocab · h", f"{V} · {h}"),
+        Step("position embedding", b.position, "params", "max_positions · h" if b.position else "none"),
+        Step("attention (all layers)", b.attention, "params", "L · (h·(heads + 2·kv_heads)·head_dim + "
+             "heads·head_dim·h + biases + qk norms)", f"{L} · ({h}·({nh} + 2·{nkv})·{hd} + {nh}·{hd}·{h} + ...)"),
+        Step("FFN (all layers)", b.ffn, "params", f"L · {ffn_mats}·h·ffn (+ biases)", f"{L} · {ffn_mats}·{h}·{f}"),
+        Step("norms", b.norm, "params", "(2L + final) · h (· 2 with bias)"),
+        Step("LM head", b.lm_head, "params", "tied to the embedding" if b.tied else "vocab · h"),
+        Step("per layer", b.per_layer, "params", pct(b.per_layer)),
+        Step("non-embedding", b.non_embedding, "params", pct(b.non_embedding)),
+        Step("total", tot, "params", "sum of the above = sum(p.numel())"),
+    ]
+    return _emit(args, f"parameters of {args.model}", steps, {"params": b.as_dict()})
+
+
+def _flops(args) -> int:
+    cfg = presets.resolve(args.model)
+    steps = flops.flops_steps(cfg, seq_len=args.seq_len, tokens=args.tokens)
+    if args.tokens_per_s:
+        if not args.gpu:
+            raise ConfigError("--tokens-per-s needs --gpu to compute MFU against that GPU's peak.")
+        gpu = hardware.get_gpu(args.gpu)
+        value = flops.mfu(cfg, args.tokens_per_s, gpu, n_gpus=args.n_gpus, dtype=args.dtype)
+        steps.append(Step("MFU", value, "", "tokens/s · 6N / (n_gpus · peak)",
+                          f"{args.tokens_per_s:.4g} · {6 * params.count_params(cfg):.4g} / "
+                          f"({args.n_gpus} · {gpu.peak_flops(args.dtype):.4g})"))
+    return _emit(args, f"FLOPs of {args.model}", steps)
+
+
+def _train_memory(args) -> int:
+    r = memory.training_memory(args.model, batch=args.batch, seq_len=args.seq_len, precision=args.precision,
+                               optimizer=args.optimizer, zero=args.zero, dp=args.dp, tp=args.tp, pp=args.pp,
+                               recompute=args.recompute, flash=args.flash, sequence_parallel=args.sequence_parallel,
+                               activations=args.activations)
+    steps = list(r.steps)
+    if args.gpu:
+        gpu = hardware.get_gpu(args.gpu)
+        steps.append(Step(f"fits {gpu.name} ({gpu.memory_gib:g} GiB)?", float(r.total_with_overhead <= gpu.memory_bytes),
+                          "", "1 = yes, 0 = no (total + overhead vs capacity)"))
+    data = {k: v for k, v in r.as_dict().items() if k != "steps"}
+    return _emit(args, f"training memory per device for {args.model}", steps, data)
+
+
+def _infer_memory(args) -> int:
+    kw = dict(weights=args.weights, kv_dtype=args.kv_dtype, flash=args.flash)
+    r = memory.inference_memory(args.model, batch=args.batch, context=args.context, **kw)
+    steps = list(r.steps)
+    data = {k: v for k, v in r.as_dict().items() if k != "steps"}
+    if args.gpu:
+        gpu = hardware.get_gpu(args.gpu)
+        cfg = presets.resolve(args.model)
+        ctx = args.context or cfg.max_position_embeddings
+        max_b = memory.max_fitting(cfg, gpu.memory_bytes, vary="batch", context=ctx, **kw)
+        max_c = memory.max_fitting(cfg, gpu.memory_bytes, vary="context", batch=args.batch, **kw)
+        tps = time.decode_tokens_per_s(cfg, gpu, batch=args.batch, context=ctx, weights=args.weights,
+                                       kv_dtype=args.kv_dtype)
+        steps += [
+            Step(f"largest batch at context {ctx} on {gpu.name}", max_b, "", f"total + overhead ≤ {gpu.memory_gib:g} GiB"),
+            Step(f"longest context at batch {args.batch} on {gpu.name}", max_c, "",
+                 f"total + overhead ≤ {gpu.memory_gib:g} GiB, at most max_position_embeddings "
+                 f"{cfg.max_position_embeddings}"),
+            Step("decode ceiling (bandwidth)", tps, "tok/s", "batch · bandwidth / (weights + KV)",
+                 f"{args.batch} · {gpu.bandwidth:.4g} / ({r.weights:,} + {r.kv_cache:,})"),
+        ]
+        data |= {"max_batch": max_b, "max_context": max_c, "decode_tokens_per_s": tps}
+    return _emit(args, f"inference memory for {args.model}", steps, data)
+
+
+def _time(args) -> int:
+    steps = time.time_steps(args.model, args.tokens, gpu=args.gpu, n_gpus=args.n_gpus, mfu=args.mfu,
+                            dtype=args.dtype, batch=args.batch, context=args.context)
+    return _emit(args, f"training time for {args.model}", steps, {"seconds": steps[3].value})
+
+
+def _gpus(args) -> int:
+    rows = [{"name": g.name, "memory_gib": g.memory_gib, "bandwidth_gbs": g.bandwidth_gbs, **g.tflops,
+             "source": g.source} for g in hardware.GPUS.values()]
+    if args.json:
+        print(json.dumps({"gpus": rows}))
+        return 0
+    head = f"{'GPU':<15} {'mem GiB':>7} {'GB/s':>6} {'fp32':>6} {'tf32':>6} {'bf16':>7} {'fp16':>7} {'fp8':>7}   (dense TFLOP/s)"
+    print(head)
+    print("-" * len(head))
+    fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
+    for r in rows:
+        print(f"{r['name']:<15} {r['memory_gib']:>7g} {r['bandwidth_gbs']:>6g} {fmt(r['fp32']):>6} {fmt(r['tf32']):>6} "
+              f"{fmt(r['bf16']):>7} {fmt(r['fp16']):>7} {fmt(r['fp8']):>7}")
+    if args.explain:
+        print("\nSources:")
+        for r in rows:
+            print(f"  {r['name']}: {r['source']}")
+    return 0
