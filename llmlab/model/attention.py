@@ -12,10 +12,26 @@ over Tq == Tk positions (the fast path every backend specialises).
   (no K/V copies).
 - sdpa: `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
 
-Later backends (Triton flash attention, paged attention for the engine) register here too.
+Paged attention (the engine's path): `attend(q, k_pages, v_pages, paged=meta)` with a
+`PagedMetadata`. Then q is a flattened variable-length batch (1, H, N, hd) — prefill chunks and
+decode tokens of many sequences, one after another — and k/v are one layer's page pools
+(num_slots, Hkv, hd), num_slots = num_blocks * block_size, that `PagedKVCache.update` has just
+written. The metadata cuts the N query rows into segments, each a dense sub-batch:
+
+- a decode segment: S sequences with one query each, keys gathered from their block tables and
+  padded to a common length (a key-validity mask hides the padding);
+- a prefill segment: one sequence's chunk of q_len queries over its q_len + past keys, causal
+  (with the chunk's offset) and, for Mistral, windowed.
+
+Each segment gathers its keys by slot index (the CPU path: `pages[key_slots]`) and runs the
+ordinary backend (explicit | sdpa) on it, so paged attention is exactly dense attention on the
+gathered keys — which is what the engine's tests check. A Triton paged kernel that reads the
+pages in place registers here later; the metadata is already what it needs (slots per key).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +42,13 @@ BACKENDS = ("explicit", "sdpa")
 
 def attend(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, bias: Tensor | None = None,
            causal: bool = False, backend: str = "sdpa", dropout_p: float = 0.0,
-           scale: float | None = None) -> Tensor:
-    """Scaled dot-product attention; returns (B, H, Tq, hd) in q's dtype."""
+           scale: float | None = None, paged: PagedMetadata | None = None) -> Tensor:
+    """Scaled dot-product attention; returns (B, H, Tq, hd) in q's dtype.
+
+    With `paged`, k and v are page pools and q a flattened batch: see `paged_attend`.
+    """
+    if paged is not None:
+        return paged_attend(q, k, v, paged, backend=backend, scale=scale)
     if causal and mask is None and q.shape[-2] != k.shape[-2]:
         raise ValueError("causal=True without a mask needs Tq == Tk; pass an explicit mask with a cache")
     if backend == "explicit":
@@ -86,3 +107,40 @@ def _sdpa(q, k, v, mask, bias, causal, dropout_p, scale) -> Tensor:
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal and attn_mask is None, scale=scale
     )
+
+
+# ---- paged attention (engine) ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PagedSegment:
+    """Query rows [q_start, q_start + num_seqs * q_len) of the flattened batch, as (num_seqs, q_len)."""
+
+    q_start: int
+    num_seqs: int
+    q_len: int
+    key_slots: Tensor  # (num_seqs, Lk) long: slot of every key, padded rows point at any valid slot
+    mask: Tensor | None  # (num_seqs, 1, q_len, Lk) bool, True where a query may look; None = causal, Lk == q_len
+
+
+@dataclass(slots=True)
+class PagedMetadata:
+    """Everything one forward over a flattened batch needs to read and write paged KV."""
+
+    slot_mapping: Tensor  # (N,) long: where each new token's K/V is written
+    segments: list[PagedSegment]
+
+
+def paged_attend(q: Tensor, k_pages: Tensor, v_pages: Tensor, meta: PagedMetadata, *, backend: str = "sdpa",
+                 scale: float | None = None) -> Tensor:
+    """q (1, H, N, hd), pages (num_slots, Hkv, hd) -> (1, H, N, hd); one dense attend per segment."""
+    H, hd = q.shape[1], q.shape[-1]
+    outs = []
+    for s in meta.segments:
+        rows = q[0, :, s.q_start:s.q_start + s.num_seqs * s.q_len]  # (H, S*q_len, hd)
+        qs = rows.reshape(H, s.num_seqs, s.q_len, hd).transpose(0, 1)  # (S, H, q_len, hd)
+        k = k_pages[s.key_slots].transpose(1, 2)  # (S, Lk, Hkv, hd) -> (S, Hkv, Lk, hd)
+        v = v_pages[s.key_slots].transpose(1, 2)
+        y = attend(qs, k, v, mask=s.mask, causal=s.mask is None, backend=backend, scale=scale)
+        outs.append(y.transpose(0, 1).reshape(H, s.num_seqs * s.q_len, hd))
+    return torch.cat(outs, dim=1)[None]  # (1, H, N, hd)

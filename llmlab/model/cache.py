@@ -7,6 +7,13 @@ the serving engine's paged cache (engine/) replaces it without touching the mode
 
 Memory: 2 (K and V) * layers * batch * max_len * kv_heads * head_dim * bytes per element —
 exactly what `llmlab.estimate.kv_cache_bytes` computes.
+
+`PagedKVCache` is the serving engine's cache: one pool of fixed-size blocks per layer, shared by
+all sequences, addressed by slot (block_id * block_size + offset). The engine owns which blocks
+belong to which sequence (engine/block_manager.py); per forward it attaches a `PagedMetadata`
+(where to write each new token, which slots each query reads) and passes the cache as
+`Transformer.forward(ids, position_ids=..., cache=paged)`. The model's maths does not change:
+`update` writes K/V into the pool and returns the pool, `attend(..., paged=meta)` reads it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from torch import Tensor
 
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
+from llmlab.model.attention import PagedMetadata
 
 
 @dataclass
@@ -61,3 +69,40 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.length += n
+
+
+@dataclass
+class PagedKVCache:
+    k: Tensor  # (layers, num_slots, Hkv, hd), num_slots = num_blocks * block_size
+    v: Tensor
+    block_size: int
+    meta: PagedMetadata | None = None  # this forward's slots; set by the engine's model runner
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, num_blocks: int, block_size: int, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> PagedKVCache:
+        kv = torch.zeros(2, cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim,
+                         dtype=dtype, device=device)
+        return cls(kv[0], kv[1], block_size)
+
+    @staticmethod
+    def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+        return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * dtype.itemsize
+
+    @property
+    def num_blocks(self) -> int:
+        return self.k.shape[1] // self.block_size
+
+    def with_meta(self, meta: PagedMetadata) -> PagedKVCache:
+        """The same pools with one forward's metadata attached (no copy)."""
+        return PagedKVCache(self.k, self.v, self.block_size, meta)
+
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    def update(self, layer: int, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
+        """Write (1, Hkv, N, hd) at `meta.slot_mapping`; return the layer's pools (num_slots, Hkv, hd)."""
+        slots = self.meta.slot_mapping
+        self.k[layer].index_copy_(0, slots, k_new[0].transpose(0, 1).to(self.k.dtype))  # (N, Hkv, hd)
+        self.v[layer].index_copy_(0, slots, v_new[0].transpose(0, 1).to(self.v.dtype))
+        return self.k[layer], self.v[layer]

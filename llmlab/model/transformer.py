@@ -6,6 +6,10 @@ GPT-2, LLaMA (1/2/3), Qwen2, Qwen3, Mistral and the textbook variants differ onl
 padded keys, and default position ids count only real tokens, so a left- or right-padded row
 gives the same logits at its real positions as the row alone.
 
+Serving: pass a `PagedKVCache` (model/cache.py) whose metadata describes a flattened batch —
+input_ids and position_ids (1, N) holding prefill chunks and decode tokens of many sequences —
+and attention runs over the paged pools (`attend(..., paged=meta)`); no attention_mask then.
+
 Parameter names (the state-dict contract that convert.py maps to HF / GGUF names):
     embed, pos_embed, blocks.{i}.{norm1, attn.{q,k,v,o,q_norm,k_norm}, norm2, ffn.{gate,up,down}},
     norm_f, lm_head
@@ -27,7 +31,7 @@ from torch import Tensor, nn
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.model.attention import BACKENDS, attend, causal_mask
-from llmlab.model.cache import KVCache
+from llmlab.model.cache import KVCache, PagedKVCache
 from llmlab.model.layers import (FeedForward, RMSNorm, alibi_bias, alibi_slopes, apply_rope, make_norm,
                                  rope_cos_sin, rope_inv_freq, sinusoidal_embedding)
 
@@ -59,7 +63,7 @@ class Attention(nn.Module):
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer, k, v)  # (B, Hkv, T_past + T, hd)
         y = attend(q, k, v, mask=ctx.mask, bias=ctx.bias, causal=ctx.causal, backend=ctx.backend,
-                   dropout_p=self.dropout if self.training else 0.0)
+                   dropout_p=self.dropout if self.training else 0.0, paged=ctx.paged)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
@@ -84,7 +88,7 @@ class Block(nn.Module):
 class _Context:
     """Per-forward attention inputs shared by every layer: explicit, never a module global."""
 
-    __slots__ = ("mask", "bias", "causal", "cos", "sin", "cache", "backend")
+    __slots__ = ("mask", "bias", "causal", "cos", "sin", "cache", "backend", "paged")
 
     def __init__(self, **kw):
         for name in self.__slots__:
@@ -123,16 +127,20 @@ class Transformer(nn.Module):
     # ---- forward ---------------------------------------------------------------------------
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
-                *, cache: KVCache | None = None) -> Tensor:
+                *, cache: KVCache | PagedKVCache | None = None) -> Tensor:
         return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, cache=cache))
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                      position_ids: Tensor | None = None, *, cache: KVCache | None = None) -> Tensor:
+                      position_ids: Tensor | None = None, *, cache: KVCache | PagedKVCache | None = None) -> Tensor:
         """Final-norm hidden states (B, T, d): the logits before the LM head."""
         cfg = self.cfg
         B, T = input_ids.shape
         past = 0
-        if cache is not None:
+        paged = isinstance(cache, PagedKVCache)
+        if paged and (B != 1 or position_ids is None or attention_mask is not None or cfg.position == "alibi"):
+            raise LlmlabError("a paged cache takes a flattened (1, N) batch with explicit position_ids, no "
+                              "attention_mask, and a model without ALiBi.")
+        if cache is not None and not paged:
             cache.check_room(T)
             past = cache.length
         if attention_mask is not None and attention_mask.shape != (B, past + T):
@@ -140,7 +148,8 @@ class Transformer(nn.Module):
                               f"= {(B, past + T)}: it covers cached and new tokens.")
         if position_ids is None:
             position_ids = self._default_positions(attention_mask, B, T, past, input_ids.device)
-        if cfg.position == "learned" and int(position_ids.max()) >= cfg.max_position_embeddings:
+        # (The engine checks lengths itself; this check syncs with the device, which CUDA graphs forbid.)
+        if cfg.position == "learned" and not paged and int(position_ids.max()) >= cfg.max_position_embeddings:
             raise LlmlabError(f"position {int(position_ids.max())} is beyond the {cfg.max_position_embeddings} "
                               "learned position embeddings; shorten the input.")
 
@@ -156,7 +165,7 @@ class Transformer(nn.Module):
         ctx = self._attention_context(attention_mask, position_ids, B, T, past, x.dtype, cache)
         for block in self.blocks:
             x = block(x, ctx)
-        if cache is not None:
+        if cache is not None and not paged:
             cache.advance(T)
         return self.norm_f(x) if self.norm_f is not None else x
 
@@ -169,6 +178,12 @@ class Transformer(nn.Module):
 
     def _attention_context(self, attention_mask, position_ids, B, T, past, dtype, cache) -> _Context:
         cfg, device = self.cfg, position_ids.device
+        if isinstance(cache, PagedKVCache):  # masks (causal, window, padding) live in the paged metadata
+            cos = sin = None
+            if cfg.position == "rope":
+                cos, sin = rope_cos_sin(self.inv_freq, position_ids, dtype)
+            return _Context(mask=None, bias=None, causal=False, cos=cos, sin=sin, cache=cache,
+                            backend=self.attn_backend, paged=cache.meta)
         Tk = past + T
         mask = None
         if attention_mask is not None or cfg.sliding_window is not None or past > 0:
