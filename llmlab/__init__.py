@@ -8,6 +8,7 @@ from llmlab.errors import ArtifactError, CheckpointError, ConfigError, LlmlabErr
 from llmlab.model.cache import KVCache
 from llmlab.model.pretrained import from_pretrained
 from llmlab.model.transformer import Transformer
+from llmlab.tokenizer import load_tokenizer
 
 __all__ = [
     "ArtifactError",
@@ -18,5 +19,6 @@ __all__ = [
     "ModelConfig",
     "Transformer",
     "from_pretrained",
+    "load_tokenizer",
 ]
 __version__ = "0.1.0"

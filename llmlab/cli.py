@@ -16,6 +16,7 @@ from llmlab.errors import LlmlabError
 
 COMMAND_MODULES = [
     "llmlab.model.cli",
+    "llmlab.tokenizer.cli",
     "llmlab.estimate.cli",
     "llmlab.demo",
 ]

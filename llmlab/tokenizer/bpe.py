@@ -1,0 +1,179 @@
+"""Byte-level BPE: split patterns, the merge loop, and the GPT-2 byte <-> unicode alphabet.
+
+A byte-level BPE vocabulary maps byte strings to ids. Encoding a pre-split piece starts from its
+UTF-8 bytes (one symbol per byte, so nothing is ever out of vocabulary) and repeatedly merges the
+adjacent pair with the lowest rank, leftmost first, until no ranked pair is left. Two rank rules
+exist in the wild and both are implemented exactly:
+
+- **merges mode** (Hugging Face `tokenizer.json`, GGUF, llmlab-trained): only the listed pairs
+  `(a, b)` merge, ranked by their position in the merges list.
+- **ranks mode** (tiktoken `.tiktoken` files): any adjacent pair whose concatenated bytes is a
+  token merges, ranked by that token's rank (= its id); a piece that is itself a token is
+  returned directly, as tiktoken does.
+
+Training lives in `train.py`; the text pipeline (special tokens, pre-split, word cache) in
+`tokenizer.py`. This module is not a tokenizer by itself.
+
+References: Sennrich et al. 2016 (BPE for NMT); Radford et al. 2019 (GPT-2, byte-level BPE and
+its split regex); openai/tiktoken `src/lib.rs` (`byte_pair_merge`); huggingface/tokenizers
+`models/bpe/word.rs` (`merge_all`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import regex
+
+# Pre-split regexes. "gpt2" is the pattern of the original GPT-2 release (what Hugging Face's
+# ByteLevel pre-tokenizer uses); "cl100k" ("gpt4") and "o200k" are tiktoken's, with `$` written
+# as `\z`: Rust's `$` is end-of-text only, Python's also matches before a final newline and
+# Oniguruma's (used by tokenizers) at every line end; `\z` is end-of-text in all three engines.
+PATTERNS: dict[str, str] = {
+    "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++\z|\s*[\r\n]|\s+(?!\S)|\s""",
+    "o200k": "|".join([
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]),
+}
+PATTERNS["gpt4"] = PATTERNS["cl100k"]
+
+
+def resolve_pattern(pattern: str) -> str:
+    """A named pattern ('gpt2', 'gpt4'/'cl100k', 'o200k') or a regex, returned as a regex."""
+    return PATTERNS.get(pattern, pattern)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used in `tokenizer.json` and GGUF.
+
+    Printable Latin-1 bytes map to themselves; the other 68 bytes map to U+0100 onwards, so a
+    space is 'Ġ' (U+0120) and a newline 'Ċ' (U+010A).
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+BYTE_TO_CHAR = bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+_INF = float("inf")
+
+
+def unicode_to_bytes(token: str) -> bytes:
+    """Inverse of the GPT-2 alphabet: 'Ġhello' -> b' hello'. KeyError if not in the alphabet."""
+    return bytes(CHAR_TO_BYTE[c] for c in token)
+
+
+@dataclass
+class BPEModel:
+    """Byte-level BPE vocabulary and merge rule (see module docstring for the two modes).
+
+    `vocab` maps token bytes to ids (ordinary tokens only, no special tokens). `merges` lists
+    `(left, right)` pairs in rank order; `None` selects ranks mode, where a token's id is its rank.
+    """
+
+    vocab: dict[bytes, int]
+    merges: list[tuple[bytes, bytes]] | None = None
+    ignore_merges: bool = False  # HF flag: a piece that is a whole token skips the merge loop
+    _pair_rank: dict[tuple[int, int], int] = field(init=False, repr=False)
+    _merged_id: list[int] = field(init=False, repr=False)
+    _byte_id: list[int | None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._byte_id = [self.vocab.get(bytes([b])) for b in range(256)]
+        self._pair_rank, self._merged_id = {}, []
+        if self.merges is not None:
+            v = self.vocab
+            for rank, (a, b) in enumerate(self.merges):
+                ia, ib, iab = v.get(a), v.get(b), v.get(a + b)
+                if ia is None or ib is None or iab is None:
+                    raise KeyError(f"merge {a!r} + {b!r} refers to a token missing from the vocabulary")
+                self._pair_rank.setdefault((ia, ib), rank)  # first listing wins, like tokenizers
+                self._merged_id.append(iab)
+
+    @property
+    def ranks_mode(self) -> bool:
+        return self.merges is None
+
+    def encode_piece(self, piece: bytes) -> tuple[int, ...]:
+        """Ids of one pre-split piece (UTF-8 bytes)."""
+        if self.merges is None:
+            return self._encode_ranks(piece)
+        return self._encode_merges(piece)
+
+    def _encode_ranks(self, piece: bytes) -> tuple[int, ...]:
+        ranks = self.vocab
+        tok = ranks.get(piece)
+        if tok is not None:  # tiktoken's shortcut: a whole-token piece is returned as is
+            return (tok,)
+        parts = [piece[i:i + 1] for i in range(len(piece))]
+        rk = [ranks.get(parts[i] + parts[i + 1], _INF) for i in range(len(parts) - 1)]
+        while rk:
+            r = min(rk)
+            if r == _INF:
+                break
+            i = rk.index(r)  # leftmost among equal ranks
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+            del rk[i]
+            if i < len(rk):
+                rk[i] = ranks.get(parts[i] + parts[i + 1], _INF)
+            if i > 0:
+                rk[i - 1] = ranks.get(parts[i - 1] + parts[i], _INF)
+        return tuple(ranks[p] for p in parts)
+
+    def _encode_merges(self, piece: bytes) -> tuple[int, ...]:
+        if self.ignore_merges and piece in self.vocab:
+            return (self.vocab[piece],)
+        # A byte missing from the vocabulary is dropped, as tokenizers does without an unk token.
+        ids = [i for i in map(self._byte_id.__getitem__, piece) if i is not None]
+        pr, merged = self._pair_rank, self._merged_id
+        rk = [pr.get((ids[i], ids[i + 1]), _INF) for i in range(len(ids) - 1)]
+        while rk:
+            r = min(rk)
+            if r == _INF:
+                break
+            i = rk.index(r)
+            ids[i:i + 2] = [merged[r]]
+            del rk[i]
+            if i < len(rk):
+                rk[i] = pr.get((ids[i], ids[i + 1]), _INF)
+            if i > 0:
+                rk[i - 1] = pr.get((ids[i - 1], ids[i]), _INF)
+        return tuple(ids)
+
+    def derive_merges(self) -> list[tuple[bytes, bytes]]:
+        """Explicit merges for a ranks-mode vocabulary (to write a tokenizer.json).
+
+        Each multi-byte token's pair is found by running BPE on its bytes with only lower ranks
+        allowed, which stops at exactly two parts (minbpe's `recover_merges`).
+        """
+        if self.merges is not None:
+            return list(self.merges)
+        out = []
+        for tok, rank in sorted(self.vocab.items(), key=lambda kv: kv[1]):
+            if len(tok) < 2:
+                continue
+            parts = [tok[i:i + 1] for i in range(len(tok))]
+            while len(parts) > 2:
+                best = min(range(len(parts) - 1),
+                           key=lambda i: self.vocab.get(parts[i] + parts[i + 1], _INF))
+                r = self.vocab.get(parts[best] + parts[best + 1], _INF)
+                if r >= rank:
+                    break
+                parts[best:best + 2] = [parts[best] + parts[best + 1]]
+            if len(parts) == 2:
+                out.append((parts[0], parts[1]))
+        return out

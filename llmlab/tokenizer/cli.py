@@ -1,0 +1,73 @@
+"""`llmlab tokenizer train|encode`: train a tokenizer from files, or encode stdin to ids.
+
+    llmlab tokenizer train --input a.txt b.txt --vocab-size 8192 --out tok/
+    echo "Hello world" | llmlab tokenizer encode --tokenizer tok/
+    llmlab tokenizer encode --tokenizer gpt2.tiktoken --pattern gpt2 < text.txt
+
+Thin: arguments are parsed here and passed to `train_bpe` / `train_wordpiece` / `load_tokenizer`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from llmlab.errors import TokenizerError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("tokenizer", help="train a tokenizer or encode text with one",
+                              description="Train byte-level BPE / WordPiece tokenizers and encode text.")
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+
+    t = sub.add_parser("train", help="train a tokenizer on UTF-8 text files and save it to a directory",
+                       description="Train a tokenizer; writes tokenizer.json + tokenizer_config.json to --out.")
+    t.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help="UTF-8 text files")
+    t.add_argument("--vocab-size", type=int, required=True, help="total vocabulary incl. bytes and special tokens")
+    t.add_argument("--out", type=Path, required=True, help="output directory")
+    t.add_argument("--kind", choices=("bpe", "wordpiece"), default="bpe", help="algorithm (default: bpe)")
+    t.add_argument("--pattern", default="gpt2",
+                   help="BPE pre-split: 'gpt2', 'gpt4' (cl100k), 'o200k' or a regex (default: gpt2)")
+    t.add_argument("--min-frequency", type=int, default=2, help="stop when the best pair is rarer (default: 2)")
+    t.add_argument("--special-tokens", nargs="*", default=None, metavar="TOKEN",
+                   help="special tokens (default: <|endoftext|> <|im_start|> <|im_end|> for BPE, BERT's for WordPiece)")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("encode", help="encode stdin and print token ids, one line per input line",
+                       description="Read text from stdin and print its token ids (space-separated).")
+    e.add_argument("--tokenizer", required=True, type=Path,
+                   help="tokenizer.json, a directory with one, a .tiktoken file, a .gguf or vocab.txt")
+    e.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: gpt2, cl100k, o200k or a regex")
+    e.add_argument("--allow-special", action="store_true", help="recognise special tokens written in the text")
+    e.add_argument("--whole", action="store_true", help="encode all of stdin as one text (default: per line)")
+    e.set_defaults(func=_encode)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from llmlab.tokenizer.train import train_bpe, train_wordpiece
+    for f in args.input:
+        if not f.is_file():
+            raise TokenizerError(f"input file {f} does not exist; check --input.")
+    kw = {} if args.special_tokens is None else {"special_tokens": args.special_tokens}
+    t0 = time.perf_counter()
+    if args.kind == "bpe":
+        tok = train_bpe(args.input, args.vocab_size, pattern=args.pattern, min_frequency=args.min_frequency, **kw)
+    else:
+        tok = train_wordpiece(args.input, args.vocab_size, min_frequency=args.min_frequency, **kw)
+    tok.save(args.out)
+    print(f"trained {args.kind} vocab_size={tok.vocab_size} in {time.perf_counter() - t0:.1f}s -> {args.out}",
+          file=sys.stderr)
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from llmlab.tokenizer.io import load_tokenizer
+    tok = load_tokenizer(args.tokenizer, pattern=args.pattern)
+    allowed = "all" if args.allow_special else "none"
+    text = sys.stdin.read()
+    chunks = [text] if args.whole else text.splitlines()
+    for chunk in chunks:
+        print(" ".join(map(str, tok.encode(chunk, allowed_special=allowed))))
+    return 0

@@ -1,0 +1,313 @@
+"""Tokenizer files: Hugging Face tokenizer.json (+ directory), tiktoken ranks, GGUF vocabularies.
+
+`load_tokenizer(path, pattern=None)` dispatches on what `path` is:
+
+- a directory: its `tokenizer.json`, else its `vocab.txt` (BERT WordPiece); the chat template and
+  bos/eos/pad are read where transformers reads them (`tokenizer_config.json`, `chat_template.jinja`);
+- `*.json`: a Hugging Face `tokenizer.json` (byte-level BPE or WordPiece);
+- `*.tiktoken` / `*.tiktoken.gz`: tiktoken ranks (`base64 rank` lines). The file carries no split
+  pattern and no special tokens: pass `pattern="gpt2" | "cl100k" | "o200k"` (which also adds that
+  encoding's special tokens) or a regex;
+- `*.gguf`: the byte-level BPE vocabulary, merges, special tokens and chat template inside a
+  llama.cpp GGUF model (`tokenizer.ggml.*` fields), read with the `gguf` package;
+- `vocab.txt`: one WordPiece token per line (BERT uncased normalization).
+
+`save_tokenizer` writes a `tokenizer.json` that `tokenizers.Tokenizer.from_file` loads (and a
+`tokenizer_config.json` when given a directory). Errors name the file and the missing field.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from pathlib import Path
+
+from llmlab.errors import TokenizerError
+from llmlab.tokenizer.bpe import BYTE_TO_CHAR, PATTERNS, BPEModel, resolve_pattern, unicode_to_bytes
+from llmlab.tokenizer.tokenizer import Tokenizer
+from llmlab.tokenizer.wordpiece import BertNormalizer, WordPieceModel
+
+TIKTOKEN_SPECIALS: dict[str, dict[str, int]] = {
+    "gpt2": {"<|endoftext|>": 50256},
+    "cl100k": {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
+               "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276},
+    "o200k": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+}
+# llama.cpp `tokenizer.ggml.pre` names -> equivalent tokenizer.json pre-tokenizers.
+_BYTELEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+_BYTELEVEL_NOREGEX = {**_BYTELEVEL, "use_regex": False}
+_LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+GGUF_PRE: dict[str, dict] = {
+    "default": _BYTELEVEL, "gpt-2": _BYTELEVEL,
+    "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTELEVEL]},
+    "llama-bpe": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": _LLAMA3}, "behavior": "Isolated", "invert": False},
+        _BYTELEVEL_NOREGEX]},
+}
+GGUF_PRE["starcoder"] = GGUF_PRE["smollm"]
+
+
+def split_pre_tokenizer(pattern: str) -> dict:
+    """tokenizer.json pre-tokenizer for 'regex split, then bytes' (what llmlab trains and saves)."""
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": resolve_pattern(pattern)}, "behavior": "Isolated", "invert": False},
+        _BYTELEVEL_NOREGEX]}
+
+
+def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
+    """Load a tokenizer from a tokenizer.json, a directory, a .tiktoken file, a GGUF or vocab.txt."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("tokenizer.json", "vocab.txt"):
+            if (path / name).is_file():
+                return load_tokenizer(path / name, pattern)
+        raise TokenizerError(f"{path} has neither tokenizer.json nor vocab.txt; point at a tokenizer file.")
+    if not path.is_file():
+        raise TokenizerError(f"tokenizer file {path} does not exist; check the path.")
+    name = path.name.lower()
+    if name.endswith((".tiktoken", ".tiktoken.gz")):
+        if pattern is None:
+            raise TokenizerError(f"{path} is a tiktoken rank file, which carries no split pattern; pass "
+                                 "pattern='gpt2', 'cl100k', 'o200k' or a regex.")
+        return load_tiktoken(path, pattern)
+    if pattern is not None:
+        raise TokenizerError(f"pattern= applies only to .tiktoken files; {path.name} carries its own.")
+    if name.endswith(".gguf"):
+        return load_gguf(path)
+    if name.endswith(".json"):
+        tok = load_tokenizer_json(path)
+    elif name.endswith(".txt"):
+        tok = load_vocab_txt(path)
+    else:
+        raise TokenizerError(f"{path} is not a tokenizer file llmlab reads; use tokenizer.json, a "
+                             "directory with one, .tiktoken, .gguf or vocab.txt.")
+    _read_hf_config(tok, path.parent)
+    return tok
+
+
+def _need(d: dict, key: str, path: Path, where: str):
+    if not isinstance(d, dict) or key not in d:
+        raise TokenizerError(f"{path} is missing the field '{where}{key}'; the file is corrupt or not a "
+                             "Hugging Face tokenizer.json: re-export it.")
+    return d[key]
+
+
+def load_tokenizer_json(path: Path) -> Tokenizer:
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path} is not valid JSON ({e}); re-export the tokenizer.") from None
+    model = _need(spec, "model", path, "")
+    kind = model.get("type") if isinstance(model, dict) else None
+    vocab = _need(model, "vocab", path, "model.")
+    added = {t["content"]: t for t in spec.get("added_tokens") or []}
+    special = {c: t["id"] for c, t in added.items() if t.get("special")}
+    extra = {c: t["id"] for c, t in added.items() if not t.get("special")}
+    if kind == "BPE" or (kind is None and "merges" in model):
+        merges_raw = _need(model, "merges", path, "model.")
+        try:
+            merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges_raw]
+            byte_vocab = {unicode_to_bytes(t): i for t, i in vocab.items() if t not in added}
+            bmerges = [(unicode_to_bytes(a), unicode_to_bytes(b)) for a, b in merges]
+            bpe = BPEModel(byte_vocab, bmerges, ignore_merges=bool(model.get("ignore_merges")))
+        except KeyError as e:
+            raise TokenizerError(f"{path} is a BPE tokenizer that is not byte-level ({e.args[0]}); llmlab "
+                                 "reads byte-level BPE (GPT-2 alphabet) only.") from None
+        except ValueError:
+            raise TokenizerError(f"{path} has a malformed 'model.merges' entry; each must be 'a b' or [a, b].") from None
+        m = bpe
+    elif kind == "WordPiece":
+        unk = model.get("unk_token", "[UNK]")
+        dec = spec.get("decoder") or {}
+        m = WordPieceModel(dict(vocab), unk, model.get("continuing_subword_prefix", "##"),
+                           model.get("max_input_chars_per_word", 100), dec.get("cleanup", True))
+    else:
+        raise TokenizerError(f"{path} has model type {kind!r}; llmlab reads BPE (byte-level) and WordPiece.")
+    return Tokenizer(m, normalizer=spec.get("normalizer"), pre_tokenizer=spec.get("pre_tokenizer"),
+                     special_tokens=special, added_tokens=extra,
+                     template=_read_template(spec.get("post_processor"), path))
+
+
+def _read_template(post: dict | None, path: Path) -> tuple[list[str], list[str]]:
+    if post is None or post.get("type") == "ByteLevel":
+        return [], []
+    kind = post.get("type")
+    if kind == "Sequence":
+        for p in post.get("processors", []):
+            t = _read_template(p, path)
+            if t != ([], []):
+                return t
+        return [], []
+    if kind in ("BertProcessing", "RobertaProcessing"):
+        return [post["cls"][0]], [post["sep"][0]]
+    if kind == "TemplateProcessing":
+        pre, post_, seen = [], [], False
+        for item in post["single"]:
+            if "Sequence" in item:
+                seen = True
+            else:
+                (post_ if seen else pre).append(item["SpecialToken"]["id"])
+        return pre, post_
+    raise TokenizerError(f"{path} has post_processor type {kind!r}, which llmlab does not read; "
+                         "supported: TemplateProcessing, BertProcessing, RobertaProcessing, ByteLevel.")
+
+
+def _token_name(v) -> str | None:
+    return v.get("content") if isinstance(v, dict) else v
+
+
+def _read_hf_config(tok: Tokenizer, folder: Path) -> None:
+    """bos/eos/pad and the chat template, from where transformers reads them."""
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = {}
+    if cfg_path.is_file():
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TokenizerError(f"{cfg_path} is not valid JSON ({e}); fix or delete it.") from None
+    for role in ("bos", "eos", "pad"):
+        name = _token_name(cfg.get(f"{role}_token"))
+        if name is not None and tok.token_to_id(name) is not None:
+            setattr(tok, f"{role}_token", name)
+    tpl = cfg.get("chat_template")
+    if isinstance(tpl, list):  # [{"name": "default", "template": ...}, ...]
+        tpl = next((t["template"] for t in tpl if t.get("name") == "default"), None)
+    if (folder / "chat_template.jinja").is_file():
+        tpl = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if tpl is not None:
+        tok.chat_template = tpl
+
+
+def load_vocab_txt(path: Path, lowercase: bool = True) -> Tokenizer:
+    cfg_path = path.parent / "tokenizer_config.json"
+    if cfg_path.is_file():
+        lowercase = bool(json.loads(cfg_path.read_text(encoding="utf-8")).get("do_lower_case", lowercase))
+    tokens = path.read_text(encoding="utf-8").splitlines()
+    vocab = {t: i for i, t in enumerate(tokens) if t}
+    if "[UNK]" not in vocab:
+        raise TokenizerError(f"{path} has no [UNK] token; a BERT vocab.txt lists [PAD], [UNK], [CLS], [SEP], [MASK].")
+    special = {t: vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t in vocab}
+    return Tokenizer(WordPieceModel(vocab), normalizer=BertNormalizer(lowercase=lowercase).to_json(),
+                     pre_tokenizer={"type": "BertPreTokenizer"}, special_tokens=special,
+                     template=(["[CLS]"], ["[SEP]"]) if "[CLS]" in vocab and "[SEP]" in vocab else ([], []),
+                     pad_token="[PAD]" if "[PAD]" in vocab else None)
+
+
+def load_tiktoken(path: Path, pattern: str, special_tokens: dict[str, int] | None = None) -> Tokenizer:
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    ranks: dict[bytes, int] = {}
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line:
+            continue
+        try:
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok, validate=True)] = int(rank)
+        except ValueError:
+            raise TokenizerError(f"{path} line {n} is not 'base64 rank'; the rank file is corrupt.") from None
+    specials = dict(TIKTOKEN_SPECIALS.get(pattern, {}) if special_tokens is None else special_tokens)
+    eot = "<|endoftext|>" if "<|endoftext|>" in specials else None
+    return Tokenizer(BPEModel(ranks), pre_tokenizer=split_pre_tokenizer(pattern), special_tokens=specials,
+                     bos_token=eot, eos_token=eot)
+
+
+def load_gguf(path: Path) -> Tokenizer:
+    import gguf
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # the gguf package raises bare ValueError/struct errors on bad files
+        raise TokenizerError(f"{path} is not a readable GGUF file ({e}); re-download it.") from None
+    f = reader.fields
+
+    def get(key: str, default=...):
+        if key not in f:
+            if default is ...:
+                raise TokenizerError(f"{path} has no '{key}' field; it carries no byte-level BPE vocabulary.")
+            return default
+        field = f[key]
+        if len(field.types) > 1 and field.types[0] == gguf.GGUFValueType.ARRAY:
+            if field.types[1] == gguf.GGUFValueType.STRING:
+                return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+            return [int(field.parts[i][0]) for i in field.data]
+        return field.contents()
+
+    if (kind := get("tokenizer.ggml.model")) != "gpt2":
+        raise TokenizerError(f"{path} has a '{kind}' tokenizer; llmlab reads GGUF byte-level BPE ('gpt2') only.")
+    pre_name = get("tokenizer.ggml.pre", "default")
+    if pre_name not in GGUF_PRE:
+        raise TokenizerError(f"{path} uses pre-tokenizer '{pre_name}', which llmlab does not map yet; "
+                             f"known: {', '.join(sorted(GGUF_PRE))}.")
+    tokens, types = get("tokenizer.ggml.tokens"), get("tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
+    special = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 3}  # CONTROL
+    added = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 4}  # USER_DEFINED
+    vocab = {unicode_to_bytes(t): i for i, t in enumerate(tokens) if t not in special and t not in added}
+    bpe = BPEModel(vocab, [(unicode_to_bytes(a), unicode_to_bytes(b)) for a, b in merges])
+
+    def role(key: str) -> str | None:
+        i = get(key, None)
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    return Tokenizer(bpe, pre_tokenizer=GGUF_PRE[pre_name], special_tokens=special, added_tokens=added,
+                     bos_token=role("tokenizer.ggml.bos_token_id"), eos_token=role("tokenizer.ggml.eos_token_id"),
+                     pad_token=role("tokenizer.ggml.padding_token_id"),
+                     chat_template=get("tokenizer.chat_template", None))
+
+
+# ---- save ---------------------------------------------------------------------------------------
+def tokenizer_json(tok: Tokenizer) -> dict:
+    """The `tokenizer.json` dict for `tok` (loadable by `tokenizers.Tokenizer.from_str`)."""
+    ids = {**tok.added_tokens, **tok.special_tokens}
+    added = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": c in tok.special_tokens} for c, i in sorted(ids.items(), key=lambda x: x[1])]
+    if tok.byte_level:
+        m: BPEModel = tok.model
+        enc = lambda b: "".join(BYTE_TO_CHAR[x] for x in b)  # noqa: E731
+        vocab = {enc(b): i for b, i in m.vocab.items()}
+        model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                 "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                 # ranks mode returns a whole-token piece directly: tokenizers' ignore_merges
+                 "ignore_merges": m.ranks_mode or m.ignore_merges, "vocab": vocab,
+                 "merges": [[enc(a), enc(b)] for a, b in m.derive_merges()]}
+        decoder = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    else:
+        wp: WordPieceModel = tok.model
+        model = {"type": "WordPiece", "unk_token": wp.unk_token, "continuing_subword_prefix": wp.prefix,
+                 "max_input_chars_per_word": wp.max_input_chars_per_word, "vocab": wp.vocab}
+        decoder = {"type": "WordPiece", "prefix": wp.prefix, "cleanup": wp.cleanup}
+    pre, suf = tok.template
+    post = None
+    if pre or suf:
+        item = lambda t, ty: {"SpecialToken": {"id": t, "type_id": ty}}  # noqa: E731
+        seq = lambda s, ty: {"Sequence": {"id": s, "type_id": ty}}  # noqa: E731
+        post = {"type": "TemplateProcessing",
+                "single": [item(t, 0) for t in pre] + [seq("A", 0)] + [item(t, 0) for t in suf],
+                "pair": [item(t, 0) for t in pre] + [seq("A", 0)] + [item(t, 0) for t in suf]
+                        + [seq("B", 1)] + [item(t, 1) for t in suf],
+                "special_tokens": {t: {"id": t, "ids": [tok.token_to_id(t)], "tokens": [t]} for t in {*pre, *suf}}}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": tok.normalizer, "pre_tokenizer": tok.pre_tokenizer, "post_processor": post,
+            "decoder": decoder, "model": model}
+
+
+def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
+    path = Path(path)
+    if path.suffix == ".json":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(tokenizer_json(tok), ensure_ascii=False), encoding="utf-8")
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(tok, path / "tokenizer.json")
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tok.bos_token,
+           "eos_token": tok.eos_token, "pad_token": tok.pad_token, "clean_up_tokenization_spaces": False}
+    if isinstance(tok.model, WordPieceModel):
+        cfg["unk_token"] = tok.model.unk_token
+    if tok.chat_template is not None:
+        cfg["chat_template"] = tok.chat_template
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+
+
+__all__ = ["PATTERNS", "load_tokenizer", "save_tokenizer", "tokenizer_json", "split_pre_tokenizer"]

@@ -1,0 +1,339 @@
+"""The `Tokenizer`: text <-> ids through special tokens, normalizer, pre-split, word cache, model.
+
+    text ─ split out special/added tokens ─ normalize ─ pre-split (regex stages) ─┐
+         ┌────────────────────────────────────────────────────────────────────────┘
+         └─ per piece: word cache ─ miss → model (byte-level BPE merges | WordPiece) ─► ids
+
+The normalizer and pre-tokenizer are kept as their Hugging Face `tokenizer.json` specs (the single
+source of truth, written back by `save`) and compiled here into plain functions. The word cache is
+where the speed comes from: in real text most pieces repeat, so after warm-up encoding is one
+regex `findall` plus one C-level dict lookup per piece.
+
+Special tokens are only recognised where the caller allows them (`allowed_special`); elsewhere
+their text is encoded as ordinary text, so user content cannot inject a control token. Non-special
+added tokens are always recognised, as in `tokenizers`. Lone surrogates (a `str` can hold them,
+UTF-8 cannot) are replaced by U+FFFD before encoding, exactly as tiktoken does, and decoding
+invalid UTF-8 (e.g. half a character) yields U+FFFD; use `decode_bytes`/`token_bytes` to stream.
+
+Not here: file formats (`io.py`), training (`train.py`), chat templates (`chat.py`).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from itertools import chain
+from typing import Literal
+
+import regex
+
+from llmlab.errors import TokenizerError
+from llmlab.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, PATTERNS, BPEModel
+from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceModel
+
+_CACHE_LIMIT = 1 << 20  # entries; the cache is cleared when it grows past this
+# A cheap stdlib-`re` pre-split whose chunks no GPT-2 piece ever crosses: a chunk is a maximal
+# non-space run with at most one leading space, or a whitespace run split exactly as the GPT-2
+# pattern splits it. GPT-2 pieces hold whitespace only as one leading space or as a
+# whitespace-only piece, so cutting here changes nothing, and chunks ("foo.bar(x)," with its
+# space) repeat often enough to cache. It runs ~5x faster than the `regex` module's \p{L} split.
+_GPT2_COARSE = re.compile(r" ?\S+|\s+(?!\S)|\s+")
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One pre-split stage: regex matches are pieces; with keep_gaps, text between them too."""
+
+    pattern: regex.Pattern
+    keep_gaps: bool = True
+    prefix_space: bool = False  # ByteLevel(add_prefix_space=True)
+
+    def __call__(self, text: str) -> list[str]:
+        if self.prefix_space and not text.startswith(" "):
+            text = " " + text
+        pieces = self.pattern.findall(text)
+        if not self.keep_gaps or sum(map(len, pieces)) == len(text):
+            return pieces  # fast path: the usual patterns cover every character
+        out, pos = [], 0
+        for m in self.pattern.finditer(text):
+            if m.start() > pos:
+                out.append(text[pos:m.start()])
+            if m.end() > m.start():
+                out.append(m.group())
+            pos = m.end()
+        if pos < len(text):
+            out.append(text[pos:])
+        return out
+
+
+def compile_pre_tokenizer(spec: dict | None) -> list[_Split]:
+    """Pre-split stages for a `tokenizer.json` pre_tokenizer spec (the subset llmlab supports)."""
+    if spec is None:
+        return []
+    kind = spec.get("type")
+    if kind == "Sequence":
+        return [s for sub in spec["pretokenizers"] for s in compile_pre_tokenizer(sub)]
+    if kind == "ByteLevel":
+        if spec.get("use_regex", True):
+            return [_Split(regex.compile(PATTERNS["gpt2"]), prefix_space=spec.get("add_prefix_space", False))]
+        if spec.get("add_prefix_space", False):
+            return [_Split(regex.compile(r"[\s\S]+"), prefix_space=True)]
+        return []
+    if kind == "Split":
+        if spec.get("behavior") != "Isolated" or spec.get("invert"):
+            raise TokenizerError(f"Split pre-tokenizer with behavior {spec.get('behavior')!r} is not "
+                                 "supported; llmlab reads only behavior 'Isolated' without invert.")
+        pat = spec["pattern"]
+        return [_Split(regex.compile(pat["Regex"] if "Regex" in pat else regex.escape(pat["String"])))]
+    if kind == "Digits":
+        return [_Split(regex.compile(r"\p{N}" if spec.get("individual_digits") else r"\p{N}+"))]
+    if kind == "BertPreTokenizer":
+        return [_Split(BERT_SPLIT, keep_gaps=False)]
+    if kind == "Whitespace":
+        return [_Split(regex.compile(r"\w+|[^\w\s]+"), keep_gaps=False)]
+    if kind == "WhitespaceSplit":
+        return [_Split(regex.compile(r"\S+"), keep_gaps=False)]
+    raise TokenizerError(f"pre-tokenizer type {kind!r} is not supported; supported: ByteLevel, Split, "
+                         "Digits, BertPreTokenizer, Whitespace, WhitespaceSplit and Sequence of them.")
+
+
+def compile_normalizer(spec: dict | None) -> Callable[[str], str] | None:
+    """A function for a `tokenizer.json` normalizer spec, or None for no normalization."""
+    if spec is None:
+        return None
+    kind = spec.get("type")
+    if kind in ("NFC", "NFD", "NFKC", "NFKD"):
+        return lambda s: unicodedata.normalize(kind, s)
+    if kind == "Lowercase":
+        return str.lower
+    if kind == "BertNormalizer":
+        return BertNormalizer(spec.get("clean_text", True), spec.get("handle_chinese_chars", True),
+                              spec.get("strip_accents"), spec.get("lowercase", True))
+    if kind == "Sequence":
+        fns = [f for f in map(compile_normalizer, spec["normalizers"]) if f is not None]
+        return lambda s: _apply_all(fns, s)
+    raise TokenizerError(f"normalizer type {kind!r} is not supported; supported: NFC, NFD, NFKC, NFKD, "
+                         "Lowercase, BertNormalizer and Sequence of them.")
+
+
+def _apply_all(fns: list[Callable[[str], str]], s: str) -> str:
+    for f in fns:
+        s = f(s)
+    return s
+
+
+class _WordCache(dict):
+    """piece -> ids; a miss computes through `fn` (dict.__missing__ keeps hits in C)."""
+
+    def __init__(self, fn: Callable[[str], tuple[int, ...]]):
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, piece: str) -> tuple[int, ...]:
+        ids = self[piece] = self.fn(piece)
+        return ids
+
+
+class Tokenizer:
+    """A byte-level BPE or WordPiece tokenizer; build one with `load_tokenizer` or a trainer."""
+
+    def __init__(self, model: BPEModel | WordPieceModel, *, normalizer: dict | None = None,
+                 pre_tokenizer: dict | None = None, special_tokens: dict[str, int] | None = None,
+                 added_tokens: dict[str, int] | None = None, bos_token: str | None = None,
+                 eos_token: str | None = None, pad_token: str | None = None,
+                 template: tuple[list[str], list[str]] = ([], []), chat_template: str | None = None):
+        self.model = model
+        self.normalizer, self.pre_tokenizer = normalizer, pre_tokenizer
+        self.special_tokens = dict(special_tokens or {})
+        self.added_tokens = dict(added_tokens or {})  # non-special: always recognised
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+        self.template = template  # (prefix, suffix) tokens added by add_special_tokens=True
+        self.chat_template = chat_template
+        self.byte_level = isinstance(model, BPEModel)
+        for name in (bos_token, eos_token, pad_token, *template[0], *template[1]):
+            if name is not None and self.token_to_id(name) is None:
+                raise TokenizerError(f"special token {name!r} is not in the vocabulary; add it to "
+                                     "special_tokens or fix the tokenizer's configuration.")
+        self._normalize = compile_normalizer(normalizer)
+        self._stages = compile_pre_tokenizer(pre_tokenizer)
+        if self.byte_level:
+            self._cache = _WordCache(lambda p: model.encode_piece(p.encode("utf-8")))
+        else:
+            self._cache = _WordCache(model.encode_word)
+        self._chunks: _WordCache | None = None
+        if len(self._stages) == 1 and self._stages[0].pattern.pattern == PATTERNS["gpt2"] \
+                and not self._stages[0].prefix_space:
+            fine, pieces = self._stages[0].pattern.findall, self._cache
+            self._chunks = _WordCache(lambda c: tuple(chain.from_iterable(map(pieces.__getitem__, fine(c)))))
+        self._build_id_tables()
+        self._split_res: dict[frozenset[str], re.Pattern | None] = {}
+
+    def _build_id_tables(self) -> None:
+        extra = {**self.added_tokens, **self.special_tokens}
+        if self.byte_level:
+            table = {i: t for t, i in self.model.vocab.items()}
+            table.update({i: s.encode("utf-8") for s, i in extra.items()})
+        else:
+            table = {i: t for t, i in self.model.vocab.items()}
+            table.update({i: s for s, i in extra.items()})
+        n = max(table, default=-1) + 1
+        self._id_to_token: list = [table.get(i, b"" if self.byte_level else "") for i in range(n)]
+        self._special_ids = frozenset(self.special_tokens.values())
+
+    # ---- properties -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (max id + 1), special tokens included; ids never used count too."""
+        return len(self._id_to_token)
+
+    @property
+    def bos_id(self) -> int | None:
+        return None if self.bos_token is None else self.token_to_id(self.bos_token)
+
+    @property
+    def eos_id(self) -> int | None:
+        return None if self.eos_token is None else self.token_to_id(self.eos_token)
+
+    @property
+    def pad_id(self) -> int | None:
+        return None if self.pad_token is None else self.token_to_id(self.pad_token)
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a token written as in tokenizer.json (byte-level tokens in GPT-2's alphabet)."""
+        if token in self.special_tokens:
+            return self.special_tokens[token]
+        if token in self.added_tokens:
+            return self.added_tokens[token]
+        if self.byte_level:
+            if all(c in CHAR_TO_BYTE for c in token):
+                return self.model.vocab.get(bytes(CHAR_TO_BYTE[c] for c in token))
+            return None
+        return self.model.vocab.get(token)
+
+    def id_to_token(self, i: int) -> str:
+        """The token string of id `i` as tokenizer.json writes it."""
+        t = self._id_to_token[i]
+        if self.byte_level and i not in self._special_ids and i not in self.added_tokens.values():
+            return "".join(BYTE_TO_CHAR[b] for b in t)
+        return t if isinstance(t, str) else t.decode("utf-8", "replace")
+
+    # ---- encode -----------------------------------------------------------------------------
+    def encode(self, text: str, *, allowed_special: Literal["all", "none"] | Collection[str] = "none",
+               add_special_tokens: bool = False) -> list[int]:
+        """Ids of `text`. Special tokens in the text are recognised only if allowed
+        (`"all"`, or a set of token strings); `add_special_tokens` applies the tokenizer's
+        template (e.g. BERT's [CLS] ... [SEP])."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode() takes a str, got {type(text).__name__}; decode bytes first.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates -> U+FFFD; a split surrogate pair -> its char
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        split_re = self._special_re(allowed_special)
+        if split_re is None:
+            ids = self.encode_ordinary(text)
+        else:
+            ids, table = [], {**self.added_tokens, **self.special_tokens}
+            for k, part in enumerate(split_re.split(text)):
+                if k % 2:
+                    ids.append(table[part])
+                elif part:
+                    ids += self.encode_ordinary(part)
+        if add_special_tokens and (self.template[0] or self.template[1]):
+            ids = [self.token_to_id(t) for t in self.template[0]] + ids + \
+                  [self.token_to_id(t) for t in self.template[1]]
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of `text` with no special-token handling at all (the hot path)."""
+        if self._normalize is not None:
+            text = self._normalize(text)
+        if self._chunks is not None:  # two-level cache: coarse chunk -> GPT-2 pieces -> ids
+            chunks = self._chunks
+            if len(chunks) > _CACHE_LIMIT:
+                chunks.clear()
+            return list(chain.from_iterable(map(chunks.__getitem__, _GPT2_COARSE.findall(text))))
+        stages = self._stages
+        if len(stages) == 1:
+            pieces = stages[0](text)
+        elif not stages:
+            pieces = [text] if text else []
+        else:
+            pieces = [text]
+            for st in stages:
+                pieces = [q for p in pieces for q in st(p)]
+        cache = self._cache
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+
+    def encode_batch(self, texts: Iterable[str], **kw) -> list[list[int]]:
+        return [self.encode(t, **kw) for t in texts]
+
+    def _special_re(self, allowed: Literal["all", "none"] | Collection[str]) -> re.Pattern | None:
+        if allowed == "all":
+            names = frozenset(self.special_tokens)
+        elif allowed == "none":
+            names = frozenset()
+        else:
+            names = frozenset(allowed)
+            unknown = names - set(self.special_tokens)
+            if unknown:
+                raise TokenizerError(f"allowed_special names {sorted(unknown)} that are not special tokens "
+                                     f"of this tokenizer; known: {sorted(self.special_tokens)}.")
+        names |= frozenset(self.added_tokens)
+        if names not in self._split_res:
+            alt = "|".join(re.escape(t) for t in sorted(names, key=len, reverse=True))
+            self._split_res[names] = re.compile(f"({alt})") if names else None
+        return self._split_res[names]
+
+    # ---- decode -----------------------------------------------------------------------------
+    def token_bytes(self, i: int) -> bytes:
+        """The exact bytes of token `i` (byte-level BPE): concatenating them streams text safely."""
+        if not self.byte_level:
+            raise TokenizerError("token_bytes() needs a byte-level BPE tokenizer; WordPiece tokens are "
+                                 "not byte spans of the text, use decode() instead.")
+        return self._id_to_token[self._check_id(i)]
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        if not self.byte_level:
+            return self.decode(list(ids)).encode("utf-8")
+        try:
+            return b"".join(map(self._id_to_token.__getitem__, ids))
+        except (IndexError, TypeError):
+            raise TokenizerError(f"decode() got an id outside 0..{self.vocab_size - 1}; ids must come "
+                                 "from this tokenizer.") from None
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
+        """Text of `ids`; invalid UTF-8 (e.g. a cut multi-byte character) becomes U+FFFD."""
+        ids = list(ids)
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._special_ids]
+        if self.byte_level:
+            return self.decode_bytes(ids).decode("utf-8", "replace")
+        return self.model.decode([self._id_to_token[self._check_id(i)] for i in ids])
+
+    def _check_id(self, i: int) -> int:
+        if not isinstance(i, int) or not 0 <= i < len(self._id_to_token):
+            raise TokenizerError(f"decode() got id {i!r} outside 0..{self.vocab_size - 1}; ids must come "
+                                 "from this tokenizer.")
+        return i
+
+    # ---- files and chat ---------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write `tokenizer.json` (a `.json` path) or a directory with tokenizer.json and
+        tokenizer_config.json (special tokens, chat template) that transformers also reads."""
+        from llmlab.tokenizer.io import save_tokenizer
+        save_tokenizer(self, path)
+
+    def render_chat(self, messages: list[dict], template: str | None = None, *,
+                    add_generation_prompt: bool = False, **kwargs) -> tuple[list[int], list[int]]:
+        """(ids, assistant_mask) of a conversation; see `llmlab.tokenizer.chat.render_chat`."""
+        from llmlab.tokenizer.chat import render_chat
+        return render_chat(self, messages, template, add_generation_prompt=add_generation_prompt, **kwargs)
+
+    def __repr__(self) -> str:
+        kind = "BPE" if self.byte_level else "WordPiece"
+        return f"Tokenizer({kind}, vocab_size={self.vocab_size}, special={list(self.special_tokens)[:4]})"
