@@ -145,10 +145,10 @@ def _megatron(cfg, b, s, dtype, recompute, flash, t, p, sp) -> Activations:
                           "or the 'llmlab' formula for fp32.")
     h, a, L, V = cfg.hidden_size, cfg.num_heads, cfg.num_layers, cfg.vocab_size
     hq, hkv, ffn = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
-    up = 3 if cfg.gated_ffn else 2  # FFN tensors of width `ffn` kept: act input(s) and act output
+    widths = 4 if cfg.gated_ffn else 2  # FFN tensors of width `ffn`: act in/out (+ up output and product if gated)
     # Per sbh, 16-bit values count 2, 1-byte dropout masks 1. For MHA with a 4h GELU MLP this is 11+19+4=34.
     attn = 2 + 2 * (hq + hkv) / h + 2 * hkv / h + 2 * hq / h + 1  # qkv input, Q, K, V, proj input, mask
-    mlp = 2 + 2 * up * ffn / h + 1  # fc1 input, act in/out (x2 widths if gated), dropout mask
+    mlp = 2 + 2 * widths * ffn / h + 1  # fc1 input, the `ffn`-wide tensors, dropout mask
     norms = 4
     c = attn + mlp + norms
     unsplit = 10  # norm inputs, qkv/fc1 inputs and both dropout masks are not split by TP without SP
@@ -160,11 +160,15 @@ def _megatron(cfg, b, s, dtype, recompute, flash, t, p, sp) -> Activations:
         lin = c / t if sp else unsplit + (c - unsplit) / t
         attn_core = 0.0 if recompute == "selective" else (4 * a * s * b / t if flash else 5 * a * s * s * b / t)
         per_layer = sbh * lin + attn_core
-        core_txt = {"selective": "", "flash": " + 4asb/t"}.get(recompute if recompute == "selective" else
-                                                                  ("flash" if flash else ""), " + 5as²b/t")
-        lin_txt = f"{c:g}/t" if sp else f"{unsplit} + {c - unsplit:g}/t"
-        text = f"L · (sbh({lin_txt}){core_txt})"
-        nums = f"{L} · ({s} · {b} · {h} · ({lin_txt.replace('t', str(t))}){core_txt.replace('a', f'{a}·').replace('s', f'·{s}').replace('b', f'·{b}').replace('t', str(t))})"
+        core_sym, core_num = {
+            "selective": ("", ""),
+            "flash": (" + 4asb/t", f" + 4·{a}·{s}·{b}/{t}"),
+            "scores": (" + 5as²b/t", f" + 5·{a}·{s}²·{b}/{t}"),
+        }["selective" if recompute == "selective" else "flash" if flash else "scores"]
+        lin_sym = f"{c:g}/t" if sp else f"{unsplit} + {c - unsplit:g}/t"
+        lin_num = f"{c:g}/{t}" if sp else f"{unsplit} + {c - unsplit:g}/{t}"
+        text = f"L · (sbh({lin_sym}){core_sym})"
+        nums = f"{L} · ({s}·{b}·{h}·({lin_num}){core_num})"
     # Outside the layers (Korthikanti §4.3): embedding dropout (p micro-batches on the first stage);
     # with p = 1 also the final LayerNorm, output projection and fp32 cross-entropy: 4sbh/t (1 + v/h).
     other = sbh * p / t + (4 * sbh / t * (1 + V / h) if p == 1 else 0)

@@ -1,0 +1,71 @@
+"""`llmlab estimate`: tables, --json, --explain with substituted numbers, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmlab.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["estimate", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_params_table_and_json(capsys):
+    code, out, _ = run(capsys, "params", "gpt3-175b")
+    assert code == 0 and "174,604,259,328" in out and "attention (all layers)" in out
+    code, out, _ = run(capsys, "params", "llama2-7b", "--json")
+    assert json.loads(out)["params"]["total"] == 6_738_415_616
+
+
+def test_infer_memory_explain_substitutes_numbers(capsys):
+    code, out, _ = run(capsys, "infer-memory", "llama-7b", "--batch", "4", "--context", "2048", "--weights", "fp16",
+                       "--kv-dtype", "fp16", "--gpu", "A100-40GB", "--explain")
+    assert code == 0
+    assert "2 · bytes · layers · batch · context · kv_heads · head_dim" in out
+    assert "2 · 2 · 32 · 4 · 2048 · 32 · 128" in out and "4.00 GiB" in out
+    assert "largest batch at context 2048 on A100-40GB" in out and "decode ceiling" in out
+
+
+def test_time_and_flops(capsys):
+    code, out, _ = run(capsys, "time", "gpt3-175b", "--tokens", "300B", "--gpu", "A100", "--n-gpus", "1000",
+                       "--mfu", "0.3", "--json")
+    assert code == 0 and 38.5 < json.loads(out)["seconds"] / 86400 < 39.5
+    code, out, _ = run(capsys, "flops", "gpt3-175b", "--tokens", "3e11", "--explain")
+    assert code == 0 and "6 · 174,604,259,328 · 3e+11" in out and "3.143e+23 FLOP" in out
+
+
+def test_train_memory(capsys):
+    code, out, _ = run(capsys, "train-memory", "llama2-7b", "--seq-len", "4096", "--zero", "3", "--dp", "8",
+                       "--recompute", "full", "--gpu", "H100", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["model_states"] == pytest.approx(16 * 6_738_415_616 / 8)
+    code, out, _ = run(capsys, "train-memory", "gpt3-175b", "--activations", "megatron", "--no-flash", "--explain")
+    assert code == 0 and "5as²b" in out
+
+
+def test_gpus_table(capsys):
+    code, out, _ = run(capsys, "gpus")
+    assert code == 0 and "H100-SXM" in out and "989.5" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["time", "gpt2", "--tokens", "1e9", "--gpu", "B300"], "unknown GPU 'B300'; known GPUs: A100-40GB"),
+    (["params", "llama-9000b"], "neither a preset nor an existing file"),
+    (["train-memory", "gpt2", "--tp", "2"], "use formula='megatron'"),
+])
+def test_errors_are_one_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_heads_not_dividing_hidden_is_a_clear_error(capsys, tmp_path):
+    bad = {"model_type": "llama", "vocab_size": 10, "hidden_size": 30, "intermediate_size": 8,
+           "num_hidden_layers": 1, "num_attention_heads": 4}
+    (tmp_path / "config.json").write_text(json.dumps(bad))
+    code, _, err = run(capsys, "params", str(tmp_path))
+    assert code == 2 and "hidden_size 30 is not divisible by num_heads 4" in err
