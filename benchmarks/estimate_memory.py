@@ -1,0 +1,140 @@
+"""Estimated vs measured memory for llmlab's Transformer: activations, KV cache, optimizer state.
+
+For each config: build llmlab's Transformer, run one forward + loss and sum what autograd saves
+(`llmlab.estimate.measure.saved_activation_bytes`, any device); on CUDA also the peak of
+`torch.cuda.max_memory_allocated` over forward + backward beyond what was allocated before
+(weights, gradients and optimizer state already exist: one warm-up step runs first). Each is
+compared, as a ratio estimate / measured, with the 'llmlab' formula (derived for these ops) and
+with Korthikanti et al.'s 'megatron' formula (GPT-style Megatron layers — shown for contrast, it
+is not a formula for this implementation). Also: KV-cache bytes vs `KVCache.allocate`, and fp32
+AdamW model states vs what `torch.optim.AdamW` holds.
+
+    python benchmarks/estimate_memory.py            # CPU (and CUDA when present)
+Results go to benchmarks/results/estimate_memory_<device>.json; the last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from llmlab import estimate
+from llmlab.config import ModelConfig
+from llmlab.estimate.measure import peak_cuda_activation_bytes, saved_activation_bytes
+from llmlab.model.cache import KVCache
+from llmlab.model.transformer import Transformer
+
+BASE = dict(vocab_size=2048, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=8, intermediate_size=688,
+            max_position_embeddings=1024)
+CONFIGS = {
+    "llama-gqa": BASE | {"num_kv_heads": 2},
+    "llama-mqa-tied": BASE | {"num_kv_heads": 1, "tie_word_embeddings": True},
+    "gpt2": BASE | {"norm": "layernorm", "norm_bias": True, "activation": "gelu_tanh", "gated_ffn": False,
+                    "intermediate_size": 1024, "position": "learned", "qkv_bias": True, "o_bias": True,
+                    "mlp_bias": True, "tie_word_embeddings": True},
+    "qwen2-bias": BASE | {"num_kv_heads": 2, "qkv_bias": True, "tie_word_embeddings": True},
+    "qwen3-qknorm": BASE | {"num_kv_heads": 4, "qk_norm": True, "head_dim": 64},
+    "post-norm-relu": BASE | {"norm": "layernorm", "norm_position": "post", "final_norm": False,
+                              "activation": "relu", "gated_ffn": False, "position": "sinusoidal"},
+}
+# (dtype, attention backend, recomputation)
+SETTINGS = [("fp32", "sdpa", "none"), ("bf16", "sdpa", "none"), ("fp32", "explicit", "none"), ("bf16", "sdpa", "full")]
+TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BATCH, SEQ = 2, 256
+
+
+def activation_rows(device: str) -> list[dict]:
+    rows = []
+    for name, kw in CONFIGS.items():
+        cfg = ModelConfig(**kw)
+        for dtype, backend, recompute in SETTINGS:
+            torch.manual_seed(0)
+            model = Transformer(cfg, attn_backend=backend).to(device=device, dtype=TORCH_DTYPE[dtype])
+            ids, labels = torch.randint(0, cfg.vocab_size, (2, BATCH, SEQ), device=device)
+            full = recompute == "full"
+            saved = saved_activation_bytes(model, ids, labels, checkpoint_blocks=full)
+            est = estimate.activation_bytes(cfg, BATCH, SEQ, formula="llmlab", dtype=dtype, flash=backend == "sdpa",
+                                            recompute=recompute).total
+            row = {"config": name, "dtype": dtype, "backend": backend, "recompute": recompute,
+                   "measured_saved": saved, "llmlab_estimate": est, "ratio_llmlab": est / saved}
+            if dtype == "bf16":  # Korthikanti's formula is for 16-bit activations
+                meg = estimate.activation_bytes(cfg, BATCH, SEQ, formula="megatron", flash=backend == "sdpa",
+                                                recompute=recompute).total
+                row |= {"megatron_estimate": meg, "ratio_megatron": meg / saved}
+            if device == "cuda":
+                opt = torch.optim.AdamW(model.parameters(), lr=0.0)
+                model.loss(ids, labels).backward()
+                opt.step()  # grads and optimizer state now exist: the peak below is activations + transients
+                peak = peak_cuda_activation_bytes(model, ids, labels, checkpoint_blocks=full)
+                row |= {"measured_cuda_peak": peak, "ratio_llmlab_vs_peak": est / peak}
+                del opt
+            rows.append(row)
+            del model
+    return rows
+
+
+def kv_rows(device: str) -> list[dict]:
+    rows = []
+    for name in ("llama-gqa", "qwen3-qknorm"):
+        cfg = ModelConfig(**CONFIGS[name])
+        for dtype in ("fp32", "bf16"):
+            cache = KVCache.allocate(cfg, 3, 100, dtype=TORCH_DTYPE[dtype], device=device)
+            est = estimate.kv_cache_bytes(cfg, 3, 100, dtype)
+            rows.append({"config": name, "dtype": dtype, "allocated": cache.nbytes(), "estimate": est})
+    return rows
+
+
+def adamw_row() -> dict:
+    cfg = ModelConfig(**CONFIGS["llama-gqa"])
+    model = Transformer(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    ids = torch.randint(0, cfg.vocab_size, (1, 16))
+    model.loss(ids, ids).backward()
+    opt.step()
+    held = sum(2 * p.numel() * p.element_size() for p in model.parameters())
+    held += sum(s[k].numel() * s[k].element_size() for s in opt.state.values() for k in ("exp_avg", "exp_avg_sq"))
+    est = estimate.training_memory(cfg, seq_len=16, precision="fp32").model_states
+    return {"config": "llama-gqa", "precision": "fp32", "held": held, "estimate": est}
+
+
+def main() -> int:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    act = activation_rows(device)
+    print(f"activations, batch {BATCH} x seq {SEQ}, device {device}: estimate / measured (saved tensors)")
+    head = f"{'config':<16} {'dtype':<5} {'backend':<8} {'recomp':<6} {'measured':>12} {'llmlab':>7} {'megatron':>9}"
+    if device == "cuda":
+        head += f" {'cuda peak':>12} {'llmlab/peak':>11}"
+    print(head)
+    for r in act:
+        line = (f"{r['config']:<16} {r['dtype']:<5} {r['backend']:<8} {r['recompute']:<6} {r['measured_saved']:>12,} "
+                f"{r['ratio_llmlab']:>7.4f} {r.get('ratio_megatron', float('nan')):>9.3f}")
+        if device == "cuda":
+            line += f" {r['measured_cuda_peak']:>12,} {r['ratio_llmlab_vs_peak']:>11.3f}"
+        print(line)
+    kv = kv_rows(device)
+    for r in kv:
+        print(f"KV cache {r['config']} {r['dtype']}: allocated {r['allocated']:,} B, estimate {r['estimate']:,} B")
+    opt = adamw_row()
+    print(f"fp32 AdamW model states: held {opt['held']:,} B, estimate {opt['estimate']:,.0f} B")
+    ratios = [r["ratio_llmlab"] for r in act]
+    summary = {
+        "benchmark": "estimate_memory", "device": device,
+        "hardware": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+        "batch": BATCH, "seq_len": SEQ, "configs": CONFIGS, "activations": act, "kv_cache": kv, "adamw": opt,
+        "llmlab_ratio_min": min(ratios), "llmlab_ratio_max": max(ratios),
+    }
+    out = Path(__file__).parent / "results" / f"estimate_memory_{device}.json"
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps({k: summary[k] for k in ("benchmark", "device", "hardware", "llmlab_ratio_min",
+                                               "llmlab_ratio_max")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
