@@ -12,7 +12,8 @@ has them; otherwise each assistant turn's span is found by rendering the convers
 turn with and without it (the template must render a prefix of the conversation as a prefix of the
 text, which ChatML-style templates do). Spans are mapped to tokens through byte offsets: for
 byte-level BPE the token bytes concatenate to exactly the rendered text, so a token is assistant
-text iff its first byte lies in a span.
+text iff its first byte lies in a span. A template that defeats both gets an all-zero mask and a
+warning (inference needs no mask; SFT should check `any(mask)`).
 
 No double BOS: the rendered text is tokenized with `add_special_tokens=False` (the template emits
 BOS itself if the model wants one), and special tokens in the rendered text are recognised.
@@ -21,6 +22,7 @@ BOS itself if the model wants one), and special tokens in the rendered text are 
 from __future__ import annotations
 
 import json
+import warnings
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
@@ -129,8 +131,10 @@ def _turn_spans(messages, template, text, variables) -> list[tuple[int, int]]:
         before, _ = render_text(messages[:i], template, add_generation_prompt=True, **variables)
         upto, _ = render_text(messages[:i + 1], template, **variables)
         if not (upto.startswith(before) and text.startswith(upto)):
-            raise TokenizerError("cannot locate assistant turns in this chat template's output; wrap the "
-                                 "assistant content in {% generation %}...{% endgeneration %}.")
+            warnings.warn("cannot locate assistant turns in this chat template's output, so the assistant "
+                          "mask is all zeros; wrap assistant content in {% generation %}...{% endgeneration %}.",
+                          stacklevel=3)
+            return []
         spans.append((len(before), len(upto)))
     return spans
 

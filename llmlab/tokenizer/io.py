@@ -266,6 +266,7 @@ def tokenizer_json(tok: Tokenizer) -> dict:
         m: BPEModel = tok.model
         enc = lambda b: "".join(BYTE_TO_CHAR[x] for x in b)  # noqa: E731
         vocab = {enc(b): i for b, i in m.vocab.items()}
+        vocab.update(ids)  # tokenizers renumbers added tokens that are missing from the model vocab
         model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                  # ranks mode returns a whole-token piece directly: tokenizers' ignore_merges

@@ -32,8 +32,9 @@ BERT_SPLIT = regex.compile(rf"[^\p{{White_Space}}{_PUNCT}]+|[{_PUNCT}]")
 _CJK_RANGES = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
                (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)]
 _CJK = regex.compile("([" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in _CJK_RANGES) + "])")
-# Characters clean_text deletes: NUL, U+FFFD and the Unicode "other" categories except \t \n \r.
-_CONTROL = regex.compile(r"[\x00\ufffd]|(?![\t\n\r])\p{C}")
+# Characters clean_text deletes: NUL, U+FFFD, and control/format/private-use characters except
+# \t \n \r (tokenizers keeps unassigned code points, so Cn is not in the list).
+_CONTROL = regex.compile(r"[\x00\ufffd]|(?![\t\n\r])[\p{Cc}\p{Cf}\p{Co}]")
 _WHITESPACE = regex.compile(r"[\t\n\r\p{White_Space}]")
 _NONSPACING = regex.compile(r"\p{Mn}")
 
@@ -54,8 +55,8 @@ class BertNormalizer:
             text = _CJK.sub(r" \1 ", text)
         if self.lowercase if self.strip_accents is None else self.strip_accents:
             text = _NONSPACING.sub("", unicodedata.normalize("NFD", text))
-        if self.lowercase:
-            text = text.lower()
+        if self.lowercase:  # per character, like Rust: no final-sigma rule (Python's lower() has one)
+            text = text.replace("\u03a3", "\u03c3").lower()
         return text
 
     def to_json(self) -> dict:
