@@ -1,0 +1,18 @@
+"""The inference engine: paged KV cache, prefix caching, continuous batching, batched sampling.
+
+    LLM / SamplingParams       offline batch generation (llm.py), vLLM-shaped
+    LLMEngine                  add_request / step / abort, for servers (llm_engine.py)
+    Scheduler, BlockManager    pure-Python policy and KV-block accounting
+    ModelRunner, sampler       the torch side: one flattened forward per step, batched sampling
+
+Data flow per step: scheduler.schedule -> model_runner.run (model over PagedKVCache, sampler)
+-> scheduler.update -> detokenizer (stop strings) -> RequestOutput.
+"""
+
+from llmlab.engine.config import EngineConfig
+from llmlab.engine.llm import LLM
+from llmlab.engine.llm_engine import LLMEngine
+from llmlab.engine.output import CompletionOutput, RequestOutput
+from llmlab.engine.sequence import RequestError, SamplingParams
+
+__all__ = ["LLM", "CompletionOutput", "EngineConfig", "LLMEngine", "RequestError", "RequestOutput", "SamplingParams"]

@@ -1,0 +1,35 @@
+"""EngineConfig: every knob of the serving engine, validated once (vLLM's names where they exist)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmlab.errors import ConfigError
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    max_num_seqs: int = 256  # sequences running at once
+    max_num_batched_tokens: int = 4096  # tokens per step (prefill chunks + decodes)
+    max_model_len: int | None = None  # None -> the model's max_position_embeddings
+    block_size: int = 16  # token slots per KV block
+    num_blocks: int | None = None  # KV blocks; None -> sized from kv_cache_memory / gpu_memory_utilization
+    kv_cache_memory: int | None = None  # bytes for the KV cache; CPU default: 1 GiB or what max_num_seqs needs
+    gpu_memory_utilization: float = 0.9  # CUDA: fraction of the card for weights + activations + KV
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    enforce_eager: bool = False  # CUDA: no graphs for decode steps
+    cuda_graph_max_bs: int = 256  # largest decode batch that replays a CUDA graph
+    seed: int = 0  # generator for requests without their own seed
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_bs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"EngineConfig.{name} must be a positive integer, got {value!r}.")
+        for name in ("max_model_len", "num_blocks", "kv_cache_memory"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"EngineConfig.{name} must be a positive integer or None, got {value!r}.")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")

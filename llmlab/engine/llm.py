@@ -1,0 +1,119 @@
+"""`LLM`: offline batch generation with the engine, in vLLM's shape.
+
+    from llmlab import LLM, SamplingParams
+    llm = LLM("smollm2-135m")                       # HF dir, .gguf, registry name, or a Transformer
+    outs = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=8))
+    outs[0].outputs[0].text, outs[0].outputs[0].token_ids, outs[0].outputs[0].finish_reason
+    llm.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=32))
+
+Prompts are text (needs the model's tokenizer) or token-id lists; `sampling_params` is one
+SamplingParams for all prompts or one per prompt. Engine options are keyword arguments
+(EngineConfig's fields: max_num_seqs, max_num_batched_tokens, kv_cache_memory,
+gpu_memory_utilization, block_size, num_blocks, enable_prefix_caching, ...).
+
+Not here: the step loop (llm_engine.py), serving (serve/).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+
+from llmlab.engine.config import EngineConfig
+from llmlab.engine.llm_engine import LLMEngine
+from llmlab.engine.output import RequestOutput
+from llmlab.engine.sequence import RequestError, SamplingParams
+from llmlab.errors import LlmlabError, TokenizerError
+from llmlab.model.transformer import Transformer
+
+
+class LLM:
+    def __init__(self, model: str | Path | Transformer, *, tokenizer=None, dtype: str | torch.dtype | None = None,
+                 device: str | torch.device | None = None, **engine_options):
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(model, Transformer):
+            if dtype is not None or str(next(model.parameters()).device) != str(torch.device(device)):
+                from llmlab.model.pretrained import resolve_dtype
+
+                model = model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else None)
+        else:
+            from llmlab.model.pretrained import from_pretrained
+
+            if dtype is None:
+                dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+            source = model
+            model = from_pretrained(source, dtype=dtype, device=device)
+            if tokenizer is None:
+                tokenizer = _load_tokenizer(source)
+        self.config = EngineConfig(**engine_options)
+        self.engine = LLMEngine(model, tokenizer, self.config)
+        self.model, self.tokenizer = model, tokenizer
+        self._ids = itertools.count()
+
+    def generate(self, prompts: str | list[int] | list[str] | list[list[int]],
+                 sampling_params: SamplingParams | list[SamplingParams] | None = None, *,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """Generate for every prompt; outputs in prompt order, each finished."""
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if not isinstance(prompts, list) or not prompts:
+            raise RequestError("generate() needs a prompt or a non-empty list of prompts (text or token-id lists).")
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise RequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one, or one each.")
+        ids = [f"gen-{next(self._ids)}" for _ in prompts]
+        added = []
+        try:
+            for rid, prompt, p in zip(ids, prompts, params):
+                self.engine.add_request(rid, prompt, p)
+                added.append(rid)
+        except LlmlabError:
+            for rid in added:  # all or nothing: the caller gets the error and a clean engine
+                self.engine.abort(rid)
+            raise
+        done: dict[str, RequestOutput] = {}
+        bar = _progress(len(ids)) if use_tqdm else None
+        while len(done) < len(ids):
+            for out in self.engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [done[rid] for rid in ids]
+
+    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None, *,
+             chat_template: str | None = None, add_generation_prompt: bool = True,
+             use_tqdm: bool = False) -> list[RequestOutput]:
+        """Render each conversation with the chat template (the tokenizer's own by default), then generate."""
+        if self.tokenizer is None:
+            raise RequestError("chat() needs the model's tokenizer; load the model from a directory or GGUF that "
+                               "has one, or pass tokenizer=...")
+        from llmlab.tokenizer.chat import render_chat
+
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [render_chat(self.tokenizer, conv, chat_template, add_generation_prompt=add_generation_prompt)[0]
+                   for conv in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+
+def _load_tokenizer(source: str | Path):
+    """The tokenizer that ships with a model (tokenizer.json in the directory, or the GGUF's vocab)."""
+    from llmlab import artifacts
+    from llmlab.tokenizer import load_tokenizer
+
+    path = artifacts.fetch(str(source)) if str(source) in artifacts.ARTIFACTS and not Path(source).exists() else source
+    try:
+        return load_tokenizer(path)
+    except TokenizerError:
+        return None  # token-id prompts still work; text prompts then get a clear error
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="generate", unit="req")

@@ -1,0 +1,176 @@
+"""LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out.
+
+    engine.add_request("r1", prompt_ids_or_text, SamplingParams(...))
+    while engine.has_unfinished_requests():
+        for out in engine.step(): ...          # outputs of requests that progressed this step
+    engine.abort("r1")                          # frees its KV blocks at once
+
+`step` is the whole engine: schedule -> run (model + sampler) -> update (scheduler: computed
+tokens, prefix cache, sampled tokens, token stops) -> detokenize (stop strings) -> outputs.
+The interface is token ids; text is accepted and returned only if a tokenizer was given.
+
+Requests are checked when added — empty or out-of-vocabulary prompt, prompt longer than the
+context, a request too large for the whole KV cache, bad sampling parameters — and refused with
+a `RequestError`; the engine and its other requests are untouched. The server (serve/) drives
+this same interface from its event loop.
+
+Reference: vLLM `LLMEngine`; nano-vllm `engine/llm_engine.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from llmlab.engine.block_manager import BlockManager
+from llmlab.engine.config import EngineConfig
+from llmlab.engine.model_runner import ModelRunner
+from llmlab.engine.output import CompletionOutput, Detokenizer, RequestOutput
+from llmlab.engine.scheduler import Scheduler
+from llmlab.engine.sequence import RequestError, SamplingParams, Sequence
+from llmlab.model.transformer import Transformer
+
+
+@dataclass(slots=True)
+class _Request:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    seqs: list[Sequence]
+    detoks: list[Detokenizer] | None
+    metrics: dict[str, float]
+
+
+class LLMEngine:
+    def __init__(self, model: Transformer, tokenizer=None, config: EngineConfig | None = None, *,
+                 pad_decode: bool = False):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or EngineConfig()
+        self.runner = ModelRunner(model, self.config, pad_decode=pad_decode)
+        self.max_model_len = self.runner.max_model_len
+        self.block_manager = BlockManager(self.runner.num_blocks, self.config.block_size,
+                                          enable_prefix_caching=self.config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs=self.config.max_num_seqs,
+                                   max_num_batched_tokens=self.config.max_num_batched_tokens,
+                                   max_model_len=self.max_model_len,
+                                   enable_chunked_prefill=self.config.enable_chunked_prefill)
+        eos = model.cfg.eos_token_id
+        eos = {eos} if isinstance(eos, int) else set(eos or [])
+        if tokenizer is not None and getattr(tokenizer, "eos_id", None) is not None:
+            eos.add(tokenizer.eos_id)
+        self.eos_token_ids = frozenset(eos)
+        self.requests: dict[str, _Request] = {}
+        self.num_steps = 0
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise RequestError("this engine has no tokenizer, so prompts must be token-id lists; load the "
+                                   "model with its tokenizer (LLM(path) or tokenizer=...).")
+            ids = self.tokenizer.encode(prompt, allowed_special="all")
+        else:
+            ids = list(prompt)
+        vocab = self.model.cfg.vocab_size
+        if not ids:
+            raise RequestError("the prompt is empty; give at least one token.")
+        if not all(isinstance(i, int) and 0 <= i < vocab for i in ids):
+            bad = next(i for i in ids if not (isinstance(i, int) and 0 <= i < vocab))
+            raise RequestError(f"prompt token {bad!r} is not an id in this model's vocabulary (0..{vocab - 1}).")
+        return ids
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
+        """Queue a request; raises RequestError (and queues nothing) if it is invalid or can never fit."""
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise RequestError(f"sampling params must be a SamplingParams, got {type(params).__name__}.")
+        if request_id in self.requests:
+            raise RequestError(f"request id {request_id!r} is already in use; ids must be unique among live requests.")
+        ids = self.encode_prompt(prompt)
+        self.scheduler.check_fits(len(ids), params.max_tokens)
+        seqs = [Sequence(request_id, ids, params, index=i, eos_token_ids=self.eos_token_ids) for i in range(params.n)]
+        detoks = [Detokenizer(self.tokenizer, params) for _ in seqs] if self.tokenizer is not None else None
+        self.requests[request_id] = _Request(request_id, prompt if isinstance(prompt, str) else None, ids, seqs,
+                                             detoks, {"arrival": time.perf_counter()})
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its blocks; False if it is unknown or already finished."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return False
+        for seq in req.seqs:
+            self.scheduler.finish(seq, "abort")
+            self.runner.release(seq)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---- one step -------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        results = self.runner.run(batch)
+        self.scheduler.update(batch, {sid: r[0] for sid, r in results.items()})
+        self.num_steps += 1
+        now = time.perf_counter()
+        touched: dict[str, _Request] = {}
+        for seq in batch.seqs:
+            if seq.seq_id not in results:
+                continue
+            token, logprob, alts = results[seq.seq_id]
+            if logprob is not None:
+                seq.logprobs.append(alts)
+                seq.cumulative_logprob += logprob
+            req = self.requests[seq.request_id]
+            req.metrics.setdefault("first_token", now)
+            touched[req.request_id] = req
+            if req.detoks is not None:
+                self._detokenize(seq, req.detoks[seq.index], token)
+            if seq.is_finished:
+                self.runner.release(seq)
+        outputs = []
+        for req in touched.values():
+            out = self._output(req)
+            if out.finished:
+                req.metrics["finished"] = now
+                del self.requests[req.request_id]
+            outputs.append(out)
+        return outputs
+
+    def _detokenize(self, seq: Sequence, detok: Detokenizer, token: int) -> None:
+        if not (seq.finish_reason == "stop" and seq.stop_reason == token):  # a stop token is never text
+            hit = detok.add(token)
+            if hit is not None:
+                if seq.is_finished:  # the same token also hit max_tokens: the stop string wins
+                    seq.finish_reason, seq.stop_reason = "stop", hit
+                else:
+                    self.scheduler.finish(seq, "stop", hit)
+        if seq.is_finished:
+            detok.flush()
+
+    def _output(self, req: _Request) -> RequestOutput:
+        completions = []
+        for seq in req.seqs:
+            detok = req.detoks[seq.index] if req.detoks is not None else None
+            completions.append(CompletionOutput(
+                index=seq.index, text=detok.visible(seq.is_finished) if detok is not None else "",
+                token_ids=seq.output_token_ids,
+                cumulative_logprob=seq.cumulative_logprob if seq.params.logprobs is not None else None,
+                logprobs=list(seq.logprobs) if seq.params.logprobs is not None else None,
+                finish_reason=seq.finish_reason, stop_reason=seq.stop_reason))
+        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, completions,
+                             finished=all(s.is_finished for s in req.seqs),
+                             num_cached_tokens=max(s.num_cached_tokens for s in req.seqs), metrics=dict(req.metrics))
+
+    def stats(self) -> dict[str, float]:
+        bm = self.block_manager
+        return {"steps": self.num_steps, "preemptions": self.scheduler.num_preemptions,
+                "free_blocks": bm.num_free_blocks, "num_blocks": bm.num_blocks,
+                "prefix_cache_hit_rate": bm.num_hits / bm.num_queries if bm.num_queries else 0.0}

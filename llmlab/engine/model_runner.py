@@ -1,0 +1,299 @@
+"""The model runner: owns the paged KV cache and turns a scheduled step into sampled token ids.
+
+    prepare  - flatten the step: decode rows first, then prefill chunks, as (1, N) input ids and
+               position ids, plus `PagedMetadata` (slot of every new token, and per segment the
+               slots every query reads and its mask; see model/attention.py)
+    run      - one `Transformer.hidden_states(ids, position_ids=..., cache=PagedKVCache)` over the
+               whole step; the LM head only on rows whose next token is sampled
+    sample   - one batched call (sampler.py); one `.tolist()` per step
+
+Sizing. The cache is `num_blocks` blocks plus one scratch block (the last) that padded rows
+write to and read from; the block manager never hands it out. On CUDA the block count comes from
+`gpu_memory_utilization` after a warm-up forward of a full token budget measures peak activation
+memory (as vLLM/nano-vllm do); on CPU from `kv_cache_memory`.
+
+CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
+context; graphs are captured lazily per (batch bucket, context bucket) — batch padded up to
+1, 2, 4, 8, 16, 24, ... and the context up to a power-of-two number of blocks — into one shared
+memory pool, and replayed with the step's inputs copied into static buffers. Padded rows use the
+scratch block. The graphed function is the same `_decode_logits` the eager path runs, so CPU
+tests cover its maths; `pad_decode=True` makes the CPU take the padded (graph-shaped) path too.
+
+Not here: which tokens to run (scheduler.py), stop rules (scheduler.py, llm_engine.py).
+Reference: nano-vllm `engine/model_runner.py`; vLLM `worker/gpu_model_runner.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from llmlab.engine.config import EngineConfig
+from llmlab.engine.sampler import SamplingBatch, sample
+from llmlab.engine.scheduler import ScheduledBatch
+from llmlab.engine.sequence import Sequence
+from llmlab.errors import ConfigError
+from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
+from llmlab.model.cache import PagedKVCache
+from llmlab.model.transformer import Transformer
+
+_CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+class ModelRunner:
+    def __init__(self, model: Transformer, config: EngineConfig, *, pad_decode: bool = False):
+        if model.cfg.position == "alibi":
+            raise ConfigError("the engine's paged attention does not implement ALiBi; use model.generate for "
+                              "ALiBi models.")
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.config = config
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.block_size = config.block_size
+        self.max_model_len = config.max_model_len or self.cfg.max_position_embeddings
+        self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
+        self.num_blocks = config.num_blocks or self._blocks_from_memory()
+        # One extra block at the end: scratch space for padded rows.
+        self.kv = PagedKVCache.allocate(self.cfg, self.num_blocks + 1, self.block_size, dtype=self.dtype,
+                                        device=self.device)
+        self.scratch = self.num_blocks
+        self.shared_generator = torch.Generator(self.device).manual_seed(config.seed)
+        self.generators: dict[int, torch.Generator] = {}  # seq_id -> its own stream (seeded requests)
+        self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
+        self.pad_decode = pad_decode or self.use_graphs
+        self.graphs = _DecodeGraphs(self) if self.use_graphs else None
+
+    # ---- sizing ---------------------------------------------------------------------------------
+
+    def _blocks_from_memory(self) -> int:
+        per_block = PagedKVCache.bytes_per_block(self.cfg, self.block_size, self.dtype)
+        if self.device.type == "cuda":
+            budget = self._cuda_kv_budget()
+        elif self.config.kv_cache_memory is not None:
+            budget = self.config.kv_cache_memory
+        else:
+            wanted = self.config.max_num_seqs * self.max_blocks_per_seq * per_block
+            budget = min(_CPU_DEFAULT_KV_BYTES, wanted)
+        if self.config.kv_cache_memory is not None:
+            budget = min(budget, self.config.kv_cache_memory)
+        blocks = budget // per_block
+        if blocks < 1:
+            raise ConfigError(f"the KV-cache budget ({budget} bytes) is below one block ({per_block} bytes); give "
+                              "the engine more memory (kv_cache_memory / gpu_memory_utilization).")
+        return int(blocks)
+
+    def _cuda_kv_budget(self) -> int:
+        """Bytes left for KV after weights and a warm-up forward of a full token budget."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        n = min(self.config.max_num_batched_tokens, self.max_model_len)
+        tmp = PagedKVCache.allocate(self.cfg, -(-n // self.block_size), self.block_size, dtype=self.dtype,
+                                    device=self.device)
+        slots = torch.arange(n, device=self.device)
+        meta = PagedMetadata(slots, [PagedSegment(0, 1, n, slots[None], None)])
+        with torch.inference_mode():
+            self.model.hidden_states(torch.zeros(1, n, dtype=torch.long, device=self.device),
+                                     position_ids=slots[None], cache=tmp.with_meta(meta))
+        torch.cuda.synchronize()
+        del tmp
+        free, total = torch.cuda.mem_get_info(self.device)
+        stats = torch.cuda.memory_stats(self.device)
+        peak, current = stats["allocated_bytes.all.peak"], stats["allocated_bytes.all.current"]
+        return int(total * self.config.gpu_memory_utilization - (total - free) - (peak - current))
+
+    # ---- one step -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> dict[int, tuple[int, float | None, dict[int, float] | None]]:
+        """Run a scheduled step; return {seq_id: (token, logprob, top logprobs)} for sampling rows."""
+        sampling = [i for i in range(len(batch)) if batch.samples(i)]
+        decode_only = all(n == 1 for n in batch.num_tokens)
+        if decode_only and self.pad_decode and len(batch) <= self.config.cuda_graph_max_bs:
+            logits = self._run_decode_padded(batch.seqs)[sampling]
+        else:
+            logits = self._run_mixed(batch, sampling)
+        if not sampling:
+            return {}
+        seqs = [batch.seqs[i] for i in sampling]
+        return self._sample(seqs, logits)
+
+    def _run_mixed(self, batch: ScheduledBatch, sampling: list[int]) -> Tensor:
+        bs, dev = self.block_size, self.device
+        order = sorted(range(len(batch)), key=lambda i: batch.num_tokens[i] != 1)  # decode rows first
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        row_of: dict[int, int] = {}  # batch index -> flattened row of its last token
+        segments: list[PagedSegment] = []
+        decodes = [i for i in order if batch.num_tokens[i] == 1]
+        for i in order:
+            seq, n = batch.seqs[i], batch.num_tokens[i]
+            c = seq.num_computed_tokens
+            ids += seq.token_ids[c:c + n]
+            pos += range(c, c + n)
+            row_of[i] = len(ids) - 1
+            if n == 1:
+                slots.append(seq.block_table[c // bs] * bs + c % bs)
+            else:
+                table = torch.tensor(seq.block_table, dtype=torch.long)
+                seq_slots = (table[:, None] * bs + torch.arange(bs)).flatten()[:c + n]  # slot of every position
+                slots += seq_slots[c:].tolist()
+                mask = None
+                if c > 0 or self.cfg.sliding_window is not None:
+                    mask = window_mask(causal_mask(n, c + n, torch.device("cpu")), c, self.cfg.sliding_window)
+                    mask = mask[None, None].to(dev)
+                segments.append(PagedSegment(row_of[i] - n + 1, 1, n, seq_slots[None].to(dev), mask))
+        if decodes:
+            tables, ctx = self._decode_tables([batch.seqs[i] for i in decodes], max_blocks=None)
+            segments.insert(0, decode_segment(0, tables.to(dev), ctx.to(dev), bs, self.cfg.sliding_window))
+        meta = PagedMetadata(torch.tensor(slots, device=dev), segments)
+        h = self.model.hidden_states(torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
+                                     cache=self.kv.with_meta(meta))  # (1, N, d)
+        rows = torch.tensor([row_of[i] for i in sampling], dtype=torch.long, device=dev)
+        return self.model.lm_head(h[0, rows]).float()  # (num sampling rows, V), in batch order
+
+    def _decode_tables(self, seqs: list[Sequence], max_blocks: int | None) -> tuple[Tensor, Tensor]:
+        """(B, max_blocks) block tables padded with the scratch block, and (B,) context lengths."""
+        width = max_blocks or max(len(s.block_table) for s in seqs)
+        tables = torch.full((len(seqs), width), self.scratch, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            tables[r, :len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.long)
+        ctx = torch.tensor([s.num_computed_tokens + 1 for s in seqs], dtype=torch.long)
+        return tables, ctx
+
+    def _run_decode_padded(self, seqs: list[Sequence]) -> Tensor:
+        """Decode-only step in graph shape: batch and context padded to buckets (replayed on CUDA)."""
+        b = _bucket_batch(len(seqs))
+        nb = min(_bucket_blocks(max(len(s.block_table) for s in seqs)), self.max_blocks_per_seq)
+        tables, ctx = self._decode_tables(seqs, max_blocks=nb)
+        pad = b - len(seqs)
+        ids = [s.token_ids[s.num_computed_tokens] for s in seqs] + [0] * pad
+        pos = [s.num_computed_tokens for s in seqs] + [0] * pad
+        slot = [s.block_table[p // self.block_size] * self.block_size + p % self.block_size
+                for s, p in zip(seqs, pos)] + [self.scratch * self.block_size] * pad
+        tables = torch.cat([tables, torch.full((pad, nb), self.scratch, dtype=torch.long)])
+        ctx = torch.cat([ctx, torch.ones(pad, dtype=torch.long)])  # a padded row sees one scratch slot
+        inputs = [torch.tensor(ids), torch.tensor(pos), torch.tensor(slot), tables, ctx]
+        if self.graphs is not None:
+            return self.graphs.replay(b, nb, inputs)[:len(seqs)]
+        return self._decode_logits(*(t.to(self.device) for t in inputs))[:len(seqs)]
+
+    def _decode_logits(self, ids: Tensor, pos: Tensor, slot: Tensor, tables: Tensor, ctx: Tensor) -> Tensor:
+        """(B,) ids/positions/slots, (B, nb) tables, (B,) context lengths -> (B, V) fp32 logits."""
+        seg = decode_segment(0, tables, ctx, self.block_size, self.cfg.sliding_window)
+        meta = PagedMetadata(slot, [seg])
+        h = self.model.hidden_states(ids[None], position_ids=pos[None], cache=self.kv.with_meta(meta))
+        return self.model.lm_head(h[0]).float()
+
+    # ---- sampling -------------------------------------------------------------------------------
+
+    def _sample(self, seqs: list[Sequence], logits: Tensor):
+        params = [s.params for s in seqs]
+        penalties = any(p.has_penalties for p in params)
+        sb = SamplingBatch.build(params, [s.token_ids for s in seqs] if penalties else [],
+                                 [s.num_prompt_tokens for s in seqs], [self._generator(s) for s in seqs],
+                                 logits.shape[-1], logits.device)
+        tokens, chosen, top = sample(logits, sb, self.shared_generator)
+        tokens = tokens.tolist()  # the step's one device -> host transfer (plus logprobs when asked)
+        if chosen is None:
+            return {s.seq_id: (t, None, None) for s, t in zip(seqs, tokens)}
+        chosen = chosen.tolist()
+        top_v, top_i = (top[0].tolist(), top[1].tolist()) if top is not None else ([[]] * len(seqs), [[]] * len(seqs))
+        out = {}
+        for r, s in enumerate(seqs):
+            k = s.params.logprobs
+            if k is None:
+                out[s.seq_id] = (tokens[r], None, None)
+                continue
+            alts = {tokens[r]: chosen[r]}
+            alts.update(zip(top_i[r][:k], top_v[r][:k]))
+            out[s.seq_id] = (tokens[r], chosen[r], alts)
+        return out
+
+    def _generator(self, seq: Sequence) -> torch.Generator | None:
+        if seq.params.seed is None or seq.params.greedy:
+            return None
+        g = self.generators.get(seq.seq_id)
+        if g is None:
+            # Each of a request's n samples gets its own stream, derived from (seed, index).
+            g = torch.Generator(self.device).manual_seed((seq.params.seed * 1_000_003 + seq.index) % (1 << 63))
+            self.generators[seq.seq_id] = g
+        return g
+
+    def release(self, seq: Sequence) -> None:
+        """Forget per-sequence state (its generator) once it has finished."""
+        self.generators.pop(seq.seq_id, None)
+
+
+def window_mask(mask: Tensor, past: int, window: int | None) -> Tensor:
+    """Restrict a (q, k) causal mask whose first query sits at position `past` to a sliding window."""
+    if window is None:
+        return mask
+    q = torch.arange(mask.shape[0], device=mask.device)[:, None] + past
+    return mask & (q - torch.arange(mask.shape[1], device=mask.device)[None, :] < window)
+
+
+def decode_segment(q_start: int, tables: Tensor, ctx: Tensor, block_size: int, window: int | None) -> PagedSegment:
+    """A segment of one query per row: keys = the row's first ctx slots (tables (B, nb), ctx (B,))."""
+    B, nb = tables.shape
+    offs = torch.arange(nb * block_size, device=tables.device)
+    key_slots = tables.repeat_interleave(block_size, dim=1) * block_size + offs % block_size  # (B, nb*bs)
+    mask = offs[None, :] < ctx[:, None]
+    if window is not None:
+        mask = mask & (offs[None, :] > ctx[:, None] - 1 - window)
+    return PagedSegment(q_start, B, 1, key_slots, mask[:, None, None, :])  # mask (B, 1, 1, Lk)
+
+
+def _bucket_batch(n: int) -> int:
+    if n <= 16:
+        return 1 << (n - 1).bit_length()  # 1, 2, 4, 8, 16
+    return -(-n // 16) * 16  # then multiples of 16
+
+
+def _bucket_blocks(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class _DecodeGraphs:
+    """CUDA graphs for decode steps, captured lazily per (batch bucket, block bucket)."""
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+        max_b = _bucket_batch(runner.config.cuda_graph_max_bs)
+        dev = runner.device
+        max_nb = _bucket_blocks(runner.max_blocks_per_seq)
+        self.ids = torch.zeros(max_b, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(max_b, dtype=torch.long, device=dev)
+        self.slot = torch.zeros(max_b, dtype=torch.long, device=dev)
+        self.tables = torch.zeros(max_b, max_nb, dtype=torch.long, device=dev)
+        self.ctx = torch.ones(max_b, dtype=torch.long, device=dev)
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self.pool = None
+
+    def _static(self, b: int, nb: int) -> list[Tensor]:
+        return [self.ids[:b], self.pos[:b], self.slot[:b], self.tables[:b, :nb], self.ctx[:b]]
+
+    def replay(self, b: int, nb: int, inputs: list[Tensor]) -> Tensor:
+        static = self._static(b, nb)
+        for dst, src in zip(static, inputs):
+            dst.copy_(src, non_blocking=True)
+        if (b, nb) not in self.graphs:
+            self.graphs[(b, nb)] = self._capture(static)
+        graph, out = self.graphs[(b, nb)]
+        graph.replay()
+        return out
+
+    def _capture(self, static: list[Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        run = self.runner._decode_logits
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            run(*static)  # warm-up outside the graph (allocator, kernels' lazy init)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = run(*static)
+        if self.pool is None:
+            self.pool = graph.pool()
+        return graph, out

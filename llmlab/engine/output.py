@@ -1,0 +1,102 @@
+"""What the engine hands back (vLLM-shaped `RequestOutput`), and the incremental detokenizer.
+
+The detokenizer turns one sequence's output ids into text as they arrive:
+
+- UTF-8 safe: a byte-level BPE token can end in the middle of a character (Chinese, emoji), so
+  token bytes go through an incremental UTF-8 decoder that emits only complete characters and
+  holds the rest until the next token; nothing broken is ever shown. At the end, leftover
+  bytes that never completed a character become U+FFFD, as `bytes.decode(errors="replace")` does.
+- Stop strings are searched in the text, not in tokens, so a stop string spread over several
+  tokens is found; the text is cut exactly before it (vLLM's default, `include_stop_str=False`).
+  Only the tail that can contain a new match is searched: the last (longest stop - 1) old
+  characters plus the new piece.
+- Streaming: `visible()` withholds a trailing partial stop string ("Hel" when "Hello" stops
+  generation), so a client never sees text that is then taken back.
+
+Special tokens are left out of the text when `skip_special_tokens` (the default), and a token
+that ended the sequence as a stop token id is never part of the text (it is in token_ids).
+Tokenizers that are not byte-level (WordPiece) are re-decoded whole at every token.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass, field
+
+from llmlab.engine.sequence import SamplingParams
+
+
+@dataclass(slots=True)
+class CompletionOutput:
+    index: int  # which of the request's n samples
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list[dict[int, float]] | None  # per output token: {id: logprob} for the chosen and top ids
+    finish_reason: str | None = None  # "stop" | "length" | "abort"; None while running
+    stop_reason: int | str | None = None  # the stop token id or stop string
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
+    metrics: dict[str, float] = field(default_factory=dict)  # arrival, first_token, finished (perf_counter)
+
+
+class Detokenizer:
+    def __init__(self, tokenizer, params: SamplingParams):
+        self.tokenizer = tokenizer
+        self.stop = list(params.stop)
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        special = getattr(tokenizer, "special_tokens", {}) if params.skip_special_tokens else {}
+        self.skip = frozenset(special.values())
+        self.byte_level = getattr(tokenizer, "byte_level", True)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.ids: list[int] = []
+        self.text = ""
+        self.stopped = False
+
+    def add(self, token_id: int) -> str | None:
+        """Append one output token; return the stop string it completed, if any (text is then cut)."""
+        if self.stopped or token_id in self.skip:
+            return None
+        old = len(self.text)
+        if self.byte_level:
+            self.text += self.decoder.decode(self.tokenizer.token_bytes(token_id))
+        else:
+            self.ids.append(token_id)
+            self.text = self.tokenizer.decode(self.ids)
+        if not self.stop or len(self.text) == old:
+            return None
+        start = max(0, old - self.hold)
+        hits = [(i, s) for s in self.stop if (i := self.text.find(s, start)) >= 0]
+        if not hits:
+            return None
+        cut, stop = min(hits)
+        self.text = self.text[:cut]
+        self.stopped = True
+        return stop
+
+    def flush(self) -> None:
+        """The sequence ended: bytes of an unfinished character become U+FFFD."""
+        if self.byte_level and not self.stopped:
+            self.text += self.decoder.decode(b"", final=True)
+
+    def visible(self, finished: bool) -> str:
+        """Text safe to show now: all of it when finished, else without a trailing partial stop string."""
+        if finished or not self.stop:
+            return self.text
+        for k in range(min(self.hold, len(self.text)), 0, -1):
+            tail = self.text[-k:]
+            if any(s.startswith(tail) for s in self.stop):
+                return self.text[:-k]
+        return self.text

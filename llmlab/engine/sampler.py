@@ -1,0 +1,145 @@
+"""Batched sampling with per-request parameters, on the logits' device, without a sync per request.
+
+    tokens, logprobs = sample(logits (B, V) fp32, SamplingBatch.build(rows, ...))
+
+Every row carries its own parameters as (B,) tensors, so one pass of vectorised ops handles a
+batch that mixes greedy and sampled rows, different temperatures, top-k/top-p/min-p and penalties.
+The order follows transformers' `generate` (so the tests can use its processors as references):
+
+    penalties (repetition on prompt+output, presence/frequency on output)
+    -> greedy rows: argmax
+    -> temperature -> top-k -> top-p -> min-p -> softmax -> sample
+
+Sampling uses the exponential race: argmax(p_i / E_i) with E_i ~ Exp(1) draws token i with
+probability p_i, needs no cumulative sum or `multinomial`, and never leaves the device. A
+request with a `seed` gets its own `torch.Generator`, which draws exactly one (V,) noise row per
+sampled token — so its samples do not depend on what else is in the batch, or on preemption.
+Rows without a seed share one engine generator. The only GPU->CPU transfer is the caller's
+single `.tolist()` of the chosen ids (and logprobs, if asked) per step.
+
+Logprobs are of the model's raw distribution (log_softmax of the unprocessed logits), as vLLM
+reports them by default.
+
+Not here: which rows to sample (scheduler) or how logits are made (model_runner.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from llmlab.engine.sequence import SamplingParams
+
+
+@dataclass(slots=True)
+class SamplingBatch:
+    temperature: Tensor  # (B,) 0 for greedy rows
+    top_k: Tensor | None  # (B,) long, V where off; None when no row uses it
+    top_p: Tensor | None  # (B,)
+    min_p: Tensor | None  # (B,)
+    repetition: Tensor | None  # (B,)
+    presence: Tensor | None  # (B,)
+    frequency: Tensor | None  # (B,)
+    seen: Tensor | None  # (B, V) bool: token appears in prompt or output (repetition penalty)
+    counts: Tensor | None  # (B, V) output-token counts (presence / frequency)
+    generators: list[torch.Generator | None]  # per row; None = the shared generator
+    all_greedy: bool
+    num_logprobs: int  # max over rows; 0 with want_logprobs False means skip the work
+    want_logprobs: bool
+
+    @classmethod
+    def build(cls, params: list[SamplingParams], token_ids: list[list[int]], num_prompt: list[int],
+              generators: list[torch.Generator | None], vocab_size: int, device: torch.device) -> SamplingBatch:
+        """Per-row tensors for a step; token_ids/num_prompt are only read when a row has penalties."""
+        B, V = len(params), vocab_size
+
+        def col(values, dtype=torch.float32):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        top_k = [p.top_k if p.top_k > 0 else V for p in params]
+        seen = counts = None
+        if any(p.has_penalties for p in params):
+            longest = max(len(t) for t in token_ids)
+            ids = torch.full((B, longest), V, dtype=torch.long)  # V = padding column, dropped below
+            out_mask = torch.zeros(B, longest, dtype=torch.bool)
+            for i, (t, n) in enumerate(zip(token_ids, num_prompt)):
+                if params[i].has_penalties:
+                    ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+                    out_mask[i, n:len(t)] = True
+            ids, out_mask = ids.to(device), out_mask.to(device)
+            seen = torch.zeros(B, V + 1, dtype=torch.bool, device=device).scatter_(1, ids, True)[:, :V]
+            out_ids = ids.masked_fill(~out_mask, V)
+            counts = torch.zeros(B, V + 1, device=device).scatter_add_(1, out_ids, torch.ones_like(out_ids, dtype=torch.float))
+            counts = counts[:, :V]
+        return cls(
+            temperature=col([p.temperature for p in params]),
+            top_k=col(top_k, torch.long) if any(k < V for k in top_k) else None,
+            top_p=col([p.top_p for p in params]) if any(p.top_p < 1 for p in params) else None,
+            min_p=col([p.min_p for p in params]) if any(p.min_p > 0 for p in params) else None,
+            repetition=col([p.repetition_penalty for p in params]) if seen is not None else None,
+            presence=col([p.presence_penalty for p in params]) if seen is not None else None,
+            frequency=col([p.frequency_penalty for p in params]) if seen is not None else None,
+            seen=seen, counts=counts, generators=generators,
+            all_greedy=all(p.greedy for p in params),
+            num_logprobs=max((p.logprobs or 0) for p in params),
+            want_logprobs=any(p.logprobs is not None for p in params),
+        )
+
+
+def apply_penalties(logits: Tensor, sb: SamplingBatch) -> Tensor:
+    if sb.seen is None:
+        return logits
+    rep = sb.repetition[:, None]
+    penalised = torch.where(logits < 0, logits * rep, logits / rep)  # CTRL / HF: push away from zero
+    logits = torch.where(sb.seen, penalised, logits)
+    return logits - sb.frequency[:, None] * sb.counts - sb.presence[:, None] * (sb.counts > 0)
+
+
+def filter_logits(logits: Tensor, sb: SamplingBatch) -> Tensor:
+    """Temperature, top-k, top-p, min-p: -inf on filtered tokens. logits (B, V) fp32."""
+    logits = logits / torch.where(sb.temperature > 0, sb.temperature, 1.0)[:, None]
+    if sb.top_k is not None or sb.top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        if sb.top_k is not None:
+            rank = torch.arange(logits.shape[-1], device=logits.device)[None, :]
+            sorted_logits = sorted_logits.masked_fill(rank >= sb.top_k[:, None], float("-inf"))
+        if sb.top_p is not None:
+            probs = sorted_logits.softmax(-1)
+            # Drop a token once the mass of strictly likelier tokens reaches top_p; the top one stays.
+            before = probs.cumsum(-1) - probs
+            drop = before >= sb.top_p[:, None]
+            drop[:, 0] = False
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    if sb.min_p is not None:
+        probs = logits.softmax(-1)
+        floor = sb.min_p[:, None] * probs.amax(-1, keepdim=True)
+        logits = logits.masked_fill(probs < floor, float("-inf"))
+    return logits
+
+
+def sample(logits: Tensor, sb: SamplingBatch, shared: torch.Generator | None = None) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
+    """-> (token ids (B,), their raw logprobs (B,) or None, (top logprobs, top ids) (B, k) or None)."""
+    logits = logits.float()
+    raw_logprobs = logits.log_softmax(-1) if sb.want_logprobs else None
+    logits = apply_penalties(logits, sb)
+    greedy = logits.argmax(-1)
+    if sb.all_greedy:
+        tokens = greedy
+    else:
+        probs = filter_logits(logits, sb).softmax(-1)
+        noise = torch.empty_like(probs)
+        seeded = [i for i, g in enumerate(sb.generators) if g is not None]
+        if len(seeded) < len(sb.generators):
+            noise.exponential_(generator=shared)
+        for i in seeded:  # one (V,) draw per seeded row: its stream ignores the rest of the batch
+            noise[i].exponential_(generator=sb.generators[i])
+        noise.clamp_(min=torch.finfo(noise.dtype).tiny)  # an exact 0 would turn p / E into inf or nan
+        tokens = torch.where(sb.temperature == 0, greedy, (probs / noise).argmax(-1))
+    if raw_logprobs is None:
+        return tokens, None, None
+    chosen = raw_logprobs.gather(-1, tokens[:, None])[:, 0]
+    top = raw_logprobs.topk(sb.num_logprobs, dim=-1) if sb.num_logprobs > 0 else None
+    return tokens, chosen, (top.values, top.indices) if top is not None else None

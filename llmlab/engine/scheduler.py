@@ -1,0 +1,166 @@
+"""The scheduler: which sequences run in the next step, and how many tokens each — pure Python.
+
+One policy covers prefill and decode (continuous batching, as in vLLM v1): every step has a
+token budget (`max_num_batched_tokens`) and a sequence asks for the tokens it has not computed
+yet — its whole prompt (or the rest of it) before the first output token, then one token per
+step. So a step may mix decodes and prefill chunks of several sequences; requests join and leave
+between steps.
+
+    1. running sequences, oldest first: take min(uncomputed, budget) tokens each. If the block
+       manager cannot cover them, *preempt* the youngest running sequence (release its blocks,
+       forget its K/V, put it at the front of the queue to be recomputed later) until it can.
+    2. then waiting sequences in arrival order (FCFS, no overtaking), while the budget, the
+       `max_num_seqs` cap and free blocks allow, reusing prefix-cached blocks where they hit.
+
+With chunked prefill off, a prompt is admitted only whole (it must fit the budget by itself).
+A request that could never fit — more blocks than exist, or a prompt over the budget without
+chunking — is rejected by `check_fits` when it is added, never left to starve or crash later.
+
+`update` applies a step's results: computed counts, newly full blocks into the prefix cache,
+sampled tokens, and stops by token (EOS / stop_token_ids), `max_tokens` and `max_model_len`.
+Stop *strings* need text, so the engine detects them and calls `finish`.
+
+Not here: torch. Reference: vLLM v1 `core/sched/scheduler.py`; nano-vllm `engine/scheduler.py`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from llmlab.engine.block_manager import BlockManager
+from llmlab.engine.sequence import RequestError, Sequence, SequenceStatus
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    seqs: list[Sequence] = field(default_factory=list)
+    num_tokens: list[int] = field(default_factory=list)  # tokens to compute for each, this step
+    preempted: list[Sequence] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def samples(self, i: int) -> bool:
+        """Does seqs[i] reach its last token this step (so its next token is sampled)?"""
+        seq = self.seqs[i]
+        return seq.num_computed_tokens + self.num_tokens[i] == len(seq)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int, enable_chunked_prefill: bool = True):
+        self.bm = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # admission order: index 0 is the oldest
+        self.num_preemptions = 0
+
+    def __len__(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def check_fits(self, prompt_len: int, max_tokens: int) -> None:
+        """Raise RequestError if a request of this shape could never be scheduled."""
+        if prompt_len >= self.max_model_len:
+            raise RequestError(f"the prompt has {prompt_len} tokens but the model's context is {self.max_model_len}; "
+                               "shorten the prompt (it must leave room for at least one new token).")
+        # The last sampled token ends the sequence before its K/V is ever computed.
+        peak = min(prompt_len + max_tokens, self.max_model_len) - 1
+        need = self.bm.blocks_for(peak)
+        if need > self.bm.num_blocks:
+            raise RequestError(f"this request needs up to {peak} tokens of KV cache ({need} blocks) but the cache "
+                               f"has only {self.bm.num_blocks} blocks; lower max_tokens or give the engine more "
+                               "KV memory (kv_cache_memory / num_blocks).")
+        if not self.enable_chunked_prefill and peak > self.max_num_batched_tokens:
+            raise RequestError(f"without chunked prefill a sequence of up to {peak} tokens must fit "
+                               f"max_num_batched_tokens={self.max_num_batched_tokens} in one step (it is recomputed "
+                               "whole after a preemption); raise it or enable chunked prefill.")
+
+    def add(self, seq: Sequence) -> None:
+        self.check_fits(seq.num_prompt_tokens, seq.params.max_tokens)
+        self.waiting.append(seq)
+
+    # ---- one step -------------------------------------------------------------------------------
+
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_uncomputed_tokens, budget)
+            target = seq.num_computed_tokens + n
+            while not self.bm.can_grow(seq, target) and self.running[-1] is not seq:
+                self._preempt(self.running.pop(), batch)
+            if not self.bm.can_grow(seq, target):  # seq is the youngest: it yields itself
+                self._preempt(self.running.pop(), batch)
+                break
+            self.bm.grow(seq, target)
+            batch.seqs.append(seq)
+            batch.num_tokens.append(n)
+            budget -= n
+            i += 1
+        if batch.preempted:
+            return batch  # blocks are short: admit nobody new this step
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            hits = self.bm.lookup(seq)
+            uncomputed = len(seq) - len(hits) * self.bm.block_size
+            n = min(uncomputed, budget)
+            if n < uncomputed and not self.enable_chunked_prefill:
+                break
+            if not self.bm.can_admit(hits, len(seq) - uncomputed + n):
+                break
+            self.waiting.popleft()
+            self.bm.admit(seq, hits, len(seq) - uncomputed + n)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.seqs.append(seq)
+            batch.num_tokens.append(n)
+            budget -= n
+        return batch
+
+    def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
+        """Preemption by recompute: free the blocks, keep the tokens, requeue at the front."""
+        self.bm.release(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+        batch.preempted.append(seq)
+
+    # ---- results --------------------------------------------------------------------------------
+
+    def update(self, batch: ScheduledBatch, sampled: dict[int, int]) -> list[Sequence]:
+        """Apply a step: computed tokens, prefix-cache commits, sampled tokens {seq_id: id}; return finished."""
+        finished = []
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            seq.num_computed_tokens += n
+            self.bm.commit(seq, n)
+            token = sampled.get(seq.seq_id)
+            if token is None:
+                continue
+            seq.append_token(token)
+            if token in seq.stop_token_ids:
+                self.finish(seq, "stop", token)
+            elif seq.num_output_tokens >= seq.params.max_tokens or len(seq) >= self.max_model_len:
+                self.finish(seq, "length")
+            if seq.is_finished:
+                finished.append(seq)
+        return finished
+
+    def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
+        """End a sequence (stop, length or abort) and return its blocks; safe to call twice."""
+        if seq.is_finished:
+            return
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        self.bm.release(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        seq.stop_reason = stop_reason

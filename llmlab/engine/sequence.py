@@ -1,0 +1,145 @@
+"""A request's sampling parameters and the engine's unit of work, the `Sequence` — pure Python.
+
+`SamplingParams` is vLLM-shaped and validated once, with one-sentence errors. A request with
+`n > 1` becomes n sequences that share the prompt (and, with prefix caching, its KV blocks).
+
+A `Sequence` is token ids (prompt then output) plus the bookkeeping the scheduler and block
+manager need: how many tokens already have K/V in the cache (`num_computed_tokens`), which
+blocks hold them (`block_table`), and the chained hashes of its full blocks (prefix caching).
+Preemption by recompute resets `num_computed_tokens` and the block table but keeps the tokens,
+so a resumed sequence continues exactly where it stopped.
+
+Not here: torch. Random generators and logits live in the model runner and sampler.
+Reference: vLLM `SamplingParams` / `Sequence`; GeeeekExplorer/nano-vllm `engine/sequence.py`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+from llmlab.errors import LlmlabError
+
+
+class RequestError(LlmlabError, ValueError):
+    """A generation request (prompt or sampling parameters) is invalid."""
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 or -1 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # HF/CTRL: on prompt + output tokens, divides positive logits
+    presence_penalty: float = 0.0  # OpenAI: on output tokens, subtracted once per seen token
+    frequency_penalty: float = 0.0  # OpenAI: on output tokens, subtracted per occurrence
+    max_tokens: int = 16
+    stop: list[str] | str | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    seed: int | None = None
+    logprobs: int | None = None  # return the sampled token's logprob and this many top alternatives
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        checks = [
+            (isinstance(self.n, int) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}"),
+            (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
+            (isinstance(self.top_k, int) and self.top_k >= -1, f"top_k must be -1, 0 (off) or positive, got {self.top_k!r}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
+            (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"),
+            (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
+            (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
+            (isinstance(self.max_tokens, int) and self.max_tokens >= 1,
+             f"max_tokens must be an integer >= 1, got {self.max_tokens!r}"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            (self.logprobs is None or (isinstance(self.logprobs, int) and self.logprobs >= 0),
+             f"logprobs must be None or an integer >= 0, got {self.logprobs!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise RequestError(f"SamplingParams: {message}.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+_ids = itertools.count()
+
+
+class Sequence:
+    """One prompt + its growing output; n of these make a request with SamplingParams(n=n)."""
+
+    __slots__ = ("seq_id", "request_id", "index", "token_ids", "num_prompt_tokens", "params", "status",
+                 "stop_token_ids", "block_table", "num_computed_tokens", "num_cached_tokens", "block_hashes",
+                 "finish_reason", "stop_reason", "logprobs", "cumulative_logprob", "num_preemptions")
+
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *, index: int = 0,
+                 eos_token_ids: frozenset[int] = frozenset()):
+        self.seq_id = next(_ids)
+        self.request_id = request_id
+        self.index = index  # which of the request's n samples
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(self.token_ids)
+        self.params = params
+        self.status = SequenceStatus.WAITING
+        eos = frozenset() if params.ignore_eos else eos_token_ids
+        self.stop_token_ids = eos | frozenset(params.stop_token_ids)
+        self.block_table: list[int] = []
+        self.num_computed_tokens = 0  # tokens whose K/V is in the cache
+        self.num_cached_tokens = 0  # of those, how many came from the prefix cache at admission
+        self.block_hashes: list[bytes] = []  # chained hash of each full block of token_ids (memo)
+        self.finish_reason: str | None = None  # "stop" | "length" | "abort"
+        self.stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+        self.logprobs: list[dict[int, float]] = []
+        self.cumulative_logprob = 0.0
+        self.num_preemptions = 0
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def __repr__(self) -> str:
+        return (f"Sequence(id={self.seq_id}, {self.status.value}, len={len(self)}, "
+                f"computed={self.num_computed_tokens}, blocks={self.block_table})")
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[:self.num_prompt_tokens]
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def append_token(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
