@@ -30,8 +30,8 @@ import regex
 from tqdm import tqdm
 
 from llmlab.errors import TokenizerError
-from llmlab.tokenizer.bpe import BPEModel, resolve_pattern
-from llmlab.tokenizer.tokenizer import Tokenizer
+from llmlab.tokenizer.bpe import PATTERNS, BPEModel, resolve_pattern
+from llmlab.tokenizer.tokenizer import _GPT2_COARSE, Tokenizer
 from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceModel
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -59,8 +59,17 @@ def iter_texts(texts_or_files: str | Path | Iterable[str | Path]) -> Iterable[st
             yield item
 
 
-def count_words(texts_or_files, split, specials: Iterable[str] = ()) -> Counter:
-    """Frequency of each pre-split piece; special tokens are cut out and not counted."""
+def count_words(texts_or_files, split, specials: Iterable[str] = (), coarse=None) -> Counter:
+    """Frequency of each pre-split piece; special tokens are cut out and not counted.
+
+    With `coarse` (a cheap split whose chunks no piece crosses, see tokenizer._GPT2_COARSE) the
+    text is counted in chunks first and only the unique chunks go through the slow `split`."""
+    if coarse is not None:
+        pieces: Counter = Counter()
+        for chunk, f in count_words(texts_or_files, coarse, specials).items():
+            for p in split(chunk):
+                pieces[p] += f
+        return pieces
     special_re = re.compile("|".join(map(re.escape, sorted(specials, key=len, reverse=True)))) if specials else None
     counts: Counter = Counter()
     for text in iter_texts(texts_or_files):
@@ -145,7 +154,8 @@ def train_bpe(texts_or_files, vocab_size: int, *, special_tokens: Iterable[str] 
         split = regex.compile(resolve_pattern(pattern)).findall
     except regex.error as e:
         raise TokenizerError(f"pattern {pattern!r} is not a valid regex ({e}); use 'gpt2', 'gpt4' or a regex.") from None
-    counts = count_words(texts_or_files, split, special_tokens)
+    coarse = _GPT2_COARSE.findall if resolve_pattern(pattern) == PATTERNS["gpt2"] else None
+    counts = count_words(texts_or_files, split, special_tokens, coarse)
     words, freqs = [], []
     for piece, f in counts.items():
         b = piece.encode("utf-8")

@@ -1,0 +1,159 @@
+"""Tokenizer benchmark: llmlab vs tiktoken vs tokenizers, side by side in one run.
+
+Corpus: the Python standard library source of the running interpreter (always present, no download),
+files in sorted order: the first >= 10 MB train, the next ~1 MB is held out.
+
+1. Training byte-level BPE at the same vocab size (GPT-2 split pattern, min_frequency 2):
+   llmlab `train_bpe` vs `tokenizers` BpeTrainer (Rust; one thread here, see RAYON_NUM_THREADS). Compression: UTF-8 bytes
+   per token of each trained tokenizer on the held-out text.
+2. Encoding with the real GPT-2 ranks (fetched through llmlab.artifacts), one call per file,
+   single thread: tiktoken `encode_ordinary`, tokenizers (the same vocabulary written by llmlab as
+   tokenizer.json, RAYON_NUM_THREADS=1), llmlab cold (fresh word cache, first pass) and warm.
+   All ids are checked to be identical.
+
+Targets (issue 4): encode >= 0.5x tiktoken; training <= 5x tokenizers; compression within 1%.
+Prints a table and ends with one JSON line; writes benchmarks/results/tokenizer.json.
+
+    .venv/bin/python benchmarks/tokenizer.py [--vocab-size 8192] [--mb 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # single-thread comparison; must precede the import
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_corpus(mb: float) -> tuple[list[str], list[str]]:
+    std = Path(sysconfig.get_paths()["stdlib"])
+    train, held, n = [], [], 0
+    for f in sorted(std.rglob("*.py")):
+        try:
+            text = f.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if n < mb * 1e6:
+            train.append(text)
+        elif sum(len(t) for t in held) < 1e6:
+            held.append(text)
+        else:
+            break
+        n += len(text.encode("utf-8"))
+    return train, held
+
+
+def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--mb", type=float, default=10.0, help="training/encoding corpus size in MB")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tokenizer.json")
+    args = ap.parse_args()
+
+    import regex
+    import tiktoken
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    import llmlab
+    from llmlab import artifacts, load_tokenizer
+    from llmlab.tokenizer import train_bpe
+
+    train, held = load_corpus(args.mb)
+    train_bytes = sum(len(t.encode("utf-8")) for t in train)
+    held_bytes = sum(len(t.encode("utf-8")) for t in held)
+    print(f"corpus: {len(train)} stdlib files, {train_bytes / 1e6:.2f} MB train, {held_bytes / 1e6:.2f} MB held out")
+
+    # ---- 1. training --------------------------------------------------------------------------
+    specials = ["<|endoftext|>"]
+    t_ours, ours = timed(lambda: train_bpe(train, args.vocab_size, special_tokens=specials, progress=False))
+
+    def hf_train():
+        tok = tokenizers.Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(train, trainers.BpeTrainer(
+            vocab_size=args.vocab_size, min_frequency=2, special_tokens=specials, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        return tok
+    t_hf, hf = timed(hf_train)
+    bpt_ours = held_bytes / sum(len(ours.encode(t)) for t in held)
+    bpt_hf = held_bytes / sum(len(hf.encode(t).ids) for t in held)
+
+    # ---- 2. encoding with the GPT-2 ranks -----------------------------------------------------
+    ranks_path = artifacts.fetch("gpt2-tiktoken")
+    gpt2 = load_tokenizer(ranks_path, pattern="gpt2")
+    tk_pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+    enc = tiktoken.Encoding("gpt2", pat_str=tk_pat, mergeable_ranks=gpt2.model.vocab,
+                            special_tokens=gpt2.special_tokens)
+    with tempfile.TemporaryDirectory() as d:
+        gpt2.save(Path(d) / "gpt2.json")
+        hf_gpt2 = tokenizers.Tokenizer.from_file(str(Path(d) / "gpt2.json"))
+    t_tk, ids_tk = timed(lambda: [enc.encode_ordinary(t) for t in train], repeat=3)
+    t_hfe, ids_hf = timed(lambda: [hf_gpt2.encode(t, add_special_tokens=False).ids for t in train], repeat=2)
+    fresh = load_tokenizer(ranks_path, pattern="gpt2")
+    t_cold, ids_cold = timed(lambda: [fresh.encode(t) for t in train])
+    t_warm, ids_warm = timed(lambda: [fresh.encode(t) for t in train], repeat=2)
+    identical = ids_tk == ids_hf == ids_cold == ids_warm
+    n_tokens = sum(map(len, ids_tk))
+
+    mbs = lambda t: train_bytes / 1e6 / t  # noqa: E731
+    rows = [
+        ("train bpe, seconds", f"{t_ours:.2f}", "-", f"{t_hf:.2f}", f"{t_ours / t_hf:.2f}x tokenizers (target <= 5x)"),
+        ("held-out bytes/token", f"{bpt_ours:.3f}", "-", f"{bpt_hf:.3f}",
+         f"{100 * (bpt_ours / bpt_hf - 1):+.2f}% vs tokenizers (target within 1%)"),
+        ("encode GPT-2 MB/s, cold", f"{mbs(t_cold):.2f}", f"{mbs(t_tk):.2f}", f"{mbs(t_hfe):.2f}",
+         f"{t_tk / t_cold:.2f}x tiktoken (target >= 0.5x)"),
+        ("encode GPT-2 MB/s, warm", f"{mbs(t_warm):.2f}", f"{mbs(t_tk):.2f}", f"{mbs(t_hfe):.2f}",
+         f"{t_tk / t_warm:.2f}x tiktoken"),
+    ]
+    print(f"\n{'':26}{'llmlab':>10}{'tiktoken':>10}{'tokenizers':>12}   ratio")
+    for name, a, b, c, r in rows:
+        print(f"{name:26}{a:>10}{b:>10}{c:>12}   {r}")
+    print(f"GPT-2 ids identical across tiktoken / tokenizers / llmlab: {identical} ({n_tokens} tokens)")
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    result = {
+        "benchmark": "tokenizer", "corpus": "python stdlib *.py (sorted)", "train_mb": round(train_bytes / 1e6, 3),
+        "heldout_mb": round(held_bytes / 1e6, 3), "vocab_size": args.vocab_size,
+        "train_s": {"llmlab": round(t_ours, 3), "tokenizers": round(t_hf, 3)},
+        "train_ratio_vs_tokenizers": round(t_ours / t_hf, 3),
+        "bytes_per_token": {"llmlab": round(bpt_ours, 4), "tokenizers": round(bpt_hf, 4)},
+        "compression_diff_pct": round(100 * (bpt_ours / bpt_hf - 1), 3),
+        "encode_mb_s": {"llmlab_cold": round(mbs(t_cold), 3), "llmlab_warm": round(mbs(t_warm), 3),
+                        "tiktoken": round(mbs(t_tk), 3), "tokenizers": round(mbs(t_hfe), 3)},
+        "encode_ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
+        "ids_identical": identical, "gpt2_tokens": n_tokens,
+        "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
+        "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__,
+                     "tiktoken": tiktoken.__version__, "tokenizers": tokenizers.__version__,
+                     "regex": regex.__version__},
+        "notes": "one thread everywhere: RAYON_NUM_THREADS=1 also limits tokenizers' training; llmlab "
+                 "is pure Python. Cold = fresh word cache, first pass over the corpus.",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
