@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import regex
 
 # Pre-split regexes. "gpt2" is the pattern of the original GPT-2 release (what Hugging Face's
 # ByteLevel pre-tokenizer uses); "cl100k" ("gpt4") and "o200k" are tiktoken's, with `$` written

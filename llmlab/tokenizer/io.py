@@ -69,7 +69,7 @@ def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
     if name.endswith((".tiktoken", ".tiktoken.gz")):
         if pattern is None:
             raise TokenizerError(f"{path} is a tiktoken rank file, which carries no split pattern; pass "
-                                 "pattern='gpt2', 'cl100k', 'o200k' or a regex.")
+                                 "pattern='gpt2', 'cl100k', 'o200k' or a regex (--pattern on the command line).")
         return load_tiktoken(path, pattern)
     if pattern is not None:
         raise TokenizerError(f"pattern= applies only to .tiktoken files; {path.name} carries its own.")

@@ -171,7 +171,7 @@ class Tokenizer:
         self._split_res: dict[frozenset[str], re.Pattern | None] = {}
 
     def _build_id_tables(self) -> None:
-        extra = {**self.added_tokens, **self.special_tokens}
+        extra = self._extra_ids = {**self.added_tokens, **self.special_tokens}
         if self.byte_level:
             table = {i: t for t, i in self.model.vocab.items()}
             table.update({i: s.encode("utf-8") for s, i in extra.items()})
@@ -235,7 +235,7 @@ class Tokenizer:
         if split_re is None:
             ids = self.encode_ordinary(text)
         else:
-            ids, table = [], {**self.added_tokens, **self.special_tokens}
+            ids, table = [], self._extra_ids
             for k, part in enumerate(split_re.split(text)):
                 if k % 2:
                     ids.append(table[part])

@@ -31,6 +31,8 @@ from tqdm import tqdm
 
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.bpe import PATTERNS, BPEModel, resolve_pattern
+from llmlab.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
+from llmlab.tokenizer.io import split_pre_tokenizer
 from llmlab.tokenizer.tokenizer import _GPT2_COARSE, Tokenizer
 from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceModel
 
@@ -188,8 +190,6 @@ def train_bpe(texts_or_files, vocab_size: int, *, special_tokens: Iterable[str] 
     vocab = {t: i for i, t in enumerate(token_bytes)}
     specials = {s: len(token_bytes) + k for k, s in enumerate(special_tokens)}
     eot = special_tokens[0] if special_tokens else None
-    from llmlab.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
-    from llmlab.tokenizer.io import split_pre_tokenizer
     return Tokenizer(BPEModel(vocab, merges), pre_tokenizer=split_pre_tokenizer(pattern), special_tokens=specials,
                      bos_token=eot, eos_token=eot, pad_token=eot,
                      chat_template=DEFAULT_CHAT_TEMPLATE if {"<|im_start|>", "<|im_end|>"} <= set(specials) else None)
