@@ -4,6 +4,7 @@ The public surface is small; each capability lives in its own subpackage (see RE
 """
 
 from llmlab.config import ModelConfig
+from llmlab.engine import LLM, SamplingParams
 from llmlab.errors import ArtifactError, CheckpointError, ConfigError, LlmlabError
 from llmlab.model.cache import KVCache
 from llmlab.model.pretrained import from_pretrained
@@ -15,8 +16,10 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "KVCache",
+    "LLM",
     "LlmlabError",
     "ModelConfig",
+    "SamplingParams",
     "Transformer",
     "from_pretrained",
     "load_tokenizer",

@@ -119,6 +119,17 @@ def test_prefix_cache_hits_and_exact_multiple_all_cached():
     assert all(r == 0 for r in bm.ref_count)
 
 
+def test_prompts_admitted_in_the_same_step_share_their_prefix():
+    bm, sched = make(num_blocks=16, block_size=4, budget=64)
+    a, b = seq(range(9), max_tokens=1), seq(range(9), max_tokens=1)
+    sched.add(a)
+    sched.add(b)
+    batch = sched.schedule()
+    assert batch.num_tokens == [9, 1] and b.block_table[:2] == a.block_table[:2]
+    run_to_end(sched)
+    assert all(r == 0 for r in bm.ref_count)
+
+
 def test_no_prefix_cache_when_disabled():
     bm, sched = make(caching=False)
     sched.add(seq(range(10), max_tokens=1))
@@ -154,7 +165,7 @@ def test_chunked_prefill_splits_a_long_prompt_and_mixes_with_decode():
 
 def test_without_chunking_a_prompt_waits_until_it_fits_whole():
     bm, sched = make(num_blocks=32, block_size=4, budget=8, chunked=False)
-    a, b = seq(range(6), max_tokens=2), seq(range(6), max_tokens=2)
+    a, b = seq(range(6), max_tokens=2), seq(range(10, 16), max_tokens=2)
     sched.add(a)
     sched.add(b)
     batch = sched.schedule()

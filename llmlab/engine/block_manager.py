@@ -5,9 +5,11 @@ its blocks in order: token t lives in block `block_table[t // block_size]`, offs
 `t % block_size`. Blocks are reference counted, so several sequences can share one.
 
 Prefix caching. Every *full* block of a sequence is named by a chained hash,
-h_i = H(h_{i-1}, tokens of block i), so equal hashes mean equal whole prefixes. Once a block's
-K/V has been computed (`commit`), its hash is registered; a later sequence whose prefix hashes
-match (`lookup`) takes those blocks with ref_count += 1 instead of recomputing them. A block whose
+h_i = H(h_{i-1}, tokens of block i), so equal hashes mean equal whole prefixes. As soon as a
+block is scheduled to be filled (`commit`), its hash is registered; a later sequence whose prefix
+hashes match (`lookup`) takes those blocks with ref_count += 1 instead of recomputing them. That
+is safe even within the same step: in one forward every layer writes all new K/V before any
+query of that layer reads, so sequences admitted together share a common prompt. A block whose
 ref count falls to 0 goes back on the free list but *keeps* its hash and contents: it is still a
 cache hit until it is handed out again (free list in LRU order: evict the longest-unused first).
 
@@ -111,14 +113,14 @@ class BlockManager:
         for _ in range(self.blocks_for(num_tokens) - len(seq.block_table)):
             seq.block_table.append(self._take_free())
 
-    def commit(self, seq: Sequence, num_new_tokens: int) -> None:
-        """Register the hashes of blocks filled by seq's last num_new_tokens computed tokens."""
+    def commit(self, seq: Sequence, num_tokens: int) -> None:
+        """Register the hashes of the blocks that seq's first num_tokens tokens fill, from its computed ones on."""
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
-        full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        full = min(num_tokens // bs, len(seq.block_table))
         hashes = self.hashes(seq)
-        for i in range((seq.num_computed_tokens - num_new_tokens) // bs, full):
+        for i in range(seq.num_computed_tokens // bs, full):
             b, h = seq.block_table[i], hashes[i]
             if self.hash_of[b] is None and h not in self.cached:
                 self.cached[h] = b

@@ -16,8 +16,8 @@ With chunked prefill off, a prompt is admitted only whole (it must fit the budge
 A request that could never fit — more blocks than exist, or a prompt over the budget without
 chunking — is rejected by `check_fits` when it is added, never left to starve or crash later.
 
-`update` applies a step's results: computed counts, newly full blocks into the prefix cache,
-sampled tokens, and stops by token (EOS / stop_token_ids), `max_tokens` and `max_model_len`.
+Blocks a step will fill are registered in the prefix cache when it is scheduled (block_manager.py
+says why that is safe). `update` applies a step's results: computed counts, sampled tokens, and stops by token (EOS / stop_token_ids), `max_tokens` and `max_model_len`.
 Stop *strings* need text, so the engine detects them and calls `finish`.
 
 Not here: torch. Reference: vLLM v1 `core/sched/scheduler.py`; nano-vllm `engine/scheduler.py`.
@@ -99,6 +99,7 @@ class Scheduler:
                 self._preempt(self.running.pop(), batch)
                 break
             self.bm.grow(seq, target)
+            self.bm.commit(seq, target)
             batch.seqs.append(seq)
             batch.num_tokens.append(n)
             budget -= n
@@ -116,6 +117,7 @@ class Scheduler:
                 break
             self.waiting.popleft()
             self.bm.admit(seq, hits, len(seq) - uncomputed + n)
+            self.bm.commit(seq, len(seq) - uncomputed + n)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             batch.seqs.append(seq)
@@ -135,11 +137,10 @@ class Scheduler:
     # ---- results --------------------------------------------------------------------------------
 
     def update(self, batch: ScheduledBatch, sampled: dict[int, int]) -> list[Sequence]:
-        """Apply a step: computed tokens, prefix-cache commits, sampled tokens {seq_id: id}; return finished."""
+        """Apply a step: computed tokens and sampled tokens {seq_id: id}; return the sequences that finished."""
         finished = []
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed_tokens += n
-            self.bm.commit(seq, n)
             token = sampled.get(seq.seq_id)
             if token is None:
                 continue

@@ -1,0 +1,137 @@
+"""The engine's text edge: UTF-8-safe streaming, stop strings across token boundaries, chat templates,
+and the real SmolLM2 through `LLM` (artifact)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llmlab
+from llmlab import ModelConfig, Transformer
+from llmlab.engine import LLM, LLMEngine, SamplingParams
+from llmlab.engine.output import Detokenizer
+from llmlab.tokenizer import DEFAULT_CHAT_TEMPLATE, render_chat, train_bpe
+
+TEXT = "你好，世界！😀🎉 The quick brown fox says hello. Ünïcödé ok. "
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_bpe([TEXT * 10], vocab_size=300, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      max_position_embeddings=128)
+    return Transformer(cfg).eval()
+
+
+def stream(tok, ids, params):
+    """Feed ids one at a time; return the visible text after each and the stop string hit."""
+    d = Detokenizer(tok, params)
+    shown, hit = [], None
+    for i in ids:
+        hit = d.add(i)
+        shown.append(d.visible(finished=hit is not None))
+        if hit:
+            break
+    d.flush()
+    return d, shown, hit
+
+
+def test_streaming_never_shows_broken_utf8(tok):
+    text = "你好，世界！😀🎉 ok"
+    ids = tok.encode(text)
+    assert any(len(tok.token_bytes(i).decode("utf-8", "ignore")) < len(tok.token_bytes(i)) for i in ids)  # splits chars
+    d, shown, _ = stream(tok, ids, SamplingParams())
+    assert all("\ufffd" not in s for s in shown)
+    assert all(b.startswith(a) for a, b in zip(shown, shown[1:]))  # text only ever grows
+    assert d.text == text
+
+
+def test_unfinished_character_becomes_replacement_at_the_end(tok):
+    ids = tok.encode("😀")
+    d, shown, _ = stream(tok, ids[:-1], SamplingParams())
+    assert shown[-1] == "" and d.text == "\ufffd"  # like bytes.decode(errors="replace")
+
+
+@pytest.mark.parametrize("stop", ["世界！😀", "brown f", "o"])
+def test_stop_string_across_tokens_is_trimmed_exactly(tok, stop):
+    ids = tok.encode(TEXT)
+    d, shown, hit = stream(tok, ids, SamplingParams(stop=["never there", stop]))
+    assert hit == stop and d.text == TEXT[:TEXT.index(stop)]
+    assert all(stop not in s for s in shown)
+    assert all(not s.endswith(stop[:1]) or stop[:1] == s[-1:] == "" for s in shown[:-1]) or len(stop) == 1
+
+
+def test_partial_stop_string_is_held_back_while_streaming(tok):
+    d = Detokenizer(tok, SamplingParams(stop=["fox says bye"]))
+    for i in tok.encode("The quick brown fox says"):
+        d.add(i)
+    assert d.text == "The quick brown fox says" and d.visible(finished=False) == "The quick brown "
+    assert d.visible(finished=True) == d.text
+
+
+def test_special_tokens_are_not_text(tok):
+    eos = tok.special_tokens["<|im_end|>"]
+    d, _, _ = stream(tok, tok.encode("hi") + [eos], SamplingParams())
+    assert d.text == "hi"
+    d, _, _ = stream(tok, tok.encode("hi") + [eos], SamplingParams(skip_special_tokens=False))
+    assert d.text == "hi<|im_end|>"
+
+
+def test_engine_stop_string_spanning_a_token_boundary(tok, model):
+    llm = LLM(model, tokenizer=tok)
+    free = llm.generate("The quick", SamplingParams(temperature=0, max_tokens=24))[0].outputs[0]
+    lengths, d = [], Detokenizer(tok, SamplingParams())
+    for i in free.token_ids:
+        d.add(i)
+        lengths.append(len(d.text))
+    assert d.text == free.text
+    # A two-character stop string whose characters come from consecutive tokens.
+    k = next(k for k in range(1, len(lengths) - 1)
+             if lengths[k - 1] < lengths[k] < lengths[k + 1] and "\ufffd" not in free.text[lengths[k] - 1:lengths[k] + 1]
+             and free.text.find(free.text[lengths[k] - 1:lengths[k] + 1]) == lengths[k] - 1)
+    stop = free.text[lengths[k] - 1:lengths[k] + 1]
+    out = llm.generate("The quick", SamplingParams(temperature=0, max_tokens=24, stop=stop))[0].outputs[0]
+    assert out.text == free.text[:lengths[k] - 1]
+    assert out.finish_reason == "stop" and out.stop_reason == stop
+    assert out.token_ids == free.token_ids[:k + 2]  # generation ends with the token that completed the stop
+
+
+def test_engine_text_in_text_out_and_streaming_outputs(tok, model):
+    engine = LLMEngine(model, tok)
+    engine.add_request("a", "你好", SamplingParams(temperature=0, max_tokens=10))
+    texts = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            texts.append(out.outputs[0].text)
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))
+    assert out.prompt == "你好" and out.prompt_token_ids == tok.encode("你好")
+    assert texts[-1] == tok.decode(out.outputs[0].token_ids, skip_special_tokens=True)
+
+
+def test_chat_renders_the_template(tok, model):
+    llm = LLM(model, tokenizer=tok)
+    messages = [{"role": "user", "content": "你好"}]
+    out = llm.chat(messages, SamplingParams(temperature=0, max_tokens=3), chat_template=DEFAULT_CHAT_TEMPLATE)[0]
+    ids, _ = render_chat(tok, messages, DEFAULT_CHAT_TEMPLATE, add_generation_prompt=True)
+    assert out.prompt_token_ids == ids and len(out.outputs[0].token_ids) == 3
+    two = llm.chat([messages, messages], SamplingParams(temperature=0, max_tokens=3), chat_template=DEFAULT_CHAT_TEMPLATE)
+    assert [o.outputs[0].token_ids for o in two] == [out.outputs[0].token_ids] * 2
+
+
+@pytest.mark.artifact
+def test_smollm2_through_llm_text_and_chat():
+    llm = LLM("smollm2-135m", max_num_seqs=4)
+    prompt = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
+    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=4))[0].outputs[0]
+    assert out.text.startswith(" Rome.")
+    ref = llm.model.generate(torch.tensor([llm.tokenizer.encode(prompt)]), max_new_tokens=4)[0, -4:].tolist()
+    assert out.token_ids == ref
+    chat = llm.chat([{"role": "user", "content": "What is the capital of France?"}],
+                    SamplingParams(temperature=0, max_tokens=24))[0].outputs[0]
+    assert "Paris" in chat.text
+    assert isinstance(llmlab.LLM, type)
