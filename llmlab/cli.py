@@ -16,6 +16,8 @@ from llmlab.errors import LlmlabError
 
 COMMAND_MODULES = [
     "llmlab.model.cli",
+    "llmlab.data.cli",
+    "llmlab.train.cli",
     "llmlab.tokenizer.cli",
     "llmlab.estimate.cli",
     "llmlab.demo",
@@ -36,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Commands that take free `--key value` overrides (e.g. `llmlab train`) set accepts_overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -142,11 +142,15 @@ class ModelConfig:
         return _from_llama_family(d, model_type, source)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """The config.json for this model: an HF architecture where one matches exactly, else llmlab's own."""
-        if self.model_type == "gpt2" and self._is_gpt2_shaped():
-            return _to_gpt2(self)
-        if self.model_type in ("llama", "qwen2", "qwen3", "mistral") and self._is_llama_shaped():
-            return _to_llama_family(self)
+        """The config.json for this model: an HF architecture that expresses it exactly (the declared
+        model_type first, then any other), else llmlab's own `model_type: "llmlab"`."""
+        candidates = [self.model_type] if self.model_type in HF_MODEL_TYPES else []
+        candidates += [t for t in ("llama", "qwen3", "qwen2", "mistral", "gpt2") if t not in candidates]
+        for kind in candidates:
+            if kind == "gpt2" and self._is_gpt2_shaped():
+                return _to_gpt2(self.replace(model_type="gpt2"))
+            if kind != "gpt2" and self._is_llama_shaped(kind):
+                return _to_llama_family(self.replace(model_type=kind))
         d = self.to_dict()
         d["model_type"] = "llmlab"
         return d
@@ -158,12 +162,12 @@ class ModelConfig:
                 and self.head_dim * self.num_heads == self.hidden_size and not self.embedding_scale
                 and self.final_norm and not self.qk_norm and self.sliding_window is None)
 
-    def _is_llama_shaped(self) -> bool:
+    def _is_llama_shaped(self, kind: str) -> bool:
         return (self.norm == "rmsnorm" and self.norm_position == "pre" and self.position == "rope"
                 and self.gated_ffn and self.final_norm and not self.embedding_scale
-                and (self.qkv_bias, self.o_bias) == _bias_layout(self.model_type, self.qkv_bias)
-                and self.qk_norm == (self.model_type == "qwen3")
-                and (self.sliding_window is None or self.model_type == "mistral"))
+                and (self.qkv_bias, self.o_bias) == _bias_layout(kind, self.qkv_bias)
+                and self.qk_norm == (kind == "qwen3")
+                and (self.sliding_window is None or kind == "mistral"))
 
 
 def load_hf_config(path: str | Path) -> ModelConfig:

@@ -1,0 +1,1 @@
+"""Data: corpora, token shards, resumable loaders."""

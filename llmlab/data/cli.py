@@ -1,0 +1,35 @@
+"""`llmlab data prepare`: tokenize a corpus into train/val token shards."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="prepare training data", description="Prepare training data.")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    prep = dsub.add_parser(
+        "prepare", help="tokenize text into memmap shards",
+        description="Tokenize text files (or a built-in corpus: shakespeare, python-stdlib) into uint16/uint32 "
+                    "train.bin / val.bin shards with documents separated by EOS, plus meta.json.")
+    prep.add_argument("--input", nargs="+", required=True, metavar="FILE|DIR|NAME",
+                      help="text files, directories, or one built-in corpus name")
+    prep.add_argument("--tokenizer", required=True, metavar="PATH",
+                      help="tokenizer.json, a directory holding one, a .tiktoken or .gguf file")
+    prep.add_argument("--out", required=True, metavar="DIR", help="output directory for the shards")
+    prep.add_argument("--val-fraction", type=float, default=0.05,
+                      help="tail fraction of every document held out for validation (default 0.05)")
+    prep.set_defaults(func=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from llmlab.data.corpora import resolve_corpus
+    from llmlab.data.shards import prepare_shards
+    from llmlab.tokenizer import load_tokenizer
+
+    corpus = resolve_corpus(args.input)
+    tokenizer = load_tokenizer(args.tokenizer)
+    info = prepare_shards(corpus, tokenizer, args.out, val_fraction=args.val_fraction)
+    print(f"{info.documents} documents, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + "
+          f"{info.val_tokens:,} val tokens ({info.dtype}) in {info.path}")
+    return 0

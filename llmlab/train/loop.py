@@ -1,0 +1,240 @@
+"""The one training loop. Objectives are functions; precision, recompute and compile are switches.
+
+    result = train(cfg)            # TrainConfig -> TrainResult
+    result = train(cfg, resume=True)
+
+Per optimizer step: `grad_accum` micro-batches (loss / grad_accum, so the sum of micro-gradients is
+the gradient of the mean over the big batch), dynamic loss scaling for fp16, unscale -> clip ->
+AdamW with the scheduled learning rate. Logged: JSONL metrics, a tqdm bar with tokens/s (and MFU on
+a GPU with a known peak), periodic validation loss / perplexity, atomic checkpoints.
+
+Determinism: on CPU in fp32 a run resumed from step k replays exactly the batches, dropout masks
+and updates of an uninterrupted run (data order is a function of (seed, step); RNG states are
+checkpointed), so its losses are bitwise equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from llmlab.data.loader import TokenLoader, eval_batches
+from llmlab.data.shards import ShardInfo
+from llmlab.errors import ConfigError, LlmlabError
+from llmlab.model.transformer import Transformer
+from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llmlab.train.config import TrainConfig
+from llmlab.train.objectives import causal_lm_loss
+from llmlab.train.optim import AdamW, LossScaler, lr_at, param_groups
+from llmlab.train.parallel import apply_activation_checkpointing
+from llmlab.train.report import MetricsLog, plot_loss_curves
+
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    tokens_per_s: float
+    checkpoint: Path
+    metrics: Path
+    stopped_early: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for but no CUDA GPU is available; use --device cpu.")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    dtype = _AUTOCAST[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def accumulate_gradients(fwd, batches, *, device, precision: str, loss_scale: float = 1.0) -> float:
+    """Backward over micro-batches, each loss divided by their number: the gradients sum to the gradient of
+    the mean loss over the concatenated batch. Returns that mean loss."""
+    total = 0.0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast_context(device, precision):
+            loss = causal_lm_loss(fwd(x), y) / len(batches)
+        (loss * loss_scale).backward()
+        total += loss.detach()
+    return float(total)
+
+
+def train_step(model, fwd, batches, optimizer, scaler: LossScaler, *, device, precision: str,
+               grad_clip: float) -> tuple[float, float, bool]:
+    """One optimizer step over micro-batches; returns (mean loss, grad norm, stepped)."""
+    loss = accumulate_gradients(fwd, batches, device=device, precision=precision, loss_scale=scaler.scale)
+    params = [p for p in model.parameters() if p.grad is not None]
+    ok = scaler.unscale_and_check(params)
+    gnorm = float("nan")
+    if ok:
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, gnorm, ok
+
+
+@torch.no_grad()
+def evaluate(model, shards: ShardInfo, *, batch_size: int, seq_len: int, max_batches: int, device,
+             precision: str) -> float:
+    """Mean validation cross-entropy (nats per token) over fixed windows."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in eval_batches(shards, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches):
+        with autocast_context(device, precision):
+            loss = causal_lm_loss(model(x.to(device)), y.to(device))
+        total += float(loss) * y.numel()
+        n += y.numel()
+    model.train(was_training)
+    return total / n
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
+    device = resolve_device(cfg.device)
+    shards = ShardInfo.load(cfg.data)
+    if shards.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"the shards' tokenizer has {shards.vocab_size} tokens but model.vocab_size is "
+                          f"{cfg.model.vocab_size}; set model.vocab_size >= {shards.vocab_size}.")
+    if cfg.precision == "bf16" and device.type == "cpu" and cfg.compile:
+        raise ConfigError("bf16 with compile on CPU is not supported here; use fp32 or drop --compile.")
+    out = Path(cfg.out)
+    ckpt_root = out / "checkpoints"
+    torch.manual_seed(cfg.seed)
+    model = _init_model(cfg).to(device).train()
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    scaler = LossScaler(enabled=cfg.precision == "fp16")
+    loader = TokenLoader(shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
+    eval_batches_available = (shards.val_tokens - 1) // cfg.seq_len
+    if eval_batches_available == 0 and cfg.eval_every > 0:
+        log(f"note: the validation split ({shards.val_tokens} tokens) is shorter than seq_len; no evaluation.")
+
+    start = 0
+    if resume:
+        ckpt = latest_checkpoint(ckpt_root)
+        if ckpt is None:
+            log(f"note: no checkpoint under {ckpt_root}; starting from scratch.")
+        else:
+            state = load_checkpoint(ckpt, model=model, optimizer=optimizer)
+            loader.load_state_dict(state["loader"])
+            scaler.load_state_dict(state["scaler"])
+            start = state["step"]
+            log(f"resumed from {ckpt} (step {start})")
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume else None)
+    fwd = torch.compile(model) if cfg.compile else model
+    flops_per_token = 6 * model.num_parameters(exclude_embeddings=True) + 12 * cfg.model.num_layers * \
+        cfg.model.num_heads * cfg.model.head_dim * cfg.seq_len
+    peak = _peak_flops(device, cfg.precision)
+
+    def save(step: int, last_loss: float) -> Path:
+        return save_checkpoint(ckpt_root, step, model=model, optimizer=optimizer, keep_last=cfg.keep_last,
+                               tokenizer_file=shards.path / "tokenizer.json",
+                               trainer_state={"loader": loader.state_dict(), "scaler": scaler.state_dict(),
+                                              "train_loss": last_loss, "config": cfg.to_dict()})
+
+    t_start = time.perf_counter()
+    t_last, tokens_since = t_start, 0
+    loss = val = float("nan")
+    step, stopped_early, tok_s = start, False, 0.0
+    bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not cfg.progress,
+               dynamic_ncols=True)
+    say = bar.write if cfg.progress else log
+    for step in range(start, cfg.max_steps):
+        lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                   min_lr_ratio=cfg.min_lr_ratio)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
+        loss, gnorm, ok = train_step(model, fwd, batches, optimizer, scaler, device=device,
+                                     precision=cfg.precision, grad_clip=cfg.grad_clip)
+        if not math.isfinite(loss) and cfg.precision != "fp16":
+            raise LlmlabError(f"loss became {loss} at step {step + 1}; lower the learning rate (now {cfg.lr}).")
+        tokens_since += cfg.tokens_per_step
+        done = step + 1
+        bar.update(1)
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            tok_s = tokens_since / (now - t_last)
+            t_last, tokens_since = now, 0
+            record = {"kind": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                      "tokens_per_s": tok_s, "skipped": not ok}
+            post = {"loss": f"{loss:.3f}", "tok/s": f"{tok_s:,.0f}"}
+            if peak:
+                record["mfu"] = tok_s * flops_per_token / peak
+                post["mfu"] = f"{record['mfu']:.1%}"
+            metrics.write(record)
+            bar.set_postfix(post)
+        if cfg.eval_every > 0 and eval_batches_available and done % cfg.eval_every == 0 and done < cfg.max_steps:
+            val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                           max_batches=cfg.eval_batches, device=device, precision=cfg.precision)
+            metrics.write({"kind": "eval", "step": done, "val_loss": val, "val_ppl": math.exp(val)})
+            say(f"step {done}: val loss {val:.4f} (ppl {math.exp(val):.2f})")
+        if cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0 and done < cfg.max_steps:
+            save(done, loss)
+        if cfg.time_budget_s > 0 and time.perf_counter() - t_start > cfg.time_budget_s and done < cfg.max_steps:
+            stopped_early = True
+            say(f"time budget of {cfg.time_budget_s:.0f}s reached at step {done}; stopping.")
+            break
+    bar.close()
+    final_step = step + 1 if cfg.max_steps > start else start
+    if eval_batches_available:
+        val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_batches=cfg.eval_batches,
+                       device=device, precision=cfg.precision)
+        metrics.write({"kind": "eval", "step": final_step, "val_loss": val, "val_ppl": math.exp(val)})
+    ckpt = save(final_step, loss)
+    plot_loss_curves(metrics.read(), out / "loss.png", title=f"{out.name}: {cfg.model.model_type} "
+                     f"{model.num_parameters() / 1e6:.2f}M params")
+    elapsed = time.perf_counter() - t_start
+    total_tokens = (final_step - start) * cfg.tokens_per_step
+    return TrainResult(steps=final_step, train_loss=loss, val_loss=val if eval_batches_available else None,
+                       tokens_per_s=total_tokens / max(elapsed, 1e-9), checkpoint=ckpt,
+                       metrics=metrics.path, stopped_early=stopped_early)
+
+
+def _init_model(cfg: TrainConfig) -> Transformer:
+    if not cfg.init_from:
+        return Transformer(cfg.model)
+    from llmlab.model.pretrained import from_pretrained
+
+    model = from_pretrained(cfg.init_from)
+    if model.cfg.vocab_size != cfg.model.vocab_size:
+        raise ConfigError(f"init_from {cfg.init_from} has vocab_size {model.cfg.vocab_size} but the run's model "
+                          f"has {cfg.model.vocab_size}; they must match.")
+    return model
+
+
+def _peak_flops(device: torch.device, precision: str) -> float | None:
+    """Datasheet peak of this GPU for the run's precision, when the estimator knows the card."""
+    if device.type != "cuda":
+        return None
+    try:
+        from llmlab.estimate.hardware import get_gpu
+
+        name = torch.cuda.get_device_name(device)
+        for guess in ("H200", "H100", "A100", "L40S", "4090", "L4", "A10", "V100", "T4"):
+            if guess in name:
+                return get_gpu(guess).peak_flops({"fp32": "tf32"}.get(precision, precision))
+    except (ImportError, LlmlabError):
+        return None
+    return None

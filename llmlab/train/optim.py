@@ -1,0 +1,106 @@
+"""Optimisation: parameter groups, AdamW, the learning-rate schedule and dynamic loss scaling.
+
+- `param_groups`: weight decay on matrices only — never on norms, biases or embeddings
+  (decay on an embedding shrinks rare tokens' vectors toward zero).
+- `AdamW`: Loshchilov & Hutter 2019, written out so the explain experiments can show each term;
+  it matches `torch.optim.AdamW` step for step (tests/test_train_optim.py). With fp16 training
+  the model keeps fp32 weights (the master copy) and fp16 is used only inside autocast.
+- `lr_at`: linear warmup, then cosine decay to `min_lr_ratio * lr`.
+- `LossScaler`: dynamic loss scaling for fp16 (Micikevicius et al. 2018): multiply the loss so
+  small gradients survive fp16, unscale before clipping, skip the step on inf/NaN and halve the
+  scale; grow it again after `growth_interval` clean steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    seen: set[int] = set()
+    for p in model.parameters():  # parameters() yields a tied weight once
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class AdamW(torch.optim.Optimizer):
+    """p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), decoupled weight decay."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"].item()
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                p.mul_(1 - lr * wd)  # decoupled decay: not part of the gradient statistics
+                m.lerp_(p.grad, 1 - b1)  # m = b1 m + (1 - b1) g
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)  # v = b2 v + (1 - b2) g^2
+                bias1, bias2 = 1 - b1**t, 1 - b2**t
+                denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)
+                p.addcdiv_(m, denom, value=-lr / bias1)
+        return loss
+
+
+def lr_at(step: int, *, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """Learning rate for optimizer step `step` (0-based)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    span = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class LossScaler:
+    def __init__(self, init_scale: float = 2.0**16, growth_interval: int = 2000, enabled: bool = True):
+        self.scale = init_scale if enabled else 1.0
+        self.enabled = enabled
+        self.growth_interval = growth_interval
+        self.good_steps = 0
+        self.skipped = 0
+
+    def unscale_and_check(self, params) -> bool:
+        """Divide gradients by the scale; True if all are finite (the step may proceed)."""
+        if not self.enabled:
+            return True
+        grads = [p.grad for p in params if p.grad is not None]
+        inv = 1.0 / self.scale
+        for g in grads:
+            g.mul_(inv)
+        finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        if finite:
+            self.good_steps += 1
+            if self.good_steps % self.growth_interval == 0:
+                self.scale *= 2.0
+        else:
+            self.skipped += 1
+            self.good_steps = 0
+            self.scale = max(self.scale / 2.0, 1.0)
+        return finite
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.good_steps, self.skipped = state["scale"], state["good_steps"], state["skipped"]

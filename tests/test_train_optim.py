@@ -1,0 +1,85 @@
+"""AdamW against torch.optim.AdamW, parameter groups, the schedule, the fp16 loss scaler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from llmlab import ModelConfig, Transformer
+from llmlab.train.optim import AdamW, LossScaler, lr_at, param_groups
+
+CFG = ModelConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+                  norm="layernorm", norm_bias=True, position="learned", qkv_bias=True)
+
+
+def test_param_groups_decay_only_matrices():
+    model = Transformer(CFG.replace(tie_word_embeddings=False))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert "blocks.0.attn.q.weight" in decayed and "lm_head.weight" in decayed
+    assert {"embed.weight", "pos_embed.weight", "blocks.0.norm1.weight", "blocks.0.norm1.bias",
+            "blocks.0.attn.q.bias", "norm_f.weight"} <= kept
+    assert not decayed & kept
+    assert len(decayed | kept) == len(list(model.parameters()))
+
+
+def test_tied_head_is_not_decayed_twice():
+    model = Transformer(CFG.replace(tie_word_embeddings=True))
+    decay, no_decay = param_groups(model, 0.1)
+    ids = [id(p) for g in (decay, no_decay) for p in g["params"]]
+    assert len(ids) == len(set(ids)) and id(model.embed.weight) in {id(p) for p in no_decay["params"]}
+
+
+def test_adamw_matches_torch_step_for_step():
+    torch.manual_seed(0)
+    a = Transformer(CFG)
+    b = Transformer(CFG)
+    b.load_state_dict(a.state_dict())
+    ours = AdamW(param_groups(a, 0.1), lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
+    ref = torch.optim.AdamW(param_groups(b, 0.1), lr=3e-3, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    ids = torch.randint(0, 40, (3, 9))
+    for step in range(6):
+        for model, opt in ((a, ours), (b, ref)):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, lr=3e-3, warmup_steps=2, max_steps=6)
+            loss = model.loss(ids[:, :-1], ids[:, 1:])
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p, q), (step, n)  # same formula, same order of operations: bitwise
+
+
+def test_schedule_warmup_then_cosine_to_floor():
+    kw = dict(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.1)
+    assert lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0)
+    assert lr_at(60, **kw) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert lr_at(110, **kw) == pytest.approx(0.1)
+    assert lr_at(500, **kw) == pytest.approx(0.1)
+    values = [lr_at(s, **kw) for s in range(10, 111)]
+    assert all(x >= y for x, y in zip(values, values[1:]))
+
+
+def test_loss_scaler_skips_overflow_and_regrows():
+    p = torch.nn.Parameter(torch.zeros(3))
+    s = LossScaler(init_scale=8.0, growth_interval=2)
+    p.grad = torch.tensor([8.0, 16.0, float("inf")])
+    assert not s.unscale_and_check([p]) and s.scale == 4.0 and s.skipped == 1
+    for _ in range(2):
+        p.grad = torch.tensor([4.0, 8.0, 12.0])
+        assert s.unscale_and_check([p])
+        assert torch.equal(p.grad, torch.tensor([1.0, 2.0, 3.0]))  # divided by the scale in force (4)
+    assert s.scale == 8.0  # grew after growth_interval clean steps
+
+
+def test_fp16_gradients_underflow_without_scaling():
+    tiny = torch.tensor([1e-8], dtype=torch.float16)
+    assert tiny.item() == 0.0  # below fp16's smallest subnormal (~6e-8)
+    assert (torch.tensor([1e-8]) * 2**16).half().float().item() == pytest.approx(1e-8 * 2**16, rel=1e-3)
+    assert math.isinf(torch.tensor([70000.0]).half().item())  # and overflow past 65504
