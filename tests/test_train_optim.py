@@ -83,3 +83,28 @@ def test_fp16_gradients_underflow_without_scaling():
     assert tiny.item() == 0.0  # below fp16's smallest subnormal (~6e-8)
     assert (torch.tensor([1e-8]) * 2**16).half().float().item() == pytest.approx(1e-8 * 2**16, rel=1e-3)
     assert math.isinf(torch.tensor([70000.0]).half().item())  # and overflow past 65504
+
+
+def test_multi_tensor_path_matches_per_parameter_path():
+    torch.manual_seed(0)
+    a, b = Transformer(CFG), Transformer(CFG)
+    b.load_state_dict(a.state_dict())
+    oa, ob = AdamW(param_groups(a, 0.1), lr=1e-2), AdamW(param_groups(b, 0.1), lr=1e-2)
+    ids = torch.randint(0, 40, (2, 9))
+    for _ in range(3):
+        for model, opt, foreach in ((a, oa, False), (b, ob, True)):
+            model.loss(ids[:, :-1], ids[:, 1:]).backward()
+            if foreach:  # what step() runs for CUDA parameters, exercised here on the CPU
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        st = opt.state[p]
+                        if not st:
+                            st.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                        st["step"] += 1
+                    with torch.no_grad():
+                        opt._update_foreach(group, group["params"])
+            else:
+                opt.step()
+            opt.zero_grad()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-7), n

@@ -42,25 +42,49 @@ class AdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.tensor(0.0)
+                    state["step"] = torch.tensor(0.0)  # on the CPU: reading it never syncs a GPU
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                t = state["step"].item()
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                p.mul_(1 - lr * wd)  # decoupled decay: not part of the gradient statistics
-                m.lerp_(p.grad, 1 - b1)  # m = b1 m + (1 - b1) g
-                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)  # v = b2 v + (1 - b2) g^2
-                bias1, bias2 = 1 - b1**t, 1 - b2**t
-                denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / bias1)
+            if params and params[0].is_cuda:
+                self._update_foreach(group, params)
+            else:
+                for p in params:
+                    self._update(group, p)
         return loss
+
+    def _update(self, group: dict, p: torch.Tensor) -> None:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        state = self.state[p]
+        t = state["step"].item()
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        p.mul_(1 - lr * wd)  # decoupled decay: not part of the gradient statistics
+        m.lerp_(p.grad, 1 - b1)  # m = b1 m + (1 - b1) g
+        v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)  # v = b2 v + (1 - b2) g^2
+        bias1, bias2 = 1 - b1**t, 1 - b2**t
+        denom = (v.sqrt() / math.sqrt(bias2)).add_(eps)
+        p.addcdiv_(m, denom, value=-lr / bias1)
+
+    def _update_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
+        """The same arithmetic as `_update`, one multi-tensor kernel per line (GPU: ~10 launches, not ~10/param)."""
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        grads = [p.grad for p in params]
+        ms = [self.state[p]["exp_avg"] for p in params]
+        vs = [self.state[p]["exp_avg_sq"] for p in params]
+        t = self.state[params[0]]["step"].item()  # every parameter of a group steps together
+        torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_lerp_(ms, grads, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        bias1, bias2 = 1 - b1**t, 1 - b2**t
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, math.sqrt(bias2))
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, ms, denom, value=-lr / bias1)
 
 
 def lr_at(step: int, *, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1) -> float:
