@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "llmlab.train.cli",
     "llmlab.tokenizer.cli",
     "llmlab.estimate.cli",
+    "llmlab.engine.cli",
     "llmlab.demo",
 ]
 

@@ -32,14 +32,15 @@ from llmlab.model.transformer import Transformer
 class LLM:
     def __init__(self, model: str | Path | Transformer, *, tokenizer=None, dtype: str | torch.dtype | None = None,
                  device: str | torch.device | None = None, **engine_options):
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if isinstance(model, Transformer):
-            if dtype is not None or str(next(model.parameters()).device) != str(torch.device(device)):
+        if isinstance(model, Transformer):  # used where it is, unless told otherwise
+            if device is not None:
+                model = model.to(device)
+            if dtype is not None:
                 from llmlab.model.pretrained import resolve_dtype
 
-                model = model.to(device=device, dtype=resolve_dtype(dtype) if dtype is not None else None)
+                model = model.to(resolve_dtype(dtype))
         else:
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             from llmlab.model.pretrained import from_pretrained
 
             if dtype is None:

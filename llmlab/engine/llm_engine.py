@@ -115,6 +115,8 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
         if not batch.seqs:
+            if len(self.scheduler):  # check_fits guarantees progress; anything else is a bug
+                raise RuntimeError(f"the scheduler made no progress with {len(self.scheduler)} sequences queued")
             return []
         results = self.runner.run(batch)
         self.scheduler.update(batch, {sid: r[0] for sid, r in results.items()})
@@ -137,11 +139,10 @@ class LLMEngine:
                 self.runner.release(seq)
         outputs = []
         for req in touched.values():
-            out = self._output(req)
-            if out.finished:
+            if all(s.is_finished for s in req.seqs):
                 req.metrics["finished"] = now
                 del self.requests[req.request_id]
-            outputs.append(out)
+            outputs.append(self._output(req))
         return outputs
 
     def _detokenize(self, seq: Sequence, detok: Detokenizer, token: int) -> None:

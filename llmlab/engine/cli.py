@@ -1,0 +1,69 @@
+"""`llmlab chat`: talk to a model through the engine, streaming the reply as it is generated.
+
+    llmlab chat --model smollm2-135m                      # interactive; an empty line or Ctrl-D ends
+    llmlab chat --model DIR --message "Hi" --max-tokens 64   # one turn, for scripts
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="chat with a model (engine, streaming)",
+                       description="Chat with a model through llmlab's engine, using the model's chat template.")
+    p.add_argument("--model", default="smollm2-135m", help="HF model directory, .gguf file, or registry name")
+    p.add_argument("--message", action="append", help="a user message; skips the interactive prompt (repeatable)")
+    p.add_argument("--system", help="a system message to start the conversation with")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llmlab.engine.llm import LLM
+    from llmlab.engine.sequence import RequestError, SamplingParams
+
+    llm = LLM(args.model, dtype=args.dtype, max_num_seqs=1)
+    if llm.tokenizer is None:
+        raise RequestError(f"{args.model} has no tokenizer to chat with; use `llmlab generate --ids` instead.")
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    turns = iter(args.message) if args.message else _read_turns()
+    for user in turns:
+        messages.append({"role": "user", "content": user})
+        reply = _stream_reply(llm, messages, params)
+        messages.append({"role": "assistant", "content": reply})
+    return 0
+
+
+def _read_turns():
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return
+        if not line:
+            return
+        yield line
+
+
+def _stream_reply(llm, messages: list[dict], params) -> str:
+    from llmlab.tokenizer.chat import render_chat
+
+    ids, _ = render_chat(llm.tokenizer, messages, add_generation_prompt=True)
+    engine = llm.engine
+    engine.add_request("chat", ids, params)
+    shown = ""
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            text = out.outputs[0].text
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+    sys.stdout.write("\n")
+    return shown
