@@ -149,4 +149,4 @@ def paged_attend(q: Tensor, k_pages: Tensor, v_pages: Tensor, meta: PagedMetadat
         else:
             y = attend(qs, k, v, mask=s.mask, causal=s.mask is None, backend=backend, scale=scale)
         outs.append(y.transpose(0, 1).reshape(H, s.num_seqs * s.q_len, hd))
-    return torch.cat(outs, dim=1)[None]  # (1, H, N, hd)
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))[None]  # (1, H, N, hd)
