@@ -241,3 +241,15 @@ def test_cuda_graph_decode_matches_eager(llama):
     finally:
         llama.to("cpu")
     assert graphs == eager == reference(llama, PROMPTS)
+
+
+def test_kv_cache_is_sized_from_the_memory_budget(llama):
+    from llmlab.model.cache import PagedKVCache
+
+    per_block = PagedKVCache.bytes_per_block(llama.cfg, 8, torch.float32)
+    assert per_block == 2 * 2 * 8 * 2 * 8 * 4  # K and V, 2 layers, 8 slots, 2 KV heads, head_dim 8, fp32
+    llm = LLM(llama, block_size=8, kv_cache_memory=37 * per_block + 5)
+    assert llm.engine.block_manager.num_blocks == 37
+    assert llm.engine.runner.kv.nbytes() == 38 * per_block  # + the scratch block for padded rows
+    with pytest.raises(llmlab.ConfigError, match="below one block"):
+        LLM(llama, block_size=8, kv_cache_memory=per_block - 1)

@@ -1,0 +1,200 @@
+"""Shared pieces of the engine benchmarks (latency.py, throughput.py, engine_cpu.py).
+
+- the model under test: SmolLM2-135M real weights (registry) or a named shape with random weights;
+- the same weights as a `transformers` model (saved as an HF checkpoint, loaded back);
+- timed runs: llmlab `LLM.generate`, transformers `generate` (padded batches) and, where it exists
+  and runs, transformers' continuous-batching `generate_batch`;
+- hardware, versions and the bandwidth roofline that results are written with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import llmlab
+from llmlab import ModelConfig, Transformer
+
+RESULTS = Path(__file__).parent / "results"
+
+# Shapes from the issue that are not llmlab presets (random weights: speed depends only on shape).
+SHAPES = {
+    "llama-3.2-1b": dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                         num_layers=16, num_heads=32, num_kv_heads=8, max_position_embeddings=8192,
+                         rope_theta=500000.0, tie_word_embeddings=True),
+    "tiny": dict(model_type="llama", vocab_size=4096, hidden_size=256, intermediate_size=768, num_layers=4,
+                 num_heads=8, num_kv_heads=4, max_position_embeddings=4096),
+}
+
+
+def load_model(name: str, dtype: torch.dtype, device: str) -> Transformer:
+    """Real weights for registry names (smollm2-135m); random weights (std 0.02) for shapes and presets."""
+    from llmlab import artifacts
+
+    if name in artifacts.ARTIFACTS:
+        return llmlab.from_pretrained(name, dtype=dtype, device=device)
+    if name in SHAPES:
+        cfg = ModelConfig(**SHAPES[name])
+    else:
+        from llmlab.estimate.presets import resolve
+
+        cfg = resolve(name)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Transformer(cfg)
+    return model.to(dtype).eval()
+
+
+def hf_twin(model: Transformer, dtype: torch.dtype, device: str, attn: str = "sdpa"):
+    """The same weights as a transformers model."""
+    import transformers
+
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=dtype, attn_implementation=attn)
+    return hf.to(device).eval()
+
+
+def random_prompts(n: int, lengths: list[int] | int, vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = [lengths] * n if isinstance(lengths, int) else lengths
+    return [torch.randint(0, vocab, (L,), generator=g).tolist() for L in lengths]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_llmlab(llm, prompts: list[list[int]], max_tokens: list[int] | int) -> tuple[float, list[list[int]], list]:
+    """(seconds, output ids, RequestOutputs) for greedy generation with ignore_eos."""
+    from llmlab import SamplingParams
+
+    max_tokens = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else max_tokens
+    params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in max_tokens]
+    device = str(next(llm.model.parameters()).device)
+    sync(device)
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params)
+    sync(device)
+    return time.perf_counter() - t0, [o.outputs[0].token_ids for o in outs], outs
+
+
+@torch.inference_mode()
+def run_hf_generate(hf, prompts: list[list[int]], max_new: int, batch_size: int | None = None) -> tuple[float, list[list[int]]]:
+    """transformers `generate`, greedy, left-padded batches of `batch_size` (default: all at once)."""
+    device = str(hf.device)
+    batch_size = batch_size or len(prompts)
+    outs: list[list[int]] = []
+    sync(device)
+    t0 = time.perf_counter()
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s:s + batch_size]
+        T = max(len(p) for p in chunk)
+        ids = torch.zeros(len(chunk), T, dtype=torch.long)
+        mask = torch.zeros(len(chunk), T, dtype=torch.long)
+        for i, p in enumerate(chunk):
+            ids[i, T - len(p):] = torch.tensor(p)
+            mask[i, T - len(p):] = 1
+        out = hf.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new,
+                          min_new_tokens=max_new, do_sample=False, pad_token_id=0, eos_token_id=None)
+        outs += out[:, T:].tolist()
+    sync(device)
+    return time.perf_counter() - t0, outs
+
+
+def run_hf_generate_batch(hf, prompts: list[list[int]], max_new: int) -> tuple[float, list[list[int]]] | str:
+    """transformers' continuous-batching API (`generate_batch`), or why it could not run."""
+    if not hasattr(hf, "generate_batch"):
+        return "this transformers has no generate_batch"
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    try:
+        sync(str(hf.device))
+        t0 = time.perf_counter()
+        res = hf.generate_batch(inputs=prompts, generation_config=cfg, progress_bar=False)
+        sync(str(hf.device))
+        dt = time.perf_counter() - t0
+    except Exception as e:  # an optional reference: report why, keep the benchmark running
+        return f"generate_batch failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    ordered = sorted(res.values(), key=lambda r: int(str(r.request_id).split("_")[-1]))
+    return dt, [list(r.generated_tokens) for r in ordered]
+
+
+def same_fraction(a: list[list[int]], b: list[list[int]]) -> float:
+    """Fraction of sequences whose greedy outputs are identical token for token."""
+    return sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+
+
+def weight_bytes(model: Transformer) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())  # tied weights once
+
+
+def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
+    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype.itemsize
+
+
+def peak_bandwidth(device: str) -> tuple[float | None, str]:
+    """Memory bandwidth in bytes/s: the datasheet figure on a known GPU, a measured copy on the CPU."""
+    if device.startswith("cuda"):
+        from llmlab.estimate.hardware import get_gpu
+
+        name = torch.cuda.get_device_name().upper()
+        key = next((k for k in ("H200", "H100", "A100", "L40S", "L4", "A10", "4090", "3090") if k in name), None)
+        if key is None:
+            return None, f"no datasheet entry for {name!r}"
+        gpu = get_gpu("H100-PCIe" if key == "H100" and "PCIE" in name else key)
+        return gpu.bandwidth, f"{gpu.name} datasheet"
+    x = torch.empty(64 << 20, dtype=torch.float32)  # 256 MiB, far beyond the caches
+    y = torch.empty_like(x)
+    y.copy_(x)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        y.copy_(x)
+    dt = (time.perf_counter() - t0) / 5
+    return 2 * x.numel() * 4 / dt, "measured tensor copy (read + write), 256 MiB"
+
+
+def hardware() -> dict:
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), cpu)
+    hw = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        hw["gpu"] = props.name
+        hw["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+    return hw
+
+
+def versions() -> dict:
+    import transformers
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "llmlab": llmlab.__version__, "git": commit}
+
+
+def write_result(name: str, result: dict) -> Path:
+    result = {**result, "hardware": hardware(), "versions": versions()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return path
+
+
+def table(rows: list[list], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
