@@ -141,9 +141,9 @@ def paged_attend(q: Tensor, k_pages: Tensor, v_pages: Tensor, meta: PagedMetadat
         qs = rows.reshape(H, s.num_seqs, s.q_len, hd).transpose(0, 1)  # (S, H, q_len, hd)
         k = k_pages[s.key_slots].transpose(1, 2)  # (S, Lk, Hkv, hd) -> (S, Hkv, Lk, hd)
         v = v_pages[s.key_slots].transpose(1, 2)
-        if backend == "sdpa" and q.device.type == "cpu":
-            # CPU: SDPA broadcasts K/V over each query group (enable_gqa) instead of copying them H/Hkv
-            # times, which halves decode attention time. On CUDA the repeat keeps the fused kernels.
+        if backend == "sdpa" and (q.device.type == "cpu" or s.q_len == 1):
+            # SDPA broadcasts K/V over each query group (enable_gqa) instead of copying them H/Hkv times:
+            # half the decode attention time on CPU. CUDA prefill keeps the repeat for the fused kernels.
             y = F.scaled_dot_product_attention(qs, k, v, attn_mask=s.mask, is_causal=s.mask is None, scale=scale,
                                                enable_gqa=True)
         else:
