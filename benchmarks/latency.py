@@ -71,7 +71,8 @@ def main() -> int:
 
     model = load_model(args.model, dtype, device)
     prompt = random_prompts(1, args.prompt_len, model.cfg.vocab_size)[0]
-    llm = LLM(model, device=device, max_num_seqs=8, max_num_batched_tokens=max(512, args.prompt_len))
+    llm = LLM(model, device=device, max_num_seqs=8, max_num_batched_tokens=max(512, args.prompt_len),
+              max_model_len=args.prompt_len + args.new_tokens + 16)
     llmlab_run(llm, prompt, args.new_tokens)  # warm-up: kernels, allocator, CUDA graphs for these lengths
     ttft, tok_s, ours = llmlab_run(llm, prompt, args.new_tokens)
 

@@ -10,7 +10,12 @@
 Sizing. The cache is `num_blocks` blocks plus one scratch block (the last) that padded rows
 write to and read from; the block manager never hands it out. On CUDA the block count comes from
 `gpu_memory_utilization` after a warm-up forward of a full token budget measures peak activation
-memory (as vLLM/nano-vllm do); on CPU from `kv_cache_memory`.
+memory (as vLLM/nano-vllm do), less room for the decode gather (see below); on CPU from
+`kv_cache_memory`.
+
+Attention reads the pages by gathering each sequence's K/V slots (model/attention.py) — exact, and
+the same code on CPU and GPU, but it moves every row's whole context through memory once per layer
+and step. A Triton kernel that reads the pages in place (the Kernels issue) is the fix for speed.
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
 context; graphs are captured lazily per (batch bucket, context bucket) — batch padded up to
@@ -52,6 +57,9 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len or self.cfg.max_position_embeddings
+        if self.max_model_len > self.cfg.max_position_embeddings:
+            raise ConfigError(f"max_model_len {self.max_model_len} is beyond the model's "
+                              f"{self.cfg.max_position_embeddings} positions; lower it.")
         self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
         self.num_blocks = config.num_blocks or self._blocks_from_memory()
         # One extra block at the end: scratch space for padded rows.
@@ -97,10 +105,14 @@ class ModelRunner:
                                      position_ids=slots[None], cache=tmp.with_meta(meta))
         torch.cuda.synchronize()
         del tmp
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
         stats = torch.cuda.memory_stats(self.device)
         peak, current = stats["allocated_bytes.all.peak"], stats["allocated_bytes.all.current"]
-        return int(total * self.config.gpu_memory_utilization - (total - free) - (peak - current))
+        # Decode attention gathers each row's K and V (no paged kernel yet): keep room for the largest.
+        rows = min(self.config.max_num_seqs, self.config.cuda_graph_max_bs)
+        gather = 2 * rows * self.max_model_len * self.cfg.num_kv_heads * self.cfg.head_dim * self.dtype.itemsize
+        return int(total * self.config.gpu_memory_utilization - (total - free) - (peak - current) - gather)
 
     # ---- one step -------------------------------------------------------------------------------
 
