@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "llmlab.tokenizer.cli",
     "llmlab.estimate.cli",
     "llmlab.engine.cli",
+    "llmlab.explain.cli",
     "llmlab.demo",
 ]
 
