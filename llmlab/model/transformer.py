@@ -146,12 +146,16 @@ class Transformer(nn.Module):
         if attention_mask is not None and attention_mask.shape != (B, past + T):
             raise LlmlabError(f"attention_mask has shape {tuple(attention_mask.shape)} but must be (batch, past + new) "
                               f"= {(B, past + T)}: it covers cached and new tokens.")
+        if cfg.position == "learned" and not paged:
+            # Default positions never exceed past + T - 1: check that bound with Python ints, so the common
+            # path never syncs with the device (a GPU stall per step; a graph break under torch.compile).
+            # The engine checks lengths itself.
+            last = past + T - 1 if position_ids is None or position_ids.is_cuda else int(position_ids.max())
+            if last >= cfg.max_position_embeddings:
+                raise LlmlabError(f"position {last} is beyond the {cfg.max_position_embeddings} learned position "
+                                  "embeddings; shorten the input.")
         if position_ids is None:
             position_ids = self._default_positions(attention_mask, B, T, past, input_ids.device)
-        # (The engine checks lengths itself; this check syncs with the device, which CUDA graphs forbid.)
-        if cfg.position == "learned" and not paged and int(position_ids.max()) >= cfg.max_position_embeddings:
-            raise LlmlabError(f"position {int(position_ids.max())} is beyond the {cfg.max_position_embeddings} "
-                              "learned position embeddings; shorten the input.")
 
         x = self.embed(input_ids)
         if cfg.embedding_scale:
