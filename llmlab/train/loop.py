@@ -64,28 +64,29 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def accumulate_gradients(fwd, batches, *, device, precision: str, loss_scale: float = 1.0) -> float:
+def accumulate_gradients(fwd, batches, *, device, precision: str, loss_scale: float = 1.0) -> torch.Tensor:
     """Backward over micro-batches, each loss divided by their number: the gradients sum to the gradient of
-    the mean loss over the concatenated batch. Returns that mean loss."""
-    total = 0.0
+    the mean loss over the concatenated batch. Returns that mean loss as a 0-d tensor (no device sync)."""
+    total = torch.zeros((), device=device)
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast_context(device, precision):
             loss = causal_lm_loss(fwd(x), y) / len(batches)
         (loss * loss_scale).backward()
         total += loss.detach()
-    return float(total)
+    return total
 
 
 def train_step(model, fwd, batches, optimizer, scaler: LossScaler, *, device, precision: str,
-               grad_clip: float) -> tuple[float, float, bool]:
-    """One optimizer step over micro-batches; returns (mean loss, grad norm, stepped)."""
+               grad_clip: float) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One optimizer step over micro-batches; returns (mean loss, grad norm, stepped). Loss and norm stay on
+    the device: reading them is left to the caller, once per log interval, so steps queue up without syncs."""
     loss = accumulate_gradients(fwd, batches, device=device, precision=precision, loss_scale=scaler.scale)
     params = [p for p in model.parameters() if p.grad is not None]
     ok = scaler.unscale_and_check(params)
-    gnorm = float("nan")
+    gnorm = torch.tensor(float("nan"))
     if ok:
-        gnorm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
+        gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss, gnorm, ok
@@ -164,14 +165,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
         for g in optimizer.param_groups:
             g["lr"] = lr
         batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
-        loss, gnorm, ok = train_step(model, fwd, batches, optimizer, scaler, device=device,
-                                     precision=cfg.precision, grad_clip=cfg.grad_clip)
-        if not math.isfinite(loss) and cfg.precision != "fp16":
-            raise LlmlabError(f"loss became {loss} at step {step + 1}; lower the learning rate (now {cfg.lr}).")
+        loss_t, gnorm_t, ok = train_step(model, fwd, batches, optimizer, scaler, device=device,
+                                         precision=cfg.precision, grad_clip=cfg.grad_clip)
         tokens_since += cfg.tokens_per_step
         done = step + 1
         bar.update(1)
-        if done % cfg.log_every == 0 or done == cfg.max_steps:
+        out_of_time = 0 < cfg.time_budget_s < time.perf_counter() - t_start and done < cfg.max_steps
+        if done % cfg.log_every == 0 or done == cfg.max_steps or out_of_time:
+            loss, gnorm = float(loss_t), float(gnorm_t)
+            if not math.isfinite(loss) and cfg.precision != "fp16":
+                raise LlmlabError(f"loss became {loss} at step {done}; lower the learning rate (now {cfg.lr}).")
             if device.type == "cuda":
                 torch.cuda.synchronize()
             now = time.perf_counter()
@@ -191,12 +194,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
             metrics.write({"kind": "eval", "step": done, "val_loss": val, "val_ppl": math.exp(val)})
             say(f"step {done}: val loss {val:.4f} (ppl {math.exp(val):.2f})")
         if cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0 and done < cfg.max_steps:
-            save(done, loss)
-        if cfg.time_budget_s > 0 and time.perf_counter() - t_start > cfg.time_budget_s and done < cfg.max_steps:
+            save(done, float(loss_t))
+        if out_of_time:
             stopped_early = True
             say(f"time budget of {cfg.time_budget_s:.0f}s reached at step {done}; stopping.")
             break
     bar.close()
+    if cfg.max_steps > start:
+        loss = float(loss_t)
     final_step = step + 1 if cfg.max_steps > start else start
     if eval_batches_available:
         val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_batches=cfg.eval_batches,
