@@ -152,6 +152,14 @@ def test_attention(results):
     assert n["kv_real_gib_GQA"] == n["kv_gib_GQA"] and n["gqa_vs_repeated_mha"] < 1e-6
 
 
+def test_positions(results):
+    n = num(results, "sinusoidal-positions")
+    assert n["linear_map_error"] < 1e-4 and n["dot_spread"] < 1e-4
+    n = num(results, "rope-relative")
+    assert n["shift_spread"] < 1e-3 and n["linear_err"] < 1e-12 and n["norm_err"] < 1e-6
+    assert results["rope-relative"][1].verdict == "wrong"
+
+
 def test_normalization(results):
     n = num(results, "layernorm-vs-batchnorm")
     assert n["ln_change"] < 1e-6 and n["bn_change_pad"] > 0.1 and n["bn_change_partner"] > 0.1
