@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--corpus", default=None, help="shakespeare (default), python-stdlib, or text files/dirs",
                    nargs="*")
-    p.add_argument("--minutes", type=float, default=6.0, help="training time budget (default 6)")
+    p.add_argument("--minutes", type=float, default=8.0, help="training time budget (default 8)")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default 2048)")
     p.add_argument("--seed", type=int, default=1337)
     p.set_defaults(func=run)
