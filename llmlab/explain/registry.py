@@ -32,7 +32,8 @@ from llmlab.errors import LlmlabError
 
 VERDICTS = ("confirmed", "incomplete", "wrong")
 VERDICT_ZH = {"confirmed": "正确", "incomplete": "不完整", "wrong": "错误"}
-THEME_MODULES = ("numerics", "attention", "positions", "normalization", "memory", "training")
+THEME_MODULES = ("numerics", "attention", "positions", "normalization", "memory", "training", "tokenization",
+                 "sampling", "architecture", "serving")
 
 # The seed files (../shared/seeds/), by the names the claims cite.
 SEED_000 = "000_c954e959f8352d6f.txt"
