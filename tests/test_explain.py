@@ -48,6 +48,7 @@ NUMERIC_CLAIMS = {
     ("002_8a7f49e5e726486c.txt", "一般来说-1000就可以"): "padding-mask",
     ("002_8a7f49e5e726486c.txt", "整体计算量和点积相似"): "additive-attention",
     ("003_1d6c1e62189d349b.txt", "GPT-3拥有的1750亿参数"): "gpt3-params",
+    ("002_8a7f49e5e726486c.txt", "这种方式的方差是1/embedding size"): "embedding-scale",
 }
 
 
@@ -102,7 +103,9 @@ def test_every_topic_is_bilingual_and_has_a_verdict(results):
 def test_known_verdicts(results):
     expected = {"kv-cache-7b": "wrong", "gpt3-training-time": "wrong", "broadcasting": "wrong",
                 "mha-gqa-mqa": "wrong", "inverted-dropout": "wrong", "cross-entropy-kl": "confirmed",
-                "scaled-dot-product": "confirmed", "training-memory": "incomplete"}
+                "scaled-dot-product": "confirmed", "training-memory": "incomplete", "embedding-scale": "wrong",
+                "bert-embedding-sum": "confirmed", "alibi-extrapolation": "confirmed", "paged-attention": "incomplete",
+                "why-decoder-only": "incomplete", "bpe-vs-wordpiece": "incomplete"}
     for topic_id, verdict in expected.items():
         assert results[topic_id][1].verdict == verdict, topic_id
 
@@ -160,6 +163,18 @@ def test_positions(results):
     assert results["rope-relative"][1].verdict == "wrong"
 
 
+def test_alibi_and_embedding_scale(results):
+    n = num(results, "alibi-extrapolation")
+    assert n["loss_alibi_256"] < 2 * n["loss_alibi_16"] + 0.2  # ALiBi holds at 16x the trained length
+    for pos in ("rope", "learned"):  # fit the trained length, then collapse past the uniform guess
+        assert n[f"loss_{pos}_16"] < 0.2 and n[f"loss_{pos}_256"] > n["uniform_loss"]
+    assert n["loss_sinusoidal_256"] > n["loss_alibi_256"]
+    n = num(results, "embedding-scale")
+    assert n["xavier_var"] == pytest.approx(n["xavier_formula"], rel=0.02) and n["xavier_var"] < n["notes_var"] / 20
+    assert n["pe_norm"] == pytest.approx(16.0, rel=1e-4)  # sqrt(d/2), d = 512
+    assert n["ratio_vaswani"] == pytest.approx(1 / 16, rel=0.02) and n["ratio_vaswani_scaled"] == pytest.approx(math.sqrt(2), rel=0.02)
+
+
 def test_normalization(results):
     n = num(results, "layernorm-vs-batchnorm")
     assert n["ln_change"] < 1e-6 and n["bn_change_pad"] > 0.1 and n["bn_change_partner"] > 0.1
@@ -197,6 +212,41 @@ def test_training(results):
     assert n["Adam (llmlab AdamW, wd 0) vs base"] < 0.01 and n["Adam (llmlab AdamW, wd 0)"] > 1.0
     n = num(results, "gradient-accumulation")
     assert max(n["rel_diff_2"], n["rel_diff_4"], n["rel_diff_8"]) < 1e-5 and n["rel_diff_masked"] > 0.01
+
+
+def test_tokenization_and_sampling(results):
+    n = num(results, "bpe-vs-wordpiece")
+    assert n["tokens_per_word_BPE_2000"] < n["tokens_per_word_BPE_500"]  # vocabulary size vs sequence length
+    assert n["tokens_per_word_WordPiece_2000"] < n["tokens_per_word_WordPiece_500"]
+    assert n["wp_unk_fraction_zh"] == 1.0 and n["bpe_roundtrip_zh"] == 1.0  # unseen characters: [UNK] vs bytes
+    assert n["bpe_roundtrip_probe"] == 1.0 and n["wp_roundtrip_probe"] == 0.0 and n["deterministic"] == 1.0
+    n = num(results, "temperature-top-k-top-p")
+    for shape in ("peaked", "flat"):
+        assert n[f"support_{shape}_T = 0.5"] == n[f"support_{shape}_T = 2"] == 50 and n[f"support_{shape}_top-k 5"] == 5
+        assert n[f"entropy_{shape}_T = 0.5"] < n[f"entropy_{shape}_T = 1"] < n[f"entropy_{shape}_T = 2"]
+    assert n["support_peaked_top-p 0.9"] < n["support_flat_top-p 0.9"]  # top-p adapts, top-k does not
+    for name in ("T = 1", "T = 2", "top-k 5", "top-p 0.9"):
+        assert n[f"tv_{name}"] < n["tv_noise_bound"] and n[f"outside_{name}"] == 0 == n[f"ref_outside_{name}"]
+    assert n["greedy_is_argmax"] == 1.0
+
+
+def test_architecture_and_serving(results):
+    n = num(results, "encoder-vs-decoder-masks")
+    assert (n["causal_pairs"], n["bi_pairs"]) == (36, 64) and n["causal_is_lower"] == n["model_is_lower"] == 1.0
+    assert n["diagonal_seen"] == 1.0 and n["parallel_diff"] < 1e-10
+    n = num(results, "why-decoder-only")
+    for hd in (4, 16, 64):
+        assert n[f"causal_upper_{hd}"] == 0.0 and n[f"causal_diag_min_{hd}"] > 0  # triangular, det > 0: full rank
+    assert n["rank_bidirectional_4"] < 0.5 * n["rank_causal_4"]  # head_dim << n: bidirectional loses rank
+    assert n["rank_bidirectional_64"] >= n["rank_causal_64"]  # ... and not when head_dim is large
+    assert n["prefix_change_causal"] == 0.0 and n["prefix_change_bidirectional"] > 0.01
+    assert n["cached_vs_full"] < 1e-4 and (n["positions_cached"], n["positions_full"]) == (79, 3040)
+    n = num(results, "bert-embedding-sum")
+    assert n["onehot_diff"] < 1e-12 and n["concat_identity_diff"] < 1e-12 and n["reparam_diff"] < 1e-10
+    n = num(results, "paged-attention")
+    assert n["paged_slots"] - n["tokens"] < 64 * 16 and n["max_waste_per_seq"] <= 15
+    assert n["contiguous_waste"] > 0.5 and n["paged_waste"] < 0.05
+    assert n["capacity_paged"] > 2 * n["capacity_contiguous"] and n["prefix_saving"] > 0.5
 
 
 # ---- handbook and CLI ------------------------------------------------------------------------------
