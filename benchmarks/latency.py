@@ -1,6 +1,7 @@
 """Batch-1 latency: one 128-token prompt, 256 new tokens, greedy — llmlab's engine vs transformers.
 
-Same random-weight model for both, side by side in one run. Reported for each: time to first
+Same weights for both (random for a shape, real for a registry model), side by side in one run;
+the engines alternate and the fastest of --repeats counts. Reported for each: time to first
 token (the prefill), decode tokens/s (new tokens after the first / time after the first), and
 for llmlab the achieved memory bandwidth of decode:
 
@@ -21,6 +22,7 @@ roofline (~950 tok/s); transformers eager was measured at ~13 tok/s on that card
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -28,6 +30,7 @@ from engine_common import (hf_twin, kv_bytes_per_token, load_model, peak_bandwid
                            weight_bytes, write_result)
 
 from llmlab import LLM
+from llmlab.artifacts import ARTIFACTS
 from llmlab.engine import SamplingParams
 
 
@@ -64,6 +67,7 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating runs per engine; the fastest counts")
     ap.add_argument("--out", default=f"engine_latency_{'cuda' if cuda else 'cpu'}")
     args = ap.parse_args()
     device = "cuda" if cuda else "cpu"
@@ -74,12 +78,25 @@ def main() -> int:
     llm = LLM(model, device=device, max_num_seqs=8, max_num_batched_tokens=max(512, args.prompt_len),
               max_model_len=args.prompt_len + args.new_tokens + 16)
     llmlab_run(llm, prompt, args.new_tokens)  # warm-up: kernels, allocator, CUDA graphs for these lengths
-    ttft, tok_s, ours = llmlab_run(llm, prompt, args.new_tokens)
+    hf = None
+    if not args.skip_hf:
+        hf = hf_twin(model, dtype, device)
+        hf_run(hf, prompt, 8)  # warm-up
+    load_before = os.getloadavg()[0]
+    best, hf_best = (float("inf"), 0.0, []), (float("inf"), 0.0, [])
+    for _ in range(args.repeats):  # alternate, keep the fastest decode of each: other jobs may share the machine
+        run = llmlab_run(llm, prompt, args.new_tokens)
+        best = run if run[1] > best[1] else best
+        if hf is not None:
+            run = hf_run(hf, prompt, args.new_tokens)
+            hf_best = run if run[1] > hf_best[1] else hf_best
+    ttft, tok_s, ours = best
 
     avg_ctx = args.prompt_len + args.new_tokens / 2
     step_bytes = weight_bytes(model) + avg_ctx * kv_bytes_per_token(model.cfg, dtype)
     bw, bw_source = peak_bandwidth(device)
-    result = {"benchmark": "engine_latency", "model": args.model, "random_weights": True, "dtype": args.dtype,
+    result = {"benchmark": "engine_latency", "model": args.model, "random_weights": args.model not in ARTIFACTS,
+              "dtype": args.dtype, "repeats": args.repeats,
               "device": device, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
               "llmlab": {"ttft_ms": round(ttft * 1e3, 2), "decode_tok_s": round(tok_s, 2),
                          "achieved_gb_s": round(step_bytes * tok_s / 1e9, 2)},
@@ -90,17 +107,16 @@ def main() -> int:
               "target": {"fraction_of_roofline": 0.7, "where": "H100, bf16, llama-3.2-1b shape"}}
     rows = [["llmlab", result["llmlab"]["ttft_ms"], result["llmlab"]["decode_tok_s"],
              result["llmlab"]["achieved_gb_s"], result["fraction_of_roofline"]]]
-    if not args.skip_hf:
-        hf = hf_twin(model, dtype, device)
-        hf_run(hf, prompt, 8)  # warm-up
-        hf_ttft, hf_tok_s, theirs = hf_run(hf, prompt, args.new_tokens)
+    result["load_average_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    if hf is not None:
+        hf_ttft, hf_tok_s, theirs = hf_best
         result["transformers"] = {"ttft_ms": round(hf_ttft * 1e3, 2), "decode_tok_s": round(hf_tok_s, 2),
                                   "achieved_gb_s": round(step_bytes * hf_tok_s / 1e9, 2)}
         result["decode_ratio_vs_transformers"] = round(tok_s / hf_tok_s, 3)
         result["greedy_identical"] = ours == theirs
         rows.append(["transformers", result["transformers"]["ttft_ms"], round(hf_tok_s, 2),
                      result["transformers"]["achieved_gb_s"], round(hf_tok_s * step_bytes / bw, 3) if bw else "-"])
-    print(f"\n{args.model} ({args.dtype}, random weights) on {device}: batch 1, prompt {args.prompt_len}, "
+    print(f"\n{args.model} ({args.dtype}) on {device}: batch 1, prompt {args.prompt_len}, "
           f"{args.new_tokens} new; roofline {result['roofline_tok_s']} tok/s at {result['bandwidth_gb_s']} GB/s "
           f"({bw_source})")
     table(rows, ["engine", "TTFT ms", "decode tok/s", "GB/s", "of roofline"])

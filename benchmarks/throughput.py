@@ -21,6 +21,7 @@ On a CPU the same script runs a scaled-down workload (defaults below) to show th
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 
@@ -28,6 +29,7 @@ import torch
 from engine_common import hf_twin, load_model, run_hf_generate, run_hf_generate_batch, sync, table, write_result
 
 from llmlab import LLM
+from llmlab.artifacts import ARTIFACTS
 from llmlab.engine import SamplingParams
 
 
@@ -63,6 +65,7 @@ def main() -> int:
               max_model_len=2 * args.max_len + 16)
     llm.generate(prompts[:4], SamplingParams(max_tokens=8))  # warm-up
     params = [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True) for n in outputs]
+    load_before = os.getloadavg()[0]
     sync(device)
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params)
@@ -70,8 +73,8 @@ def main() -> int:
     dt = time.perf_counter() - t0
     n_out = sum(len(o.outputs[0].token_ids) for o in outs)
     assert n_out == sum(outputs)
-    result = {"benchmark": "engine_throughput", "model": args.model, "random_weights": True, "dtype": args.dtype,
-              "device": device, "num_seqs": args.num_seqs, "len_range": [args.min_len, args.max_len],
+    result = {"benchmark": "engine_throughput", "model": args.model, "random_weights": args.model not in ARTIFACTS,
+              "dtype": args.dtype, "device": device, "num_seqs": args.num_seqs, "len_range": [args.min_len, args.max_len],
               "prompt_tokens": sum(map(len, prompts)), "output_tokens": n_out,
               "llmlab": {"seconds": round(dt, 2), "output_tok_s": round(n_out / dt, 1),
                          **{k: v for k, v in llm.engine.stats().items() if k in ("steps", "preemptions", "num_blocks")}},
@@ -98,7 +101,8 @@ def main() -> int:
         best = max((r["output_tok_s"] for r in result["transformers"].values() if isinstance(r, dict)), default=None)
         if best:
             result["ratio_vs_best_transformers"] = round((n_out / dt) / best, 2)
-    print(f"\n{args.model} ({args.dtype}, random weights) on {device}: {args.num_seqs} sequences, prompt and output "
+    result["load_average_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
+    print(f"\n{args.model} ({args.dtype}) on {device}: {args.num_seqs} sequences, prompt and output "
           f"lengths in [{args.min_len}, {args.max_len}]")
     table(rows, ["engine", "output tokens", "seconds", "output tok/s"])
     write_result(args.out, result)
