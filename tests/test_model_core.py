@@ -203,3 +203,13 @@ def test_config_errors_are_clear(kwargs, message):
 def test_config_from_dict_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="unknown ModelConfig keys \\['hiden_size'\\]"):
         ModelConfig.from_dict({"hiden_size": 3})
+
+
+def test_value_head_size_may_differ_from_query_head_size():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 4, 8, generator=g), torch.randn(1, 2, 4, 8, generator=g)
+    v = torch.eye(4).expand(1, 2, 4, 4)  # V = I returns the attention matrix itself
+    a = attend(q, k, v, causal=True, backend="explicit")
+    b = attend(q, k, v, causal=True, backend="sdpa")
+    assert a.shape == (1, 2, 4, 4) and torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(a.sum(-1), torch.ones(1, 2, 4))

@@ -87,7 +87,7 @@ def _explicit(q, k, v, mask, bias, causal, dropout_p, scale) -> Tensor:
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = torch.einsum("bkgqt,bktd->bkgqd", weights.reshape(B, Hkv, g, Tq, Tk), v.float())
-    return out.reshape(B, H, Tq, hd).to(q.dtype)
+    return out.reshape(B, H, Tq, v.shape[-1]).to(q.dtype)
 
 
 def _sdpa(q, k, v, mask, bias, causal, dropout_p, scale) -> Tensor:
