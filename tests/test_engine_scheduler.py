@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from llmlab.engine.block_manager import BlockManager
@@ -44,16 +44,16 @@ def check_batch(sched: Scheduler, batch) -> None:
         assert len(s.block_table) * sched.bm.block_size >= s.num_computed_tokens + n  # room for the new K/V
 
 
-OPS = st.lists(st.one_of(
-    st.tuples(st.just("add"), st.lists(st.integers(0, 2), min_size=1, max_size=20), st.integers(1, 12)),
-    st.tuples(st.just("step"), st.integers(1, 4)),
-    st.tuples(st.just("abort"), st.integers(0, 50)),
-), max_size=40)
+# Mostly-zero prompts share prefixes (cache hits); several live requests outgrow the blocks (preemption).
+ADD = st.tuples(st.just("add"), st.lists(st.sampled_from([0, 0, 0, 1]), min_size=1, max_size=10), st.integers(1, 8))
+OPS = st.lists(st.one_of(ADD, ADD, st.tuples(st.just("step"), st.integers(1, 4)),
+                         st.tuples(st.just("abort"), st.integers(0, 50))), min_size=8, max_size=40)
 
 
-@settings(max_examples=150, deadline=None)
-@given(ops=OPS, num_blocks=st.integers(6, 24), block_size=st.sampled_from([1, 2, 4]), budget=st.integers(1, 24),
-       max_num_seqs=st.integers(1, 6), caching=st.booleans(), chunked=st.booleans(), seed=st.integers(0, 2**16))
+@settings(max_examples=200, deadline=None)
+@given(ops=OPS, num_blocks=st.integers(5, 12), block_size=st.sampled_from([1, 2, 4]), budget=st.integers(1, 24),
+       max_num_seqs=st.integers(1, 6), caching=st.sampled_from([True, True, False]), chunked=st.booleans(),
+       seed=st.integers(0, 2**16))
 def test_no_leaks_under_any_add_step_abort(ops, num_blocks, block_size, budget, max_num_seqs, caching, chunked, seed):
     """After any interleaving: ref counts match block tables, free + used == total, nothing leaks at the end."""
     bm, sched = make(num_blocks, block_size, max_num_seqs=max_num_seqs, budget=budget, max_model_len=40,
@@ -83,8 +83,38 @@ def test_no_leaks_under_any_add_step_abort(ops, num_blocks, block_size, budget, 
         bm.check_invariants(live(sched))
     assert not len(sched)
     assert all(r == 0 for r in bm.ref_count) and bm.num_free_blocks == bm.num_blocks
+    event(f"preempted: {sched.num_preemptions > 0}")  # --hypothesis-show-statistics: the cases are exercised
+    event(f"prefix-cache hits: {bm.num_hits > 0}")
     assert all(s.finish_reason in ("length", "abort") for s in seqs)
     assert all(s.num_output_tokens == s.params.max_tokens for s in seqs if s.finish_reason == "length")
+
+
+@settings(max_examples=100, deadline=None)
+@given(base=st.lists(st.integers(0, 3), min_size=2, max_size=9), tails=st.lists(
+       st.tuples(st.lists(st.integers(0, 3), max_size=5), st.integers(1, 6)), min_size=2, max_size=8),
+       num_blocks=st.integers(6, 12), aborts=st.lists(st.integers(0, 30), max_size=3), seed=st.integers(0, 2**16))
+def test_shared_prefixes_under_memory_pressure(base, tails, num_blocks, aborts, seed):
+    """Requests sharing a prompt prefix, more of them than the blocks hold: hits, preemptions, aborts, no leaks."""
+    bm, sched = make(num_blocks, 2, max_num_seqs=8, budget=8, max_model_len=40)
+    rng = random.Random(seed)
+    seqs = []
+    for tail, max_tokens in tails:
+        s = seq(base + tail, max_tokens=max_tokens)
+        try:
+            sched.add(s)
+            seqs.append(s)
+        except RequestError:
+            pass
+    for step in range(500):
+        if not len(sched):
+            break
+        if step in aborts and seqs:
+            sched.finish(seqs[step % len(seqs)], "abort")
+        fake_step(sched, rng)
+        bm.check_invariants(live(sched))
+    assert not len(sched) and all(r == 0 for r in bm.ref_count) and bm.num_free_blocks == bm.num_blocks
+    event(f"preempted: {sched.num_preemptions > 0}")
+    event(f"prefix-cache hits: {bm.num_hits > 0}")
 
 
 def run_to_end(sched, rng=None):
