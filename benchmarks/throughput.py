@@ -8,8 +8,9 @@ Reported: output tokens/s (all requested output tokens / wall time, prefill incl
 The transformers references are its continuous-batching `generate_batch` (when it exists and
 runs) and `generate` in padded batches of --hf-batch-size; the ratio is against the faster of
 them. Both take one max_new_tokens for
-all sequences, so transformers generates max(output lengths) for every sequence; we count every
-token it produced, which flatters it (our ratio is conservative).
+all sequences, so transformers generates max(output lengths) for every sequence: two ratios are
+reported, against every token it produced (flatters it) and against wall time for the same
+requested work.
 
 Target (issue 6): >= 10,000 output tok/s on one H100 (nano-vllm reports ~8,600 on an A100).
 On a CPU the same script runs a scaled-down workload (defaults below) to show the comparison.
@@ -96,11 +97,13 @@ def main() -> int:
             hf_dt, hf_ids = ran
             hf_out = sum(len(x) for x in hf_ids)
             result["transformers"][api] = {"seconds": round(hf_dt, 2), "tokens_generated": hf_out,
-                                           "output_tok_s": round(hf_out / hf_dt, 1)}
+                                           "output_tok_s": round(hf_out / hf_dt, 1),
+                                           "requested_tok_s": round(n_out / hf_dt, 1)}
             rows.append([f"transformers {api}", hf_out, round(hf_dt, 2), round(hf_out / hf_dt, 1)])
-        best = max((r["output_tok_s"] for r in result["transformers"].values() if isinstance(r, dict)), default=None)
-        if best:
-            result["ratio_vs_best_transformers"] = round((n_out / dt) / best, 2)
+        done = [r for r in result["transformers"].values() if isinstance(r, dict)]
+        if done:  # vs every token it generated (flatters it), and vs the same requested work (wall time)
+            result["ratio_vs_best_transformers"] = round((n_out / dt) / max(r["output_tok_s"] for r in done), 2)
+            result["ratio_vs_best_transformers_same_work"] = round(min(r["seconds"] for r in done) / dt, 2)
     result["load_average_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     print(f"\n{args.model} ({args.dtype}) on {device}: {args.num_seqs} sequences, prompt and output "
           f"lengths in [{args.min_len}, {args.max_len}]")
