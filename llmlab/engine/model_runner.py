@@ -19,7 +19,7 @@ and step. A Triton kernel that reads the pages in place (the Kernels issue) is t
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
 context; graphs are captured lazily per (batch bucket, context bucket) — batch padded up to
-1, 2, 4, 8, 16, 24, ... and the context up to a power-of-two number of blocks — into one shared
+1, 2, 4, 8, 16, 32, 48, ... and the context up to a power-of-two number of blocks — into one shared
 memory pool, and replayed with the step's inputs copied into static buffers. Padded rows use the
 scratch block. The graphed function is the same `_decode_logits` the eager path runs, so CPU
 tests cover its maths; `pad_decode=True` makes the CPU take the padded (graph-shaped) path too.
