@@ -62,8 +62,7 @@ def test_stop_string_across_tokens_is_trimmed_exactly(tok, stop):
     ids = tok.encode(TEXT)
     d, shown, hit = stream(tok, ids, SamplingParams(stop=["never there", stop]))
     assert hit == stop and d.text == TEXT[:TEXT.index(stop)]
-    assert all(stop not in s for s in shown)
-    assert all(not s.endswith(stop[:1]) or stop[:1] == s[-1:] == "" for s in shown[:-1]) or len(stop) == 1
+    assert all(d.text.startswith(s) for s in shown)  # nothing shown while streaming is ever taken back
 
 
 def test_partial_stop_string_is_held_back_while_streaming(tok):
