@@ -114,8 +114,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     if shards.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"the shards' tokenizer has {shards.vocab_size} tokens but model.vocab_size is "
                           f"{cfg.model.vocab_size}; set model.vocab_size >= {shards.vocab_size}.")
-    if cfg.precision == "bf16" and device.type == "cpu" and cfg.compile:
-        raise ConfigError("bf16 with compile on CPU is not supported here; use fp32 or drop --compile.")
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     torch.manual_seed(cfg.seed)
