@@ -179,7 +179,10 @@ def test_trained_checkpoint_loads_in_transformers(shards, tmp_path):
     ids = torch.randint(0, shards.vocab_size, (2, 12))
     with torch.no_grad():
         assert (hf(ids).logits - ours(ids)).abs().max().item() < 1e-5
-    assert (result.checkpoint / "tokenizer.json").is_file()
+    from llmlab.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(result.checkpoint)  # tokenizer.json + tokenizer_config.json travel with the weights
+    assert tok.vocab_size == shards.vocab_size and tok.eos_id == shards.eos_id and tok.chat_template
 
 
 def test_errors_before_any_work(shards, tmp_path):

@@ -4,7 +4,8 @@
       train.bin   uint16 (vocab <= 65,536) or uint32 token ids, documents separated by EOS
       val.bin     the validation split, same layout
       meta.json   dtype, vocab size, EOS id, token counts, documents, the tokenizer's fingerprint
-      tokenizer.json  a copy of the tokenizer used, so the shards are self-describing
+      tokenizer.json, tokenizer_config.json   the tokenizer used (incl. special-token roles and chat
+                  template), so the shards — and checkpoints trained on them — are self-describing
 
 The validation split is the tail `val_fraction` of every document (cut at a line break), so each
 work or module contributes to both splits and a one-file corpus still gets a validation set.
@@ -88,7 +89,7 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
         data = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
         data.tofile(out / f"{split}.bin")
         counts[split] = int(data.size)
-    tokenizer.save(out / "tokenizer.json")
+    tokenizer.save(out)  # a directory: tokenizer.json + tokenizer_config.json
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size, "eos_id": eos,
             "train_tokens": counts["train"], "val_tokens": counts["val"], "documents": n_docs,
             "tokenizer_sha256": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),

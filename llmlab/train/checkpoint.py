@@ -2,7 +2,7 @@
 
     <out>/checkpoints/step-000200/
         config.json, model.safetensors   Hugging Face format (transformers loads it)
-        tokenizer.json                   when the run has one
+        tokenizer.json, tokenizer_config.json   when the run has them
         optimizer.safetensors            AdamW moments and step counts, by parameter index
         rng.safetensors                  torch CPU (and CUDA) generator states
         trainer_state.json               step, data position, loss scaler, config — written last
@@ -28,15 +28,16 @@ from llmlab.errors import CheckpointError
 
 
 def save_checkpoint(root: str | Path, step: int, *, model, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict[str, Any], tokenizer_file: Path | None = None, keep_last: int = 2) -> Path:
+                    trainer_state: dict[str, Any], tokenizer_dir: Path | None = None, keep_last: int = 2) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    if tokenizer_file is not None and Path(tokenizer_file).is_file():
-        shutil.copyfile(tokenizer_file, tmp / "tokenizer.json")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if tokenizer_dir is not None and (Path(tokenizer_dir) / name).is_file():
+            shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
     tensors, groups = _flatten_optimizer(optimizer)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     save_file(_rng_state(), str(tmp / "rng.safetensors"))

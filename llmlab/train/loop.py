@@ -146,7 +146,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
 
     def save(step: int, last_loss: float) -> Path:
         return save_checkpoint(ckpt_root, step, model=model, optimizer=optimizer, keep_last=cfg.keep_last,
-                               tokenizer_file=shards.path / "tokenizer.json",
+                               tokenizer_dir=shards.path,
                                trainer_state={"loader": loader.state_dict(), "scaler": scaler.state_dict(),
                                               "train_loss": last_loss, "config": cfg.to_dict()})
 
