@@ -108,7 +108,7 @@ def test_llmlab_activation_formula_matches_saved_tensors(name, dtype, backend, r
 
 
 def test_megatron_formula_reduces_to_korthikanti():
-    s, b, h, a, L, t = 2048, 1, 12288, 96, 96, 8
+    s, b, h, a, _L, t = 2048, 1, 12288, 96, 96, 8
     cfg = "gpt3-175b"
     act = lambda **kw: activation_bytes(cfg, b, s, formula="megatron", flash=False, **kw).per_layer  # noqa: E731
     assert act() == pytest.approx(s * b * h * (34 + 5 * a * s / h))

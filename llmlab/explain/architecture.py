@@ -10,7 +10,6 @@ BERT's segment table is a plain `nn.Embedding` next to llmlab's token and learne
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch

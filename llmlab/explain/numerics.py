@@ -203,7 +203,7 @@ def mixed_precision(ctx: Context) -> Result:
     stepped = big.unscale_and_check([p])
     rows = [["fp16 max", fi.max], ["fp16 smallest subnormal", 2.0**-24], ["fp16 eps (1 + eps != 1)", fi.eps],
             ["grad entries lost in fp16 without scaling", lost_plain],
-            [f"grad entries lost in fp16 with scale 2^16", lost_scaled],
+            ["grad entries lost in fp16 with scale 2^16", lost_scaled],
             ["fp16 loss dtype from causal_lm_loss", str(loss16.dtype)],
             ["LossScaler on an inf gradient: stepped", str(stepped)],
             ["LossScaler scale after the skip", big.scale]]
