@@ -3,6 +3,7 @@ and the real SmolLM2 through `LLM` (artifact)."""
 
 from __future__ import annotations
 
+import json
 import pytest
 import torch
 
@@ -146,3 +147,15 @@ def test_cli_chat_one_turn(tok, model, tmp_path, capsys):
     ids, _ = render_chat(tok, [{"role": "user", "content": "你好"}], add_generation_prompt=True)
     expected = LLM(model, tokenizer=tok).generate([ids], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0].text
     assert reply == expected + "\n"
+
+
+def test_cli_chat_without_template_says_what_to_do(tok, model, tmp_path, capsys):
+    from llmlab.cli import main
+
+    model.save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert main(["chat", "--model", str(tmp_path), "--message", "hi"]) == 2
+    assert "has no chat template (a base model?); use `llmlab generate --prompt`" in capsys.readouterr().err

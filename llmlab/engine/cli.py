@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     llm = LLM(args.model, dtype=args.dtype, max_num_seqs=1)
     if llm.tokenizer is None:
         raise RequestError(f"{args.model} has no tokenizer to chat with; use `llmlab generate --ids` instead.")
+    if llm.tokenizer.chat_template is None:
+        raise RequestError(f"{args.model}'s tokenizer has no chat template (a base model?); use `llmlab generate "
+                           "--prompt` instead, or add a chat_template to its tokenizer_config.json.")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     turns = iter(args.message) if args.message else _read_turns()
