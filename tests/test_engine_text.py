@@ -4,6 +4,7 @@ and the real SmolLM2 through `LLM` (artifact)."""
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
 
