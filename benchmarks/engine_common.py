@@ -145,13 +145,12 @@ def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
 def peak_bandwidth(device: str) -> tuple[float | None, str]:
     """Memory bandwidth in bytes/s: the datasheet figure on a known GPU, a measured copy on the CPU."""
     if device.startswith("cuda"):
-        from llmlab.estimate.hardware import get_gpu
+        from llmlab.estimate.hardware import gpu_from_device_name
 
-        name = torch.cuda.get_device_name().upper()
-        key = next((k for k in ("H200", "H100", "A100", "L40S", "L4", "A10", "4090", "3090") if k in name), None)
-        if key is None:
+        name = torch.cuda.get_device_name()
+        gpu = gpu_from_device_name(name)
+        if gpu is None:
             return None, f"no datasheet entry for {name!r}"
-        gpu = get_gpu("H100-PCIe" if key == "H100" and "PCIE" in name else key)
         return gpu.bandwidth, f"{gpu.name} datasheet"
     x = torch.empty(64 << 20, dtype=torch.float32)  # 256 MiB, far beyond the caches
     y = torch.empty_like(x)

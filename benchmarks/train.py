@@ -4,7 +4,8 @@ Same shape (GPT-2 small, 124M, vocab 50304, seq 1024), same random batch, same o
 (AdamW, lr 6e-4, betas (0.9, 0.95), wd 0.1, multi-tensor on GPU), same precision (bf16 autocast
 over fp32 master weights), same gradient clipping. Reports tokens/s and MFU against the measured
 bf16 matmul peak of the card (and the datasheet peak when the card is known), using
-6N + 12·L·H·hd·T FLOPs per token (N = non-embedding parameters + the LM head, as in PaLM/nanoGPT).
+`llmlab.estimate.flops_per_token(cfg, T).train` = 6·M + 12·L·H·hd·T FLOPs per token (M = the matmul
+weights, LM head included, as in PaLM).
 
     python benchmarks/train.py                      # GPU: gpt2-small, batch 16, 30 timed steps
     python benchmarks/train.py --shape tiny --device cpu --steps 3   # smoke run on a CPU
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from llmlab import ModelConfig, Transformer
+from llmlab.estimate import flops_per_token
 from llmlab.train.loop import train_step
 from llmlab.train.optim import AdamW, LossScaler, param_groups
 from llmlab.train.parallel import apply_activation_checkpointing
@@ -54,11 +56,6 @@ def measured_peak_tflops(device: torch.device, dtype=torch.bfloat16, n: int = 81
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def flops_per_token(cfg: ModelConfig, seq: int) -> float:
-    n = sum(p.numel() for p in Transformer(cfg).parameters()) - cfg.max_position_embeddings * cfg.hidden_size
-    return 6 * n + 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq
 
 
 def bench_llmlab(cfg, batch, steps, warmup, device, precision, compile_, recompute) -> float:
@@ -128,7 +125,7 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = ModelConfig(**SHAPES[args.shape], **GPT2)
     seq = cfg.max_position_embeddings
-    fpt = flops_per_token(cfg, seq)
+    fpt = flops_per_token(cfg, seq).train
     peak = measured_peak_tflops(device)
     compile_ = not args.no_compile and device.type == "cuda"
     ours = bench_llmlab(cfg, args.batch, args.steps, args.warmup, device, args.precision, compile_, args.recompute)
@@ -150,14 +147,13 @@ def main() -> None:
                      "transformers": __import__("transformers").__version__},
     }
     if device.type == "cuda":
-        from llmlab.estimate.hardware import get_gpu
+        from llmlab.estimate.hardware import gpu_from_device_name
 
-        for guess in ("H200", "H100", "A100"):
-            if guess in result["hardware"]:
-                datasheet = get_gpu(guess).peak_flops("bf16") / 1e12
-                result["datasheet_peak_tflops"] = datasheet
-                result["llmlab_mfu_datasheet"] = ours * fpt / (datasheet * 1e12)
-                break
+        gpu = gpu_from_device_name(result["hardware"])
+        if gpu is not None:
+            datasheet = gpu.peak_flops("bf16") / 1e12
+            result["datasheet_peak_tflops"] = datasheet
+            result["llmlab_mfu_datasheet"] = ours * fpt / (datasheet * 1e12)
     out = Path(args.out or Path(__file__).parent / "results" / f"train_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -46,7 +46,6 @@ def ngram_baselines(shards: ShardInfo) -> dict[str, float]:
     train = np.asarray(shards.tokens("train"), dtype=np.int64)
     val = np.asarray(shards.tokens("val"), dtype=np.int64)
     uni = (np.bincount(train, minlength=V) + 1.0) / (len(train) + V)
-    pair_counts: dict[int, float] = {}
     keys, counts = np.unique(train[:-1] * V + train[1:], return_counts=True)
     pair_counts = dict(zip(keys.tolist(), counts.tolist()))
     ctx = np.bincount(train[:-1], minlength=V).astype(np.float64)
@@ -60,7 +59,7 @@ def ngram_baselines(shards: ShardInfo) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     from llmlab.data.corpora import default_corpus, resolve_corpus
     from llmlab.data.shards import prepare_shards
-    from llmlab.model.transformer import Transformer
+    from llmlab.estimate import count_params
     from llmlab.tokenizer import train_bpe
     from llmlab.train.config import build_config
     from llmlab.train.loop import evaluate, train
@@ -94,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.max_steps = int(max(20, min(5000, 0.92 * budget / step_s)))
     cfg.time_budget_s = budget
     cfg.eval_every = max(50, cfg.max_steps // 8)
-    model_params = Transformer(cfg.model).num_parameters()
+    model_params = count_params(cfg.model)
     print(f"model: {model_params / 1e6:.2f}M parameters ({cfg.model.num_layers} layers, d={cfg.model.hidden_size}, "
           f"GQA {cfg.model.num_heads}/{cfg.model.num_kv_heads}); ~{step_s:.2f}s/step -> {cfg.max_steps} steps "
           f"of {cfg.tokens_per_step:,} tokens")

@@ -69,3 +69,15 @@ def test_heads_not_dividing_hidden_is_a_clear_error(capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(bad))
     code, _, err = run(capsys, "params", str(tmp_path))
     assert code == 2 and "hidden_size 30 is not divisible by num_heads 4" in err
+
+
+def test_gpu_from_driver_reported_names():
+    from llmlab.estimate.hardware import gpu_from_device_name
+
+    assert gpu_from_device_name("NVIDIA H100 80GB HBM3").name == "H100-SXM"
+    assert gpu_from_device_name("NVIDIA H100 PCIe").name == "H100-PCIe"
+    assert gpu_from_device_name("NVIDIA A100-SXM4-40GB").name == "A100-40GB"
+    assert gpu_from_device_name("NVIDIA A10").name == "A10"
+    assert gpu_from_device_name("NVIDIA L4").name == "L4"
+    assert gpu_from_device_name("NVIDIA GeForce RTX 4090").name == "RTX-4090"
+    assert gpu_from_device_name("Some Future Accelerator") is None

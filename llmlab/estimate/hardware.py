@@ -108,3 +108,21 @@ def get_gpu(name: str | GPU) -> GPU:
     if key in _ALIASES:
         return GPUS[_ALIASES[key]]
     raise ConfigError(f"unknown GPU {name!r}; known GPUs: {', '.join(GPUS)}.")
+
+
+_DEVICE_NAME_KEYS = ("H200", "H100", "A100", "L40S", "L4", "A10", "4090", "3090", "V100", "T4", "MI300X")
+
+
+def gpu_from_device_name(name: str) -> GPU | None:
+    """The table entry for a driver-reported name such as 'NVIDIA H100 80GB HBM3' (None when unknown).
+
+    Keys are tried longest-prefix first (A100 before A10, L40S before L4)."""
+    upper = name.upper()
+    key = next((k for k in _DEVICE_NAME_KEYS if k in upper), None)
+    if key is None:
+        return None
+    if key == "H100" and "PCIE" in upper:
+        return GPUS["H100-PCIe"]
+    if key == "A100" and "40GB" in upper:
+        return GPUS["A100-40GB"]
+    return get_gpu(key)

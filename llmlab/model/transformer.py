@@ -25,7 +25,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmlab.config import ModelConfig
@@ -224,9 +223,10 @@ class Transformer(nn.Module):
         return n
 
     def loss(self, input_ids: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Mean next-token cross-entropy; labels are already shifted, -100 ignored."""
-        logits = self(input_ids, attention_mask)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        """Mean next-token cross-entropy; labels are already shifted, -100 ignored (train.objectives.causal_lm_loss)."""
+        from llmlab.train.objectives import causal_lm_loss
+
+        return causal_lm_loss(self(input_ids, attention_mask), labels)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from llmlab.data.loader import TokenLoader, eval_batches
 from llmlab.data.shards import ShardInfo
 from llmlab.errors import ConfigError, LlmlabError
+from llmlab.estimate.flops import flops_per_token as estimate_flops_per_token
 from llmlab.model.transformer import Transformer
 from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llmlab.train.config import TrainConfig
@@ -140,8 +141,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
             log(f"resumed from {ckpt} (step {start})")
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume else None)
     fwd = torch.compile(model) if cfg.compile else model
-    flops_per_token = 6 * model.num_parameters(exclude_embeddings=True) + 12 * cfg.model.num_layers * \
-        cfg.model.num_heads * cfg.model.head_dim * cfg.seq_len
+    # 6 x matmul weights (the LM head included: its matmul is real work) + the attention term.
+    flops_per_token = estimate_flops_per_token(model.cfg, cfg.seq_len).train
     peak = _peak_flops(device, cfg.precision)
 
     def save(step: int, last_loss: float) -> Path:
@@ -231,13 +232,10 @@ def _peak_flops(device: torch.device, precision: str) -> float | None:
     """Datasheet peak of this GPU for the run's precision, when the estimator knows the card."""
     if device.type != "cuda":
         return None
-    try:
-        from llmlab.estimate.hardware import get_gpu
+    from llmlab.estimate.hardware import gpu_from_device_name
 
-        name = torch.cuda.get_device_name(device)
-        for guess in ("H200", "H100", "A100", "L40S", "4090", "L4", "A10", "V100", "T4"):
-            if guess in name:
-                return get_gpu(guess).peak_flops({"fp32": "tf32"}.get(precision, precision))
-    except (ImportError, LlmlabError):
+    gpu = gpu_from_device_name(torch.cuda.get_device_name(device))
+    try:
+        return gpu.peak_flops({"fp32": "tf32"}.get(precision, precision)) if gpu else None
+    except LlmlabError:  # e.g. a card without a bf16 path
         return None
-    return None
