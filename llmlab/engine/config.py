@@ -21,6 +21,7 @@ class EngineConfig:
     enforce_eager: bool = False  # CUDA: no graphs for decode steps
     cuda_graph_max_bs: int = 256  # largest decode batch that replays a CUDA graph
     seed: int = 0  # generator for requests without their own seed
+    cpu_pack_linears: bool = True  # CPU: oneDNN-packed linear weights (kernels/cpu_linear.py); one extra weight copy
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_bs"):

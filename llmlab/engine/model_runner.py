@@ -38,6 +38,7 @@ from llmlab.engine.sampler import SamplingBatch, sample
 from llmlab.engine.scheduler import ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
+from llmlab.kernels.cpu_linear import pack_linears
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
 from llmlab.model.cache import PagedKVCache
 from llmlab.model.transformer import Transformer
@@ -55,6 +56,8 @@ class ModelRunner:
         self.config = config
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        if self.device.type == "cpu" and config.cpu_pack_linears:
+            pack_linears(model)  # same parameters, faster CPU matmuls; a no-op where oneDNN cannot pack
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len or self.cfg.max_position_embeddings
         if self.max_model_len > self.cfg.max_position_embeddings:

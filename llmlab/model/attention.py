@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 BACKENDS = ("explicit", "sdpa")
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa arrived in 2.5
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, bias: Tensor | None = None,
@@ -139,9 +140,15 @@ def paged_attend(q: Tensor, k_pages: Tensor, v_pages: Tensor, meta: PagedMetadat
     for s in meta.segments:
         rows = q[0, :, s.q_start:s.q_start + s.num_seqs * s.q_len]  # (H, S*q_len, hd)
         qs = rows.reshape(H, s.num_seqs, s.q_len, hd).transpose(0, 1)  # (S, H, q_len, hd)
-        k = k_pages[s.key_slots].transpose(1, 2)  # (S, Lk, Hkv, hd) -> (S, Hkv, Lk, hd)
-        v = v_pages[s.key_slots].transpose(1, 2)
-        if backend == "sdpa" and (q.device.type == "cpu" or s.q_len == 1):
+        # index_select on the flat slot list: ~6x faster than k_pages[key_slots] on CPU (a row memcpy per slot).
+        flat, shape = s.key_slots.reshape(-1), (*s.key_slots.shape, *k_pages.shape[1:])
+        k = k_pages.index_select(0, flat).view(shape).transpose(1, 2)  # (S, Lk, Hkv, hd) -> (S, Hkv, Lk, hd)
+        v = v_pages.index_select(0, flat).view(shape).transpose(1, 2)
+        if s.q_len == 1 and q.device.type == "cpu" and q.dtype != torch.float32:
+            # CPU SDPA in bf16/fp16 is slow at one query per row (4 ms vs 0.8 ms for 16 rows of 256 keys on
+            # the 2-core EPYC): the explicit path, fp32 scores, is both faster and more precise there.
+            y = _explicit(qs, k, v, s.mask, None, False, 0.0, scale)
+        elif backend == "sdpa" and _SDPA_GQA and (q.device.type == "cpu" or s.q_len == 1):
             # SDPA broadcasts K/V over each query group (enable_gqa) instead of copying them H/Hkv times:
             # half the decode attention time on CPU. CUDA prefill keeps the repeat for the fused kernels.
             y = F.scaled_dot_product_attention(qs, k, v, attn_mask=s.mask, is_causal=s.mask is None, scale=scale,

@@ -77,11 +77,16 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, ctx: _Context) -> Tensor:
+        drop = self.drop if self.training and self.drop.p > 0 else _identity  # inference: no module call
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.norm1(x), ctx))
-            return x + self.drop(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self.drop(self.attn(x, ctx)))  # post-LN (Vaswani et al. 2017)
-        return self.norm2(x + self.drop(self.ffn(x)))
+            x = x + drop(self.attn(self.norm1(x), ctx))
+            return x + drop(self.ffn(self.norm2(x)))
+        x = self.norm1(x + drop(self.attn(x, ctx)))  # post-LN (Vaswani et al. 2017)
+        return self.norm2(x + drop(self.ffn(x)))
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 class _Context:

@@ -1,0 +1,124 @@
+"""CPU inference paths: oneDNN-packed linears (kernels/cpu_linear.py) and the bf16 decode attention
+of the paged path — each against the plain PyTorch computation it replaces."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab import ModelConfig, Transformer
+from llmlab.engine import LLM, SamplingParams
+from llmlab.kernels.cpu_linear import PackedLinear, pack_linears, packing_supported
+from llmlab.model.attention import PagedMetadata, PagedSegment, paged_attend
+
+needs_packing = pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
+
+
+def cfg(**kw) -> ModelConfig:
+    base = dict(model_type="llama", vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
+                num_heads=4, num_kv_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    return ModelConfig(**{**base, **kw})
+
+
+def model(**kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(cfg(**kw)).eval()
+
+
+@needs_packing
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 256), (16, 256), (3, 7, 256)])
+def test_packed_linear_equals_f_linear(dtype, shape):
+    if not packing_supported(dtype):
+        pytest.skip(f"no {dtype} packing on this CPU")
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 384).to(dtype)
+    packed = PackedLinear.from_linear(lin)
+    x = torch.randn(shape, dtype=dtype)
+    with torch.inference_mode():
+        got, want = packed(x), F.linear(x.float(), lin.weight.float(), lin.bias.float())
+    assert got.shape == (*shape[:-1], 384) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+    assert packed._packed is not None  # the packed path ran, not the fallback
+
+
+@needs_packing
+def test_pack_keeps_parameters_names_and_ties():
+    m = model()
+    before = {k: v.data_ptr() for k, v in m.state_dict().items()}
+    n_big = sum(1 for x in m.modules() if type(x) is nn.Linear and x.weight.numel() >= 256 * 256)
+    assert pack_linears(m) == n_big > 0
+    assert {k: v.data_ptr() for k, v in m.state_dict().items()} == before  # same tensors, same names
+    assert m.lm_head.weight is m.embed.weight and isinstance(m.lm_head, PackedLinear)
+    small = m.blocks[0].attn.k  # 256 -> 128: below the threshold, stays a plain nn.Linear
+    assert type(small) is nn.Linear and isinstance(m.blocks[0].ffn.up, nn.Linear)
+
+
+@needs_packing
+def test_packed_copy_follows_weight_changes():
+    torch.manual_seed(0)
+    lin = PackedLinear.from_linear(nn.Linear(256, 256))
+    x = torch.randn(2, 256)
+    with torch.no_grad():
+        lin(x)
+        lin.weight.add_(1.0)  # in place, as an optimizer step: version counter moves
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-4, rtol=1e-5)
+        lin.load_state_dict({"weight": torch.randn(256, 256), "bias": torch.zeros(256)})
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-4, rtol=1e-5)
+        lin.weight = nn.Parameter(torch.randn(256, 256))  # a new tensor: new storage
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-4, rtol=1e-5)
+
+
+@needs_packing
+def test_training_through_packed_layers_uses_autograd():
+    plain = model().train()
+    packed = copy.deepcopy(plain)
+    pack_linears(packed)
+    ids = torch.randint(0, 300, (2, 12))
+    for m in (plain, packed):
+        m.loss(ids[:, :-1], ids[:, 1:]).backward()
+    for (name, p), q in zip(plain.named_parameters(), packed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+def test_pack_refuses_what_it_cannot_pack():
+    assert pack_linears(model().half()) == 0  # fp16: F.linear stays
+    assert all(type(x) is not PackedLinear for x in model().half().modules())
+
+
+@needs_packing
+def test_engine_packs_on_cpu_and_greedy_is_unchanged():
+    prompts = [[5, 17, 42, 9], list(range(20, 45)), [7] * 3]
+    plain = model()
+    refs = [plain.generate(torch.tensor([p]), max_new_tokens=10)[0, len(p):].tolist() for p in prompts]
+    params = SamplingParams(temperature=0, max_tokens=10)
+    packed_llm = LLM(model(), block_size=4)
+    unpacked_llm = LLM(model(), block_size=4, cpu_pack_linears=False)
+    assert isinstance(packed_llm.model.blocks[0].attn.q, PackedLinear)
+    assert type(unpacked_llm.model.blocks[0].attn.q) is nn.Linear
+    for llm in (packed_llm, unpacked_llm):
+        assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == refs
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_paged_decode_attention_matches_dense(dtype):
+    """Decode rows over gathered pages (the bf16/fp16 CPU path is the explicit one) vs dense SDPA in fp32."""
+    torch.manual_seed(0)
+    S, H, Hkv, hd, slots = 5, 6, 2, 16, 64
+    k_pages, v_pages = (torch.randn(slots, Hkv, hd).to(dtype) for _ in range(2))
+    q = torch.randn(1, H, S, hd).to(dtype)
+    lengths = torch.tensor([1, 9, 17, 30, 12])
+    key_slots = torch.stack([torch.randperm(slots)[:32] for _ in range(S)])  # (S, Lk): scattered pages
+    mask = (torch.arange(32)[None, :] < lengths[:, None])[:, None, None, :]
+    out = paged_attend(q, k_pages, v_pages, PagedMetadata(torch.arange(S), [PagedSegment(0, S, 1, key_slots, mask)]))
+    for r in range(S):
+        k = k_pages[key_slots[r, :lengths[r]]].float().transpose(0, 1).repeat_interleave(H // Hkv, 0)
+        v = v_pages[key_slots[r, :lengths[r]]].float().transpose(0, 1).repeat_interleave(H // Hkv, 0)
+        want = F.scaled_dot_product_attention(q[0, :, r:r + 1].float(), k, v)  # (H, 1, hd)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(out[0, :, r:r + 1].float(), want, atol=tol, rtol=tol)
