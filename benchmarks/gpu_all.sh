@@ -17,6 +17,8 @@ step() {  # name, seconds, command...
   echo "rc=$? $(tail -n 1 "$LOGS/$name.log" | cut -c1-400)" | tee -a "$OUT/summary.log"
 }
 step gpu-tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests
+step kernel-tests 120 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_paged_attention.py
+step paged-attention 90 python3 benchmarks/paged_attention.py
 step train 150 python3 benchmarks/train.py --steps 20 --warmup 5
 step latency 120 python3 benchmarks/latency.py
 step throughput 150 python3 benchmarks/throughput.py

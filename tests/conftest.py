@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run on CPU through Triton's interpreter; the flag is read when a kernel is
+    # decorated, so it is set before any test module imports llmlab.kernels.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch.nn.Module:

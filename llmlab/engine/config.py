@@ -22,6 +22,7 @@ class EngineConfig:
     cuda_graph_max_bs: int = 256  # largest decode batch that replays a CUDA graph
     seed: int = 0  # generator for requests without their own seed
     cpu_pack_linears: bool = True  # CPU: oneDNN-packed linear weights (kernels/cpu_linear.py); one extra weight copy
+    paged_kernel: str = "auto"  # decode attention: "triton" (pages read in place), "gather", "auto" = triton on CUDA
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_bs"):
@@ -32,5 +33,7 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer or None, got {value!r}.")
+        if self.paged_kernel not in ("auto", "triton", "gather"):
+            raise ConfigError(f"paged_kernel must be 'auto', 'triton' or 'gather', got {self.paged_kernel!r}.")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")

@@ -13,9 +13,11 @@ write to and read from; the block manager never hands it out. On CUDA the block 
 memory (as vLLM/nano-vllm do), less room for the decode gather (see below); on CPU from
 `kv_cache_memory`.
 
-Attention reads the pages by gathering each sequence's K/V slots (model/attention.py) — exact, and
-the same code on CPU and GPU, but it moves every row's whole context through memory once per layer
-and step. A Triton kernel that reads the pages in place (the Kernels issue) is the fix for speed.
+Attention. Prefill chunks gather their sequence's K/V slots and run SDPA (model/attention.py).
+Decode rows do the same on CPU; on CUDA with Triton installed (`paged_kernel="auto"`) they run
+kernels/paged_attention.py, which reads K/V in place through the block tables instead of copying
+every row's whole context once per layer and step. On CPU the linears are oneDNN-packed
+(kernels/cpu_linear.py, `cpu_pack_linears`).
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
 context; graphs are captured lazily per (batch bucket, context bucket) — batch padded up to
@@ -39,6 +41,7 @@ from llmlab.engine.scheduler import ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
 from llmlab.kernels.cpu_linear import pack_linears
+from llmlab.kernels.paged_attention import available as paged_kernel_available
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
 from llmlab.model.cache import PagedKVCache
 from llmlab.model.transformer import Transformer
@@ -58,6 +61,7 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         if self.device.type == "cpu" and config.cpu_pack_linears:
             pack_linears(model)  # same parameters, faster CPU matmuls; a no-op where oneDNN cannot pack
+        self.decode_kernel = self._use_decode_kernel(config.paged_kernel)
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len or self.cfg.max_position_embeddings
         if self.max_model_len > self.cfg.max_position_embeddings:
@@ -74,6 +78,15 @@ class ModelRunner:
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
         self.pad_decode = pad_decode or self.use_graphs
         self.graphs = _DecodeGraphs(self) if self.use_graphs else None
+
+    def _use_decode_kernel(self, choice: str) -> bool:
+        if choice == "gather":
+            return False
+        usable = paged_kernel_available(self.device)
+        if choice == "triton" and not usable:
+            raise ConfigError("paged_kernel='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on CPU); "
+                              "install triton or use paged_kernel='auto'.")
+        return usable and (choice == "triton" or self.device.type == "cuda")
 
     # ---- sizing ---------------------------------------------------------------------------------
 
@@ -112,9 +125,11 @@ class ModelRunner:
         free, total = torch.cuda.mem_get_info(self.device)
         stats = torch.cuda.memory_stats(self.device)
         peak, current = stats["allocated_bytes.all.peak"], stats["allocated_bytes.all.current"]
-        # Decode attention gathers each row's K and V (no paged kernel yet): keep room for the largest.
+        # The gather path copies each decode row's K and V out of the pages: keep room for the largest.
         rows = min(self.config.max_num_seqs, self.config.cuda_graph_max_bs)
         gather = 2 * rows * self.max_model_len * self.cfg.num_kv_heads * self.cfg.head_dim * self.dtype.itemsize
+        if self.decode_kernel:
+            gather = 0  # the kernel reads the pages in place
         return int(total * self.config.gpu_memory_utilization - (total - free) - (peak - current) - gather)
 
     # ---- one step -------------------------------------------------------------------------------
@@ -162,7 +177,7 @@ class ModelRunner:
         if decodes:
             tables, ctx = self._decode_tables([batch.seqs[i] for i in decodes], max_blocks=None)
             segments.insert(0, decode_segment(0, tables.to(dev), ctx.to(dev), bs, self.cfg.sliding_window))
-        meta = PagedMetadata(torch.tensor(slots, device=dev), segments)
+        meta = PagedMetadata(torch.tensor(slots, device=dev), segments, decode_kernel=self.decode_kernel)
         h = self.model.hidden_states(torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
                                      cache=self.kv.with_meta(meta))  # (1, N, d)
         rows = torch.tensor([row_of[i] for i in sampling], dtype=torch.long, device=dev)
@@ -197,7 +212,7 @@ class ModelRunner:
     def _decode_logits(self, ids: Tensor, pos: Tensor, slot: Tensor, tables: Tensor, ctx: Tensor) -> Tensor:
         """(B,) ids/positions/slots, (B, nb) tables, (B,) context lengths -> (B, V) fp32 logits."""
         seg = decode_segment(0, tables, ctx, self.block_size, self.cfg.sliding_window)
-        meta = PagedMetadata(slot, [seg])
+        meta = PagedMetadata(slot, [seg], decode_kernel=self.decode_kernel)
         h = self.model.hidden_states(ids[None], position_ids=pos[None], cache=self.kv.with_meta(meta))
         return self.model.lm_head(h[0]).float()
 
@@ -257,7 +272,8 @@ def decode_segment(q_start: int, tables: Tensor, ctx: Tensor, block_size: int, w
     mask = offs[None, :] < ctx[:, None]
     if window is not None:
         mask = mask & (offs[None, :] > ctx[:, None] - 1 - window)
-    return PagedSegment(q_start, B, 1, key_slots, mask[:, None, None, :])  # mask (B, 1, 1, Lk)
+    return PagedSegment(q_start, B, 1, key_slots, mask[:, None, None, :],  # mask (B, 1, 1, Lk)
+                        block_tables=tables, context_lens=ctx, block_size=block_size, window=window)
 
 
 def _bucket_batch(n: int) -> int:

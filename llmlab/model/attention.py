@@ -23,10 +23,11 @@ written. The metadata cuts the N query rows into segments, each a dense sub-batc
 - a prefill segment: one sequence's chunk of q_len queries over its q_len + past keys, causal
   (with the chunk's offset) and, for Mistral, windowed.
 
-Each segment gathers its keys by slot index (the CPU path: `pages[key_slots]`) and runs the
+Each segment gathers its keys by slot index (`pages.index_select(0, key_slots)`) and runs the
 ordinary backend (explicit | sdpa) on it, so paged attention is exactly dense attention on the
-gathered keys — which is what the engine's tests check. A Triton paged kernel that reads the
-pages in place registers here later; the metadata is already what it needs (slots per key).
+gathered keys — which is what the engine's tests check. With `meta.decode_kernel` set (the engine
+sets it on CUDA when Triton is installed), decode segments skip the gather: the Triton kernel in
+kernels/paged_attention.py reads K/V from the pages in place through the block tables.
 """
 
 from __future__ import annotations
@@ -122,6 +123,11 @@ class PagedSegment:
     q_len: int
     key_slots: Tensor  # (num_seqs, Lk) long: slot of every key, padded rows point at any valid slot
     mask: Tensor | None  # (num_seqs, 1, q_len, Lk) bool, True where a query may look; None = causal, Lk == q_len
+    # Decode segments (q_len == 1) also carry what the paged kernel reads instead of key_slots and mask:
+    block_tables: Tensor | None = None  # (num_seqs, max_blocks) int
+    context_lens: Tensor | None = None  # (num_seqs,) int: keys visible to each row
+    block_size: int = 0
+    window: int | None = None  # sliding window (keys within `window` of the newest), None = all
 
 
 @dataclass(slots=True)
@@ -130,6 +136,7 @@ class PagedMetadata:
 
     slot_mapping: Tensor  # (N,) long: where each new token's K/V is written
     segments: list[PagedSegment]
+    decode_kernel: bool = False  # decode segments read the pages in place (kernels/paged_attention.py)
 
 
 def paged_attend(q: Tensor, k_pages: Tensor, v_pages: Tensor, meta: PagedMetadata, *, backend: str = "sdpa",
@@ -139,6 +146,13 @@ def paged_attend(q: Tensor, k_pages: Tensor, v_pages: Tensor, meta: PagedMetadat
     outs = []
     for s in meta.segments:
         rows = q[0, :, s.q_start:s.q_start + s.num_seqs * s.q_len]  # (H, S*q_len, hd)
+        if meta.decode_kernel and s.q_len == 1 and s.block_tables is not None:
+            from llmlab.kernels.paged_attention import paged_decode
+
+            y = paged_decode(rows.transpose(0, 1), k_pages, v_pages, s.block_tables, s.context_lens,
+                             block_size=s.block_size, scale=scale, window=s.window)  # (S, H, hd)
+            outs.append(y.transpose(0, 1))
+            continue
         qs = rows.reshape(H, s.num_seqs, s.q_len, hd).transpose(0, 1)  # (S, H, q_len, hd)
         # index_select on the flat slot list: ~6x faster than k_pages[key_slots] on CPU (a row memcpy per slot).
         flat, shape = s.key_slots.reshape(-1), (*s.key_slots.shape, *k_pages.shape[1:])

@@ -1,0 +1,150 @@
+"""Paged decode attention: one query per sequence over its KV pages, read in place (no gather).
+
+    paged_decode(q, k_pages, v_pages, block_tables, context_lens, block_size=16, scale=None, window=None)
+        -> (B, H, hd) in q's dtype
+
+q (B, H, hd); k_pages / v_pages (num_slots, Hkv, hd), one layer's pools, where a position's slot
+is block_tables[b, pos // block_size] * block_size + pos % block_size; row b attends to its first
+context_lens[b] positions (the newest is the token being decoded, already written), only the last
+`window` of them when a sliding window is given (Mistral).
+
+The Triton kernel runs one program per (sequence, KV head): the H / Hkv query heads that share a
+KV head are its rows (GQA and MQA read K and V once per group, padded to the 16 rows `tl.dot`
+needs), keys come in tiles of BLOCK_N positions whose slots it looks up in the block table, and
+the softmax is online in fp32 (running max and sum, the accumulator rescaled per tile: Milakov &
+Gimelshein 2018, as FlashAttention). fp32 inputs multiply in IEEE fp32 (no TF32); bf16/fp16 on
+the tensor cores with fp32 accumulation.
+
+Why it exists: the gather path (model/attention.py) copies every row's whole context out of the
+pools once per layer and step before SDPA reads it again. For a large decode batch of long
+contexts that copy is most of the step; the kernel reads each K/V byte once.
+
+`paged_decode_reference` is the same maths in plain PyTorch (gather, fp32 softmax). The tests
+compare the two on CPU through Triton's interpreter (TRITON_INTERPRET=1) and compiled on CUDA.
+Reference: vLLM `attention/ops/paged_attn.py` and `triton_decode_attention.py`; Kwon et al. 2023.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the engine keeps the gather path
+    triton = None
+
+
+def available(device: torch.device) -> bool:
+    """Whether the kernel can run on `device`: CUDA with Triton, or CPU under TRITON_INTERPRET=1."""
+    if triton is None:
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def paged_decode_reference(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor,
+                           block_size: int = 16, scale: float | None = None, window: int | None = None) -> Tensor:
+    """The kernel's maths in plain PyTorch: gather each row's slots, fp32 scores, masked softmax."""
+    B, H, hd = q.shape
+    Hkv = k_pages.shape[1]
+    L = block_tables.shape[1] * block_size
+    pos = torch.arange(L, device=q.device)
+    slots = block_tables.long().repeat_interleave(block_size, dim=1) * block_size + pos % block_size  # (B, L)
+    k = k_pages[slots].float()  # (B, L, Hkv, hd)
+    v = v_pages[slots].float()
+    qg = q.float().view(B, Hkv, H // Hkv, hd)
+    scores = torch.einsum("bkgd,blkd->bkgl", qg, k) * (hd**-0.5 if scale is None else scale)
+    lens = context_lens.long()[:, None]
+    visible = pos[None, :] < lens
+    if window is not None:
+        visible = visible & (pos[None, :] >= lens - window)
+    scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+    out = torch.einsum("bkgl,blkd->bkgd", scores.softmax(-1), v)
+    return out.reshape(B, H, hd).to(q.dtype)
+
+
+def paged_decode(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor,
+                 block_size: int = 16, scale: float | None = None, window: int | None = None,
+                 block_n: int = 64) -> Tensor:
+    """Decode attention over paged K/V with the Triton kernel (see the module docstring)."""
+    if triton is None:
+        raise RuntimeError("the paged decode kernel needs Triton; install it or use the gather path.")
+    B, H, hd = q.shape
+    Hkv = k_pages.shape[1]
+    if H % Hkv or k_pages.stride(-1) != 1 or v_pages.stride(-1) != 1:
+        raise ValueError("paged_decode needs H divisible by Hkv and pages contiguous in head_dim.")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    out = torch.empty(B, H, hd, dtype=q.dtype, device=q.device)
+    G = H // Hkv
+    _paged_decode_kernel[(B, Hkv)](
+        q, k_pages, v_pages, out, block_tables, context_lens,
+        hd**-0.5 if scale is None else scale, 0 if window is None else window,
+        q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), v_pages.stride(0), v_pages.stride(1),
+        out.stride(0), out.stride(1), block_tables.stride(0),
+        G=G, G_PAD=max(16, triton.next_power_of_2(G)), HD=hd, HD_PAD=max(16, triton.next_power_of_2(hd)),
+        BLOCK_SIZE=block_size, BLOCK_N=block_n, USE_WINDOW=window is not None,
+        # fp32 models multiply in IEEE fp32 (no TF32). Triton's CPU interpreter gets bf16 tl.dot wrong
+        # (3.9), so there bf16 is multiplied in fp32 too; compiled, bf16/fp16 use the tensor cores.
+        DOT_FP32=q.dtype == torch.float32 or (q.device.type == "cpu" and q.dtype == torch.bfloat16),
+    )
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _paged_decode_kernel(Q, K, V, Out, Tables, Lens, scale, window,
+                             stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
+                             stride_ob, stride_oh, stride_tb,
+                             G: tl.constexpr, G_PAD: tl.constexpr, HD: tl.constexpr, HD_PAD: tl.constexpr,
+                             BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
+                             DOT_FP32: tl.constexpr):
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        length = tl.load(Lens + b).to(tl.int32)
+        g = tl.arange(0, G_PAD)
+        d = tl.arange(0, HD_PAD)
+        heads = kvh * G + g
+        q_mask = (g[:, None] < G) & (d[None, :] < HD)
+        q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=q_mask, other=0.0)
+
+        m = tl.full([G_PAD], float("-inf"), tl.float32)  # running max of each query row
+        s_sum = tl.zeros([G_PAD], tl.float32)  # running sum of exp(score - max)
+        acc = tl.zeros([G_PAD, HD_PAD], tl.float32)
+        lo = 0
+        if USE_WINDOW:
+            lo = tl.maximum(length - window, 0)
+            lo = (lo // BLOCK_N) * BLOCK_N  # the first tile then holds the oldest visible key
+        for start in range(lo, length, BLOCK_N):
+            n = start + tl.arange(0, BLOCK_N)
+            valid = n < length
+            if USE_WINDOW:
+                valid = valid & (n >= length - window)
+            page = tl.load(Tables + b * stride_tb + n // BLOCK_SIZE, mask=n < length, other=0)
+            slot = page.to(tl.int64) * BLOCK_SIZE + n % BLOCK_SIZE
+            kv_mask = valid[:, None] & (d[None, :] < HD)
+            k = tl.load(K + slot[:, None] * stride_ks + kvh * stride_kh + d[None, :], mask=kv_mask, other=0.0)
+            if DOT_FP32:
+                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(k))  # (G_PAD, BLOCK_N), fp32 accumulation
+            s = tl.where(valid[None, :], s * scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(s - m_new[:, None])
+            s_sum = s_sum * alpha + tl.sum(p, 1)
+            v = tl.load(V + slot[:, None] * stride_vs + kvh * stride_vh + d[None, :], mask=kv_mask, other=0.0)
+            if DOT_FP32:
+                acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        out = acc / s_sum[:, None]
+        tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(Out.dtype.element_ty),
+                 mask=q_mask)
