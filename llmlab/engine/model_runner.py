@@ -176,7 +176,8 @@ class ModelRunner:
                 segments.append(PagedSegment(row_of[i] - n + 1, 1, n, seq_slots[None].to(dev), mask))
         if decodes:
             tables, ctx = self._decode_tables([batch.seqs[i] for i in decodes], max_blocks=None)
-            segments.insert(0, decode_segment(0, tables.to(dev), ctx.to(dev), bs, self.cfg.sliding_window))
+            segments.insert(0, decode_segment(0, tables.to(dev), ctx.to(dev), bs, self.cfg.sliding_window,
+                                              gather=not self.decode_kernel))
         meta = PagedMetadata(torch.tensor(slots, device=dev), segments, decode_kernel=self.decode_kernel)
         h = self.model.hidden_states(torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
                                      cache=self.kv.with_meta(meta))  # (1, N, d)
@@ -186,9 +187,8 @@ class ModelRunner:
     def _decode_tables(self, seqs: list[Sequence], max_blocks: int | None) -> tuple[Tensor, Tensor]:
         """(B, max_blocks) block tables padded with the scratch block, and (B,) context lengths."""
         width = max_blocks or max(len(s.block_table) for s in seqs)
-        tables = torch.full((len(seqs), width), self.scratch, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            tables[r, :len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.long)
+        pad = [self.scratch] * width
+        tables = torch.tensor([s.block_table + pad[len(s.block_table):] for s in seqs], dtype=torch.long)  # one copy
         ctx = torch.tensor([s.num_computed_tokens + 1 for s in seqs], dtype=torch.long)
         return tables, ctx
 
@@ -211,7 +211,7 @@ class ModelRunner:
 
     def _decode_logits(self, ids: Tensor, pos: Tensor, slot: Tensor, tables: Tensor, ctx: Tensor) -> Tensor:
         """(B,) ids/positions/slots, (B, nb) tables, (B,) context lengths -> (B, V) fp32 logits."""
-        seg = decode_segment(0, tables, ctx, self.block_size, self.cfg.sliding_window)
+        seg = decode_segment(0, tables, ctx, self.block_size, self.cfg.sliding_window, gather=not self.decode_kernel)
         meta = PagedMetadata(slot, [seg], decode_kernel=self.decode_kernel)
         h = self.model.hidden_states(ids[None], position_ids=pos[None], cache=self.kv.with_meta(meta))
         return self.model.lm_head(h[0]).float()
@@ -264,9 +264,16 @@ def window_mask(mask: Tensor, past: int, window: int | None) -> Tensor:
     return mask & (q - torch.arange(mask.shape[1], device=mask.device)[None, :] < window)
 
 
-def decode_segment(q_start: int, tables: Tensor, ctx: Tensor, block_size: int, window: int | None) -> PagedSegment:
-    """A segment of one query per row: keys = the row's first ctx slots (tables (B, nb), ctx (B,))."""
+def decode_segment(q_start: int, tables: Tensor, ctx: Tensor, block_size: int, window: int | None,
+                   gather: bool = True) -> PagedSegment:
+    """A segment of one query per row: keys = the row's first ctx slots (tables (B, nb), ctx (B,)).
+
+    gather=False (the paged kernel reads tables and ctx itself) skips the per-key slots and mask.
+    """
     B, nb = tables.shape
+    if not gather:
+        return PagedSegment(q_start, B, 1, None, None, block_tables=tables, context_lens=ctx, block_size=block_size,
+                            window=window)
     offs = torch.arange(nb * block_size, device=tables.device)
     key_slots = tables.repeat_interleave(block_size, dim=1) * block_size + offs % block_size  # (B, nb*bs)
     mask = offs[None, :] < ctx[:, None]

@@ -121,7 +121,8 @@ class PagedSegment:
     q_start: int
     num_seqs: int
     q_len: int
-    key_slots: Tensor  # (num_seqs, Lk) long: slot of every key, padded rows point at any valid slot
+    key_slots: Tensor | None  # (num_seqs, Lk) long: slot of every key (padded rows: any valid slot); None when
+    #                           the paged kernel reads block_tables instead
     mask: Tensor | None  # (num_seqs, 1, q_len, Lk) bool, True where a query may look; None = causal, Lk == q_len
     # Decode segments (q_len == 1) also carry what the paged kernel reads instead of key_slots and mask:
     block_tables: Tensor | None = None  # (num_seqs, max_blocks) int
