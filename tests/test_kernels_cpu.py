@@ -37,7 +37,7 @@ def test_packed_linear_equals_f_linear(dtype, shape):
         pytest.skip(f"no {dtype} packing on this CPU")
     torch.manual_seed(0)
     lin = nn.Linear(256, 384).to(dtype)
-    packed = PackedLinear.from_linear(lin)
+    packed = PackedLinear.from_linear(lin, (dtype,))
     x = torch.randn(shape, dtype=dtype)
     with torch.inference_mode():
         got, want = packed(x), F.linear(x.float(), lin.weight.float(), lin.bias.float())
@@ -84,6 +84,25 @@ def test_training_through_packed_layers_uses_autograd():
         m.loss(ids[:, :-1], ids[:, 1:]).backward()
     for (name, p), q in zip(plain.named_parameters(), packed.parameters()):
         torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
+@needs_packing
+def test_packed_model_converted_later_still_runs():
+    m = model()
+    pack_linears(m)
+    ids = torch.randint(0, 300, (1, 9))
+    with torch.no_grad():
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):  # fp16 cannot pack: F.linear takes over
+            m.to(dtype)
+            plain = copy.deepcopy(m)
+            for parent in plain.modules():
+                for name, child in parent.named_children():
+                    if isinstance(child, PackedLinear):
+                        plain_lin = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                        plain_lin.weight, plain_lin.bias = child.weight, child.bias
+                        setattr(parent, name, plain_lin)
+            tol = 1e-5 if dtype == torch.float32 else 3e-2
+            torch.testing.assert_close(m(ids).float(), plain(ids).float(), atol=tol, rtol=tol)
 
 
 def test_pack_refuses_what_it_cannot_pack():

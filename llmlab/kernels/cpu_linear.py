@@ -17,7 +17,7 @@ so checkpoints, conversion and later module swaps see nothing new. It packs lazi
 inference call and packs again whenever the weight changes — its version counter (optimizer
 steps, `load_state_dict`, any in-place write) or its storage (`.to()`) — so it never multiplies by
 a stale copy. It falls back to `F.linear` while autograd records, off CPU, and for dtypes other
-than fp32 (and bf16 where the CPU has bf16 instructions). Cost: one packed copy of each weight.
+than fp32 (and bf16 where the CPU has bf16 instructions) — also after a later `.half()` or `.to("cuda")`. Cost: one packed copy of each weight.
 
     pack_linears(model)   # swap every nn.Linear in place; returns how many were swapped
 
@@ -58,8 +58,9 @@ class PackedLinear(nn.Linear):
     batch_hint: int = 16  # the row count oneDNN lays the weight out for (decode batches)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
-        """A PackedLinear sharing `linear`'s parameters (no copy until the first packed call)."""
+    def from_linear(cls, linear: nn.Linear, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> PackedLinear:
+        """A PackedLinear sharing `linear`'s parameters (no copy until the first packed call); it packs
+        weights of `dtypes` (what `packing_supported` allows here) and multiplies others with F.linear."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features
@@ -67,17 +68,23 @@ class PackedLinear(nn.Linear):
         new.bias = linear.bias
         new._packed = None
         new._packed_from = None
+        new._dtypes = dtypes
         return new
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        if torch.is_grad_enabled() and w.requires_grad or w.device.type != "cpu" or x.dtype != w.dtype:
+        if (torch.is_grad_enabled() and w.requires_grad or w.device.type != "cpu" or x.dtype != w.dtype
+                or w.dtype not in self._dtypes):
             return F.linear(x, w, self.bias)
         key = (w.data_ptr(), None if w.is_inference() else w._version, w.dtype)
         if self._packed_from != key:
             self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), self.batch_hint)
             self._packed_from = key
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+    def __getstate__(self) -> dict:
+        # The packed copy is an opaque oneDNN tensor: deepcopy and pickling drop it, the copy repacks lazily.
+        return {**self.__dict__, "_packed": None, "_packed_from": None}
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", packed=oneDNN"
@@ -95,10 +102,11 @@ def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
     params = next(model.parameters(), None)
     if params is None or params.device.type != "cpu" or not packing_supported(params.dtype):
         return 0
+    dtypes = tuple(d for d in (torch.float32, torch.bfloat16) if packing_supported(d))  # e.g. after a later .to()
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and child.weight.numel() >= min_numel:
-                setattr(parent, name, PackedLinear.from_linear(child))
+                setattr(parent, name, PackedLinear.from_linear(child, dtypes))
                 swapped += 1
     return swapped
