@@ -5,19 +5,19 @@ Why. On x86, `F.linear` in fp32 goes to MKL's sgemm, which re-reads the plain ro
 on every call; at decode shapes (a few rows per step) that is bandwidth-bound and slow. oneDNN's
 `_reorder_linear_weight` lays the weight out once for its own kernels and `_linear_pointwise`
 multiplies with it — what `torch.compile`'s CPU "freezing" pass does, here without compiling.
-Measured on a 2-core AMD EPYC (Zen 4) for SmolLM2-135M's 210 linear shapes, per decode step
-(`benchmarks/engine_cpu.py` has the end-to-end numbers):
+`benchmarks/cpu_linear.py` times SmolLM2-135M's 210 linear shapes per decode step (weights
+streamed from memory) on a 2-core AMD EPYC (Zen 4), results in `benchmarks/results/cpu_linear.json`:
 
-    fp32, 1 row:  F.linear 38-40 ms   packed 24-26 ms
-    fp32, 16 rows: F.linear 52-56 ms   packed 29 ms
-    bf16, 16 rows: F.linear 26-32 ms   packed 17 ms
+    fp32, 1 row:   F.linear 43.8 ms  packed 27.6 ms  (1.59x)     bf16, 1 row:   28.6 -> 19.1 ms (1.49x)
+    fp32, 16 rows: F.linear 82.6 ms  packed 45.4 ms  (1.82x)     bf16, 16 rows: 42.7 -> 28.1 ms (1.52x)
 
 `PackedLinear` *is* an `nn.Linear` (same parameters, same state-dict names, `isinstance` holds),
 so checkpoints, conversion and later module swaps see nothing new. It packs lazily on its first
 inference call and packs again whenever the weight changes — its version counter (optimizer
 steps, `load_state_dict`, any in-place write) or its storage (`.to()`) — so it never multiplies by
 a stale copy. It falls back to `F.linear` while autograd records, off CPU, and for dtypes other
-than fp32 (and bf16 where the CPU has bf16 instructions) — also after a later `.half()` or `.to("cuda")`. Cost: one packed copy of each weight.
+than fp32 (and bf16 where the CPU has bf16 instructions) — also after a later `.half()` or
+`.to("cuda")`. Cost: one packed copy of each weight.
 
     pack_linears(model)   # swap every nn.Linear in place; returns how many were swapped
 
