@@ -213,3 +213,18 @@ def test_value_head_size_may_differ_from_query_head_size():
     b = attend(q, k, v, causal=True, backend="sdpa")
     assert a.shape == (1, 2, 4, 4) and torch.allclose(a, b, atol=1e-6)
     assert torch.allclose(a.sum(-1), torch.ones(1, 2, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rmsnorm_is_llamas_formula_bitwise(dtype):
+    """RMSNorm's fused path equals LLaMA's written-out order: fp32 statistics, cast back, then the weight."""
+    from llmlab.model.layers import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(96, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = (torch.randn(3, 7, 96) * 4).to(dtype)
+    x32 = x.float()
+    want = norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+    assert torch.equal(norm(x), want)
