@@ -2,7 +2,7 @@
 
 One layer's decode attention for a batch of sequences whose K/V sit in scattered pages, at the
 Llama-3.2-1B head shape (32 query heads, 8 KV heads, head_dim 64), bf16, block size 16:
-  - gather: `pages.index_select` of every row's slots, then SDPA (model/attention.py's path);
+  - gather: the engine's gather path — `pages.index_select` of every row's slots, then SDPA;
   - kernel: kernels/paged_attention.py, one program per (sequence, KV head).
 Reported per (batch, context): microseconds per call (CUDA events, median of --iters), the
 kernel's speed-up, and the kernel's achieved bandwidth (K/V bytes read once) against the card's
@@ -20,21 +20,18 @@ import statistics
 import sys
 
 import torch
-import torch.nn.functional as F
 from engine_common import peak_bandwidth, table, write_result
 
+from llmlab.engine.model_runner import decode_segment
 from llmlab.kernels import paged_attention as pa
+from llmlab.model.attention import PagedMetadata, paged_attend
 
 
 def gather_sdpa(q, k_pages, v_pages, tables, lens, block_size):
-    B = q.shape[0]
-    L = tables.shape[1] * block_size
-    pos = torch.arange(L, device=q.device)
-    slots = (tables.long().repeat_interleave(block_size, dim=1) * block_size + pos % block_size).reshape(-1)
-    k = k_pages.index_select(0, slots).view(B, L, *k_pages.shape[1:]).transpose(1, 2)
-    v = v_pages.index_select(0, slots).view(B, L, *v_pages.shape[1:]).transpose(1, 2)
-    mask = (pos[None, :] < lens[:, None])[:, None, None, :]
-    return F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, enable_gqa=True)[:, :, 0]
+    """The engine's own gather path (model_runner.decode_segment + model/attention.paged_attend)."""
+    seg = decode_segment(0, tables, lens, block_size, None)
+    meta = PagedMetadata(lens, [seg])  # slot_mapping is only read when writing K/V
+    return paged_attend(q.transpose(0, 1)[None], k_pages, v_pages, meta)[0].transpose(0, 1)
 
 
 def time_us(fn, iters: int) -> float:
