@@ -48,6 +48,16 @@ def test_packed_linear_equals_f_linear(dtype, shape):
 
 
 @needs_packing
+def test_packed_linear_built_directly_packs():
+    torch.manual_seed(0)
+    packed = PackedLinear(256, 384)  # like nn.Linear(256, 384), not through from_linear
+    x = torch.randn(4, 256)
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), F.linear(x, packed.weight, packed.bias), atol=1e-5, rtol=1e-5)
+    assert packed._packed is not None
+
+
+@needs_packing
 def test_pack_keeps_parameters_names_and_ties():
     m = model()
     before = {k: v.data_ptr() for k, v in m.state_dict().items()}
@@ -126,7 +136,7 @@ def test_engine_packs_on_cpu_and_greedy_is_unchanged():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_paged_decode_attention_matches_dense(dtype):
-    """Decode rows over gathered pages (the bf16/fp16 CPU path is the explicit one) vs dense SDPA in fp32."""
+    """Decode rows over gathered pages (bf16/fp16 on CPU: K/V upcast, fp32 SDPA) vs dense SDPA in fp32."""
     torch.manual_seed(0)
     S, H, Hkv, hd, slots = 5, 6, 2, 16, 64
     k_pages, v_pages = (torch.randn(slots, Hkv, hd).to(dtype) for _ in range(2))

@@ -52,10 +52,21 @@ def packing_supported(dtype: torch.dtype) -> bool:
     return bool((y == 8).all())
 
 
+def _packable_dtypes() -> tuple[torch.dtype, ...]:
+    return tuple(d for d in (torch.float32, torch.bfloat16) if packing_supported(d))
+
+
 class PackedLinear(nn.Linear):
     """nn.Linear whose inference forward multiplies by a oneDNN-packed copy of the weight."""
 
     batch_hint: int = 16  # the row count oneDNN lays the weight out for (decode batches)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 dtypes: tuple[torch.dtype, ...] | None = None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._packed = None
+        self._packed_from = None
+        self._dtypes = _packable_dtypes() if dtypes is None else dtypes
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> PackedLinear:
@@ -102,7 +113,7 @@ def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
     params = next(model.parameters(), None)
     if params is None or params.device.type != "cpu" or not packing_supported(params.dtype):
         return 0
-    dtypes = tuple(d for d in (torch.float32, torch.bfloat16) if packing_supported(d))  # e.g. after a later .to()
+    dtypes = _packable_dtypes()  # all of them: the model may be converted later
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
