@@ -16,6 +16,7 @@ Results go to benchmarks/results/estimate_memory_<device>.json; the last line pr
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -129,7 +130,8 @@ def main() -> int:
         "batch": BATCH, "seq_len": SEQ, "configs": CONFIGS, "activations": act, "kv_cache": kv, "adamw": opt,
         "llmlab_ratio_min": min(ratios), "llmlab_ratio_max": max(ratios),
     }
-    out = Path(__file__).parent / "results" / f"estimate_memory_{device}.json"
+    out = Path(os.environ.get("LLMLAB_BENCH_RESULTS") or Path(__file__).parent / "results") / f"estimate_memory_{device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: summary[k] for k in ("benchmark", "device", "hardware", "llmlab_ratio_min",
                                                "llmlab_ratio_max")}))

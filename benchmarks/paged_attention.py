@@ -10,7 +10,8 @@ datasheet bandwidth. Outputs are checked equal (bf16 tolerance) before timing.
 
     python benchmarks/paged_attention.py [--batches 1 16 64 256] [--contexts 512 2048] [--iters 50]
 
-Needs CUDA (on CPU the kernel only runs in Triton's interpreter, which is for tests, not timing).
+Needs CUDA. `--device cpu` with TRITON_INTERPRET=1 runs the same script through Triton's interpreter
+as a smoke run (the tests do this): its times are not measurements of anything.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 
 import torch
 from engine_common import peak_bandwidth, table, write_result
@@ -34,11 +36,16 @@ def gather_sdpa(q, k_pages, v_pages, tables, lens, block_size):
     return paged_attend(q.transpose(0, 1)[None], k_pages, v_pages, meta)[0].transpose(0, 1)
 
 
-def time_us(fn, iters: int) -> float:
+def time_us(fn, iters: int, device: torch.device) -> float:
     for _ in range(3):
         fn()
     times = []
     for _ in range(iters):
+        if device.type != "cuda":
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e6)
+            continue
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn()
@@ -55,14 +62,17 @@ def main() -> int:
     ap.add_argument("--heads", type=int, nargs=3, default=[32, 8, 64], metavar=("H", "HKV", "HD"))
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--iters", type=int, default=50)
-    ap.add_argument("--out", default="paged_attention_cuda")
+    ap.add_argument("--device", default="cuda", help="cuda; or cpu under TRITON_INTERPRET=1 (a smoke run, no timing)")
+    ap.add_argument("--out", default=None, help="result name (default paged_attention_<device>)")
     args = ap.parse_args()
-    if not torch.cuda.is_available() or not pa.available(torch.device("cuda")):
-        print("paged_attention.py needs CUDA and Triton; nothing measured.")
+    dev = torch.device(args.device)
+    if (dev.type == "cuda" and not torch.cuda.is_available()) or not pa.available(dev):
+        print(f"paged_attention.py needs Triton and CUDA (or TRITON_INTERPRET=1 with --device cpu); "
+              f"nothing measured on {args.device}.")
         return 0
     H, Hkv, hd = args.heads
-    bs, dev, dtype = args.block_size, torch.device("cuda"), torch.bfloat16
-    bandwidth, source = peak_bandwidth("cuda")
+    bs, dtype = args.block_size, torch.bfloat16
+    bandwidth, source = peak_bandwidth(dev.type)
     rows, runs = [], []
     g = torch.Generator(device=dev).manual_seed(0)
     for ctx in args.contexts:
@@ -81,8 +91,8 @@ def main() -> int:
                 print(f"kernel disagrees with gather+SDPA at batch {B}, context {ctx}: max |diff| {err}")
                 return 1
             inputs = (q, k_pages, v_pages, tables, lens)
-            t_gather = time_us(lambda x=inputs: gather_sdpa(*x, bs), args.iters)
-            t_kernel = time_us(lambda x=inputs: pa.paged_decode(*x, block_size=bs), args.iters)
+            t_gather = time_us(lambda x=inputs: gather_sdpa(*x, bs), args.iters, dev)
+            t_kernel = time_us(lambda x=inputs: pa.paged_decode(*x, block_size=bs), args.iters, dev)
             kv_bytes = 2 * B * ctx * Hkv * hd * dtype.itemsize
             gbs = kv_bytes / (t_kernel * 1e-6) / 1e9
             run = {"batch": B, "context": ctx, "gather_sdpa_us": round(t_gather, 1), "kernel_us": round(t_kernel, 1),
@@ -94,7 +104,9 @@ def main() -> int:
             rows.append([B, ctx, run["gather_sdpa_us"], run["kernel_us"], run["speedup"], run["kernel_gb_s"],
                          run["fraction_of_bandwidth"]])
     table(rows, ["batch", "context", "gather+SDPA us", "kernel us", "speed-up", "kernel GB/s", "of bandwidth"])
-    write_result(args.out, {"benchmark": "paged_attention", "heads": {"q": H, "kv": Hkv, "head_dim": hd},
+    note = {} if dev.type == "cuda" else {"note": "Triton interpreter on CPU: a smoke run, the times mean nothing"}
+    write_result(args.out or f"paged_attention_{dev.type}", {
+                            "benchmark": "paged_attention", **note, "heads": {"q": H, "kv": Hkv, "head_dim": hd},
                             "dtype": "bfloat16", "block_size": bs, "bandwidth_gb_s": bandwidth and bandwidth / 1e9,
                             "bandwidth_source": source, "runs": runs})
     return 0
