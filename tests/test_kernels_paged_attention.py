@@ -14,7 +14,7 @@ from llmlab.errors import ConfigError
 from llmlab.kernels import paged_attention as pa
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-needs_kernel = pytest.mark.skipif(not pa.available(DEVICE), reason="needs Triton (CUDA, or TRITON_INTERPRET=1)")
+needs_kernel = pytest.mark.skipif(not pa.available(DEVICE), reason="needs Triton (CUDA, or >= 3.7 with TRITON_INTERPRET=1)")
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 

@@ -84,8 +84,8 @@ class ModelRunner:
             return False
         usable = paged_kernel_available(self.device)
         if choice == "triton" and not usable:
-            raise ConfigError("paged_kernel='triton' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on CPU); "
-                              "install triton or use paged_kernel='auto'.")
+            raise ConfigError("paged_kernel='triton' needs Triton and a CUDA device (or Triton >= 3.7 with "
+                              "TRITON_INTERPRET=1 on CPU); install triton or use paged_kernel='auto'.")
         return usable and (choice == "triton" or self.device.type == "cuda")
 
     # ---- sizing ---------------------------------------------------------------------------------

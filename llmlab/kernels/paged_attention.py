@@ -38,13 +38,20 @@ except ImportError:  # CPU-only installs: the engine keeps the gather path
     triton = None
 
 
+def _version(v: str) -> tuple[int, int]:
+    major, minor = (v.split("+")[0].split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
 def available(device: torch.device) -> bool:
-    """Whether the kernel can run on `device`: CUDA with Triton, or CPU under TRITON_INTERPRET=1."""
+    """Whether the kernel can run on `device`: CUDA with Triton, or CPU under TRITON_INTERPRET=1
+    with Triton >= 3.7 (3.6's interpreter cannot take a loop bound loaded from memory)."""
     if triton is None:
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+    return (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+            and _version(triton.__version__) >= (3, 7))
 
 
 def paged_decode_reference(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor,
