@@ -95,3 +95,35 @@ def test_kernel_choice_errors(monkeypatch):
         with pytest.raises(ConfigError, match="needs Triton and a CUDA device"):
             LLM(tiny(), paged_kernel="triton")
         assert not LLM(tiny()).engine.runner.decode_kernel  # auto: the gather path on CPU
+
+
+
+def test_kernel_compiles_for_cuda_without_a_gpu(tmp_path):
+    """Compile the kernel as CUDA launches it (not the interpreter) down to cubins for Hopper (sm_90)
+    and Ampere (sm_80): type, shape and tl.dot errors of the compiled path show up here, with no GPU.
+    In a subprocess without TRITON_INTERPRET (conftest sets it here, and Triton reads it at import)."""
+    if pa.triton is None:
+        pytest.skip("no Triton")
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton.backends.nvidia") is None:
+        pytest.skip("this Triton has no NVIDIA backend")
+    script = """
+import torch
+from llmlab.kernels.paged_attention import compile_for_cuda
+cases = [(torch.bfloat16, 3, 64, None, "i64"), (torch.bfloat16, 4, 128, 256, "i32"),
+         (torch.float16, 8, 40, None, "i32"), (torch.float32, 1, 64, 64, "i64")]  # dtype, G, head_dim, window, ints
+for arch in (90, 80):
+    for dtype, G, hd, window, ints in cases:
+        asm = compile_for_cuda(arch, dtype, G, hd, window=window, index_type=ints)
+        assert asm["cubin"] and f".target sm_{arch}" in asm["ptx"], (arch, dtype, G, hd)
+print("compiled", 2 * len(cases))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile for real, not from an earlier run's cache
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0 and "compiled 8" in proc.stdout, proc.stderr[-4000:]

@@ -20,7 +20,9 @@ pools once per layer and step before SDPA reads it again. For a large decode bat
 contexts that copy is most of the step; the kernel reads each K/V byte once.
 
 `paged_decode_reference` is the same maths in plain PyTorch (gather, fp32 softmax). The tests
-compare the two on CPU through Triton's interpreter (TRITON_INTERPRET=1) and compiled on CUDA.
+compare the two on CPU through Triton's interpreter (TRITON_INTERPRET=1) and compiled on CUDA;
+`compile_for_cuda(90, torch.bfloat16, G, hd)` compiles the kernel to an sm_90 cubin on any machine,
+so the compiled path is checked even where there is no GPU.
 Reference: vLLM `attention/ops/paged_attn.py` and `triton_decode_attention.py`; Kwon et al. 2023.
 """
 
@@ -88,19 +90,48 @@ def paged_decode(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tens
     if q.stride(-1) != 1:
         q = q.contiguous()
     out = torch.empty(B, H, hd, dtype=q.dtype, device=q.device)
-    G = H // Hkv
     _paged_decode_kernel[(B, Hkv)](
         q, k_pages, v_pages, out, block_tables, context_lens,
         hd**-0.5 if scale is None else scale, 0 if window is None else window,
         q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), v_pages.stride(0), v_pages.stride(1),
         out.stride(0), out.stride(1), block_tables.stride(0),
-        G=G, G_PAD=max(16, triton.next_power_of_2(G)), HD=hd, HD_PAD=max(16, triton.next_power_of_2(hd)),
-        BLOCK_SIZE=block_size, BLOCK_N=block_n, USE_WINDOW=window is not None,
-        # fp32 models multiply in IEEE fp32 (no TF32). Triton's CPU interpreter gets bf16 tl.dot wrong
-        # (3.9), so there bf16 is multiplied in fp32 too; compiled, bf16/fp16 use the tensor cores.
-        DOT_FP32=q.dtype == torch.float32 or (q.device.type == "cpu" and q.dtype == torch.bfloat16),
+        **launch_constants(q.dtype, q.device.type, H // Hkv, hd, block_size, block_n, window),
     )
     return out
+
+
+def compile_for_cuda(arch: int, dtype: torch.dtype, G: int, hd: int, *, window: int | None = None,
+                     index_type: str = "i64", block_size: int = 16, block_n: int = 64) -> dict:
+    """Compile the kernel ahead of time for CUDA compute capability `arch` (90 = Hopper) down to a
+    cubin, as `paged_decode` would launch it, on any machine (no GPU needed; Triton's NVIDIA backend
+    and its bundled ptxas do the work). Returns the compiled asm by stage. Run it in a process
+    without TRITON_INTERPRET=1: Triton builds its kernels for the interpreter at import time then.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    ptr = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
+    consts = launch_constants(dtype, "cuda", G, hd, block_size, block_n, window)
+    sig = {"Q": ptr, "K": ptr, "V": ptr, "Out": ptr, "Tables": f"*{index_type}", "Lens": f"*{index_type}",
+           "scale": "fp32", "window": "i32"}
+    sig.update({name: "i32" for name in _paged_decode_kernel.arg_names if name.startswith("stride_")})
+    sig.update({name: "constexpr" for name in consts})
+    if list(sig) != _paged_decode_kernel.arg_names:
+        raise RuntimeError(f"compile_for_cuda's signature {list(sig)} is out of date with the kernel's arguments")
+    compiled = triton.compile(ASTSource(_paged_decode_kernel, sig, consts), target=GPUTarget("cuda", arch, 32))
+    return dict(compiled.asm)
+
+
+def launch_constants(dtype: torch.dtype, device_type: str, G: int, hd: int, block_size: int, block_n: int,
+                     window: int | None) -> dict:
+    """The kernel's compile-time constants for one launch (also what the ahead-of-time compile test uses)."""
+    return {
+        "G": G, "G_PAD": max(16, triton.next_power_of_2(G)), "HD": hd, "HD_PAD": max(16, triton.next_power_of_2(hd)),
+        "BLOCK_SIZE": block_size, "BLOCK_N": block_n, "USE_WINDOW": window is not None,
+        # fp32 models multiply in IEEE fp32 (no TF32). Triton's CPU interpreter gets bf16 tl.dot wrong
+        # (3.9), so there bf16 is multiplied in fp32 too; compiled, bf16/fp16 use the tensor cores.
+        "DOT_FP32": dtype == torch.float32 or (device_type == "cpu" and dtype == torch.bfloat16),
+    }
 
 
 if triton is not None:
