@@ -8,6 +8,7 @@
 set -u
 PART=${1:-a}
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # llmlab importable even if the editable install fails
 OUT=${OUT:-/tmp/llmlab-gpu}
 LOGS=$(mktemp -d)  # the device returns at most 8 files: logs travel as one archive
 mkdir -p "$OUT"
