@@ -16,12 +16,11 @@ Results go to benchmarks/results/estimate_memory_<device>.json; the last line pr
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
-from pathlib import Path
 
 import torch
+from engine_common import RESULTS
 
 from llmlab import estimate
 from llmlab.config import ModelConfig
@@ -130,7 +129,7 @@ def main() -> int:
         "batch": BATCH, "seq_len": SEQ, "configs": CONFIGS, "activations": act, "kv_cache": kv, "adamw": opt,
         "llmlab_ratio_min": min(ratios), "llmlab_ratio_max": max(ratios),
     }
-    out = Path(os.environ.get("LLMLAB_BENCH_RESULTS") or Path(__file__).parent / "results") / f"estimate_memory_{device}.json"
+    out = RESULTS / f"estimate_memory_{device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: summary[k] for k in ("benchmark", "device", "hardware", "llmlab_ratio_min",

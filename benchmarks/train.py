@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from engine_common import RESULTS
 
 from llmlab import ModelConfig, Transformer
 from llmlab.estimate import flops_per_token
@@ -154,7 +155,7 @@ def main() -> None:
             datasheet = gpu.peak_flops("bf16") / 1e12
             result["datasheet_peak_tflops"] = datasheet
             result["llmlab_mfu_datasheet"] = ours * fpt / (datasheet * 1e12)
-    out = Path(args.out or Path(__file__).parent / "results" / f"train_{device.type}.json")
+    out = Path(args.out or RESULTS / f"train_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
