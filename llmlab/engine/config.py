@@ -14,7 +14,9 @@ class EngineConfig:
     max_model_len: int | None = None  # None -> the model's max_position_embeddings
     block_size: int = 16  # token slots per KV block
     num_blocks: int | None = None  # KV blocks; None -> sized from kv_cache_memory / gpu_memory_utilization
-    kv_cache_memory: int | None = None  # bytes for the KV cache; CPU default: 1 GiB or what max_num_seqs needs
+    # bytes for the KV cache; on CUDA it wins over gpu_memory_utilization; CPU default: 1 GiB or what
+    # max_num_seqs needs
+    kv_cache_memory: int | None = None
     gpu_memory_utilization: float = 0.9  # CUDA: fraction of the card for weights + activations + KV
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
@@ -22,6 +24,8 @@ class EngineConfig:
     cuda_graph_max_bs: int = 256  # largest decode batch that replays a CUDA graph
     seed: int = 0  # generator for requests without their own seed
     cpu_pack_linears: bool = True  # CPU: oneDNN-packed linear weights (kernels/cpu_linear.py); one extra weight copy
+    fuse_projections: bool = True  # q/k/v and gate/up as one matmul each (model/transformer.py fuse_projections)
+    compile_decode: bool = False  # torch.compile the decode step (fuses norms, RoPE, residuals: fewer kernels)
     paged_kernel: str = "auto"  # decode attention: "triton" (pages read in place), "gather", "auto" = triton on CUDA
 
     def __post_init__(self) -> None:

@@ -32,6 +32,8 @@ Reference: nano-vllm `engine/model_runner.py`; vLLM `worker/gpu_model_runner.py`
 
 from __future__ import annotations
 
+import gc
+
 import torch
 from torch import Tensor
 
@@ -44,7 +46,7 @@ from llmlab.kernels.cpu_linear import pack_linears
 from llmlab.kernels.paged_attention import available as paged_kernel_available
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
 from llmlab.model.cache import PagedKVCache
-from llmlab.model.transformer import Transformer
+from llmlab.model.transformer import Transformer, fuse_projections
 
 _CPU_DEFAULT_KV_BYTES = 1 << 30
 
@@ -61,6 +63,8 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         if self.device.type == "cpu" and config.cpu_pack_linears:
             pack_linears(model)  # same parameters, faster CPU matmuls; a no-op where oneDNN cannot pack
+        if config.fuse_projections:
+            fuse_projections(model)  # skips packed linears: on CPU it applies only with cpu_pack_linears=False
         self.decode_kernel = self._use_decode_kernel(config.paged_kernel)
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len or self.cfg.max_position_embeddings
@@ -75,6 +79,10 @@ class ModelRunner:
         self.scratch = self.num_blocks
         self.shared_generator = torch.Generator(self.device).manual_seed(config.seed)
         self.generators: dict[int, torch.Generator] = {}  # seq_id -> its own stream (seeded requests)
+        # The decode step, compiled on request (one graph for every batch and context bucket: dynamic shapes).
+        self.decode_fn = self._decode_logits
+        if config.compile_decode:
+            self.decode_fn = torch.compile(self._decode_logits, dynamic=True)
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
         self.pad_decode = pad_decode or self.use_graphs
         self.graphs = _DecodeGraphs(self) if self.use_graphs else None
@@ -92,15 +100,20 @@ class ModelRunner:
 
     def _blocks_from_memory(self) -> int:
         per_block = PagedKVCache.bytes_per_block(self.cfg, self.block_size, self.dtype)
-        if self.device.type == "cuda":
+        if self.config.kv_cache_memory is not None:
+            budget = self.config.kv_cache_memory  # an explicit budget wins over gpu_memory_utilization (as vLLM)
+            if self.device.type == "cuda":
+                gc.collect()  # engines nobody references any more give their caches back first
+                torch.cuda.empty_cache()
+                free = torch.cuda.mem_get_info(self.device)[0]
+                if budget > free:
+                    raise ConfigError(f"kv_cache_memory ({budget / 2**30:.2f} GiB) is more than the GPU has free "
+                                      f"({free / 2**30:.2f} GiB); lower it.")
+        elif self.device.type == "cuda":
             budget = self._cuda_kv_budget()
-        elif self.config.kv_cache_memory is not None:
-            budget = self.config.kv_cache_memory
         else:
             wanted = self.config.max_num_seqs * self.max_blocks_per_seq * per_block
             budget = min(_CPU_DEFAULT_KV_BYTES, wanted)
-        if self.config.kv_cache_memory is not None:
-            budget = min(budget, self.config.kv_cache_memory)
         blocks = budget // per_block
         if blocks < 1:
             raise ConfigError(f"the KV-cache budget ({budget} bytes) is below one block ({per_block} bytes); give "
@@ -109,6 +122,7 @@ class ModelRunner:
 
     def _cuda_kv_budget(self) -> int:
         """Bytes left for KV after weights and a warm-up forward of a full token budget."""
+        gc.collect()  # engines nobody references any more give their caches back first
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         n = min(self.config.max_num_batched_tokens, self.max_model_len)
@@ -130,7 +144,15 @@ class ModelRunner:
         gather = 2 * rows * self.max_model_len * self.cfg.num_kv_heads * self.cfg.head_dim * self.dtype.itemsize
         if self.decode_kernel:
             gather = 0  # the kernel reads the pages in place
-        return int(total * self.config.gpu_memory_utilization - (total - free) - (peak - current) - gather)
+        used = total - free
+        budget = int(total * self.config.gpu_memory_utilization - used - (peak - current) - gather)
+        if budget < PagedKVCache.bytes_per_block(self.cfg, self.block_size, self.dtype):
+            raise ConfigError(
+                f"no GPU memory is left for the KV cache: {used / 2**30:.1f} GiB of {total / 2**30:.1f} GiB is in use "
+                f"(weights, activations, other engines or processes) against gpu_memory_utilization="
+                f"{self.config.gpu_memory_utilization}; free what another engine holds (del llm), raise "
+                "gpu_memory_utilization, or pass kv_cache_memory=<bytes>.")
+        return budget
 
     # ---- one step -------------------------------------------------------------------------------
 
@@ -207,7 +229,7 @@ class ModelRunner:
         inputs = [torch.tensor(ids), torch.tensor(pos), torch.tensor(slot), tables, ctx]
         if self.graphs is not None:
             return self.graphs.replay(b, nb, inputs)[:len(seqs)]
-        return self._decode_logits(*(t.to(self.device) for t in inputs))[:len(seqs)]
+        return self.decode_fn(*(t.to(self.device) for t in inputs))[:len(seqs)]
 
     def _decode_logits(self, ids: Tensor, pos: Tensor, slot: Tensor, tables: Tensor, ctx: Tensor) -> Tensor:
         """(B,) ids/positions/slots, (B, nb) tables, (B,) context lengths -> (B, V) fp32 logits."""
@@ -323,7 +345,7 @@ class _DecodeGraphs:
         return out
 
     def _capture(self, static: list[Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
-        run = self.runner._decode_logits
+        run = self.runner.decode_fn
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
