@@ -114,11 +114,12 @@ def test_kernel_compiles_for_cuda_without_a_gpu(tmp_path):
     script = """
 import torch
 from llmlab.kernels.paged_attention import compile_for_cuda
-cases = [(torch.bfloat16, 3, 64, None, "i64"), (torch.bfloat16, 4, 128, 256, "i32"),
-         (torch.float16, 8, 40, None, "i32"), (torch.float32, 1, 64, 64, "i64")]  # dtype, G, head_dim, window, ints
+# dtype, G, head_dim, window, ints, scale (fp64: how the kernel is launched inside torch.compile)
+cases = [(torch.bfloat16, 3, 64, None, "i64", "fp32"), (torch.bfloat16, 4, 128, 256, "i32", "fp64"),
+         (torch.float16, 8, 40, None, "i32", "fp32"), (torch.float32, 1, 64, 64, "i64", "fp64")]
 for arch in (90, 80):
-    for dtype, G, hd, window, ints in cases:
-        asm = compile_for_cuda(arch, dtype, G, hd, window=window, index_type=ints)
+    for dtype, G, hd, window, ints, scale in cases:
+        asm = compile_for_cuda(arch, dtype, G, hd, window=window, index_type=ints, scale_type=scale)
         assert asm["cubin"] and f".target sm_{arch}" in asm["ptx"], (arch, dtype, G, hd)
 print("compiled", 2 * len(cases))
 """

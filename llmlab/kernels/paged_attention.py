@@ -101,11 +101,13 @@ def paged_decode(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tens
 
 
 def compile_for_cuda(arch: int, dtype: torch.dtype, G: int, hd: int, *, window: int | None = None,
-                     index_type: str = "i64", block_size: int = 16, block_n: int = 64) -> dict:
+                     index_type: str = "i64", scale_type: str = "fp32", block_size: int = 16,
+                     block_n: int = 64) -> dict:
     """Compile the kernel ahead of time for CUDA compute capability `arch` (90 = Hopper) down to a
     cubin, as `paged_decode` would launch it, on any machine (no GPU needed; Triton's NVIDIA backend
     and its bundled ptxas do the work). Returns the compiled asm by stage. Run it in a process
     without TRITON_INTERPRET=1: Triton builds its kernels for the interpreter at import time then.
+    `scale_type="fp64"` is how Inductor passes the scale when the kernel runs inside torch.compile.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -113,7 +115,7 @@ def compile_for_cuda(arch: int, dtype: torch.dtype, G: int, hd: int, *, window: 
     ptr = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
     consts = launch_constants(dtype, "cuda", G, hd, block_size, block_n, window)
     sig = {"Q": ptr, "K": ptr, "V": ptr, "Out": ptr, "Tables": f"*{index_type}", "Lens": f"*{index_type}",
-           "scale": "fp32", "window": "i32"}
+           "scale": scale_type, "window": "i32"}
     sig.update({name: "i32" for name in _paged_decode_kernel.arg_names if name.startswith("stride_")})
     sig.update({name: "constexpr" for name in consts})
     if list(sig) != _paged_decode_kernel.arg_names:
@@ -172,7 +174,9 @@ if triton is not None:
                 s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(k))  # (G_PAD, BLOCK_N), fp32 accumulation
-            s = tl.where(valid[None, :], s * scale, float("-inf"))
+            # fp32 even when `scale` arrives as fp64 (torch.compile passes Python floats so): m, s_sum and
+            # acc are loop-carried and must keep one type.
+            s = tl.where(valid[None, :], s * scale, float("-inf")).to(tl.float32)
             m_new = tl.maximum(m, tl.max(s, 1))
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new[:, None])
