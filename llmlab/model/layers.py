@@ -60,8 +60,16 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(d, f, bias=bias)
         self.down = nn.Linear(f, d, bias=bias)
         self.act = _ACT[cfg.activation]
+        self.gate_up: tuple[Tensor, Tensor | None] | None = None  # fused (weight, bias): transformer.fuse_projections
+
+    def _apply(self, fn, recurse=True):
+        self.gate_up = None  # moved or cast: the fused copy would be stale
+        return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.gate_up is not None and not torch.is_grad_enabled():  # one matmul for gate and up (inference)
+            g, u = nn.functional.linear(x, *self.gate_up).chunk(2, dim=-1)
+            return self.down(self.act(g) * u)
         if self.gate is not None:
             return self.down(self.act(self.gate(x)) * self.up(x))
         return self.down(self.act(self.up(x)))

@@ -48,12 +48,22 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.hd, cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
+        self.qkv: tuple[Tensor, Tensor | None] | None = None  # fused (weight, bias): see fuse_projections
+
+    def _apply(self, fn, recurse=True):
+        self.qkv = None  # moved or cast: the fused copy would be stale
+        return super()._apply(fn, recurse)
 
     def forward(self, x: Tensor, ctx: _Context) -> Tensor:
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_heads, self.hd)  # (B, T, H, hd)
-        k = self.k(x).view(B, T, self.n_kv, self.hd)
-        v = self.v(x).view(B, T, self.n_kv, self.hd)
+        if self.qkv is not None and not torch.is_grad_enabled():  # one matmul for q, k, v (inference)
+            q, k, v = nn.functional.linear(x, *self.qkv).split(
+                [self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.view(B, T, self.n_heads, self.hd)  # (B, T, H, hd)
+        k = k.view(B, T, self.n_kv, self.hd)
+        v = v.view(B, T, self.n_kv, self.hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
@@ -64,6 +74,42 @@ class Attention(nn.Module):
         y = attend(q, k, v, mask=ctx.mask, bias=ctx.bias, causal=ctx.causal, backend=ctx.backend,
                    dropout_p=self.dropout if self.training else 0.0, paged=ctx.paged)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+@torch.no_grad()
+def fuse_projections(model: nn.Module) -> int:
+    """Inference: q/k/v, and gate/up, each become one matmul (fewer, larger kernels per layer in decode).
+
+    The fused weight is one new tensor and the original Linear weights become views into it, so no
+    memory is added and the state dict (names, values, requires_grad) is unchanged; in-place updates of
+    either side (load_state_dict, an optimizer) show in both. The fused path runs only with gradients
+    off, and moving the module (.to, .half, ...) drops the fusion. Returns the number of fused groups.
+    Skipped where a projection is not a plain nn.Linear (LoRA, quantized, CPU-packed).
+    """
+
+    def fuse(linears: list[nn.Module]):
+        if not all(type(m) is nn.Linear for m in linears):
+            return None
+        weight = torch.cat([m.weight for m in linears])
+        bias = torch.cat([m.bias for m in linears]) if linears[0].bias is not None else None
+        start = 0
+        for m in linears:
+            n = m.weight.shape[0]
+            m.weight = nn.Parameter(weight[start:start + n], requires_grad=m.weight.requires_grad)
+            if bias is not None:
+                m.bias = nn.Parameter(bias[start:start + n], requires_grad=m.bias.requires_grad)
+            start += n
+        return weight, bias
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Attention) and module.qkv is None:
+            module.qkv = fuse([module.q, module.k, module.v])
+            count += module.qkv is not None
+        elif isinstance(module, FeedForward) and module.gate is not None and module.gate_up is None:
+            module.gate_up = fuse([module.gate, module.up])
+            count += module.gate_up is not None
+    return count
 
 
 class Block(nn.Module):
