@@ -26,7 +26,7 @@ from engine_common import RESULTS
 
 from llmlab import ModelConfig, Transformer
 from llmlab.estimate import flops_per_token
-from llmlab.train.loop import train_step
+from llmlab.train.loop import compiled_lm_loss, train_step
 from llmlab.train.optim import AdamW, LossScaler, param_groups
 from llmlab.train.parallel import apply_activation_checkpointing
 
@@ -64,11 +64,11 @@ def bench_llmlab(cfg, batch, steps, warmup, device, precision, compile_, recompu
     model = Transformer(cfg).to(device).train()
     if recompute:
         apply_activation_checkpointing(model)
-    fwd = torch.compile(model) if compile_ else model
+    loss_fn = compiled_lm_loss(model) if compile_ else None  # model + loss in one compiled graph
     opt = AdamW(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95))
     scaler = LossScaler(enabled=False)
-    return _time(lambda xy: train_step(model, fwd, [xy], opt, scaler, device=device, precision=precision,
-                                       grad_clip=1.0), cfg, batch, steps, warmup, device)
+    return _time(lambda xy: train_step(model, model, [xy], opt, scaler, device=device, precision=precision,
+                                       grad_clip=1.0, loss_fn=loss_fn), cfg, batch, steps, warmup, device)
 
 
 def bench_transformers(cfg, batch, steps, warmup, device, precision) -> float:
