@@ -10,6 +10,8 @@ is not a formula for this implementation). Also: KV-cache bytes vs `KVCache.allo
 AdamW model states vs what `torch.optim.AdamW` holds.
 
     python benchmarks/estimate_memory.py            # CPU (and CUDA when present)
+    python benchmarks/estimate_memory.py --reestimate benchmarks/results/estimate_memory_cuda.json
+                                                    # today's formulas against recorded measurements
 Results go to benchmarks/results/estimate_memory_<device>.json; the last line printed is JSON.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
+from pathlib import Path
 
 import torch
 from engine_common import RESULTS
@@ -58,7 +61,8 @@ def activation_rows(device: str) -> list[dict]:
             full = recompute == "full"
             saved = saved_activation_bytes(model, ids, labels, checkpoint_blocks=full)
             est = estimate.activation_bytes(cfg, BATCH, SEQ, formula="llmlab", dtype=dtype, flash=backend == "sdpa",
-                                            recompute=recompute).total
+                                            recompute=recompute, device=device)
+            est, est_peak = est.total, est.peak
             row = {"config": name, "dtype": dtype, "backend": backend, "recompute": recompute,
                    "measured_saved": saved, "llmlab_estimate": est, "ratio_llmlab": est / saved}
             if dtype == "bf16":  # Korthikanti's formula is for 16-bit activations
@@ -70,7 +74,8 @@ def activation_rows(device: str) -> list[dict]:
                 model.loss(ids, labels).backward()
                 opt.step()  # grads and optimizer state now exist: the peak below is activations + transients
                 peak = peak_cuda_activation_bytes(model, ids, labels, checkpoint_blocks=full)
-                row |= {"measured_cuda_peak": peak, "ratio_llmlab_vs_peak": est / peak}
+                row |= {"measured_cuda_peak": peak, "llmlab_peak_estimate": est_peak,
+                        "ratio_llmlab_vs_peak": est_peak / peak}
                 del opt
             rows.append(row)
             del model
@@ -101,7 +106,40 @@ def adamw_row() -> dict:
     return {"config": "llama-gqa", "precision": "fp32", "held": held, "estimate": est}
 
 
+def reestimate(path: Path) -> int:
+    """Recompute the estimates of a results file's measured rows with the current formulas (pure arithmetic:
+    no device needed) and write <name>_reestimated.json beside the results; the measurements are copied."""
+    data = json.loads(path.read_text())
+    device, rows = data["device"], []
+    for r in data["activations"]:
+        est = estimate.activation_bytes(ModelConfig(**CONFIGS[r["config"]]), data["batch"], data["seq_len"],
+                                        formula="llmlab", dtype=r["dtype"], flash=r["backend"] == "sdpa",
+                                        recompute=r["recompute"], device=device)
+        row = {k: r[k] for k in ("config", "dtype", "backend", "recompute", "measured_saved")}
+        row |= {"llmlab_estimate": est.total, "ratio_llmlab": est.total / r["measured_saved"]}
+        if "measured_cuda_peak" in r:
+            row |= {"measured_cuda_peak": r["measured_cuda_peak"], "llmlab_peak_estimate": est.peak,
+                    "ratio_llmlab_vs_peak": est.peak / r["measured_cuda_peak"]}
+        rows.append(row)
+        print(f"{row['config']:<16} {row['dtype']:<5} {row['backend']:<8} {row['recompute']:<6} "
+              f"saved {row['ratio_llmlab']:.4f}  peak {row.get('ratio_llmlab_vs_peak', float('nan')):.4f}")
+    out = {"benchmark": "estimate_memory (re-estimated)", "measured_in": path.name, "device": device,
+           "hardware": data["hardware"], "measured_versions": data["versions"], "batch": data["batch"],
+           "seq_len": data["seq_len"], "activations": rows,
+           "llmlab_ratio_min": min(r["ratio_llmlab"] for r in rows),
+           "llmlab_ratio_max": max(r["ratio_llmlab"] for r in rows)}
+    peaks = [r["ratio_llmlab_vs_peak"] for r in rows if "ratio_llmlab_vs_peak" in r]
+    if peaks:
+        out |= {"peak_ratio_min": min(peaks), "peak_ratio_max": max(peaks)}
+    dest = RESULTS / f"{path.stem}_reestimated.json"
+    dest.write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k != "activations"}))
+    return 0
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--reestimate":
+        return reestimate(Path(sys.argv[2]))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     act = activation_rows(device)

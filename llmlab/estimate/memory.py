@@ -119,23 +119,33 @@ class Activations:
     other: float  # embeddings, final norm, logits/cross-entropy, position tables
     formula: str
     numbers: str
+    head_backward: float = 0.0  # transient at the start of backward: fp32 grads of the logits and log-softmax
 
     @property
     def total(self) -> float:
         return self.layers + self.other
 
+    @property
+    def peak(self) -> float:
+        """Saved activations plus the loss head's backward transient: what `torch.cuda.max_memory_allocated`
+        grows by over one forward + backward (weights, gradients and optimizer state already allocated)."""
+        return self.total + self.head_backward
+
 
 def activation_bytes(cfg: ConfigLike, batch: int, seq_len: int, *, formula: str = "llmlab", dtype: str = "bf16",
                      recompute: str = "none", flash: bool = True, tp: int = 1, pp: int = 1,
-                     sequence_parallel: bool = False) -> Activations:
-    """Bytes of activations saved for backward on the busiest device (the first pipeline stage)."""
+                     sequence_parallel: bool = False, device: str = "cuda") -> Activations:
+    """Bytes of activations saved for backward on the busiest device (the first pipeline stage).
+    `device` ("cuda" or "cpu") matters for the 'llmlab' formula only: the two keep different norm tensors."""
     cfg = resolve(cfg)
+    if device not in ("cuda", "cpu"):
+        raise ConfigError(f"device must be 'cuda' or 'cpu', got {device!r}.")
     if recompute not in RECOMPUTE:
         raise ConfigError(f"unknown recompute {recompute!r}; choose one of {', '.join(RECOMPUTE)}.")
     if formula == "megatron":
         return _megatron(cfg, batch, seq_len, dtype, recompute, flash, tp, pp, sequence_parallel)
     if formula == "llmlab":
-        return _llmlab(cfg, batch, seq_len, dtype, recompute, flash, tp, pp, sequence_parallel)
+        return _llmlab(cfg, batch, seq_len, dtype, recompute, flash, tp, pp, sequence_parallel, device)
     raise ConfigError(f"unknown activation formula {formula!r}; choose one of {', '.join(ACTIVATION_FORMULAS)}.")
 
 
@@ -175,7 +185,7 @@ def _megatron(cfg, b, s, dtype, recompute, flash, t, p, sp) -> Activations:
     return Activations(per_layer, per_layer * L, other, text, nums)
 
 
-def _llmlab(cfg, b, s, dtype, recompute, flash, t, p, sp) -> Activations:
+def _llmlab(cfg, b, s, dtype, recompute, flash, t, p, sp, device) -> Activations:
     if t != 1 or sp:
         raise ConfigError("the 'llmlab' activation formula is measured for tp=1 without sequence parallelism; "
                           "use formula='megatron' for tensor-parallel estimates.")
@@ -196,11 +206,15 @@ def _llmlab(cfg, b, s, dtype, recompute, flash, t, p, sp) -> Activations:
     def norm(elems: int, rows: int, input_counted: bool = False) -> int:
         """What a norm keeps; its output is kept by the matmul that reads it and counted there.
 
-        RMSNorm: the fp32 x (x itself when e = 4), the normalised x cast back (e), rsqrt per row (4).
-        LayerNorm: its input (e), mean and rstd per row (fp32 on CUDA; CPU keeps them in the input
-        dtype, 4 bytes less per row in bf16). `input_counted`: x was counted as some matmul's input,
-        but this norm is its only reader (RMSNorm in 16-bit keeps the fp32 copy, not x)."""
-        kept = elems * (4 + e) + 4 * rows if cfg.norm == "rmsnorm" else elems * e + 8 * rows
+        RMSNorm: the fp32 x (x itself when e = 4), the normalised x cast back (e), rsqrt per row (4) —
+        except fp32 on CUDA, where one fused kernel (weight included) keeps only x and rsqrt (measured on
+        an H100, torch 2.11). LayerNorm: its input (e), mean and rstd per row (fp32 on CUDA; CPU keeps
+        them in the input dtype). `input_counted`: x was counted as some matmul's input, but this norm is
+        its only reader (RMSNorm in 16-bit keeps the fp32 copy, not x)."""
+        if cfg.norm == "rmsnorm":
+            kept = elems * 4 + 4 * rows if (e == 4 and device == "cuda") else elems * (4 + e) + 4 * rows
+        else:
+            kept = elems * e + (8 if device == "cuda" else 2 * e) * rows
         return kept - (e * elems if input_counted else 0)
 
     norms = 2 * norm(bs * h, bs) + 2 * e * bs * h  # + the two outputs, read by q/k/v and the FFN
@@ -226,14 +240,18 @@ def _llmlab(cfg, b, s, dtype, recompute, flash, t, p, sp) -> Activations:
         other += norm(bs * h, bs) + e * bs * h if cfg.final_norm else e * bs * h
     else:  # post-norm: the embedding output is layer 0's input; the last block's output is a norm output
         other += e * bs * h + (norm(bs * h, bs, input_counted=True) + e * bs * h if cfg.final_norm else 0)
+    # Backward starts at the head with every activation still saved and allocates the fp32 gradient of the
+    # log-softmax and of the (upcast) logits, b·s·V each: 8·b·s·V bytes on top (H100: 8,381,372 measured
+    # for 8,388,608 predicted, every config and dtype of benchmarks/estimate_memory.py).
+    head = 8 * bs * V
     if p > 1:
-        other = 0  # the first stage holds embeddings only; the head lives on the last stage
+        other = head = 0  # the first stage holds embeddings only; the head lives on the last stage
     if recompute == "full":
         text, nums = "L · e·bsh (block inputs)", f"{L} · {e} · {b} · {s} · {h}"
     else:
         text = "L · (norms + attention + FFN)"
         nums = f"{L} · ({norms:,} + {attn:,} + {mlp:,})"
-    return Activations(per_layer, per_layer * L, other, text, nums)
+    return Activations(per_layer, per_layer * L, other, text, nums, head)
 
 
 # ---- training --------------------------------------------------------------------------------
@@ -312,7 +330,7 @@ def training_memory(cfg: ConfigLike, *, batch: int = 1, seq_len: int | None = No
     master, states = phi * m_b / shard(1), phi * o_b / shard(1)
     act_dtype = "fp32" if precision == "fp32" else "bf16"
     act = activation_bytes(cfg, batch, seq_len, formula=activations, dtype=act_dtype, recompute=recompute,
-                           flash=flash, tp=tp, pp=pp, sequence_parallel=sequence_parallel)
+                           flash=flash, tp=tp, pp=pp, sequence_parallel=sequence_parallel, device="cuda")
     div = lambda stage: f" / {dp}" if zero >= stage and dp > 1 else ""  # noqa: E731
     shard_txt = f"{num(n)} / ({tp} · {pp})" if tp * pp > 1 else num(n)
     steps = [
