@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Every GPU measurement the open issues still need, in two device-tool calls of under 10 minutes each
-# (the device README's per-command limit):
+# Every GPU measurement the open issues still need, in three device-tool calls of under 10 minutes each
+# (the device README's per-command limit; on 2026-11-23 part a took 149 s):
 #   run(command="bash benchmarks/gpu_all.sh a", timeout_s=600)   # tests, kernels, estimator memory (<= 330 s)
-#   run(command="bash benchmarks/gpu_all.sh b", timeout_s=600)   # train, latency, throughput (<= 420 s)
+#   run(command="bash benchmarks/gpu_all.sh b", timeout_s=600)   # train (batch 16, 32), latency (<= 540 s)
+#   run(command="bash benchmarks/gpu_all.sh c", timeout_s=600)   # throughput vs transformers (<= 560 s)
 # It uses the device's own python3 (torch, transformers, triton preinstalled), installs llmlab without
 # dependencies, runs the GPU tests and each benchmark, and copies results and logs to $OUT.
 set -u
@@ -25,10 +26,13 @@ if [ "$PART" = a ]; then
   step kernel-tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_paged_attention.py
   step paged-attention 60 python3 benchmarks/paged_attention.py
   step estimate-memory 60 python3 benchmarks/estimate_memory.py
+elif [ "$PART" = b ]; then
+  step train 110 python3 benchmarks/train.py --steps 20 --warmup 5
+  step train-b32 130 python3 benchmarks/train.py --batch 32 --steps 15 --warmup 4 --out benchmarks/results/train_cuda_b32.json
+  step latency-compiled 180 python3 benchmarks/latency.py --compile-decode
+  step latency-eager-step 80 python3 benchmarks/latency.py --skip-hf --repeats 1 --out engine_latency_cuda_nocompile
 else
-  step train 150 python3 benchmarks/train.py --steps 20 --warmup 5
-  step latency 120 python3 benchmarks/latency.py
-  step throughput 150 python3 benchmarks/throughput.py
+  step throughput 560 python3 benchmarks/throughput.py --hf-timeout 180
 fi
 cp benchmarks/results/*cuda*.json "$OUT/" 2>/dev/null || true
 tar czf "$OUT/logs-$PART.tgz" -C "$LOGS" .

@@ -68,6 +68,7 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs per engine; the fastest counts")
+    ap.add_argument("--compile-decode", action="store_true", help="torch.compile the engine's decode step")
     ap.add_argument("--out", default=f"engine_latency_{'cuda' if cuda else 'cpu'}")
     args = ap.parse_args()
     device = "cuda" if cuda else "cpu"
@@ -76,7 +77,7 @@ def main() -> int:
     model = load_model(args.model, dtype, device)
     prompt = random_prompts(1, args.prompt_len, model.cfg.vocab_size)[0]
     llm = LLM(model, device=device, max_num_seqs=8, max_num_batched_tokens=max(512, args.prompt_len),
-              max_model_len=args.prompt_len + args.new_tokens + 16)
+              max_model_len=args.prompt_len + args.new_tokens + 16, compile_decode=args.compile_decode)
     llmlab_run(llm, prompt, args.new_tokens)  # warm-up: kernels, allocator, CUDA graphs for these lengths
     hf = None
     if not args.skip_hf:
@@ -96,7 +97,7 @@ def main() -> int:
     step_bytes = weight_bytes(model) + avg_ctx * kv_bytes_per_token(model.cfg, dtype)
     bw, bw_source = peak_bandwidth(device)
     result = {"benchmark": "engine_latency", "model": args.model, "random_weights": args.model not in ARTIFACTS,
-              "dtype": args.dtype, "repeats": args.repeats,
+              "dtype": args.dtype, "repeats": args.repeats, "compile_decode": args.compile_decode,
               "device": device, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
               "llmlab": {"ttft_ms": round(ttft * 1e3, 2), "decode_tok_s": round(tok_s, 2),
                          "achieved_gb_s": round(step_bytes * tok_s / 1e9, 2)},

@@ -22,8 +22,11 @@ On a CPU the same script runs a scaled-down workload (defaults below) to show th
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import random
+import signal
 import time
 
 import torch
@@ -42,6 +45,30 @@ def workload(num_seqs: int, min_len: int, max_len: int, vocab: int) -> tuple[lis
     return prompts, outputs
 
 
+class _Timeout(BaseException):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raise _Timeout in this (main) thread after `seconds` (0: no limit); transformers' generation
+    loops are Python, so the alarm lands between steps."""
+    if seconds <= 0:
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise _Timeout  # a BaseException: the references' own `except Exception` cannot swallow it
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def main() -> int:
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,6 +82,10 @@ def main() -> int:
     ap.add_argument("--hf", nargs="*", choices=["generate_batch", "generate"], default=["generate_batch", "generate"],
                     help="transformers references to run (none: pass the flag with no value)")
     ap.add_argument("--hf-batch-size", type=int, default=64 if cuda else 32)
+    ap.add_argument("--hf-timeout", type=int, default=0,
+                    help="seconds each transformers reference may take before it is stopped and recorded as "
+                         "unfinished (0: no limit)")
+    ap.add_argument("--compile-decode", action="store_true", help="torch.compile the engine's decode step")
     ap.add_argument("--out", default=f"engine_throughput_{'cuda' if cuda else 'cpu'}")
     args = ap.parse_args()
     device = "cuda" if cuda else "cpu"
@@ -63,7 +94,7 @@ def main() -> int:
     model = load_model(args.model, dtype, device)
     prompts, outputs = workload(args.num_seqs, args.min_len, args.max_len, model.cfg.vocab_size)
     llm = LLM(model, device=device, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-              max_model_len=2 * args.max_len + 16)
+              max_model_len=2 * args.max_len + 16, compile_decode=args.compile_decode)
     llm.generate(prompts[:4], SamplingParams(max_tokens=8))  # warm-up
     params = [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True) for n in outputs]
     load_before = os.getloadavg()[0]
@@ -81,16 +112,29 @@ def main() -> int:
                          **{k: v for k, v in llm.engine.stats().items() if k in ("steps", "preemptions", "num_blocks")}},
               "target_output_tok_s": {"H100": 10000}}
     rows = [["llmlab", n_out, round(dt, 2), result["llmlab"]["output_tok_s"]]]
+    print(f"llmlab: {n_out} output tokens in {dt:.2f} s = {n_out / dt:,.1f} tok/s", flush=True)
+    write_result(args.out, result)  # kept even if a slow reference is stopped before it finishes
     if args.hf:
+        del llm, outs  # the engine's KV cache holds most of the GPU: give it back for the references
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
         hf = hf_twin(model, dtype, device)
         longest = max(outputs)
         result["transformers"] = {}
         for api in args.hf:
-            if api == "generate_batch":
-                ran = run_hf_generate_batch(hf, prompts, longest)
-            else:
+            if api == "generate":
                 api = f"generate, padded batches of {args.hf_batch_size}"
-                ran = run_hf_generate(hf, prompts, longest, batch_size=args.hf_batch_size)
+            try:
+                with time_limit(args.hf_timeout):
+                    if api == "generate_batch":
+                        ran = run_hf_generate_batch(hf, prompts, longest)
+                    else:
+                        ran = run_hf_generate(hf, prompts, longest, batch_size=args.hf_batch_size)
+            except _Timeout:
+                ran = f"did not finish within {args.hf_timeout} s"
+                if device == "cuda":
+                    torch.cuda.empty_cache()
             if isinstance(ran, str):
                 result["transformers"][api] = ran
                 continue
@@ -100,6 +144,7 @@ def main() -> int:
                                            "output_tok_s": round(hf_out / hf_dt, 1),
                                            "requested_tok_s": round(n_out / hf_dt, 1)}
             rows.append([f"transformers {api}", hf_out, round(hf_dt, 2), round(hf_out / hf_dt, 1)])
+            write_result(args.out, result)
         done = [r for r in result["transformers"].values() if isinstance(r, dict)]
         if done:  # vs every token it generated (flatters it), and vs the same requested work (wall time)
             result["ratio_vs_best_transformers"] = round((n_out / dt) / max(r["output_tok_s"] for r in done), 2)
