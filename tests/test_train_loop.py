@@ -22,7 +22,7 @@ from llmlab.model.transformer import Transformer
 from llmlab.tokenizer import train_bpe
 from llmlab.train.checkpoint import latest_checkpoint
 from llmlab.train.config import build_config
-from llmlab.train.loop import accumulate_gradients, train
+from llmlab.train.loop import accumulate_gradients, compiled_lm_loss, train
 from llmlab.train.parallel import apply_activation_checkpointing
 from llmlab.train.report import read_metrics
 
@@ -79,6 +79,21 @@ def test_activation_checkpointing_gives_the_same_gradients(shards):
         accumulate_gradients(m, [(x, y)], device=torch.device("cpu"), precision="fp32")
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-6), n
+
+
+def test_compiled_model_and_loss_give_the_same_loss_and_gradients(shards):
+    """`compiled_lm_loss` (the path `compile = true` and benchmarks/train.py take) against the eager loss."""
+    torch.manual_seed(0)
+    a = Transformer(cfg_for(shards, "/tmp/unused").model)
+    b = Transformer(a.cfg)
+    b.load_state_dict(a.state_dict())
+    x, y = TokenLoader(shards, batch_size=2, seq_len=16, seed=1).next_batch()
+    cpu = torch.device("cpu")
+    eager = accumulate_gradients(a, [(x, y)], device=cpu, precision="fp32")
+    compiled = accumulate_gradients(b, [(x, y)], device=cpu, precision="fp32", loss_fn=compiled_lm_loss(b))
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_loss_drops_on_a_tiny_overfit_set(shards, tmp_path):
