@@ -47,3 +47,13 @@ def test_moving_the_model_drops_the_fusion():
     assert model.blocks[0].attn.qkv is None and model.blocks[0].ffn.gate_up is None
     with torch.no_grad():
         assert model(torch.randint(0, 97, (1, 5))).dtype == torch.float64
+
+
+def test_swapping_a_projection_drops_the_fusion():
+    model = _model()
+    fuse_projections(model)
+    attn, ffn = model.blocks[0].attn, model.blocks[0].ffn
+    attn.k = torch.nn.Linear(attn.k.in_features, attn.k.out_features, bias=False)  # as LoRA or quantization would
+    ffn.up = torch.nn.Linear(ffn.up.in_features, ffn.up.out_features, bias=False)
+    assert attn.qkv is None and ffn.gate_up is None
+    assert model.blocks[1].attn.qkv is not None  # the other layer keeps its fusion

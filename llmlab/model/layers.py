@@ -66,6 +66,11 @@ class FeedForward(nn.Module):
         self.gate_up = None  # moved or cast: the fused copy would be stale
         return super()._apply(fn, recurse)
 
+    def __setattr__(self, name, value):
+        if name in ("gate", "up") and "gate_up" in self.__dict__:
+            self.__dict__["gate_up"] = None  # a projection swapped (LoRA, quantized): the fused copy no longer applies
+        super().__setattr__(name, value)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up is not None and not torch.is_grad_enabled():  # one matmul for gate and up (inference)
             g, u = nn.functional.linear(x, *self.gate_up).chunk(2, dim=-1)

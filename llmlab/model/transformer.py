@@ -54,6 +54,11 @@ class Attention(nn.Module):
         self.qkv = None  # moved or cast: the fused copy would be stale
         return super()._apply(fn, recurse)
 
+    def __setattr__(self, name, value):
+        if name in ("q", "k", "v") and "qkv" in self.__dict__:
+            self.__dict__["qkv"] = None  # a projection swapped (LoRA, quantized): the fused copy no longer applies
+        super().__setattr__(name, value)
+
     def forward(self, x: Tensor, ctx: _Context) -> Tensor:
         B, T, _ = x.shape
         if self.qkv is not None and not torch.is_grad_enabled():  # one matmul for q, k, v (inference)
