@@ -9,7 +9,8 @@
 Prompts are text (needs the model's tokenizer) or token-id lists; `sampling_params` is one
 SamplingParams for all prompts or one per prompt. Engine options are keyword arguments
 (EngineConfig's fields: max_num_seqs, max_num_batched_tokens, kv_cache_memory,
-gpu_memory_utilization, block_size, num_blocks, enable_prefix_caching, ...).
+gpu_memory_utilization, block_size, num_blocks, enable_prefix_caching, fuse_projections,
+compile_decode, ...).
 
 Not here: the step loop (llm_engine.py), serving (serve/).
 """
