@@ -6,7 +6,7 @@ decode: the engine on a Llama-3.2-1B shape (random bf16 weights), batch 1, 128-t
 tokens — ms per step, each CUDA graph's replay time alone, a cProfile of the host side, the eager
 step's kernels (torch.profiler), and the same with compile_decode=True. kernel: the paged decode
 kernel alone inside a CUDA graph (GB/s of K/V read). train: the GPT-2-small step of
-benchmarks/train.py (batch 16, model + loss compiled), optimizer and clipping alone, its kernels.
+benchmarks/train.py (batch 16, model + loss and clip + AdamW compiled), optimizer and clipping alone, its kernels.
 The log of 2026-11-23 (H100 80GB HBM3, torch 2.11, Triton 3.6) is benchmarks/results/gpu_profile_cuda.log;
 it ran before fuse_projections existed and shows the compile_decode failure fixed since (fp64 scale).
 """
@@ -95,7 +95,7 @@ def train_profile():
     cfg = ModelConfig(**SHAPES["gpt2-small"], **GPT2)
     model = Transformer(cfg).cuda().train()
     loss_fn = compiled_lm_loss(model)
-    opt = AdamW(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95))
+    opt = AdamW(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95), compiled=True)  # as train.py
     x = torch.randint(0, cfg.vocab_size, (16, 1025), device="cuda")
     xy = (x[:, :-1], x[:, 1:])
     step = lambda: train_step(model, model, [xy], opt, LossScaler(enabled=False), device=torch.device("cuda"),
@@ -108,7 +108,10 @@ def train_profile():
     print(f"step {(time.perf_counter() - t) / 10 * 1e3:.2f} ms", flush=True)
     params = [p for p in model.parameters()]
     for p in params: p.grad = torch.randn_like(p)
-    print(f"optimizer.step alone {gpu_time(opt.step, 10):.2f} ms; clip {gpu_time(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0), 10):.2f} ms")
+    eager = AdamW(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95))
+    clip = gpu_time(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0), 10)
+    print(f"eager optimizer.step {gpu_time(eager.step, 10):.2f} ms; clip {clip:.2f} ms; "
+          f"compiled clip_and_step {gpu_time(lambda: opt.clip_and_step(1.0), 10):.2f} ms")
     fused = torch.optim.AdamW(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
     print(f"torch fused AdamW step {gpu_time(fused.step, 10):.2f} ms", flush=True)
     opt.zero_grad(set_to_none=True)

@@ -65,7 +65,7 @@ def bench_llmlab(cfg, batch, steps, warmup, device, precision, compile_, recompu
     if recompute:
         apply_activation_checkpointing(model)
     loss_fn = compiled_lm_loss(model) if compile_ else None  # model + loss in one compiled graph
-    opt = AdamW(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95))
+    opt = AdamW(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95), compiled=compile_)  # clip + update fused
     scaler = LossScaler(enabled=False)
     return _time(lambda xy: train_step(model, model, [xy], opt, scaler, device=device, precision=precision,
                                        grad_clip=1.0, loss_fn=loss_fn), cfg, batch, steps, warmup, device)

@@ -96,6 +96,16 @@ def test_compiled_model_and_loss_give_the_same_loss_and_gradients(shards):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
+def test_compiled_training_follows_the_eager_run(shards, tmp_path):
+    """`compile = true`: model + loss and clip + AdamW each one torch.compile'd graph; the losses of the
+    first steps match the eager run's (the GPU benchmark's path, here on the CPU)."""
+    for name, extra in (("eager", {}), ("compiled", {"compile": "true"})):
+        train(cfg_for(shards, tmp_path / name, max_steps=5, eval_every=0, **extra), log=lambda *a: None)
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert len(compiled) == len(eager) == 5
+    assert compiled == pytest.approx(eager, rel=1e-4)
+
+
 def test_loss_drops_on_a_tiny_overfit_set(shards, tmp_path):
     result = train(cfg_for(shards, tmp_path, max_steps=60, lr=1e-2, eval_every=0), log=lambda *a: None)
     curve = losses(tmp_path)

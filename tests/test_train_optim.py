@@ -54,6 +54,35 @@ def test_adamw_matches_torch_step_for_step():
             assert torch.equal(p, q), (step, n)  # same formula, same order of operations: bitwise
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_clip_and_step_matches_clip_grad_norm_then_step(compiled):
+    """AdamW.clip_and_step (clipping fused into the update; torch.compile'd when compiled=True) against
+    torch's clip_grad_norm_ followed by the plain step, with a changing lr and clipping that bites."""
+    torch.manual_seed(0)
+    cfg = CFG.replace(qkv_bias=False)  # a key bias has a zero gradient up to rounding, which Adam amplifies
+    a = Transformer(cfg)
+    b = Transformer(cfg)
+    b.load_state_dict(a.state_dict())
+    fused = AdamW(param_groups(a, 0.1), lr=3e-3, betas=(0.9, 0.95), compiled=compiled)
+    plain = AdamW(param_groups(b, 0.1), lr=3e-3, betas=(0.9, 0.95))
+    ids = torch.randint(0, 40, (3, 9))
+    for step in range(4):
+        for opt in (fused, plain):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, lr=3e-3, warmup_steps=2, max_steps=4)
+        a.loss(ids[:, :-1], ids[:, 1:]).backward()
+        b.loss(ids[:, :-1], ids[:, 1:]).backward()
+        norm = fused.clip_and_step(0.5)
+        ref = torch.nn.utils.clip_grad_norm_(list(b.parameters()), 0.5)
+        plain.step()
+        assert ref > 0.5  # the clip is active
+        torch.testing.assert_close(norm, ref, rtol=1e-5, atol=0)
+        for opt in (fused, plain):
+            opt.zero_grad()
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=f"step {step}: {n}")
+
+
 def test_schedule_warmup_then_cosine_to_floor():
     kw = dict(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(0, **kw) == pytest.approx(0.1)

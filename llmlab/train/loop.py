@@ -100,7 +100,9 @@ def train_step(model, fwd, batches, optimizer, scaler: LossScaler, *, device, pr
     params = [p for p in model.parameters() if p.grad is not None]
     ok = scaler.unscale_and_check(params)
     gnorm = torch.tensor(float("nan"))
-    if ok:
+    if ok and getattr(optimizer, "compiled", False):  # AdamW(compiled=True): clipping fused into the update
+        gnorm = optimizer.clip_and_step(grad_clip if grad_clip > 0 else None)
+    elif ok:
         gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -135,7 +137,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     model = _init_model(cfg).to(device).train()
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
-    optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    optimizer = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                      compiled=cfg.compile)
     scaler = LossScaler(enabled=cfg.precision == "fp16")
     loader = TokenLoader(shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
     eval_batches_available = (shards.val_tokens - 1) // cfg.seq_len

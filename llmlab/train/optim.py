@@ -32,24 +32,63 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class AdamW(torch.optim.Optimizer):
-    """p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), decoupled weight decay."""
+    """p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), decoupled weight decay.
+
+    `clip_and_step(max_norm)` does gradient clipping and the update together; with `compiled=True`
+    that is one torch.compile'd function, so each parameter, gradient and moment is read and written
+    once per step instead of once per line of arithmetic (on an H100 the eager clip + foreach update
+    of GPT-2 small took 3.75 + 3.97 ms of a 38.9 ms step)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01):
+                 weight_decay: float = 0.01, *, compiled: bool = False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.compiled = compiled
+        self._update_fn = None  # clip + update, built on first use
+        self._scalars: dict[str, torch.Tensor] = {}  # lr per group and step on the device (no recompiles)
+
+    def _init_state(self, params: list[torch.Tensor]) -> None:
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)  # on the CPU: reading it never syncs a GPU
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+
+    @torch.no_grad()
+    def clip_and_step(self, max_norm: float | None) -> torch.Tensor:
+        """Clip all gradients to a global L2 norm of `max_norm` (None: no clipping), then step.
+        Returns the norm before clipping, as `torch.nn.utils.clip_grad_norm_` does."""
+        groups = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            self._init_state(params)
+            groups.append(params)
+        everything = [p for params in groups for p in params]
+        if not everything:
+            return torch.zeros(())
+        dev = everything[0].device
+        if not self._scalars:
+            self._scalars = {"step": torch.zeros((), device=dev),
+                             **{f"lr{i}": torch.zeros((), device=dev) for i in range(len(groups))}}
+        self._scalars["step"].fill_(float(self.state[everything[0]]["step"]))  # every parameter steps together
+        for i, group in enumerate(self.param_groups):
+            self._scalars[f"lr{i}"].fill_(group["lr"])
+        if self._update_fn is None:
+            self._update_fn = torch.compile(_clip_adamw) if self.compiled else _clip_adamw
+        hyper = [(g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"]) for g in self.param_groups]
+        return self._update_fn(
+            [[p for p in params] for params in groups], [[p.grad for p in params] for params in groups],
+            [[self.state[p]["exp_avg"] for p in params] for params in groups],
+            [[self.state[p]["exp_avg_sq"] for p in params] for params in groups],
+            [self._scalars[f"lr{i}"] for i in range(len(groups))], self._scalars["step"], hyper, max_norm)
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)  # on the CPU: reading it never syncs a GPU
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
+            self._init_state(params)
             if params and params[0].is_cuda:
                 self._update_foreach(group, params)
             else:
@@ -85,6 +124,24 @@ class AdamW(torch.optim.Optimizer):
         torch._foreach_div_(denom, math.sqrt(bias2))
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, ms, denom, value=-lr / bias1)
+
+
+def _clip_adamw(params, grads, ms, vs, lrs, step, hyper, max_norm):
+    """Global-norm clipping and AdamW over parameter groups, one tensor at a time: under torch.compile
+    each parameter's whole update fuses into one kernel. lr and step are device tensors."""
+    flat = [g for group in grads for g in group]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in flat]))
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0) if max_norm is not None else None
+    for group_p, group_g, group_m, group_v, lr, (b1, b2, eps, wd) in zip(params, grads, ms, vs, lrs, hyper):
+        bias1, bias2 = 1 - b1**step, 1 - b2**step
+        for p, g, m, v in zip(group_p, group_g, group_m, group_v):
+            if coef is not None:
+                g = g * coef.to(g.dtype)
+            p.mul_(1 - lr * wd)
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.sub_(lr / bias1 * m / (v.sqrt() / bias2.sqrt() + eps))
+    return total
 
 
 def lr_at(step: int, *, lr: float, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.1) -> float:
