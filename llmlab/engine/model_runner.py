@@ -100,11 +100,12 @@ class ModelRunner:
 
     def _blocks_from_memory(self) -> int:
         per_block = PagedKVCache.bytes_per_block(self.cfg, self.block_size, self.dtype)
+        if self.device.type == "cuda":
+            gc.collect()  # engines nobody references any more give their caches back first
+            torch.cuda.empty_cache()
         if self.config.kv_cache_memory is not None:
             budget = self.config.kv_cache_memory  # an explicit budget wins over gpu_memory_utilization (as vLLM)
             if self.device.type == "cuda":
-                gc.collect()  # engines nobody references any more give their caches back first
-                torch.cuda.empty_cache()
                 free = torch.cuda.mem_get_info(self.device)[0]
                 if budget > free:
                     raise ConfigError(f"kv_cache_memory ({budget / 2**30:.2f} GiB) is more than the GPU has free "
@@ -122,8 +123,6 @@ class ModelRunner:
 
     def _cuda_kv_budget(self) -> int:
         """Bytes left for KV after weights and a warm-up forward of a full token budget."""
-        gc.collect()  # engines nobody references any more give their caches back first
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
         n = min(self.config.max_num_batched_tokens, self.max_model_len)
         tmp = PagedKVCache.allocate(self.cfg, -(-n // self.block_size), self.block_size, dtype=self.dtype,

@@ -50,8 +50,28 @@ _ACT = {
 }
 
 
-class FeedForward(nn.Module):
+class FusedProjections(nn.Module):
+    """A module that may hold a fused (weight, bias) copy of some of its Linear projections (set by
+    transformer.fuse_projections) in the attribute `_fused_attr`; the copy is dropped when the module is
+    moved or cast, or when one of `_fused_parts` is swapped (LoRA, quantization), since it would be stale."""
+
+    _fused_attr: str = ""
+    _fused_parts: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__[self._fused_attr] = None
+        return super()._apply(fn, recurse)
+
+    def __setattr__(self, name, value):
+        if name in self._fused_parts and self._fused_attr in self.__dict__:
+            self.__dict__[self._fused_attr] = None
+        super().__setattr__(name, value)
+
+
+class FeedForward(FusedProjections):
     """down(act(up(x))), or down(act(gate(x)) * up(x)) when gated (SwiGLU, Shazeer 2020)."""
+
+    _fused_attr, _fused_parts = "gate_up", ("gate", "up")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -61,15 +81,6 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(f, d, bias=bias)
         self.act = _ACT[cfg.activation]
         self.gate_up: tuple[Tensor, Tensor | None] | None = None  # fused (weight, bias): transformer.fuse_projections
-
-    def _apply(self, fn, recurse=True):
-        self.gate_up = None  # moved or cast: the fused copy would be stale
-        return super()._apply(fn, recurse)
-
-    def __setattr__(self, name, value):
-        if name in ("gate", "up") and "gate_up" in self.__dict__:
-            self.__dict__["gate_up"] = None  # a projection swapped (LoRA, quantized): the fused copy no longer applies
-        super().__setattr__(name, value)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up is not None and not torch.is_grad_enabled():  # one matmul for gate and up (inference)

@@ -31,11 +31,13 @@ from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
 from llmlab.model.attention import BACKENDS, attend, causal_mask
 from llmlab.model.cache import KVCache, PagedKVCache
-from llmlab.model.layers import (FeedForward, RMSNorm, alibi_bias, alibi_slopes, apply_rope, make_norm,
-                                 rope_cos_sin, rope_inv_freq, sinusoidal_embedding)
+from llmlab.model.layers import (FeedForward, FusedProjections, RMSNorm, alibi_bias, alibi_slopes, apply_rope,
+                                 make_norm, rope_cos_sin, rope_inv_freq, sinusoidal_embedding)
 
 
-class Attention(nn.Module):
+class Attention(FusedProjections):
+    _fused_attr, _fused_parts = "qkv", ("q", "k", "v")
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
@@ -49,15 +51,6 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.hd, cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
         self.qkv: tuple[Tensor, Tensor | None] | None = None  # fused (weight, bias): see fuse_projections
-
-    def _apply(self, fn, recurse=True):
-        self.qkv = None  # moved or cast: the fused copy would be stale
-        return super()._apply(fn, recurse)
-
-    def __setattr__(self, name, value):
-        if name in ("q", "k", "v") and "qkv" in self.__dict__:
-            self.__dict__["qkv"] = None  # a projection swapped (LoRA, quantized): the fused copy no longer applies
-        super().__setattr__(name, value)
 
     def forward(self, x: Tensor, ctx: _Context) -> Tensor:
         B, T, _ = x.shape

@@ -157,7 +157,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
             start = state["step"]
             log(f"resumed from {ckpt} (step {start})")
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume else None)
-    fwd = model
     loss_fn = compiled_lm_loss(model) if cfg.compile else None
     # 6 x matmul weights (the LM head included: its matmul is real work) + the attention term.
     flops_per_token = estimate_flops_per_token(model.cfg, cfg.seq_len).train
@@ -182,7 +181,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
         for g in optimizer.param_groups:
             g["lr"] = lr
         batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
-        loss_t, gnorm_t, ok = train_step(model, fwd, batches, optimizer, scaler, device=device,
+        loss_t, gnorm_t, ok = train_step(model, model, batches, optimizer, scaler, device=device,
                                          precision=cfg.precision, grad_clip=cfg.grad_clip, loss_fn=loss_fn)
         tokens_since += cfg.tokens_per_step
         done = step + 1

@@ -44,7 +44,8 @@ class AdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.compiled = compiled
         self._update_fn = None  # clip + update, built on first use
-        self._scalars: dict[str, torch.Tensor] = {}  # lr per group and step on the device (no recompiles)
+        self._step_t: torch.Tensor | None = None  # step and per-group lr on the device: no recompiles
+        self._lr_t: list[torch.Tensor] = []
 
     def _init_state(self, params: list[torch.Tensor]) -> None:
         for p in params:
@@ -67,21 +68,20 @@ class AdamW(torch.optim.Optimizer):
         everything = [p for params in groups for p in params]
         if not everything:
             return torch.zeros(())
-        dev = everything[0].device
-        if not self._scalars:
-            self._scalars = {"step": torch.zeros((), device=dev),
-                             **{f"lr{i}": torch.zeros((), device=dev) for i in range(len(groups))}}
-        self._scalars["step"].fill_(float(self.state[everything[0]]["step"]))  # every parameter steps together
-        for i, group in enumerate(self.param_groups):
-            self._scalars[f"lr{i}"].fill_(group["lr"])
-        if self._update_fn is None:
+        if self._step_t is None:
+            dev = everything[0].device
+            self._step_t = torch.zeros((), device=dev)
+            self._lr_t = [torch.zeros((), device=dev) for _ in groups]
             self._update_fn = torch.compile(_clip_adamw) if self.compiled else _clip_adamw
+        self._step_t.fill_(float(self.state[everything[0]]["step"]))  # every parameter steps together
+        for lr_t, group in zip(self._lr_t, self.param_groups):
+            lr_t.fill_(group["lr"])
         hyper = [(g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"]) for g in self.param_groups]
         return self._update_fn(
-            [[p for p in params] for params in groups], [[p.grad for p in params] for params in groups],
+            groups, [[p.grad for p in params] for params in groups],
             [[self.state[p]["exp_avg"] for p in params] for params in groups],
             [[self.state[p]["exp_avg_sq"] for p in params] for params in groups],
-            [self._scalars[f"lr{i}"] for i in range(len(groups))], self._scalars["step"], hyper, max_norm)
+            self._lr_t, self._step_t, hyper, max_norm)
 
     @torch.no_grad()
     def step(self, closure=None):
