@@ -81,9 +81,10 @@ class PagedKVCache:
     @classmethod
     def allocate(cls, cfg: ModelConfig, num_blocks: int, block_size: int, *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> PagedKVCache:
-        kv = torch.zeros(2, cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim,
-                         dtype=dtype, device=device)
-        return cls(kv[0], kv[1], block_size)
+        shape = (cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim)
+        # Two separate tensors, not views of one: the compiled write below then mutates graph inputs in place.
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device),
+                   block_size)
 
     @staticmethod
     def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -102,7 +103,24 @@ class PagedKVCache:
 
     def update(self, layer: int, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
         """Write (1, Hkv, N, hd) at `meta.slot_mapping`; return the layer's pools (num_slots, Hkv, hd)."""
-        slots = self.meta.slot_mapping
-        self.k[layer].index_copy_(0, slots, k_new[0].transpose(0, 1).to(self.k.dtype))  # (N, Hkv, hd)
-        self.v[layer].index_copy_(0, slots, v_new[0].transpose(0, 1).to(self.v.dtype))
+        k_rows = k_new[0].transpose(0, 1).to(self.k.dtype)  # (N, Hkv, hd)
+        v_rows = v_new[0].transpose(0, 1).to(self.v.dtype)
+        if torch.compiler.is_compiling():
+            # Traced, an in-place write into a slice of the pools is functionalised into a copy of the
+            # whole pool per layer and step (measured: compiled decode time grew with the cache size).
+            # As an opaque op that declares what it mutates, Inductor keeps it in place.
+            torch.ops.llmlab.paged_kv_write(self.k, self.v, layer, self.meta.slot_mapping, k_rows, v_rows)
+        else:
+            _write(self.k, self.v, layer, self.meta.slot_mapping, k_rows, v_rows)
         return self.k[layer], self.v[layer]
+
+
+def _write(k_pages: Tensor, v_pages: Tensor, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
+    k_pages[layer].index_copy_(0, slots, k)
+    v_pages[layer].index_copy_(0, slots, v)
+
+
+@torch.library.custom_op("llmlab::paged_kv_write", mutates_args=("k_pages", "v_pages"))
+def paged_kv_write(k_pages: Tensor, v_pages: Tensor, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
+    """Write one layer's new K/V rows (N, Hkv, hd) at `slots` of the (layers, num_slots, Hkv, hd) pools."""
+    _write(k_pages, v_pages, layer, slots, k, v)
