@@ -12,7 +12,7 @@ from torch import nn
 
 from llmlab import ModelConfig, Transformer
 from llmlab.engine import LLM, SamplingParams
-from llmlab.kernels.cpu_linear import PackedLinear, pack_linears, packing_supported
+from llmlab.kernels.cpu_linear import PackedLinear, pack_linears, packing_supported, tune_packing
 from llmlab.model.attention import PagedMetadata, PagedSegment, paged_attend
 
 needs_packing = pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
@@ -151,3 +151,40 @@ def test_paged_decode_attention_matches_dense(dtype):
         want = F.scaled_dot_product_attention(q[0, :, r:r + 1].float(), k, v)  # (H, 1, hd)
         tol = 1e-5 if dtype == torch.float32 else 1e-2
         torch.testing.assert_close(out[0, :, r:r + 1].float(), want, atol=tol, rtol=tol)
+
+
+@needs_packing
+def test_min_rows_sends_small_batches_to_f_linear():
+    torch.manual_seed(0)
+    lin = PackedLinear.from_linear(nn.Linear(256, 256))
+    lin.min_rows = 4
+    with torch.no_grad():
+        one = torch.randn(1, 256)
+        torch.testing.assert_close(lin(one), F.linear(one, lin.weight, lin.bias))
+        assert lin._packed is None  # 1 row < min_rows: F.linear, nothing packed
+        four = torch.randn(4, 256)
+        torch.testing.assert_close(lin(four), F.linear(four, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+        assert lin._packed is not None
+
+
+@needs_packing
+def test_tune_packing_picks_the_rows_from_which_packing_wins():
+    m = model()
+    pack_linears(m)
+    packed = [x for x in m.modules() if isinstance(x, PackedLinear)]
+    # fake timings: MKL wins at 1 and 2 rows, oneDNN from 4 rows on (as measured on a 2-core Xeon in fp32)
+    wins_from = {1: False, 2: False, 4: True, 8: True}
+    table = tune_packing(m, rows=(1, 2, 4, 8), repeats=1,
+                         timer=lambda layers, r, p: (1.0 if p == wins_from[r] else 2.0))
+    assert [t["rows"] for t in table] == [1, 2, 4, 8]
+    assert {x.min_rows for x in packed} == {4}
+    tune_packing(m, rows=(1, 16), repeats=1, timer=lambda layers, r, p: 1.0 if p else 2.0)
+    assert {x.min_rows for x in packed} == {1}  # packing always wins
+    tune_packing(m, rows=(1, 16), repeats=1, timer=lambda layers, r, p: 2.0 if p else 1.0)
+    assert {x.min_rows for x in packed} == {17}  # never
+    table = tune_packing(m, rows=(1, 2), repeats=2)  # the real measurement runs and sets a valid threshold
+    assert len(table) == 2 and all(t["f_linear_ms"] > 0 and t["packed_ms"] > 0 for t in table)
+    assert {x.min_rows for x in packed} <= {1, 2, 3}
+    ids = torch.randint(0, 300, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids), model()(ids), atol=1e-4, rtol=1e-4)

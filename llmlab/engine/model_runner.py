@@ -17,7 +17,8 @@ Attention. Prefill chunks gather their sequence's K/V slots and run SDPA (model/
 Decode rows do the same on CPU; on CUDA with Triton installed (`paged_kernel="auto"`) they run
 kernels/paged_attention.py, which reads K/V in place through the block tables instead of copying
 every row's whole context once per layer and step. On CPU the linears are oneDNN-packed
-(kernels/cpu_linear.py, `cpu_pack_linears`).
+(kernels/cpu_linear.py, `cpu_pack_linears`) for the row counts where a start-up timing shows oneDNN beating
+MKL on this CPU (`tune_packing`).
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
 context; graphs are captured lazily per (batch bucket, context bucket) — batch padded up to
@@ -42,7 +43,7 @@ from llmlab.engine.sampler import SamplingBatch, sample
 from llmlab.engine.scheduler import ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
-from llmlab.kernels.cpu_linear import pack_linears
+from llmlab.kernels.cpu_linear import pack_linears, tune_packing
 from llmlab.kernels.paged_attention import available as paged_kernel_available
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
 from llmlab.model.cache import PagedKVCache
@@ -62,7 +63,9 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         if self.device.type == "cpu" and config.cpu_pack_linears:
-            pack_linears(model)  # same parameters, faster CPU matmuls; a no-op where oneDNN cannot pack
+            if pack_linears(model):  # same parameters, faster CPU matmuls; a no-op where oneDNN cannot pack
+                # ... at the row counts where oneDNN beats MKL on this CPU (timed here, under a second)
+                tune_packing(model, rows=tuple(r for r in (1, 2, 4, 8, 16) if r <= config.max_num_seqs))
         if config.fuse_projections:
             fuse_projections(model)  # skips packed linears: on CPU it applies only with cpu_pack_linears=False
         self.decode_kernel = self._use_decode_kernel(config.paged_kernel)

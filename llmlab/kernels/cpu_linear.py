@@ -20,6 +20,7 @@ than fp32 (and bf16 where the CPU has bf16 instructions) — also after a later 
 `.to("cuda")`. Cost: one packed copy of each weight.
 
     pack_linears(model)   # swap every nn.Linear in place; returns how many were swapped
+    tune_packing(model)   # time packed vs F.linear per row count on this CPU; set each min_rows
 
 Reference: PyTorch inductor `fx_passes/mkldnn_fusion.py` (the packing that freezing applies).
 """
@@ -60,6 +61,7 @@ class PackedLinear(nn.Linear):
     """nn.Linear whose inference forward multiplies by a oneDNN-packed copy of the weight."""
 
     batch_hint: int = 16  # the row count oneDNN lays the weight out for (decode batches)
+    min_rows: int = 1  # fewer rows than this go to F.linear (tune_packing: where MKL's GEMV wins on this CPU)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  dtypes: tuple[torch.dtype, ...] | None = None) -> None:
@@ -85,7 +87,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if (torch.is_grad_enabled() and w.requires_grad or w.device.type != "cpu" or x.dtype != w.dtype
-                or w.dtype not in self._dtypes):
+                or w.dtype not in self._dtypes or x.numel() < self.min_rows * self.in_features):
             return F.linear(x, w, self.bias)
         key = (w.data_ptr(), None if w.is_inference() else w._version, w.dtype)
         if self._packed_from != key:
@@ -121,3 +123,47 @@ def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
                 setattr(parent, name, PackedLinear.from_linear(child, dtypes))
                 swapped += 1
     return swapped
+
+
+def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16), repeats: int = 3,
+                 timer=None) -> list[dict]:
+    """Time the model's packed linears against F.linear at each row count (weights streamed, as in a decode
+    step) and set every PackedLinear's `min_rows` to the smallest count from which packing wins at every
+    larger measured count; returns the timings. Which kernel wins depends on the CPU: on a 2-core Intel
+    Xeon MKL's fp32 GEMV beat oneDNN at 1-2 rows (17.1 vs 23.7 ms per SmolLM2 step), on a Zen 4 EPYC
+    oneDNN won at every count (benchmarks/results/cpu_linear*.json). `timer(layers, rows, packed) -> ms`
+    replaces the measurement (tests)."""
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear) and m.weight.dtype in m._dtypes
+              and m.weight.device.type == "cpu"]
+    if not layers:
+        return []
+    timer = timer or _time_layers
+    table = []
+    with torch.inference_mode():
+        for r in rows:
+            plain = packed = float("inf")
+            for _ in range(repeats):  # alternate, keep the best: other jobs share the cores
+                plain = min(plain, timer(layers, r, False))
+                packed = min(packed, timer(layers, r, True))
+            table.append({"rows": r, "f_linear_ms": round(plain, 3), "packed_ms": round(packed, 3)})
+    min_rows = max(rows) + 1 if table[-1]["packed_ms"] >= table[-1]["f_linear_ms"] else 1
+    for entry in reversed(table):
+        if entry["packed_ms"] >= entry["f_linear_ms"]:
+            break
+        min_rows = entry["rows"]
+    for m in layers:
+        m.min_rows = min_rows
+    return table
+
+
+def _time_layers(layers: list[PackedLinear], rows: int, packed: bool) -> float:
+    import time
+
+    dtype = layers[0].weight.dtype
+    xs = {m.in_features: torch.randn(rows, m.in_features, dtype=dtype) for m in layers}
+    for m in layers:
+        m.min_rows = 1 if packed else rows + 1
+    t0 = time.perf_counter()
+    for m in layers:
+        m(xs[m.in_features])
+    return (time.perf_counter() - t0) * 1e3
