@@ -27,6 +27,8 @@ Reference: PyTorch inductor `fx_passes/mkldnn_fusion.py` (the packing that freez
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -146,7 +148,7 @@ def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16), rep
                 plain = min(plain, timer(layers, r, False))
                 packed = min(packed, timer(layers, r, True))
             table.append({"rows": r, "f_linear_ms": round(plain, 3), "packed_ms": round(packed, 3)})
-    min_rows = max(rows) + 1 if table[-1]["packed_ms"] >= table[-1]["f_linear_ms"] else 1
+    min_rows = max(rows) + 1  # never packed, unless it wins from some count on
     for entry in reversed(table):
         if entry["packed_ms"] >= entry["f_linear_ms"]:
             break
@@ -157,8 +159,6 @@ def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16), rep
 
 
 def _time_layers(layers: list[PackedLinear], rows: int, packed: bool) -> float:
-    import time
-
     dtype = layers[0].weight.dtype
     xs = {m.in_features: torch.randn(rows, m.in_features, dtype=dtype) for m in layers}
     for m in layers:
