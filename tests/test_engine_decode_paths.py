@@ -1,4 +1,5 @@
-"""The engine's optional decode paths give the same greedy tokens: fused projections, compiled decode step."""
+"""The engine's optional decode paths give the same greedy tokens: fused projections, compiled decode step
+(on CPU: Inductor with frozen weights, one graph for every batch size and context length)."""
 
 import pytest
 import torch
@@ -17,12 +18,12 @@ def cfg():
                        intermediate_size=96, max_position_embeddings=256)
 
 
-def greedy(cfg, **options) -> dict[str, list[int]]:
-    torch.manual_seed(0)
+def greedy(cfg, seed: int = 0, max_tokens=(12, 12, 12), **options) -> dict[str, list[int]]:
+    torch.manual_seed(seed)
     model = Transformer(cfg).eval()  # a fresh copy each time: fusion changes the module in place
     engine = LLMEngine(model, None, EngineConfig(block_size=4, cpu_pack_linears=False, **options), pad_decode=True)
-    for i, p in enumerate(PROMPTS):
-        engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+    for i, (p, m) in enumerate(zip(PROMPTS, max_tokens)):
+        engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=m, ignore_eos=True))
     out = {}
     while engine.has_unfinished_requests():
         out |= {o.request_id: o.outputs[0].token_ids for o in engine.step() if o.finished}
@@ -37,10 +38,42 @@ def test_compiled_decode_step_gives_the_same_tokens(cfg):
     assert greedy(cfg, compile_decode=True) == greedy(cfg, fuse_projections=False)
 
 
+def test_compiled_cpu_decode_is_one_graph_for_every_batch_and_context(cfg):
+    """The batch shrinks 3 -> 2 -> 1 (padded to 2) while contexts cross block boundaries: on the real model each
+    recompile would cost about a minute on two cores, so exactly one graph may be compiled."""
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    lengths = (3, 9, 30)
+    assert greedy(cfg, max_tokens=lengths, compile_decode=True) == greedy(cfg, max_tokens=lengths)
+    assert counters["stats"]["unique_graphs"] - before == 1
+
+
+def test_compiled_engines_keep_their_own_frozen_weights(cfg):
+    """Two engines in one process share the compiled function's code: each must run its own weights."""
+    a, b = greedy(cfg, seed=1, compile_decode=True), greedy(cfg, seed=2, compile_decode=True)
+    assert a == greedy(cfg, seed=1) and b == greedy(cfg, seed=2) and a != b
+
+
+def test_changing_weights_after_a_frozen_compile_is_refused(cfg):
+    from llmlab.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    engine = LLMEngine(model, None, EngineConfig(block_size=4, compile_decode=True))
+    engine.add_request("0", [1, 2, 3], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    for _ in range(3):  # prefill, then compiled decode steps
+        engine.step()
+    with torch.no_grad():
+        model.blocks[0].ffn.down.weight.mul_(2.0)  # as an RL trainer would between rollouts
+    with pytest.raises(ConfigError, match="weights changed after compile_decode"):
+        engine.step()
+
+
 def test_compiled_decode_writes_the_cache_in_place(cfg):
-    """Traced, an in-place write into a slice of the KV pools became a copy of every whole pool per layer and
-    step (decode time grew with the cache: 0.5 -> 19 ms per step at 8192 blocks); the cache write is an opaque
-    op now, so a compiled step costs about the same with a small and a 64x larger cache."""
+    """Traced, an in-place write into a view of one big KV tensor became a copy of the whole pool per layer and
+    step (decode time grew with the cache: 0.5 -> 19 ms per step at 8192 blocks); each layer's pool is its own
+    tensor now, so a compiled step costs about the same with a small and a 64x larger cache."""
     import time
 
     def step_ms(num_blocks: int) -> float:

@@ -12,8 +12,9 @@ from torch import nn
 
 from llmlab import ModelConfig, Transformer
 from llmlab.engine import LLM, SamplingParams
-from llmlab.kernels.cpu_linear import PackedLinear, pack_linears, packing_supported, tune_packing
+from llmlab.kernels.cpu_linear import PackedLinear, pack_linears, packed_layers, packing_supported, tune_packing
 from llmlab.model.attention import PagedMetadata, PagedSegment, paged_attend
+from llmlab.model.transformer import fuse_projections
 
 needs_packing = pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
 
@@ -128,10 +129,29 @@ def test_engine_packs_on_cpu_and_greedy_is_unchanged():
     params = SamplingParams(temperature=0, max_tokens=10)
     packed_llm = LLM(model(), block_size=4)
     unpacked_llm = LLM(model(), block_size=4, cpu_pack_linears=False)
-    assert isinstance(packed_llm.model.blocks[0].attn.q, PackedLinear)
-    assert type(unpacked_llm.model.blocks[0].attn.q) is nn.Linear
+    attn = packed_llm.model.blocks[0].attn
+    assert isinstance(attn.qkv, PackedLinear) and isinstance(attn.o, PackedLinear)  # fused first, then packed
+    assert type(attn.q) is nn.Linear  # the parts stay plain: one packed copy per weight
+    assert type(unpacked_llm.model.blocks[0].attn.qkv) is nn.Linear
     for llm in (packed_llm, unpacked_llm):
         assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == refs
+
+
+@needs_packing
+def test_fused_projections_are_packed_and_follow_weight_updates():
+    m = model()
+    ids = torch.randint(0, 300, (2, 7))
+    with torch.no_grad():
+        ref = m(ids)
+        assert fuse_projections(m) == 4 and pack_linears(m) == 2 * 4 + 1  # per layer qkv, o, gate_up, down; lm_head
+        ffn = m.blocks[0].ffn
+        assert isinstance(ffn.gate_up, PackedLinear) and type(ffn.gate) is nn.Linear
+        assert len(packed_layers(m)) == 2 * 4 + 1 and len(tune_packing(m, rows=(1,), repeats=1)) == 1
+        torch.testing.assert_close(m(ids), ref, atol=1e-5, rtol=1e-5)
+        ffn.up.weight.mul_(2.0)  # an in-place update of a part (a view of the fused weight) must repack
+        plain = model()
+        plain.blocks[0].ffn.up.weight.mul_(2.0)
+        torch.testing.assert_close(m(ids), plain(ids), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

@@ -37,7 +37,7 @@ def test_fused_model_still_trains_and_updates_show_in_the_fused_weight():
     assert attn.q.weight.grad is not None and model.blocks[0].ffn.gate.weight.grad is not None
     with torch.no_grad():
         attn.k.weight.add_(1.0)  # an in-place update (optimizer, load_state_dict) reaches the fused copy
-    assert torch.equal(attn.qkv[0][attn.q.weight.shape[0]:][:attn.k.weight.shape[0]], attn.k.weight)
+    assert torch.equal(attn.qkv.weight[attn.q.weight.shape[0]:][:attn.k.weight.shape[0]], attn.k.weight)
 
 
 def test_moving_the_model_drops_the_fusion():

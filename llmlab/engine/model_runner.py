@@ -27,6 +27,13 @@ memory pool, and replayed with the step's inputs copied into static buffers. Pad
 scratch block. The graphed function is the same `_decode_logits` the eager path runs, so CPU
 tests cover its maths; `pad_decode=True` makes the CPU take the padded (graph-shaped) path too.
 
+Compiled CPU decode (`compile_decode=True`). Eager decode of a small model on a CPU spends a third
+of each step dispatching ~2,000 small ops (norms, RoPE, residuals, cache writes). The decode step is
+then one Inductor graph with the weights frozen in (`_FrozenDecode`): Inductor packs the linears
+for oneDNN and fuses the rest into a few C++ loops. One graph serves every batch size and context
+length (both symbolic, padded to at least 2); it compiles once, in about a minute for SmolLM2-135M
+on two cores; weights changed in place afterwards are refused with an error.
+
 Not here: which tokens to run (scheduler.py), stop rules (scheduler.py, llm_engine.py).
 Reference: nano-vllm `engine/model_runner.py`; vLLM `worker/gpu_model_runner.py`.
 """
@@ -62,12 +69,13 @@ class ModelRunner:
         self.config = config
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        if self.device.type == "cpu" and config.cpu_pack_linears:
+        if config.fuse_projections:
+            fuse_projections(model)  # before packing: the fused q/k/v and gate/up Linears are packed then
+        self.compile_cpu = config.compile_decode and self.device.type == "cpu"
+        if self.device.type == "cpu" and config.cpu_pack_linears and not self.compile_cpu:
             if pack_linears(model):  # same parameters, faster CPU matmuls; a no-op where oneDNN cannot pack
                 # ... at the row counts where oneDNN beats MKL on this CPU (timed here, under a second)
                 tune_packing(model, rows=tuple(r for r in (1, 2, 4, 8, 16) if r <= config.max_num_seqs))
-        if config.fuse_projections:
-            fuse_projections(model)  # skips packed linears: on CPU it applies only with cpu_pack_linears=False
         self.decode_kernel = self._use_decode_kernel(config.paged_kernel)
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len or self.cfg.max_position_embeddings
@@ -82,12 +90,14 @@ class ModelRunner:
         self.scratch = self.num_blocks
         self.shared_generator = torch.Generator(self.device).manual_seed(config.seed)
         self.generators: dict[int, torch.Generator] = {}  # seq_id -> its own stream (seeded requests)
-        # The decode step, compiled on request (one graph for every batch and context bucket: dynamic shapes).
+        # The decode step, compiled on request (one graph for every batch and context size: dynamic shapes).
         self.decode_fn = self._decode_logits
-        if config.compile_decode:
+        if self.compile_cpu:  # weights frozen into the graph: Inductor packs the linears, fuses the rest
+            self.decode_fn = _FrozenDecode(self._decode_logits, model)
+        elif config.compile_decode:
             self.decode_fn = torch.compile(self._decode_logits, dynamic=True)
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
-        self.pad_decode = pad_decode or self.use_graphs
+        self.pad_decode = pad_decode or self.use_graphs or self.compile_cpu
         self.graphs = _DecodeGraphs(self) if self.use_graphs else None
 
     def _use_decode_kernel(self, choice: str) -> bool:
@@ -163,7 +173,7 @@ class ModelRunner:
         """Run a scheduled step; return {seq_id: (token, logprob, top logprobs)} for sampling rows."""
         sampling = [i for i in range(len(batch)) if batch.samples(i)]
         decode_only = all(n == 1 for n in batch.num_tokens)
-        if decode_only and self.pad_decode and len(batch) <= self.config.cuda_graph_max_bs:
+        if decode_only and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
             logits = self._run_decode_padded(batch.seqs)[sampling]
         else:
             logits = self._run_mixed(batch, sampling)
@@ -217,9 +227,13 @@ class ModelRunner:
         return tables, ctx
 
     def _run_decode_padded(self, seqs: list[Sequence]) -> Tensor:
-        """Decode-only step in graph shape: batch and context padded to buckets (replayed on CUDA)."""
-        b = _bucket_batch(len(seqs))
-        nb = min(_bucket_blocks(max(len(s.block_table) for s in seqs)), self.max_blocks_per_seq)
+        """Decode-only step in graph shape: batch and context padded to buckets (replayed on CUDA). Compiled on
+        CPU, one graph takes every size from 2 up (Dynamo specialises sizes 0 and 1), so both are padded to 2."""
+        nb = max(len(s.block_table) for s in seqs)
+        if self.compile_cpu:
+            b, nb = max(2, len(seqs)), max(2, nb)
+        else:
+            b, nb = _bucket_batch(len(seqs)), min(_bucket_blocks(nb), self.max_blocks_per_seq)
         tables, ctx = self._decode_tables(seqs, max_blocks=nb)
         pad = b - len(seqs)
         ids = [s.token_ids[s.num_computed_tokens] for s in seqs] + [0] * pad
@@ -305,6 +319,30 @@ def decode_segment(q_start: int, tables: Tensor, ctx: Tensor, block_size: int, w
         mask = mask & (offs[None, :] > ctx[:, None] - 1 - window)
     return PagedSegment(q_start, B, 1, key_slots, mask[:, None, None, :],  # mask (B, 1, 1, Lk)
                         block_tables=tables, context_lens=ctx, block_size=block_size, window=window)
+
+
+class _FrozenDecode:
+    """The CPU decode step compiled with Inductor's freezing: the weights become constants of the graph, so
+    Inductor packs the linears for oneDNN itself and fuses the rest. Dynamo reads the flag while tracing, so
+    it is set around each call rather than passed as a compile option. Sizes are marked dynamic, not
+    `dynamic=True`, which would also trace float attributes (eps, dropout p) as inputs and restart the
+    analysis. A weight changed in place after the first compile would be silently ignored: that is refused."""
+
+    def __init__(self, fn, model: Transformer):
+        self.compiled = torch.compile(fn)
+        self.params = list(model.parameters())
+        self.version: int | None = None
+
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        version = sum(p._version for p in self.params)  # bumped by every in-place write (optimizer, load)
+        if self.version is not None and version != self.version:
+            raise ConfigError("the model's weights changed after compile_decode compiled them into the CPU decode "
+                              "step; build a new LLM after changing weights, or use compile_decode=False.")
+        self.version = version
+        for t in inputs:  # batch and block-table width symbolic from the first compile on (sizes >= 2)
+            torch._dynamo.mark_dynamic(t, tuple(range(t.dim())))
+        with torch._inductor.config.patch(freezing=True):
+            return self.compiled(*inputs)
 
 
 def _bucket_batch(n: int) -> int:

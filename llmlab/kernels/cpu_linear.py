@@ -19,7 +19,7 @@ a stale copy. It falls back to `F.linear` while autograd records, off CPU, and f
 than fp32 (and bf16 where the CPU has bf16 instructions) — also after a later `.half()` or
 `.to("cuda")`. Cost: one packed copy of each weight.
 
-    pack_linears(model)   # swap every nn.Linear in place; returns how many were swapped
+    pack_linears(model)   # swap every nn.Linear (and fused projection) in place; returns how many
     tune_packing(model)   # time packed vs F.linear per row count on this CPU; set each min_rows
 
 Reference: PyTorch inductor `fx_passes/mkldnn_fusion.py` (the packing that freezing applies).
@@ -32,6 +32,8 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from llmlab.model.layers import FusedProjections
 
 
 def packing_supported(dtype: torch.dtype) -> bool:
@@ -89,6 +91,7 @@ class PackedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if (torch.is_grad_enabled() and w.requires_grad or w.device.type != "cpu" or x.dtype != w.dtype
+                or torch.compiler.is_compiling()  # traced: Inductor's freezing packs the weight itself
                 or w.dtype not in self._dtypes or x.numel() < self.min_rows * self.in_features):
             return F.linear(x, w, self.bias)
         key = (w.data_ptr(), None if w.is_inference() else w._version, w.dtype)
@@ -107,7 +110,9 @@ class PackedLinear(nn.Linear):
 
 def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
     """Swap every plain nn.Linear of `model` with at least `min_numel` weights for a PackedLinear in
-    place; return the number swapped.
+    place, and likewise the fused projections of `transformer.fuse_projections` (fuse first: one packed
+    q/k/v call instead of three); return the number swapped. The parts of a fused group stay plain: the
+    fused Linear is what inference runs, and packing both would keep two packed copies.
 
     Small weights stay plain: oneDNN's call costs about 20 us against F.linear's 6 us, which only
     pays off once the weight no longer sits in cache (measured: 64x64 6.8 vs 21.8 us; 256x256 at
@@ -120,11 +125,24 @@ def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
     dtypes = _packable_dtypes()  # all of them: the model may be converted later
     swapped = 0
     for parent in list(model.modules()):
+        skip: tuple[str, ...] = ()
+        if isinstance(parent, FusedProjections) and parent.fused is not None:
+            skip = parent._fused_parts
+            if type(parent.fused) is nn.Linear and parent.fused.weight.numel() >= min_numel:
+                parent.set_fused(PackedLinear.from_linear(parent.fused, dtypes))
+                swapped += 1
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and child.weight.numel() >= min_numel:
+            if name not in skip and type(child) is nn.Linear and child.weight.numel() >= min_numel:
                 setattr(parent, name, PackedLinear.from_linear(child, dtypes))
                 swapped += 1
     return swapped
+
+
+def packed_layers(model: nn.Module) -> list[PackedLinear]:
+    """Every PackedLinear `model` runs: its submodules and its fused projections."""
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    layers += [m.fused for m in model.modules() if isinstance(m, FusedProjections) and isinstance(m.fused, PackedLinear)]
+    return layers
 
 
 def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16), repeats: int = 3,
@@ -135,8 +153,7 @@ def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16), rep
     Xeon MKL's fp32 GEMV beat oneDNN at 1-2 rows (17.1 vs 23.7 ms per SmolLM2 step), on a Zen 4 EPYC
     oneDNN won at every count (benchmarks/results/cpu_linear*.json). `timer(layers, rows, packed) -> ms`
     replaces the measurement (tests)."""
-    layers = [m for m in model.modules() if isinstance(m, PackedLinear) and m.weight.dtype in m._dtypes
-              and m.weight.device.type == "cpu"]
+    layers = [m for m in packed_layers(model) if m.weight.dtype in m._dtypes and m.weight.device.type == "cpu"]
     if not layers:
         return []
     timer = timer or _time_layers

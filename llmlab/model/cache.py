@@ -73,18 +73,20 @@ class KVCache:
 
 @dataclass
 class PagedKVCache:
-    k: Tensor  # (layers, num_slots, Hkv, hd), num_slots = num_blocks * block_size
-    v: Tensor
+    k: list[Tensor]  # per layer (num_slots, Hkv, hd), num_slots = num_blocks * block_size
+    v: list[Tensor]
     block_size: int
     meta: PagedMetadata | None = None  # this forward's slots; set by the engine's model runner
 
     @classmethod
     def allocate(cls, cfg: ModelConfig, num_blocks: int, block_size: int, *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> PagedKVCache:
-        shape = (cfg.num_layers, num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim)
-        # Two separate tensors, not views of one: the compiled write below then mutates graph inputs in place.
-        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device),
-                   block_size)
+        shape = (num_blocks * block_size, cfg.num_kv_heads, cfg.head_dim)
+        # One tensor per layer and per K/V, not views of one big tensor: traced by torch.compile, the write
+        # below then mutates a graph input, which Inductor keeps in place. Into a view, it was functionalised
+        # into a copy of the whole pool per layer and step (compiled decode time grew with the cache size).
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)],
+                    [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_layers)], block_size)
 
     @staticmethod
     def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -92,35 +94,18 @@ class PagedKVCache:
 
     @property
     def num_blocks(self) -> int:
-        return self.k.shape[1] // self.block_size
+        return self.k[0].shape[0] // self.block_size
 
     def with_meta(self, meta: PagedMetadata) -> PagedKVCache:
         """The same pools with one forward's metadata attached (no copy)."""
         return PagedKVCache(self.k, self.v, self.block_size, meta)
 
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
     def update(self, layer: int, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
         """Write (1, Hkv, N, hd) at `meta.slot_mapping`; return the layer's pools (num_slots, Hkv, hd)."""
-        k_rows = k_new[0].transpose(0, 1).to(self.k.dtype)  # (N, Hkv, hd)
-        v_rows = v_new[0].transpose(0, 1).to(self.v.dtype)
-        if torch.compiler.is_compiling():
-            # Traced, an in-place write into a slice of the pools is functionalised into a copy of the
-            # whole pool per layer and step (measured: compiled decode time grew with the cache size).
-            # As an opaque op that declares what it mutates, Inductor keeps it in place.
-            torch.ops.llmlab.paged_kv_write(self.k, self.v, layer, self.meta.slot_mapping, k_rows, v_rows)
-        else:
-            _write(self.k, self.v, layer, self.meta.slot_mapping, k_rows, v_rows)
-        return self.k[layer], self.v[layer]
-
-
-def _write(k_pages: Tensor, v_pages: Tensor, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
-    k_pages[layer].index_copy_(0, slots, k)
-    v_pages[layer].index_copy_(0, slots, v)
-
-
-@torch.library.custom_op("llmlab::paged_kv_write", mutates_args=("k_pages", "v_pages"))
-def paged_kv_write(k_pages: Tensor, v_pages: Tensor, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
-    """Write one layer's new K/V rows (N, Hkv, hd) at `slots` of the (layers, num_slots, Hkv, hd) pools."""
-    _write(k_pages, v_pages, layer, slots, k, v)
+        k_pages, v_pages = self.k[layer], self.v[layer]
+        k_pages.index_copy_(0, self.meta.slot_mapping, k_new[0].transpose(0, 1).to(k_pages.dtype))  # (N, Hkv, hd)
+        v_pages.index_copy_(0, self.meta.slot_mapping, v_new[0].transpose(0, 1).to(v_pages.dtype))
+        return k_pages, v_pages

@@ -51,20 +51,29 @@ _ACT = {
 
 
 class FusedProjections(nn.Module):
-    """A module that may hold a fused (weight, bias) copy of some of its Linear projections (set by
-    transformer.fuse_projections) in the attribute `_fused_attr`; the copy is dropped when the module is
-    moved or cast, or when one of `_fused_parts` is swapped (LoRA, quantization), since it would be stale."""
+    """A module that may hold a fused copy of some of its Linear projections — one `nn.Linear` whose weight
+    the parts' weights are views of (set by transformer.fuse_projections) — in the attribute `_fused_attr`,
+    outside the module tree (no state-dict entry, not moved by `.to`). The copy is dropped when the module
+    is moved or cast, or when one of `_fused_parts` is swapped (LoRA, quantization), since it would be stale.
+    The fused Linear itself may be swapped (`set_fused`), e.g. for a CPU-packed one (kernels/cpu_linear.py)."""
 
     _fused_attr: str = ""
     _fused_parts: tuple[str, ...] = ()
 
+    @property
+    def fused(self) -> nn.Linear | None:
+        return self.__dict__.get(self._fused_attr)
+
+    def set_fused(self, linear: nn.Linear | None) -> None:
+        self.__dict__[self._fused_attr] = linear  # a plain attribute: never registered as a submodule
+
     def _apply(self, fn, recurse=True):
-        self.__dict__[self._fused_attr] = None
+        self.set_fused(None)
         return super()._apply(fn, recurse)
 
     def __setattr__(self, name, value):
         if name in self._fused_parts and self._fused_attr in self.__dict__:
-            self.__dict__[self._fused_attr] = None
+            self.set_fused(None)
         super().__setattr__(name, value)
 
 
@@ -80,11 +89,11 @@ class FeedForward(FusedProjections):
         self.up = nn.Linear(d, f, bias=bias)
         self.down = nn.Linear(f, d, bias=bias)
         self.act = _ACT[cfg.activation]
-        self.gate_up: tuple[Tensor, Tensor | None] | None = None  # fused (weight, bias): transformer.fuse_projections
+        self.set_fused(None)  # self.gate_up: gate and up as one Linear (transformer.fuse_projections)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up is not None and not torch.is_grad_enabled():  # one matmul for gate and up (inference)
-            g, u = nn.functional.linear(x, *self.gate_up).chunk(2, dim=-1)
+            g, u = self.gate_up(x).chunk(2, dim=-1)
             return self.down(self.act(g) * u)
         if self.gate is not None:
             return self.down(self.act(self.gate(x)) * self.up(x))

@@ -50,12 +50,12 @@ class Attention(FusedProjections):
         self.q_norm = RMSNorm(self.hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.hd, cfg.norm_eps) if cfg.qk_norm else None
         self.dropout = cfg.dropout
-        self.qkv: tuple[Tensor, Tensor | None] | None = None  # fused (weight, bias): see fuse_projections
+        self.set_fused(None)  # self.qkv: q, k and v as one Linear (fuse_projections)
 
     def forward(self, x: Tensor, ctx: _Context) -> Tensor:
         B, T, _ = x.shape
         if self.qkv is not None and not torch.is_grad_enabled():  # one matmul for q, k, v (inference)
-            q, k, v = nn.functional.linear(x, *self.qkv).split(
+            q, k, v = self.qkv(x).split(
                 [self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
@@ -80,12 +80,13 @@ def fuse_projections(model: nn.Module) -> int:
 
     The fused weight is one new tensor and the original Linear weights become views into it, so no
     memory is added and the state dict (names, values, requires_grad) is unchanged; in-place updates of
-    either side (load_state_dict, an optimizer) show in both. The fused path runs only with gradients
-    off, and moving the module (.to, .half, ...) drops the fusion. Returns the number of fused groups.
-    Skipped where a projection is not a plain nn.Linear (LoRA, quantized, CPU-packed).
+    either side (load_state_dict, an optimizer) show in both. The fused Linear (`attn.qkv`, `ffn.gate_up`)
+    sits outside the module tree, runs only with gradients off, and moving the module (.to, .half, ...)
+    drops it. Returns the number of fused groups. Skipped where a projection is not a plain nn.Linear
+    (LoRA, quantized, CPU-packed: pack after fusing, and kernels/cpu_linear.py packs the fused Linear).
     """
 
-    def fuse(linears: list[nn.Module]):
+    def fuse(linears: list[nn.Module]) -> nn.Linear | None:
         if not all(type(m) is nn.Linear for m in linears):
             return None
         weight = torch.cat([m.weight for m in linears])
@@ -97,16 +98,20 @@ def fuse_projections(model: nn.Module) -> int:
             if bias is not None:
                 m.bias = nn.Parameter(bias[start:start + n], requires_grad=m.bias.requires_grad)
             start += n
-        return weight, bias
+        fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        fused.weight = nn.Parameter(weight, requires_grad=False)
+        fused.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+        return fused
 
     count = 0
     for module in model.modules():
         if isinstance(module, Attention) and module.qkv is None:
-            module.qkv = fuse([module.q, module.k, module.v])
-            count += module.qkv is not None
+            module.set_fused(fuse([module.q, module.k, module.v]))
         elif isinstance(module, FeedForward) and module.gate is not None and module.gate_up is None:
-            module.gate_up = fuse([module.gate, module.up])
-            count += module.gate_up is not None
+            module.set_fused(fuse([module.gate, module.up]))
+        else:
+            continue
+        count += module.fused is not None
     return count
 
 
