@@ -164,6 +164,37 @@ def peak_bandwidth(device: str) -> tuple[float | None, str]:
     return 2 * x.numel() * 4 / dt, "measured tensor copy (read + write), 256 MiB"
 
 
+def cpu_peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+    """Measured matmul FLOP/s on the CPU: the best of `repeats` (n x n) @ (n x n) products in `dtype`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # first call: oneDNN/MKL set-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def roofline_seconds(model: Transformer, batch: int, prompt_len: int, new_tokens: int, bandwidth: float,
+                     peak_flops: float) -> float:
+    """The least time any engine needs for `batch` prompts of `prompt_len` tokens and `new_tokens` each: the
+    prefill at the machine's matmul peak (or one read of the weights, if longer), then every decode step at
+    max(weights + KV read at `bandwidth`, its FLOPs at `peak_flops`). The first new token comes with the prefill.
+    Norms, softmax and activations are not counted, so the real floor is a little higher."""
+    from llmlab.estimate import decode_flops, prefill_flops
+
+    cfg, dtype = model.cfg, next(model.parameters()).dtype
+    weights = weight_bytes(model)
+    # Only the last prompt token of each sequence needs logits: the LM head's FLOPs for the others are not work.
+    prefill = prefill_flops(cfg, batch, prompt_len) - batch * (prompt_len - 1) * 2 * cfg.vocab_size * cfg.hidden_size
+    total = max(prefill / peak_flops, weights / bandwidth)
+    for ctx in range(prompt_len + 1, prompt_len + new_tokens):
+        step_bytes = weights + batch * ctx * kv_bytes_per_token(cfg, dtype)
+        total += max(step_bytes / bandwidth, decode_flops(cfg, batch, ctx) / peak_flops)
+    return total
+
+
 def hardware() -> dict:
     cpu = platform.processor()
     if Path("/proc/cpuinfo").exists():

@@ -3,10 +3,16 @@
 Two workloads, side by side in one run, greedy with ignore_eos, random prompt ids (seed 0):
   - batch 1: one 128-token prompt, --new-tokens new tokens;
   - 16 concurrent sequences: 16 distinct 128-token prompts, --new-tokens each.
-References on the same weights and dtype: transformers `generate` (one padded batch; SDPA
-attention) and, if it runs here, transformers' continuous-batching `generate_batch`.
-Reported: output tokens/s (end to end, prefill included), llmlab / transformers ratios, and the
-fraction of sequences whose greedy outputs are identical token for token.
+llmlab variants (--variants): `default` (eager, oneDNN-packed linears) and `compiled`
+(`compile_decode=True`: the decode step through Inductor with frozen weights; its one compile is
+timed apart, in the warm-up). References on the same weights and dtype: transformers `generate`
+(one padded batch; SDPA attention) and, if it runs here, transformers' continuous-batching
+`generate_batch`. Reported: output tokens/s (end to end, prefill included), llmlab / transformers
+ratios, the fraction of sequences whose greedy outputs are identical token for token, and the
+physical limit: the least time the workload can take on this machine (engine_common.roofline_seconds:
+prefill at the measured matmul peak, each decode step at the measured copy bandwidth or the peak,
+whichever binds) — as tokens/s, as the share of it each engine reaches, and as the highest ratio
+over transformers that any engine could show here.
 
 Targets (issue 6): >= 2x transformers at batch 1 and >= 5x at 16 sequences. Where the cores are
 shared with other jobs, absolute numbers move a lot between runs (an OpenMP barrier waits for a
@@ -20,12 +26,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import torch
-from engine_common import (hf_twin, load_model, random_prompts, run_hf_generate, run_hf_generate_batch, run_llmlab,
-                           same_fraction, table, write_result)
+from engine_common import (cpu_peak_flops, hf_twin, load_model, peak_bandwidth, random_prompts, roofline_seconds,
+                           run_hf_generate, run_hf_generate_batch, run_llmlab, same_fraction, table, write_result)
 
 from llmlab import LLM
+
+VARIANTS = {"default": {}, "compiled": {"compile_decode": True}}
 
 
 def main() -> int:
@@ -35,34 +44,53 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--dtypes", nargs="+", default=["float32"], help="e.g. float32 bfloat16")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="llmlab engine variants to run (default: all)")
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs per engine; the best counts")
     ap.add_argument("--skip-generate-batch", action="store_true", help="do not try transformers' generate_batch")
     ap.add_argument("--out", default="engine_cpu")
     args = ap.parse_args()
 
-    rows, runs = [], []
+    rows, runs, limits = [], [], {}
     load_before = os.getloadavg()
+    bandwidth, bw_source = peak_bandwidth("cpu")
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
-        model = load_model(args.model, dtype, "cpu")
-        hf = hf_twin(model, dtype, "cpu")
-        llm = LLM(model, max_num_seqs=max(args.batches), max_num_batched_tokens=2048)
-        warm = random_prompts(2, 16, model.cfg.vocab_size, seed=1)
-        run_llmlab(llm, warm, 4)  # first-call costs (allocator, kernels) out of the timings
-        run_hf_generate(hf, warm, 4)
+        peak = cpu_peak_flops(dtype)
+        limits[dtype_name] = {"matmul_peak_gflop_s": round(peak / 1e9, 1), "bandwidth_gb_s": round(bandwidth / 1e9, 1)}
+        ref = load_model(args.model, dtype, "cpu")
+        hf = hf_twin(ref, dtype, "cpu")
+        warm = random_prompts(2, 16, ref.cfg.vocab_size, seed=1)
+        run_hf_generate(hf, warm, 4)  # first-call costs (allocator, kernels) out of the timings
+        engines, warm_s = {}, {}
+        for v in args.variants:  # each engine on its own copy: the engine fuses and packs its model in place
+            engines[v] = LLM(load_model(args.model, dtype, "cpu"), max_num_seqs=max(args.batches),
+                             max_num_batched_tokens=2048, **VARIANTS[v])
+            t0 = time.perf_counter()
+            run_llmlab(engines[v], warm, 4)  # first-call costs; `compiled` compiles its decode step here, once
+            warm_s[v] = round(time.perf_counter() - t0, 1)
         for B in args.batches:
-            prompts = random_prompts(B, args.prompt_len, model.cfg.vocab_size, seed=0)
+            prompts = random_prompts(B, args.prompt_len, ref.cfg.vocab_size, seed=0)
             n_out = B * args.new_tokens
-            t_ours = t_hf = float("inf")
+            best = {v: float("inf") for v in [*args.variants, "hf"]}
+            ids = {}
             for _ in range(args.repeats):  # alternate, keep the best: other jobs share these cores
-                t, ids_ours, _ = run_llmlab(llm, prompts, args.new_tokens)
-                t_ours = min(t_ours, t)
-                t, ids_hf = run_hf_generate(hf, prompts, args.new_tokens)
-                t_hf = min(t_hf, t)
+                for v, llm in engines.items():
+                    t, ids[v], _ = run_llmlab(llm, prompts, args.new_tokens)
+                    best[v] = min(best[v], t)
+                t, ids["hf"] = run_hf_generate(hf, prompts, args.new_tokens)
+                best["hf"] = min(best["hf"], t)
+            floor = roofline_seconds(ref, B, args.prompt_len, args.new_tokens, bandwidth, peak)
             run = {"dtype": dtype_name, "batch": B, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-                   "llmlab_tok_s": round(n_out / t_ours, 2), "hf_generate_tok_s": round(n_out / t_hf, 2),
-                   "ratio_vs_hf_generate": round(t_hf / t_ours, 3),
-                   "greedy_identical_vs_hf": same_fraction(ids_ours, ids_hf)}
+                   "hf_generate_tok_s": round(n_out / best["hf"], 2),
+                   "roofline_tok_s": round(n_out / floor, 2),
+                   "ceiling_ratio_vs_hf_generate": round(best["hf"] / floor, 2),
+                   "hf_generate_of_roofline": round(floor / best["hf"], 3), "llmlab": {}}
+            for v in args.variants:
+                run["llmlab"][v] = {"tok_s": round(n_out / best[v], 2), "ratio_vs_hf_generate": round(best["hf"] / best[v], 3),
+                                    "of_roofline": round(floor / best[v], 3),
+                                    "greedy_identical_vs_hf": same_fraction(ids[v], ids["hf"]),
+                                    "warmup_s": warm_s[v]}
             if B > 1 and not args.skip_generate_batch:
                 cb = min((run_hf_generate_batch(hf, prompts, args.new_tokens) for _ in range(args.repeats)),
                          key=lambda r: r[0] if isinstance(r, tuple) else 0.0)
@@ -70,17 +98,21 @@ def main() -> int:
                     run["hf_generate_batch"] = cb
                 else:
                     run["hf_generate_batch_tok_s"] = round(n_out / cb[0], 2)
-                    run["ratio_vs_hf_generate_batch"] = round(cb[0] / t_ours, 3)
+                    for v in args.variants:
+                        run["llmlab"][v]["ratio_vs_hf_generate_batch"] = round(cb[0] / best[v], 3)
             runs.append(run)
             print(run, flush=True)
-            rows.append([dtype_name, B, run["llmlab_tok_s"], run["hf_generate_tok_s"], run["ratio_vs_hf_generate"],
-                         run.get("hf_generate_batch_tok_s", "-"), run.get("ratio_vs_hf_generate_batch", "-"),
-                         run["greedy_identical_vs_hf"]])
-        del llm, hf, model
-    print(f"\n{args.model}, prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, CPU")
-    table(rows, ["dtype", "seqs", "llmlab tok/s", "hf generate tok/s", "ratio", "hf generate_batch tok/s", "ratio",
-                 "same greedy"])
+            for v in args.variants:
+                r = run["llmlab"][v]
+                rows.append([dtype_name, B, v, r["tok_s"], run["hf_generate_tok_s"], r["ratio_vs_hf_generate"],
+                             r.get("ratio_vs_hf_generate_batch", "-"), r["greedy_identical_vs_hf"], r["of_roofline"],
+                             run["roofline_tok_s"], run["ceiling_ratio_vs_hf_generate"]])
+        del engines, hf, ref
+    print(f"\n{args.model}, prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, CPU; limits {limits}")
+    table(rows, ["dtype", "seqs", "llmlab", "tok/s", "hf generate tok/s", "ratio", "vs generate_batch",
+                 "same greedy", "of roofline", "roofline tok/s", "max ratio"])
     write_result(args.out, {"benchmark": "engine_cpu", "model": args.model, "repeats": args.repeats, "runs": runs,
+                            "limits": limits, "bandwidth_source": bw_source,
                             "load_average_1m": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
                             "targets": {"batch1_ratio": 2.0, "batch16_ratio": 5.0}})
     return 0

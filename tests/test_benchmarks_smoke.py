@@ -62,7 +62,11 @@ def test_engine_cpu_benchmark_smoke(tmp_path):
         "--repeats", "1", "--skip-generate-batch", "--out", "ecpu")
     runs = result(tmp_path, "ecpu")["runs"]
     assert [r["batch"] for r in runs] == [1, 3]
-    assert all(r["greedy_identical_vs_hf"] == 1.0 and r["ratio_vs_hf_generate"] > 0 for r in runs)
+    for r in runs:
+        assert set(r["llmlab"]) == {"default", "compiled"}
+        assert all(e["greedy_identical_vs_hf"] == 1.0 and e["ratio_vs_hf_generate"] > 0 for e in r["llmlab"].values())
+        # nothing beats the physical limit (a little slack: the bandwidth and peak are measured, not datasheet)
+        assert r["roofline_tok_s"] > 0 and all(e["of_roofline"] < 1.2 for e in r["llmlab"].values())
 
 
 def test_cpu_linear_benchmark_smoke(tmp_path):
