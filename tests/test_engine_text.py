@@ -138,12 +138,14 @@ def test_smollm2_through_llm_text_and_chat():
     assert isinstance(llmlab.LLM, type)
 
 
-def test_cli_chat_one_turn(tok, model, tmp_path, capsys):
+@pytest.mark.parametrize("flags", [[], ["--compile"]])
+def test_cli_chat_one_turn(tok, model, tmp_path, capsys, flags):
     from llmlab.cli import main
 
     model.save_pretrained(tmp_path)
     tok.save(tmp_path)
-    assert main(["chat", "--model", str(tmp_path), "--message", "你好", "--max-tokens", "6", "--temperature", "0"]) == 0
+    assert main(["chat", "--model", str(tmp_path), "--message", "你好", "--max-tokens", "6", "--temperature", "0",
+                 *flags]) == 0
     reply = capsys.readouterr().out
     ids, _ = render_chat(tok, [{"role": "user", "content": "你好"}], add_generation_prompt=True)
     expected = LLM(model, tokenizer=tok).generate([ids], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0].text

@@ -173,6 +173,25 @@ def test_paged_decode_attention_matches_dense(dtype):
         torch.testing.assert_close(out[0, :, r:r + 1].float(), want, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_paged_decode_attention_matches_eager(dtype):
+    """Traced on CPU, decode rows take the broadcast-products form (attention._decode_products) that Inductor fuses;
+    it must give what eager SDPA over the gathered keys gives, padded keys and a sliding window included."""
+    torch.manual_seed(0)
+    S, H, Hkv, hd, slots = 3, 6, 2, 16, 64
+    k_pages, v_pages = (torch.randn(slots, Hkv, hd).to(dtype) for _ in range(2))
+    q = torch.randn(1, H, S, hd).to(dtype)
+    lengths = torch.tensor([1, 17, 30])
+    key_slots = torch.stack([torch.randperm(slots)[:32] for _ in range(S)])
+    offs = torch.arange(32)[None, :]
+    mask = ((offs < lengths[:, None]) & (offs > lengths[:, None] - 1 - 8))[:, None, None, :]  # window of 8 keys
+    meta = PagedMetadata(torch.arange(S), [PagedSegment(0, S, 1, key_slots, mask)])
+    eager = paged_attend(q, k_pages, v_pages, meta)
+    compiled = torch.compile(paged_attend, fullgraph=True)(q, k_pages, v_pages, meta)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(compiled.float(), eager.float(), atol=tol, rtol=tol)
+
+
 @needs_packing
 def test_min_rows_sends_small_batches_to_f_linear():
     torch.manual_seed(0)
