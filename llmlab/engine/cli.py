@@ -2,7 +2,7 @@
 
     llmlab chat --model smollm2-135m                      # interactive; an empty line or Ctrl-D ends
     llmlab chat --model DIR --message "Hi" --max-tokens 64   # one turn, for scripts
-    llmlab chat --compile                                 # compiled decode step: a minute to start, faster after
+    llmlab chat --compile                                 # compiled decode step: slow to start, faster after
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: faster replies after a one-off compile at the first reply "
-                        "(about a minute for SmolLM2-135M on two CPU cores)")
+                        "(1.5-2 minutes for SmolLM2-135M on two CPU cores)")
     p.set_defaults(func=run)
 
 

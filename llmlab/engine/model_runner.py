@@ -31,8 +31,9 @@ Compiled CPU decode (`compile_decode=True`). Eager decode of a small model on a 
 of each step dispatching ~2,000 small ops (norms, RoPE, residuals, cache writes). The decode step is
 then one Inductor graph with the weights frozen in (`_FrozenDecode`): Inductor packs the linears
 for oneDNN and fuses the rest into a few C++ loops. One graph serves every batch size and context
-length (both symbolic, padded to at least 2); it compiles once, in about a minute for SmolLM2-135M
-on two cores; weights changed in place afterwards are refused with an error.
+length (both symbolic, padded to at least 2); it compiles once per engine, in 1.5-2 minutes for
+SmolLM2-135M on two cores (Inductor's disk cache cannot hold the frozen oneDNN weights); weights
+changed in place afterwards are refused with an error.
 
 Not here: which tokens to run (scheduler.py), stop rules (scheduler.py, llm_engine.py).
 Reference: nano-vllm `engine/model_runner.py`; vLLM `worker/gpu_model_runner.py`.
@@ -41,6 +42,8 @@ Reference: nano-vllm `engine/model_runner.py`; vLLM `worker/gpu_model_runner.py`
 from __future__ import annotations
 
 import gc
+import sys
+import time
 
 import torch
 from torch import Tensor
@@ -338,11 +341,18 @@ class _FrozenDecode:
         if self.version is not None and version != self.version:
             raise ConfigError("the model's weights changed after compile_decode compiled them into the CPU decode "
                               "step; build a new LLM after changing weights, or use compile_decode=False.")
-        self.version = version
+        first, self.version = self.version is None, version
         for t in inputs:  # batch and block-table width symbolic from the first compile on (sizes >= 2)
             torch._dynamo.mark_dynamic(t, tuple(range(t.dim())))
+        if first:  # a long silent pause otherwise; the frozen oneDNN weights keep it out of Inductor's disk cache
+            print("llmlab: compiling the decode step (once per engine; about 1.5 min for a 135M model on 2 CPU "
+                  "cores) ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
         with torch._inductor.config.patch(freezing=True):
-            return self.compiled(*inputs)
+            out = self.compiled(*inputs)
+        if first:
+            print(f"llmlab: decode step compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        return out
 
 
 def _bucket_batch(n: int) -> int:
