@@ -164,7 +164,7 @@ def peak_bandwidth(device: str) -> tuple[float | None, str]:
     return 2 * x.numel() * 4 / dt, "measured tensor copy (read + write), 256 MiB"
 
 
-def cpu_peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+def cpu_peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     """Measured matmul FLOP/s on the CPU: the best of `repeats` (n x n) @ (n x n) products in `dtype`."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # first call: oneDNN/MKL set-up

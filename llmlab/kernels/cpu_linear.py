@@ -141,7 +141,8 @@ def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
 def packed_layers(model: nn.Module) -> list[PackedLinear]:
     """Every PackedLinear `model` runs: its submodules and its fused projections."""
     layers = [m for m in model.modules() if isinstance(m, PackedLinear)]
-    layers += [m.fused for m in model.modules() if isinstance(m, FusedProjections) and isinstance(m.fused, PackedLinear)]
+    layers += [m.fused for m in model.modules()
+               if isinstance(m, FusedProjections) and isinstance(m.fused, PackedLinear)]
     return layers
 
 
