@@ -76,7 +76,8 @@ def main() -> int:
 
     model = load_model(args.model, dtype, device)
     prompt = random_prompts(1, args.prompt_len, model.cfg.vocab_size)[0]
-    llm = LLM(model, device=device, max_num_seqs=8, max_num_batched_tokens=max(512, args.prompt_len),
+    # An engine sized for one stream (on CPU, a compiled engine of <= 4 sequences uses Inductor's GEMM kernels).
+    llm = LLM(model, device=device, max_num_seqs=1, max_num_batched_tokens=max(512, args.prompt_len),
               max_model_len=args.prompt_len + args.new_tokens + 16, compile_decode=args.compile_decode)
     llmlab_run(llm, prompt, args.new_tokens)  # warm-up: kernels, allocator, CUDA graphs for these lengths
     hf = None

@@ -26,7 +26,7 @@ class EngineConfig:
     cpu_pack_linears: bool = True  # CPU: oneDNN-packed linear weights (kernels/cpu_linear.py); one extra weight copy
     fuse_projections: bool = True  # q/k/v and gate/up as one matmul each (model/transformer.py fuse_projections)
     # torch.compile the decode step (fuses norms, RoPE, residuals: fewer kernels). On CPU the weights are frozen
-    # into the graph (Inductor packs the linears; one compile per engine, 1.5-2 min for SmolLM2-135M on 2 cores)
+    # into the graph (Inductor packs the linears; one compile per engine, 1.5-3 min for SmolLM2-135M on 2 cores)
     compile_decode: bool = False
     paged_kernel: str = "auto"  # decode attention: "triton" (pages read in place), "gather", "auto" = triton on CUDA
 

@@ -359,7 +359,7 @@ class _FrozenDecode:
         for t in inputs:  # batch and block-table width symbolic from the first compile on (sizes >= 2)
             torch._dynamo.mark_dynamic(t, tuple(range(t.dim())))
         if first:  # a long silent pause otherwise; the frozen oneDNN weights keep it out of Inductor's disk cache
-            print("llmlab: compiling the decode step (once per engine; about 1.5 min for a 135M model on 2 CPU "
+            print("llmlab: compiling the decode step (once per engine; 1.5-3 min for a 135M model on 2 CPU "
                   "cores) ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
         with torch._inductor.config.patch(self.inductor):
