@@ -28,7 +28,9 @@ class EngineConfig:
     # torch.compile the decode step (fuses norms, RoPE, residuals: fewer kernels). On CPU the weights are frozen
     # into the graph (Inductor packs the linears; one compile per engine, 1.5-3 min for SmolLM2-135M on 2 cores)
     compile_decode: bool = False
-    paged_kernel: str = "auto"  # decode attention: "triton" (pages read in place), "gather", "auto" = triton on CUDA
+    # decode attention reading the pages in place: "triton" (kernels/paged_attention.py), "cpu" (the C kernel of
+    # kernels/cpu_paged_attention.py), "gather" (copy the keys out, then SDPA), "auto" = triton on CUDA, cpu on CPU
+    paged_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_bs"):
@@ -39,7 +41,7 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer or None, got {value!r}.")
-        if self.paged_kernel not in ("auto", "triton", "gather"):
-            raise ConfigError(f"paged_kernel must be 'auto', 'triton' or 'gather', got {self.paged_kernel!r}.")
+        if self.paged_kernel not in ("auto", "triton", "cpu", "gather"):
+            raise ConfigError(f"paged_kernel must be 'auto', 'triton', 'cpu' or 'gather', got {self.paged_kernel!r}.")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")

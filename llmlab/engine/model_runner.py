@@ -14,9 +14,10 @@ memory (as vLLM/nano-vllm do), less room for the decode gather (see below); on C
 `kv_cache_memory`.
 
 Attention. Prefill chunks gather their sequence's K/V slots and run SDPA (model/attention.py).
-Decode rows do the same on CPU; on CUDA with Triton installed (`paged_kernel="auto"`) they run
-kernels/paged_attention.py, which reads K/V in place through the block tables instead of copying
-every row's whole context once per layer and step. On CPU the linears are oneDNN-packed
+Decode rows read K/V in place through the block tables instead of copying every row's whole context
+once per layer and step (`paged_kernel="auto"`): on CUDA the Triton kernel of kernels/paged_attention.py
+(when Triton is installed), on CPU the C kernel of kernels/cpu_paged_attention.py (built on first use
+with the system C compiler; without one, a warning and the gather path). On CPU the linears are oneDNN-packed
 (kernels/cpu_linear.py, `cpu_pack_linears`) for the row counts where a start-up timing shows oneDNN beating
 MKL on this CPU (`tune_packing`).
 
@@ -45,6 +46,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+import warnings
 
 import torch
 from torch import Tensor
@@ -54,6 +56,7 @@ from llmlab.engine.sampler import SamplingBatch, sample
 from llmlab.engine.scheduler import ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
+from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels.cpu_linear import pack_linears, tune_packing
 from llmlab.kernels.paged_attention import available as paged_kernel_available
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
@@ -105,14 +108,26 @@ class ModelRunner:
         self.pad_decode = pad_decode or self.use_graphs or self.compile_cpu
         self.graphs = _DecodeGraphs(self) if self.use_graphs else None
 
-    def _use_decode_kernel(self, choice: str) -> bool:
+    def _use_decode_kernel(self, choice: str) -> str:
+        """Which kernel decode rows use: "triton", "cpu" or "" (the gather path)."""
         if choice == "gather":
-            return False
+            return ""
+        if choice == "cpu" or (choice == "auto" and self.device.type == "cpu"):
+            if self.device.type != "cpu":
+                raise ConfigError("paged_kernel='cpu' runs on CPU tensors; this model is on "
+                                  f"{self.device.type}: use paged_kernel='auto'.")
+            if cpu_paged.supports(self.dtype):
+                return "cpu"
+            why = cpu_paged.build_error() or f"it does not take {self.dtype}"
+            if choice == "cpu":
+                raise ConfigError(f"paged_kernel='cpu' is unavailable: {why}; use paged_kernel='gather'.")
+            warnings.warn(f"CPU decode attention falls back to the slower gather path: {why}.", stacklevel=4)
+            return ""
         usable = paged_kernel_available(self.device)
         if choice == "triton" and not usable:
             raise ConfigError("paged_kernel='triton' needs Triton and a CUDA device (or Triton >= 3.7 with "
                               "TRITON_INTERPRET=1 on CPU); install triton or use paged_kernel='auto'.")
-        return usable and (choice == "triton" or self.device.type == "cuda")
+        return "triton" if usable and (choice == "triton" or self.device.type == "cuda") else ""
 
     # ---- sizing ---------------------------------------------------------------------------------
 

@@ -25,9 +25,10 @@ written. The metadata cuts the N query rows into segments, each a dense sub-batc
 
 Each segment gathers its keys by slot index (`pages.index_select(0, key_slots)`) and runs the
 ordinary backend (explicit | sdpa) on it, so paged attention is exactly dense attention on the
-gathered keys — which is what the engine's tests check. With `meta.decode_kernel` set (the engine
-sets it on CUDA when Triton is installed), decode segments skip the gather: the Triton kernel in
-kernels/paged_attention.py reads K/V from the pages in place through the block tables.
+gathered keys — which is what the engine's tests check. With `meta.decode_kernel` set (the engine's
+default: "triton" on CUDA when Triton is installed, "cpu" on CPU when a C compiler built the kernel),
+decode segments skip the gather: the kernel (kernels/paged_attention.py, kernels/cpu_paged_attention.py)
+reads K/V from the pages in place through the block tables.
 """
 
 from __future__ import annotations
@@ -137,7 +138,9 @@ class PagedMetadata:
 
     slot_mapping: Tensor  # (N,) long: where each new token's K/V is written
     segments: list[PagedSegment]
-    decode_kernel: bool = False  # decode segments read the pages in place (kernels/paged_attention.py)
+    # decode segments read the pages in place: "triton" (kernels/paged_attention.py), "cpu"
+    # (kernels/cpu_paged_attention.py), "" = gather the keys and run SDPA
+    decode_kernel: str = ""
 
 
 def paged_attend(q: Tensor, k_pages: Tensor, v_pages: Tensor, meta: PagedMetadata, *, backend: str = "sdpa",
@@ -148,7 +151,10 @@ def paged_attend(q: Tensor, k_pages: Tensor, v_pages: Tensor, meta: PagedMetadat
     for s in meta.segments:
         rows = q[0, :, s.q_start:s.q_start + s.num_seqs * s.q_len]  # (H, S*q_len, hd)
         if meta.decode_kernel and s.q_len == 1 and s.block_tables is not None:
-            from llmlab.kernels.paged_attention import paged_decode
+            if meta.decode_kernel == "cpu":
+                from llmlab.kernels.cpu_paged_attention import paged_decode_cpu as paged_decode
+            else:
+                from llmlab.kernels.paged_attention import paged_decode
 
             y = paged_decode(rows.transpose(0, 1), k_pages, v_pages, s.block_tables, s.context_lens,
                              block_size=s.block_size, scale=scale, window=s.window)  # (S, H, hd)

@@ -1,0 +1,172 @@
+/* Paged decode attention for the CPU: one query per sequence over its KV pages, read in place.
+ *
+ * Built and loaded by cpu_paged_attention.py (the system C compiler, -O3 -march=native, OpenMP when the
+ * compiler has it). Layouts, all contiguous:
+ *   q, out        (S, H, hd)
+ *   k_pages/v_pages (num_slots, Hkv, hd): position p of row s lives in slot
+ *                 tables[s, p / block_size] * block_size + p % block_size
+ *   tables        (S, nb) int64;  ctx (S,) int64: row s sees positions [ctx - window, ctx) (all when window <= 0)
+ * One work item per (row, KV head): the g = H / Hkv query heads sharing that KV head read each K and V row
+ * once, converted to fp32; scores and softmax in fp32 (two passes over the keys: scores, then the
+ * weighted sum of V). Items are spread over `nthreads` OpenMP threads (torch's own pool: the library links
+ * the libgomp.so.1 torch has loaded).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID omp_get_thread_num()
+#else
+#define THREAD_ID 0
+#endif
+
+static inline float bf16_to_f32(uint16_t x) {
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN kept a NaN */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* exp for x <= 0 as plain arithmetic, so the softmax loop vectorises (libm's expf is a scalar call):
+ * x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite), e^r by the Cephes expf polynomial, 2^n built in the
+ * exponent bits. Relative error ~1e-7; inputs below -87 give ~1e-38 rather than 0. */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, 4);
+    return p * two_n;
+}
+
+#define LOAD_f32(p, i) ((p)[i])
+#define STORE_f32(p, i, x) ((p)[i] = (x))
+#define LOAD_bf16(p, i) bf16_to_f32((p)[i])
+#define STORE_bf16(p, i, x) ((p)[i] = f32_to_bf16(x))
+#ifdef __FLT16_MAX__
+#define LOAD_f16(p, i) ((float)(p)[i])
+#define STORE_f16(p, i, x) ((p)[i] = (_Float16)(x))
+typedef _Float16 f16_t;
+int llmlab_has_f16(void) { return 1; }
+#else
+typedef uint16_t f16_t;
+#define LOAD_f16(p, i) (0.0f)
+#define STORE_f16(p, i, x) ((void)(x))
+int llmlab_has_f16(void) { return 0; }
+#endif
+
+/* Visit positions [lo, n) of row s block by block: `slot` is each position's slot, `i` its index from lo. */
+#define FOR_SLOTS(s, lo, n, i, slot, BODY)                                                                    \
+    for (int64_t b_ = (lo) / block_size; b_ * block_size < (n); b_++) {                                      \
+        const int64_t base_ = tables[(s) * nb + b_] * block_size, p0_ = b_ * block_size;                     \
+        const int64_t first_ = (lo) > p0_ ? (lo) : p0_, last_ = (n) < p0_ + block_size ? (n) : p0_ + block_size; \
+        for (int64_t p_ = first_; p_ < last_; p_++) {                                                         \
+            const int64_t i = p_ - (lo), slot = base_ + p_ - p0_;                                             \
+            BODY                                                                                              \
+        }                                                                                                     \
+    }
+
+/* One (row s, KV head h) item. Always inlined into the parallel loop with hd a constant where it is 64 or 128,
+ * so the dot products and V updates compile to straight vector code. `w` is this thread's scratch. */
+#define DEFINE_ITEM(NAME, T)                                                                                  \
+    static inline __attribute__((always_inline)) void item_##NAME(                                            \
+        const T *q, const T *k_pages, const T *v_pages, const int64_t *tables, T *out, int64_t s, int64_t h,  \
+        int64_t n, int64_t H, int64_t Hkv, const int64_t hd, int64_t nb, int64_t block_size, int64_t window,    \
+        float scale, int64_t max_keys, float *w) {                                                             \
+        const int64_t g = H / Hkv, lo = (window > 0 && n > window) ? n - window : 0, L = n - lo;               \
+        float *qf = w, *row = qf + g * hd, *acc = row + hd, *sc = acc + g * hd, *mx = sc + g * max_keys;      \
+        float *sum = mx + g;                                                                                   \
+        for (int64_t j = 0; j < g * hd; j++) {                                                                 \
+            qf[j] = LOAD_##NAME(q, (s * H + h * g) * hd + j) * scale;                                          \
+            acc[j] = 0.0f;                                                                                     \
+        }                                                                                                      \
+        for (int64_t j = 0; j < g; j++) mx[j] = -INFINITY, sum[j] = 0.0f;                                      \
+        FOR_SLOTS(s, lo, n, i, slot, { /* scores */                                                            \
+            const T *kr = k_pages + (slot * Hkv + h) * hd;                                                     \
+            _Pragma("omp simd") for (int64_t d = 0; d < hd; d++) row[d] = LOAD_##NAME(kr, d);                  \
+            for (int64_t j = 0; j < g; j++) {                                                                  \
+                const float *qj = qf + j * hd;                                                                 \
+                float dot = 0.0f;                                                                              \
+                _Pragma("omp simd reduction(+ : dot)") for (int64_t d = 0; d < hd; d++) dot += qj[d] * row[d]; \
+                sc[j * max_keys + i] = dot;                                                                    \
+                mx[j] = dot > mx[j] ? dot : mx[j];                                                             \
+            }                                                                                                  \
+        })                                                                                                     \
+        for (int64_t j = 0; j < g; j++) { /* softmax numerators and their sum */                               \
+            float *sj = sc + j * max_keys, t = 0.0f;                                                           \
+            const float m = mx[j];                                                                             \
+            _Pragma("omp simd reduction(+ : t)") for (int64_t i = 0; i < L; i++) {                             \
+                sj[i] = exp_nonpositive(sj[i] - m);                                                            \
+                t += sj[i];                                                                                    \
+            }                                                                                                  \
+            sum[j] = t;                                                                                        \
+        }                                                                                                      \
+        FOR_SLOTS(s, lo, n, i, slot, { /* weighted sum of V */                                                 \
+            const T *vr = v_pages + (slot * Hkv + h) * hd;                                                     \
+            _Pragma("omp simd") for (int64_t d = 0; d < hd; d++) row[d] = LOAD_##NAME(vr, d);                  \
+            for (int64_t j = 0; j < g; j++) {                                                                  \
+                const float wt = sc[j * max_keys + i];                                                         \
+                float *aj = acc + j * hd;                                                                      \
+                _Pragma("omp simd") for (int64_t d = 0; d < hd; d++) aj[d] += wt * row[d];                     \
+            }                                                                                                  \
+        })                                                                                                     \
+        for (int64_t j = 0; j < g; j++) {                                                                      \
+            const float inv = L > 0 ? 1.0f / sum[j] : 0.0f;                                                    \
+            for (int64_t d = 0; d < hd; d++) STORE_##NAME(out, (s * H + h * g + j) * hd + d, acc[j * hd + d] * inv); \
+        }                                                                                                      \
+    }
+
+#define DEFINE_PAGED_DECODE(NAME, T)                                                                          \
+    DEFINE_ITEM(NAME, T)                                                                                      \
+    int paged_decode_##NAME(const T *q, const T *k_pages, const T *v_pages, const int64_t *tables,             \
+                            const int64_t *ctx, T *out, int64_t S, int64_t H, int64_t Hkv, int64_t hd,          \
+                            int64_t nb, int64_t block_size, int64_t window, float scale, int nthreads) {        \
+        const int64_t g = H / Hkv, items = S * Hkv;                                                            \
+        int64_t max_keys = 0;                                                                                  \
+        for (int64_t s = 0; s < S; s++) max_keys = ctx[s] > max_keys ? ctx[s] : max_keys;                      \
+        if (max_keys > nb * block_size) return 1; /* a context longer than its block table */                  \
+        if (nthreads < 1) nthreads = 1;                                                                        \
+        /* per thread: g query rows, one K/V row, g accumulators, g * max_keys scores, g maxima and sums */   \
+        /* (rounded to whole 64-byte lines: threads writing each other's lines would serialise on them) */ \
+        const int64_t per = (g * hd + hd + g * hd + g * max_keys + 2 * g + 15) / 16 * 16;                      \
+        float *all = aligned_alloc(64, sizeof(float) * (size_t)(per * nthreads));                              \
+        if (all == NULL) return 2;                                                                             \
+        _Pragma("omp parallel for schedule(static) num_threads(nthreads)")                                     \
+        for (int64_t it = 0; it < items; it++) {                                                               \
+            const int64_t s = it / Hkv, h = it % Hkv;                                                          \
+            float *w = all + per * THREAD_ID;                                                                  \
+            if (hd == 64)                                                                                      \
+                item_##NAME(q, k_pages, v_pages, tables, out, s, h, ctx[s], H, Hkv, 64, nb, block_size, window, \
+                            scale, max_keys, w);                                                               \
+            else if (hd == 128)                                                                                \
+                item_##NAME(q, k_pages, v_pages, tables, out, s, h, ctx[s], H, Hkv, 128, nb, block_size,        \
+                            window, scale, max_keys, w);                                                       \
+            else                                                                                               \
+                item_##NAME(q, k_pages, v_pages, tables, out, s, h, ctx[s], H, Hkv, hd, nb, block_size, window, \
+                            scale, max_keys, w);                                                               \
+        }                                                                                                      \
+        free(all);                                                                                             \
+        return 0;                                                                                              \
+    }
+
+DEFINE_PAGED_DECODE(f32, float)
+DEFINE_PAGED_DECODE(bf16, uint16_t)
+DEFINE_PAGED_DECODE(f16, f16_t)
