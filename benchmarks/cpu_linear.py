@@ -1,11 +1,12 @@
-"""CPU linears: `F.linear` vs oneDNN-packed `PackedLinear` (kernels/cpu_linear.py), side by side.
+"""CPU linears: `F.linear` vs oneDNN-packed `PackedLinear` vs the C kernel for 1-4 rows (kernels/cpu_linear.py).
 
 The 210 linear layers of one SmolLM2-135M decode step (30 layers x q, k, v, o, gate, up, down;
-random weights of those shapes, the LM head apart), timed back to back for 1 and 16 rows, fp32
+random weights of those shapes, the LM head apart), timed back to back for 1, 2, 4 and 16 rows, fp32
 and bf16 (where the CPU packs bf16). The weights total 425 MB in fp32, far beyond the caches, so
-each call streams its weight from memory as a decode step does. Engines alternate and the best
-of --repeats counts (other jobs share these cores). Reported: ms per step, the speed-up, and
-achieved GB/s (weight bytes / time).
+each call streams its weight from memory as a decode step does. The kernels alternate and the best
+of --repeats counts (other jobs share these cores). Reported: ms per step, speed-ups over F.linear,
+achieved GB/s (weight bytes / time), and the physical limit: the read bandwidth of summing the same
+weights with torch (`Tensor.sum` streams them once), measured in the same loop.
 
     .venv/bin/python benchmarks/cpu_linear.py [--repeats 5]
 """
@@ -20,22 +21,29 @@ import torch.nn.functional as F
 from engine_common import table, write_result
 from torch import nn
 
-from llmlab.kernels.cpu_linear import PackedLinear, packing_supported
+from llmlab.kernels.cpu_linear import SKINNY_MAX_ROWS, PackedLinear, packing_supported, skinny_linear, skinny_supported
 
 SMOLLM2_LAYER = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]  # (out, in)
 
 
-def step_ms(layers: list[nn.Linear], x: dict[int, torch.Tensor], packed: bool) -> float:
+def step_ms(layers: list[nn.Linear], x: dict[int, torch.Tensor], kind: str) -> float:
     t0 = time.perf_counter()
     for m in layers:
-        (m(x[m.in_features]) if packed else F.linear(x[m.in_features], m.weight))
+        if kind == "packed":
+            m(x[m.in_features])
+        elif kind == "skinny":
+            skinny_linear(x[m.in_features], m.weight)
+        elif kind == "read":
+            m.weight.sum()
+        else:
+            F.linear(x[m.in_features], m.weight)
     return (time.perf_counter() - t0) * 1e3
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 16])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default="cpu_linear")
     args = ap.parse_args()
@@ -54,20 +62,33 @@ def main() -> int:
                 for m in packed[:7]:  # equal outputs before timing (and the packing done)
                     torch.testing.assert_close(m(x[m.in_features]).float(), F.linear(x[m.in_features], m.weight).float(),
                                                atol=1e-4 if dtype == torch.float32 else 5e-2, rtol=1e-3)
-                step_ms(packed, x, True), step_ms(plain, x, False)
-                t_plain = t_packed = float("inf")
+                kinds = {"f_linear": plain, "packed": packed, "read": plain}
+                if rows <= SKINNY_MAX_ROWS and skinny_supported(dtype):
+                    kinds["skinny"] = plain
+                    torch.testing.assert_close(skinny_linear(x[576], plain[0].weight).float(),
+                                               F.linear(x[576], plain[0].weight).float(),
+                                               atol=1e-4 if dtype == torch.float32 else 5e-2, rtol=1e-3)
+                best = {}
+                for kind, layers in kinds.items():
+                    step_ms(layers, x, kind)
+                    best[kind] = float("inf")
                 for _ in range(args.repeats):
-                    t_plain = min(t_plain, step_ms(plain, x, False))
-                    t_packed = min(t_packed, step_ms(packed, x, True))
-                run = {"dtype": str(dtype).split(".")[-1], "rows": rows, "f_linear_ms": round(t_plain, 2),
-                       "packed_ms": round(t_packed, 2), "speedup": round(t_plain / t_packed, 2),
-                       "f_linear_gb_s": round(nbytes / t_plain / 1e6, 1), "packed_gb_s": round(nbytes / t_packed / 1e6, 1)}
+                    for kind, layers in kinds.items():
+                        best[kind] = min(best[kind], step_ms(layers, x, kind))
+                run = {"dtype": str(dtype).split(".")[-1], "rows": rows, "read_limit_gb_s": round(nbytes / best["read"] / 1e6, 1)}
+                for kind in ("f_linear", "packed", "skinny"):
+                    if kind in best:
+                        run[f"{kind}_ms"] = round(best[kind], 2)
+                        run[f"{kind}_gb_s"] = round(nbytes / best[kind] / 1e6, 1)
+                        run[f"{kind}_speedup"] = round(best["f_linear"] / best[kind], 2)
                 runs.append(run)
                 print(run, flush=True)
-                rows_out.append([run["dtype"], rows, run["f_linear_ms"], run["packed_ms"], run["speedup"],
-                                 run["f_linear_gb_s"], run["packed_gb_s"]])
+                rows_out.append([run["dtype"], rows, run["f_linear_ms"], run["packed_ms"], run.get("skinny_ms", "-"),
+                                 run["f_linear_gb_s"], run["packed_gb_s"], run.get("skinny_gb_s", "-"),
+                                 run["read_limit_gb_s"]])
     print(f"\n{len(SMOLLM2_LAYER) * args.layers} SmolLM2-135M linear shapes per step, CPU")
-    table(rows_out, ["dtype", "rows", "F.linear ms", "packed ms", "speed-up", "F.linear GB/s", "packed GB/s"])
+    table(rows_out, ["dtype", "rows", "F.linear ms", "packed ms", "C kernel ms", "F.linear GB/s", "packed GB/s",
+                     "C kernel GB/s", "read limit GB/s"])
     write_result(args.out, {"benchmark": "cpu_linear", "shapes_per_layer": SMOLLM2_LAYER, "layers": args.layers,
                             "repeats": args.repeats, "runs": runs})
     return 0

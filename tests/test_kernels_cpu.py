@@ -1,5 +1,5 @@
-"""CPU inference paths: oneDNN-packed linears (kernels/cpu_linear.py) and the bf16 decode attention
-of the paged path — each against the plain PyTorch computation it replaces."""
+"""CPU inference paths: oneDNN-packed linears and the C kernel for 1-4 rows (kernels/cpu_linear.py), and the
+bf16 decode attention of the paged path — each against the plain PyTorch computation it replaces."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from torch import nn
 
 from llmlab import ModelConfig, Transformer
 from llmlab.engine import LLM, SamplingParams
-from llmlab.kernels.cpu_linear import PackedLinear, pack_linears, packed_layers, packing_supported, tune_packing
+from llmlab.kernels.cpu_linear import (PackedLinear, pack_linears, packed_layers, packing_supported, skinny_linear,
+                                       skinny_supported, tune_packing)
 from llmlab.model.attention import PagedMetadata, PagedSegment, paged_attend
 from llmlab.model.transformer import fuse_projections
 
@@ -214,12 +215,13 @@ def test_tune_packing_picks_the_rows_from_which_packing_wins():
     # fake timings: MKL wins at 1 and 2 rows, oneDNN from 4 rows on (as measured on a 2-core Xeon in fp32)
     wins_from = {1: False, 2: False, 4: True, 8: True}
     table = tune_packing(m, rows=(1, 2, 4, 8), repeats=1,
-                         timer=lambda layers, r, p: (1.0 if p == wins_from[r] else 2.0))
+                         timer=lambda layers, r, k: {"packed": 1.0 if wins_from[r] else 2.0,
+                                                     "f_linear": 2.0 if wins_from[r] else 1.0}.get(k, 3.0))
     assert [t["rows"] for t in table] == [1, 2, 4, 8]
     assert {x.min_rows for x in packed} == {4}
-    tune_packing(m, rows=(1, 16), repeats=1, timer=lambda layers, r, p: 1.0 if p else 2.0)
+    tune_packing(m, rows=(1, 16), repeats=1, timer=lambda layers, r, k: 1.0 if k == "packed" else 2.0)
     assert {x.min_rows for x in packed} == {1}  # packing always wins
-    tune_packing(m, rows=(1, 16), repeats=1, timer=lambda layers, r, p: 2.0 if p else 1.0)
+    tune_packing(m, rows=(1, 16), repeats=1, timer=lambda layers, r, k: 2.0 if k == "packed" else 1.0)
     assert {x.min_rows for x in packed} == {17}  # never
     table = tune_packing(m, rows=(1, 2), repeats=2)  # the real measurement runs and sets a valid threshold
     assert len(table) == 2 and all(t["f_linear_ms"] > 0 and t["packed_ms"] > 0 for t in table)
@@ -227,3 +229,56 @@ def test_tune_packing_picks_the_rows_from_which_packing_wins():
     ids = torch.randint(0, 300, (1, 9))
     with torch.no_grad():
         torch.testing.assert_close(m(ids), model()(ids), atol=1e-4, rtol=1e-4)
+
+
+needs_skinny = pytest.mark.skipif(not skinny_supported(torch.float32), reason="the C kernel is not built here")
+
+
+@needs_skinny
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 576), (2, 100), (3, 33), (1, 4, 1536)], ids=["1", "2-odd-K", "3", "4-rows-3d"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_skinny_linear_equals_f_linear(dtype, shape, bias):
+    if not skinny_supported(dtype):
+        pytest.skip(f"no {dtype} in this build")
+    torch.manual_seed(0)
+    lin = nn.Linear(shape[-1], 77, bias=bias).to(dtype)  # 77 outputs: uneven split over the threads
+    x = torch.randn(*shape).to(dtype)
+    got = skinny_linear(x, lin.weight, lin.bias)
+    want = F.linear(x.float(), lin.weight.float(), None if lin.bias is None else lin.bias.float())
+    assert got.shape == (*shape[:-1], 77) and got.dtype == dtype
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+
+
+@needs_skinny
+def test_skinny_linear_refuses_five_rows():
+    with pytest.raises(ValueError, match="1 to 4 rows, got 5"):
+        skinny_linear(torch.randn(5, 8), torch.randn(3, 8))
+
+
+@needs_packing
+@needs_skinny
+def test_tune_packing_routes_small_batches_to_the_c_kernel(monkeypatch):
+    m = model()
+    ref = copy.deepcopy(m)
+    pack_linears(m)
+    packed = packed_layers(m)
+    # fake timings: the C kernel wins at 1 and 2 rows, oneDNN from 4 on (as measured on the EPYC)
+    fast = {1: "skinny", 2: "skinny", 4: "packed", 8: "packed"}
+    tune_packing(m, rows=(1, 2, 4, 8), repeats=1, timer=lambda layers, r, k: 1.0 if fast[r] == k else 2.0)
+    assert {x.skinny_rows for x in packed} == {2} and {x.min_rows for x in packed} == {4}
+    calls = []
+    import llmlab.kernels.cpu_linear as cl
+
+    real = cl.skinny_linear
+    monkeypatch.setattr(cl, "skinny_linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.no_grad():
+        for n in (1, 2, 3):
+            ids = torch.randint(0, 300, (1, n))
+            torch.testing.assert_close(m(ids), ref(ids), atol=1e-4, rtol=1e-4)
+    assert calls and all(shape[-2] <= 2 for shape in calls)  # 3 rows went to F.linear (below min_rows)
+    tune_packing(m, rows=(1, 2), repeats=1)  # the real measurement: a valid routing, same logits
+    assert {x.skinny_rows for x in packed} <= {0, 1, 2}
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids), ref(ids), atol=1e-4, rtol=1e-4)

@@ -9,6 +9,7 @@ import torch
 from llmlab import ModelConfig, Transformer
 from llmlab.engine import LLM, SamplingParams
 from llmlab.errors import ConfigError
+from llmlab.kernels import cbuild
 from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels.paged_attention import paged_decode_reference
 
@@ -83,14 +84,15 @@ def test_bad_input_is_refused_before_reading_memory():
 
 def test_build_cache_and_missing_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
-    cpu_paged._library.cache_clear()
+    clear = lambda: (cbuild.load.cache_clear(), cpu_paged._library.cache_clear())  # noqa: E731
+    clear()
     try:
-        if cpu_paged._compiler() is not None:
+        if cbuild.compiler() is not None:
             assert cpu_paged.available() and cpu_paged.build_error() is None
             built = list((tmp_path / "kernels").glob("cpu_paged_attention-*.so"))
             assert len(built) == 1 and not list((tmp_path / "kernels").glob("*.tmp*"))  # renamed into place
-        cpu_paged._library.cache_clear()
-        monkeypatch.setattr(cpu_paged, "_compiler", lambda: None)
+        clear()
+        monkeypatch.setattr(cbuild, "compiler", lambda: None)
         assert not cpu_paged.available() and "no C compiler" in cpu_paged.build_error()
         with pytest.raises(ConfigError, match="paged_kernel='cpu' is unavailable: no C compiler"):
             LLM(tiny(), paged_kernel="cpu")
@@ -98,7 +100,8 @@ def test_build_cache_and_missing_compiler(tmp_path, monkeypatch):
             llm = LLM(tiny())  # auto: still serves, through the gather path
         assert llm.engine.runner.decode_kernel == ""
     finally:
-        cpu_paged._library.cache_clear()
+        monkeypatch.undo()
+        clear()
 
 
 def tiny(**kw) -> Transformer:

@@ -20,20 +20,67 @@ than fp32 (and bf16 where the CPU has bf16 instructions) — also after a later 
 `.to("cuda")`. Cost: one packed copy of each weight.
 
     pack_linears(model)   # swap every nn.Linear (and fused projection) in place; returns how many
-    tune_packing(model)   # time packed vs F.linear per row count on this CPU; set each min_rows
+    tune_packing(model)   # time F.linear, packed and the C kernel per row count on this CPU; route each count
+    skinny_linear(x, w, b)  # the C kernel (cpu_skinny_linear.c) for 1-4 rows: weights streamed at the bandwidth
 
 Reference: PyTorch inductor `fx_passes/mkldnn_fusion.py` (the packing that freezing applies).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmlab.kernels import cbuild
 from llmlab.model.layers import FusedProjections
+
+SKINNY_MAX_ROWS = 4  # the C kernel's limit (cpu_skinny_linear.c)
+_SKINNY_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+@functools.cache
+def _skinny_functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
+    """The C kernel's entry points by dtype; empty where it cannot be built (no compiler)."""
+    lib = cbuild.load("cpu_skinny_linear.c").lib
+    if lib is None:
+        return {}
+    fns = {}
+    for dtype, suffix in _SKINNY_SUFFIX.items():
+        if dtype == torch.float16 and not lib.llmlab_skinny_has_f16():
+            continue
+        fn = getattr(lib, f"skinny_linear_{suffix}")
+        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+        fn.restype = ctypes.c_int
+        fns[dtype] = fn
+    return fns
+
+
+def skinny_supported(dtype: torch.dtype) -> bool:
+    """Whether the C kernel for 1-4 rows (cpu_skinny_linear.c) is built here for `dtype`."""
+    return dtype in _skinny_functions()
+
+
+def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear for at most SKINNY_MAX_ROWS rows of x through the C kernel: CPU tensors of one dtype that
+    `skinny_supported` accepts; x (..., K), weight (N, K) -> (..., N)."""
+    N, K = weight.shape
+    x2 = x.reshape(-1, K).contiguous()
+    M = x2.shape[0]
+    if not 1 <= M <= SKINNY_MAX_ROWS:
+        raise ValueError(f"skinny_linear takes 1 to {SKINNY_MAX_ROWS} rows, got {M}; use F.linear.")
+    w = weight.contiguous()
+    b = None if bias is None else bias.contiguous()
+    y = torch.empty(M, N, dtype=w.dtype)
+    status = _skinny_functions()[w.dtype](x2.data_ptr(), w.data_ptr(), None if b is None else b.data_ptr(),
+                                          y.data_ptr(), M, N, K, torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("the skinny linear kernel could not allocate its scratch space.")
+    return y.view(*x.shape[:-1], N)
 
 
 def packing_supported(dtype: torch.dtype) -> bool:
@@ -66,6 +113,7 @@ class PackedLinear(nn.Linear):
 
     batch_hint: int = 16  # the row count oneDNN lays the weight out for (decode batches)
     min_rows: int = 1  # fewer rows than this go to F.linear (tune_packing: where MKL's GEMV wins on this CPU)
+    skinny_rows: int = 0  # at most this many rows go to the C kernel (tune_packing: where it wins on this CPU)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  dtypes: tuple[torch.dtype, ...] | None = None) -> None:
@@ -92,7 +140,11 @@ class PackedLinear(nn.Linear):
         w = self.weight
         if (torch.is_grad_enabled() and w.requires_grad or w.device.type != "cpu" or x.dtype != w.dtype
                 or torch.compiler.is_compiling()  # traced: Inductor's freezing packs the weight itself
-                or w.dtype not in self._dtypes or x.numel() < self.min_rows * self.in_features):
+                or w.dtype not in self._dtypes):
+            return F.linear(x, w, self.bias)
+        if x.numel() <= self.skinny_rows * self.in_features and x.numel() and skinny_supported(w.dtype):
+            return skinny_linear(x, w, self.bias)
+        if x.numel() < self.min_rows * self.in_features:
             return F.linear(x, w, self.bias)
         key = (w.data_ptr(), None if w.is_inference() else w._version, w.dtype)
         if self._packed_from != key:
@@ -148,39 +200,50 @@ def packed_layers(model: nn.Module) -> list[PackedLinear]:
 
 def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16), repeats: int = 3,
                  timer=None) -> list[dict]:
-    """Time the model's packed linears against F.linear at each row count (weights streamed, as in a decode
-    step) and set every PackedLinear's `min_rows` to the smallest count from which packing wins at every
-    larger measured count; returns the timings. Which kernel wins depends on the CPU: on a 2-core Intel
-    Xeon MKL's fp32 GEMV beat oneDNN at 1-2 rows (17.1 vs 23.7 ms per SmolLM2 step), on a Zen 4 EPYC
-    oneDNN won at every count (benchmarks/results/cpu_linear*.json). `timer(layers, rows, packed) -> ms`
-    replaces the measurement (tests)."""
+    """Time the model's packed linears three ways at each row count (weights streamed, as in a decode step):
+    F.linear, oneDNN-packed, and the C kernel for at most SKINNY_MAX_ROWS rows (where it is built). Sets every
+    PackedLinear's `skinny_rows` to the largest count up to which the C kernel beats both at every measured
+    count, and `min_rows` to the smallest count from which packing beats F.linear at every larger measured
+    count; returns the timings. Which kernel wins depends on the CPU: on a 2-core Intel Xeon MKL's fp32 GEMV
+    beat oneDNN at 1-2 rows (17.1 vs 23.7 ms per SmolLM2 step), on a Zen 4 EPYC oneDNN beat MKL at every
+    count and the C kernel beat both at 1-2 rows (benchmarks/results/cpu_linear*.json).
+    `timer(layers, rows, kernel) -> ms`, kernel one of "f_linear", "packed", "skinny", replaces the
+    measurement (tests)."""
     layers = [m for m in packed_layers(model) if m.weight.dtype in m._dtypes and m.weight.device.type == "cpu"]
     if not layers:
         return []
     timer = timer or _time_layers
+    skinny = skinny_supported(layers[0].weight.dtype)
     table = []
     with torch.inference_mode():
         for r in rows:
-            plain = packed = float("inf")
+            kernels = ["f_linear", "packed"] + (["skinny"] if skinny and r <= SKINNY_MAX_ROWS else [])
+            best = dict.fromkeys(kernels, float("inf"))
             for _ in range(repeats):  # alternate, keep the best: other jobs share the cores
-                plain = min(plain, timer(layers, r, False))
-                packed = min(packed, timer(layers, r, True))
-            table.append({"rows": r, "f_linear_ms": round(plain, 3), "packed_ms": round(packed, 3)})
+                for k in kernels:
+                    best[k] = min(best[k], timer(layers, r, k))
+            table.append({"rows": r, **{f"{k}_ms": round(v, 3) for k, v in best.items()}})
     min_rows = max(rows) + 1  # never packed, unless it wins from some count on
     for entry in reversed(table):
         if entry["packed_ms"] >= entry["f_linear_ms"]:
             break
         min_rows = entry["rows"]
+    skinny_rows = 0
+    for entry in table:  # ascending row counts
+        if "skinny_ms" not in entry or entry["skinny_ms"] >= min(entry["packed_ms"], entry["f_linear_ms"]):
+            break
+        skinny_rows = entry["rows"]
     for m in layers:
-        m.min_rows = min_rows
+        m.min_rows, m.skinny_rows = min_rows, skinny_rows
     return table
 
 
-def _time_layers(layers: list[PackedLinear], rows: int, packed: bool) -> float:
+def _time_layers(layers: list[PackedLinear], rows: int, kernel: str) -> float:
     dtype = layers[0].weight.dtype
     xs = {m.in_features: torch.randn(rows, m.in_features, dtype=dtype) for m in layers}
     for m in layers:
-        m.min_rows = 1 if packed else rows + 1
+        m.min_rows = 1 if kernel == "packed" else rows + 1
+        m.skinny_rows = rows if kernel == "skinny" else 0
     t0 = time.perf_counter()
     for m in layers:
         m(xs[m.in_features])

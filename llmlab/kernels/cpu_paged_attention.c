@@ -15,27 +15,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "cpu_dtypes.h"
 #ifdef _OPENMP
 #include <omp.h>
 #define THREAD_ID omp_get_thread_num()
 #else
 #define THREAD_ID 0
 #endif
-
-static inline float bf16_to_f32(uint16_t x) {
-    uint32_t u = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN kept a NaN */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 /* exp for x <= 0 as plain arithmetic, so the softmax loop vectorises (libm's expf is a scalar call):
  * x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite), e^r by the Cephes expf polynomial, 2^n built in the
@@ -57,21 +44,7 @@ static inline float exp_nonpositive(float x) {
     return p * two_n;
 }
 
-#define LOAD_f32(p, i) ((p)[i])
-#define STORE_f32(p, i, x) ((p)[i] = (x))
-#define LOAD_bf16(p, i) bf16_to_f32((p)[i])
-#define STORE_bf16(p, i, x) ((p)[i] = f32_to_bf16(x))
-#ifdef __FLT16_MAX__
-#define LOAD_f16(p, i) ((float)(p)[i])
-#define STORE_f16(p, i, x) ((p)[i] = (_Float16)(x))
-typedef _Float16 f16_t;
-int llmlab_has_f16(void) { return 1; }
-#else
-typedef uint16_t f16_t;
-#define LOAD_f16(p, i) (0.0f)
-#define STORE_f16(p, i, x) ((void)(x))
-int llmlab_has_f16(void) { return 0; }
-#endif
+int llmlab_has_f16(void) { return HAS_F16; }
 
 /* Visit positions [lo, n) of row s block by block: `slot` is each position's slot, `i` its index from lo. */
 #define FOR_SLOTS(s, lo, n, i, slot, BODY)                                                                    \

@@ -10,11 +10,9 @@ upcasts it and hands it to SDPA, whose CPU kernel is built for long queries, not
 SmolLM2-135M decoding 16 sequences of ~200 tokens on 2 cores that is ~15 ms of a ~46 ms step (30 layers);
 the kernel reads each K/V row once, in fp32 registers, for all query heads that share it (GQA).
 
-The source (cpu_paged_attention.c, ~100 lines) is compiled on first use with the system C compiler
-(`$CC`, else cc / gcc / clang) at -O3 -march=native, with OpenMP when the compiler has it — the way
-Inductor builds its CPU kernels — into `$LLMLAB_CACHE/kernels/` (default ~/.cache/llmlab), keyed by
-the source, the flags and the CPU; a build takes about a second. The library uses the OpenMP runtime
-torch has loaded (libgomp.so.1), so its threads are torch's. Inside `torch.compile` the kernel is the
+The source (cpu_paged_attention.c, ~150 lines) is compiled on first use with the system C compiler
+(kernels/cbuild.py: -O3 -march=native, OpenMP on torch's own thread pool, cached under
+`$LLMLAB_CACHE/kernels/`; about a second). Inside `torch.compile` the kernel is the
 custom op `llmlab::paged_decode_cpu`, opaque to Inductor.
 
 `paged_decode_reference` (kernels/paged_attention.py) is the same maths in plain PyTorch; the tests
@@ -25,72 +23,22 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-_SOURCE = Path(__file__).with_name("cpu_paged_attention.c")
-# Reassociation lets the dot products sum their vector lanes as a tree (IEEE order costs ~1.5x here); NaN and
-# infinity semantics stay exact (no -ffinite-math-only). Each set is tried in turn until one builds.
-_MATH = ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
-_FLAG_SETS = (["-O3", "-march=native", "-fopenmp", *_MATH], ["-O3", "-march=native", *_MATH], ["-O3", *_MATH])
+from llmlab.kernels import cbuild
+
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU's model and feature flags (Linux), else the platform."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
-        return "\n".join(keep) or platform.processor()
-    except OSError:
-        return platform.platform()
-
-
-def _compiler() -> str | None:
-    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
-        if shutil.which(name):
-            return name
-    return None
-
-
 class _Library:
-    """The built kernel library; `error` says why there is none."""
+    """The built kernel library with its functions typed; `error` says why there is none."""
 
     def __init__(self) -> None:
-        self.lib: ctypes.CDLL | None = None
-        self.error: str | None = None
-        cc = _compiler()
-        if cc is None:
-            self.error = "no C compiler found (set $CC or install gcc/clang)"
-            return
-        from llmlab.artifacts import cache_dir
-
-        source = _SOURCE.read_bytes()
-        out_dir = cache_dir() / "kernels"
-        last = ""
-        for flags in _FLAG_SETS:
-            key = hashlib.sha256(source + " ".join([cc, *flags]).encode() + _cpu_signature().encode()).hexdigest()
-            path = out_dir / f"cpu_paged_attention-{key[:16]}.so"
-            if not path.exists():
-                last = _compile(cc, flags, path)
-                if last:
-                    continue
-            try:
-                self.lib = ctypes.CDLL(str(path))
-            except OSError as e:
-                last = f"loading {path} failed: {e}"
-                continue
-            break
+        built = cbuild.load("cpu_paged_attention.c")
+        self.lib, self.error, self.has_f16 = built.lib, built.error, False
         if self.lib is None:
-            self.error = f"building the CPU paged-attention kernel with {cc} failed: {last}"
             return
         ptr, i64 = ctypes.c_void_p, ctypes.c_int64
         for suffix in _SUFFIX.values():
@@ -98,25 +46,6 @@ class _Library:
             fn.argtypes = [ptr] * 6 + [i64] * 7 + [ctypes.c_float, ctypes.c_int]
             fn.restype = ctypes.c_int
         self.has_f16 = bool(self.lib.llmlab_has_f16())
-
-
-def _compile(cc: str, flags: list[str], path: Path) -> str:
-    """Compile the kernel to `path` atomically (a temp file renamed into place); '' on success, else why not."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, str(_SOURCE), "-lm"],
-                              capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:
-            return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        os.replace(tmp, path)
-        return ""
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @functools.cache

@@ -1,0 +1,95 @@
+"""Build and load llmlab's small C kernels for the CPU, the way Inductor builds its own: on first use, with the
+system C compiler, into a cache keyed by the source, the flags and the CPU.
+
+    lib = load("cpu_paged_attention.c")   # a CLibrary: .lib (ctypes.CDLL or None) and .error (why not)
+
+The compiler is `$CC`, else the first of cc / gcc / clang on PATH. Flags: -O3 -march=native, OpenMP when the
+compiler has it (the library then binds to the libgomp.so.1 torch has already loaded, so its threads are
+torch's), and reassociation so vector loops may sum their lanes as a tree — NaN and infinity semantics stay
+exact (no -ffinite-math-only). Flag sets are tried in turn until one builds. Output goes to
+`$LLMLAB_CACHE/kernels/` (default ~/.cache/llmlab), written to a temporary file and renamed into place, so a
+concurrent or interrupted build never leaves a half-written library; a build takes about a second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+_MATH = ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
+FLAG_SETS = (["-O3", "-march=native", "-fopenmp", *_MATH], ["-O3", "-march=native", *_MATH], ["-O3", *_MATH])
+
+
+@dataclass
+class CLibrary:
+    lib: ctypes.CDLL | None
+    error: str | None  # why there is no library
+
+
+def compiler() -> str | None:
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        if shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU's model and feature flags (Linux), else the platform."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(keep) or platform.processor()
+    except OSError:
+        return platform.platform()
+
+
+@functools.cache
+def load(source_name: str) -> CLibrary:
+    """The library built from llmlab/kernels/<source_name> (built now if not cached), or why there is none."""
+    cc = compiler()
+    if cc is None:
+        return CLibrary(None, "no C compiler found (set $CC or install gcc/clang)")
+    from llmlab.artifacts import cache_dir
+
+    source = Path(__file__).with_name(source_name)
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # + headers
+    last = ""
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(text + " ".join([cc, *flags]).encode() + _cpu_signature().encode()).hexdigest()
+        path = cache_dir() / "kernels" / f"{source.stem}-{key[:16]}.so"
+        if not path.exists():
+            last = _compile(cc, flags, source, path)
+            if last:
+                continue
+        try:
+            return CLibrary(ctypes.CDLL(str(path)), None)
+        except OSError as e:
+            last = f"loading {path} failed: {e}"
+    return CLibrary(None, f"building {source_name} with {cc} failed: {last}")
+
+
+def _compile(cc: str, flags: list[str], source: Path, path: Path) -> str:
+    """Compile `source` to `path` atomically; '' on success, else the compiler's last line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-I", str(source.parent), "-o", tmp, str(source), "-lm"],
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        os.replace(tmp, path)
+        return ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
