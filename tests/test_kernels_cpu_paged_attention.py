@@ -104,6 +104,20 @@ def test_build_cache_and_missing_compiler(tmp_path, monkeypatch):
         clear()
 
 
+def test_unwritable_cache_is_reported_not_raised(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path / "file"))
+    cbuild.load.cache_clear()
+    try:
+        if cbuild.compiler() is None:
+            pytest.skip("no C compiler")
+        built = cbuild.load("cpu_paged_attention.c")
+        assert built.lib is None and "set $LLMLAB_CACHE to a writable directory" in built.error
+    finally:
+        monkeypatch.undo()
+        cbuild.load.cache_clear()
+
+
 def tiny(**kw) -> Transformer:
     torch.manual_seed(0)
     cfg = dict(model_type="llama", vocab_size=97, hidden_size=48, intermediate_size=96, num_layers=2, num_heads=6,

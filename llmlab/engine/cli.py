@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: faster replies after a one-off compile at the first reply "
-                        "(1.5-3 minutes for SmolLM2-135M on two CPU cores)")
+                        "(about a minute for SmolLM2-135M on two CPU cores)")
     p.set_defaults(func=run)
 
 

@@ -26,7 +26,7 @@ class EngineConfig:
     cpu_pack_linears: bool = True  # CPU: oneDNN-packed linear weights (kernels/cpu_linear.py); one extra weight copy
     fuse_projections: bool = True  # q/k/v and gate/up as one matmul each (model/transformer.py fuse_projections)
     # torch.compile the decode step (fuses norms, RoPE, residuals: fewer kernels). On CPU the weights are frozen
-    # into the graph (Inductor packs the linears; one compile per engine, 1.5-3 min for SmolLM2-135M on 2 cores)
+    # into the graph (Inductor packs the linears; one compile per engine, ~1 min for SmolLM2-135M on 2 cores)
     compile_decode: bool = False
     # decode attention reading the pages in place: "triton" (kernels/paged_attention.py), "cpu" (the C kernel of
     # kernels/cpu_paged_attention.py), "gather" (copy the keys out, then SDPA), "auto" = triton on CUDA, cpu on CPU

@@ -17,9 +17,9 @@ Attention. Prefill chunks gather their sequence's K/V slots and run SDPA (model/
 Decode rows read K/V in place through the block tables instead of copying every row's whole context
 once per layer and step (`paged_kernel="auto"`): on CUDA the Triton kernel of kernels/paged_attention.py
 (when Triton is installed), on CPU the C kernel of kernels/cpu_paged_attention.py (built on first use
-with the system C compiler; without one, a warning and the gather path). On CPU the linears are oneDNN-packed
-(kernels/cpu_linear.py, `cpu_pack_linears`) for the row counts where a start-up timing shows oneDNN beating
-MKL on this CPU (`tune_packing`).
+with the system C compiler; without one, a warning and the gather path). On CPU the linears (kernels/cpu_linear.py,
+`cpu_pack_linears`) go, per row count, to whichever of MKL (`F.linear`), oneDNN with a packed weight, and
+the C kernel for 1-4 rows a start-up timing finds fastest on this CPU (`tune_packing`, about a second).
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
 context; graphs are captured lazily per (batch bucket, context bucket) — batch padded up to
@@ -34,7 +34,7 @@ then one Inductor graph with the weights frozen in (`_FrozenDecode`): Inductor p
 and fuses the rest into a few C++ loops; for engines of at most 4 sequences it also generates its
 own GEMM kernels, which stream the weights near the memory bandwidth where oneDNN reaches ~60% of
 it. One graph serves every batch size and context length (both symbolic, padded to at least 2); it
-compiles once per engine, in 1.5-3 minutes for SmolLM2-135M on two cores (Inductor's disk cache
+compiles once per engine, in about a minute for SmolLM2-135M on two cores (Inductor's disk cache
 cannot hold frozen oneDNN weights); weights changed in place afterwards are refused with an error.
 
 Not here: which tokens to run (scheduler.py), stop rules (scheduler.py, llm_engine.py).
@@ -374,7 +374,7 @@ class _FrozenDecode:
         for t in inputs:  # batch and block-table width symbolic from the first compile on (sizes >= 2)
             torch._dynamo.mark_dynamic(t, tuple(range(t.dim())))
         if first:  # a long silent pause otherwise; the frozen oneDNN weights keep it out of Inductor's disk cache
-            print("llmlab: compiling the decode step (once per engine; 1.5-3 min for a 135M model on 2 CPU "
+            print("llmlab: compiling the decode step (once per engine; about a minute for a 135M model on 2 CPU "
                   "cores) ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
         with torch._inductor.config.patch(self.inductor):

@@ -1,8 +1,10 @@
 """Fast implementations of the model's hot operations, each checked against a plain reference.
 
-    cpu_linear           - oneDNN-packed nn.Linear for CPU inference (the engine applies it on CPU)
-    cpu_paged_attention  - paged decode attention for the CPU in C, built on first use (the engine's CPU default)
+    cpu_linear           - nn.Linear for CPU inference: oneDNN-packed, or the C kernel of cpu_skinny_linear.c
+                           for 1-4 rows, whichever a start-up timing finds faster (the engine applies it on CPU)
+    cpu_paged_attention  - paged decode attention for the CPU in C (the engine's CPU default)
     paged_attention      - the same for CUDA in Triton
+    cbuild               - builds the C kernels on first use with the system compiler, cached per CPU
 
 Triton kernels for the GPU (flash and paged attention) belong here too, with a pure-PyTorch
 reference each (see DESIGN.md).

@@ -78,9 +78,12 @@ def load(source_name: str) -> CLibrary:
 
 def _compile(cc: str, flags: list[str], source: Path, path: Path) -> str:
     """Compile `source` to `path` atomically; '' on success, else the compiler's last line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+    except OSError as e:  # a read-only cache: say where, keep serving through the slower paths
+        return f"cannot write to {path.parent} ({e.strerror}); set $LLMLAB_CACHE to a writable directory"
     try:
         proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-I", str(source.parent), "-o", tmp, str(source), "-lm"],
                               capture_output=True, text=True, timeout=120)
