@@ -1,17 +1,20 @@
-"""Paged decode attention: the Triton kernel (pages read in place) vs the gather + SDPA path, side by side.
+"""Paged decode attention: a kernel that reads the pages in place vs the gather + SDPA path, side by side.
 
-One layer's decode attention for a batch of sequences whose K/V sit in scattered pages, at the
-Llama-3.2-1B head shape (32 query heads, 8 KV heads, head_dim 64), bf16, block size 16:
+One layer's decode attention for a batch of sequences whose K/V sit in scattered pages, by default at
+the Llama-3.2-1B head shape (32 query heads, 8 KV heads, head_dim 64), bf16, block size 16:
   - gather: the engine's gather path — `pages.index_select` of every row's slots, then SDPA;
-  - kernel: kernels/paged_attention.py, one program per (sequence, KV head).
-Reported per (batch, context): microseconds per call (CUDA events, median of --iters), the
-kernel's speed-up, and the kernel's achieved bandwidth (K/V bytes read once) against the card's
-datasheet bandwidth. Outputs are checked equal (bf16 tolerance) before timing.
+  - kernel: `--kernel triton` (CUDA, kernels/paged_attention.py) or `--kernel cpu` (the C kernel of
+    kernels/cpu_paged_attention.py), each one work item per (sequence, KV head).
+Reported per (batch, context): microseconds per call (CUDA events on the GPU, wall time on the CPU;
+median of --iters), the kernel's speed-up, and its achieved bandwidth (K/V bytes read once) against the
+card's datasheet bandwidth or, on the CPU, a measured 256 MiB copy (read + write counted). Outputs are
+checked equal (bf16 tolerance) before timing.
 
     python benchmarks/paged_attention.py [--batches 1 16 64 256] [--contexts 512 2048] [--iters 50]
+    python benchmarks/paged_attention.py --device cpu --kernel cpu --heads 9 3 64 --batches 1 16 --contexts 256 2048
 
-Needs CUDA. `--device cpu` with TRITON_INTERPRET=1 runs the same script through Triton's interpreter
-as a smoke run (the tests do this): its times are not measurements of anything.
+`--device cpu --kernel triton` with TRITON_INTERPRET=1 runs the Triton kernel through its interpreter
+as a smoke run (the tests do this): those times are not measurements of anything.
 """
 
 from __future__ import annotations
@@ -25,14 +28,19 @@ import torch
 from engine_common import peak_bandwidth, table, write_result
 
 from llmlab.engine.model_runner import decode_segment
+from llmlab.kernels import cpu_paged_attention as cpa
 from llmlab.kernels import paged_attention as pa
 from llmlab.model.attention import PagedMetadata, paged_attend
 
 
-def gather_sdpa(q, k_pages, v_pages, tables, lens, block_size):
-    """The engine's own gather path (model_runner.decode_segment + model/attention.paged_attend)."""
-    seg = decode_segment(0, tables, lens, block_size, None)
-    meta = PagedMetadata(lens, [seg])  # slot_mapping is only read when writing K/V
+def gather_meta(tables, lens, block_size) -> PagedMetadata:
+    """The gather path's metadata (per-key slots and mask), built once per step by the engine, so outside the
+    timed call."""
+    return PagedMetadata(lens, [decode_segment(0, tables, lens, block_size, None)])  # slot_mapping: writes only
+
+
+def gather_sdpa(q, k_pages, v_pages, meta):
+    """The engine's own gather path (model/attention.paged_attend without a decode kernel)."""
     return paged_attend(q.transpose(0, 1)[None], k_pages, v_pages, meta)[0].transpose(0, 1)
 
 
@@ -62,16 +70,26 @@ def main() -> int:
     ap.add_argument("--heads", type=int, nargs=3, default=[32, 8, 64], metavar=("H", "HKV", "HD"))
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--iters", type=int, default=50)
-    ap.add_argument("--device", default="cuda", help="cuda; or cpu under TRITON_INTERPRET=1 (a smoke run, no timing)")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu")
+    ap.add_argument("--kernel", choices=["triton", "cpu"], default="triton",
+                    help="triton (CUDA; on CPU only under TRITON_INTERPRET=1, a smoke run) or cpu (the C kernel)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--out", default=None, help="result name (default paged_attention_<device>)")
     args = ap.parse_args()
     dev = torch.device(args.device)
-    if (dev.type == "cuda" and not torch.cuda.is_available()) or not pa.available(dev):
-        print(f"paged_attention.py needs Triton and CUDA (or TRITON_INTERPRET=1 with --device cpu); "
+    if args.kernel == "cpu":
+        if dev.type != "cpu" or not cpa.available():
+            print(f"--kernel cpu needs --device cpu and a C compiler ({cpa.build_error()}); nothing measured.")
+            return 0
+        kernel = cpa.paged_decode_cpu
+    elif (dev.type == "cuda" and not torch.cuda.is_available()) or not pa.available(dev):
+        print(f"--kernel triton needs Triton and CUDA (or TRITON_INTERPRET=1 with --device cpu); "
               f"nothing measured on {args.device}.")
         return 0
+    else:
+        kernel = pa.paged_decode
     H, Hkv, hd = args.heads
-    bs, dtype = args.block_size, torch.bfloat16
+    bs, dtype = args.block_size, getattr(torch, args.dtype)
     bandwidth, source = peak_bandwidth(dev.type)
     rows, runs = [], []
     g = torch.Generator(device=dev).manual_seed(0)
@@ -84,15 +102,16 @@ def main() -> int:
             tables = torch.randperm(num_blocks - 1, device=dev, generator=g)[:B * width].view(B, width).int()
             lens = torch.full((B,), ctx, dtype=torch.int32, device=dev)
             q = torch.randn(B, H, hd, device=dev, dtype=dtype, generator=g)
-            ref = gather_sdpa(q, k_pages, v_pages, tables, lens, bs)
-            got = pa.paged_decode(q, k_pages, v_pages, tables, lens, block_size=bs)
+            meta = gather_meta(tables, lens, bs)
+            ref = gather_sdpa(q, k_pages, v_pages, meta)
+            got = kernel(q, k_pages, v_pages, tables, lens, block_size=bs)
             err = (got.float() - ref.float()).abs().max().item()
             if err > 3e-2:
                 print(f"kernel disagrees with gather+SDPA at batch {B}, context {ctx}: max |diff| {err}")
                 return 1
             inputs = (q, k_pages, v_pages, tables, lens)
-            t_gather = time_us(lambda x=inputs: gather_sdpa(*x, bs), args.iters, dev)
-            t_kernel = time_us(lambda x=inputs: pa.paged_decode(*x, block_size=bs), args.iters, dev)
+            t_gather = time_us(lambda: gather_sdpa(q, k_pages, v_pages, meta), args.iters, dev)
+            t_kernel = time_us(lambda x=inputs: kernel(*x, block_size=bs), args.iters, dev)
             kv_bytes = 2 * B * ctx * Hkv * hd * dtype.itemsize
             gbs = kv_bytes / (t_kernel * 1e-6) / 1e9
             run = {"batch": B, "context": ctx, "gather_sdpa_us": round(t_gather, 1), "kernel_us": round(t_kernel, 1),
@@ -104,10 +123,11 @@ def main() -> int:
             rows.append([B, ctx, run["gather_sdpa_us"], run["kernel_us"], run["speedup"], run["kernel_gb_s"],
                          run["fraction_of_bandwidth"]])
     table(rows, ["batch", "context", "gather+SDPA us", "kernel us", "speed-up", "kernel GB/s", "of bandwidth"])
-    note = {} if dev.type == "cuda" else {"note": "Triton interpreter on CPU: a smoke run, the times mean nothing"}
+    smoke = dev.type == "cpu" and args.kernel == "triton"
+    note = {"note": "Triton interpreter on CPU: a smoke run, the times mean nothing"} if smoke else {}
     write_result(args.out or f"paged_attention_{dev.type}", {
-                            "benchmark": "paged_attention", **note, "heads": {"q": H, "kv": Hkv, "head_dim": hd},
-                            "dtype": "bfloat16", "block_size": bs, "bandwidth_gb_s": bandwidth and bandwidth / 1e9,
+                            "benchmark": "paged_attention", **note, "kernel": args.kernel,
+                            "heads": {"q": H, "kv": Hkv, "head_dim": hd}, "dtype": args.dtype, "block_size": bs, "bandwidth_gb_s": bandwidth and bandwidth / 1e9,
                             "bandwidth_source": source, "runs": runs})
     return 0
 

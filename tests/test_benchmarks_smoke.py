@@ -95,3 +95,15 @@ def test_paged_attention_benchmark_smoke(tmp_path):
     r = result(tmp_path, "pa")
     assert "smoke" in r["note"] and len(r["runs"]) == 2
     assert all(x["max_abs_diff"] < 3e-2 for x in r["runs"])  # the kernel agreed with gather + SDPA
+
+
+def test_paged_attention_benchmark_cpu_kernel_smoke(tmp_path):
+    from llmlab.kernels import cpu_paged_attention as cpa
+
+    if not cpa.available():
+        pytest.skip(f"no CPU kernel: {cpa.build_error()}")
+    run(tmp_path, "paged_attention.py", "--device", "cpu", "--kernel", "cpu", "--batches", "1", "3", "--contexts",
+        "40", "--heads", "6", "2", "16", "--iters", "2", "--out", "pa_cpu")
+    r = result(tmp_path, "pa_cpu")
+    assert r["kernel"] == "cpu" and "note" not in r and len(r["runs"]) == 2
+    assert all(x["max_abs_diff"] < 3e-2 and x["kernel_us"] > 0 for x in r["runs"])
