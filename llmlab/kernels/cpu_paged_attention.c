@@ -49,7 +49,7 @@ int llmlab_has_f16(void) { return HAS_F16; }
 /* Visit positions [lo, n) of row s block by block: `slot` is each position's slot, `i` its index from lo. At
  * each block's start the next block's rows of head h in `pages` are prefetched: blocks sit anywhere in the
  * pool, so the hardware prefetcher cannot follow the block table (SmolLM2 heads, bf16, 2 cores: 64 rows x 2048
- * keys 13.6-15.4 -> 10.2-11.2 ms, 16 x 2048 1.8-2.6 -> 1.8-1.9 ms; three or four runs each). */
+ * keys 13.6-15.4 -> 10.2-11.2 ms, 16 x 2048 1.8-2.6 -> 1.8-2.1 ms; four runs each). */
 #define FOR_SLOTS(s, lo, n, i, slot, pages, BODY)                                                             \
     for (int64_t b_ = (lo) / block_size; b_ * block_size < (n); b_++) {                                      \
         const int64_t base_ = tables[(s) * nb + b_] * block_size, p0_ = b_ * block_size;                     \
