@@ -53,11 +53,29 @@ def test_scale_threads_and_int32_tables():
     try:
         torch.set_num_threads(1)
         one = cpu_paged.paged_decode_cpu(q, k, v, tables.int(), lens.int(), block_size=16, scale=0.3)
+        torch.set_num_threads(2)
+        two = cpu_paged.paged_decode_cpu(q, k, v, tables, lens, block_size=16, scale=0.3)
     finally:
         torch.set_num_threads(threads)
-    many = cpu_paged.paged_decode_cpu(q, k, v, tables, lens, block_size=16, scale=0.3)
-    assert torch.equal(one, many)  # each (row, KV head) is one thread's: no order depends on the thread count
-    torch.testing.assert_close(many, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(one, two)  # 12 (row, KV head) items >= threads: each is one thread's, no order changes
+    torch.testing.assert_close(two, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_small_batches_split_their_keys_over_the_threads(dtype, threads):
+    # 1-2 rows x 1 KV head < threads: each item's keys are split into parts (>= 128 keys each) and combined
+    q, k, v, tables, lens = case(dtype, 4, 1, 64, 16, [1000, 300, 1], num_blocks=160)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for rows, window in ((slice(0, 1), None), (slice(0, 2), None), (slice(0, 1), 700), (slice(1, 3), None)):
+            got = cpu_paged.paged_decode_cpu(q[rows], k, v, tables[rows], lens[rows], block_size=16, window=window)
+            want = paged_decode_reference(q[rows], k, v, tables[rows], lens[rows], block_size=16, window=window)
+            torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
+    finally:
+        torch.set_num_threads(saved)
 
 
 @needs_kernel
