@@ -14,7 +14,10 @@ from llmlab import ModelConfig, Transformer
 from llmlab.engine import LLM, SamplingParams
 from llmlab.kernels.cpu_linear import (PackedLinear, pack_linears, packed_layers, packing_supported, skinny_linear,
                                        skinny_supported, tune_packing)
+from llmlab.kernels.cpu_norm import FastRMSNorm, use_fast_norms
+from llmlab.kernels.cpu_norm import supported as fast_norm_supported
 from llmlab.model.attention import PagedMetadata, PagedSegment, paged_attend
+from llmlab.model.layers import RMSNorm
 from llmlab.model.transformer import fuse_projections
 
 needs_packing = pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
@@ -282,3 +285,55 @@ def test_tune_packing_routes_small_batches_to_the_c_kernel(monkeypatch):
     assert {x.skinny_rows for x in packed} <= {0, 1, 2}
     with torch.no_grad():
         torch.testing.assert_close(m(ids), ref(ids), atol=1e-4, rtol=1e-4)
+
+
+needs_norm = pytest.mark.skipif(not fast_norm_supported(torch.float32), reason="the C norm kernel is not built here")
+
+
+@needs_norm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 576), (16, 576), (2, 3, 5, 64), (300, 1024)], ids=["1", "16", "qk-norm", "parallel"])
+def test_fast_rms_norm_equals_rms_norm(dtype, shape):
+    if not fast_norm_supported(dtype):
+        pytest.skip(f"no {dtype} in this build")
+    torch.manual_seed(0)
+    plain = RMSNorm(shape[-1], 1e-5).to(dtype)
+    with torch.no_grad():
+        plain.weight.copy_(torch.randn(shape[-1]))
+    holder = nn.Sequential(copy.deepcopy(plain))
+    assert use_fast_norms(holder) == 1 and isinstance(holder[0], FastRMSNorm) and isinstance(holder[0], RMSNorm)
+    assert holder.state_dict().keys() == nn.Sequential(plain).state_dict().keys()
+    x = (torch.randn(*shape) * 3).to(dtype)
+    with torch.no_grad():
+        got, want = holder[0](x), plain(x)
+    assert got.dtype == dtype and got.shape == x.shape
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    else:  # fp32 statistics rounded once to the dtype, then the weight: at most a rare one-ulp flip
+        torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=1e-2)
+        assert (got == want).float().mean() > 0.999
+
+
+@needs_norm
+def test_fast_rms_norm_steps_aside_for_autograd_and_mixed_dtypes():
+    plain = RMSNorm(64)
+    fast = nn.Sequential(copy.deepcopy(plain))
+    use_fast_norms(fast)
+    x = torch.randn(3, 64, requires_grad=True)
+    y = fast[0](x)  # training: the plain forward, gradients flow
+    y.sum().backward()
+    assert x.grad is not None and fast[0].weight.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(fast[0](x.detach().bfloat16()), plain(x.detach().bfloat16()))  # fp32 weight
+
+
+@needs_norm
+def test_engine_swaps_norms_on_cpu_and_keeps_greedy_outputs():
+    prompts = [[5, 17, 42], list(range(20, 41))]
+    params = SamplingParams(temperature=0, max_tokens=10)
+    fast = LLM(model(), max_num_batched_tokens=64)
+    assert any(isinstance(m, FastRMSNorm) for m in fast.model.modules())
+    plain = LLM(model(), max_num_batched_tokens=64, cpu_fast_norms=False)
+    assert not any(isinstance(m, FastRMSNorm) for m in plain.model.modules())
+    assert ([o.outputs[0].token_ids for o in fast.generate(prompts, params)]
+            == [o.outputs[0].token_ids for o in plain.generate(prompts, params)])

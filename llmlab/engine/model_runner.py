@@ -19,7 +19,8 @@ once per layer and step (`paged_kernel="auto"`): on CUDA the Triton kernel of ke
 (when Triton is installed), on CPU the C kernel of kernels/cpu_paged_attention.py (built on first use
 with the system C compiler; without one, a warning and the gather path). On CPU the linears (kernels/cpu_linear.py,
 `cpu_pack_linears`) go, per row count, to whichever of MKL (`F.linear`), oneDNN with a packed weight, and
-the C kernel for 1-4 rows a start-up timing finds fastest on this CPU (`tune_packing`, about a second).
+the C kernel for 1-4 rows a start-up timing finds fastest on this CPU (`tune_packing`, about a second), and
+RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`).
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
 context; graphs are captured lazily per (batch bucket, context bucket) — batch padded up to
@@ -58,6 +59,7 @@ from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
 from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels.cpu_linear import pack_linears, tune_packing
+from llmlab.kernels.cpu_norm import use_fast_norms
 from llmlab.kernels.paged_attention import available as paged_kernel_available
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
 from llmlab.model.cache import PagedKVCache
@@ -83,6 +85,8 @@ class ModelRunner:
             if pack_linears(model):  # same parameters, faster CPU matmuls; a no-op where oneDNN cannot pack
                 # ... at the row counts where oneDNN beats MKL on this CPU (timed here, under a second)
                 tune_packing(model, rows=tuple(r for r in (1, 2, 4, 8, 16) if r <= config.max_num_seqs))
+        if self.device.type == "cpu" and config.cpu_fast_norms and not self.compile_cpu:
+            use_fast_norms(model)  # one C call per norm instead of ~8 small ops (Inductor fuses them when compiling)
         self.decode_kernel = self._use_decode_kernel(config.paged_kernel)
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len or self.cfg.max_position_embeddings

@@ -3,6 +3,7 @@
     cpu_linear           - nn.Linear for CPU inference: oneDNN-packed, or the C kernel of cpu_skinny_linear.c
                            for 1-4 rows, whichever a start-up timing finds faster (the engine applies it on CPU)
     cpu_paged_attention  - paged decode attention for the CPU in C (the engine's CPU default)
+    cpu_norm             - RMSNorm for CPU inference in one C call (the engine swaps it in on CPU)
     paged_attention      - the same for CUDA in Triton
     cbuild               - builds the C kernels on first use with the system compiler, cached per CPU
 

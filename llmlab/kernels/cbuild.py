@@ -51,6 +51,24 @@ def _cpu_signature() -> str:
         return platform.platform()
 
 
+def dtype_functions(source_name: str, prefix: str, argtypes: list, has_f16: str) -> dict:
+    """{torch dtype: typed ctypes function} for the entry points `<prefix>_f32`, `<prefix>_bf16` and, where the
+    library's `has_f16()` says the compiler had _Float16, `<prefix>_f16`; empty where nothing could be built."""
+    import torch
+
+    lib = load(source_name).lib
+    if lib is None:
+        return {}
+    fns = {}
+    for dtype, suffix in ((torch.float32, "f32"), (torch.bfloat16, "bf16"), (torch.float16, "f16")):
+        if dtype == torch.float16 and not getattr(lib, has_f16)():
+            continue
+        fn = getattr(lib, f"{prefix}_{suffix}")
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+        fns[dtype] = fn
+    return fns
+
+
 @functools.cache
 def load(source_name: str) -> CLibrary:
     """The library built from llmlab/kernels/<source_name> (built now if not cached), or why there is none."""

@@ -40,24 +40,13 @@ from llmlab.kernels import cbuild
 from llmlab.model.layers import FusedProjections
 
 SKINNY_MAX_ROWS = 4  # the C kernel's limit (cpu_skinny_linear.c)
-_SKINNY_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 @functools.cache
 def _skinny_functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
     """The C kernel's entry points by dtype; empty where it cannot be built (no compiler)."""
-    lib = cbuild.load("cpu_skinny_linear.c").lib
-    if lib is None:
-        return {}
-    fns = {}
-    for dtype, suffix in _SKINNY_SUFFIX.items():
-        if dtype == torch.float16 and not lib.llmlab_skinny_has_f16():
-            continue
-        fn = getattr(lib, f"skinny_linear_{suffix}")
-        fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-        fn.restype = ctypes.c_int
-        fns[dtype] = fn
-    return fns
+    args = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    return cbuild.dtype_functions("cpu_skinny_linear.c", "skinny_linear", args, "llmlab_skinny_has_f16")
 
 
 def skinny_supported(dtype: torch.dtype) -> bool:
