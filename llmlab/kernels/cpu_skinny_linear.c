@@ -6,9 +6,9 @@
  * rows; sums in fp32 (vector lanes summed as a tree), the result rounded to the weight's dtype. Output rows
  * are split over `nthreads` threads in contiguous ranges.
  *
- * Why not oneDNN: at one row it streams SmolLM2-135M's bf16 weights at ~19 GB/s and fp32 at ~24 GB/s on a
- * 2-core Zen 4 (where its bf16 path leans on vdpbf16ps, slow there); plain loads, shifts and FMAs reach ~28
- * and ~35 GB/s, the read bandwidth of that machine. From 4 rows on oneDNN's blocked GEMM wins again
+ * Why not oneDNN: at one row it streams SmolLM2-135M's bf16 weights at 13.6 GB/s and fp32 at 17.8 GB/s on a
+ * 2-core Zen 4; plain loads, shifts and FMAs reach 25.4 and 27.1 GB/s, about the read bandwidth of that
+ * machine (benchmarks/results/cpu_linear.json). From 4 rows on oneDNN's blocked GEMM wins again
  * (tune_packing measures where, per CPU).
  */
 #include <stdint.h>
