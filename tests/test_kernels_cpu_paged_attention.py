@@ -102,7 +102,7 @@ def test_bad_input_is_refused_before_reading_memory():
 
 def test_build_cache_and_missing_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
-    clear = lambda: (cbuild.load.cache_clear(), cpu_paged._library.cache_clear())  # noqa: E731
+    clear = lambda: (cbuild.load.cache_clear(), cpu_paged._functions.cache_clear())  # noqa: E731
     clear()
     try:
         if cbuild.compiler() is not None:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from llmlab.kernels import cbuild
 from llmlab.model.layers import RMSNorm
 
+
 @functools.cache
 def _functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
     """The kernel's entry points by dtype; empty where it cannot be built (no compiler)."""

@@ -29,42 +29,27 @@ from torch import Tensor
 
 from llmlab.kernels import cbuild
 
-_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
-
-
-class _Library:
-    """The built kernel library with its functions typed; `error` says why there is none."""
-
-    def __init__(self) -> None:
-        built = cbuild.load("cpu_paged_attention.c")
-        self.lib, self.error, self.has_f16 = built.lib, built.error, False
-        if self.lib is None:
-            return
-        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-        for suffix in _SUFFIX.values():
-            fn = getattr(self.lib, f"paged_decode_{suffix}")
-            fn.argtypes = [ptr] * 6 + [i64] * 7 + [ctypes.c_float, ctypes.c_int]
-            fn.restype = ctypes.c_int
-        self.has_f16 = bool(self.lib.llmlab_has_f16())
+_SOURCE = "cpu_paged_attention.c"
 
 
 @functools.cache
-def _library() -> _Library:
-    return _Library()
+def _functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
+    """The kernel's entry points by dtype; empty where it cannot be built (no compiler)."""
+    args = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float, ctypes.c_int]
+    return cbuild.dtype_functions(_SOURCE, "paged_decode", args, "llmlab_has_f16")
 
 
 def available() -> bool:
     """Whether the kernel is built (building it on the first call)."""
-    return _library().lib is not None
+    return bool(_functions())
 
 
 def build_error() -> str | None:
-    return _library().error
+    return cbuild.load(_SOURCE).error
 
 
 def supports(dtype: torch.dtype) -> bool:
-    lib = _library()
-    return lib.lib is not None and dtype in _SUFFIX and (dtype != torch.float16 or lib.has_f16)
+    return dtype in _functions()
 
 
 def _run(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor, block_size: int,
@@ -75,9 +60,9 @@ def _run(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, cont
     tables = block_tables.to(torch.int64).contiguous()
     ctx = context_lens.to(torch.int64).contiguous()
     out = torch.empty_like(q)
-    fn = getattr(_library().lib, f"paged_decode_{_SUFFIX[q.dtype]}")
-    status = fn(q.data_ptr(), k_pages.data_ptr(), v_pages.data_ptr(), tables.data_ptr(), ctx.data_ptr(),
-                out.data_ptr(), B, H, Hkv, hd, tables.shape[1], block_size, window, scale, torch.get_num_threads())
+    status = _functions()[q.dtype](q.data_ptr(), k_pages.data_ptr(), v_pages.data_ptr(), tables.data_ptr(),
+                                   ctx.data_ptr(), out.data_ptr(), B, H, Hkv, hd, tables.shape[1], block_size, window,
+                                   scale, torch.get_num_threads())
     if status == 1:
         raise ValueError("a context length is longer than its block table covers (context_lens > "
                          "block_tables.shape[1] * block_size); pass a block table that covers every position.")
