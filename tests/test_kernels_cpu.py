@@ -12,8 +12,8 @@ from torch import nn
 
 from llmlab import ModelConfig, Transformer
 from llmlab.engine import LLM, SamplingParams
-from llmlab.kernels.cpu_linear import (PackedLinear, pack_linears, packed_layers, packing_supported, skinny_linear,
-                                       skinny_supported, tune_packing)
+from llmlab.kernels.cpu_linear import (ROWS_ANY, PackedLinear, pack_linears, packed_layers, packing_supported,
+                                       skinny_linear, skinny_supported, tune_packing)
 from llmlab.kernels.cpu_norm import FastRMSNorm, use_fast_norms
 from llmlab.kernels.cpu_norm import supported as fast_norm_supported
 from llmlab.model.attention import PagedMetadata, PagedSegment, paged_attend
@@ -49,7 +49,7 @@ def test_packed_linear_equals_f_linear(dtype, shape):
     assert got.shape == (*shape[:-1], 384) and got.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
-    assert packed._packed is not None  # the packed path ran, not the fallback
+    assert "packed" in packed._copies  # the packed path ran, not the fallback
 
 
 @needs_packing
@@ -59,7 +59,7 @@ def test_packed_linear_built_directly_packs():
     x = torch.randn(4, 256)
     with torch.inference_mode():
         torch.testing.assert_close(packed(x), F.linear(x, packed.weight, packed.bias), atol=1e-5, rtol=1e-5)
-    assert packed._packed is not None
+    assert "packed" in packed._copies
 
 
 @needs_packing
@@ -197,17 +197,17 @@ def test_compiled_paged_decode_attention_matches_eager(dtype):
 
 
 @needs_packing
-def test_min_rows_sends_small_batches_to_f_linear():
+def test_routes_send_small_batches_to_f_linear():
     torch.manual_seed(0)
     lin = PackedLinear.from_linear(nn.Linear(256, 256))
-    lin.min_rows = 4
+    lin.routes = ((3, "f_linear"), (ROWS_ANY, "packed"))
     with torch.no_grad():
         one = torch.randn(1, 256)
         torch.testing.assert_close(lin(one), F.linear(one, lin.weight, lin.bias))
-        assert lin._packed is None  # 1 row < min_rows: F.linear, nothing packed
+        assert not lin._copies  # 1 row: F.linear, nothing packed
         four = torch.randn(4, 256)
         torch.testing.assert_close(lin(four), F.linear(four, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
-        assert lin._packed is not None
+        assert set(lin._copies) == {"packed"}
 
 
 @needs_packing
@@ -221,14 +221,15 @@ def test_tune_packing_picks_the_rows_from_which_packing_wins():
                          timer=lambda layers, r, k: {"packed": 1.0 if wins_from[r] else 2.0,
                                                      "f_linear": 2.0 if wins_from[r] else 1.0}.get(k, 3.0))
     assert [t["rows"] for t in table] == [1, 2, 4, 8]
-    assert {x.min_rows for x in packed} == {4}
+    assert {x.routes for x in packed} == {((2, "f_linear"), (ROWS_ANY, "packed"))}
     tune_packing(m, rows=(1, 16), repeats=1, timer=lambda layers, r, k: 1.0 if k == "packed" else 2.0)
-    assert {x.min_rows for x in packed} == {1}  # packing always wins
-    tune_packing(m, rows=(1, 16), repeats=1, timer=lambda layers, r, k: 2.0 if k == "packed" else 1.0)
-    assert {x.min_rows for x in packed} == {17}  # never
-    table = tune_packing(m, rows=(1, 2), repeats=2)  # the real measurement runs and sets a valid threshold
+    assert {x.routes for x in packed} == {((ROWS_ANY, "packed"),)}  # packing always wins
+    tune_packing(m, rows=(1, 16), repeats=1, timer=lambda layers, r, k: 1.0 if k == "f_linear" else 2.0)
+    assert {x.routes for x in packed} == {((ROWS_ANY, "f_linear"),)}  # never
+    assert all(not x._copies for x in packed)  # no route packs: the copies made while timing are freed
+    table = tune_packing(m, rows=(1, 2), repeats=2)  # the real measurement runs and routes every count
     assert len(table) == 2 and all(t["f_linear_ms"] > 0 and t["packed_ms"] > 0 for t in table)
-    assert {x.min_rows for x in packed} <= {1, 2, 3}
+    assert all(x.routes[-1][0] == ROWS_ANY and x.routes[-1][1] != "skinny" for x in packed)
     ids = torch.randint(0, 300, (1, 9))
     with torch.no_grad():
         torch.testing.assert_close(m(ids), model()(ids), atol=1e-4, rtol=1e-4)
@@ -267,10 +268,10 @@ def test_tune_packing_routes_small_batches_to_the_c_kernel(monkeypatch):
     ref = copy.deepcopy(m)
     pack_linears(m)
     packed = packed_layers(m)
-    # fake timings: the C kernel wins at 1 and 2 rows, oneDNN from 4 on (as measured on the EPYC)
-    fast = {1: "skinny", 2: "skinny", 4: "packed", 8: "packed"}
+    # fake timings: the C kernel wins at 1 and 2 rows, MKL at 4, oneDNN from 8 on
+    fast = {1: "skinny", 2: "skinny", 4: "f_linear", 8: "packed"}
     tune_packing(m, rows=(1, 2, 4, 8), repeats=1, timer=lambda layers, r, k: 1.0 if fast[r] == k else 2.0)
-    assert {x.skinny_rows for x in packed} == {2} and {x.min_rows for x in packed} == {4}
+    assert {x.routes for x in packed} == {((2, "skinny"), (4, "f_linear"), (ROWS_ANY, "packed"))}
     calls = []
     import llmlab.kernels.cpu_linear as cl
 
@@ -280,9 +281,10 @@ def test_tune_packing_routes_small_batches_to_the_c_kernel(monkeypatch):
         for n in (1, 2, 3):
             ids = torch.randint(0, 300, (1, n))
             torch.testing.assert_close(m(ids), ref(ids), atol=1e-4, rtol=1e-4)
-    assert calls and all(shape[-2] <= 2 for shape in calls)  # 3 rows went to F.linear (below min_rows)
+    assert calls and all(shape[-2] <= 2 for shape in calls)  # 3 rows went to F.linear
+    tune_packing(m, rows=(1, 2), repeats=1, timer=lambda layers, r, k: 1.0 if k == "skinny" else 2.0)
+    assert {x.routes[-1][1] for x in packed} != {"skinny"}  # above 2 rows: never the 4-row kernel
     tune_packing(m, rows=(1, 2), repeats=1)  # the real measurement: a valid routing, same logits
-    assert {x.skinny_rows for x in packed} <= {0, 1, 2}
     with torch.no_grad():
         torch.testing.assert_close(m(ids), ref(ids), atol=1e-4, rtol=1e-4)
 

@@ -23,7 +23,7 @@ class EngineConfig:
     enforce_eager: bool = False  # CUDA: no graphs for decode steps
     cuda_graph_max_bs: int = 256  # largest decode batch that replays a CUDA graph
     seed: int = 0  # generator for requests without their own seed
-    cpu_pack_linears: bool = True  # CPU: oneDNN-packed linear weights (kernels/cpu_linear.py); one extra weight copy
+    cpu_pack_linears: bool = True  # CPU: packed linear weights, fastest kernel per row count (kernels/cpu_linear.py)
     cpu_fast_norms: bool = True  # CPU: RMSNorm in one C call (kernels/cpu_norm.py) when a C compiler is found
     fuse_projections: bool = True  # q/k/v and gate/up as one matmul each (model/transformer.py fuse_projections)
     # torch.compile the decode step (fuses norms, RoPE, residuals: fewer kernels). On CPU the weights are frozen

@@ -18,8 +18,9 @@ Decode rows read K/V in place through the block tables instead of copying every 
 once per layer and step (`paged_kernel="auto"`): on CUDA the Triton kernel of kernels/paged_attention.py
 (when Triton is installed), on CPU the C kernel of kernels/cpu_paged_attention.py (built on first use
 with the system C compiler; without one, a warning and the gather path). On CPU the linears (kernels/cpu_linear.py,
-`cpu_pack_linears`) go, per row count, to whichever of MKL (`F.linear`), oneDNN with a packed weight, and
-the C kernel for 1-4 rows a start-up timing finds fastest on this CPU (`tune_packing`, about a second), and
+`cpu_pack_linears`) go, per row count, to whichever of MKL (`F.linear`), oneDNN with a packed weight, the
+panel kernel (AVX-512) and the C kernel for 1-4 rows a start-up timing finds fastest on this CPU
+(`tune_packing`: the decode batch sizes up to max_num_seqs and one prefill-sized count, a second or two), and
 RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`).
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
@@ -83,8 +84,9 @@ class ModelRunner:
         self.compile_cpu = config.compile_decode and self.device.type == "cpu"
         if self.device.type == "cpu" and config.cpu_pack_linears and not self.compile_cpu:
             if pack_linears(model):  # same parameters, faster CPU matmuls; a no-op where oneDNN cannot pack
-                # ... at the row counts where oneDNN beats MKL on this CPU (timed here, under a second)
-                tune_packing(model, rows=tuple(r for r in (1, 2, 4, 8, 16) if r <= config.max_num_seqs))
+                # each row count to the kernel that is fastest for it on this CPU (timed here, a second or two)
+                decode = [r for r in (1, 2, 4, 8, 16, 32) if r <= config.max_num_seqs]
+                tune_packing(model, rows=tuple(sorted({*decode, min(128, config.max_num_batched_tokens)})))
         if self.device.type == "cpu" and config.cpu_fast_norms and not self.compile_cpu:
             use_fast_norms(model)  # one C call per norm instead of ~8 small ops (Inductor fuses them when compiling)
         self.decode_kernel = self._use_decode_kernel(config.paged_kernel)

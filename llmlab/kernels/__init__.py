@@ -1,7 +1,8 @@
 """Fast implementations of the model's hot operations, each checked against a plain reference.
 
-    cpu_linear           - nn.Linear for CPU inference: oneDNN-packed, or the C kernel of cpu_skinny_linear.c
-                           for 1-4 rows, whichever a start-up timing finds faster (the engine applies it on CPU)
+    cpu_linear           - nn.Linear for CPU inference: per row count the fastest of oneDNN-packed, the panel
+                           kernel and the C kernel for 1-4 rows, found by a start-up timing (the engine applies it)
+    cpu_panel_linear     - register-tiled linear on a weight packed into 16-column panels (AVX-512, AVX512-BF16)
     cpu_paged_attention  - paged decode attention for the CPU in C (the engine's CPU default)
     cpu_norm             - RMSNorm for CPU inference in one C call (the engine swaps it in on CPU)
     paged_attention      - the same for CUDA in Triton

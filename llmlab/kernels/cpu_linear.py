@@ -1,15 +1,16 @@
-"""Packed linear layers for CPU inference: the same `nn.Linear`, multiplied by oneDNN from a
-weight reordered once into its blocked layout.
+"""Linear layers for CPU inference: the same `nn.Linear`, multiplied from a weight packed once by whichever
+kernel is fastest on this CPU for the number of rows at hand.
 
-Why. On x86, `F.linear` in fp32 goes to MKL's sgemm, which re-reads the plain row-major weight
-on every call; at decode shapes (a few rows per step) that is bandwidth-bound and slow. oneDNN's
-`_reorder_linear_weight` lays the weight out once for its own kernels and `_linear_pointwise`
-multiplies with it — what `torch.compile`'s CPU "freezing" pass does, here without compiling.
-`benchmarks/cpu_linear.py` times SmolLM2-135M's 210 linear shapes per decode step (weights
-streamed from memory) on a 2-core AMD EPYC (Zen 4), results in `benchmarks/results/cpu_linear.json`:
-
-    fp32, 1 row:   F.linear 43.8 ms  packed 27.6 ms  (1.59x)     bf16, 1 row:   28.6 -> 19.1 ms (1.49x)
-    fp32, 16 rows: F.linear 82.6 ms  packed 45.4 ms  (1.82x)     bf16, 16 rows: 42.7 -> 28.1 ms (1.52x)
+Why. On x86, `F.linear` goes to MKL/ATen, which re-reads the plain row-major weight on every call; at decode
+shapes (a few rows per step) that is bandwidth-bound and slow. Four kernels, chosen per row count:
+  - "packed": oneDNN's `_linear_pointwise` on a weight `_reorder_linear_weight` laid out once (what
+    `torch.compile`'s CPU freezing pass does, here without compiling);
+  - "panel": llmlab's register-tiled kernel on 16-column panels (kernels/cpu_panel_linear.py; AVX-512);
+  - "skinny": llmlab's C kernel for 1-4 rows on the plain weight (cpu_skinny_linear.c; any CPU with a compiler);
+  - "f_linear": plain `F.linear` (on a 2-core Intel Xeon MKL's fp32 GEMV won at 1-2 rows).
+`benchmarks/cpu_linear.py` times SmolLM2-135M's 210 linear shapes per decode step (weights streamed from
+memory; `benchmarks/results/cpu_linear.json`). On a 2-core AMD EPYC (Zen 4), bf16, F.linear / oneDNN / panel:
+1 row 17.7 / 14.7 / 8.0 ms, 16 rows 26.0 / 19.4 / 10.5 ms, 64 rows 59.8 / 46.2 / 32.9 ms.
 
 `PackedLinear` *is* an `nn.Linear` (same parameters, same state-dict names, `isinstance` holds),
 so checkpoints, conversion and later module swaps see nothing new. It packs lazily on its first
@@ -17,10 +18,10 @@ inference call and packs again whenever the weight changes — its version count
 steps, `load_state_dict`, any in-place write) or its storage (`.to()`) — so it never multiplies by
 a stale copy. It falls back to `F.linear` while autograd records, off CPU, and for dtypes other
 than fp32 (and bf16 where the CPU has bf16 instructions) — also after a later `.half()` or
-`.to("cuda")`. Cost: one packed copy of each weight.
+`.to("cuda")`. Cost: one packed copy of each weight per kernel in use (`tune_packing` frees the others).
 
     pack_linears(model)   # swap every nn.Linear (and fused projection) in place; returns how many
-    tune_packing(model)   # time F.linear, packed and the C kernel per row count on this CPU; route each count
+    tune_packing(model)   # time every kernel per row count on this CPU; route each count to the fastest
     skinny_linear(x, w, b)  # the C kernel (cpu_skinny_linear.c) for 1-4 rows: weights streamed at the bandwidth
 
 Reference: PyTorch inductor `fx_passes/mkldnn_fusion.py` (the packing that freezing applies).
@@ -37,9 +38,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmlab.kernels import cbuild
+from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear, panel_supported
 from llmlab.model.layers import FusedProjections
 
 SKINNY_MAX_ROWS = 4  # the C kernel's limit (cpu_skinny_linear.c)
+ROWS_ANY = 1 << 62  # a route's bound that takes every row count
 
 
 @functools.cache
@@ -98,17 +101,18 @@ def _packable_dtypes() -> tuple[torch.dtype, ...]:
 
 
 class PackedLinear(nn.Linear):
-    """nn.Linear whose inference forward multiplies by a oneDNN-packed copy of the weight."""
+    """nn.Linear whose inference forward multiplies by a packed copy of the weight (see the module docstring)."""
 
     batch_hint: int = 16  # the row count oneDNN lays the weight out for (decode batches)
-    min_rows: int = 1  # fewer rows than this go to F.linear (tune_packing: where MKL's GEMV wins on this CPU)
-    skinny_rows: int = 0  # at most this many rows go to the C kernel (tune_packing: where it wins on this CPU)
+    # Which kernel takes how many rows: ascending (up to rows, kernel) pairs, the last one for every larger count.
+    # Kernels: "packed" (oneDNN), "panel" (cpu_panel_linear.c), "skinny" (the C kernel, <= SKINNY_MAX_ROWS rows),
+    # "f_linear" (MKL/ATen). tune_packing measures them on this CPU and sets this per layer.
+    routes: tuple[tuple[int, str], ...] = ((ROWS_ANY, "packed"),)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  dtypes: tuple[torch.dtype, ...] | None = None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self._packed = None
-        self._packed_from = None
+        self._copies: dict[str, tuple[tuple, Tensor]] = {}
         self._dtypes = _packable_dtypes() if dtypes is None else dtypes
 
     @classmethod
@@ -120,33 +124,57 @@ class PackedLinear(nn.Linear):
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight = linear.weight
         new.bias = linear.bias
-        new._packed = None
-        new._packed_from = None
+        new._copies = {}
         new._dtypes = dtypes
         return new
+
+    def kernel_for(self, rows: int) -> str:
+        """The kernel `routes` names for `rows` rows, if it runs for this layer here; else oneDNN's."""
+        kernel = next((k for up_to, k in self.routes if rows <= up_to), self.routes[-1][1])
+        if kernel == "skinny" and not (rows <= SKINNY_MAX_ROWS and skinny_supported(self.weight.dtype)):
+            return "packed"
+        if kernel == "panel" and not panel_supported(self.weight.dtype, self.in_features):
+            return "packed"
+        return kernel
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if (torch.is_grad_enabled() and w.requires_grad or w.device.type != "cpu" or x.dtype != w.dtype
                 or torch.compiler.is_compiling()  # traced: Inductor's freezing packs the weight itself
-                or w.dtype not in self._dtypes):
+                or w.dtype not in self._dtypes or not x.numel()):
             return F.linear(x, w, self.bias)
-        if x.numel() <= self.skinny_rows * self.in_features and x.numel() and skinny_supported(w.dtype):
+        kernel = self.kernel_for(x.numel() // self.in_features)
+        if kernel == "skinny":
             return skinny_linear(x, w, self.bias)
-        if x.numel() < self.min_rows * self.in_features:
+        if kernel == "f_linear":
             return F.linear(x, w, self.bias)
+        if kernel == "panel":
+            return panel_linear(x, self._copy("panel"), self.out_features, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self._copy("packed"), self.bias, "none", [], "")
+
+    def _copy(self, kind: str) -> Tensor:
+        """The weight packed for `kind`, packed again whenever the weight changed (version counter, storage)."""
+        w = self.weight
         key = (w.data_ptr(), None if w.is_inference() else w._version, w.dtype)
-        if self._packed_from != key:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), self.batch_hint)
-            self._packed_from = key
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        held = self._copies.get(kind)
+        if held is None or held[0] != key:
+            with torch.no_grad():
+                packed = (pack_panels(w) if kind == "panel"
+                          else torch.ops.mkldnn._reorder_linear_weight(w.detach(), self.batch_hint))
+            held = self._copies[kind] = (key, packed)
+        return held[1]
+
+    def drop_copies(self, keep: set[str] | None = None) -> None:
+        """Free the packed copies of kernels other than `keep` (none given: all); they pack again when used."""
+        self._copies = {k: v for k, v in self._copies.items() if keep and k in keep}
 
     def __getstate__(self) -> dict:
-        # The packed copy is an opaque oneDNN tensor: deepcopy and pickling drop it, the copy repacks lazily.
-        return {**self.__dict__, "_packed": None, "_packed_from": None}
+        # oneDNN's copy is an opaque tensor: deepcopy and pickling drop the copies, which pack again lazily.
+        return {**self.__dict__, "_copies": {}}
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", packed=oneDNN"
+        return super().extra_repr() + ", routes=" + ",".join(f"{k}<={r}" for r, k in self.routes[:-1]) + (
+            ("," if len(self.routes) > 1 else "") + self.routes[-1][1])
 
 
 def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
@@ -187,52 +215,59 @@ def packed_layers(model: nn.Module) -> list[PackedLinear]:
     return layers
 
 
-def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16), repeats: int = 3,
+def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 128), repeats: int = 3,
                  timer=None) -> list[dict]:
-    """Time the model's packed linears three ways at each row count (weights streamed, as in a decode step):
-    F.linear, oneDNN-packed, and the C kernel for at most SKINNY_MAX_ROWS rows (where it is built). Sets every
-    PackedLinear's `skinny_rows` to the largest count up to which the C kernel beats both at every measured
-    count, and `min_rows` to the smallest count from which packing beats F.linear at every larger measured
-    count; returns the timings. Which kernel wins depends on the CPU: on a 2-core Intel Xeon MKL's fp32 GEMV
-    beat oneDNN at 1-2 rows (17.1 vs 23.7 ms per SmolLM2 step), on a Zen 4 EPYC oneDNN beat MKL at every
-    count and the C kernel beat both at 1-2 rows (benchmarks/results/cpu_linear*.json).
-    `timer(layers, rows, kernel) -> ms`, kernel one of "f_linear", "packed", "skinny", replaces the
-    measurement (tests)."""
+    """Time the model's packed linears at each row count (weights streamed, as in a decode step) with every
+    kernel that runs here: F.linear, oneDNN-packed, the panel kernel (cpu_panel_linear.c) and, up to
+    SKINNY_MAX_ROWS rows, the C kernel for a few rows. Routes each measured count, and the counts up to it from
+    the one below, to its fastest kernel, and every count above the largest to the fastest there without a row
+    limit (measure a prefill-sized count last); frees the packed copies no route uses; returns the timings.
+    Which kernel wins depends on the CPU: on a 2-core Intel Xeon MKL's fp32 GEMV beat oneDNN at 1-2 rows
+    (17.1 vs 23.7 ms per SmolLM2 step); on a Zen 4 EPYC the panel kernel beat oneDNN at every count
+    (benchmarks/results/cpu_linear*.json). `timer(layers, rows, kernel) -> ms`, kernel one of "f_linear",
+    "packed", "panel", "skinny", replaces the measurement (tests)."""
     layers = [m for m in packed_layers(model) if m.weight.dtype in m._dtypes and m.weight.device.type == "cpu"]
     if not layers:
         return []
     timer = timer or _time_layers
-    skinny = skinny_supported(layers[0].weight.dtype)
+    dtype = layers[0].weight.dtype
+    skinny = skinny_supported(dtype)
+    panel = all(panel_supported(dtype, m.in_features) for m in layers)
     table = []
     with torch.inference_mode():
-        for r in rows:
-            kernels = ["f_linear", "packed"] + (["skinny"] if skinny and r <= SKINNY_MAX_ROWS else [])
+        for r in sorted(rows):
+            kernels = ["f_linear", "packed"] + (["panel"] if panel else []) + (
+                ["skinny"] if skinny and r <= SKINNY_MAX_ROWS else [])
             best = dict.fromkeys(kernels, float("inf"))
             for _ in range(repeats):  # alternate, keep the best: other jobs share the cores
                 for k in kernels:
                     best[k] = min(best[k], timer(layers, r, k))
             table.append({"rows": r, **{f"{k}_ms": round(v, 3) for k, v in best.items()}})
-    min_rows = max(rows) + 1  # never packed, unless it wins from some count on
-    for entry in reversed(table):
-        if entry["packed_ms"] >= entry["f_linear_ms"]:
-            break
-        min_rows = entry["rows"]
-    skinny_rows = 0
-    for entry in table:  # ascending row counts
-        if "skinny_ms" not in entry or entry["skinny_ms"] >= min(entry["packed_ms"], entry["f_linear_ms"]):
-            break
-        skinny_rows = entry["rows"]
+    routes: list[tuple[int, str]] = []
+    for entry in table:
+        fastest = min((k[:-3] for k in entry if k.endswith("_ms")), key=lambda k: entry[f"{k}_ms"])
+        routes = _extend(routes, entry["rows"], fastest)
+    last = table[-1]
+    beyond = min((k[:-3] for k in last if k.endswith("_ms") and k != "skinny_ms"), key=lambda k: last[f"{k}_ms"])
+    routes = _extend(routes, ROWS_ANY, beyond)
     for m in layers:
-        m.min_rows, m.skinny_rows = min_rows, skinny_rows
+        m.routes = tuple(routes)
+        m.drop_copies(keep={k for _, k in routes})
     return table
+
+
+def _extend(routes: list[tuple[int, str]], up_to: int, kernel: str) -> list[tuple[int, str]]:
+    """routes plus (up_to, kernel), merged into the last route when that is the same kernel."""
+    if routes and routes[-1][1] == kernel:
+        return routes[:-1] + [(up_to, kernel)]
+    return routes + [(up_to, kernel)]
 
 
 def _time_layers(layers: list[PackedLinear], rows: int, kernel: str) -> float:
     dtype = layers[0].weight.dtype
     xs = {m.in_features: torch.randn(rows, m.in_features, dtype=dtype) for m in layers}
     for m in layers:
-        m.min_rows = 1 if kernel == "packed" else rows + 1
-        m.skinny_rows = rows if kernel == "skinny" else 0
+        m.routes = ((ROWS_ANY, kernel),)
     t0 = time.perf_counter()
     for m in layers:
         m(xs[m.in_features])

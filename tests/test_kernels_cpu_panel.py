@@ -1,0 +1,127 @@
+"""The panel linear kernel (kernels/cpu_panel_linear.c) against F.linear in fp32 arithmetic, and its place in
+PackedLinear's routing and the engine."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmlab import ModelConfig, Transformer
+from llmlab.engine import LLM, SamplingParams
+from llmlab.kernels.cpu_linear import ROWS_ANY, PackedLinear, packed_layers, packing_supported
+from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear, panel_supported
+
+needs_panel = pytest.mark.skipif(not panel_supported(torch.float32), reason="no AVX-512 panel kernel on this CPU")
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def reference(x, w, b):
+    """fp32 products and sums, rounded once to the dtype: what the kernel computes, up to the order of the sums."""
+    return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
+
+
+def check(got, x, w, b):
+    want = reference(x, w, b)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if x.dtype == torch.float32:  # sums of up to 576 unit products: a few fp32 steps of ~30 apart
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    else:  # another summation order flips a rounding now and then, by one bf16 step
+        torch.testing.assert_close(got.float(), want.float(), atol=1e-2, rtol=8e-3)
+        assert (got == want).float().mean() > 0.98
+
+
+@needs_panel
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 37])  # row blocks of 8: whole, partial, several
+@pytest.mark.parametrize("N,K", [(80, 64), (50, 34), (145, 576), (7, 2)])  # 5 panels: a tile of 3 + 2; 4: 3 + 1; a tail
+@pytest.mark.parametrize("bias", [False, True])
+def test_panel_linear_equals_f_linear(dtype, M, N, K, bias):
+    if not panel_supported(dtype):
+        pytest.skip(f"no {dtype} panel kernel on this CPU")
+    torch.manual_seed(M * 1000 + N + K)
+    x, w = torch.randn(M, K, dtype=dtype), torch.randn(N, K, dtype=dtype)
+    b = torch.randn(N, dtype=dtype) if bias else None
+    check(panel_linear(x, pack_panels(w), N, b), x, w, b)
+
+
+@needs_panel
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_panel_linear_many_rows_3d_input_and_zero_rows(dtype):
+    if not panel_supported(dtype):
+        pytest.skip(f"no {dtype} panel kernel on this CPU")
+    torch.manual_seed(0)
+    w, b = torch.randn(200, 96, dtype=dtype), torch.randn(200, dtype=dtype)
+    packed = pack_panels(w)
+    x = torch.randn(3, 150, 96, dtype=dtype)  # 450 rows: a prefill chunk
+    check(panel_linear(x, packed, 200, b), x, w, b)
+    assert panel_linear(x[:, :0], packed, 200, b).shape == (3, 0, 200)
+
+
+@needs_panel
+def test_panel_linear_does_not_depend_on_the_thread_count():
+    torch.manual_seed(0)
+    x, w = torch.randn(16, 576), torch.randn(1000, 576)  # 63 panels, 21 tiles: uneven over 2 and 3 threads
+    packed = pack_panels(w)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(panel_linear(x, packed, 1000))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])  # each column summed by one thread
+
+
+@needs_panel
+def test_panel_linear_refuses_bad_input():
+    w = torch.randn(20, 8)
+    with pytest.raises(ValueError, match="width 8"):
+        panel_linear(torch.randn(2, 9), pack_panels(w), 20)
+    with pytest.raises(ValueError, match="weight's dtype"):
+        panel_linear(torch.randn(2, 8, dtype=torch.float64), pack_panels(w), 20)
+    with pytest.raises(ValueError, match="even input width"):
+        pack_panels(torch.randn(4, 7, dtype=torch.bfloat16))
+    assert not panel_supported(torch.bfloat16, 7) and not panel_supported(torch.float16)
+
+
+@needs_panel
+@pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
+def test_panel_route_packs_one_copy_and_follows_weight_changes():
+    torch.manual_seed(0)
+    lin = PackedLinear.from_linear(nn.Linear(64, 100))
+    lin.routes = ((ROWS_ANY, "panel"),)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+        assert set(lin._copies) == {"panel"}  # no oneDNN copy
+        lin.weight.add_(1.0)  # in place, as an optimizer step: packed again
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-4, rtol=1e-5)
+        lin.drop_copies()
+        assert not lin._copies
+    odd = PackedLinear.from_linear(nn.Linear(7, 20).bfloat16(), (torch.bfloat16,))
+    odd.routes = ((ROWS_ANY, "panel"),)
+    assert odd.kernel_for(4) == "packed"  # bf16 with an odd width: oneDNN instead
+
+
+@needs_panel
+@pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
+def test_engine_on_panel_routes_is_greedy_identical():
+    cfg = ModelConfig(model_type="llama", vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
+                      num_heads=4, num_kv_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    plain = Transformer(cfg).eval()
+    prompts = [[5, 17, 42, 9], list(range(20, 45)), [7] * 3, list(range(100, 160))]
+    refs = [plain.generate(torch.tensor([p]), max_new_tokens=12)[0, len(p):].tolist() for p in prompts]
+    llm = LLM(copy.deepcopy(plain), block_size=4)
+    layers = packed_layers(llm.model)
+    assert len(layers) == 2 * 4 + 1
+    for m in layers:
+        m.routes = ((ROWS_ANY, "panel"),)  # every count, the 60-token prefill included
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12))
+    assert [o.outputs[0].token_ids for o in outs] == refs
+    assert all(set(m._copies) == {"panel"} for m in layers)
