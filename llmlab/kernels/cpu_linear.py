@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmlab.kernels import cbuild
-from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear, panel_supported
+from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear, panel_linear_op, panel_supported
 from llmlab.model.layers import FusedProjections
 
 SKINNY_MAX_ROWS = 4  # the C kernel's limit (cpu_skinny_linear.c)
@@ -108,6 +108,9 @@ class PackedLinear(nn.Linear):
     # Kernels: "packed" (oneDNN), "panel" (cpu_panel_linear.c), "skinny" (the C kernel, <= SKINNY_MAX_ROWS rows),
     # "f_linear" (MKL/ATen). tune_packing measures them on this CPU and sets this per layer.
     routes: tuple[tuple[int, str], ...] = ((ROWS_ANY, "packed"),)
+    # What a torch.compile trace runs: "f_linear" (Inductor packs and fuses it; with freezing, oneDNN) or "panel"
+    # (the custom op llmlab::panel_linear on the panel copy, which `prepare_for_compile` packs first).
+    traced: str = "f_linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  dtypes: tuple[torch.dtype, ...] | None = None) -> None:
@@ -139,8 +142,10 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
+        if torch.compiler.is_compiling():  # traced: the panel op on the copy packed beforehand, else Inductor's own
+            held = self._copies.get("panel") if self.traced == "panel" else None
+            return F.linear(x, w, self.bias) if held is None else panel_linear_op(x, held[1], self.out_features, self.bias)
         if (torch.is_grad_enabled() and w.requires_grad or w.device.type != "cpu" or x.dtype != w.dtype
-                or torch.compiler.is_compiling()  # traced: Inductor's freezing packs the weight itself
                 or w.dtype not in self._dtypes or not x.numel()):
             return F.linear(x, w, self.bias)
         kernel = self.kernel_for(x.numel() // self.in_features)
@@ -163,6 +168,14 @@ class PackedLinear(nn.Linear):
                           else torch.ops.mkldnn._reorder_linear_weight(w.detach(), self.batch_hint))
             held = self._copies[kind] = (key, packed)
         return held[1]
+
+    def prepare_for_compile(self) -> bool:
+        """Trace the panel kernel from now on (packed here, before tracing); False where it cannot run."""
+        if not panel_supported(self.weight.dtype, self.in_features) or self.weight.device.type != "cpu":
+            return False
+        self._copy("panel")
+        self.traced = "panel"
+        return True
 
     def drop_copies(self, keep: set[str] | None = None) -> None:
         """Free the packed copies of kernels other than `keep` (none given: all); they pack again when used."""

@@ -85,3 +85,21 @@ def panel_linear(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | No
         if status:
             raise RuntimeError(f"the panel linear kernel refused {x.dtype} with {K} inputs on this CPU.")
     return y.view(*x.shape[:-1], out_features)
+
+
+# The op torch.compile traces: registered with torch.library's low-level API, whose dispatch costs ~2 us over a
+# direct call where `torch.library.custom_op`'s costs ~18 us (and ~180 us under inference_mode; torch 2.13).
+# Dropping the Library handle would unregister the op, so the module keeps it.
+_LIB = torch.library.Library("llmlab", "FRAGMENT")
+_LIB.define("panel_linear(Tensor x, Tensor packed, Tensor? bias, int out_features) -> Tensor")
+_LIB.impl("panel_linear", lambda x, packed, bias, n: panel_linear(x, packed, n, bias), "CPU")
+
+
+@torch.library.register_fake("llmlab::panel_linear", lib=_LIB)
+def _(x, packed, bias, out_features):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+def panel_linear_op(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | None = None) -> Tensor:
+    """`panel_linear` as the op `llmlab::panel_linear`: opaque to torch.compile, which fuses around it."""
+    return torch.ops.llmlab.panel_linear(x, packed, bias, out_features)
