@@ -34,7 +34,9 @@ def case(dtype, H, Hkv, hd, block_size, lens, num_blocks=40, seed=0):
     (8, 1, 128, 4, None),   # MQA, hd=128 path
     (4, 4, 32, 1, None),    # MHA, generic hd, one position per block
     (6, 2, 80, 8, 5),       # sliding window, generic hd
-], ids=["gqa-64", "mqa-128", "mha-32-bs1", "window-80"])
+    (10, 2, 64, 8, 5),      # 5 heads per KV head: the AVX-512 item one query head at a time, sliding window
+    (16, 4, 128, 16, None), # 4 heads per KV head at hd=128: two passes of two query heads
+], ids=["gqa-64", "mqa-128", "mha-32-bs1", "window-80", "gqa5-64-window", "gqa4-128"])
 def test_matches_reference(dtype, H, Hkv, hd, block_size, window):
     if dtype == torch.float16 and not cpu_paged.supports(dtype):
         pytest.skip("this compiler has no _Float16")
@@ -64,9 +66,10 @@ def test_scale_threads_and_int32_tables():
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("threads", [2, 3, 8])
-def test_small_batches_split_their_keys_over_the_threads(dtype, threads):
+@pytest.mark.parametrize("H,hd", [(4, 64), (8, 128)])  # one pass of 4 query heads; four passes of two
+def test_small_batches_split_their_keys_over_the_threads(dtype, threads, H, hd):
     # 1-2 rows x 1 KV head < threads: each item's keys are split into parts (>= 128 keys each) and combined
-    q, k, v, tables, lens = case(dtype, 4, 1, 64, 16, [1000, 300, 1], num_blocks=160)
+    q, k, v, tables, lens = case(dtype, H, 1, hd, 16, [1000, 300, 1], num_blocks=160)
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)

@@ -11,6 +11,10 @@
  * weighted sum of V). Items are spread over `nthreads` OpenMP threads (torch's own pool: the library links
  * the libgomp.so.1 torch has loaded); when there are fewer items than threads (a small batch), each item's
  * keys are split into ranges done in parallel and their partial softmaxes combined.
+ * With AVX-512 and a head size of 64 or 128 the item is written with intrinsics (fast_<dtype>): the query rows
+ * and output sums of up to 4 query heads stay in registers and each K/V row is converted once into vectors;
+ * SmolLM2 heads, bf16, 2 threads: 16 rows x 256 keys 168 -> 101 us, 1 x 2048 89 -> 51 us, 1.2-2.0x over
+ * other head shapes (same inputs, the two builds alternating); outputs bitwise equal at hd=64.
  */
 #include <math.h>
 #include <stdint.h>
@@ -126,6 +130,119 @@ int llmlab_has_f16(void) { return HAS_F16; }
         }                                                                                                      \
     }
 
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* 16 elements as fp32 vectors, and back (round to nearest even). */
+static inline __attribute__((always_inline)) __m512 ld16_f32(const float *p) { return _mm512_loadu_ps(p); }
+static inline __attribute__((always_inline)) __m512 ld16_bf16(const uint16_t *p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+static inline __attribute__((always_inline)) __m512 ld16_f16(const f16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+static inline __attribute__((always_inline)) void st16_f32(float *p, __m512 v) { _mm512_storeu_ps(p, v); }
+static inline __attribute__((always_inline)) void st16_bf16(uint16_t *p, __m512 v) {
+    uint16_t t[16]; /* the scalar rounding of cpu_dtypes.h: bitwise the generic path's output */
+    float f[16];
+    _mm512_storeu_ps(f, v);
+    for (int i = 0; i < 16; i++) t[i] = f32_to_bf16(f[i]);
+    memcpy(p, t, sizeof t);
+}
+static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+/* The item for head sizes that are multiples of 16 (NV = hd / 16 vectors a row), GC query heads at a time with
+ * their query and output rows in registers: each K row is converted once into NV vectors and dotted with the GC
+ * queries (one horizontal sum each), each V row converted once and added into the GC accumulators. Same
+ * arguments, scratch use and results as item_<NAME>: scores and softmax in fp32, two passes over the keys. */
+#define DEFINE_FAST_ITEM(NAME, T)                                                                             \
+    static inline __attribute__((always_inline)) void fast_##NAME(                                            \
+        const T *q, const T *k_pages, const T *v_pages, const int64_t *tables, T *out, int64_t s, int64_t h,  \
+        int64_t lo, int64_t hi, int64_t H, int64_t Hkv, const int64_t NV, const int64_t GC, int64_t nb,       \
+        int64_t block_size, float scale, int64_t max_keys, float *w, float *part) {                           \
+        const int64_t g = H / Hkv, L = hi - lo, hd = 16 * NV;                                                  \
+        float *sc = w, *sum = sc + g * max_keys, *mx = sum + g;                                               \
+        for (int64_t c0 = 0; c0 < g; c0 += GC) {                                                               \
+            __m512 qv[4][8], acc[4][8];                                                                        \
+            _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                           \
+            _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) {                                         \
+                qv[j][c] = _mm512_mul_ps(ld16_##NAME(q + (s * H + h * g + c0 + j) * hd + 16 * c),              \
+                                         _mm512_set1_ps(scale));                                              \
+            }                                                                                                  \
+            FOR_SLOTS(s, lo, hi, i, slot, k_pages, { /* scores */                                              \
+                const T *kr = k_pages + (slot * Hkv + h) * hd;                                                 \
+                __m512 kv[8];                                                                                  \
+                _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) kv[c] = ld16_##NAME(kr + 16 * c);     \
+                _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++) {                                     \
+                    __m512 t = _mm512_mul_ps(qv[j][0], kv[0]);                                                 \
+                    _Pragma("GCC unroll 8") for (int64_t c = 1; c < NV; c++) t = _mm512_fmadd_ps(qv[j][c], kv[c], t); \
+                    sc[j * max_keys + i] = _mm512_reduce_add_ps(t);                                            \
+                }                                                                                              \
+            })                                                                                                 \
+            for (int64_t j = 0; j < GC; j++) { /* softmax numerators and their sum */                          \
+                float *sj = sc + j * max_keys, t = 0.0f, m = -INFINITY;                                        \
+                _Pragma("omp simd reduction(max : m)") for (int64_t i = 0; i < L; i++) m = sj[i] > m ? sj[i] : m; \
+                _Pragma("omp simd reduction(+ : t)") for (int64_t i = 0; i < L; i++) {                         \
+                    sj[i] = exp_nonpositive(sj[i] - m);                                                        \
+                    t += sj[i];                                                                                \
+                }                                                                                              \
+                sum[c0 + j] = t, mx[c0 + j] = m;                                                               \
+            }                                                                                                  \
+            _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                           \
+            _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) acc[j][c] = _mm512_setzero_ps();          \
+            FOR_SLOTS(s, lo, hi, i, slot, v_pages, { /* weighted sum of V */                                   \
+                const T *vr = v_pages + (slot * Hkv + h) * hd;                                                 \
+                __m512 vv[8];                                                                                  \
+                _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) vv[c] = ld16_##NAME(vr + 16 * c);     \
+                _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++) {                                     \
+                    const __m512 wt = _mm512_set1_ps(sc[j * max_keys + i]);                                    \
+                    _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) acc[j][c] = _mm512_fmadd_ps(wt, vv[c], acc[j][c]); \
+                }                                                                                              \
+            })                                                                                                 \
+            _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++) {                                         \
+                const float inv = part != NULL ? 1.0f : L > 0 ? 1.0f / sum[c0 + j] : 0.0f;                     \
+                _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) {                                     \
+                    const __m512 y = _mm512_mul_ps(acc[j][c], _mm512_set1_ps(inv));                            \
+                    if (part != NULL)                                                                          \
+                        _mm512_storeu_ps(part + 2 * g + (c0 + j) * hd + 16 * c, y);                            \
+                    else                                                                                       \
+                        st16_##NAME(out + (s * H + h * g + c0 + j) * hd + 16 * c, y);                          \
+                }                                                                                              \
+            }                                                                                                  \
+        }                                                                                                      \
+        if (part != NULL)                                                                                      \
+            for (int64_t j = 0; j < g; j++) part[j] = mx[j], part[g + j] = sum[j];                             \
+    }
+
+/* Query heads per pass of the fast item: the largest divisor of g whose query rows fit 16 registers (another
+ * 16 hold the accumulators and the K/V row); 0 where the head size is not 64 or 128 (the generic item runs). */
+static inline int64_t fast_heads(int64_t g, int64_t hd) {
+    if (hd != 64 && hd != 128) return 0;
+    for (int64_t gc = 4; gc >= 1; gc--)
+        if (g % gc == 0 && gc * (hd / 16) <= 16) return gc;
+    return 0;
+}
+#define FAST(NAME, NV, GC, LO, HI, PART)                                                                      \
+    fast_##NAME(q, k_pages, v_pages, tables, out, s, h, LO, HI, H, Hkv, NV, GC, nb, block_size, scale, max_keys, \
+                w, PART)
+#define FAST_CASES(NAME, LO, HI, PART)                                                                        \
+    switch (fast * 16 + hd / 16) {                                                                            \
+        case 1 * 16 + 4: FAST(NAME, 4, 1, LO, HI, PART); break;                                               \
+        case 2 * 16 + 4: FAST(NAME, 4, 2, LO, HI, PART); break;                                               \
+        case 3 * 16 + 4: FAST(NAME, 4, 3, LO, HI, PART); break;                                               \
+        case 4 * 16 + 4: FAST(NAME, 4, 4, LO, HI, PART); break;                                               \
+        case 1 * 16 + 8: FAST(NAME, 8, 1, LO, HI, PART); break;                                               \
+        default: FAST(NAME, 8, 2, LO, HI, PART);                                                              \
+    }
+#else
+#define DEFINE_FAST_ITEM(NAME, T)
+static inline int64_t fast_heads(int64_t g, int64_t hd) { return (void)g, (void)hd, 0; }
+#define FAST_CASES(NAME, LO, HI, PART)
+#endif
+
 /* The item with the head size as a constant where it is common. */
 #define ITEM(NAME, HD, LO, HI, PART)                                                                          \
     item_##NAME(q, k_pages, v_pages, tables, out, s, h, LO, HI, H, Hkv, HD, nb, block_size, scale, max_keys,   \
@@ -137,10 +254,11 @@ int llmlab_has_f16(void) { return HAS_F16; }
  * M the largest of the parts' maxima. SmolLM2 heads, 1 sequence x 2048 keys, 2 threads: 123 -> 98 us. */
 #define DEFINE_PAGED_DECODE(NAME, T)                                                                          \
     DEFINE_ITEM(NAME, T)                                                                                      \
+    DEFINE_FAST_ITEM(NAME, T)                                                                                 \
     int paged_decode_##NAME(const T *q, const T *k_pages, const T *v_pages, const int64_t *tables,             \
                             const int64_t *ctx, T *out, int64_t S, int64_t H, int64_t Hkv, int64_t hd,          \
                             int64_t nb, int64_t block_size, int64_t window, float scale, int nthreads) {        \
-        const int64_t g = H / Hkv, items = S * Hkv;                                                            \
+        const int64_t g = H / Hkv, items = S * Hkv, fast = fast_heads(g, hd);                                  \
         int64_t max_keys = 0;                                                                                  \
         for (int64_t s = 0; s < S; s++) max_keys = ctx[s] > max_keys ? ctx[s] : max_keys;                      \
         if (max_keys > nb * block_size) return 1; /* a context longer than its block table */                  \
@@ -170,7 +288,9 @@ int llmlab_has_f16(void) { return HAS_F16; }
             const int64_t first = (window > 0 && n > window) ? n - window : 0, len = n - first;                \
             const int64_t lo = first + len * p / parts, hi = first + len * (p + 1) / parts;                    \
             float *w = all + per * THREAD_ID, *part = partial ? partial + u * part_size : NULL;                \
-            if (hd == 64)                                                                                      \
+            if (fast)                                                                                          \
+                FAST_CASES(NAME, lo, hi, part)                                                                 \
+            else if (hd == 64)                                                                                 \
                 ITEM(NAME, 64, lo, hi, part);                                                                  \
             else if (hd == 128)                                                                                \
                 ITEM(NAME, 128, lo, hi, part);                                                                 \
