@@ -30,7 +30,8 @@ class EngineConfig:
     # into the graph (Inductor packs the linears; one compile per engine, ~1 min for SmolLM2-135M on 2 cores)
     compile_decode: bool = False
     # decode attention reading the pages in place: "triton" (kernels/paged_attention.py), "cpu" (the C kernel of
-    # kernels/cpu_paged_attention.py), "gather" (copy the keys out, then SDPA), "auto" = triton on CUDA, cpu on CPU
+    # kernels/cpu_paged_attention.py, which on CPU takes prefill rows too), "gather" (copy the keys out, then
+    # SDPA), "auto" = triton on CUDA, cpu on CPU
     paged_kernel: str = "auto"
 
     def __post_init__(self) -> None:
