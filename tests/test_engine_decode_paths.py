@@ -57,6 +57,18 @@ def test_compiled_engines_keep_their_own_frozen_weights(cfg):
     assert a == greedy(cfg, seed=1) and b == greedy(cfg, seed=2) and a != b
 
 
+def test_every_compiled_engine_compiles_past_dynamos_recompile_limit(cfg):
+    """Dynamo stops compiling a code object after recompile_limit variants and runs it eagerly with only a log
+    line; each engine's decode step has a code object of its own, so a limit of 1 still compiles both."""
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(cache_size_limit=1):  # recompile_limit's older name: both torch versions
+        a, b = greedy(cfg, seed=3, compile_decode=True), greedy(cfg, seed=4, compile_decode=True)
+    assert counters["stats"]["unique_graphs"] - before == 2
+    assert a == greedy(cfg, seed=3) and b == greedy(cfg, seed=4)
+
+
 def test_changing_weights_after_a_frozen_compile_is_refused(cfg):
     from llmlab.errors import ConfigError
 

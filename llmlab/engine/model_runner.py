@@ -49,6 +49,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
+import types
 import warnings
 
 import torch
@@ -114,9 +115,9 @@ class ModelRunner:
         self.decode_fn = self._decode_logits
         if self.compile_cpu:  # weights frozen into the graph: Inductor packs the linears, fuses the rest
             small = config.max_num_seqs <= CPU_GEMM_TEMPLATE_MAX_SEQS and not self.traced_panels
-            self.decode_fn = _FrozenDecode(self._decode_logits, model, small_batch=small)
+            self.decode_fn = _FrozenDecode(_own_code(self._decode_logits), model, small_batch=small)
         elif config.compile_decode:
-            self.decode_fn = torch.compile(self._decode_logits, dynamic=True)
+            self.decode_fn = torch.compile(_own_code(self._decode_logits), dynamic=True)
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
         self.pad_decode = pad_decode or self.use_graphs or self.compile_cpu
         self.graphs = _DecodeGraphs(self) if self.use_graphs else None
@@ -424,6 +425,16 @@ class _FrozenDecode:
         if first:
             print(f"llmlab: decode step compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         return out
+
+
+def _own_code(method):
+    """`method` bound to a copy of its function with a code object of its own. Dynamo keeps compiled graphs per
+    code object and, past `recompile_limit` (8) variants of one, runs it eagerly with only a log line: engines
+    sharing ModelRunner._decode_logits would silently stop compiling from the ninth in a process."""
+    fn = method.__func__
+    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__, copy.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+    return types.MethodType(copy, method.__self__)
 
 
 def _bucket_batch(n: int) -> int:
