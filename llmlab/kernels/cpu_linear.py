@@ -10,7 +10,7 @@ shapes (a few rows per step) that is bandwidth-bound and slow. Four kernels, cho
   - "f_linear": plain `F.linear` (on a 2-core Intel Xeon MKL's fp32 GEMV won at 1-2 rows).
 `benchmarks/cpu_linear.py` times SmolLM2-135M's 210 linear shapes per decode step (weights streamed from
 memory; `benchmarks/results/cpu_linear.json`). On a 2-core AMD EPYC (Zen 4), bf16, F.linear / oneDNN / panel:
-1 row 17.7 / 14.7 / 8.0 ms, 16 rows 26.0 / 19.4 / 10.5 ms, 64 rows 59.8 / 46.2 / 32.9 ms.
+1 row 17.4 / 14.9 / 7.9 ms, 16 rows 26.1 / 19.1 / 11.0 ms, 512 rows 265 / 259 / 241 ms.
 
 `PackedLinear` *is* an `nn.Linear` (same parameters, same state-dict names, `isinstance` holds),
 so checkpoints, conversion and later module swaps see nothing new. It packs lazily on its first

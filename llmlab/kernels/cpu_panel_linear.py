@@ -7,9 +7,9 @@ Why. A decode step multiplies a few to a few dozen rows by every weight: too few
 blocking to pay, too many for a GEMV. The kernel keeps a 48-column x 8-row tile of fp32 sums in AVX-512
 registers, streams each weight panel from memory once (prefetching the next while the row blocks pass over this
 one) and, in bf16, multiplies pairs with VDPBF16PS. `benchmarks/cpu_linear.py` times SmolLM2-135M's 210 linears
-per step (benchmarks/results/cpu_linear.json): on a 2-core Zen 4 EPYC in bf16, 16 rows take 10.5 ms against
-oneDNN's 19.4, 1 row 8.0 ms (26.7 GB/s against a 28.5 GB/s read limit), 64 rows 32.9 against 46.2 (413 GFLOP/s;
-a large torch matmul runs at 424 there); fp32 16 rows 20.9 against 29.9.
+per step (benchmarks/results/cpu_linear.json): on a 2-core Zen 4 EPYC in bf16, 16 rows take 11.0 ms against
+oneDNN's 19.1, 1 row 7.9 ms (26.8 GB/s against a 28.1 GB/s read limit), 512 rows 241 against 259 (452 GFLOP/s;
+a large torch matmul runs at 425 there); fp32 16 rows 20.8 against 29.9.
 
 Where it runs: x86 with AVX-512 (fp32) and AVX512-BF16 (bf16, even K), built by cbuild with -march=native;
 `panel_supported` says whether this machine has it. `kernels/cpu_linear.PackedLinear` routes row counts to it
