@@ -150,3 +150,27 @@ def test_compiled_engine_traces_the_panel_op(monkeypatch):
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=10))
     assert [o.outputs[0].token_ids for o in outs] == refs
     assert 3 in calls  # the compiled decode step of 3 rows called the kernel
+
+
+@needs_panel
+@pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
+def test_compiled_engine_packs_weights_changed_before_its_first_step():
+    """Weights written after the engine started but before the decode step compiles must be the ones traced."""
+    cfg = ModelConfig(model_type="llama", vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
+                      num_heads=4, num_kv_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    plain = Transformer(cfg).eval()
+    torch._dynamo.reset()
+    llm = LLM(copy.deepcopy(plain), block_size=4, max_num_seqs=8, compile_decode=True)
+    for m in packed_layers(llm.model):
+        m.routes = ((ROWS_ANY, "packed"),)  # eager prefill through oneDNN: only the compile can refresh the panels
+    prompts = [[5, 17, 42, 9], [7] * 3]
+    before = [plain.generate(torch.tensor([p]), max_new_tokens=8)[0, len(p):].tolist() for p in prompts]
+    with torch.no_grad():
+        noise = torch.randn_like(plain.blocks[1].ffn.down.weight)
+        for m in (plain, llm.model):
+            m.blocks[1].ffn.down.weight.add_(noise)  # in place, after the panels were packed
+    refs = [plain.generate(torch.tensor([p]), max_new_tokens=8)[0, len(p):].tolist() for p in prompts]
+    assert refs != before  # the change shows in the tokens
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8))
+    assert [o.outputs[0].token_ids for o in outs] == refs

@@ -402,6 +402,7 @@ class _FrozenDecode:
 
     def __init__(self, fn, model: Transformer, small_batch: bool):
         self.compiled = torch.compile(fn)
+        self.model = model
         self.params = list(model.parameters())
         self.version: int | None = None
         self.inductor = {"freezing": True}
@@ -416,6 +417,10 @@ class _FrozenDecode:
         first, self.version = self.version is None, version
         for t in inputs:  # batch and block-table width symbolic from the first compile on (sizes >= 2)
             torch._dynamo.mark_dynamic(t, tuple(range(t.dim())))
+        if first:
+            for m in packed_layers(self.model):  # weights changed since the engine started: the panel copies too
+                if m.traced == "panel":
+                    m.prepare_for_compile()
         if first:  # a long silent pause otherwise; the frozen oneDNN weights keep it out of Inductor's disk cache
             print("llmlab: compiling the decode step (once per engine; about a minute for a 135M model on 2 CPU "
                   "cores) ...", file=sys.stderr, flush=True)
