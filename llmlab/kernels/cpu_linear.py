@@ -143,8 +143,10 @@ class PackedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if torch.compiler.is_compiling():  # traced: the panel op on the copy packed beforehand, else Inductor's own
-            held = self._copies.get("panel") if self.traced == "panel" else None
-            return F.linear(x, w, self.bias) if held is None else panel_linear_op(x, held[1], self.out_features, self.bias)
+            held = self._copies.get("panel") if self.traced == "panel" and x.dtype == w.dtype else None
+            if held is None:
+                return F.linear(x, w, self.bias)
+            return panel_linear_op(x, held[1], self.out_features, self.bias)
         if (torch.is_grad_enabled() and w.requires_grad or w.device.type != "cpu" or x.dtype != w.dtype
                 or w.dtype not in self._dtypes or not x.numel()):
             return F.linear(x, w, self.bias)
