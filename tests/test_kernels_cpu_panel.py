@@ -174,3 +174,25 @@ def test_compiled_engine_packs_weights_changed_before_its_first_step():
     assert refs != before  # the change shows in the tokens
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8))
     assert [o.outputs[0].token_ids for o in outs] == refs
+
+
+@pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
+def test_without_the_panel_kernel_tuning_and_the_engine_use_the_others(monkeypatch):
+    """A CPU without AVX-512 (or a compiler without the intrinsics): no panel timings, no panel routes, no panel
+    op in the compiled graph, and the engine's tokens unchanged."""
+    import llmlab.kernels.cpu_linear as cl
+
+    monkeypatch.setattr(cl, "panel_supported", lambda *a: False)
+    cfg = ModelConfig(model_type="llama", vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
+                      num_heads=4, num_kv_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    plain = Transformer(cfg).eval()
+    prompts = [[5, 17, 42, 9], list(range(20, 45))]
+    refs = [plain.generate(torch.tensor([p]), max_new_tokens=8)[0, len(p):].tolist() for p in prompts]
+    llm = LLM(copy.deepcopy(plain), block_size=4, max_num_seqs=8)
+    layers = packed_layers(llm.model)
+    assert layers and all({k for _, k in m.routes} <= {"f_linear", "packed", "skinny"} for m in layers)
+    assert all(m.prepare_for_compile() is False and m.traced == "f_linear" for m in layers)
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8))
+    assert [o.outputs[0].token_ids for o in outs] == refs
+    assert all("panel" not in m._copies for m in layers)
