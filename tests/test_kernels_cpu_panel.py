@@ -19,6 +19,19 @@ needs_panel = pytest.mark.skipif(not panel_supported(torch.float32), reason="no 
 DTYPES = [torch.float32, torch.bfloat16]
 
 
+def tiny_model() -> Transformer:
+    """Two llama layers whose q/k/v, o, gate/up, down and head are all large enough to pack (9 PackedLinears)."""
+    cfg = ModelConfig(model_type="llama", vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
+                      num_heads=4, num_kv_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return Transformer(cfg).eval()
+
+
+def model_greedy(model: Transformer, prompts: list[list[int]], n: int) -> list[list[int]]:
+    """The model's own greedy continuations: what every engine configuration must reproduce."""
+    return [model.generate(torch.tensor([p]), max_new_tokens=n)[0, len(p):].tolist() for p in prompts]
+
+
 def reference(x, w, b):
     """fp32 products and sums, rounded once to the dtype: what the kernel computes, up to the order of the sums."""
     return F.linear(x.float(), w.float(), None if b is None else b.float()).to(x.dtype)
@@ -111,12 +124,9 @@ def test_panel_route_packs_one_copy_and_follows_weight_changes():
 @needs_panel
 @pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
 def test_engine_on_panel_routes_is_greedy_identical():
-    cfg = ModelConfig(model_type="llama", vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
-                      num_heads=4, num_kv_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    plain = Transformer(cfg).eval()
+    plain = tiny_model()
     prompts = [[5, 17, 42, 9], list(range(20, 45)), [7] * 3, list(range(100, 160))]
-    refs = [plain.generate(torch.tensor([p]), max_new_tokens=12)[0, len(p):].tolist() for p in prompts]
+    refs = model_greedy(plain, prompts, 12)
     llm = LLM(copy.deepcopy(plain), block_size=4)
     layers = packed_layers(llm.model)
     assert len(layers) == 2 * 4 + 1
@@ -134,12 +144,9 @@ def test_compiled_engine_traces_the_panel_op(monkeypatch):
     the one compiled graph; the tokens stay those of the model's own generate."""
     import llmlab.kernels.cpu_panel_linear as cpl
 
-    cfg = ModelConfig(model_type="llama", vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
-                      num_heads=4, num_kv_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    plain = Transformer(cfg).eval()
+    plain = tiny_model()
     prompts = [[5, 17, 42, 9], list(range(20, 45)), [7] * 3]
-    refs = [plain.generate(torch.tensor([p]), max_new_tokens=10)[0, len(p):].tolist() for p in prompts]
+    refs = model_greedy(plain, prompts, 10)
     torch._dynamo.reset()  # a fresh compile: earlier engines in this process may have used up the recompile limit
     calls = []
     real = cpl.panel_linear
@@ -156,21 +163,18 @@ def test_compiled_engine_traces_the_panel_op(monkeypatch):
 @pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN weight packing here")
 def test_compiled_engine_packs_weights_changed_before_its_first_step():
     """Weights written after the engine started but before the decode step compiles must be the ones traced."""
-    cfg = ModelConfig(model_type="llama", vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
-                      num_heads=4, num_kv_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    plain = Transformer(cfg).eval()
+    plain = tiny_model()
     torch._dynamo.reset()
     llm = LLM(copy.deepcopy(plain), block_size=4, max_num_seqs=8, compile_decode=True)
     for m in packed_layers(llm.model):
         m.routes = ((ROWS_ANY, "packed"),)  # eager prefill through oneDNN: only the compile can refresh the panels
     prompts = [[5, 17, 42, 9], [7] * 3]
-    before = [plain.generate(torch.tensor([p]), max_new_tokens=8)[0, len(p):].tolist() for p in prompts]
+    before = model_greedy(plain, prompts, 8)
     with torch.no_grad():
         noise = torch.randn_like(plain.blocks[1].ffn.down.weight)
         for m in (plain, llm.model):
             m.blocks[1].ffn.down.weight.add_(noise)  # in place, after the panels were packed
-    refs = [plain.generate(torch.tensor([p]), max_new_tokens=8)[0, len(p):].tolist() for p in prompts]
+    refs = model_greedy(plain, prompts, 8)
     assert refs != before  # the change shows in the tokens
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8))
     assert [o.outputs[0].token_ids for o in outs] == refs
@@ -183,12 +187,9 @@ def test_without_the_panel_kernel_tuning_and_the_engine_use_the_others(monkeypat
     import llmlab.kernels.cpu_linear as cl
 
     monkeypatch.setattr(cl, "panel_supported", lambda *a: False)
-    cfg = ModelConfig(model_type="llama", vocab_size=300, hidden_size=256, intermediate_size=512, num_layers=2,
-                      num_heads=4, num_kv_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    plain = Transformer(cfg).eval()
+    plain = tiny_model()
     prompts = [[5, 17, 42, 9], list(range(20, 45))]
-    refs = [plain.generate(torch.tensor([p]), max_new_tokens=8)[0, len(p):].tolist() for p in prompts]
+    refs = model_greedy(plain, prompts, 8)
     llm = LLM(copy.deepcopy(plain), block_size=4, max_num_seqs=8)
     layers = packed_layers(llm.model)
     assert layers and all({k for _, k in m.routes} <= {"f_linear", "packed", "skinny"} for m in layers)

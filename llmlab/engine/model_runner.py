@@ -265,12 +265,14 @@ class ModelRunner:
         pos: list[int] = []
         slots: list[int] = []
         owner: list[int] = []  # row -> index of its sequence in the batch
+        last: list[int] = []  # sequence -> its last row, in batch order
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens)):
             c, table = seq.num_computed_tokens, seq.block_table
             ids += seq.token_ids[c:c + n]
             pos += range(c, c + n)
             slots += [table[p // bs] * bs + p % bs for p in range(c, c + n)]
             owner += [i] * n
+            last.append(len(ids) - 1)
         tables, _ = self._decode_tables(batch.seqs, max_blocks=None)
         rows = torch.tensor(owner, dtype=torch.long)
         positions = torch.tensor(pos, dtype=torch.long)
@@ -278,8 +280,7 @@ class ModelRunner:
                                  gather=False)
         meta = PagedMetadata(torch.tensor(slots), [segment], decode_kernel=self.decode_kernel)
         h = self.model.hidden_states(torch.tensor([ids]), position_ids=positions[None], cache=self.kv.with_meta(meta))
-        last = torch.tensor(owner + [-1]).diff().nonzero().flatten()  # the last row of each sequence, in batch order
-        return self.model.lm_head(h[0, last[sampling]]).float()
+        return self.model.lm_head(h[0, [last[i] for i in sampling]]).float()
 
     def _decode_tables(self, seqs: list[Sequence], max_blocks: int | None) -> tuple[Tensor, Tensor]:
         """(B, max_blocks) block tables padded with the scratch block, and (B,) context lengths."""
@@ -421,7 +422,7 @@ class _FrozenDecode:
             for m in packed_layers(self.model):  # weights changed since the engine started: the panel copies too
                 if m.traced == "panel":
                     m.prepare_for_compile()
-        if first:  # a long silent pause otherwise; the frozen oneDNN weights keep it out of Inductor's disk cache
+            # a long silent pause otherwise; the frozen oneDNN weights keep it out of Inductor's disk cache
             print("llmlab: compiling the decode step (once per engine; about a minute for a 135M model on 2 CPU "
                   "cores) ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()

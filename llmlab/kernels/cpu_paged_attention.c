@@ -6,6 +6,8 @@
  *   k_pages/v_pages (num_slots, Hkv, hd): position p of row s lives in slot
  *                 tables[s, p / block_size] * block_size + p % block_size
  *   tables        (S, nb) int64;  ctx (S,) int64: row s sees positions [ctx - window, ctx) (all when window <= 0)
+ * Returns 0; 1 when a context is longer than its table covers, 3 when a table names a block outside the
+ * num_slots of the pages (both checked before any page is read), 2 when scratch space cannot be allocated.
  * One work item per (row, KV head): the g = H / Hkv query heads sharing that KV head read each K and V row
  * once, converted to fp32; scores and softmax in fp32 (two passes over the keys: scores, then the
  * weighted sum of V). Items are spread over `nthreads` OpenMP threads (torch's own pool: the library links
@@ -47,6 +49,23 @@ static inline float exp_nonpositive(float x) {
     float two_n;
     memcpy(&two_n, &bits, 4);
     return p * two_n;
+}
+
+/* Softmax numerators of `count` rows of L scores (row stride `stride`) in place, each row's maximum and sum of
+ * exp(score - max) into mx[j] and sum[j]. */
+static inline __attribute__((always_inline)) void softmax_rows(float *sc, int64_t stride, int64_t L, int64_t count,
+                                                               float *sum, float *mx) {
+    for (int64_t j = 0; j < count; j++) {
+        float *sj = sc + j * stride, t = 0.0f, m = -INFINITY;
+#pragma omp simd reduction(max : m)
+        for (int64_t i = 0; i < L; i++) m = sj[i] > m ? sj[i] : m;
+#pragma omp simd reduction(+ : t)
+        for (int64_t i = 0; i < L; i++) {
+            sj[i] = exp_nonpositive(sj[i] - m);
+            t += sj[i];
+        }
+        sum[j] = t, mx[j] = m;
+    }
 }
 
 int llmlab_has_f16(void) { return HAS_F16; }
@@ -101,15 +120,7 @@ int llmlab_has_f16(void) { return HAS_F16; }
                 sc[j * max_keys + i] = dot;                                                                    \
             }                                                                                                  \
         })                                                                                                     \
-        for (int64_t j = 0; j < g; j++) { /* softmax numerators and their sum */                               \
-            float *sj = sc + j * max_keys, t = 0.0f, m = -INFINITY;                                            \
-            _Pragma("omp simd reduction(max : m)") for (int64_t i = 0; i < L; i++) m = sj[i] > m ? sj[i] : m;  \
-            _Pragma("omp simd reduction(+ : t)") for (int64_t i = 0; i < L; i++) {                             \
-                sj[i] = exp_nonpositive(sj[i] - m);                                                            \
-                t += sj[i];                                                                                    \
-            }                                                                                                  \
-            sum[j] = t, mx[j] = m;                                                                             \
-        }                                                                                                      \
+        softmax_rows(sc, max_keys, L, g, sum, mx);                                                             \
         FOR_SLOTS(s, lo, hi, i, slot, v_pages, { /* weighted sum of V */                                       \
             const T *vr = v_pages + (slot * Hkv + h) * hd;                                                     \
             _Pragma("omp simd") for (int64_t d = 0; d < hd; d++) row[d] = LOAD_##NAME(vr, d);                  \
@@ -183,15 +194,7 @@ static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
                     sc[j * max_keys + i] = _mm512_reduce_add_ps(t);                                            \
                 }                                                                                              \
             })                                                                                                 \
-            for (int64_t j = 0; j < GC; j++) { /* softmax numerators and their sum */                          \
-                float *sj = sc + j * max_keys, t = 0.0f, m = -INFINITY;                                        \
-                _Pragma("omp simd reduction(max : m)") for (int64_t i = 0; i < L; i++) m = sj[i] > m ? sj[i] : m; \
-                _Pragma("omp simd reduction(+ : t)") for (int64_t i = 0; i < L; i++) {                         \
-                    sj[i] = exp_nonpositive(sj[i] - m);                                                        \
-                    t += sj[i];                                                                                \
-                }                                                                                              \
-                sum[c0 + j] = t, mx[c0 + j] = m;                                                               \
-            }                                                                                                  \
+            softmax_rows(sc, max_keys, L, GC, sum + c0, mx + c0);                                              \
             _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                           \
             _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) acc[j][c] = _mm512_setzero_ps();          \
             FOR_SLOTS(s, lo, hi, i, slot, v_pages, { /* weighted sum of V */                                   \
@@ -258,11 +261,14 @@ static inline int64_t fast_heads(int64_t g, int64_t hd) { return (void)g, (void)
     DEFINE_FAST_ITEM(NAME, T)                                                                                 \
     int paged_decode_##NAME(const T *q, const T *k_pages, const T *v_pages, const int64_t *tables,             \
                             const int64_t *ctx, T *out, int64_t S, int64_t H, int64_t Hkv, int64_t hd,          \
-                            int64_t nb, int64_t block_size, int64_t window, float scale, int nthreads) {        \
+                            int64_t nb, int64_t block_size, int64_t window, float scale, int64_t num_slots,     \
+                            int nthreads) {                                                                    \
         const int64_t g = H / Hkv, items = S * Hkv, fast = fast_heads(g, hd);                                  \
         int64_t max_keys = 0;                                                                                  \
         for (int64_t s = 0; s < S; s++) max_keys = ctx[s] > max_keys ? ctx[s] : max_keys;                      \
         if (max_keys > nb * block_size) return 1; /* a context longer than its block table */                  \
+        for (int64_t b = 0; b < S * nb; b++)                                                                   \
+            if (tables[b] < 0 || tables[b] * block_size + block_size > num_slots) return 3; /* not in the pool */ \
         if (nthreads < 1) nthreads = 1;                                                                        \
         int64_t parts = 1;                                                                                     \
         if (items < 4 * nthreads) { /* split: >= 4 units a thread, a whole number of units per thread where  \

@@ -35,7 +35,7 @@ _SOURCE = "cpu_paged_attention.c"
 @functools.cache
 def _functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
     """The kernel's entry points by dtype; empty where it cannot be built (no compiler)."""
-    args = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float, ctypes.c_int]
+    args = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float, ctypes.c_int64, ctypes.c_int]
     return cbuild.dtype_functions(_SOURCE, "paged_decode", args, "llmlab_has_f16")
 
 
@@ -62,10 +62,12 @@ def _run(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, cont
     out = torch.empty_like(q)
     status = _functions()[q.dtype](q.data_ptr(), k_pages.data_ptr(), v_pages.data_ptr(), tables.data_ptr(),
                                    ctx.data_ptr(), out.data_ptr(), B, H, Hkv, hd, tables.shape[1], block_size, window,
-                                   scale, torch.get_num_threads())
+                                   scale, k_pages.shape[0], torch.get_num_threads())
     if status == 1:
         raise ValueError("a context length is longer than its block table covers (context_lens > "
                          "block_tables.shape[1] * block_size); pass a block table that covers every position.")
+    if status == 3:  # checked in C, before any page is read: no tensor op per layer and step
+        raise ValueError(f"block_tables name a block beyond the {k_pages.shape[0] // block_size} blocks of the pages.")
     if status != 0:
         raise MemoryError("the CPU paged-attention kernel could not allocate its scratch space.")
     return out
@@ -97,6 +99,4 @@ def paged_decode_cpu(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: 
             and k_pages.dtype == v_pages.dtype == q.dtype and k_pages.shape[2] == hd and H % k_pages.shape[1] == 0):
         raise ValueError(f"k_pages/v_pages must be contiguous (num_slots, Hkv, {hd}) {q.dtype} tensors with Hkv "
                          f"dividing {H}; got {tuple(k_pages.shape)} {k_pages.dtype} and {tuple(v_pages.shape)}.")
-    if block_tables.numel() and int(block_tables.max()) * block_size + block_size > k_pages.shape[0]:
-        raise ValueError(f"block_tables name a block beyond the {k_pages.shape[0] // block_size} blocks of the pages.")
     return _run(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window)
