@@ -164,6 +164,32 @@ def peak_bandwidth(device: str) -> tuple[float | None, str]:
     return 2 * x.numel() * 4 / dt, "measured tensor copy (read + write), 256 MiB"
 
 
+def replay_ms(graph: torch.cuda.CUDAGraph, iters: int = 50) -> float:
+    """Milliseconds per replay of a captured CUDA graph (the GPU's time, no host work in between)."""
+    graph.replay()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(iters):
+        graph.replay()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / iters
+
+
+def read_bandwidth(nbytes: int = 2 << 30) -> float:
+    """Bytes/s a CUDA card reads: a full-tensor sum of `nbytes` of bf16, in a CUDA graph, best of 10."""
+    x = torch.ones(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+    out = x.sum(dtype=torch.float32)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = x.sum(dtype=torch.float32)  # noqa: F841 - the graph holds the result
+    ms = min(replay_ms(graph, 3) for _ in range(10))
+    del x
+    torch.cuda.empty_cache()
+    return nbytes / (ms * 1e-3)
+
+
 def cpu_peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     """Measured matmul FLOP/s on the CPU: the best of `repeats` (n x n) @ (n x n) products in `dtype`."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

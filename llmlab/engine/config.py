@@ -33,6 +33,9 @@ class EngineConfig:
     # kernels/cpu_paged_attention.py, which on CPU takes prefill rows too), "gather" (copy the keys out, then
     # SDPA), "auto" = triton on CUDA, cpu on CPU
     paged_kernel: str = "auto"
+    # CUDA: one-sequence decode matmuls through kernels/gemv.py for the weight shapes where it beats cuBLAS,
+    # timed on the card when the engine starts (kernels/cuda_linear.py; a few seconds)
+    cuda_gemv: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_bs"):

@@ -61,6 +61,7 @@ from llmlab.engine.scheduler import ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
 from llmlab.kernels import cpu_paged_attention as cpu_paged
+from llmlab.kernels import cuda_linear
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
 from llmlab.kernels.cpu_norm import use_fast_norms
 from llmlab.kernels.paged_attention import available as paged_kernel_available
@@ -83,6 +84,13 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         if config.fuse_projections:
             fuse_projections(model)  # before packing: the fused q/k/v and gate/up Linears are packed then
+        self.gemv_report: list[dict] = []  # per weight shape: cuBLAS vs gemv timings and the choice (cuda_gemv)
+        if config.cuda_gemv:
+            if not cuda_linear.available(self.device):
+                raise ConfigError(f"cuda_gemv needs Triton and a model on a CUDA device (this one is on "
+                                  f"{self.device.type}); drop cuda_gemv or move the model to the GPU.")
+            cuda_linear.use_gemv(model)
+            self.gemv_report = cuda_linear.tune_gemv(model)
         self.compile_cpu = config.compile_decode and self.device.type == "cpu"
         self.traced_panels = 0  # linears a compiled decode step runs through the panel kernel's custom op
         # Same parameters, faster CPU matmuls (a no-op where oneDNN cannot pack): each row count to the kernel that
