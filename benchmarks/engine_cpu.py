@@ -68,8 +68,10 @@ def main() -> int:
         for B in args.batches:
             engines, warm_s = {}, {}
             for v in args.variants:  # an engine sized for the workload (max_num_seqs = B), on its own model copy
+                # No prefix caching: the repeats reuse the prompts, and a cached run would skip its prefill
+                # (the results before commit d906180+1 did: their best runs recomputed one token per prompt).
                 engines[v] = LLM(load_model(args.model, dtype, "cpu"), max_num_seqs=B, max_num_batched_tokens=2048,
-                                 **VARIANTS[v])
+                                 enable_prefix_caching=False, **VARIANTS[v])
                 t0 = time.perf_counter()
                 run_llmlab(engines[v], warm, 4)  # first-call costs; `compiled` compiles its decode step here, once
                 warm_s[v] = round(time.perf_counter() - t0, 1)

@@ -79,7 +79,10 @@ def main() -> int:
     model = load_model(args.model, dtype, device)
     prompt = random_prompts(1, args.prompt_len, model.cfg.vocab_size)[0]
     # An engine sized for one stream (on CPU, a compiled engine of <= 4 sequences uses Inductor's GEMM kernels).
+    # No prefix caching: every run repeats the prompt, and TTFT is to time its prefill, as transformers does it
+    # (with caching, the H200 run of 2026-11-30 timed a one-token recompute and a first CUDA-graph capture).
     llm = LLM(model, device=device, max_num_seqs=1, max_num_batched_tokens=max(512, args.prompt_len),
+              enable_prefix_caching=False,
               max_model_len=args.prompt_len + args.new_tokens + 16, compile_decode=args.compile_decode,
               cuda_gemv=args.cuda_gemv)
     llmlab_run(llm, prompt, args.new_tokens)  # warm-up: kernels, allocator, CUDA graphs for these lengths

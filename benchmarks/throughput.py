@@ -95,7 +95,8 @@ def main() -> int:
     prompts, outputs = workload(args.num_seqs, args.min_len, args.max_len, model.cfg.vocab_size)
     llm = LLM(model, device=device, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
               max_model_len=2 * args.max_len + 16, compile_decode=args.compile_decode)
-    llm.generate(prompts[:4], SamplingParams(max_tokens=8))  # warm-up
+    # warm-up on prompts of its own (the workload's would sit in the prefix cache for the timed run)
+    llm.generate([[7 + i] * (20 + i) for i in range(4)], SamplingParams(max_tokens=8))
     params = [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True) for n in outputs]
     load_before = os.getloadavg()[0]
     sync(device)

@@ -140,13 +140,13 @@ def test_gemv_linear_runs_the_kernel_for_one_inference_row_only(monkeypatch):
 def test_engine_with_gemv_keeps_greedy_tokens(monkeypatch):
     prompts = [[1, 2, 3, 4, 5], [7, 8, 9]]
     sp = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
-    base = [o.outputs[0].token_ids for o in LLM(tiny(bias=True), max_num_seqs=1).generate(prompts, sp)]
+    base = [o.outputs[0].token_ids for o in LLM(tiny(bias=True).to(DEVICE), max_num_seqs=1).generate(prompts, sp)]
     cfg = dict(block_n=16, block_k=256, split_k=2, num_warps=4)  # one of GEMV_CONFIGS
     monkeypatch.setattr(cuda_linear, "_graph_us", fake_timer(cfg))
     calls = []
     real = gv.gemv
     monkeypatch.setattr(gv, "gemv", lambda *a, **k: calls.append(1) or real(*a, **k))
-    llm = LLM(tiny(bias=True), max_num_seqs=1, cuda_gemv=True)
+    llm = LLM(tiny(bias=True).to(DEVICE), max_num_seqs=1, cuda_gemv=True)
     assert all(r["chosen"] == cfg for r in llm.engine.runner.gemv_report)
     got = [o.outputs[0].token_ids for o in llm.generate(prompts, sp)]
     assert got == base and calls  # decode rows (one sequence) went through the kernel

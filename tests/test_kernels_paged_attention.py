@@ -50,6 +50,20 @@ def test_kernel_matches_reference(dtype, shape, window):
     torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@needs_kernel
+def test_kernel_ignores_table_columns_past_each_context():
+    """CUDA graphs of the engine take the full table width and copy only the columns a step uses, so the
+    columns past a row's context hold an earlier step's entries: the kernel must never read them."""
+    H, Hkv, hd, bs = 6, 2, 16, 4
+    q, k, v, tables, lens = case(torch.float32, H, Hkv, hd, bs, [1, 9, 30, 17])
+    stale = torch.randint(0, 48, (len(lens), 40), generator=torch.Generator().manual_seed(1)).int().to(DEVICE)
+    wide = torch.cat([tables, stale], dim=1)  # in-use columns first, then other (valid) block ids
+    for window in (None, 5):
+        narrow = pa.paged_decode(q, k, v, tables, lens, block_size=bs, window=window, block_n=16)
+        got = pa.paged_decode(q, k, v, wide, lens, block_size=bs, window=window, block_n=16)
+        assert torch.equal(got, narrow)
+
+
 @pytest.mark.parametrize("window", [None, 5])
 def test_reference_is_dense_attention_row_by_row(window):
     H, Hkv, hd, bs = 6, 2, 16, 4

@@ -25,10 +25,11 @@ panel kernel (AVX-512) and the C kernel for 1-4 rows a start-up timing finds fas
 RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`).
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
-context; graphs are captured lazily per (batch bucket, context bucket) — batch padded up to
-1, 2, 4, 8, 16, 32, 48, ... and the context up to a power-of-two number of blocks — into one shared
-memory pool, and replayed with the step's inputs copied into static buffers. Padded rows use the
-scratch block. The graphed function is the same `_decode_logits` the eager path runs, so CPU
+context; graphs are captured lazily per batch bucket — batch padded up to 1, 2, 4, 8, 16, 32, 48, ...
+— into one shared memory pool, and replayed with the step's inputs copied into static buffers. With
+the paged kernel every graph takes the full table width (the kernel stops at each row's context, so only
+the columns in use are copied); on the gather path the context is also padded to a power-of-two number
+of blocks, a graph per (batch, width) bucket. Padded rows use the scratch block. The graphed function is the same `_decode_logits` the eager path runs, so CPU
 tests cover its maths; `pad_decode=True` makes the CPU take the padded (graph-shaped) path too.
 
 Compiled CPU decode (`compile_decode=True`). Eager decode of a small model on a CPU spends a third
@@ -316,7 +317,11 @@ class ModelRunner:
         ctx = torch.cat([ctx, torch.ones(pad, dtype=torch.long)])  # a padded row sees one scratch slot
         inputs = [torch.tensor(ids), torch.tensor(pos), torch.tensor(slot), tables, ctx]
         if self.graphs is not None:
-            return self.graphs.replay(b, nb, inputs)[:len(seqs)]
+            # The paged kernel reads a row's table only up to its context, so with it one graph of the full
+            # table width serves every context (graphs per batch bucket only; columns past a row's context may
+            # hold an earlier step's entries). The gather path reads whole rows: a graph per width bucket.
+            width = self.graphs.max_nb if self.decode_kernel else nb
+            return self.graphs.replay(b, width, inputs)[:len(seqs)]
         return self.decode_fn(*(t.to(self.device) for t in inputs))[:len(seqs)]
 
     def _decode_logits(self, ids: Tensor, pos: Tensor, slot: Tensor, tables: Tensor, ctx: Tensor) -> Tensor:
@@ -462,13 +467,14 @@ def _bucket_blocks(n: int) -> int:
 
 
 class _DecodeGraphs:
-    """CUDA graphs for decode steps, captured lazily per (batch bucket, block bucket)."""
+    """CUDA graphs for decode steps, captured lazily per (batch bucket, table width): with the paged kernel the
+    width is always the largest (one graph per batch bucket), on the gather path the bucket of the longest row."""
 
     def __init__(self, runner: ModelRunner):
         self.runner = runner
         max_b = _bucket_batch(runner.config.cuda_graph_max_bs)
         dev = runner.device
-        max_nb = _bucket_blocks(runner.max_blocks_per_seq)
+        self.max_nb = max_nb = _bucket_blocks(runner.max_blocks_per_seq)
         self.ids = torch.zeros(max_b, dtype=torch.long, device=dev)
         self.pos = torch.zeros(max_b, dtype=torch.long, device=dev)
         self.slot = torch.zeros(max_b, dtype=torch.long, device=dev)
@@ -481,9 +487,10 @@ class _DecodeGraphs:
         return [self.ids[:b], self.pos[:b], self.slot[:b], self.tables[:b, :nb], self.ctx[:b]]
 
     def replay(self, b: int, nb: int, inputs: list[Tensor]) -> Tensor:
+        """Run the graph of batch `b` and table width `nb` on `inputs` (tables may be narrower than `nb`)."""
         static = self._static(b, nb)
         for dst, src in zip(static, inputs):
-            dst.copy_(src, non_blocking=True)
+            dst[..., :src.shape[-1]].copy_(src, non_blocking=True)
         if (b, nb) not in self.graphs:
             self.graphs[(b, nb)] = self._capture(static)
         graph, out = self.graphs[(b, nb)]
