@@ -18,10 +18,12 @@ def cfg():
                        intermediate_size=96, max_position_embeddings=256)
 
 
-def greedy(cfg, seed: int = 0, max_tokens=(12, 12, 12), **options) -> dict[str, list[int]]:
+def greedy(cfg, seed: int = 0, max_tokens=(12, 12, 12), setup=None, **options) -> dict[str, list[int]]:
     torch.manual_seed(seed)
     model = Transformer(cfg).eval()  # a fresh copy each time: fusion changes the module in place
     engine = LLMEngine(model, None, EngineConfig(block_size=4, cpu_pack_linears=False, **options), pad_decode=True)
+    if setup is not None:
+        setup(engine)
     for i, (p, m) in enumerate(zip(PROMPTS, max_tokens)):
         engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=m, ignore_eos=True))
     out = {}
@@ -106,3 +108,51 @@ def test_compiled_decode_writes_the_cache_in_place(cfg):
 
     small, large = step_ms(128), step_ms(128 * 64)  # pools of 0.5 MB and 33 MB per K and V
     assert large < 3 * small + 1.0, f"compiled decode step {large:.2f} ms with a 64x cache vs {small:.2f} ms"
+
+
+class _ReplayGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: replay() runs the captured call again on its static
+    input buffers and writes into the same output tensor, which is what a graph replay does."""
+
+    def __init__(self, run, static):
+        self.run, self.static = run, static
+        self.out = run(*static)
+
+    def replay(self):
+        self.out.copy_(self.run(*self.static))
+
+
+@pytest.mark.parametrize("kernel", ["cpu", "gather"])
+def test_graph_replay_path_gives_the_same_tokens(cfg, monkeypatch, kernel):
+    """The CUDA-graph bookkeeping, run on the CPU with replays emulated: with the paged kernel every batch
+    bucket is captured up front at the full table width (scratch inputs) and steps copy only the columns they
+    use, so rows hold stale columns as sequences finish and rows shift; the gather path captures per (batch,
+    width) bucket as steps need them. Tokens must match the plain padded path."""
+    from llmlab.engine import model_runner as mr
+
+    if kernel == "cpu":
+        from llmlab.kernels import cpu_paged_attention as cpa
+
+        if not cpa.supports(torch.float32):
+            pytest.skip("no C compiler for the CPU paged kernel")
+    monkeypatch.setattr(mr._DecodeGraphs, "_capture",
+                        lambda self, static: (lambda g: (g, g.out))(_ReplayGraph(self.runner.decode_fn, static)))
+    graphs = {}
+
+    def emulate_graphs(engine):
+        runner = engine.runner
+        runner.graphs = mr._DecodeGraphs(runner)
+        if runner.decode_kernel:
+            runner.graphs.capture_all(engine.config.max_num_seqs)
+            graphs["at start"] = sorted(runner.graphs.graphs)
+        graphs["runner"] = runner
+
+    lengths = (12, 30, 6)  # sequences finish at different steps: the batch goes 3 -> 2 -> 1 rows
+    want = greedy(cfg, max_tokens=lengths, paged_kernel=kernel, max_num_seqs=3)
+    got = greedy(cfg, max_tokens=lengths, setup=emulate_graphs, paged_kernel=kernel, max_num_seqs=3)
+    assert got == want
+    keys = sorted(graphs["runner"].graphs.graphs)
+    if kernel == "cpu":  # buckets 4, 2, 1 at full width, all captured before the first request
+        assert graphs["at start"] == keys == sorted((b, graphs["runner"].graphs.max_nb) for b in (1, 2, 4))
+    else:  # a (batch, width) bucket each, as the steps came
+        assert len({b for b, _ in keys}) == 3 and len({nb for _, nb in keys}) > 1

@@ -231,12 +231,28 @@ def test_generate_is_all_or_nothing(llama):
     assert greedy(llm, PROMPTS[:1]) == reference(llama, PROMPTS[:1])
 
 
+def test_batch_buckets_cover_every_batch_size():
+    from llmlab.engine.model_runner import _bucket_batch, batch_buckets
+
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(5) == [8, 4, 2, 1]
+    assert batch_buckets(256) == [256 - 16 * i for i in range(15)] + [16, 8, 4, 2, 1]
+    for n in range(1, 300):  # every batch replays a graph captured at start-up: its bucket is in the list
+        assert _bucket_batch(n) in batch_buckets(max(n, 17))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_decode_matches_eager(llama):
+    from llmlab.engine.model_runner import batch_buckets
+
     model = llama.to("cuda")
     try:
-        graphs = greedy(LLM(model, device="cuda", block_size=4), PROMPTS)
+        llm = LLM(model, device="cuda", block_size=4, max_num_seqs=20)
+        runner = llm.engine.runner  # with the paged kernel: every batch bucket captured at start-up, full width
+        assert sorted(runner.graphs.graphs) == sorted((b, runner.graphs.max_nb) for b in batch_buckets(20))
+        graphs = greedy(llm, PROMPTS)
+        assert len(runner.graphs.graphs) == len(batch_buckets(20))  # no capture while serving
         eager = greedy(LLM(model, device="cuda", block_size=4, enforce_eager=True), PROMPTS)
     finally:
         llama.to("cpu")

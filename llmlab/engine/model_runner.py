@@ -25,11 +25,12 @@ panel kernel (AVX-512) and the C kernel for 1-4 rows a start-up timing finds fas
 RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`).
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
-context; graphs are captured lazily per batch bucket — batch padded up to 1, 2, 4, 8, 16, 32, 48, ...
-— into one shared memory pool, and replayed with the step's inputs copied into static buffers. With
-the paged kernel every graph takes the full table width (the kernel stops at each row's context, so only
-the columns in use are copied); on the gather path the context is also padded to a power-of-two number
-of blocks, a graph per (batch, width) bucket. Padded rows use the scratch block. The graphed function is the same `_decode_logits` the eager path runs, so CPU
+context; graphs are captured per batch bucket — batch padded up to 1, 2, 4, 8, 16, 32, 48, ... — into
+one shared memory pool, and replayed with the step's inputs copied into static buffers. With the paged
+kernel every graph takes the full table width (the kernel stops at each row's context, so only the
+columns in use are copied), and all of them are captured when the engine starts (largest first); on the
+gather path the context is also padded to a power-of-two number of blocks, and each (batch, width)
+bucket is captured when a step first needs it. Padded rows use the scratch block. The graphed function is the same `_decode_logits` the eager path runs, so CPU
 tests cover its maths; `pad_decode=True` makes the CPU take the padded (graph-shaped) path too.
 
 Compiled CPU decode (`compile_decode=True`). Eager decode of a small model on a CPU spends a third
@@ -130,6 +131,8 @@ class ModelRunner:
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
         self.pad_decode = pad_decode or self.use_graphs or self.compile_cpu
         self.graphs = _DecodeGraphs(self) if self.use_graphs else None
+        if self.graphs is not None and self.decode_kernel:  # one graph per batch bucket: capture them all now
+            self.graphs.capture_all(min(config.max_num_seqs, config.cuda_graph_max_bs))
 
     def _use_decode_kernel(self, choice: str) -> str:
         """Which kernel decode rows use: "triton", "cpu" or "" (the gather path)."""
@@ -462,6 +465,11 @@ def _bucket_batch(n: int) -> int:
     return -(-n // 16) * 16  # then multiples of 16
 
 
+def batch_buckets(max_batch: int) -> list[int]:
+    """The padded decode batch sizes that serve every batch of 1..max_batch sequences, largest first."""
+    return sorted({_bucket_batch(n) for n in range(1, max_batch + 1)}, reverse=True)
+
+
 def _bucket_blocks(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -496,6 +504,19 @@ class _DecodeGraphs:
         graph, out = self.graphs[(b, nb)]
         graph.replay()
         return out
+
+    def capture_all(self, max_batch: int) -> None:
+        """Capture the full-width graph of every batch bucket up to `max_batch` (the paged-kernel path), largest
+        first so the smaller ones fit in its memory pool — at start-up, as vLLM does, so no request waits for a
+        capture. The inputs point every row at the scratch block (context 1): nothing real is read or written."""
+        scratch = self.runner.scratch
+        for b in batch_buckets(max_batch):
+            if (b, self.max_nb) in self.graphs:
+                continue
+            static = self._static(b, self.max_nb)
+            for t, value in zip(static, (0, 0, scratch * self.runner.block_size, scratch, 1)):
+                t.fill_(value)
+            self.graphs[(b, self.max_nb)] = self._capture(static)
 
     def _capture(self, static: list[Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         run = self.runner.decode_fn
