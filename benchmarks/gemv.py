@@ -78,14 +78,14 @@ def main() -> None:
         weights = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
         x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         want = gemv_reference(x, weights[0])
-        cublas = graph_us(lambda w: torch.nn.functional.linear(x, w), weights, args.iters)
+        cublas = graph_us(lambda w, x=x: torch.nn.functional.linear(x, w), weights, args.iters)
         runs = []
         for bn, bk, warps in CONFIGS:
             for split in (1, 2, 4) if N <= 4096 else (1,):
                 kw = dict(block_n=bn, block_k=bk, split_k=split, num_warps=warps)
                 got = gemv(x, weights[0], **kw)
                 torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
-                runs.append((graph_us(lambda w, kw=kw: gemv(x, w, **kw), weights, args.iters), kw))
+                runs.append((graph_us(lambda w, x=x, kw=kw: gemv(x, w, **kw), weights, args.iters), kw))
         best_us, best = min(runs, key=lambda r: r[0])
         shapes.append({"what": what, "N": N, "K": K, "per_step": times, "bytes": nbytes, "cublas_us": round(cublas, 2),
                        "triton_us": round(best_us, 2), "triton_config": best,

@@ -122,6 +122,11 @@ class _ReplayGraph:
         self.out.copy_(self.run(*self.static))
 
 
+def _emulated_capture(graphs, static):
+    graph = _ReplayGraph(graphs.runner.decode_fn, static)
+    return graph, graph.out
+
+
 @pytest.mark.parametrize("kernel", ["cpu", "gather"])
 def test_graph_replay_path_gives_the_same_tokens(cfg, monkeypatch, kernel):
     """The CUDA-graph bookkeeping, run on the CPU with replays emulated: with the paged kernel every batch
@@ -135,8 +140,7 @@ def test_graph_replay_path_gives_the_same_tokens(cfg, monkeypatch, kernel):
 
         if not cpa.supports(torch.float32):
             pytest.skip("no C compiler for the CPU paged kernel")
-    monkeypatch.setattr(mr._DecodeGraphs, "_capture",
-                        lambda self, static: (lambda g: (g, g.out))(_ReplayGraph(self.runner.decode_fn, static)))
+    monkeypatch.setattr(mr._DecodeGraphs, "_capture", _emulated_capture)
     graphs = {}
 
     def emulate_graphs(engine):

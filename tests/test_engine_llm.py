@@ -186,6 +186,20 @@ def test_logprobs_are_the_models(llama):
     assert out.cumulative_logprob == pytest.approx(sum(lps[t] for t, lps in zip(out.token_ids, out.logprobs)))
 
 
+def test_step_streams_every_progressing_request_or_only_finished_ones(llama):
+    engine = LLMEngine(llama, config=EngineConfig(block_size=4))
+    for i, (p, n) in enumerate(zip(PROMPTS[:3], (3, NEW, 5))):
+        engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=n))
+    first = engine.step()  # default: one output per request that progressed, finished or not
+    assert sorted(o.request_id for o in first) == ["0", "1", "2"] and not any(o.finished for o in first)
+    seen = []
+    while engine.has_unfinished_requests():
+        outs = engine.step(finished_only=True)
+        assert all(o.finished for o in outs)
+        seen += [(o.request_id, len(o.outputs[0].token_ids)) for o in outs]
+    assert seen == [("0", 3), ("2", 5), ("1", NEW)]  # each once, when it finished, with all its tokens
+
+
 def test_abort_frees_blocks_and_others_finish(llama):
     engine = LLMEngine(llama, config=EngineConfig(block_size=4))
     bm = engine.block_manager

@@ -79,7 +79,7 @@ class LLM:
         done: dict[str, RequestOutput] = {}
         bar = _progress(len(ids)) if use_tqdm else None
         while len(done) < len(ids):
-            for out in self.engine.step():
+            for out in self.engine.step(finished_only=True):
                 if out.finished:
                     done[out.request_id] = out
                     if bar is not None:

@@ -112,7 +112,10 @@ class LLMEngine:
 
     # ---- one step -------------------------------------------------------------------------------
 
-    def step(self) -> list[RequestOutput]:
+    def step(self, *, finished_only: bool = False) -> list[RequestOutput]:
+        """Run one scheduled step; return the outputs of the requests that progressed in it (with
+        `finished_only`, of those that finished: what a caller that does not stream needs, without building an
+        output per running request and step)."""
         batch = self.scheduler.schedule()
         if not batch.seqs:
             if len(self.scheduler):  # check_fits guarantees progress; anything else is a bug
@@ -139,10 +142,12 @@ class LLMEngine:
                 self.runner.release(seq)
         outputs = []
         for req in touched.values():
-            if all(s.is_finished for s in req.seqs):
+            finished = all(s.is_finished for s in req.seqs)
+            if finished:
                 req.metrics["finished"] = now
                 del self.requests[req.request_id]
-            outputs.append(self._output(req))
+            if finished or not finished_only:
+                outputs.append(self._output(req))
         return outputs
 
     def _detokenize(self, seq: Sequence, detok: Detokenizer, token: int) -> None:

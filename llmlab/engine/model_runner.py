@@ -54,6 +54,7 @@ import time
 import types
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -297,8 +298,10 @@ class ModelRunner:
     def _decode_tables(self, seqs: list[Sequence], max_blocks: int | None) -> tuple[Tensor, Tensor]:
         """(B, max_blocks) block tables padded with the scratch block, and (B,) context lengths."""
         width = max_blocks or max(len(s.block_table) for s in seqs)
-        pad = [self.scratch] * width
-        tables = torch.tensor([s.block_table + pad[len(s.block_table):] for s in seqs], dtype=torch.long)  # one copy
+        tables = np.full((len(seqs), width), self.scratch, dtype=np.int64)  # row slices: ~4x torch.tensor(lists)
+        for row, s in zip(tables, seqs):
+            row[:len(s.block_table)] = s.block_table
+        tables = torch.from_numpy(tables)
         ctx = torch.tensor([s.num_computed_tokens + 1 for s in seqs], dtype=torch.long)
         return tables, ctx
 
@@ -310,22 +313,28 @@ class ModelRunner:
             b, nb = max(2, len(seqs)), max(2, nb)
         else:
             b, nb = _bucket_batch(len(seqs)), min(_bucket_blocks(nb), self.max_blocks_per_seq)
-        tables, ctx = self._decode_tables(seqs, max_blocks=nb)
-        pad = b - len(seqs)
-        ids = [s.token_ids[s.num_computed_tokens] for s in seqs] + [0] * pad
-        pos = [s.num_computed_tokens for s in seqs] + [0] * pad
-        slot = [s.block_table[p // self.block_size] * self.block_size + p % self.block_size
-                for s, p in zip(seqs, pos)] + [self.scratch * self.block_size] * pad
-        tables = torch.cat([tables, torch.full((pad, nb), self.scratch, dtype=torch.long)])
-        ctx = torch.cat([ctx, torch.ones(pad, dtype=torch.long)])  # a padded row sees one scratch slot
-        inputs = [torch.tensor(ids), torch.tensor(pos), torch.tensor(slot), tables, ctx]
+        n, bs = len(seqs), self.block_size
+        # ids, positions, slots and context lengths as the rows of one array (one copy to the device); padded rows
+        # read and write only the scratch block (context 1)
+        vec = np.zeros((4, b), dtype=np.int64)
+        vec[2, n:], vec[3, n:] = self.scratch * bs, 1
+        pos = [s.num_computed_tokens for s in seqs]
+        vec[0, :n] = [s.token_ids[p] for s, p in zip(seqs, pos)]
+        vec[1, :n] = pos
+        vec[2, :n] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos)]
+        vec[3, :n] = vec[1, :n] + 1
+        tables = np.full((b, nb), self.scratch, dtype=np.int64)
+        for row, s in zip(tables, seqs):
+            row[:len(s.block_table)] = s.block_table
+        vec, tables = torch.from_numpy(vec), torch.from_numpy(tables)
         if self.graphs is not None:
             # The paged kernel reads a row's table only up to its context, so with it one graph of the full
             # table width serves every context (graphs per batch bucket only; columns past a row's context may
             # hold an earlier step's entries). The gather path reads whole rows: a graph per width bucket.
             width = self.graphs.max_nb if self.decode_kernel else nb
-            return self.graphs.replay(b, width, inputs)[:len(seqs)]
-        return self.decode_fn(*(t.to(self.device) for t in inputs))[:len(seqs)]
+            return self.graphs.replay(b, width, vec, tables)[:n]
+        ids, pos, slot, ctx = vec.to(self.device)
+        return self.decode_fn(ids, pos, slot, tables.to(self.device), ctx)[:n]
 
     def _decode_logits(self, ids: Tensor, pos: Tensor, slot: Tensor, tables: Tensor, ctx: Tensor) -> Tensor:
         """(B,) ids/positions/slots, (B, nb) tables, (B,) context lengths -> (B, V) fp32 logits."""
@@ -483,22 +492,23 @@ class _DecodeGraphs:
         max_b = _bucket_batch(runner.config.cuda_graph_max_bs)
         dev = runner.device
         self.max_nb = max_nb = _bucket_blocks(runner.max_blocks_per_seq)
-        self.ids = torch.zeros(max_b, dtype=torch.long, device=dev)
-        self.pos = torch.zeros(max_b, dtype=torch.long, device=dev)
-        self.slot = torch.zeros(max_b, dtype=torch.long, device=dev)
+        self.vec = torch.zeros(4, max_b, dtype=torch.long, device=dev)  # rows: ids, positions, slots, contexts
+        self.vec[3] = 1
         self.tables = torch.zeros(max_b, max_nb, dtype=torch.long, device=dev)
-        self.ctx = torch.ones(max_b, dtype=torch.long, device=dev)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.pool = None
 
     def _static(self, b: int, nb: int) -> list[Tensor]:
-        return [self.ids[:b], self.pos[:b], self.slot[:b], self.tables[:b, :nb], self.ctx[:b]]
+        """The decode step's inputs for batch `b` and table width `nb`: views of the static buffers."""
+        ids, pos, slot, ctx = self.vec[:, :b]
+        return [ids, pos, slot, self.tables[:b, :nb], ctx]
 
-    def replay(self, b: int, nb: int, inputs: list[Tensor]) -> Tensor:
-        """Run the graph of batch `b` and table width `nb` on `inputs` (tables may be narrower than `nb`)."""
+    def replay(self, b: int, nb: int, vec: Tensor, tables: Tensor) -> Tensor:
+        """Run the graph of batch `b` and table width `nb` on `vec` (4, b) (ids, positions, slots, contexts) and
+        `tables` (b, <= nb): two copies to the device, then the replay."""
         static = self._static(b, nb)
-        for dst, src in zip(static, inputs):
-            dst[..., :src.shape[-1]].copy_(src, non_blocking=True)
+        self.vec[:, :b].copy_(vec, non_blocking=True)
+        self.tables[:b, :tables.shape[1]].copy_(tables, non_blocking=True)
         if (b, nb) not in self.graphs:
             self.graphs[(b, nb)] = self._capture(static)
         graph, out = self.graphs[(b, nb)]

@@ -88,18 +88,21 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
+        bs = self.bm.block_size
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed_tokens, budget)
             target = seq.num_computed_tokens + n
-            while not self.bm.can_grow(seq, target) and self.running[-1] is not seq:
-                self._preempt(self.running.pop(), batch)
-            if not self.bm.can_grow(seq, target):  # seq is the youngest: it yields itself
-                self._preempt(self.running.pop(), batch)
-                break
-            self.bm.grow(seq, target)
-            self.bm.commit(seq, target)
+            if target > len(seq.block_table) * bs:  # needs another block (else: a decode inside its last one)
+                while not self.bm.can_grow(seq, target) and self.running[-1] is not seq:
+                    self._preempt(self.running.pop(), batch)
+                if not self.bm.can_grow(seq, target):  # seq is the youngest: it yields itself
+                    self._preempt(self.running.pop(), batch)
+                    break
+                self.bm.grow(seq, target)
+            if target // bs > seq.num_computed_tokens // bs:  # fills a block: register its hash
+                self.bm.commit(seq, target)
             batch.seqs.append(seq)
             batch.num_tokens.append(n)
             budget -= n
