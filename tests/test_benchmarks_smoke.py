@@ -107,3 +107,29 @@ def test_paged_attention_benchmark_cpu_kernel_smoke(tmp_path):
     r = result(tmp_path, "pa_cpu")
     assert r["kernel"] == "cpu" and "note" not in r and len(r["runs"]) == 2
     assert all(x["max_abs_diff"] < 3e-2 and x["kernel_us"] > 0 for x in r["runs"])
+
+
+def test_engine_host_benchmark_smoke(tmp_path):
+    run(tmp_path, "engine_host.py", "--num-seqs", "8", "--repeats", "1", "--out", "host")
+    r = result(tmp_path, "host")
+    assert r["num_seqs"] == 8 and r["steps"] > 0 and r["ms_per_step"] > 0
+
+
+def test_gemv_benchmark_shapes_and_cpu_refusal(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        from gemv import step_shapes
+    finally:
+        sys.path.remove(str(BENCH))
+    # Llama-3.2-1B: q/k/v fused (32 + 2 x 8 heads of 64), o, gate/up fused, down, the LM head; 2.47 GB a step
+    shapes = step_shapes("llama-3.2-1b")
+    assert [s[:3] for s in shapes] == [("qkv", 3072, 2048), ("o", 2048, 2048), ("gate_up", 16384, 2048),
+                                       ("down", 2048, 8192), ("lm_head", 128256, 2048)]
+    assert sum(n * k * 2 * times for _, n, k, times in shapes) == 2_471_493_632
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    proc = subprocess.run([sys.executable, str(BENCH / "gemv.py")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode != 0 and "machine with a GPU" in proc.stderr and "Traceback" not in proc.stderr
