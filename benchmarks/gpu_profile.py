@@ -1,6 +1,7 @@
 """Where a batch-1 decode step and a training step spend their GPU time (CUDA only).
 
     python3 benchmarks/gpu_profile.py [decode] [kernel] [train] > benchmarks/results/gpu_profile_cuda.log
+    python3 benchmarks/gpu_profile.py graph   # only the kernels of the compiled step's CUDA graph
 
 decode: the engine on a Llama-3.2-1B shape (random bf16 weights), batch 1, 128-token prompt, 256 new
 tokens — ms per step, each CUDA graph's replay time alone, a cProfile of the host side, the eager
@@ -55,6 +56,23 @@ def decode_diag(model, compile_decode):
     pr.disable()
     s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25); print(s.getvalue()[:6000])
     del llm, r
+
+def compiled_graph_kernels(model):
+    """The kernels of one compiled batch-1 decode step, read from replays of its CUDA graph (what runs per token)."""
+    print("\n===== compiled decode step: kernels inside its CUDA graph (torch.profiler, 20 replays)", flush=True)
+    prompt = random_prompts(1, 128, model.cfg.vocab_size)[0]
+    llm = LLM(model, device="cuda", max_num_seqs=1, max_num_batched_tokens=512, max_model_len=400,
+              compile_decode=True, enable_prefix_caching=False)
+    llm.generate([prompt], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    graph = next(iter(llm.engine.runner.graphs.graphs.values()))[0]
+    print(f"replay {gpu_time(graph.replay):.3f} ms", flush=True)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            graph.replay()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=80))
+    del llm
 
 def eager_kernel_profile(model):
     print("\n===== eager decode kernels (torch.profiler, 20 steps)", flush=True)
@@ -123,9 +141,13 @@ def train_profile():
 
 if __name__ == "__main__":
     what = sys.argv[1:] or ["decode", "kernel", "train"]
+    if what == ["graph"]:  # the compiled step's kernels alone (gpu_all.sh main)
+        compiled_graph_kernels(load_model("llama-3.2-1b", torch.bfloat16, "cuda"))
+        sys.exit(0)
     model = load_model("llama-3.2-1b", torch.bfloat16, "cuda") if "decode" in what else None
     if "decode" in what:
-        for f in (lambda: decode_diag(model, False), lambda: eager_kernel_profile(model), lambda: decode_diag(model, True)):
+        for f in (lambda: decode_diag(model, False), lambda: eager_kernel_profile(model), lambda: decode_diag(model, True),
+                  lambda: compiled_graph_kernels(model)):
             try: f()
             except Exception:  # noqa: BLE001 - a diagnostic: report it, go on
                 traceback.print_exc()
