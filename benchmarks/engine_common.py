@@ -166,14 +166,9 @@ def peak_bandwidth(device: str) -> tuple[float | None, str]:
 
 def replay_ms(graph: torch.cuda.CUDAGraph, iters: int = 50) -> float:
     """Milliseconds per replay of a captured CUDA graph (the GPU's time, no host work in between)."""
-    graph.replay()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(iters):
-        graph.replay()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / iters
+    from llmlab.kernels.cuda_linear import replay_us
+
+    return replay_us(graph, iters) / 1e3
 
 
 def read_bandwidth(nbytes: int = 2 << 30) -> float:

@@ -23,23 +23,7 @@ from engine_common import write_result
 
 from llmlab import LLM, ModelConfig, Transformer
 from llmlab.engine import SamplingParams
-from llmlab.engine import model_runner as mr
-
-
-class _ReplayGraph:
-    """Stands in for a CUDA graph: replay() runs the captured call again on its static inputs."""
-
-    def __init__(self, run, static):
-        self.run, self.static = run, static
-        self.out = run(*static)
-
-    def replay(self):
-        self.out.copy_(self.run(*self.static))
-
-
-def _capture(graphs, static):
-    graph = _ReplayGraph(graphs.runner.decode_fn, static)
-    return graph, graph.out
+from llmlab.engine.emulated_graphs import emulate_cuda_graphs
 
 
 def main() -> None:
@@ -49,7 +33,6 @@ def main() -> None:
     ap.add_argument("--out", default="engine_host_cpu")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    mr._DecodeGraphs._capture = _capture
     torch.manual_seed(0)
     cfg = ModelConfig(model_type="llama", vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=1,
                       num_heads=2, num_kv_heads=1, max_position_embeddings=4096)
@@ -58,11 +41,7 @@ def main() -> None:
     prompts = [[random.randint(0, 1000) for _ in range(random.randint(100, 300))] for _ in range(n)]
     params = [SamplingParams(temperature=0, max_tokens=random.randint(100, 300), ignore_eos=True) for _ in range(n)]
     llm = LLM(Transformer(cfg).eval(), max_num_seqs=n, max_num_batched_tokens=16384, cpu_pack_linears=False)
-    runner = llm.engine.runner
-    runner.graphs = mr._DecodeGraphs(runner)
-    if runner.decode_kernel:
-        runner.graphs.capture_all(n)
-    runner.pad_decode = True
+    emulate_cuda_graphs(llm.engine.runner)
     llm.generate(prompts[:4], params[:4])
     best, steps = float("inf"), 0
     for _ in range(args.repeats):

@@ -19,6 +19,7 @@ import argparse
 import torch
 from engine_common import SHAPES, peak_bandwidth, read_bandwidth, table, write_result
 
+from llmlab.kernels.cuda_linear import graph_us
 from llmlab.kernels.gemv import gemv, gemv_reference
 
 # (block_n, block_k, num_warps); each also with split_k 2 and 4 where N <= 4096.
@@ -36,27 +37,14 @@ def step_shapes(name: str) -> list[tuple[str, int, int, int]]:
             ("lm_head", s["vocab_size"], h, 1)]
 
 
-def graph_us(call, weights: list[torch.Tensor], iters: int) -> float:
+def weights_us(call, weights: list[torch.Tensor], iters: int) -> float:
     """Microseconds per call: a CUDA graph of one call per weight copy, replayed `iters` times."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
+
+    def calls():
         for w in weights:
             call(w)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in weights:
-            call(w)
-    graph.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(iters):
-        graph.replay()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) * 1e3 / (iters * len(weights))
+
+    return graph_us(calls, iters) / len(weights)
 
 
 def main() -> None:
@@ -78,14 +66,14 @@ def main() -> None:
         weights = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
         x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         want = gemv_reference(x, weights[0])
-        cublas = graph_us(lambda w, x=x: torch.nn.functional.linear(x, w), weights, args.iters)
+        cublas = weights_us(lambda w, x=x: torch.nn.functional.linear(x, w), weights, args.iters)
         runs = []
         for bn, bk, warps in CONFIGS:
             for split in (1, 2, 4) if N <= 4096 else (1,):
                 kw = dict(block_n=bn, block_k=bk, split_k=split, num_warps=warps)
                 got = gemv(x, weights[0], **kw)
                 torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
-                runs.append((graph_us(lambda w, x=x, kw=kw: gemv(x, w, **kw), weights, args.iters), kw))
+                runs.append((weights_us(lambda w, x=x, kw=kw: gemv(x, w, **kw), weights, args.iters), kw))
         best_us, best = min(runs, key=lambda r: r[0])
         shapes.append({"what": what, "N": N, "K": K, "per_step": times, "bytes": nbytes, "cublas_us": round(cublas, 2),
                        "triton_us": round(best_us, 2), "triton_config": best,

@@ -110,46 +110,24 @@ def test_compiled_decode_writes_the_cache_in_place(cfg):
     assert large < 3 * small + 1.0, f"compiled decode step {large:.2f} ms with a 64x cache vs {small:.2f} ms"
 
 
-class _ReplayGraph:
-    """Stands in for torch.cuda.CUDAGraph on the CPU: replay() runs the captured call again on its static
-    input buffers and writes into the same output tensor, which is what a graph replay does."""
-
-    def __init__(self, run, static):
-        self.run, self.static = run, static
-        self.out = run(*static)
-
-    def replay(self):
-        self.out.copy_(self.run(*self.static))
-
-
-def _emulated_capture(graphs, static):
-    graph = _ReplayGraph(graphs.runner.decode_fn, static)
-    return graph, graph.out
-
-
 @pytest.mark.parametrize("kernel", ["cpu", "gather"])
-def test_graph_replay_path_gives_the_same_tokens(cfg, monkeypatch, kernel):
+def test_graph_replay_path_gives_the_same_tokens(cfg, kernel):
     """The CUDA-graph bookkeeping, run on the CPU with replays emulated: with the paged kernel every batch
     bucket is captured up front at the full table width (scratch inputs) and steps copy only the columns they
     use, so rows hold stale columns as sequences finish and rows shift; the gather path captures per (batch,
     width) bucket as steps need them. Tokens must match the plain padded path."""
-    from llmlab.engine import model_runner as mr
+    from llmlab.engine.emulated_graphs import emulate_cuda_graphs
 
     if kernel == "cpu":
         from llmlab.kernels import cpu_paged_attention as cpa
 
         if not cpa.supports(torch.float32):
             pytest.skip("no C compiler for the CPU paged kernel")
-    monkeypatch.setattr(mr._DecodeGraphs, "_capture", _emulated_capture)
     graphs = {}
 
     def emulate_graphs(engine):
-        runner = engine.runner
-        runner.graphs = mr._DecodeGraphs(runner)
-        if runner.decode_kernel:
-            runner.graphs.capture_all(engine.config.max_num_seqs)
-            graphs["at start"] = sorted(runner.graphs.graphs)
-        graphs["runner"] = runner
+        graphs["runner"] = engine.runner
+        graphs["at start"] = sorted(emulate_cuda_graphs(engine.runner).graphs)
 
     lengths = (12, 30, 6)  # sequences finish at different steps: the batch goes 3 -> 2 -> 1 rows
     want = greedy(cfg, max_tokens=lengths, paged_kernel=kernel, max_num_seqs=3)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from llmlab.kernels import cbuild
 from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear, panel_linear_op, panel_supported
-from llmlab.model.layers import FusedProjections
+from llmlab.model.layers import FusedProjections, swap_linears
 
 SKINNY_MAX_ROWS = 4  # the C kernel's limit (cpu_skinny_linear.c)
 ROWS_ANY = 1 << 62  # a route's bound that takes every row count
@@ -207,19 +207,7 @@ def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
     if params is None or params.device.type != "cpu" or not packing_supported(params.dtype):
         return 0
     dtypes = _packable_dtypes()  # all of them: the model may be converted later
-    swapped = 0
-    for parent in list(model.modules()):
-        skip: tuple[str, ...] = ()
-        if isinstance(parent, FusedProjections) and parent.fused is not None:
-            skip = parent._fused_parts
-            if type(parent.fused) is nn.Linear and parent.fused.weight.numel() >= min_numel:
-                parent.set_fused(PackedLinear.from_linear(parent.fused, dtypes))
-                swapped += 1
-        for name, child in list(parent.named_children()):
-            if name not in skip and type(child) is nn.Linear and child.weight.numel() >= min_numel:
-                setattr(parent, name, PackedLinear.from_linear(child, dtypes))
-                swapped += 1
-    return swapped
+    return swap_linears(model, lambda linear: PackedLinear.from_linear(linear, dtypes), min_numel=min_numel)
 
 
 def packed_layers(model: nn.Module) -> list[PackedLinear]:

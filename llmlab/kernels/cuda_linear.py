@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmlab.kernels import gemv as _gemv
-from llmlab.model.layers import FusedProjections
+from llmlab.model.layers import FusedProjections, swap_linears
 
 # (block_n, block_k, split_k, num_warps) tried per weight shape; benchmarks/gemv.py sweeps more.
 GEMV_CONFIGS = ((8, 512, 1, 4), (16, 512, 1, 4), (32, 256, 1, 4), (16, 256, 2, 4), (16, 256, 4, 4))
@@ -65,19 +65,7 @@ def use_gemv(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
     """Swap every plain nn.Linear of `model` with at least `min_numel` weights, and the fused projections,
     for a GemvLinear in place (the parts of a fused group stay: the fused Linear is what inference runs);
     return the number swapped. They run cuBLAS until `tune_gemv` routes them."""
-    swapped = 0
-    for parent in list(model.modules()):
-        skip: tuple[str, ...] = ()
-        if isinstance(parent, FusedProjections) and parent.fused is not None:
-            skip = parent._fused_parts
-            if type(parent.fused) is nn.Linear and parent.fused.weight.numel() >= min_numel:
-                parent.set_fused(GemvLinear.from_linear(parent.fused))
-                swapped += 1
-        for name, child in list(parent.named_children()):
-            if name not in skip and type(child) is nn.Linear and child.weight.numel() >= min_numel:
-                setattr(parent, name, GemvLinear.from_linear(child))
-                swapped += 1
-    return swapped
+    return swap_linears(model, GemvLinear.from_linear, min_numel=min_numel)
 
 
 def gemv_layers(model: nn.Module) -> list[GemvLinear]:
@@ -110,31 +98,45 @@ def tune_gemv(model: nn.Module, configs=GEMV_CONFIGS, repeats: int = 3, timer=No
     return report
 
 
+def graph_us(calls, iters: int = 5) -> float:
+    """Microseconds for one replay of a CUDA graph of `calls()` (warmed up on a side stream first, so lazy
+    compilation happens outside the graph), the mean of `iters` replays."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        calls()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        calls()
+    return replay_us(graph, iters)
+
+
+def replay_us(graph: torch.cuda.CUDAGraph, iters: int = 50) -> float:
+    """Microseconds per replay of a captured CUDA graph (the GPU's time, no host work in between): one replay,
+    then the mean of `iters` between CUDA events."""
+    graph.replay()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(iters):
+        graph.replay()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) * 1e3 / iters
+
+
 def _graph_us(layers: list[GemvLinear], config: dict | None) -> float:
     w0 = layers[0].weight
     x = torch.randn(1, w0.shape[1], dtype=w0.dtype, device=w0.device)
     for m in layers:
         m.gemv_config = config
+
+    def calls():
+        for m in layers:
+            m(x)
+
     if w0.device.type != "cuda":  # the interpreter (tests): wall time, one pass
         t0 = time.perf_counter()
-        for m in layers:
-            m(x)
+        calls()
         return (time.perf_counter() - t0) * 1e6 / len(layers)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up outside the graph: Triton compiles here
-        for m in layers:
-            m(x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for m in layers:
-            m(x)
-    graph.replay()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(5):
-        graph.replay()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) * 1e3 / (5 * len(layers))
+    return graph_us(calls) / len(layers)

@@ -77,6 +77,25 @@ class FusedProjections(nn.Module):
         super().__setattr__(name, value)
 
 
+def swap_linears(model: nn.Module, make, *, min_numel: int = 0) -> int:
+    """Replace in place every plain nn.Linear of `model` with at least `min_numel` weights by `make(linear)`, and
+    likewise the fused q/k/v and gate/up Linears of FusedProjections modules (whose parts then stay plain: the
+    fused Linear is what inference runs); return the number replaced (kernels/cpu_linear.py, cuda_linear.py)."""
+    swapped = 0
+    for parent in list(model.modules()):
+        skip: tuple[str, ...] = ()
+        if isinstance(parent, FusedProjections) and parent.fused is not None:
+            skip = parent._fused_parts
+            if type(parent.fused) is nn.Linear and parent.fused.weight.numel() >= min_numel:
+                parent.set_fused(make(parent.fused))
+                swapped += 1
+        for name, child in list(parent.named_children()):
+            if name not in skip and type(child) is nn.Linear and child.weight.numel() >= min_numel:
+                setattr(parent, name, make(child))
+                swapped += 1
+    return swapped
+
+
 class FeedForward(FusedProjections):
     """down(act(up(x))), or down(act(gate(x)) * up(x)) when gated (SwiGLU, Shazeer 2020)."""
 
