@@ -347,6 +347,9 @@ class ModelRunner:
 
     def _sample(self, seqs: list[Sequence], logits: Tensor):
         params = [s.params for s in seqs]
+        if all(p.greedy and p.logprobs is None and not p.has_penalties for p in params):
+            # plain greedy rows: the argmax is the whole of sampling (no per-row tensors to build and copy)
+            return {s.seq_id: (t, None, None) for s, t in zip(seqs, logits.argmax(-1).tolist())}
         penalties = any(p.has_penalties for p in params)
         sb = SamplingBatch.build(params, [s.token_ids for s in seqs] if penalties else [],
                                  [s.num_prompt_tokens for s in seqs], [self._generator(s) for s in seqs],
