@@ -30,8 +30,9 @@ one shared memory pool, and replayed with the step's inputs copied into static b
 kernel every graph takes the full table width (the kernel stops at each row's context, so only the
 columns in use are copied), and all of them are captured when the engine starts (largest first); on the
 gather path the context is also padded to a power-of-two number of blocks, and each (batch, width)
-bucket is captured when a step first needs it. Padded rows use the scratch block. The graphed function is the same `_decode_logits` the eager path runs, so CPU
-tests cover its maths; `pad_decode=True` makes the CPU take the padded (graph-shaped) path too.
+bucket is captured when a step first needs it. Padded rows use the scratch block. The graphed function
+is the same `_decode_logits` the eager path runs, so CPU tests cover its maths; `pad_decode=True` makes
+the CPU take the padded (graph-shaped) path too, and engine/emulated_graphs.py the graph bookkeeping.
 
 Compiled CPU decode (`compile_decode=True`). Eager decode of a small model on a CPU spends a third
 of each step dispatching ~2,000 small ops (norms, RoPE, residuals, cache writes). The decode step is
@@ -487,8 +488,9 @@ def _bucket_blocks(n: int) -> int:
 
 
 class _DecodeGraphs:
-    """CUDA graphs for decode steps, captured lazily per (batch bucket, table width): with the paged kernel the
-    width is always the largest (one graph per batch bucket), on the gather path the bucket of the longest row."""
+    """CUDA graphs for decode steps, one per (batch bucket, table width): with the paged kernel the width is
+    always the largest, one graph per batch bucket, all captured at start-up (`capture_all`); on the gather path
+    the width is the bucket of the longest row, each captured when a step first needs it."""
 
     def __init__(self, runner: ModelRunner):
         self.runner = runner
