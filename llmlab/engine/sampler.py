@@ -35,7 +35,7 @@ from llmlab.engine.sequence import SamplingParams
 
 @dataclass(slots=True)
 class SamplingBatch:
-    temperature: Tensor  # (B,) 0 for greedy rows
+    temperature: Tensor | None  # (B,) 0 for greedy rows; None when every row is greedy (nothing to divide)
     top_k: Tensor | None  # (B,) long, V where off; None when no row uses it
     top_p: Tensor | None  # (B,)
     min_p: Tensor | None  # (B,)
@@ -73,8 +73,9 @@ class SamplingBatch:
             out_ids = ids.masked_fill(~out_mask, V)
             counts = torch.zeros(B, V + 1, device=device).scatter_add_(1, out_ids, torch.ones_like(out_ids, dtype=torch.float))
             counts = counts[:, :V]
+        all_greedy = all(p.greedy for p in params)
         return cls(
-            temperature=col([p.temperature for p in params]),
+            temperature=None if all_greedy else col([p.temperature for p in params]),
             top_k=col(top_k, torch.long) if any(k < V for k in top_k) else None,
             top_p=col([p.top_p for p in params]) if any(p.top_p < 1 for p in params) else None,
             min_p=col([p.min_p for p in params]) if any(p.min_p > 0 for p in params) else None,
@@ -82,7 +83,7 @@ class SamplingBatch:
             presence=col([p.presence_penalty for p in params]) if seen is not None else None,
             frequency=col([p.frequency_penalty for p in params]) if seen is not None else None,
             seen=seen, counts=counts, generators=generators,
-            all_greedy=all(p.greedy for p in params),
+            all_greedy=all_greedy,
             num_logprobs=max((p.logprobs or 0) for p in params),
             want_logprobs=any(p.logprobs is not None for p in params),
         )
@@ -99,7 +100,8 @@ def apply_penalties(logits: Tensor, sb: SamplingBatch) -> Tensor:
 
 def filter_logits(logits: Tensor, sb: SamplingBatch) -> Tensor:
     """Temperature, top-k, top-p, min-p: -inf on filtered tokens. logits (B, V) fp32."""
-    logits = logits / torch.where(sb.temperature > 0, sb.temperature, 1.0)[:, None]
+    if sb.temperature is not None:  # greedy rows keep their logits (divided by 1)
+        logits = logits / torch.where(sb.temperature > 0, sb.temperature, 1.0)[:, None]
     if sb.top_k is not None or sb.top_p is not None:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         if sb.top_k is not None:
