@@ -4,9 +4,11 @@ One layer's decode attention for a batch of sequences whose K/V sit in scattered
 the Llama-3.2-1B head shape (32 query heads, 8 KV heads, head_dim 64), bf16, block size 16:
   - gather: the engine's gather path — `pages.index_select` of every row's slots, then SDPA;
   - kernel: `--kernel triton` (CUDA, kernels/paged_attention.py) or `--kernel cpu` (the C kernel of
-    kernels/cpu_paged_attention.py), each one work item per (sequence, KV head).
-Reported per (batch, context): microseconds per call (CUDA events on the GPU, wall time on the CPU;
-median of --iters), the kernel's speed-up, and its achieved bandwidth (K/V bytes read once) against the
+    kernels/cpu_paged_attention.py), each one work item per (sequence, KV head); the Triton kernel also
+    splits each row's keys into parts when batch x KV heads are too few programs for the card
+    (`auto_splits`), and then the single-pass launch is timed beside it ("1 pass us").
+Reported per (batch, context): microseconds per call (on the GPU from CUDA graphs of 10 calls, so no
+launch gaps; on the CPU the median wall time of --iters), the kernel's speed-up, and its achieved bandwidth (K/V bytes read once) against the
 card's datasheet bandwidth or, on the CPU, a measured 256 MiB copy (read + write counted). Outputs are
 checked equal (bf16 tolerance) before timing.
 
@@ -45,21 +47,19 @@ def gather_sdpa(q, k_pages, v_pages, meta):
 
 
 def time_us(fn, iters: int, device: torch.device) -> float:
+    """Microseconds per call: on CUDA the GPU's own time, from a CUDA graph of 10 calls replayed (no launch gaps:
+    a batch-1 call is a few microseconds, less than its Python launch), else the median of `iters` wall times."""
     for _ in range(3):
         fn()
+    if device.type == "cuda":
+        from llmlab.kernels.cuda_linear import graph_us
+
+        return graph_us(lambda: [fn() for _ in range(10)], iters) / 10
     times = []
     for _ in range(iters):
-        if device.type != "cuda":
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e6)
-            continue
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
+        t0 = time.perf_counter()
         fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
+        times.append((time.perf_counter() - t0) * 1e6)
     return statistics.median(times)
 
 
@@ -74,6 +74,8 @@ def main() -> int:
     ap.add_argument("--kernel", choices=["triton", "cpu"], default="triton",
                     help="triton (CUDA; on CPU only under TRITON_INTERPRET=1, a smoke run) or cpu (the C kernel)")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--sms", type=int, default=None,
+                    help="SM count the Triton kernel's split choice assumes (default: the card's)")
     ap.add_argument("--out", default=None, help="result name (default paged_attention_<device>)")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -104,25 +106,34 @@ def main() -> int:
             q = torch.randn(B, H, hd, device=dev, dtype=dtype, generator=g)
             meta = gather_meta(tables, lens, bs)
             ref = gather_sdpa(q, k_pages, v_pages, meta)
-            got = kernel(q, k_pages, v_pages, tables, lens, block_size=bs)
+            splits, kw = 1, {}
+            if kernel is pa.paged_decode:  # the count the engine's launch picks (or for --sms)
+                splits = pa.auto_splits(B, Hkv, tables.shape[1] * bs, args.sms or pa._num_sms(dev))
+                kw = {"num_splits": splits}
+            got = kernel(q, k_pages, v_pages, tables, lens, block_size=bs, **kw)
             err = (got.float() - ref.float()).abs().max().item()
             if err > 3e-2:
                 print(f"kernel disagrees with gather+SDPA at batch {B}, context {ctx}: max |diff| {err}")
                 return 1
             inputs = (q, k_pages, v_pages, tables, lens)
             t_gather = time_us(lambda: gather_sdpa(q, k_pages, v_pages, meta), args.iters, dev)
-            t_kernel = time_us(lambda x=inputs: kernel(*x, block_size=bs), args.iters, dev)
+            t_kernel = time_us(lambda x=inputs, kw=kw: kernel(*x, block_size=bs, **kw), args.iters, dev)
+            t_one = t_kernel
+            if splits > 1:
+                t_one = time_us(lambda x=inputs: kernel(*x, block_size=bs, num_splits=1), args.iters, dev)
             kv_bytes = 2 * B * ctx * Hkv * hd * dtype.itemsize
             gbs = kv_bytes / (t_kernel * 1e-6) / 1e9
             run = {"batch": B, "context": ctx, "gather_sdpa_us": round(t_gather, 1), "kernel_us": round(t_kernel, 1),
-                   "speedup": round(t_gather / t_kernel, 2), "kernel_gb_s": round(gbs, 1),
+                   "speedup": round(t_gather / t_kernel, 2), "kernel_gb_s": round(gbs, 1), "splits": splits,
+                   "single_pass_us": round(t_one, 1), "split_speedup": round(t_one / t_kernel, 2),
                    "fraction_of_bandwidth": round(gbs * 1e9 / bandwidth, 3) if bandwidth else None,
                    "max_abs_diff": err}
             runs.append(run)
             print(run, flush=True)
             rows.append([B, ctx, run["gather_sdpa_us"], run["kernel_us"], run["speedup"], run["kernel_gb_s"],
-                         run["fraction_of_bandwidth"]])
-    table(rows, ["batch", "context", "gather+SDPA us", "kernel us", "speed-up", "kernel GB/s", "of bandwidth"])
+                         run["fraction_of_bandwidth"], splits, run["single_pass_us"]])
+    table(rows, ["batch", "context", "gather+SDPA us", "kernel us", "speed-up", "kernel GB/s", "of bandwidth",
+                 "splits", "1 pass us"])
     smoke = dev.type == "cpu" and args.kernel == "triton"
     note = {"note": "Triton interpreter on CPU: a smoke run, the times mean nothing"} if smoke else {}
     write_result(args.out or f"paged_attention_{dev.type}", {

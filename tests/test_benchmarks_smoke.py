@@ -90,11 +90,12 @@ def test_paged_attention_benchmark_smoke(tmp_path):
 
     if not pa.available(torch.device("cpu")):  # conftest sets TRITON_INTERPRET=1 on CPU-only machines
         pytest.skip("needs Triton >= 3.7 and TRITON_INTERPRET=1 (on CUDA machines the real benchmark runs)")
-    run(tmp_path, "paged_attention.py", "--device", "cpu", "--batches", "1", "3", "--contexts", "40", "--heads", "4",
-        "2", "16", "--iters", "1", "--out", "pa", env={"TRITON_INTERPRET": "1"})
+    run(tmp_path, "paged_attention.py", "--device", "cpu", "--batches", "1", "3", "--contexts", "200", "--heads", "4",
+        "2", "16", "--iters", "1", "--sms", "8", "--out", "pa", env={"TRITON_INTERPRET": "1"})
     r = result(tmp_path, "pa")
     assert "smoke" in r["note"] and len(r["runs"]) == 2
     assert all(x["max_abs_diff"] < 3e-2 for x in r["runs"])  # the kernel agreed with gather + SDPA
+    assert [x["splits"] for x in r["runs"]] == [4, 1]  # batch 1: 2 programs of 8 SMs -> keys in 4 parts
 
 
 def test_paged_attention_benchmark_cpu_kernel_smoke(tmp_path):

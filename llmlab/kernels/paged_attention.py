@@ -15,6 +15,13 @@ the softmax is online in fp32 (running max and sum, the accumulator rescaled per
 Gimelshein 2018, as FlashAttention). fp32 inputs multiply in IEEE fp32 (no TF32); bf16/fp16 on
 the tensor cores with fp32 accumulation.
 
+Split keys (flash-decoding): when sequences x KV heads are too few programs to fill the GPU (batch-1
+decode: 8 programs on 132 SMs), each row's keys are cut into `num_splits` parts, one program per
+(sequence, KV head, part); each writes its unnormalised sum with its running max and sum, and a second
+small kernel merges the parts (Dao et al., "Flash-Decoding for long-context inference", 2023). The
+parts are cut per row from its own context length, so one launch shape serves every context (CUDA
+graphs). `auto_splits` picks the count from the batch, KV heads and the card's SM count.
+
 Why it exists: the gather path (model/attention.py) copies every row's whole context out of the
 pools once per layer and step before SDPA reads it again. For a large decode batch of long
 contexts that copy is most of the step; the kernel reads each K/V byte once.
@@ -77,74 +84,137 @@ def paged_decode_reference(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_ta
     return out.reshape(B, H, hd).to(q.dtype)
 
 
+MAX_SPLITS = 16
+
+
+def auto_splits(batch: int, kv_heads: int, max_positions: int, num_sms: int, block_n: int = 64) -> int:
+    """How many parts to cut each row's keys into: 1 while batch x KV heads programs already fill half the
+    SMs, else enough parts to fill them, never more than there are key tiles nor MAX_SPLITS."""
+    programs = batch * kv_heads
+    if num_sms <= 0 or 2 * programs > num_sms:
+        return 1
+    return max(1, min(MAX_SPLITS, -(-num_sms // programs), -(-max_positions // block_n)))
+
+
 def paged_decode(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor,
                  block_size: int = 16, scale: float | None = None, window: int | None = None,
-                 block_n: int = 64) -> Tensor:
-    """Decode attention over paged K/V with the Triton kernel (see the module docstring)."""
+                 block_n: int = 64, num_splits: int | None = None) -> Tensor:
+    """Decode attention over paged K/V with the Triton kernel (see the module docstring). `num_splits`
+    None picks the count with `auto_splits` (1 off CUDA); 1 runs the single-pass kernel."""
     if triton is None:
         raise RuntimeError("the paged decode kernel needs Triton; install it or use the gather path.")
-    B, H, hd = q.shape
-    Hkv = k_pages.shape[1]
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    window = 0 if window is None else int(window)
+    splits = 0 if num_splits is None else int(num_splits)
+    if torch.compiler.is_compiling():  # opaque to Inductor: the split count is chosen from concrete shapes
+        return _paged_decode_op(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window,
+                                block_n, splits)
+    H, Hkv = q.shape[1], k_pages.shape[1]
     if H % Hkv or k_pages.stride(-1) != 1 or v_pages.stride(-1) != 1:
         raise ValueError("paged_decode needs H divisible by Hkv and pages contiguous in head_dim.")
+    if num_splits is not None and not 1 <= splits <= MAX_SPLITS:
+        raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}] (or None to choose); got {num_splits}.")
+    return _launch(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window, block_n, splits)
+
+
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+
+
+def _launch(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor,
+            block_size: int, scale: float, window: int, block_n: int, splits: int) -> Tensor:
+    B, H, hd = q.shape
+    Hkv = k_pages.shape[1]
     if q.stride(-1) != 1:
         q = q.contiguous()
+    if splits <= 0:
+        splits = auto_splits(B, Hkv, block_tables.shape[1] * block_size, _num_sms(q.device), block_n)
     out = torch.empty(B, H, hd, dtype=q.dtype, device=q.device)
-    _paged_decode_kernel[(B, Hkv)](
-        q, k_pages, v_pages, out, block_tables, context_lens,
-        hd**-0.5 if scale is None else scale, 0 if window is None else window,
+    mid = ml = out  # the parts' sums and (max, sum) pairs; unused by the single-pass kernel
+    if splits > 1:
+        mid = torch.empty(B, H, splits, hd, dtype=torch.float32, device=q.device)
+        ml = torch.empty(B, H, splits, 2, dtype=torch.float32, device=q.device)
+    _paged_decode_kernel[(B, Hkv, splits)](
+        q, k_pages, v_pages, out, mid, ml, block_tables, context_lens, scale, window,
         q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), v_pages.stride(0), v_pages.stride(1),
         out.stride(0), out.stride(1), block_tables.stride(0),
-        **launch_constants(q.dtype, q.device.type, H // Hkv, hd, block_size, block_n, window),
+        **launch_constants(q.dtype, q.device.type, H // Hkv, hd, block_size, block_n, window or None, splits),
     )
+    if splits > 1:
+        _merge_splits_kernel[(B, H)](mid, ml, out, out.stride(0), out.stride(1), **merge_constants(hd, splits))
     return out
+
+
+@torch.library.custom_op("llmlab::paged_decode", mutates_args=())
+def _paged_decode_op(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor,
+                     block_size: int, scale: float, window: int, block_n: int, num_splits: int) -> Tensor:
+    return _launch(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window, block_n,
+                   num_splits)
+
+
+@_paged_decode_op.register_fake
+def _(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window, block_n, num_splits):
+    return q.new_empty(q.shape)
 
 
 def compile_for_cuda(arch: int, dtype: torch.dtype, G: int, hd: int, *, window: int | None = None,
                      index_type: str = "i64", scale_type: str = "fp32", block_size: int = 16,
-                     block_n: int = 64) -> dict:
+                     block_n: int = 64, num_splits: int = 1) -> dict:
     """Compile the kernel ahead of time for CUDA compute capability `arch` (90 = Hopper) down to a
     cubin, as `paged_decode` would launch it, on any machine (no GPU needed; Triton's NVIDIA backend
-    and its bundled ptxas do the work). Returns the compiled asm by stage. Run it in a process
-    without TRITON_INTERPRET=1: Triton builds its kernels for the interpreter at import time then.
-    `scale_type="fp64"` is how Inductor passes the scale when the kernel runs inside torch.compile.
+    and its bundled ptxas do the work). Returns the compiled asm by stage; with num_splits > 1 the
+    merge kernel's too, under "merge". Run it in a process without TRITON_INTERPRET=1: Triton builds
+    its kernels for the interpreter at import time then. `scale_type="fp64"` is how a Python float
+    reaches a kernel traced by torch.compile (kept: the kernel must take either).
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     ptr = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
-    consts = launch_constants(dtype, "cuda", G, hd, block_size, block_n, window)
-    sig = {"Q": ptr, "K": ptr, "V": ptr, "Out": ptr, "Tables": f"*{index_type}", "Lens": f"*{index_type}",
-           "scale": scale_type, "window": "i32"}
+    part = "*fp32" if num_splits > 1 else ptr  # the single-pass launch passes `out` for the unused part buffers
+    consts = launch_constants(dtype, "cuda", G, hd, block_size, block_n, window, num_splits)
+    sig = {"Q": ptr, "K": ptr, "V": ptr, "Out": ptr, "Mid": part, "ML": part, "Tables": f"*{index_type}",
+           "Lens": f"*{index_type}", "scale": scale_type, "window": "i32"}
     sig.update({name: "i32" for name in _paged_decode_kernel.arg_names if name.startswith("stride_")})
     sig.update({name: "constexpr" for name in consts})
     if list(sig) != _paged_decode_kernel.arg_names:
         raise RuntimeError(f"compile_for_cuda's signature {list(sig)} is out of date with the kernel's arguments")
-    compiled = triton.compile(ASTSource(_paged_decode_kernel, sig, consts), target=GPUTarget("cuda", arch, 32))
-    return dict(compiled.asm)
+    target = GPUTarget("cuda", arch, 32)
+    asm = dict(triton.compile(ASTSource(_paged_decode_kernel, sig, consts), target=target).asm)
+    if num_splits > 1:
+        mconsts = merge_constants(hd, num_splits)
+        msig = {"Mid": "*fp32", "ML": "*fp32", "Out": ptr, "stride_ob": "i32", "stride_oh": "i32"}
+        msig.update({name: "constexpr" for name in mconsts})
+        asm["merge"] = dict(triton.compile(ASTSource(_merge_splits_kernel, msig, mconsts), target=target).asm)
+    return asm
 
 
 def launch_constants(dtype: torch.dtype, device_type: str, G: int, hd: int, block_size: int, block_n: int,
-                     window: int | None) -> dict:
+                     window: int | None, splits: int = 1) -> dict:
     """The kernel's compile-time constants for one launch (also what the ahead-of-time compile test uses)."""
     return {
         "G": G, "G_PAD": max(16, triton.next_power_of_2(G)), "HD": hd, "HD_PAD": max(16, triton.next_power_of_2(hd)),
-        "BLOCK_SIZE": block_size, "BLOCK_N": block_n, "USE_WINDOW": window is not None,
+        "BLOCK_SIZE": block_size, "BLOCK_N": block_n, "USE_WINDOW": window is not None, "SPLITS": splits,
         # fp32 models multiply in IEEE fp32 (no TF32). Triton's CPU interpreter gets bf16 tl.dot wrong
         # (3.9), so there bf16 is multiplied in fp32 too; compiled, bf16/fp16 use the tensor cores.
         "DOT_FP32": dtype == torch.float32 or (device_type == "cpu" and dtype == torch.bfloat16),
     }
 
 
+def merge_constants(hd: int, splits: int) -> dict:
+    return {"HD": hd, "HD_PAD": max(16, triton.next_power_of_2(hd)), "SPLITS": splits,
+            "S_PAD": max(2, triton.next_power_of_2(splits))}
+
+
 if triton is not None:
 
     @triton.jit
-    def _paged_decode_kernel(Q, K, V, Out, Tables, Lens, scale, window,
+    def _paged_decode_kernel(Q, K, V, Out, Mid, ML, Tables, Lens, scale, window,
                              stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
                              stride_ob, stride_oh, stride_tb,
                              G: tl.constexpr, G_PAD: tl.constexpr, HD: tl.constexpr, HD_PAD: tl.constexpr,
                              BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
-                             DOT_FP32: tl.constexpr):
+                             SPLITS: tl.constexpr, DOT_FP32: tl.constexpr):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         length = tl.load(Lens + b).to(tl.int32)
@@ -161,7 +231,12 @@ if triton is not None:
         if USE_WINDOW:
             lo = tl.maximum(length - window, 0)
             lo = (lo // BLOCK_N) * BLOCK_N  # the first tile then holds the oldest visible key
-        for start in range(lo, length, BLOCK_N):
+        hi = length
+        if SPLITS > 1:  # this program's part of the row: whole tiles, so only the row's last tile is ragged
+            chunk = tl.cdiv(tl.cdiv(length - lo, SPLITS), BLOCK_N) * BLOCK_N
+            lo = lo + tl.program_id(2) * chunk
+            hi = tl.minimum(lo + chunk, length)
+        for start in range(lo, hi, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
             valid = n < length
             if USE_WINDOW:
@@ -187,6 +262,28 @@ if triton is not None:
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m = m_new
-        out = acc / s_sum[:, None]
-        tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(Out.dtype.element_ty),
-                 mask=q_mask)
+        if SPLITS == 1:
+            out = acc / s_sum[:, None]
+            tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(Out.dtype.element_ty),
+                     mask=q_mask)
+        else:  # an empty part (its row is shorter than the parts before it) leaves max -inf and sum 0
+            part = (b.to(tl.int64) * tl.num_programs(1) * G + heads) * SPLITS + tl.program_id(2)  # (G_PAD,)
+            tl.store(Mid + part[:, None] * HD + d[None, :], acc, mask=q_mask)
+            tl.store(ML + part * 2, m, mask=g < G)
+            tl.store(ML + part * 2 + 1, s_sum, mask=g < G)
+
+    @triton.jit
+    def _merge_splits_kernel(Mid, ML, Out, stride_ob, stride_oh, HD: tl.constexpr, HD_PAD: tl.constexpr,
+                             SPLITS: tl.constexpr, S_PAD: tl.constexpr):
+        """One program per (sequence, query head): out = sum_p e^(m_p - M) acc_p / sum_p e^(m_p - M) l_p."""
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        p = tl.arange(0, S_PAD)
+        d = tl.arange(0, HD_PAD)
+        part = (b.to(tl.int64) * tl.num_programs(1) + h) * SPLITS + p
+        m = tl.load(ML + part * 2, mask=p < SPLITS, other=float("-inf"))
+        w = tl.exp(m - tl.max(m, 0))  # 0 for empty and padding parts
+        s_sum = tl.sum(tl.load(ML + part * 2 + 1, mask=p < SPLITS, other=0.0) * w, 0)
+        acc = tl.load(Mid + part[:, None] * HD + d[None, :], mask=(p[:, None] < SPLITS) & (d[None, :] < HD), other=0.0)
+        out = tl.sum(acc * w[:, None], 0) / s_sum
+        tl.store(Out + b * stride_ob + h * stride_oh + d, out.to(Out.dtype.element_ty), mask=d < HD)
