@@ -5,7 +5,9 @@ Same shape (GPT-2 small, 124M, vocab 50304, seq 1024), same random batch, same o
 over fp32 master weights), same gradient clipping. Reports tokens/s and MFU against the measured
 bf16 matmul peak of the card (and the datasheet peak when the card is known), using
 `llmlab.estimate.flops_per_token(cfg, T).train` = 6·M + 12·L·H·hd·T FLOPs per token (M = the matmul
-weights, LM head included, as in PaLM).
+weights, LM head included, as in PaLM). llmlab's loop prefers the SDPA backend that its own start-up timing
+found fastest at this attention shape (TrainConfig.attention_backend = "auto"; `--attention` overrides);
+transformers keeps PyTorch's order. The timings and the choice are in the JSON ("attention").
 
     python benchmarks/train.py                      # GPU: gpt2-small, batch 16, 30 timed steps
     python benchmarks/train.py --shape tiny --device cpu --steps 3   # smoke run on a CPU
@@ -26,6 +28,7 @@ from engine_common import RESULTS
 
 from llmlab import ModelConfig, Transformer
 from llmlab.estimate import flops_per_token
+from llmlab.train.attention_backend import CHOICES, choose_backends, prefer
 from llmlab.train.loop import compiled_lm_loss, train_step
 from llmlab.train.optim import AdamW, LossScaler, param_groups
 from llmlab.train.parallel import apply_activation_checkpointing
@@ -59,7 +62,8 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def bench_llmlab(cfg, batch, steps, warmup, device, precision, compile_, recompute) -> float:
+def bench_llmlab(cfg, batch, steps, warmup, device, precision, compile_, recompute, attention="auto"):
+    """(tokens/s, the SDPA backend timings behind the training loop's attention choice)."""
     torch.manual_seed(0)
     model = Transformer(cfg).to(device).train()
     if recompute:
@@ -67,8 +71,17 @@ def bench_llmlab(cfg, batch, steps, warmup, device, precision, compile_, recompu
     loss_fn = compiled_lm_loss(model) if compile_ else None  # model + loss in one compiled graph
     opt = AdamW(param_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95), compiled=compile_)  # clip + update fused
     scaler = LossScaler(enabled=False)
-    return _time(lambda xy: train_step(model, model, [xy], opt, scaler, device=device, precision=precision,
-                                       grad_clip=1.0, loss_fn=loss_fn), cfg, batch, steps, warmup, device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    order, times = choose_backends(attention, batch=batch, heads=cfg.num_heads, seq=cfg.max_position_embeddings,
+                                   head_dim=cfg.head_dim, dtype=dtype, device=device)
+
+    def step(xy):
+        with prefer(order):  # as llmlab.train.loop: the backend the run's attention shape was fastest with
+            return train_step(model, model, [xy], opt, scaler, device=device, precision=precision, grad_clip=1.0,
+                              loss_fn=loss_fn)
+
+    chosen = {"setting": attention, "preferred": order[0].name if order else "pytorch default", "timings_ms": times}
+    return _time(step, cfg, batch, steps, warmup, device), chosen
 
 
 def bench_transformers(cfg, batch, steps, warmup, device, precision) -> float:
@@ -121,6 +134,8 @@ def main() -> None:
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--no-compile", action="store_true", help="run llmlab eagerly (default: torch.compile)")
     ap.add_argument("--recompute", action="store_true", help="activation checkpointing in llmlab")
+    ap.add_argument("--attention", choices=CHOICES, default="auto",
+                    help="SDPA backend llmlab prefers (as TrainConfig.attention_backend; transformers keeps PyTorch's)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/train_<device>.json)")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -129,17 +144,20 @@ def main() -> None:
     fpt = flops_per_token(cfg, seq).train
     peak = measured_peak_tflops(device)
     compile_ = not args.no_compile and device.type == "cuda"
-    ours = bench_llmlab(cfg, args.batch, args.steps, args.warmup, device, args.precision, compile_, args.recompute)
+    ours, attention = bench_llmlab(cfg, args.batch, args.steps, args.warmup, device, args.precision, compile_,
+                                   args.recompute, args.attention)
     ref = bench_transformers(cfg, args.batch, args.steps, args.warmup, device, args.precision)
     rows = [("llmlab" + (" (compiled)" if compile_ else ""), ours), ("transformers GPT2LMHeadModel", ref)]
     print(f"{args.shape} batch {args.batch} x seq {seq}, {args.precision}, {device} "
-          f"(measured matmul peak {peak:.3g} TFLOP/s)")
+          f"(measured matmul peak {peak:.3g} TFLOP/s); llmlab attention: {attention['preferred']} "
+          f"{attention['timings_ms'] or ''}")
     print(f"{'loop':32s} {'tokens/s':>12s} {'MFU':>7s}")
     for name, tps in rows:
         print(f"{name:32s} {tps:12,.0f} {tps * fpt / (peak * 1e12):7.1%}")
     result = {
         "benchmark": "train", "shape": args.shape, "batch": args.batch, "seq_len": seq, "precision": args.precision,
-        "steps": args.steps, "compile": compile_, "recompute": args.recompute, "flops_per_token": fpt,
+        "steps": args.steps, "compile": compile_, "recompute": args.recompute, "attention": attention,
+        "flops_per_token": fpt,
         "measured_peak_tflops": peak, "llmlab_tokens_per_s": ours, "transformers_tokens_per_s": ref,
         "speedup_vs_transformers": ours / ref, "llmlab_mfu": ours * fpt / (peak * 1e12),
         "transformers_mfu": ref * fpt / (peak * 1e12),

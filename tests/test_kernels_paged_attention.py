@@ -161,6 +161,18 @@ def test_engine_with_the_kernel_is_greedy_identical(kw, splits, monkeypatch):
     assert [o.outputs[0].token_ids for o in outs] == refs
 
 
+@needs_kernel
+def test_compiled_decode_with_the_kernel_is_greedy_identical(monkeypatch):
+    """compile_decode traces the kernel as the opaque op llmlab::paged_decode (here with keys in 2 parts)."""
+    launch, tile = pa._launch, 16 if DEVICE.type == "cuda" else 4
+    monkeypatch.setattr(pa, "_launch", lambda *a: launch(*a[:8], tile, 2))
+    model = tiny()
+    refs = [model.generate(torch.tensor([p], device=DEVICE), max_new_tokens=6)[0, len(p):].tolist() for p in PROMPTS]
+    llm = LLM(model, block_size=4, max_num_batched_tokens=16, paged_kernel="triton", compile_decode=True)
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=6))
+    assert [o.outputs[0].token_ids for o in outs] == refs
+
+
 def test_kernel_choice_errors(monkeypatch):
     with pytest.raises(ConfigError, match="paged_kernel must be"):
         LLM(tiny(), paged_kernel="fast")

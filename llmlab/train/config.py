@@ -16,6 +16,7 @@ from typing import Any
 
 from llmlab.config import ModelConfig
 from llmlab.errors import ConfigError
+from llmlab.train.attention_backend import CHOICES as ATTENTION_CHOICES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -45,6 +46,9 @@ class TrainConfig:
     precision: str = "fp32"
     activation_checkpointing: bool = False
     compile: bool = False
+    # which fused SDPA kernel to prefer: auto (time each at this run's shape on a GPU; PyTorch's order on CPU),
+    # default (PyTorch's order), flash, cudnn, efficient, math — see llmlab/train/attention_backend.py
+    attention_backend: str = "auto"
     device: str = "auto"  # auto | cpu | cuda
 
     eval_every: int = 100
@@ -67,6 +71,9 @@ class TrainConfig:
             raise ConfigError(f"seq_len {self.seq_len} is above the model's context of "
                               f"{self.model.max_position_embeddings} (model.max_position_embeddings); "
                               "shorten seq_len or enlarge the context.")
+        if self.attention_backend not in ATTENTION_CHOICES:
+            raise ConfigError(f"attention_backend must be one of {', '.join(ATTENTION_CHOICES)}; "
+                              f"got {self.attention_backend!r}.")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda; got {self.device!r}.")
 

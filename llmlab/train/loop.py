@@ -29,6 +29,7 @@ from llmlab.data.shards import ShardInfo
 from llmlab.errors import ConfigError, LlmlabError
 from llmlab.estimate.flops import flops_per_token as estimate_flops_per_token
 from llmlab.model.transformer import Transformer
+from llmlab.train.attention_backend import choose_backends, prefer
 from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from llmlab.train.config import TrainConfig
 from llmlab.train.objectives import causal_lm_loss
@@ -158,6 +159,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
             log(f"resumed from {ckpt} (step {start})")
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume else None)
     loss_fn = compiled_lm_loss(model) if cfg.compile else None
+    attention = _attention_order(cfg, model, device, log)
     # 6 x matmul weights (the LM head included: its matmul is real work) + the attention term.
     flops_per_token = estimate_flops_per_token(model.cfg, cfg.seq_len).train
     peak = _peak_flops(device, cfg.precision)
@@ -181,8 +183,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
         for g in optimizer.param_groups:
             g["lr"] = lr
         batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
-        loss_t, gnorm_t, ok = train_step(model, model, batches, optimizer, scaler, device=device,
-                                         precision=cfg.precision, grad_clip=cfg.grad_clip, loss_fn=loss_fn)
+        with prefer(attention):  # torch.compile bakes the backend in when it traces: the same order every step
+            loss_t, gnorm_t, ok = train_step(model, model, batches, optimizer, scaler, device=device,
+                                             precision=cfg.precision, grad_clip=cfg.grad_clip, loss_fn=loss_fn)
         tokens_since += cfg.tokens_per_step
         done = step + 1
         bar.update(1)
@@ -231,6 +234,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     return TrainResult(steps=final_step, train_loss=loss, val_loss=val if eval_batches_available else None,
                        tokens_per_s=total_tokens / max(elapsed, 1e-9), checkpoint=ckpt,
                        metrics=metrics.path, stopped_early=stopped_early)
+
+
+def _attention_order(cfg: TrainConfig, model: Transformer, device: torch.device, log) -> list | None:
+    """The SDPA backend order for this run (attention_backend), timed at its attention shape when "auto"."""
+    dtype = _AUTOCAST[cfg.precision] or next(model.parameters()).dtype
+    order, times = choose_backends(cfg.attention_backend, batch=cfg.batch_size, heads=model.cfg.num_heads,
+                                   seq=cfg.seq_len, head_dim=model.cfg.head_dim, dtype=dtype, device=device)
+    if times:
+        best = min(times, key=times.get)
+        log(f"attention: {best} preferred (causal forward + backward at this run's shape: "
+            + ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(times.items(), key=lambda kv: kv[1])) + ")")
+    return order
 
 
 def _init_model(cfg: TrainConfig) -> Transformer:
