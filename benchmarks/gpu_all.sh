@@ -43,14 +43,14 @@ if [ "$PART" = main ]; then  # on 2026-11-30 (H200): train took 171 s, throughpu
   step latency-compiled 120 python3 benchmarks/latency.py --compile-decode
   [ "$RC" = 0 ] || step latency-eager 90 python3 benchmarks/latency.py --out engine_latency_cuda_eager
   step throughput 170 python3 benchmarks/throughput.py --hf generate_batch --hf-timeout 60
-  step train 200 python3 benchmarks/train.py --steps 20 --warmup 5
+  # batch 32 (both loops): the optimizer's fixed cost per step halves per token (llm.c's GPT-2 runs use 64)
+  step train-b32 200 python3 benchmarks/train.py --batch 32 --steps 15 --warmup 4
   step paged-attention 40 python3 benchmarks/paged_attention.py --batches 1 4 16 256 --contexts 384 2048
   step graph-kernels 60 python3 benchmarks/gpu_profile.py graph
   step gpu-tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_paged_attention.py \
     tests/test_kernels_gemv.py tests/test_train_attention_backend.py tests/test_engine_llm.py \
     -k "cuda or gemv or kernel or split or backend"
-  step latency-gemv 80 python3 benchmarks/latency.py --compile-decode --cuda-gemv --skip-hf --repeats 1 \
-    --out engine_latency_cuda_gemv
+  step train-b16 200 python3 benchmarks/train.py --steps 20 --warmup 5 --out "$LLMLAB_BENCH_RESULTS/train_cuda_b16.json"
 elif [ "$PART" = a ]; then
   step gpu-tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests
   step kernel-tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_paged_attention.py
