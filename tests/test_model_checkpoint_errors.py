@@ -120,6 +120,18 @@ def test_cli_prints_one_line_error(tmp_path):
     assert proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--ids", "1,2", "--max-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--prompt", ""], "the prompt is empty"),
+    (["--ids", ","], "--ids holds no token ids"),
+    (["--ids", "1", "--temperature", "1", "--top-p", "0"], "top_p must be in"),
+])
+def test_cli_generate_bad_input_is_one_line(saved, args, message):
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "generate", "--model", str(saved), *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_cli_generate_from_ids(saved):
     proc = subprocess.run([sys.executable, "-m", "llmlab", "generate", "--model", str(saved), "--ids", "1,2,3",
                            "--max-new-tokens", "4"], capture_output=True, text=True)

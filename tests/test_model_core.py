@@ -186,6 +186,19 @@ def test_cache_overflow_and_bad_mask_are_clear_errors():
         make("gpt2-like")(ids_for(T=65))
 
 
+def test_generate_rejects_bad_sampling_and_overlong_requests():
+    m = make("llama-gqa")
+    ids = ids_for(T=5)
+    with pytest.raises(LlmlabError, match=r"top_p must be in \(0, 1\]"):
+        m.generate(ids, max_new_tokens=2, temperature=1.0, top_p=1.5)
+    with pytest.raises(LlmlabError, match="top_k must be at least 1"):
+        m.generate(ids, max_new_tokens=2, temperature=1.0, top_k=0)
+    limit = m.cfg.max_position_embeddings
+    with pytest.raises(LlmlabError, match=f"beyond the model's {limit} positions"):
+        m.generate(ids, max_new_tokens=limit - 4)
+    assert m.generate(ids, max_new_tokens=limit - 5).shape[1] == limit  # exactly the context: fine
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(hidden_size=30, num_heads=4), "not divisible by num_heads"),
     (dict(num_heads=4, num_kv_heads=3), "not a multiple of num_kv_heads"),

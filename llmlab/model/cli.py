@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="HF model directory, .gguf file, or registry name (default: smollm2-135m)")
     p.add_argument("--prompt", help="text prompt (needs the model's tokenizer)")
     p.add_argument("--ids", help="comma-separated prompt token ids instead of text")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=int, default=32,
+                   help="tokens to generate (default 32; --max-tokens as in `llmlab chat`)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -30,12 +31,18 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.prompt is None) == (args.ids is None):
         raise LlmlabError("pass exactly one of --prompt TEXT or --ids 1,2,3.")
+    if args.max_new_tokens < 1:
+        raise LlmlabError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.prompt is not None and not args.prompt:
+        raise LlmlabError("the prompt is empty; pass some text with --prompt (or ids with --ids).")
     model = from_pretrained(args.model, dtype=args.dtype)
     if args.ids is not None:
         try:
             ids = [int(x) for x in args.ids.split(",") if x.strip()]
         except ValueError:
             raise LlmlabError(f"--ids must be comma-separated integers, got {args.ids!r}.") from None
+        if not ids:
+            raise LlmlabError("--ids holds no token ids; pass some, e.g. --ids 1,2,3.")
         tok = None
     else:
         tok = _load_tokenizer(args.model)

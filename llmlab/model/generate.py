@@ -44,6 +44,14 @@ def generate(model, input_ids: Tensor, attention_mask: Tensor | None = None, *, 
         raise LlmlabError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}.")
     if max_new_tokens < 0 or temperature < 0:
         raise LlmlabError("max_new_tokens and temperature must be non-negative.")
+    limit = model.cfg.max_position_embeddings
+    if input_ids.shape[1] + max_new_tokens > limit:
+        raise LlmlabError(f"a prompt of {input_ids.shape[1]} tokens plus {max_new_tokens} new ones is beyond the "
+                          f"model's {limit} positions; shorten the prompt or ask for fewer new tokens.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise LlmlabError(f"top_p must be in (0, 1], got {top_p}; 1 (or None) keeps every token.")
+    if top_k is not None and top_k < 1:
+        raise LlmlabError(f"top_k must be at least 1, got {top_k}; None keeps every token.")
     eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     B, T = input_ids.shape
