@@ -235,3 +235,7 @@ def test_cli_train_end_to_end(shards, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "llmlab", "train", "--data", str(shards.path), "--bogus", "1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown config key 'bogus'" in bad.stderr and "Traceback" not in bad.stderr
+    # a bad key is named even before the missing --data (fixing one error must not reveal the other next)
+    bad = subprocess.run([sys.executable, "-m", "llmlab", "train", "--preset", "tiny-cpu", "--bogus", "1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown config key 'bogus'" in bad.stderr, bad.stderr

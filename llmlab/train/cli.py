@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if not args.preset and not args.config and "data" not in overrides:
         raise ConfigError("nothing to train: pass --preset NAME or --config FILE.toml, and --data SHARD_DIR.")
-    data = overrides.get("data") or (build_config(preset=args.preset, file=args.config).data)
+    # every key and value checked first (an unknown key is reported before a missing --data)
+    data = build_config(preset=args.preset, file=args.config, overrides=overrides).data
     if not data:
         raise ConfigError("no shards given: pass --data DIR (from `llmlab data prepare`).")
     shards = ShardInfo.load(data)
