@@ -22,6 +22,10 @@ def test_params_table_and_json(capsys):
     assert json.loads(out)["params"]["total"] == 6_738_415_616
 
 
+def test_model_as_a_flag_is_the_same_as_positional(capsys):
+    assert run(capsys, "params", "--model", "gpt2", "--json") == run(capsys, "params", "gpt2", "--json")
+
+
 def test_infer_memory_explain_substitutes_numbers(capsys):
     code, out, _ = run(capsys, "infer-memory", "llama-7b", "--batch", "4", "--context", "2048", "--weights", "fp16",
                        "--kv-dtype", "fp16", "--gpu", "A100-40GB", "--explain")
@@ -57,6 +61,8 @@ def test_gpus_table(capsys):
     (["time", "gpt2", "--tokens", "1e9", "--gpu", "B300"], "unknown GPU 'B300'; known GPUs: A100-40GB"),
     (["params", "llama-9000b"], "neither a preset nor an existing file"),
     (["train-memory", "gpt2", "--tp", "2"], "use formula='megatron'"),
+    (["params"], "needs one model"),
+    (["params", "gpt2", "--model", "gpt2-xl"], "two models given"),
 ])
 def test_errors_are_one_line(capsys, argv, message):
     code, out, err = run(capsys, *argv)

@@ -40,11 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     def command(name: str, help_: str, handler) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
         if name != "gpus":
-            c.add_argument("model", metavar="MODEL",
+            c.add_argument("model", metavar="MODEL", nargs="?",
                            help=f"preset ({', '.join(presets.PRESETS)}), config.json, model directory or .gguf")
+            c.add_argument("--model", dest="model_flag", metavar="MODEL",
+                           help="the same, as a flag (as `llmlab generate --model`)")
         c.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
         c.add_argument("--explain", action="store_true", help="print each formula with the numbers substituted")
-        c.set_defaults(func=handler)
+        c.set_defaults(func=handler if name == "gpus" else _with_model(name, handler))
         return c
 
     command("params", "parameter count with a breakdown by component", _params)
@@ -95,6 +97,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--context", type=int, help="decode context for the bandwidth ceiling")
 
     command("gpus", "the GPU table: dense peak TFLOP/s, memory and bandwidth", _gpus)
+
+
+def _with_model(name: str, handler):
+    """MODEL as the positional argument or as --model: exactly one of them."""
+    def run(args):
+        if args.model is not None and args.model_flag is not None:
+            raise ConfigError(f"two models given ({args.model} and --model {args.model_flag}); pass one.")
+        if args.model is None and args.model_flag is None:
+            raise ConfigError(f"`llmlab estimate {name}` needs one model: a preset, config.json, model directory or "
+                              f".gguf, e.g. `llmlab estimate {name} smollm2-135m`.")
+        args.model = args.model or args.model_flag
+        return handler(args)
+
+    return run
 
 
 def _emit(args, title: str, steps: list[Step], data: dict | None = None) -> int:
