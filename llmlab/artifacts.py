@@ -161,6 +161,14 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
     return dest
 
 
+def resolve(name_or_path: str | Path) -> Path:
+    """A path as given, or, for a registry name (e.g. 'smollm2-135m') that is not also a local path, the
+    verified artifact's cached path (fetched the first time)."""
+    if str(name_or_path) in ARTIFACTS and not Path(name_or_path).exists():
+        return fetch(str(name_or_path))
+    return Path(name_or_path)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -88,3 +88,22 @@ def test_other_user_errors(tmp_path):
         train_bpe([MIXED], 300, pattern="(unclosed")
     with pytest.raises(TokenizerError, match="takes a str"):
         train_bpe([MIXED], 300).encode(b"bytes")
+
+
+@pytest.mark.artifact
+def test_encode_takes_a_registry_name(monkeypatch, capsys):
+    """As `generate --model smollm2-135m`: a registry name resolves to the fetched artifact."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello world\n"))
+    assert main(["tokenizer", "encode", "--tokenizer", "gpt2-tiktoken", "--pattern", "gpt2"]) == 0
+    assert capsys.readouterr().out.split() == ["15496", "995"]  # GPT-2's ids for "Hello world"
+
+
+def test_registry_name_resolution(tmp_path, monkeypatch):
+    from llmlab import artifacts
+
+    monkeypatch.setattr(artifacts, "fetch", lambda name, **kw: tmp_path / f"fetched-{name}")
+    assert artifacts.resolve("gpt2-tiktoken") == tmp_path / "fetched-gpt2-tiktoken"
+    assert artifacts.resolve(tmp_path / "tok.json") == tmp_path / "tok.json"  # a path stays a path
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gpt2-tiktoken").mkdir()  # a local directory of that name wins over the registry
+    assert artifacts.resolve("gpt2-tiktoken") == Path("gpt2-tiktoken")

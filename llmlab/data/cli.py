@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--input", nargs="+", required=True, metavar="FILE|DIR|NAME",
                       help="text files, directories, or one built-in corpus name")
     prep.add_argument("--tokenizer", required=True, metavar="PATH",
-                      help="tokenizer.json, a directory holding one, a .tiktoken or .gguf file")
+                      help="tokenizer.json, a directory holding one, a .tiktoken or .gguf file, or a registry name "
+                           "(e.g. smollm2-135m)")
     prep.add_argument("--out", required=True, metavar="DIR", help="output directory for the shards")
     prep.add_argument("--val-fraction", type=float, default=0.05,
                       help="tail fraction of every document held out for validation (default 0.05)")
@@ -28,7 +29,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     from llmlab.tokenizer import load_tokenizer
 
     corpus = resolve_corpus(args.input)
-    tokenizer = load_tokenizer(args.tokenizer)
+    from llmlab import artifacts
+
+    tokenizer = load_tokenizer(artifacts.resolve(args.tokenizer))
     info = prepare_shards(corpus, tokenizer, args.out, val_fraction=args.val_fraction)
     print(f"{info.documents} documents, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + "
           f"{info.val_tokens:,} val tokens ({info.dtype}) in {info.path}")

@@ -108,7 +108,7 @@ def _load_tokenizer(source: str | Path):
     from llmlab import artifacts
     from llmlab.tokenizer import load_tokenizer
 
-    path = artifacts.fetch(str(source)) if str(source) in artifacts.ARTIFACTS and not Path(source).exists() else source
+    path = artifacts.resolve(source)
     try:
         return load_tokenizer(path)
     except TokenizerError:

@@ -66,5 +66,4 @@ def _load_tokenizer(model: str):
         from llmlab.tokenizer import load_tokenizer
     except ImportError:
         raise LlmlabError("text prompts need llmlab's tokenizer, which is not installed; use --ids.") from None
-    path = artifacts.fetch(model) if model in artifacts.ARTIFACTS else model
-    return load_tokenizer(path)
+    return load_tokenizer(artifacts.resolve(model))

@@ -20,7 +20,12 @@ from torch import Tensor
 from llmlab import artifacts
 from llmlab.config import ModelConfig, load_hf_config
 from llmlab.errors import CheckpointError, ConfigError
-from llmlab.model.convert import config_from_gguf, gguf_to_llmlab, hf_to_llmlab, llmlab_to_hf
+from llmlab.model.convert import (
+    config_from_gguf,
+    gguf_to_llmlab,
+    hf_to_llmlab,
+    llmlab_to_hf,
+)
 from llmlab.model.transformer import Transformer
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -40,10 +45,7 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 def from_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                     attn_backend: str = "sdpa") -> Transformer:
     """Build a Transformer from an HF directory, a .gguf file or a registry name such as 'smollm2-135m'."""
-    path_str = str(path)
-    if path_str in artifacts.ARTIFACTS and not Path(path_str).exists():
-        path = artifacts.fetch(path_str)
-    path = Path(path)
+    path = artifacts.resolve(path)
     if not path.exists():
         known = ", ".join(sorted(artifacts.ARTIFACTS))
         raise CheckpointError(f"{path} does not exist; pass an HF model directory, a .gguf file, or one of: {known}.")

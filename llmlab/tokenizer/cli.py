@@ -37,8 +37,9 @@ def register(subparsers) -> None:
 
     e = sub.add_parser("encode", help="encode stdin and print token ids, one line per input line",
                        description="Read text from stdin and print its token ids (space-separated).")
-    e.add_argument("--tokenizer", required=True, type=Path,
-                   help="tokenizer.json, a directory with one, a .tiktoken file, a .gguf or vocab.txt")
+    e.add_argument("--tokenizer", required=True,
+                   help="tokenizer.json, a directory with one, a .tiktoken file, a .gguf, vocab.txt, or a registry "
+                        "name (e.g. smollm2-135m, cl100k-tiktoken)")
     e.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: gpt2, cl100k, o200k or a regex")
     e.add_argument("--allow-special", action="store_true", help="recognise special tokens written in the text")
     e.add_argument("--whole", action="store_true", help="encode all of stdin as one text (default: per line)")
@@ -63,8 +64,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    from llmlab import artifacts
     from llmlab.tokenizer.io import load_tokenizer
-    tok = load_tokenizer(args.tokenizer, pattern=args.pattern)
+
+    tok = load_tokenizer(artifacts.resolve(args.tokenizer), pattern=args.pattern)
     allowed = "all" if args.allow_special else "none"
     text = sys.stdin.read()
     chunks = [text] if args.whole else text.splitlines()
