@@ -121,6 +121,8 @@ def test_logprobs_are_the_raw_model_distribution():
     (dict(min_p=2.0), "min_p"),
     (dict(repetition_penalty=0.0), "repetition_penalty"),
     (dict(stop=[""]), "stop"),
+    (dict(seed="a"), "seed must be None or an integer"),
+    (dict(seed=1.5), "seed must be None or an integer"),
 ])
 def test_bad_sampling_params_are_clear_errors(kwargs, match):
     with pytest.raises(RequestError, match=match):

@@ -63,6 +63,8 @@ class SamplingParams:
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
             (self.logprobs is None or (isinstance(self.logprobs, int) and self.logprobs >= 0),
              f"logprobs must be None or an integer >= 0, got {self.logprobs!r}"),
+            (self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
+             f"seed must be None or an integer, got {self.seed!r}"),
         ]
         for ok, message in checks:
             if not ok:
