@@ -35,9 +35,9 @@ class AdamW(torch.optim.Optimizer):
     """p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), decoupled weight decay.
 
     `clip_and_step(max_norm)` does gradient clipping and the update together; with `compiled=True`
-    that is one torch.compile'd function, so each parameter, gradient and moment is read and written
-    once per step instead of once per line of arithmetic (on an H100 the eager clip + foreach update
-    of GPT-2 small took 3.75 + 3.97 ms of a 38.9 ms step)."""
+    that is one torch.compile'd function of multi-tensor ops, so on a GPU each parameter, gradient and
+    moment is read and written once per step, in a few kernels, instead of once per line of arithmetic
+    (on an H100 the eager clip + foreach update of GPT-2 small took 3.75 + 3.97 ms of a 38.9 ms step)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, *, compiled: bool = False):
@@ -127,20 +127,34 @@ class AdamW(torch.optim.Optimizer):
 
 
 def _clip_adamw(params, grads, ms, vs, lrs, step, hyper, max_norm):
-    """Global-norm clipping and AdamW over parameter groups, one tensor at a time: under torch.compile
-    each parameter's whole update fuses into one kernel. lr and step are device tensors."""
+    """Global-norm clipping and AdamW over parameter groups in multi-tensor (`_foreach`) ops. On CUDA,
+    Inductor fuses such chains horizontally into a few kernels for all the tensors (PyTorch's compiled
+    AdamW: 2 kernels with foreach, 8 a tensor without, test/inductor/test_compiled_optimizers.py); written
+    tensor by tensor this was a norm and an update kernel per tensor, ~400 launches a step for GPT-2 small's
+    196 tensors. (On a CPU Inductor does not fuse across tensors: there the eager form is 5% faster, the
+    compiled one 11% slower than per tensor: 584 vs 613 and 103.5 vs 93.3 ms for GPT-2 small on 2 cores.)
+    lr and step are device tensors (no recompiles)."""
     flat = [g for group in grads for g in group]
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in flat]))
+    norms = torch._foreach_norm([g if g.dtype == torch.float32 else g.float() for g in flat])
+    total = torch.linalg.vector_norm(torch.stack(norms))
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0) if max_norm is not None else None
     for group_p, group_g, group_m, group_v, lr, (b1, b2, eps, wd) in zip(params, grads, ms, vs, lrs, hyper):
+        if not group_p:
+            continue
+        if coef is not None:
+            group_g = torch._foreach_mul(group_g, coef)
         bias1, bias2 = 1 - b1**step, 1 - b2**step
-        for p, g, m, v in zip(group_p, group_g, group_m, group_v):
-            if coef is not None:
-                g = g * coef.to(g.dtype)
-            p.mul_(1 - lr * wd)
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            p.sub_(lr / bias1 * m / (v.sqrt() / bias2.sqrt() + eps))
+        torch._foreach_mul_(group_p, 1 - lr * wd)  # decoupled decay: not part of the gradient statistics
+        torch._foreach_mul_(group_m, b1)  # m = b1 m + (1 - b1) g (not lerp: traced, that is a fill per tensor)
+        torch._foreach_add_(group_m, group_g, alpha=1 - b1)
+        torch._foreach_mul_(group_v, b2)
+        torch._foreach_addcmul_(group_v, group_g, group_g, value=1 - b2)  # v = b2 v + (1 - b2) g^2
+        denom = torch._foreach_sqrt(group_v)
+        torch._foreach_div_(denom, bias2.sqrt())
+        torch._foreach_add_(denom, eps)
+        update = torch._foreach_div(group_m, denom)
+        torch._foreach_mul_(update, lr / bias1)
+        torch._foreach_sub_(group_p, update)
     return total
 
 
