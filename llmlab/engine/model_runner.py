@@ -429,7 +429,10 @@ class _FrozenDecode:
     first compile would be silently ignored: that is refused."""
 
     def __init__(self, fn, model: Transformer, small_batch: bool):
-        self.compiled = torch.compile(fn)
+        # No guards on the model's modules: ~270 parameter guards cost 0.76 ms of a 22.5 ms step (SmolLM2, 16
+        # rows, bf16); their weights are constants of the graph anyway, and changes to them are refused below.
+        skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
+        self.compiled = torch.compile(fn, options={"guard_filter_fn": skip} if skip else None)
         self.model = model
         self.params = list(model.parameters())
         self.version: int | None = None
