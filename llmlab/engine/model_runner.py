@@ -222,7 +222,9 @@ class ModelRunner:
         sampling = [i for i in range(len(batch)) if batch.samples(i)]
         decode_only = all(n == 1 for n in batch.num_tokens)
         if decode_only and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
-            logits = self._run_decode_padded(batch.seqs)[sampling]
+            logits = self._run_decode_padded(batch.seqs)  # sampled at once, before the next replay reuses it
+            if len(sampling) < len(batch):  # every decode row samples: no copy of the (rows, vocab) logits
+                logits = logits[sampling]
         else:
             logits = self._run_mixed(batch, sampling)
         if not sampling:
