@@ -142,6 +142,13 @@ def tiny(**kw) -> Transformer:
     return Transformer(ModelConfig(**{**cfg, **kw})).to(DEVICE).eval()
 
 
+def force_splits(monkeypatch, splits: int) -> None:
+    """Every launch of the kernel cuts keys into `splits` parts, in short tiles (the interpreter takes 4 keys,
+    tl.dot compiled needs 16) so that the engine's short rows span several parts."""
+    launch, tile = pa._launch, 16 if DEVICE.type == "cuda" else 4  # _launch(..., window, block_n, splits)
+    monkeypatch.setattr(pa, "_launch", lambda *a: launch(*a[:8], tile, splits))
+
+
 PROMPTS = [[5, 17, 42], list(range(20, 41)), [60, 61, 62, 63, 64, 65, 66, 67]]
 
 
@@ -149,10 +156,8 @@ PROMPTS = [[5, 17, 42], list(range(20, 41)), [60, 61, 62, 63, 64, 65, 66, 67]]
 @pytest.mark.parametrize("kw", [{}, {"model_type": "mistral", "sliding_window": 6}], ids=["llama-gqa", "mistral-window"])
 @pytest.mark.parametrize("splits", [None, 3], ids=["auto", "split-3"])
 def test_engine_with_the_kernel_is_greedy_identical(kw, splits, monkeypatch):
-    if splits is not None:  # as a GPU with more SMs than batch x KV heads would choose; short tiles (the
-        # interpreter takes 4 keys, tl.dot compiled needs 16) so that these short rows span several parts
-        launch, tile = pa._launch, 16 if DEVICE.type == "cuda" else 4  # _launch(..., window, block_n, splits)
-        monkeypatch.setattr(pa, "_launch", lambda *a: launch(*a[:8], tile, splits))
+    if splits is not None:  # as a GPU with more SMs than batch x KV heads would choose
+        force_splits(monkeypatch, splits)
     model = tiny(**kw)
     refs = [model.generate(torch.tensor([p], device=DEVICE), max_new_tokens=10)[0, len(p):].tolist() for p in PROMPTS]
     llm = LLM(model, block_size=4, max_num_batched_tokens=16, paged_kernel="triton")
@@ -164,8 +169,7 @@ def test_engine_with_the_kernel_is_greedy_identical(kw, splits, monkeypatch):
 @needs_kernel
 def test_compiled_decode_with_the_kernel_is_greedy_identical(monkeypatch):
     """compile_decode traces the kernel as the opaque op llmlab::paged_decode (here with keys in 2 parts)."""
-    launch, tile = pa._launch, 16 if DEVICE.type == "cuda" else 4
-    monkeypatch.setattr(pa, "_launch", lambda *a: launch(*a[:8], tile, 2))
+    force_splits(monkeypatch, 2)
     model = tiny()
     refs = [model.generate(torch.tensor([p], device=DEVICE), max_new_tokens=6)[0, len(p):].tolist() for p in PROMPTS]
     llm = LLM(model, block_size=4, max_num_batched_tokens=16, paged_kernel="triton", compile_decode=True)

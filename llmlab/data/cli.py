@@ -24,13 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from llmlab import artifacts
     from llmlab.data.corpora import resolve_corpus
     from llmlab.data.shards import prepare_shards
     from llmlab.tokenizer import load_tokenizer
 
     corpus = resolve_corpus(args.input)
-    from llmlab import artifacts
-
     tokenizer = load_tokenizer(artifacts.resolve(args.tokenizer))
     info = prepare_shards(corpus, tokenizer, args.out, val_fraction=args.val_fraction)
     print(f"{info.documents} documents, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + "

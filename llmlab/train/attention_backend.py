@@ -18,6 +18,7 @@ PyTorch's order. On a CPU "auto" is "default" (nothing to choose between).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import time
 from collections.abc import Callable
@@ -66,8 +67,9 @@ def time_backends(*, batch: int, heads: int, seq: int, head_dim: int, dtype: tor
         torch.autograd.grad(out, (q, k, v), grad)
 
     times = {}
+    backends = _backends()
     for name in names:
-        backend = _backends().get(name)
+        backend = backends.get(name)
         if backend is None:
             continue
         try:
@@ -107,6 +109,14 @@ def prefer(order: list | None):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if "set_priority" in inspect.signature(sdpa_kernel).parameters:
+    if _can_set_priority():
         return sdpa_kernel(order, set_priority=True)
     return sdpa_kernel([order[0], SDPBackend.MATH])
+
+
+@functools.cache
+def _can_set_priority() -> bool:
+    """Whether this PyTorch's sdpa_kernel takes set_priority (2.6+); asked once, not on every training step."""
+    from torch.nn.attention import sdpa_kernel
+
+    return "set_priority" in inspect.signature(sdpa_kernel).parameters

@@ -242,9 +242,9 @@ def _attention_order(cfg: TrainConfig, model: Transformer, device: torch.device,
     order, times = choose_backends(cfg.attention_backend, batch=cfg.batch_size, heads=model.cfg.num_heads,
                                    seq=cfg.seq_len, head_dim=model.cfg.head_dim, dtype=dtype, device=device)
     if times:
-        best = min(times, key=times.get)
-        log(f"attention: {best} preferred (causal forward + backward at this run's shape: "
-            + ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(times.items(), key=lambda kv: kv[1])) + ")")
+        ranked = sorted(times.items(), key=lambda kv: kv[1])
+        log(f"attention: {ranked[0][0]} preferred (causal forward + backward at this run's shape: "
+            + ", ".join(f"{name} {ms:.2f} ms" for name, ms in ranked) + ")")
     return order
 
 
