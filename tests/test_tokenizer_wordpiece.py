@@ -12,10 +12,11 @@ from tokenizers import normalizers, pre_tokenizers
 from llmlab.tokenizer import BertNormalizer, WordPieceModel, train_wordpiece
 from llmlab.tokenizer.wordpiece import BERT_SPLIT
 
-# tokenizers' Rust crates carry older Unicode tables than Python's: characters assigned since then
-# (e.g. U+08CA, a Unicode 14 mark) are classified differently. Property tests draw from characters
-# whose category is the same in Unicode 3.2 and now; TRICKY covers newer ones (emoji) explicitly.
-STABLE = st.characters(blacklist_categories=("Cs",)).filter(
+# tokenizers' Rust crates carry other Unicode tables than Python's: characters assigned in between
+# (e.g. U+08CA, a Unicode 14 mark; U+1ACF, a Unicode 15 mark still unassigned in Python 3.11's 14.0)
+# are classified differently. Property tests draw from assigned characters whose category is the same
+# in Unicode 3.2 and now; TRICKY covers newer ones (emoji) explicitly.
+STABLE = st.characters(blacklist_categories=("Cs", "Cn")).filter(
     lambda c: unicodedata.ucd_3_2_0.category(c) == unicodedata.category(c))
 MIXED = (Path(__file__).parent / "data" / "tokenizer_mixed.txt").read_text(encoding="utf-8")
 TRICKY = ["Ångström naïve CAFÉ", "e\u0301\u0308", "机器学习,中文", "a\u00a0b\u3000c\td\ne", "x\x00y\ufffdz\u200b",
