@@ -45,6 +45,16 @@ def workload(num_seqs: int, min_len: int, max_len: int, vocab: int) -> tuple[lis
     return prompts, outputs
 
 
+def run_stats(before: dict, after: dict) -> dict:
+    """The timed run's engine counters: steps, CUDA-graph replays, preemptions, and where the step time went
+    (host work vs waiting for the device's sampled ids; see LLMEngine.stats)."""
+    d = {k: after[k] - before[k] for k in ("steps", "graph_steps", "preemptions", "step_seconds", "sync_wait_seconds")}
+    d["host_seconds"] = d["step_seconds"] - d["sync_wait_seconds"]
+    d = {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
+    return {**d, "host_ms_per_step": round(1e3 * d["host_seconds"] / max(1, d["steps"]), 3),
+            "num_blocks": after["num_blocks"]}
+
+
 class _Timeout(BaseException):
     pass
 
@@ -99,6 +109,7 @@ def main() -> int:
     llm.generate([[7 + i] * (20 + i) for i in range(4)], SamplingParams(max_tokens=8))
     params = [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True) for n in outputs]
     load_before = os.getloadavg()[0]
+    before = llm.engine.stats()
     sync(device)
     t0 = time.perf_counter()
     outs = llm.generate(prompts, params)
@@ -110,10 +121,13 @@ def main() -> int:
               "dtype": args.dtype, "device": device, "num_seqs": args.num_seqs, "len_range": [args.min_len, args.max_len],
               "prompt_tokens": sum(map(len, prompts)), "output_tokens": n_out,
               "llmlab": {"seconds": round(dt, 2), "output_tok_s": round(n_out / dt, 1),
-                         **{k: v for k, v in llm.engine.stats().items() if k in ("steps", "preemptions", "num_blocks")}},
+                         **run_stats(before, llm.engine.stats())},
               "target_output_tok_s": {"H100": 10000}}
     rows = [["llmlab", n_out, round(dt, 2), result["llmlab"]["output_tok_s"]]]
-    print(f"llmlab: {n_out} output tokens in {dt:.2f} s = {n_out / dt:,.1f} tok/s", flush=True)
+    st = result["llmlab"]
+    print(f"llmlab: {n_out} output tokens in {dt:.2f} s = {n_out / dt:,.1f} tok/s; {st['steps']} steps "
+          f"({st['graph_steps']} graph replays), host {st['host_seconds']:.2f} s ({st['host_ms_per_step']} ms a step), "
+          f"waiting for the device {st['sync_wait_seconds']:.2f} s", flush=True)
     write_result(args.out, result)  # kept even if a slow reference is stopped before it finishes
     if args.hf:
         del llm, outs  # the engine's KV cache holds most of the GPU: give it back for the references

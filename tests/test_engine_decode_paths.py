@@ -126,13 +126,16 @@ def test_graph_replay_path_gives_the_same_tokens(cfg, kernel):
     graphs = {}
 
     def emulate_graphs(engine):
-        graphs["runner"] = engine.runner
+        graphs["runner"], graphs["engine"] = engine.runner, engine
         graphs["at start"] = sorted(emulate_cuda_graphs(engine.runner).graphs)
 
     lengths = (12, 30, 6)  # sequences finish at different steps: the batch goes 3 -> 2 -> 1 rows
     want = greedy(cfg, max_tokens=lengths, paged_kernel=kernel, max_num_seqs=3)
     got = greedy(cfg, max_tokens=lengths, setup=emulate_graphs, paged_kernel=kernel, max_num_seqs=3)
     assert got == want
+    stats = graphs["engine"].stats()  # the prefill step runs eagerly, every decode-only step replays
+    assert stats["graph_steps"] == stats["steps"] - 1 == max(lengths) - 1
+    assert stats["step_seconds"] >= stats["sync_wait_seconds"] >= 0
     keys = sorted(graphs["runner"].graphs.graphs)
     if kernel == "cpu":  # buckets 4, 2, 1 at full width, all captured before the first request
         assert graphs["at start"] == keys == sorted((b, graphs["runner"].graphs.max_nb) for b in (1, 2, 4))

@@ -83,12 +83,32 @@ def test_split_keys_match_the_reference(dtype, splits, window):
 
 def test_auto_splits_fill_the_sms_only_when_batch_and_heads_cannot():
     assert pa.auto_splits(1, 8, 2048, num_sms=132) == 16  # batch-1 Llama-3.2-1B: 8 programs -> 128
-    assert pa.auto_splits(4, 8, 2048, num_sms=132) == 5
+    assert pa.auto_splits(4, 8, 2048, num_sms=132) == 4  # 5 parts would fill the SMs: rounded down to 4
     assert pa.auto_splits(16, 8, 2048, num_sms=132) == 1  # 128 programs: already one wave
     assert pa.auto_splits(256, 8, 2048, num_sms=132) == 1
     assert pa.auto_splits(1, 8, 100, num_sms=132) == 2  # never more parts than tiles of 64 keys
+    assert pa.auto_splits(1, 8, 150, num_sms=132) == 2  # 3 tiles: 2 parts (a power of two)
     assert pa.auto_splits(1, 8, 2048, num_sms=0) == 1  # no GPU: one pass
     assert pa.auto_splits(1, 1, 1 << 20, num_sms=1000) == pa.MAX_SPLITS
+
+
+@pytest.mark.parametrize("kv_heads, sms", [(8, 132), (2, 132), (1, 78), (3, 16), (8, 0), (32, 132)])
+def test_split_counts_are_every_count_auto_splits_picks(kv_heads, sms):
+    """The warm-up compiles `split_counts`: a count outside it would compile mid-run."""
+    picked = {pa.auto_splits(b, kv_heads, n, sms) for b in range(1, 300) for n in range(1, 4096, 37)}
+    assert picked == set(pa.split_counts(kv_heads, sms))
+    assert all(c & (c - 1) == 0 for c in picked)  # powers of two: few variants
+
+
+@needs_kernel
+def test_warm_up_launches_every_split_count(monkeypatch):
+    monkeypatch.setattr(pa, "_num_sms", lambda device: 132)  # as on an H100 / H200
+    launched = []
+    real = pa._launch
+    monkeypatch.setattr(pa, "_launch", lambda *a: launched.append(a[-1]) or real(*a))
+    k = torch.zeros(3 * 4, 2, 16)
+    assert pa.warm_up(k, k.clone(), num_heads=4, block_size=4, scratch_block=2) == [1, 2, 4, 8, 16]
+    assert launched == [1, 2, 4, 8, 16]
 
 
 @needs_kernel

@@ -62,6 +62,7 @@ class LLMEngine:
         self.eos_token_ids = frozenset(eos)
         self.requests: dict[str, _Request] = {}
         self.num_steps = 0
+        self.step_s = 0.0  # wall time inside step() (stats: with the runner's sync wait, the host's share)
 
     # ---- requests -------------------------------------------------------------------------------
 
@@ -116,6 +117,7 @@ class LLMEngine:
         """Run one scheduled step; return the outputs of the requests that progressed in it (with
         `finished_only`, of those that finished: what a caller that does not stream needs, without building an
         output per running request and step)."""
+        t0 = time.perf_counter()
         batch = self.scheduler.schedule()
         if not batch.seqs:
             if len(self.scheduler):  # check_fits guarantees progress; anything else is a bug
@@ -148,6 +150,7 @@ class LLMEngine:
                 del self.requests[req.request_id]
             if finished or not finished_only:
                 outputs.append(self._output(req))
+        self.step_s += time.perf_counter() - t0
         return outputs
 
     def _detokenize(self, seq: Sequence, detok: Detokenizer, token: int) -> None:
@@ -176,7 +179,13 @@ class LLMEngine:
                              num_cached_tokens=max(s.num_cached_tokens for s in req.seqs), metrics=dict(req.metrics))
 
     def stats(self) -> dict[str, float]:
+        """Counters since the engine started. step_seconds: wall time in step(); sync_wait_seconds: the part of it
+        the host spent waiting for the device's sampled ids (on CUDA the GPU time not hidden behind host work;
+        step_seconds minus it is host work: scheduling, inputs, launches, outputs); graph_steps: decode steps
+        that replayed a CUDA graph."""
         bm = self.block_manager
-        return {"steps": self.num_steps, "preemptions": self.scheduler.num_preemptions,
+        return {"steps": self.num_steps, "graph_steps": self.runner.graph_steps,
+                "step_seconds": round(self.step_s, 4), "sync_wait_seconds": round(self.runner.sync_wait_s, 4),
+                "preemptions": self.scheduler.num_preemptions,
                 "free_blocks": bm.num_free_blocks, "num_blocks": bm.num_blocks,
                 "prefix_cache_hit_rate": bm.num_hits / bm.num_queries if bm.num_queries else 0.0}

@@ -69,6 +69,7 @@ from llmlab.kernels import cuda_linear
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
 from llmlab.kernels.cpu_norm import use_fast_norms
 from llmlab.kernels.paged_attention import available as paged_kernel_available
+from llmlab.kernels.paged_attention import warm_up as paged_warm_up
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
 from llmlab.model.cache import PagedKVCache
 from llmlab.model.transformer import Transformer, fuse_projections
@@ -123,6 +124,11 @@ class ModelRunner:
         self.scratch = self.num_blocks
         self.shared_generator = torch.Generator(self.device).manual_seed(config.seed)
         self.generators: dict[int, torch.Generator] = {}  # seq_id -> its own stream (seeded requests)
+        # Where the steps' time goes (LLMEngine.stats): seconds the host waited for the device to hand back the
+        # sampled ids (on CUDA: the GPU work the host could not hide; on CPU ~0, the work runs in the call) and
+        # steps that replayed a CUDA graph.
+        self.sync_wait_s = 0.0
+        self.graph_steps = 0
         # The decode step, compiled on request (one graph for every batch and context size: dynamic shapes).
         self.decode_fn = self._decode_logits
         if self.compile_cpu:  # weights frozen into the graph: Inductor packs the linears, fuses the rest
@@ -132,6 +138,9 @@ class ModelRunner:
             self.decode_fn = torch.compile(_own_code(self._decode_logits), dynamic=True)
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
         self.pad_decode = pad_decode or self.use_graphs or self.compile_cpu
+        if self.decode_kernel == "triton" and self.device.type == "cuda":  # every split variant compiled now
+            paged_warm_up(self.kv.k[0], self.kv.v[0], self.cfg.num_heads, self.block_size, self.scratch,
+                          self.cfg.sliding_window)
         self.graphs = _DecodeGraphs(self) if self.use_graphs else None
         if self.graphs is not None and self.decode_kernel:  # one graph per batch bucket: capture them all now
             self.graphs.capture_all(min(config.max_num_seqs, config.cuda_graph_max_bs))
@@ -336,6 +345,7 @@ class ModelRunner:
             # table width serves every context (graphs per batch bucket only; columns past a row's context may
             # hold an earlier step's entries). The gather path reads whole rows: a graph per width bucket.
             width = self.graphs.max_nb if self.decode_kernel else nb
+            self.graph_steps += 1
             return self.graphs.replay(b, width, vec, tables)[:n]
         ids, pos, slot, ctx = vec.to(self.device)
         return self.decode_fn(ids, pos, slot, tables.to(self.device), ctx)[:n]
@@ -356,7 +366,9 @@ class ModelRunner:
                                  [s.num_prompt_tokens for s in seqs], [self._generator(s) for s in seqs],
                                  logits.shape[-1], logits.device)
         tokens, chosen, top = sample(logits, sb, self.shared_generator)
+        t0 = time.perf_counter()
         tokens = tokens.tolist()  # the step's one device -> host transfer (plus logprobs when asked)
+        self.sync_wait_s += time.perf_counter() - t0
         if chosen is None:
             return {s.seq_id: (t, None, None) for s, t in zip(seqs, tokens)}
         chosen = chosen.tolist()

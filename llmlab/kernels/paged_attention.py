@@ -89,11 +89,22 @@ MAX_SPLITS = 16
 
 def auto_splits(batch: int, kv_heads: int, max_positions: int, num_sms: int, block_n: int = 64) -> int:
     """How many parts to cut each row's keys into: 1 while batch x KV heads programs already fill half the
-    SMs, else enough parts to fill them, never more than there are key tiles nor MAX_SPLITS."""
+    SMs, else enough parts to fill them, never more than there are key tiles nor MAX_SPLITS. Always a power of
+    two (rounded down), so a server meets at most log2(MAX_SPLITS) + 1 variants of the kernel, each compiled
+    once by Triton (`split_counts` lists them for a warm-up): an exact count would compile a new variant
+    mid-run for each new batch size."""
     programs = batch * kv_heads
     if num_sms <= 0 or 2 * programs > num_sms:
         return 1
-    return max(1, min(MAX_SPLITS, -(-num_sms // programs), -(-max_positions // block_n)))
+    best = max(1, min(MAX_SPLITS, -(-num_sms // programs), -(-max_positions // block_n)))
+    return 1 << (best.bit_length() - 1)
+
+
+def split_counts(kv_heads: int, num_sms: int) -> list[int]:
+    """Every count `auto_splits` can return for a model with `kv_heads` KV heads on a card with `num_sms` SMs:
+    the powers of two up to batch 1's count (larger batches and short contexts take smaller ones)."""
+    top = auto_splits(1, kv_heads, MAX_SPLITS * 64, num_sms)
+    return [1 << i for i in range(top.bit_length())]
 
 
 def paged_decode(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor,
@@ -115,6 +126,21 @@ def paged_decode(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tens
     if num_splits is not None and not 1 <= splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}] (or None to choose); got {num_splits}.")
     return _launch(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window, block_n, splits)
+
+
+def warm_up(k_pages: Tensor, v_pages: Tensor, num_heads: int, block_size: int, scratch_block: int,
+            window: int | None = None) -> list[int]:
+    """Launch the kernel once with every split count `auto_splits` can pick on this device (`split_counts`), on
+    one query over the scratch block, so that Triton compiles each variant at start-up rather than when a step
+    first needs it (a stall of about a second each). Returns the counts launched."""
+    Hkv, hd = k_pages.shape[1], k_pages.shape[2]
+    q = torch.zeros(1, num_heads, hd, dtype=k_pages.dtype, device=k_pages.device)
+    tables = torch.full((1, 2), scratch_block, dtype=torch.long, device=k_pages.device)
+    ctx = torch.ones(1, dtype=torch.long, device=k_pages.device)
+    counts = split_counts(Hkv, _num_sms(k_pages.device))
+    for n in counts:
+        paged_decode(q, k_pages, v_pages, tables, ctx, block_size=block_size, window=window, num_splits=n)
+    return counts
 
 
 def _num_sms(device: torch.device) -> int:
@@ -208,7 +234,9 @@ def merge_constants(hd: int, splits: int) -> dict:
 
 if triton is not None:
 
-    @triton.jit
+    # stride_tb is the step's block-table width, which changes from step to step outside CUDA graphs: Triton
+    # would otherwise compile a variant per divisibility class of it (1, a multiple of 16, other) mid-run.
+    @triton.jit(do_not_specialize=["stride_tb"])
     def _paged_decode_kernel(Q, K, V, Out, Mid, ML, Tables, Lens, scale, window,
                              stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
                              stride_ob, stride_oh, stride_tb,
