@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from llmlab.data.shards import ShardInfo
+from llmlab.errors import ConfigError
 
 PROMPTS = ["ROMEO.\n", "KING HENRY.\nWhat", "To be, or not to be"]
 
@@ -32,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", default=None, help="shakespeare (default), python-stdlib, or text files/dirs",
                    nargs="*")
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget (default 8)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train exactly this many steps instead of what --minutes allows (same result on any machine)")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default 2048)")
     p.add_argument("--seed", type=int, default=1337)
     p.set_defaults(func=run)
@@ -64,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.train.config import build_config
     from llmlab.train.loop import evaluate, train
 
+    if not args.minutes > 0:
+        raise ConfigError(f"--minutes must be a positive number of minutes, got {args.minutes:g}.")
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {args.steps}; leave it out to train for --minutes.")
     t0 = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,13 +92,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"{shards.train_tokens:,} train / {shards.val_tokens:,} val tokens; "
           f"val loss unigram {base['unigram']:.3f}, bigram {base['bigram']:.3f}")
 
-    print(f"== 4/5 training (budget {args.minutes:g} min)")
+    print(f"== 4/5 training ({f'{args.steps} steps' if args.steps else f'budget {args.minutes:g} min'})")
     cfg = build_config(preset="tiny-cpu", default_vocab_size=shards.vocab_size,
                        overrides={"data": str(shards.path), "out": str(out / "train"), "seed": str(args.seed)})
     budget = args.minutes * 60
     step_s = _calibrate(cfg, shards)
-    cfg.max_steps = int(max(20, min(5000, 0.92 * budget / step_s)))
-    cfg.time_budget_s = budget
+    if args.steps:
+        cfg.max_steps = args.steps
+    else:
+        cfg.max_steps = int(max(20, min(5000, 0.92 * budget / step_s)))
+        cfg.time_budget_s = budget
     cfg.eval_every = max(50, cfg.max_steps // 8)
     model_params = count_params(cfg.model)
     print(f"model: {model_params / 1e6:.2f}M parameters ({cfg.model.num_layers} layers, d={cfg.model.hidden_size}, "

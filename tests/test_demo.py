@@ -20,7 +20,7 @@ def test_demo_runs_end_to_end(tmp_path):
             shutil.copy(stdlib / name, corpus / name)
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "llmlab", "demo", "--corpus", str(corpus), "--out", str(out),
-                           "--minutes", "0.2", "--vocab-size", "384"], capture_output=True, text=True, timeout=600)
+                           "--steps", "40", "--vocab-size", "384"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["val_loss"] < math.log(summary["vocab_size"]) - 0.3  # learned beyond uniform in a few steps
