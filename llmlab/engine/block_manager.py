@@ -136,6 +136,14 @@ class BlockManager:
         seq.block_table = []
         seq.num_computed_tokens = 0
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached prefix (after the model's weights change, its K/V no longer match the model);
+        blocks in use stay with their sequences. Returns how many blocks were forgotten."""
+        n = len(self.cached)
+        self.cached.clear()
+        self.hash_of = [None] * self.num_blocks
+        return n
+
     def _take_free(self) -> int:
         b, _ = self.free.popitem(last=False)
         h = self.hash_of[b]

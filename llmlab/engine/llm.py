@@ -18,6 +18,7 @@ Not here: the step loop (llm_engine.py), serving (serve/).
 from __future__ import annotations
 
 import itertools
+import numbers
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ from llmlab.engine.config import EngineConfig
 from llmlab.engine.llm_engine import LLMEngine
 from llmlab.engine.output import RequestOutput
 from llmlab.engine.sequence import RequestError, SamplingParams
-from llmlab.errors import LlmlabError, TokenizerError
+from llmlab.errors import TokenizerError
 from llmlab.model.transformer import Transformer
 
 
@@ -59,7 +60,9 @@ class LLM:
                  sampling_params: SamplingParams | list[SamplingParams] | None = None, *,
                  use_tqdm: bool = False) -> list[RequestOutput]:
         """Generate for every prompt; outputs in prompt order, each finished."""
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        if hasattr(prompts, "tolist") and not isinstance(prompts, str):  # a tensor or array: (L,) one, (B, L) many
+            prompts = prompts.tolist()
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], numbers.Integral)):
             prompts = [prompts]
         if not isinstance(prompts, list) or not prompts:
             raise RequestError("generate() needs a prompt or a non-empty list of prompts (text or token-id lists).")
@@ -67,26 +70,31 @@ class LLM:
         if len(params) != len(prompts):
             raise RequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one, or one each.")
         ids = [f"gen-{next(self._ids)}" for _ in prompts]
-        added = []
+        mine = set(ids)
+        done: dict[str, RequestOutput] = {}
+        bar = _progress(len(ids)) if use_tqdm else None
         try:
             for rid, prompt, p in zip(ids, prompts, params):
                 self.engine.add_request(rid, prompt, p)
-                added.append(rid)
-        except LlmlabError:
-            for rid in added:  # all or nothing: the caller gets the error and a clean engine
+            while len(done) < len(ids):
+                for out in self.engine.step(finished_only=True):
+                    if out.finished and out.request_id in mine:
+                        done[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
+        except BaseException:
+            for rid in ids:  # all or nothing: the caller gets the error and a clean engine
                 self.engine.abort(rid)
             raise
-        done: dict[str, RequestOutput] = {}
-        bar = _progress(len(ids)) if use_tqdm else None
-        while len(done) < len(ids):
-            for out in self.engine.step(finished_only=True):
-                if out.finished:
-                    done[out.request_id] = out
-                    if bar is not None:
-                        bar.update(1)
-        if bar is not None:
-            bar.close()
+        finally:
+            if bar is not None:
+                bar.close()
         return [done[rid] for rid in ids]
+
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prompt prefixes (done by itself when the model's weights change in place; see
+        LLMEngine.reset_prefix_cache)."""
+        self.engine.reset_prefix_cache()
 
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None, *,
              chat_template: str | None = None, add_generation_prompt: bool = True,
@@ -97,7 +105,14 @@ class LLM:
                                "has one, or pass tokenizer=...")
         from llmlab.tokenizer.chat import render_chat
 
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        if isinstance(messages, dict):  # one message
+            messages = [messages]
+        conversations = [messages] if isinstance(messages, list) and messages and isinstance(messages[0], dict) \
+            else messages
+        if not isinstance(conversations, list) or not conversations or not all(
+                isinstance(c, list) and c for c in conversations):
+            raise RequestError("chat() needs a conversation: a non-empty list of {'role': ..., 'content': ...} "
+                               "messages, or a list of such conversations.")
         prompts = [render_chat(self.tokenizer, conv, chat_template, add_generation_prompt=add_generation_prompt)[0]
                    for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)

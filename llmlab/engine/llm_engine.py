@@ -11,14 +11,18 @@ The interface is token ids; text is accepted and returned only if a tokenizer wa
 
 Requests are checked when added — empty or out-of-vocabulary prompt, prompt longer than the
 context, a request too large for the whole KV cache, bad sampling parameters — and refused with
-a `RequestError`; the engine and its other requests are untouched. The server (serve/) drives
-this same interface from its event loop.
+a `RequestError`; the engine and its other requests are untouched. An error inside a step (the
+model, the sampler, the detokenizer) aborts that step's requests, frees their blocks and reaches
+the caller; the engine keeps serving. Requests that arrive after the model's weights changed in
+place (RL or eval inside a training loop) find the prefix cache reset: cached K/V belong to the
+old weights. The server (serve/) drives this same interface from its event loop.
 
 Reference: vLLM `LLMEngine`; nano-vllm `engine/llm_engine.py`.
 """
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -48,6 +52,9 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
         self.runner = ModelRunner(model, self.config, pad_decode=pad_decode)
+        tok_vocab = getattr(tokenizer, "vocab_size", None)
+        if isinstance(tok_vocab, int) and 0 < tok_vocab < model.cfg.vocab_size:
+            self.runner.sample_vocab = tok_vocab  # never sample an id the tokenizer cannot turn into text
         self.max_model_len = self.runner.max_model_len
         self.block_manager = BlockManager(self.runner.num_blocks, self.config.block_size,
                                           enable_prefix_caching=self.config.enable_prefix_caching)
@@ -62,6 +69,9 @@ class LLMEngine:
         self.eos_token_ids = frozenset(eos)
         self.requests: dict[str, _Request] = {}
         self.num_steps = 0
+        self._params = [(p, p.is_inference()) for p in model.parameters()]  # inference tensors have no version
+        self._weights = self._weights_signature()
+        self._arrivals = False  # requests added since the last step: check the weights before admitting them
         self.step_s = 0.0  # wall time inside step() (stats: with the runner's sync wait, the host's share)
 
     # ---- requests -------------------------------------------------------------------------------
@@ -72,15 +82,19 @@ class LLMEngine:
                 raise RequestError("this engine has no tokenizer, so prompts must be token-id lists; load the "
                                    "model with its tokenizer (LLM(path) or tokenizer=...).")
             ids = self.tokenizer.encode(prompt, allowed_special="all")
+        elif isinstance(prompt, (list, tuple)) or hasattr(prompt, "tolist"):  # ids: a list, tensor or numpy array
+            ids = prompt.tolist() if hasattr(prompt, "tolist") else list(prompt)
+            if not isinstance(ids, list):
+                raise RequestError("a token-id prompt must be one-dimensional; got a single number.")
         else:
-            ids = list(prompt)
+            raise RequestError(f"a prompt is text or a list of token ids, got {type(prompt).__name__}.")
         vocab = self.model.cfg.vocab_size
         if not ids:
             raise RequestError("the prompt is empty; give at least one token.")
-        if not all(isinstance(i, int) and 0 <= i < vocab for i in ids):
-            bad = next(i for i in ids if not (isinstance(i, int) and 0 <= i < vocab))
-            raise RequestError(f"prompt token {bad!r} is not an id in this model's vocabulary (0..{vocab - 1}).")
-        return ids
+        for i in ids:
+            if not (isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i < vocab):
+                raise RequestError(f"prompt token {i!r} is not an id in this model's vocabulary (0..{vocab - 1}).")
+        return [int(i) for i in ids]
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
         """Queue a request; raises RequestError (and queues nothing) if it is invalid or can never fit."""
@@ -89,14 +103,38 @@ class LLMEngine:
             raise RequestError(f"sampling params must be a SamplingParams, got {type(params).__name__}.")
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use; ids must be unique among live requests.")
+        if params.stop and self.tokenizer is None:
+            raise RequestError("stop strings need the model's tokenizer (this engine has none); use stop_token_ids, "
+                               "or load the model with its tokenizer.")
+        if params.logprobs is not None and params.logprobs > self.runner.sample_vocab:
+            raise RequestError(f"logprobs={params.logprobs} asks for more alternatives than the "
+                               f"{self.runner.sample_vocab} tokens there are.")
         ids = self.encode_prompt(prompt)
         self.scheduler.check_fits(len(ids), params.max_tokens)
+        self._arrivals = True
         seqs = [Sequence(request_id, ids, params, index=i, eos_token_ids=self.eos_token_ids) for i in range(params.n)]
         detoks = [Detokenizer(self.tokenizer, params) for _ in seqs] if self.tokenizer is not None else None
         self.requests[request_id] = _Request(request_id, prompt if isinstance(prompt, str) else None, ids, seqs,
                                              detoks, {"arrival": time.perf_counter()})
         for seq in seqs:
             self.scheduler.add(seq)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prompt prefix. Done by itself when requests arrive after the model's parameters
+        changed in place (an optimizer step, load_state_dict) or got new storage (`p.data = ...`); call it after
+        changes the engine cannot see (in-place writes through `.data`, parameters replaced by new objects)."""
+        self.block_manager.reset_prefix_cache()
+        self._weights = self._weights_signature()
+
+    def _weights_signature(self) -> int:
+        """Changes when a parameter is written in place (its version) or given new storage (its data pointer);
+        0.07 ms for 273 parameters."""
+        return hash(tuple((p.data_ptr(), 0 if inference else p._version) for p, inference in self._params))
+
+    def _check_weights(self) -> None:
+        """Cached K/V were computed with the weights of their time: reset the prefix cache if those changed."""
+        if self.config.enable_prefix_caching and self._weights_signature() != self._weights:
+            self.reset_prefix_cache()
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its blocks; False if it is unknown or already finished."""
@@ -118,30 +156,40 @@ class LLMEngine:
         `finished_only`, of those that finished: what a caller that does not stream needs, without building an
         output per running request and step)."""
         t0 = time.perf_counter()
+        if self._arrivals:  # before their prefix-cache lookups in schedule()
+            self._check_weights()
+            self._arrivals = False
         batch = self.scheduler.schedule()
         if not batch.seqs:
             if len(self.scheduler):  # check_fits guarantees progress; anything else is a bug
                 raise RuntimeError(f"the scheduler made no progress with {len(self.scheduler)} sequences queued")
             return []
-        results = self.runner.run(batch)
-        self.scheduler.update(batch, {sid: r[0] for sid, r in results.items()})
-        self.num_steps += 1
-        now = time.perf_counter()
-        touched: dict[str, _Request] = {}
-        for seq in batch.seqs:
-            if seq.seq_id not in results:
-                continue
-            token, logprob, alts = results[seq.seq_id]
-            if logprob is not None:
-                seq.logprobs.append(alts)
-                seq.cumulative_logprob += logprob
-            req = self.requests[seq.request_id]
-            req.metrics.setdefault("first_token", now)
-            touched[req.request_id] = req
-            if req.detoks is not None:
-                self._detokenize(seq, req.detoks[seq.index], token)
-            if seq.is_finished:
-                self.runner.release(seq)
+        try:
+            results = self.runner.run(batch)
+            self.scheduler.update(batch, {sid: r[0] for sid, r in results.items()})
+            self.num_steps += 1
+            now = time.perf_counter()
+            touched: dict[str, _Request] = {}
+            for seq in batch.seqs:
+                if seq.seq_id not in results:
+                    continue
+                token, logprob, alts = results[seq.seq_id]
+                if logprob is not None:
+                    seq.logprobs.append(alts)
+                    seq.cumulative_logprob += logprob
+                req = self.requests[seq.request_id]
+                req.metrics.setdefault("first_token", now)
+                touched[req.request_id] = req
+                if req.detoks is not None:
+                    self._detokenize(seq, req.detoks[seq.index], token)
+                if seq.is_finished:
+                    self.runner.release(seq)
+        except BaseException:
+            # The step's requests would fail the same way on every later step: drop them (their blocks freed) so
+            # the engine keeps serving the others, and let the caller see the error.
+            for rid in {seq.request_id for seq in batch.seqs}:
+                self.abort(rid)
+            raise
         outputs = []
         for req in touched.values():
             finished = all(s.is_finished for s in req.seqs)

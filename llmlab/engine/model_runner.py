@@ -128,6 +128,9 @@ class ModelRunner:
         # sampled ids (on CUDA: the GPU work the host could not hide; on CPU ~0, the work runs in the call) and
         # steps that replayed a CUDA graph.
         self.sync_wait_s = 0.0
+        # Ids the sampler may pick: the model's vocabulary, or the tokenizer's where that is smaller (a vocabulary
+        # padded to a multiple of 64 has rows no tokenizer can decode; LLMEngine sets it).
+        self.sample_vocab = self.cfg.vocab_size
         self.graph_steps = 0
         # The decode step, compiled on request (one graph for every batch and context size: dynamic shapes).
         self.decode_fn = self._decode_logits
@@ -238,6 +241,8 @@ class ModelRunner:
             logits = self._run_mixed(batch, sampling)
         if not sampling:
             return {}
+        if logits.shape[-1] > self.sample_vocab:
+            logits = logits[:, :self.sample_vocab]
         seqs = [batch.seqs[i] for i in sampling]
         return self._sample(seqs, logits)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import numbers
 from dataclasses import dataclass, field
 
 from llmlab.errors import LlmlabError
@@ -45,30 +46,44 @@ class SamplingParams:
     skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
+        def fail(message: str) -> None:
+            raise RequestError(f"SamplingParams: {message}.")
+
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+            if not _is_number(getattr(self, name)):
+                fail(f"{name} must be a number, got {getattr(self, name)!r}")
+        for name in ("n", "top_k", "max_tokens"):
+            if not _is_int(getattr(self, name)):
+                fail(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("seed", "logprobs"):
+            if getattr(self, name) is not None and not _is_int(getattr(self, name)):
+                fail(f"{name} must be None or an integer, got {getattr(self, name)!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        if not isinstance(self.stop, (list, tuple, type(None))):
+            fail(f"stop must be a string or a list of strings, got {self.stop!r}")
+        if not isinstance(self.stop_token_ids, (list, tuple, type(None))):
+            fail(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
         checks = [
-            (isinstance(self.n, int) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}"),
+            (self.n >= 1, f"n must be >= 1, got {self.n}"),
             (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
-            (isinstance(self.top_k, int) and self.top_k >= -1, f"top_k must be -1, 0 (off) or positive, got {self.top_k!r}"),
+            (self.top_k >= -1, f"top_k must be -1, 0 (off) or positive, got {self.top_k}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
             (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"),
             (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
             (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
-            (isinstance(self.max_tokens, int) and self.max_tokens >= 1,
-             f"max_tokens must be an integer >= 1, got {self.max_tokens!r}"),
+            (self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
-            (self.logprobs is None or (isinstance(self.logprobs, int) and self.logprobs >= 0),
-             f"logprobs must be None or an integer >= 0, got {self.logprobs!r}"),
-            (self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
-             f"seed must be None or an integer, got {self.seed!r}"),
+            (all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
+             f"stop_token_ids must be non-negative token ids, got {self.stop_token_ids!r}"),
+            (self.logprobs is None or self.logprobs >= 0, f"logprobs must be None or >= 0, got {self.logprobs}"),
         ]
         for ok, message in checks:
             if not ok:
-                raise RequestError(f"SamplingParams: {message}.")
+                fail(message)
 
     @property
     def greedy(self) -> bool:
@@ -77,6 +92,14 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # numpy integers too; True is not a count
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v  # NaN is not a setting
 
 
 class SequenceStatus(enum.Enum):

@@ -119,6 +119,10 @@ def render_text(messages: list[dict], template: str, *, add_generation_prompt: b
                 blocks.append(block)
     except jinja2.TemplateError as e:
         raise TokenizerError(f"the chat template refused these messages: {e}") from None
+    except TypeError as e:  # e.g. content None or a list of parts where the template adds strings
+        kinds = sorted({type(m.get("content")).__name__ for m in messages})
+        raise TokenizerError(f"the chat template could not render these messages ({e}); message content here is "
+                             f"{', '.join(kinds)}: give each message a string 'content'.") from None
     return "".join(blocks), spans
 
 
