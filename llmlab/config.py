@@ -6,7 +6,10 @@ embedding x sqrt(d_model)). It is validated once, in `__post_init__`, with messa
 
 `from_hf_dict` / `to_hf_dict` translate to and from a Hugging Face `config.json`; both the
 transformers v4 layout (`rope_theta` + `rope_scaling`) and v5 (`rope_parameters`) are read.
-A config that no HF architecture can express is saved with `model_type: "llmlab"`.
+`hf_model_type` is the one decision of which architecture a checkpoint is written as (config.json
+and tensor names both follow it): a declared HF model_type must express the shape exactly (refused
+at construction otherwise); a "llmlab" config is written as the first HF architecture that does,
+else with `model_type: "llmlab"`.
 
 Not here: tokenizer settings (tokenizer/), training hyper-parameters (train/).
 """
@@ -105,6 +108,14 @@ class ModelConfig:
             raise ConfigError(f"sliding_window must be positive or None, got {self.sliding_window}.")
         if self.norm == "rmsnorm" and self.norm_bias:
             raise ConfigError("RMSNorm has no bias: set norm_bias=False or norm='layernorm'.")
+        if self.model_type != "llmlab":
+            _choice("model_type", self.model_type, ("llmlab", *HF_MODEL_TYPES))
+            if (clash := self._hf_mismatch(self.model_type)) is not None:
+                name, value, needed = clash
+                raise ConfigError(
+                    f"model_type {self.model_type!r} cannot express {name}={value!r} (a {self.model_type} model "
+                    f"has {name}={needed!r}); set model_type='llmlab' to keep this shape, or set {name}={needed!r}."
+                )
 
     @property
     def num_queries_per_kv(self) -> int:
@@ -130,8 +141,8 @@ class ModelConfig:
     def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> ModelConfig:
         model_type = d.get("model_type")
         if model_type == "llmlab":
-            return cls.from_dict({k: v for k, v in d.items() if k not in ("architectures", "torch_dtype",
-                                                                          "dtype", "transformers_version")})
+            return _config(source, **{k: v for k, v in d.items() if k not in ("architectures", "torch_dtype",
+                                                                             "dtype", "transformers_version")})
         if model_type not in HF_MODEL_TYPES:
             raise ConfigError(
                 f"{source}: model_type {model_type!r} is not supported; llmlab loads "
@@ -141,33 +152,45 @@ class ModelConfig:
             return _from_gpt2(d, source)
         return _from_llama_family(d, model_type, source)
 
+    @property
+    def hf_model_type(self) -> str:
+        """The architecture a checkpoint of this model is written as: the declared HF model_type
+        (validated to fit), else the first HF architecture that expresses the shape exactly, else
+        "llmlab". `to_hf_dict` and the tensor names (model/convert.py `llmlab_to_hf`) both follow it."""
+        if self.model_type in HF_MODEL_TYPES:
+            return self.model_type
+        return next((t for t in ("llama", "qwen3", "qwen2", "mistral", "gpt2") if self._hf_mismatch(t) is None),
+                    "llmlab")
+
     def to_hf_dict(self) -> dict[str, Any]:
-        """The config.json for this model: an HF architecture that expresses it exactly (the declared
-        model_type first, then any other), else llmlab's own `model_type: "llmlab"`."""
-        candidates = [self.model_type] if self.model_type in HF_MODEL_TYPES else []
-        candidates += [t for t in ("llama", "qwen3", "qwen2", "mistral", "gpt2") if t not in candidates]
-        for kind in candidates:
-            if kind == "gpt2" and self._is_gpt2_shaped():
-                return _to_gpt2(self.replace(model_type="gpt2"))
-            if kind != "gpt2" and self._is_llama_shaped(kind):
-                return _to_llama_family(self.replace(model_type=kind))
+        """The config.json for this model, written as `hf_model_type`."""
+        kind = self.hf_model_type
+        if kind == "gpt2":
+            return _to_gpt2(self.replace(model_type="gpt2"))
+        if kind != "llmlab":
+            return _to_llama_family(self.replace(model_type=kind))
         d = self.to_dict()
         d["model_type"] = "llmlab"
         return d
 
-    def _is_gpt2_shaped(self) -> bool:
-        return (self.norm == "layernorm" and self.norm_bias and self.norm_position == "pre"
-                and self.position == "learned" and not self.gated_ffn and self.qkv_bias and self.o_bias
-                and self.mlp_bias and self.tie_word_embeddings and self.num_kv_heads == self.num_heads
-                and self.head_dim * self.num_heads == self.hidden_size and not self.embedding_scale
-                and self.final_norm and not self.qk_norm and self.sliding_window is None)
-
-    def _is_llama_shaped(self, kind: str) -> bool:
-        return (self.norm == "rmsnorm" and self.norm_position == "pre" and self.position == "rope"
-                and self.gated_ffn and self.final_norm and not self.embedding_scale
-                and (self.qkv_bias, self.o_bias) == _bias_layout(kind, self.qkv_bias)
-                and self.qk_norm == (kind == "qwen3")
-                and (self.sliding_window is None or kind == "mistral"))
+    def _hf_mismatch(self, kind: str) -> tuple[str, Any, Any] | None:
+        """The first (field, value, value the HF architecture `kind` has) this config disagrees on; None if
+        `kind` expresses it exactly. Dropout is not compared: it changes neither weights nor inference."""
+        if kind == "gpt2":
+            head_dim = self.hidden_size // self.num_heads if self.hidden_size % self.num_heads == 0 else None
+            needed = dict(norm="layernorm", norm_bias=True, norm_position="pre", final_norm=True,
+                          position="learned", gated_ffn=False, qkv_bias=True, o_bias=True, mlp_bias=True,
+                          tie_word_embeddings=True, num_kv_heads=self.num_heads, head_dim=head_dim,
+                          embedding_scale=False, qk_norm=False, sliding_window=None)
+        else:
+            qkv_bias, o_bias = _bias_layout(kind, self.qkv_bias)
+            needed = dict(norm="rmsnorm", norm_position="pre", final_norm=True, position="rope", gated_ffn=True,
+                          qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=False, embedding_scale=False,
+                          qk_norm=kind == "qwen3")
+            if kind != "mistral":
+                needed["sliding_window"] = None
+        return next(((name, getattr(self, name), value) for name, value in needed.items()
+                     if getattr(self, name) != value), None)
 
 
 def load_hf_config(path: str | Path) -> ModelConfig:
@@ -179,12 +202,29 @@ def load_hf_config(path: str | Path) -> ModelConfig:
         raise ConfigError(f"{path} does not exist: a model directory needs a config.json.") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} holds a JSON {type(d).__name__}, not an object of config keys.")
     return ModelConfig.from_hf_dict(d, source=str(path))
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+
+
+def _config(source: str, **kw: Any) -> ModelConfig:
+    """ModelConfig.from_dict(kw), its errors naming the file the values came from."""
+    try:
+        return ModelConfig.from_dict(kw)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _required(d: dict[str, Any], source: str, *keys: str) -> None:
+    missing = [k for k in keys if d.get(k) is None]
+    if missing:
+        raise ConfigError(f"{source} lacks the required key(s) {', '.join(missing)}; "
+                          f"a {d.get('model_type')} config.json must set them.")
 
 
 _HF_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
@@ -204,8 +244,9 @@ def _from_gpt2(d: dict[str, Any], source: str) -> ModelConfig:
             raise ConfigError(f"{source}: GPT-2 option {flag}=true is not supported by llmlab.")
     if d.get("scale_attn_weights") is False:
         raise ConfigError(f"{source}: GPT-2 with scale_attn_weights=false is not supported by llmlab.")
-    return ModelConfig(
-        vocab_size=d["vocab_size"], hidden_size=d["n_embd"], num_layers=d["n_layer"], num_heads=d["n_head"],
+    _required(d, source, "vocab_size", "n_embd", "n_layer", "n_head", "n_positions")
+    return _config(
+        source, vocab_size=d["vocab_size"], hidden_size=d["n_embd"], num_layers=d["n_layer"], num_heads=d["n_head"],
         intermediate_size=d.get("n_inner") or 4 * d["n_embd"], max_position_embeddings=d["n_positions"],
         norm="layernorm", norm_bias=True, norm_eps=d.get("layer_norm_epsilon", 1e-5),
         activation=_hf_act(d.get("activation_function", "gelu_new"), source), gated_ffn=False,
@@ -249,6 +290,8 @@ def _from_llama_family(d: dict[str, Any], model_type: str, source: str) -> Model
     if scaling and scaling.get("rope_type") not in ROPE_TYPES:
         raise ConfigError(f"{source}: rope_type {scaling.get('rope_type')!r} is not supported; "
                           f"llmlab implements {', '.join(ROPE_TYPES)}.")
+    _required(d, source, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+              "intermediate_size")
     heads = d["num_attention_heads"]
     qkv_bias, o_bias = _bias_layout(model_type, bool(d.get("attention_bias", False)))
     if d.get("use_sliding_window"):
@@ -257,8 +300,8 @@ def _from_llama_family(d: dict[str, Any], model_type: str, source: str) -> Model
     window = d.get("sliding_window") if model_type == "mistral" else None
     if d.get("mlp_bias"):
         raise ConfigError(f"{source}: mlp_bias=true is not supported by llmlab.")
-    return ModelConfig(
-        vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], num_layers=d["num_hidden_layers"],
+    return _config(
+        source, vocab_size=d["vocab_size"], hidden_size=d["hidden_size"], num_layers=d["num_hidden_layers"],
         num_heads=heads, num_kv_heads=d.get("num_key_value_heads") or heads, head_dim=d.get("head_dim"),
         intermediate_size=d["intermediate_size"], max_position_embeddings=d.get("max_position_embeddings", 2048),
         norm="rmsnorm", norm_eps=d.get("rms_norm_eps", 1e-6), activation=_hf_act(d.get("hidden_act", "silu"), source),
@@ -279,6 +322,7 @@ def _bias_layout(model_type: str, attention_bias: bool) -> tuple[bool, bool]:
     return attention_bias, attention_bias  # llama, qwen3: one flag for all four
 
 
+_LLAMA_ACT = {"gelu_tanh": "gelu_pytorch_tanh"}  # HF's name for exactly F.gelu(approximate="tanh")
 _ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
          "mistral": "MistralForCausalLM"}
 
@@ -290,7 +334,7 @@ def _to_llama_family(c: ModelConfig) -> dict[str, Any]:
         "hidden_size": c.hidden_size, "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
         "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "intermediate_size": c.intermediate_size,
         "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.norm_eps,
-        "hidden_act": c.activation, "tie_word_embeddings": c.tie_word_embeddings,
+        "hidden_act": _LLAMA_ACT.get(c.activation, c.activation), "tie_word_embeddings": c.tie_word_embeddings,
         "initializer_range": c.initializer_range, "attention_dropout": c.dropout,
         # Both spellings, so transformers v4 and v5 read the same RoPE.
         "rope_theta": c.rope_theta, "rope_scaling": c.rope_scaling, "rope_parameters": rope,

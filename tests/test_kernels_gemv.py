@@ -85,8 +85,9 @@ print("compiled", 2 * len(cases))
 
 def tiny(bias: bool = False) -> Transformer:
     torch.manual_seed(0)
-    cfg = ModelConfig(model_type="llama", vocab_size=512, hidden_size=256, intermediate_size=512, num_layers=2,
-                      num_heads=4, num_kv_heads=2, max_position_embeddings=256, qkv_bias=bias)
+    cfg = ModelConfig(model_type="qwen2" if bias else "llama", vocab_size=512, hidden_size=256,  # qwen2: q/k/v biases
+                      intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2, max_position_embeddings=256,
+                      qkv_bias=bias)
     return Transformer(cfg).eval()
 
 

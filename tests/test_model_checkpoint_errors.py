@@ -32,7 +32,7 @@ def test_saved_llama_config_is_hf_shaped(saved):
 
 
 def test_llmlab_only_variants_round_trip_as_llmlab_configs(tmp_path):
-    cfg = CFG.replace(position="alibi", norm_position="post", model_type="llama")
+    cfg = CFG.replace(position="alibi", norm_position="post", model_type="llmlab")
     model = Transformer(cfg).eval()
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llmlab"
@@ -142,3 +142,31 @@ def test_cli_generate_from_ids(saved):
 def test_cli_help_lists_commands():
     proc = subprocess.run([sys.executable, "-m", "llmlab", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "generate" in proc.stdout
+
+
+def test_cli_generate_prompt_without_a_tokenizer_points_at_ids(saved, capsys):
+    from llmlab.cli import main
+
+    assert main(["generate", "--model", str(saved), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--prompt needs the model's tokenizer" in err and "with --ids instead" in err
+
+
+def test_cli_paths_the_os_refuses_are_one_line(tmp_path, capsys):
+    from llmlab.cli import main
+
+    a_file = tmp_path / "corpus.txt"
+    a_file.write_text("x")
+    assert main(["tokenizer", "train", "--input", str(a_file), "--vocab-size", "260", "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"File exists: {a_file}" in err and "give a path that can be used" in err
+
+
+def test_cli_without_a_command_is_a_usage_error_and_has_a_version(capsys):
+    from llmlab import __version__
+    from llmlab.cli import main
+
+    assert main([]) == 2 and "usage: llmlab" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"llmlab {__version__}"

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
     out = model.generate(torch.tensor([ids]), max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k, top_p=args.top_p, eos_token_id=model.cfg.eos_token_id, generator=gen)
+                         top_k=args.top_k, top_p=args.top_p, generator=gen)
     dt = time.perf_counter() - t0
     new = out[0, len(ids):].tolist()
     print(tok.decode(new) if tok is not None else ",".join(map(str, new)))
@@ -66,4 +66,10 @@ def _load_tokenizer(model: str):
         from llmlab.tokenizer import load_tokenizer
     except ImportError:
         raise LlmlabError("text prompts need llmlab's tokenizer, which is not installed; use --ids.") from None
-    return load_tokenizer(artifacts.resolve(model))
+    from llmlab.errors import TokenizerError
+
+    try:
+        return load_tokenizer(artifacts.resolve(model))
+    except TokenizerError as e:
+        raise TokenizerError(f"--prompt needs the model's tokenizer, and {e.args[0].rstrip('.').split(';')[0]}; "
+                             "give token ids with --ids instead.") from None

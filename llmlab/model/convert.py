@@ -45,8 +45,9 @@ def hf_to_llmlab(hf: dict[str, Tensor], cfg: ModelConfig) -> Iterator[tuple[str,
 
 
 def llmlab_to_hf(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
-    """HF-named state dict for `save_pretrained`; the tied head is omitted, as transformers does."""
-    if cfg.model_type == "gpt2":
+    """HF-named state dict for `save_pretrained`, named for `cfg.hf_model_type` (the architecture
+    `cfg.to_hf_dict()` writes); the tied head is omitted, as transformers does."""
+    if cfg.hf_model_type == "gpt2":
         return _llmlab_to_gpt2(state, cfg)
     top = {v: k for k, v in _LLAMA_TOP.items()}
     layer = {v: k for k, v in _LLAMA_LAYER.items()}
@@ -139,6 +140,7 @@ def config_from_gguf(reader, source: str = "model.gguf") -> ModelConfig:
         return value
 
     names = {t.name for t in reader.tensors}
+    qk_norm = "blk.0.attn_q_norm.weight" in names  # llama layers with Qwen3's q/k RMSNorm: HF's qwen3
     tokens = gguf_field(reader, "tokenizer.ggml.tokens")
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
@@ -152,10 +154,11 @@ def config_from_gguf(reader, source: str = "model.gguf") -> ModelConfig:
         max_position_embeddings=int(get("context_length")), norm="rmsnorm",
         norm_eps=float(get("attention.layer_norm_rms_epsilon")), activation="silu", gated_ffn=True,
         position="rope", rope_theta=float(get("rope.freq_base", 10000.0)), rope_scaling=scaling,
-        qk_norm="blk.0.attn_q_norm.weight" in names, tie_word_embeddings="output.weight" not in names,
+        qk_norm=qk_norm, tie_word_embeddings="output.weight" not in names,
         bos_token_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_id=gguf_field(reader, "tokenizer.ggml.eos_token_id"),
-        pad_token_id=gguf_field(reader, "tokenizer.ggml.padding_token_id"), model_type="llama",
+        pad_token_id=gguf_field(reader, "tokenizer.ggml.padding_token_id"),
+        model_type="qwen3" if qk_norm else "llama",
     )
 
 

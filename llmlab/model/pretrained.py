@@ -33,18 +33,42 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """A floating-point torch dtype from a dtype or a name ('bf16', 'float32', ...); None is float32."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ConfigError(f"dtype {dtype} is not a floating-point type, so model weights cannot take it; "
+                              f"use one of {', '.join(_DTYPES)}.")
         return dtype
     if dtype not in _DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.")
     return _DTYPES[dtype]
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch.device that exists on this machine; a clear ConfigError for a bad name or a missing GPU."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'.") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {str(dev)!r} was asked for but this machine has no CUDA GPU that PyTorch "
+                              "can use; use device='cpu'.")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {str(dev)!r} was asked for but this machine has {count} CUDA GPU(s); "
+                              f"use an index below {count}.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' was asked for but MPS is not available here; use device='cpu'.")
+    return dev
+
+
 def from_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                     attn_backend: str = "sdpa") -> Transformer:
     """Build a Transformer from an HF directory, a .gguf file or a registry name such as 'smollm2-135m'."""
+    dtype, device = resolve_dtype(dtype), resolve_device(device)  # bad arguments fail before any reading
     path = artifacts.resolve(path)
     if not path.exists():
         known = ", ".join(sorted(artifacts.ARTIFACTS))
@@ -56,15 +80,21 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None,
     else:
         raise CheckpointError(f"{path} is neither a model directory nor a .gguf file.")
     model = _build(cfg, weights, attn_backend)
-    return model.to(device=device, dtype=resolve_dtype(dtype)).eval()
+    return model.to(device=device, dtype=dtype).eval()
 
 
-def save_pretrained(model: Transformer, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+def save_pretrained(model: Transformer, directory: str | Path, *, dtype: torch.dtype | str | None = None) -> Path:
+    """Write config.json + model.safetensors as `model.cfg.hf_model_type`; dtype None keeps the model's."""
     from safetensors.torch import save_file
 
+    dtype = None if dtype is None else resolve_dtype(dtype)
+    cfg = model.cfg.replace()  # re-validated: fields may have been assigned since construction
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    cfg = model.cfg
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # the path, or a folder above it, is a file
+        raise CheckpointError(f"cannot save to {directory}: a file is in the way of that directory "
+                              "(config.json + model.safetensors go inside it); pick another path.") from None
     state = {n: t.detach() for n, t in model.state_dict().items()}
     if dtype is not None:
         state = {n: t.to(dtype) for n, t in state.items()}

@@ -283,13 +283,14 @@ class Transformer(nn.Module):
         return causal_lm_loss(self(input_ids, attention_mask), labels)
 
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs) -> Tensor:
+    def generate(self, input_ids: Tensor | list[int] | list[list[int]], attention_mask: Tensor | None = None,
+                 **kwargs) -> Tensor:
         """Greedy (temperature=0) or sampled continuation; see llmlab.model.generate.generate."""
         from llmlab.model.generate import generate
 
         return generate(self, input_ids, attention_mask, **kwargs)
 
-    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | str | None = None) -> Path:
         """Write config.json + model.safetensors that transformers (and llmlab) load."""
         from llmlab.model.pretrained import save_pretrained
 
