@@ -3,15 +3,18 @@
 Thin by design: each subpackage that offers commands has a `cli.py` with
 `register(subparsers) -> None`, which adds its sub-parser and sets `func` to a handler
 `(args) -> int`. Adding a command is one line in `COMMAND_MODULES`. Errors caused by input
-(`LlmlabError`) are printed as one line, without a traceback, and exit with status 2.
+(`LlmlabError`), and paths the OS refuses (`OSError` naming a file), are printed as one line without a
+traceback (LLMLAB_TRACEBACK=1 shows it) and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from llmlab import __version__
 from llmlab.errors import LlmlabError
 
 COMMAND_MODULES = [
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="llmlab: tokenize, pretrain, fine-tune, align, quantize, evaluate, serve, estimate "
                     "and explain LLMs, in one PyTorch codebase.",
     )
+    parser.add_argument("--version", action="version", version=f"llmlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -46,12 +50,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return 2  # a command is required (`llmlab --help` exits 0)
     try:
         return int(args.func(args) or 0)
     except LlmlabError as e:
         print(f"llmlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be used: an output onto a file, a directory given as a file, ...
+        if os.environ.get("LLMLAB_TRACEBACK") or e.filename is None:
+            raise
+        print(f"llmlab {args.command}: error: {e.strerror or e}: {e.filename}; give a path that can be used here "
+              "(outputs: a new or existing directory; inputs: an existing file). LLMLAB_TRACEBACK=1 shows where.",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

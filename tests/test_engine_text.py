@@ -162,3 +162,30 @@ def test_cli_chat_without_template_says_what_to_do(tok, model, tmp_path, capsys)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     assert main(["chat", "--model", str(tmp_path), "--message", "hi"]) == 2
     assert "has no chat template (a base model?); use `llmlab generate --prompt`" in capsys.readouterr().err
+
+
+def test_cli_chat_drops_the_oldest_turns_when_the_context_fills(tok, model, tmp_path, capsys):
+    from llmlab.cli import main
+
+    model.save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    long = "The quick brown fox says hello. " * 3  # ~30 tokens a message; the model has 128 positions
+    assert main(["chat", "--model", str(tmp_path), "--max-tokens", "8", "--temperature", "0",
+                 *[a for i in range(5) for a in ("--message", f"{i} {long}")]]) == 0
+    err = capsys.readouterr().err
+    assert "oldest messages to fit the model's 128-token context" in err
+
+
+def test_cli_chat_interactive_survives_a_message_too_long(tok, model, tmp_path, capsys, monkeypatch):
+    from llmlab.cli import main
+
+    model.save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    lines = iter(["The quick brown fox says hello. " * 40, "hi", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", "--model", str(tmp_path), "--max-tokens", "4", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "the model's context is 128 tokens; send a shorter message" in captured.err
+    ids, _ = render_chat(tok, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    expected = LLM(model, tokenizer=tok).generate([ids], SamplingParams(temperature=0, max_tokens=4))[0].outputs[0].text
+    assert captured.out == expected + "\n"  # the second message answered as if it were the first

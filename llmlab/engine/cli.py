@@ -3,6 +3,10 @@
     llmlab chat --model smollm2-135m                      # interactive; an empty line or Ctrl-D ends
     llmlab chat --model DIR --message "Hi" --max-tokens 64   # one turn, for scripts
     llmlab chat --compile                                 # compiled decode step: slow to start, faster after
+
+When the conversation outgrows the model's context, its oldest turns are dropped (the system message
+stays) so that a reply has at least a quarter of the context; a reply that reaches the context ends
+there (finish reason "length").
 """
 
 from __future__ import annotations
@@ -40,12 +44,44 @@ def run(args: argparse.Namespace) -> int:
                            "--prompt` instead, or add a chat_template to its tokenizer_config.json.")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
     messages = [{"role": "system", "content": args.system}] if args.system else []
-    turns = iter(args.message) if args.message else _read_turns()
+    interactive = not args.message
+    turns = _read_turns() if interactive else iter(args.message)
     for user in turns:
         messages.append({"role": "user", "content": user})
-        reply = _stream_reply(llm, messages, params)
+        try:
+            ids = _fit_history(llm, messages)
+            reply = _stream_reply(llm, ids, params)
+        except RequestError as e:
+            if not interactive:
+                raise
+            messages.pop()  # this message cannot be answered; the conversation goes on without it
+            print(f"error: {e}", file=sys.stderr)
+            continue
         messages.append({"role": "assistant", "content": reply})
     return 0
+
+
+def _fit_history(llm, messages: list[dict]) -> list[int]:
+    """The rendered conversation, its oldest turns dropped (the system message kept) until it leaves room in the
+    model's context for a reply of at least a quarter of it; a note says how many were dropped."""
+    from llmlab.engine.sequence import RequestError
+    from llmlab.tokenizer.chat import render_chat
+
+    context = llm.engine.max_model_len
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    dropped = 0
+    while True:
+        ids, _ = render_chat(llm.tokenizer, messages, add_generation_prompt=True)
+        if len(ids) <= context * 3 // 4 or len(messages) == len(system) + 1:
+            break
+        del messages[len(system):len(system) + 2]  # the oldest user message and its reply
+        dropped += 2
+    if dropped:
+        print(f"(dropped the {dropped} oldest messages to fit the model's {context}-token context)", file=sys.stderr)
+    if len(ids) >= context:
+        raise RequestError(f"this message makes a {len(ids)}-token prompt, and the model's context is {context} "
+                           "tokens; send a shorter message.")
+    return ids
 
 
 def _read_turns():
@@ -59,10 +95,7 @@ def _read_turns():
         yield line
 
 
-def _stream_reply(llm, messages: list[dict], params) -> str:
-    from llmlab.tokenizer.chat import render_chat
-
-    ids, _ = render_chat(llm.tokenizer, messages, add_generation_prompt=True)
+def _stream_reply(llm, ids: list[int], params) -> str:
     engine = llm.engine
     engine.add_request("chat", ids, params)
     shown = ""
