@@ -11,6 +11,9 @@ A checkpoint is written into a hidden temp directory, every file fsync'ed, then 
 place in one `os.rename`: a process killed mid-write leaves only a `.tmp-*` directory, which is
 ignored (and swept by the next save), and the previous checkpoint stays whole. The newest
 `step-*` directory is therefore always complete. Only the last `keep_last` are kept.
+
+Resuming restores weights, AdamW moments and RNG states into a model built from the run's config, which
+must be the checkpoint's (`trainer_state.json` holds it); the optimizer's hyper-parameters are the run's.
 """
 
 from __future__ import annotations
@@ -71,11 +74,26 @@ def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer
     if not state_file.is_file():
         raise CheckpointError(f"{path} is not a complete training checkpoint (no trainer_state.json).")
     state = json.loads(state_file.read_text())
+    _check_same_model(path, state, model.cfg.to_dict())
     saved = from_pretrained(path)
     model.load_state_dict(saved.state_dict())
     _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer_param_groups"])
     _restore_rng(load_file(str(path / "rng.safetensors")))
     return state
+
+
+def _check_same_model(path: Path, state: dict[str, Any], run: dict[str, Any]) -> None:
+    saved = state.get("config", {}).get("model")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}/trainer_state.json has no model config, so it was not written by "
+                              "llmlab train; start a fresh run without --resume.")
+    run = json.loads(json.dumps(run))  # the form trainer_state.json holds (tuples as lists)
+    differ = [f"{k} {saved[k]!r} vs {v!r}" for k, v in run.items() if k in saved and saved[k] != v]  # fields newer
+    # than the checkpoint are not compared: a run of an older llmlab stays resumable
+    if differ:
+        raise CheckpointError(f"{path} holds another model than this run's ({', '.join(differ)}: checkpoint vs "
+                              "run); resume with the checkpoint's model settings, or start a fresh run in a new "
+                              "--out (or without --resume).")
 
 
 def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -91,9 +109,9 @@ def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], groups: list
     for key, t in tensors.items():
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = t
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
+    # The run's lr, betas, eps and weight decay, not the checkpoint's: a changed setting takes effect.
+    current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    groups = [dict(saved, **now) for saved, now in zip(groups, current)]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 

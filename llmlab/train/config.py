@@ -2,19 +2,24 @@
 
     llmlab train --preset tiny-cpu --data runs/shards --max_steps 200 --model.num_layers 4
 
-A TOML file has top-level run keys and a `[model]` table of ModelConfig fields. Unknown keys
-and values of the wrong type are refused up front, naming the key.
+A TOML file has top-level run keys and a `[model]` table of ModelConfig fields. Unknown keys,
+values of the wrong type and values out of range are refused up front, naming the key. With
+`init_from`, the model is the checkpoint's: model keys may only restate it (dropout aside).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlab.config import ModelConfig
+from llmlab import artifacts
+from llmlab.config import ModelConfig, load_hf_config
 from llmlab.errors import ConfigError
 from llmlab.train.attention_backend import CHOICES as ATTENTION_CHOICES
 
@@ -60,13 +65,33 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("data", "out", "init_from"):  # a Path is fine, kept as str: the config is saved as JSON
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         if isinstance(self.model, dict):
-            self.model = ModelConfig.from_dict(self.model)
+            self.model = ModelConfig.from_dict(_checked_model(self.model))
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a value of the wrong type or out of range, naming the field. `train` calls it again, since
+        fields may be set after construction."""
+        for f in dataclasses.fields(self):
+            if f.name != "model":
+                setattr(self, f.name, _checked(f.name, getattr(self, f.name), f.type))
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"model must be a ModelConfig or a dict of its fields, got {self.model!r}.")
+        for name in _POSITIVE_INTS:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        for name, meaning_of_zero in _ZERO_MEANS.items():
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: {meaning_of_zero}), got {getattr(self, name)}.")
+        for name, (ok, rule) in _FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and ok(value)):
+                raise ConfigError(f"{name} must be {rule}, got {value}.")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
-        for name in ("batch_size", "grad_accum", "seq_len", "max_steps", "keep_last"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.seq_len > self.model.max_position_embeddings:
             raise ConfigError(f"seq_len {self.seq_len} is above the model's context of "
                               f"{self.model.max_position_embeddings} (model.max_position_embeddings); "
@@ -83,6 +108,53 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_POSITIVE_INTS = ("batch_size", "grad_accum", "seq_len", "max_steps", "eval_batches", "log_every", "keep_last")
+_ZERO_MEANS = {"warmup_steps": "no warmup", "eval_every": "no evaluation during the run",
+               "ckpt_every": "a checkpoint only at the end"}
+# float field -> (test, the rule it states); every float must also be finite
+_FLOAT_RANGES = {
+    "time_budget_s": (lambda v: v >= 0, ">= 0 seconds (0: no budget)"),
+    "lr": (lambda v: v > 0, "a positive learning rate"),
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1] (the final lr as a fraction of lr)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eps": (lambda v: v > 0, "positive"),
+    "grad_clip": (lambda v: v >= 0, "a gradient norm >= 0 (0: no clipping)"),
+}
+_KINDS = {"None": "none", "bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+          "list[int]": "a list of integers"}
+
+
+def _checked(key: str, value: Any, annotation: str) -> Any:
+    """`value` if it has a type that `annotation` ("int | None", "dict[str, Any]", ...) names, else a
+    ConfigError. A bool is never a number; an int is a float (and becomes one)."""
+    kinds = annotation.split(" | ")
+    for kind in kinds:
+        if _is(kind, value):
+            return float(value) if kind == "float" else value
+    wanted = " or ".join(_KINDS.get(k, "a table (dict)" if k.startswith("dict") else k) for k in kinds)
+    raise ConfigError(f"{key} must be {wanted}, got the {type(value).__name__} {value!r}.")
+
+
+def _is(kind: str, value: Any) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "list[int]":
+        return isinstance(value, list) and all(_is("int", v) for v in value)
+    if kind.startswith("dict"):
+        return isinstance(value, dict)
+    return {"None": value is None, "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
+
+
+def _checked_model(model: dict[str, Any]) -> dict[str, Any]:
+    """Model fields of the right types (ModelConfig itself refuses unknown keys and bad values)."""
+    types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    return {k: _checked(f"model.{k}", v, types[k]) if k in types else v for k, v in model.items()}
 
 
 def _llama(**kw) -> dict[str, Any]:
@@ -122,13 +194,40 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
             raise ConfigError(f"config file {file} does not exist.") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{file} is not valid TOML ({e}).") from None
+        if not isinstance(raw.get("model", {}), dict):
+            raise ConfigError(f"model in {file} must be a [model] table of ModelConfig fields, got {raw['model']!r}.")
     for key, value in (overrides or {}).items():
         _set(raw, key, value)
     _check_keys(raw)
-    model = raw.pop("model", {})
-    if default_vocab_size is not None and "vocab_size" not in model:
+    model = _checked_model(raw.pop("model", {}))
+    init_from = _checked("init_from", raw.get("init_from", ""), "str")
+    if init_from:
+        model = _from_checkpoint(init_from, model)
+    elif default_vocab_size is not None and "vocab_size" not in model:
         model["vocab_size"] = default_vocab_size
-    return TrainConfig(model=ModelConfig.from_dict(model), **raw)
+    return TrainConfig(model=model, **raw)
+
+
+def _from_checkpoint(init_from: str, model: dict[str, Any]) -> dict[str, Any]:
+    """The model fields of a run started from `init_from`: the checkpoint's. `model` may restate them and may
+    set dropout (a training-time switch, no weights); a key that contradicts them is refused."""
+    base = checkpoint_model_config(init_from).to_dict()
+    clash = [f"model.{k}={v!r} (the checkpoint has {base[k]!r})" for k, v in model.items()
+             if k != "dropout" and v != base[k]]
+    if clash:
+        raise ConfigError(f"init_from {init_from} fixes the model, which these model keys contradict: "
+                          f"{', '.join(clash)}; drop them, or train from scratch without init_from.")
+    return {**base, **model}
+
+
+def checkpoint_model_config(init_from: str) -> ModelConfig:
+    """The ModelConfig of a checkpoint directory, .gguf file or registry name (what `from_pretrained` builds)."""
+    from llmlab.model.pretrained import from_pretrained
+
+    path = artifacts.resolve(init_from)
+    if (path / "config.json").is_file():
+        return load_hf_config(path / "config.json")  # without the weights: `train` reads those
+    return from_pretrained(path).cfg  # a .gguf file, or a bad path: from_pretrained names the problem
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -163,15 +262,22 @@ def _set(raw: dict, key: str, value: str) -> None:
 
 
 def _parse(key: str, value: str, type_name: str) -> Any:
+    if value.lower() == "none" and "None" in type_name:
+        return None
     try:
+        if "dict" in type_name or "list" in type_name:
+            return json.loads(value)  # e.g. --model.rope_scaling '{"rope_type": "linear", "factor": 2.0}'
         if type_name.startswith("bool"):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
             return value.lower() in ("true", "1", "yes")
         if type_name.startswith("int"):
-            return None if value.lower() == "none" and "None" in type_name else int(value)
+            return int(value)
         if type_name.startswith("float"):
             return float(value)
-    except ValueError:
+    except ValueError:  # json.JSONDecodeError is one
+        if "dict" in type_name or "list" in type_name:
+            example = '{"rope_type": "linear", "factor": 2.0}' if "dict" in type_name else "[1, 2]"
+            raise ConfigError(f"--{key} expects JSON such as '{example}', or none; got {value!r}.") from None
         raise ConfigError(f"--{key} expects a {type_name.split(' ')[0]} value, got {value!r}.") from None
     return value

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -127,11 +127,14 @@ def evaluate(model, shards: ShardInfo, *, batch_size: int, seq_len: int, max_bat
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
+    cfg.validate()  # again: a field may have been set since construction
     device = resolve_device(cfg.device)
     shards = ShardInfo.load(cfg.data)
     if shards.vocab_size > cfg.model.vocab_size:
+        fix = ("prepare the shards with init_from's tokenizer" if cfg.init_from
+               else f"set model.vocab_size >= {shards.vocab_size}")
         raise ConfigError(f"the shards' tokenizer has {shards.vocab_size} tokens but model.vocab_size is "
-                          f"{cfg.model.vocab_size}; set model.vocab_size >= {shards.vocab_size}.")
+                          f"{cfg.model.vocab_size}; {fix}.")
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
     torch.manual_seed(cfg.seed)
@@ -254,9 +257,21 @@ def _init_model(cfg: TrainConfig) -> Transformer:
     from llmlab.model.pretrained import from_pretrained
 
     model = from_pretrained(cfg.init_from)
-    if model.cfg.vocab_size != cfg.model.vocab_size:
-        raise ConfigError(f"init_from {cfg.init_from} has vocab_size {model.cfg.vocab_size} but the run's model "
-                          f"has {cfg.model.vocab_size}; they must match.")
+    context = model.cfg.max_position_embeddings
+    if cfg.seq_len > context:
+        raise ConfigError(f"seq_len {cfg.seq_len} is above the context of init_from {cfg.init_from} ({context} "
+                          f"positions); shorten seq_len to at most {context}.")
+    differ = [f"{f.name} {getattr(cfg.model, f.name)!r} vs {getattr(model.cfg, f.name)!r}"
+              for f in fields(model.cfg) if f.name != "dropout"
+              and getattr(cfg.model, f.name) != getattr(model.cfg, f.name)]
+    if differ:
+        raise ConfigError(f"the run's model differs from init_from {cfg.init_from} ({', '.join(differ)}: run vs "
+                          "checkpoint); leave the model to the checkpoint (build_config does, given init_from), "
+                          "or train from scratch without init_from.")
+    if cfg.model.dropout != model.cfg.dropout:  # dropout has no weights: the checkpoint's, with the run's dropout
+        with_dropout = Transformer(cfg.model)
+        with_dropout.load_state_dict(model.state_dict())
+        return with_dropout
     return model
 
 
