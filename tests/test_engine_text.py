@@ -189,3 +189,12 @@ def test_cli_chat_interactive_survives_a_message_too_long(tok, model, tmp_path, 
     ids, _ = render_chat(tok, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
     expected = LLM(model, tokenizer=tok).generate([ids], SamplingParams(temperature=0, max_tokens=4))[0].outputs[0].text
     assert captured.out == expected + "\n"  # the second message answered as if it were the first
+
+
+def test_cli_chat_refuses_max_tokens_that_fill_the_context(tok, model, tmp_path, capsys):
+    from llmlab.cli import main
+
+    model.save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    assert main(["chat", "--model", str(tmp_path), "--message", "hi", "--max-tokens", "128"]) == 2
+    assert "--max-tokens 128 leaves no room for a prompt in the model's 128-token context" in capsys.readouterr().err

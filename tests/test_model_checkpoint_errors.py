@@ -170,3 +170,20 @@ def test_cli_without_a_command_is_a_usage_error_and_has_a_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"llmlab {__version__}"
+
+
+def test_cli_generate_refuses_sampling_options_when_greedy(saved, capsys):
+    from llmlab.cli import main
+
+    assert main(["generate", "--model", str(saved), "--ids", "1,2", "--top-k", "5"]) == 2
+    assert "set --temperature > 0 to sample" in capsys.readouterr().err
+    assert main(["generate", "--model", str(saved), "--ids", "1,2", "--top-k", "5", "--temperature", "0.8",
+                 "--max-new-tokens", "2"]) == 0
+
+
+def test_cli_model_names_list_models_only(tmp_path, capsys):
+    from llmlab.cli import main
+
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--ids", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "one of: smollm2-135m." in err and "tiktoken" not in err and "shakespeare" not in err

@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if llm.tokenizer.chat_template is None:
         raise RequestError(f"{args.model}'s tokenizer has no chat template (a base model?); use `llmlab generate "
                            "--prompt` instead, or add a chat_template to its tokenizer_config.json.")
+    if args.max_tokens >= llm.engine.max_model_len:
+        raise RequestError(f"--max-tokens {args.max_tokens} leaves no room for a prompt in the model's "
+                           f"{llm.engine.max_model_len}-token context; lower it.")
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = not args.message

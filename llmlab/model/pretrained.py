@@ -71,7 +71,7 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None,
     dtype, device = resolve_dtype(dtype), resolve_device(device)  # bad arguments fail before any reading
     path = artifacts.resolve(path)
     if not path.exists():
-        known = ", ".join(sorted(artifacts.ARTIFACTS))
+        known = ", ".join(artifacts.names("model"))
         raise CheckpointError(f"{path} does not exist; pass an HF model directory, a .gguf file, or one of: {known}.")
     if path.is_file() and path.suffix == ".gguf":
         cfg, weights = _read_gguf(path)
