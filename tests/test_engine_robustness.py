@@ -156,3 +156,10 @@ def test_chat_takes_one_message_and_refuses_empty_or_malformed_conversations():
     with pytest.raises(TokenizerError, match="give each message a string 'content'"):
         llm.chat([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], params)
     assert clean(llm)
+
+
+def test_unknown_engine_options_name_the_known_ones():
+    from llmlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown option\\(s\\) foo; engine options are: max_num_seqs, "):
+        LLM(tiny(), foo=1)

@@ -17,6 +17,7 @@ Not here: the step loop (llm_engine.py), serving (serve/).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import numbers
 from pathlib import Path
@@ -27,13 +28,17 @@ from llmlab.engine.config import EngineConfig
 from llmlab.engine.llm_engine import LLMEngine
 from llmlab.engine.output import RequestOutput
 from llmlab.engine.sequence import RequestError, SamplingParams
-from llmlab.errors import TokenizerError
+from llmlab.errors import ConfigError, TokenizerError
 from llmlab.model.transformer import Transformer
 
 
 class LLM:
     def __init__(self, model: str | Path | Transformer, *, tokenizer=None, dtype: str | torch.dtype | None = None,
                  device: str | torch.device | None = None, **engine_options):
+        unknown = sorted(set(engine_options) - {f.name for f in dataclasses.fields(EngineConfig)})
+        if unknown:
+            known = ", ".join(f.name for f in dataclasses.fields(EngineConfig))
+            raise ConfigError(f"LLM() got unknown option(s) {', '.join(unknown)}; engine options are: {known}.")
         if isinstance(model, Transformer):  # used where it is, unless told otherwise
             if device is not None:
                 model = model.to(device)
