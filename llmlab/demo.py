@@ -23,6 +23,8 @@ from llmlab.data.shards import ShardInfo
 from llmlab.errors import ConfigError
 
 PROMPTS = ["ROMEO.\n", "KING HENRY.\nWhat", "To be, or not to be"]
+PRESET = "tiny-cpu"
+VAL_FRACTION = 0.05  # the tail of every file held out: the report is about the loss on it
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,15 +87,19 @@ def run(args: argparse.Namespace) -> int:
     tok = train_bpe(corpus.files, vocab_size=args.vocab_size)
     tok.save(out / "tokenizer")
     print(f"trained in {time.perf_counter() - t:.1f}s -> {out / 'tokenizer'}")
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: the vocabulary stopped at {tok.vocab_size} of the {args.vocab_size} asked: the merges ran out "
+              "(no remaining pair of tokens occurs at least twice in this corpus).")
 
     print("== 3/5 token shards and n-gram baselines")
-    shards = prepare_shards(corpus, tok, out / "shards")
+    shards = prepare_shards(corpus, tok, out / "shards", val_fraction=VAL_FRACTION)
+    _check_big_enough(corpus, shards)
     base = ngram_baselines(shards)
     print(f"{shards.train_tokens:,} train / {shards.val_tokens:,} val tokens; "
           f"val loss unigram {base['unigram']:.3f}, bigram {base['bigram']:.3f}")
 
     print(f"== 4/5 training ({f'{args.steps} steps' if args.steps else f'budget {args.minutes:g} min'})")
-    cfg = build_config(preset="tiny-cpu", default_vocab_size=shards.vocab_size,
+    cfg = build_config(preset=PRESET, default_vocab_size=shards.vocab_size,
                        overrides={"data": str(shards.path), "out": str(out / "train"), "seed": str(args.seed)})
     budget = args.minutes * 60
     step_s = _calibrate(cfg, shards)
@@ -163,6 +169,22 @@ def _registered_commands() -> set[str]:
     return set(sub.choices)
 
 
+def _check_big_enough(corpus, shards: ShardInfo) -> None:
+    """Refuse a corpus whose splits cannot hold one training / validation window of the demo's model: its
+    report is the validation loss, so there must be one."""
+    from llmlab.train.config import PRESETS
+
+    seq_len = PRESETS[PRESET]["seq_len"]
+    if shards.val_tokens > seq_len and shards.train_tokens > seq_len + 1:
+        return
+    bytes_per_token = corpus.num_bytes / max(1, shards.train_tokens + shards.val_tokens)
+    need = math.ceil((seq_len + 2) / VAL_FRACTION * bytes_per_token / 1000)
+    raise ConfigError(f"corpus {corpus.name} is too small for the demo: {shards.train_tokens:,} train and "
+                      f"{shards.val_tokens:,} validation tokens (the last {VAL_FRACTION:.0%} of each file), and the "
+                      f"demo needs at least {seq_len + 1} of each (one sequence of {seq_len} + 1); give about "
+                      f"{need:,} KB of text or more, or leave out --corpus to use shakespeare.")
+
+
 def _calibrate(cfg, shards: ShardInfo, steps: int = 3) -> float:
     """Seconds per optimizer step of this config on this machine (after one warm-up step)."""
     from llmlab.data.loader import TokenLoader
@@ -180,6 +202,16 @@ def _calibrate(cfg, shards: ShardInfo, steps: int = 3) -> float:
     return 1.1 * cfg.grad_accum * float(np.median(times[1:]))  # + optimizer and bookkeeping
 
 
+def _verdict(beats_bigram_by: float) -> str:
+    """The report's sentence comparing the Transformer with the bigram baseline, by the sign of the gap."""
+    if beats_bigram_by > 0:
+        return f"The Transformer is {beats_bigram_by:.3f} nats/token below (better than) the bigram baseline."
+    if beats_bigram_by < 0:
+        return (f"The Transformer is {-beats_bigram_by:.3f} nats/token above (worse than) the bigram baseline: it "
+                "does not beat it yet; train longer (--minutes or --steps).")
+    return "The Transformer ties the bigram baseline."
+
+
 def _write_report(out: Path, s: dict, samples: list[tuple[str, str]], ckpt: Path) -> None:
     lines = [
         "# llmlab demo report", "",
@@ -191,7 +223,7 @@ def _write_report(out: Path, s: dict, samples: list[tuple[str, str]], ckpt: Path
         f"| unigram (add-one) | {s['unigram_loss']:.3f} | {math.exp(s['unigram_loss']):.1f} |",
         f"| bigram (interpolated, λ tuned on val) | {s['bigram_loss']:.3f} | {math.exp(s['bigram_loss']):.1f} |",
         f"| **llmlab Transformer** | **{s['val_loss']:.3f}** | **{s['val_ppl']:.1f}** |", "",
-        f"The Transformer is {s['beats_bigram_by']:.3f} nats/token below the bigram baseline.", "",
+        _verdict(s['beats_bigram_by']), "",
         "![loss curves](loss.png)", "", "## Samples (temperature 0.8, top-k 50)", "",
     ]
     for prompt, text in samples:

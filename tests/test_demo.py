@@ -30,3 +30,28 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (out / "loss.png").stat().st_size > 10_000
     assert (out / "tokenizer" / "tokenizer.json").is_file()
     assert "Next steps:" in proc.stdout and "llmlab generate --model" in proc.stdout
+
+
+def test_demo_refuses_a_corpus_too_small_for_a_validation_split(tmp_path, capsys):
+    from llmlab.cli import main
+
+    small = tmp_path / "small.txt"
+    small.write_text("one line here\nanother line\nthird line\n")
+    assert main(["demo", "--corpus", str(small), "--steps", "1", "--vocab-size", "300",
+                 "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "is too small for the demo" in err and "at least 129" in err and "Traceback" not in err
+    assert not (tmp_path / "d" / "train").exists()  # refused before training
+
+
+def test_report_states_the_comparison_with_the_bigram_by_its_sign(tmp_path):
+    from llmlab.demo import _write_report
+
+    s = {"corpus": "c", "bytes": 1000, "vocab_size": 300, "train_tokens": 900, "val_tokens": 100, "params": 1e6,
+         "steps": 3, "tokens_per_s": 100.0, "seconds": 1.0, "unigram_loss": 5.0, "bigram_loss": 1.408,
+         "val_loss": 4.928, "val_ppl": math.exp(4.928), "beats_bigram_by": 1.408 - 4.928}
+    _write_report(tmp_path, s, [], tmp_path / "ckpt")
+    report = (tmp_path / "report.md").read_text()
+    assert "3.520 nats/token above (worse than) the bigram baseline" in report and "-3.520" not in report
+    _write_report(tmp_path, dict(s, val_loss=1.0, val_ppl=math.e, beats_bigram_by=0.408), [], tmp_path / "ckpt")
+    assert "0.408 nats/token below (better than) the bigram baseline" in (tmp_path / "report.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from llmlab import load_tokenizer
 from llmlab.cli import main
 from llmlab.errors import TokenizerError
-from llmlab.tokenizer import train_bpe
+from llmlab.tokenizer import train_bpe, train_wordpiece
 
 MIXED = (Path(__file__).parent / "data" / "tokenizer_mixed.txt").read_text(encoding="utf-8")
 
@@ -107,3 +108,53 @@ def test_registry_name_resolution(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "gpt2-tiktoken").mkdir()  # a local directory of that name wins over the registry
     assert artifacts.resolve("gpt2-tiktoken") == Path("gpt2-tiktoken")
+
+
+def test_train_refuses_what_it_cannot_honour(tmp_path, capsys):
+    src = tmp_path / "c.txt"
+    src.write_text(MIXED, encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("")
+    out = ["--out", str(tmp_path / "o")]
+    cases = [
+        (["--input", str(tmp_path / "empty.txt"), "--vocab-size", "300"], "contains no non-empty text files"),
+        (["--kind", "wordpiece", "--input", str(src), "--vocab-size", "10"], r"vocab_size 10 is below the \d+ symbols"),
+        (["--input", str(src), "--vocab-size", "300", "--special-tokens", ""], "special tokens must be non-empty"),
+        (["--input", str(src), "--vocab-size", "300", "--min-frequency", "-3"], "min_frequency must be an integer"),
+        (["--input", str(src), "--vocab-size", "300", "--pattern", "(["], "not a valid regex"),
+    ]
+    for argv, message in cases:
+        assert main(["tokenizer", "train", *argv, *out]) == 2, argv
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(TokenizerError, match="has no text"):
+        train_bpe([""], 300)
+    with pytest.raises(TokenizerError, match="has no text"):
+        train_wordpiece(["<|endoftext|>"], 300, special_tokens=["[UNK]", "<|endoftext|>"])
+
+
+def test_train_notes_when_the_merges_run_out(tmp_path, capsys):
+    src = tmp_path / "c.txt"
+    src.write_text(MIXED, encoding="utf-8")
+    assert main(["tokenizer", "train", "--input", str(src), "--vocab-size", "10000000",
+                 "--out", str(tmp_path / "o")]) == 0
+    size = load_tokenizer(tmp_path / "o").vocab_size
+    assert size < 10_000_000 and f"note: stopped at {size} of the 10000000 asked: no pair occurs >= 2 times" in \
+        capsys.readouterr().err
+
+
+def test_train_takes_a_directory_like_data_prepare(tmp_path):
+    (tmp_path / "texts" / "sub").mkdir(parents=True)
+    (tmp_path / "texts" / "a.txt").write_text(MIXED, encoding="utf-8")
+    (tmp_path / "texts" / "sub" / "b.md").write_text(MIXED, encoding="utf-8")
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "texts"), "--vocab-size", "300",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert load_tokenizer(tmp_path / "o").encode("hello") == train_bpe([MIXED * 2], 300).encode("hello")
+
+
+def test_encode_checks_the_pattern(tmp_path, monkeypatch, capsys):
+    (tmp_path / "r.tiktoken").write_text("aGk= 0\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
+    assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "r.tiktoken"), "--pattern", "(["]) == 2
+    err = capsys.readouterr().err
+    assert "pattern '([' is not a valid regex" in err and "Traceback" not in err

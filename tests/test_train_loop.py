@@ -226,10 +226,12 @@ def test_errors_before_any_work(shards, tmp_path):
 
 def test_cli_train_end_to_end(shards, tmp_path):
     t = time.time()
-    proc = subprocess.run([sys.executable, "-m", "llmlab", "train", "--data", str(shards.path), "--out", str(tmp_path),
-                           "--max_steps", "3", "--batch_size", "2", "--seq_len", "16", "--model.hidden_size", "32",
-                           "--model.num_layers", "1", "--model.num_heads", "2", "--model.max_position_embeddings",
-                           "32", "--progress", "false", "--eval_every", "0"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "train", "--preset", "tiny-cpu", "--data", str(shards.path),
+                           "--out", str(tmp_path), "--max_steps", "3", "--batch_size", "2", "--seq_len", "16",
+                           "--model.hidden_size", "32", "--model.num_layers", "1", "--model.num_heads", "2",
+                           "--model.num_kv_heads", "2", "--model.intermediate_size", "64",
+                           "--model.max_position_embeddings", "32", "--progress", "false", "--eval_every", "0"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "done: 3 steps" in proc.stdout and time.time() - t < 60
     bad = subprocess.run([sys.executable, "-m", "llmlab", "train", "--data", str(shards.path), "--bogus", "1"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,4 +35,23 @@ def run_prepare(args: argparse.Namespace) -> int:
     info = prepare_shards(corpus, tokenizer, args.out, val_fraction=args.val_fraction)
     print(f"{info.documents} documents, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + "
           f"{info.val_tokens:,} val tokens ({info.dtype}) in {info.path}")
+    warning = small_val_warning(info, args.val_fraction)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def small_val_warning(info, val_fraction: float) -> str | None:
+    """A warning when the validation split is empty or shorter than one sequence of the smallest preset."""
+    from llmlab.train.config import PRESETS
+
+    preset, seq_len = min(((name, p["seq_len"]) for name, p in PRESETS.items()), key=lambda np_: np_[1])
+    if info.val_tokens <= 1:
+        why = "--val-fraction is 0" if val_fraction == 0 else "the text is too short for a tail to hold out"
+        return (f"the validation split is {'empty' if info.val_tokens == 0 else 'one token'} ({why}), so "
+                "`llmlab train` on these shards reports no validation loss; raise --val-fraction or add text.")
+    if info.val_tokens <= seq_len:
+        return (f"the validation split has only {info.val_tokens} tokens, shorter than one sequence of "
+                f"{seq_len} + 1 (preset {preset}), so training reports no validation loss unless --seq_len is "
+                f"below {info.val_tokens}; raise --val-fraction or add text.")
+    return None

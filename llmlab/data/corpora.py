@@ -46,8 +46,12 @@ class Corpus:
 def resolve_corpus(spec: str | Sequence[str | Path]) -> Corpus:
     """A built-in name, or a list of files/directories, as a Corpus with a stable file order."""
     items = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    if len(items) == 1 and str(items[0]) in BUILTIN and not Path(items[0]).exists():
-        return _builtin(str(items[0]))
+    builtin = [str(i) for i in items if str(i) in BUILTIN and not Path(i).exists()]
+    if builtin and len(items) == 1:
+        return _builtin(builtin[0])
+    if builtin:
+        raise CorpusError(f"the built-in corpus {builtin[0]} must be the only input; pass it alone, or pass only "
+                          "text files and directories.")
     files: list[Path] = []
     for item in items:
         p = Path(item)
@@ -60,7 +64,8 @@ def resolve_corpus(spec: str | Sequence[str | Path]) -> Corpus:
                               f"{', '.join(BUILTIN)}.")
     files = [f for f in files if f.stat().st_size > 0]
     if not files:
-        raise CorpusError(f"corpus {', '.join(map(str, items))} contains no non-empty text files.")
+        raise CorpusError(f"corpus {', '.join(map(str, items))} contains no non-empty text files; pass files (or "
+                          f"directories of {', '.join(_TEXT_SUFFIXES)} files) that hold text.")
     return Corpus(", ".join(map(str, items)), files)
 
 

@@ -46,8 +46,11 @@ class ShardInfo:
         return cls(path=path, **{k: d[k] for k in ("dtype", "vocab_size", "eos_id", "train_tokens", "val_tokens",
                                                    "documents", "tokenizer_sha256")})
 
-    def tokens(self, split: str) -> np.memmap:
-        return np.memmap(self.path / f"{split}.bin", dtype=self.dtype, mode="r")
+    def tokens(self, split: str) -> np.ndarray:
+        path = self.path / f"{split}.bin"
+        if path.is_file() and path.stat().st_size == 0:  # an empty split (e.g. --val-fraction 0): mmap refuses it
+            return np.zeros(0, dtype=self.dtype)
+        return np.memmap(path, dtype=self.dtype, mode="r")
 
 
 def split_document(text: str, val_fraction: float) -> tuple[str, str]:

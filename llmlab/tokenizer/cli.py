@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-from llmlab.errors import TokenizerError
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("tokenizer", help="train a tokenizer or encode text with one",
@@ -24,13 +22,16 @@ def register(subparsers) -> None:
 
     t = sub.add_parser("train", help="train a tokenizer on UTF-8 text files and save it to a directory",
                        description="Train a tokenizer; writes tokenizer.json + tokenizer_config.json to --out.")
-    t.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE", help="UTF-8 text files")
+    t.add_argument("--input", nargs="+", required=True, metavar="FILE|DIR|NAME",
+                   help="UTF-8 text files, directories (their .txt, .md, .py, .rst and .text files), or one built-in "
+                        "corpus name (shakespeare, python-stdlib)")
     t.add_argument("--vocab-size", type=int, required=True, help="total vocabulary incl. bytes and special tokens")
     t.add_argument("--out", type=Path, required=True, help="output directory")
     t.add_argument("--kind", choices=("bpe", "wordpiece"), default="bpe", help="algorithm (default: bpe)")
     t.add_argument("--pattern", default="gpt2",
                    help="BPE pre-split: 'gpt2', 'gpt4' (cl100k), 'o200k' or a regex (default: gpt2)")
-    t.add_argument("--min-frequency", type=int, default=2, help="stop when the best pair is rarer (default: 2)")
+    t.add_argument("--min-frequency", type=int, default=2,
+                   help="stop when the best pair occurs fewer times than this, >= 1 (default: 2)")
     t.add_argument("--special-tokens", nargs="*", default=None, metavar="TOKEN",
                    help="special tokens (default: <|endoftext|> <|im_start|> <|im_end|> for BPE, BERT's for WordPiece)")
     t.set_defaults(func=_train)
@@ -47,19 +48,23 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from llmlab.data.corpora import resolve_corpus
     from llmlab.tokenizer.train import train_bpe, train_wordpiece
-    for f in args.input:
-        if not f.is_file():
-            raise TokenizerError(f"input file {f} does not exist; check --input.")
+
+    files = resolve_corpus(args.input).files  # as `data prepare`: files, directories or a built-in name
     kw = {} if args.special_tokens is None else {"special_tokens": args.special_tokens}
     t0 = time.perf_counter()
     if args.kind == "bpe":
-        tok = train_bpe(args.input, args.vocab_size, pattern=args.pattern, min_frequency=args.min_frequency, **kw)
+        tok = train_bpe(files, args.vocab_size, pattern=args.pattern, min_frequency=args.min_frequency, **kw)
     else:
-        tok = train_wordpiece(args.input, args.vocab_size, min_frequency=args.min_frequency, **kw)
+        tok = train_wordpiece(files, args.vocab_size, min_frequency=args.min_frequency, **kw)
     tok.save(args.out)
     print(f"trained {args.kind} vocab_size={tok.vocab_size} in {time.perf_counter() - t0:.1f}s -> {args.out}",
           file=sys.stderr)
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: stopped at {tok.vocab_size} of the {args.vocab_size} asked: no pair occurs >= "
+              f"{args.min_frequency} times (--min-frequency) after the last merge; add text or lower --min-frequency.",
+              file=sys.stderr)
     return 0
 
 

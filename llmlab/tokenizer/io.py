@@ -23,6 +23,8 @@ import gzip
 import json
 from pathlib import Path
 
+import regex
+
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.bpe import BYTE_TO_CHAR, PATTERNS, BPEModel, resolve_pattern, unicode_to_bytes
 from llmlab.tokenizer.tokenizer import Tokenizer
@@ -46,6 +48,15 @@ GGUF_PRE: dict[str, dict] = {
         _BYTELEVEL_NOREGEX]},
 }
 GGUF_PRE["starcoder"] = GGUF_PRE["smollm"]
+
+
+def compile_pattern(pattern: str) -> regex.Pattern:
+    """The pre-split regex that `pattern` (a name in PATTERNS or a regex) stands for; one clear error if invalid."""
+    try:
+        return regex.compile(resolve_pattern(pattern))
+    except regex.error as e:
+        raise TokenizerError(f"pattern {pattern!r} is not a valid regex ({e}); use one of "
+                             f"{', '.join(map(repr, PATTERNS))} or a valid regex.") from None
 
 
 def split_pre_tokenizer(pattern: str) -> dict:
@@ -195,6 +206,7 @@ def load_vocab_txt(path: Path, lowercase: bool = True) -> Tokenizer:
 
 
 def load_tiktoken(path: Path, pattern: str, special_tokens: dict[str, int] | None = None) -> Tokenizer:
+    compile_pattern(pattern)  # a bad regex is named before the file is read
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
@@ -311,4 +323,4 @@ def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
                                                 encoding="utf-8")
 
 
-__all__ = ["PATTERNS", "load_tokenizer", "save_tokenizer", "tokenizer_json", "split_pre_tokenizer"]
+__all__ = ["PATTERNS", "compile_pattern", "load_tokenizer", "save_tokenizer", "tokenizer_json", "split_pre_tokenizer"]

@@ -26,13 +26,12 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-import regex
 from tqdm import tqdm
 
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.bpe import PATTERNS, BPEModel, resolve_pattern
 from llmlab.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
-from llmlab.tokenizer.io import split_pre_tokenizer
+from llmlab.tokenizer.io import compile_pattern, split_pre_tokenizer
 from llmlab.tokenizer.tokenizer import _GPT2_COARSE, Tokenizer
 from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceModel
 
@@ -139,6 +138,23 @@ class _PairStats:
         return created, total
 
 
+def _checked_options(special_tokens: Iterable[str], min_frequency: int) -> list[str]:
+    """The special tokens, deduplicated; refuse an empty one or a min_frequency below 1 before any work."""
+    special_tokens = list(dict.fromkeys(special_tokens))
+    if any(not isinstance(s, str) or not s for s in special_tokens):
+        raise TokenizerError(f"special tokens must be non-empty strings, got {special_tokens!r}; drop the empty one.")
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        raise TokenizerError(f"min_frequency must be an integer >= 1 (the fewest times a pair must occur to be "
+                             f"merged), got {min_frequency!r}.")
+    return special_tokens
+
+
+def _no_text(counts: Counter) -> None:
+    if not counts:
+        raise TokenizerError("the training input has no text (the files are empty, or hold only special tokens); "
+                             "pass non-empty UTF-8 text.")
+
+
 def _progress(total: int, progress: bool | None, desc: str) -> tqdm:
     show = progress if progress is not None else (total >= 2000 and sys.stderr.isatty())
     return tqdm(total=total, disable=not show, desc=desc, unit="merge")
@@ -146,18 +162,17 @@ def _progress(total: int, progress: bool | None, desc: str) -> tqdm:
 
 def train_bpe(texts_or_files, vocab_size: int, *, special_tokens: Iterable[str] = DEFAULT_SPECIAL_TOKENS,
               pattern: str = "gpt2", min_frequency: int = 2, progress: bool | None = None) -> Tokenizer:
-    """Train byte-level BPE; `vocab_size` counts the 256 bytes, the merges and the special tokens."""
-    special_tokens = list(dict.fromkeys(special_tokens))
+    """Train byte-level BPE; `vocab_size` counts the 256 bytes, the merges and the special tokens. The result is
+    smaller when the merges run out (no pair occurs `min_frequency` times): compare its `vocab_size`."""
+    special_tokens = _checked_options(special_tokens, min_frequency)
     n_merges = vocab_size - 256 - len(special_tokens)
     if n_merges < 0:
         raise TokenizerError(f"vocab_size {vocab_size} is below 256 bytes + {len(special_tokens)} special "
                              f"tokens; use at least {256 + len(special_tokens)}.")
-    try:
-        split = regex.compile(resolve_pattern(pattern)).findall
-    except regex.error as e:
-        raise TokenizerError(f"pattern {pattern!r} is not a valid regex ({e}); use 'gpt2', 'gpt4' or a regex.") from None
+    split = compile_pattern(pattern).findall
     coarse = _GPT2_COARSE.findall if resolve_pattern(pattern) == PATTERNS["gpt2"] else None
     counts = count_words(texts_or_files, split, special_tokens, coarse)
+    _no_text(counts)
     words, freqs = [], []
     for piece, f in counts.items():
         b = piece.encode("utf-8")
@@ -198,14 +213,21 @@ def train_bpe(texts_or_files, vocab_size: int, *, special_tokens: Iterable[str] 
 def train_wordpiece(texts_or_files, vocab_size: int, *, special_tokens: Iterable[str] = BERT_SPECIAL_TOKENS,
                     lowercase: bool = True, min_frequency: int = 2, prefix: str = "##",
                     progress: bool | None = None) -> Tokenizer:
-    """Train WordPiece (likelihood score) with BERT's normalizer and pre-split."""
-    special_tokens = list(dict.fromkeys(special_tokens))
+    """Train WordPiece (likelihood score) with BERT's normalizer and pre-split. The vocabulary starts as the
+    special tokens and the input's characters (and their `prefix` continuations): `vocab_size` below that is an
+    error; the result is smaller than `vocab_size` when the merges run out."""
+    special_tokens = _checked_options(special_tokens, min_frequency)
     if "[UNK]" not in special_tokens:
         raise TokenizerError("WordPiece needs '[UNK]' among special_tokens; add it.")
     norm = BertNormalizer(lowercase=lowercase)
     counts = count_words(texts_or_files, lambda s: BERT_SPLIT.findall(norm(s)), special_tokens)
+    _no_text(counts)
     alphabet = sorted({c if k == 0 else prefix + c for w in counts for k, c in enumerate(w)})
     symbols = special_tokens + [s for s in alphabet if s not in special_tokens]
+    if vocab_size < len(symbols):
+        raise TokenizerError(f"vocab_size {vocab_size} is below the {len(symbols)} symbols WordPiece starts from "
+                             f"({len(special_tokens)} special tokens + {len(symbols) - len(special_tokens)} characters "
+                             f"and {prefix}-continuations of this input); use at least {len(symbols)}.")
     sid = {s: i for i, s in enumerate(symbols)}
     words = [[sid[c if k == 0 else prefix + c] for k, c in enumerate(w)] for w in counts]
     freqs = list(counts.values())

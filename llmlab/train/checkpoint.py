@@ -70,11 +70,8 @@ def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer
     from llmlab.model.pretrained import from_pretrained
 
     path = Path(path)
-    state_file = path / "trainer_state.json"
-    if not state_file.is_file():
-        raise CheckpointError(f"{path} is not a complete training checkpoint (no trainer_state.json).")
-    state = json.loads(state_file.read_text())
-    _check_same_model(path, state, model.cfg.to_dict())
+    state = read_trainer_state(path)
+    check_same_model(path, state, model.cfg.to_dict())
     saved = from_pretrained(path)
     model.load_state_dict(saved.state_dict())
     _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer_param_groups"])
@@ -82,7 +79,24 @@ def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer
     return state
 
 
-def _check_same_model(path: Path, state: dict[str, Any], run: dict[str, Any]) -> None:
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The trainer_state.json of checkpoint directory `path` (step, train/val loss, config, ...)."""
+    state_file = Path(path) / "trainer_state.json"
+    if not state_file.is_file():
+        raise CheckpointError(f"{path} is not a complete training checkpoint (no trainer_state.json).")
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{state_file} is not valid JSON ({e}); the checkpoint is damaged: delete "
+                              f"{path} to resume from the one before, or start a fresh run.") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{state_file} has no step; the checkpoint is damaged: delete {path} to resume "
+                              "from the one before, or start a fresh run.")
+    return state
+
+
+def check_same_model(path: Path, state: dict[str, Any], run: dict[str, Any]) -> None:
+    """Refuse to resume checkpoint `path` (its trainer `state`) with a run whose model config `run` differs."""
     saved = state.get("config", {}).get("model")
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}/trainer_state.json has no model config, so it was not written by "

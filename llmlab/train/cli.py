@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from llmlab.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from llmlab.train.config import PRESETS
+    from llmlab.train.config import PRESETS, run_keys_help
 
     p = sub.add_parser(
-        "train", help="train a model on prepared shards",
-        description="Train a model. Settings come from --preset, then --config FILE.toml, then any number of "
-                    "--key value overrides: run keys (e.g. --max_steps 500 --lr 1e-3 --precision bf16) and model "
-                    "keys (e.g. --model.num_layers 6). model.vocab_size defaults to the shards' vocabulary.",
-        epilog=f"presets: {', '.join(PRESETS)}")
+        "train", help="train a model on prepared shards", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Train a model. Settings come from --preset or --config FILE.toml (one is required, or --init_from "
+            "CHECKPOINT), then any number of --key value overrides: run keys (e.g. --max_steps 500 --lr 1e-3 "
+            "--precision bf16) and model keys (e.g. --model.num_layers 6). model.vocab_size defaults to the "
+            "shards' vocabulary.", 100),
+        epilog=f"{run_keys_help()}\n\npresets: {', '.join(PRESETS)}\n\n"
+               "example: llmlab train --preset tiny-cpu --data shards/ --out runs/tiny --max_steps 500")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file: run keys at top level, a [model] table")
     p.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
@@ -43,12 +47,15 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from llmlab.data.shards import ShardInfo
-    from llmlab.train.config import build_config
-    from llmlab.train.loop import train
+    from llmlab.train.config import PRESETS, build_config, check_override_keys
+    from llmlab.train.loop import no_validation_reason, train
 
     overrides = parse_overrides(args.overrides)
-    if not args.preset and not args.config and "data" not in overrides:
-        raise ConfigError("nothing to train: pass --preset NAME or --config FILE.toml, and --data SHARD_DIR.")
+    check_override_keys(overrides)  # a misspelt key first: fixing one error must not reveal the next
+    if not args.preset and not args.config and not any(k.replace("-", "_") == "init_from" for k in overrides):
+        # without them the model would be ModelConfig's default (12 x 768): minutes per step on a CPU
+        raise ConfigError(f"no model to train: pass --preset NAME (one of {', '.join(PRESETS)}) or --config "
+                          "FILE.toml (or --init_from CHECKPOINT), and --data SHARD_DIR.")
     # every key and value checked first (an unknown key is reported before a missing --data)
     data = build_config(preset=args.preset, file=args.config, overrides=overrides).data
     if not data:
@@ -56,7 +63,12 @@ def run(args: argparse.Namespace) -> int:
     shards = ShardInfo.load(data)
     cfg = build_config(preset=args.preset, file=args.config, overrides=overrides, default_vocab_size=shards.vocab_size)
     result = train(cfg, resume=args.resume)
-    val = f", val loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-    print(f"done: {result.steps} steps, train loss {result.train_loss:.4f}{val}, "
+    val = (f"val loss {result.val_loss:.4f}" if result.val_loss is not None
+           else f"no val loss ({no_validation_reason(shards, cfg.seq_len) or 'none recorded at that step'})")
+    if result.already_complete:
+        print(f"already complete: {result.checkpoint} is at step {result.steps} = max_steps (train loss "
+              f"{result.train_loss:.4f}, {val}); nothing written. Raise --max_steps to train further.")
+        return 0
+    print(f"done: {result.steps} steps, train loss {result.train_loss:.4f}, {val}, "
           f"{result.tokens_per_s:,.0f} tokens/s; checkpoint {result.checkpoint}")
     return 0

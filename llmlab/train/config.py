@@ -10,9 +10,11 @@ values of the wrong type and values out of range are refused up front, naming th
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
+import textwrap
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +30,17 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass(slots=True)
 class TrainConfig:
-    data: str = ""  # shard directory from `llmlab data prepare`
+    # each field's one-line meaning is in FIELD_DOCS below (`llmlab train --help` lists them)
+    data: str = ""
     out: str = "runs/train"
-    init_from: str = ""  # optional: start from a pretrained checkpoint directory / name
+    init_from: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
 
-    batch_size: int = 16  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
+    batch_size: int = 16
+    grad_accum: int = 1
     seq_len: int = 256
     max_steps: int = 1000
-    time_budget_s: float = 0.0  # > 0: stop early (and say so) when this many seconds have passed
+    time_budget_s: float = 0.0
 
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -46,20 +49,18 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 disables
+    grad_clip: float = 1.0
 
     precision: str = "fp32"
     activation_checkpointing: bool = False
     compile: bool = False
-    # which fused SDPA kernel to prefer: auto (time each at this run's shape on a GPU; PyTorch's order on CPU),
-    # default (PyTorch's order), flash, cudnn, efficient, math — see llmlab/train/attention_backend.py
-    attention_backend: str = "auto"
-    device: str = "auto"  # auto | cpu | cuda
+    attention_backend: str = "auto"  # see llmlab/train/attention_backend.py
+    device: str = "auto"
 
     eval_every: int = 100
     eval_batches: int = 20
     log_every: int = 10
-    ckpt_every: int = 0  # 0: only at the end
+    ckpt_every: int = 0
     keep_last: int = 2
     seed: int = 1337
     progress: bool = True
@@ -108,6 +109,56 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+FIELD_DOCS: dict[str, str] = {
+    "data": "shard directory from `llmlab data prepare`; required",
+    "out": "run directory: checkpoints/, metrics.jsonl, loss.png",
+    "init_from": "start from a pretrained checkpoint directory, .gguf or registry name (it fixes the model)",
+    "model": "the model: set its fields as model.KEY (e.g. --model.num_layers 6)",
+    "batch_size": "sequences per micro-batch",
+    "grad_accum": "micro-batches per optimizer step",
+    "seq_len": "tokens per sequence (at most model.max_position_embeddings)",
+    "max_steps": "optimizer steps of the whole run (--resume continues up to it)",
+    "time_budget_s": "> 0: stop early (and say so) after this many seconds; 0: no budget",
+    "lr": "peak learning rate (linear warmup, then cosine decay)",
+    "min_lr_ratio": "final learning rate as a fraction of lr, in [0, 1]",
+    "warmup_steps": "steps of linear warmup (0: none)",
+    "weight_decay": "AdamW decoupled weight decay of the weight matrices (not embeddings, norms or biases)",
+    "beta1": "AdamW first-moment decay, in [0, 1)",
+    "beta2": "AdamW second-moment decay, in [0, 1)",
+    "eps": "AdamW denominator epsilon",
+    "grad_clip": "clip the global gradient norm to this (0: no clipping)",
+    "precision": f"one of {', '.join(PRECISIONS)} (bf16/fp16: autocast; fp16 adds loss scaling)",
+    "activation_checkpointing": "recompute each block's activations in backward (less memory, more compute)",
+    "compile": "torch.compile the model, loss and optimizer step",
+    "attention_backend": f"preferred fused SDPA kernel: {', '.join(ATTENTION_CHOICES)} (auto: timed on a GPU)",
+    "device": "auto, cpu or cuda (auto: cuda when available)",
+    "eval_every": "steps between validation losses (0: only at the end)",
+    "eval_batches": "validation batches per evaluation",
+    "log_every": "steps between logged train losses (metrics.jsonl, progress bar)",
+    "ckpt_every": "steps between checkpoints (0: only at the end)",
+    "keep_last": "checkpoints kept on disk (older ones are deleted)",
+    "seed": "seed of the initial weights, data order and dropout",
+    "progress": "show a progress bar (true/false)",
+}
+
+
+def run_keys_help(width: int = 100) -> str:
+    """`llmlab train --help`'s list of run keys: every TrainConfig field, its default and its meaning."""
+    def shown(v: Any) -> str:
+        return str(v).lower() if isinstance(v, bool) else ("none" if v == "" else str(v))
+
+    rows = [(f"--{f.name}", f"{FIELD_DOCS[f.name]} (default {shown(f.default)})")
+            for f in dataclasses.fields(TrainConfig) if f.name != "model"]
+    key_width = max(len(k) for k, _ in rows) + 2
+    lines = ["run keys (--KEY VALUE or --KEY=VALUE; the defaults are before --preset / --config):"]
+    for key, doc in rows:
+        lines += textwrap.wrap(doc, width, initial_indent=f"  {key:<{key_width}}",
+                               subsequent_indent=" " * (key_width + 2))
+    model_keys = ", ".join(f.name for f in dataclasses.fields(ModelConfig))
+    lines += ["", *textwrap.wrap(f"model keys (--model.KEY VALUE): {model_keys}", width, subsequent_indent="  ")]
+    return "\n".join(lines)
 
 
 _POSITIVE_INTS = ("batch_size", "grad_accum", "seq_len", "max_steps", "eval_batches", "log_every", "keep_last")
@@ -189,9 +240,14 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
         raw = _merge(raw, PRESETS[preset])
     if file:
         try:
-            raw = _merge(raw, tomllib.loads(Path(file).read_text()))
+            raw = _merge(raw, tomllib.loads(Path(file).read_text(encoding="utf-8")))
         except FileNotFoundError:
-            raise ConfigError(f"config file {file} does not exist.") from None
+            raise ConfigError(f"config file {file} does not exist; pass a TOML file to --config.") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {file} is a directory; pass a TOML file to --config.") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {file} is not UTF-8 text, so not TOML; pass a TOML file to --config.") \
+                from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{file} is not valid TOML ({e}).") from None
         if not isinstance(raw.get("model", {}), dict):
@@ -249,16 +305,37 @@ def _check_keys(raw: dict) -> None:
         raise ConfigError(f"unknown model key(s) {bad}; valid ones are {sorted(model_known)}.")
 
 
+def check_override_keys(keys) -> None:
+    """Refuse a `--key` that names no TrainConfig / ModelConfig field, suggesting the close ones."""
+    for key in keys:
+        _field(key.replace("-", "_"))
+
+
+def _field(key: str) -> tuple[type, str, dataclasses.Field]:
+    """(the dataclass, the field name, the field) a flag `key` ("lr", "model.num_layers") sets."""
+    cls, name = TrainConfig, key
+    if key.startswith("model."):
+        cls, name = ModelConfig, key.removeprefix("model.")
+    if cls is TrainConfig and name == "model":
+        raise ConfigError("--model takes no value: set the model's fields one by one, as --model.KEY VALUE "
+                          "(e.g. --model.num_layers 6).")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name in fields:
+        return cls, name, fields[name]
+    prefix = "model." if cls is ModelConfig else ""
+    names = [prefix + n for n in fields if n != "model"]
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    hint = (f"did you mean {' or '.join('--' + c for c in close)}?" if close else
+            f"valid {'model' if prefix else 'run'} keys: {', '.join(names)}"
+            + ("" if prefix else "; model keys are model.KEY") + " (see llmlab train --help).")
+    raise ConfigError(f"unknown config key {key!r}: {cls.__name__} has no field {name!r}; {hint}")
+
+
 def _set(raw: dict, key: str, value: str) -> None:
     key = key.replace("-", "_")
-    cls, target, name = TrainConfig, raw, key
-    if key.startswith("model."):
-        cls, target, name = ModelConfig, raw.setdefault("model", {}), key.removeprefix("model.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if name not in fields:
-        where = "ModelConfig" if cls is ModelConfig else "TrainConfig"
-        raise ConfigError(f"unknown config key {key!r}: {where} has no field {name!r}.")
-    target[name] = _parse(key, value, str(fields[name].type))
+    cls, name, f = _field(key)
+    target = raw.setdefault("model", {}) if cls is ModelConfig else raw
+    target[name] = _parse(key, value, str(f.type))
 
 
 def _parse(key: str, value: str, type_name: str) -> Any:

@@ -30,12 +30,18 @@ from llmlab.errors import ConfigError, LlmlabError
 from llmlab.estimate.flops import flops_per_token as estimate_flops_per_token
 from llmlab.model.transformer import Transformer
 from llmlab.train.attention_backend import choose_backends, prefer
-from llmlab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from llmlab.train.checkpoint import (
+    check_same_model,
+    latest_checkpoint,
+    load_checkpoint,
+    read_trainer_state,
+    save_checkpoint,
+)
 from llmlab.train.config import TrainConfig
 from llmlab.train.objectives import causal_lm_loss
 from llmlab.train.optim import AdamW, LossScaler, lr_at, param_groups
 from llmlab.train.parallel import apply_activation_checkpointing
-from llmlab.train.report import MetricsLog, plot_loss_curves
+from llmlab.train.report import MetricsLog, plot_loss_curves, read_metrics
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -49,6 +55,7 @@ class TrainResult:
     checkpoint: Path
     metrics: Path
     stopped_early: bool = False
+    already_complete: bool = False  # resumed at max_steps: nothing trained or written, the checkpoint's numbers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,6 +133,15 @@ def evaluate(model, shards: ShardInfo, *, batch_size: int, seq_len: int, max_bat
     return total / n
 
 
+def no_validation_reason(shards: ShardInfo, seq_len: int) -> str | None:
+    """Why a run on `shards` at `seq_len` can have no validation loss, or None when it has one."""
+    if shards.val_tokens == 0:
+        return "the shards have no validation split"
+    if (shards.val_tokens - 1) // seq_len == 0:
+        return f"the validation split has {shards.val_tokens} tokens, fewer than one window of seq_len {seq_len} + 1"
+    return None
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     cfg.validate()  # again: a field may have been set since construction
     device = resolve_device(cfg.device)
@@ -137,6 +153,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
                           f"{cfg.model.vocab_size}; {fix}.")
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
+    ckpt = latest_checkpoint(ckpt_root) if resume else None
+    if ckpt is not None:  # before any work: a run that is done, or past this max_steps, trains nothing
+        saved = read_trainer_state(ckpt)
+        check_same_model(ckpt, saved, cfg.model.to_dict())
+        if saved["step"] > cfg.max_steps:
+            raise ConfigError(f"the checkpoint {ckpt} is at step {saved['step']}, past max_steps {cfg.max_steps}; "
+                              "raise --max_steps to train further.")
+        if saved["step"] == cfg.max_steps:
+            return _already_complete(ckpt, saved, out / "metrics.jsonl")
     torch.manual_seed(cfg.seed)
     model = _init_model(cfg).to(device).train()
     if cfg.activation_checkpointing:
@@ -145,21 +170,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
                       compiled=cfg.compile)
     scaler = LossScaler(enabled=cfg.precision == "fp16")
     loader = TokenLoader(shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len, seed=cfg.seed)
-    eval_batches_available = (shards.val_tokens - 1) // cfg.seq_len
-    if eval_batches_available == 0 and cfg.eval_every > 0:
-        log(f"note: the validation split ({shards.val_tokens} tokens) is shorter than seq_len; no evaluation.")
+    no_val = no_validation_reason(shards, cfg.seq_len)
+    if no_val:
+        fix = "prepare the shards with a larger --val-fraction" + (" or train with a shorter seq_len"
+                                                                    if shards.val_tokens > 1 else "")
+        log(f"note: {no_val}, so this run has no validation loss; {fix} to get one.")
 
     start = 0
-    if resume:
-        ckpt = latest_checkpoint(ckpt_root)
-        if ckpt is None:
-            log(f"note: no checkpoint under {ckpt_root}; starting from scratch.")
-        else:
-            state = load_checkpoint(ckpt, model=model, optimizer=optimizer)
-            loader.load_state_dict(state["loader"])
-            scaler.load_state_dict(state["scaler"])
-            start = state["step"]
-            log(f"resumed from {ckpt} (step {start})")
+    if resume and ckpt is None:
+        log(f"note: no checkpoint under {ckpt_root}; starting from scratch.")
+    elif ckpt is not None:
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer)
+        loader.load_state_dict(state["loader"])
+        scaler.load_state_dict(state["scaler"])
+        start = state["step"]
+        log(f"resumed from {ckpt} (step {start})")
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume else None)
     loss_fn = compiled_lm_loss(model) if cfg.compile else None
     attention = _attention_order(cfg, model, device, log)
@@ -167,14 +192,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     flops_per_token = estimate_flops_per_token(model.cfg, cfg.seq_len).train
     peak = _peak_flops(device, cfg.precision)
 
-    def save(step: int, last_loss: float) -> Path:
+    def save(step: int, last_loss: float, val_loss: float | None) -> Path:
         return save_checkpoint(ckpt_root, step, model=model, optimizer=optimizer, keep_last=cfg.keep_last,
                                tokenizer_dir=shards.path,
                                trainer_state={"loader": loader.state_dict(), "scaler": scaler.state_dict(),
-                                              "train_loss": last_loss, "config": cfg.to_dict()})
+                                              "train_loss": last_loss, "val_loss": val_loss,
+                                              "config": cfg.to_dict()})
 
+    # Throughput counts the training steps only: the time of evals and checkpoints (`paused`) is left out.
     t_start = time.perf_counter()
-    t_last, tokens_since = t_start, 0
+    t_last, tokens_since, paused, paused_since_log = t_start, 0, 0.0, 0.0
     loss = val = float("nan")
     step, stopped_early, tok_s = start, False, 0.0
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not cfg.progress,
@@ -200,8 +227,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             now = time.perf_counter()
-            tok_s = tokens_since / (now - t_last)
-            t_last, tokens_since = now, 0
+            tok_s = tokens_since / max(now - t_last - paused_since_log, 1e-9)
+            t_last, tokens_since, paused_since_log = now, 0, 0.0
             record = {"kind": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": gnorm,
                       "tokens_per_s": tok_s, "skipped": not ok}
             post = {"loss": f"{loss:.3f}", "tok/s": f"{tok_s:,.0f}"}
@@ -210,33 +237,57 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
                 post["mfu"] = f"{record['mfu']:.1%}"
             metrics.write(record)
             bar.set_postfix(post)
-        if cfg.eval_every > 0 and eval_batches_available and done % cfg.eval_every == 0 and done < cfg.max_steps:
-            val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                           max_batches=cfg.eval_batches, device=device, precision=cfg.precision)
-            metrics.write({"kind": "eval", "step": done, "val_loss": val, "val_ppl": math.exp(val)})
-            say(f"step {done}: val loss {val:.4f} (ppl {math.exp(val):.2f})")
-        if cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0 and done < cfg.max_steps:
-            save(done, float(loss_t))
+        eval_now = cfg.eval_every > 0 and not no_val and done % cfg.eval_every == 0 and done < cfg.max_steps
+        save_now = cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0 and done < cfg.max_steps
+        if eval_now or save_now:
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # the queued training steps count as training, not as the pause
+            t_pause = time.perf_counter()
+            if eval_now:
+                val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                               max_batches=cfg.eval_batches, device=device, precision=cfg.precision)
+                metrics.write({"kind": "eval", "step": done, "val_loss": val, "val_ppl": math.exp(val)})
+                say(f"step {done}: val loss {val:.4f} (ppl {math.exp(val):.2f})")
+            if save_now:
+                save(done, float(loss_t), val if eval_now else None)
+            pause = time.perf_counter() - t_pause
+            paused, paused_since_log = paused + pause, paused_since_log + pause
         if out_of_time:
             stopped_early = True
             say(f"time budget of {cfg.time_budget_s:.0f}s reached at step {done}; stopping.")
             break
     bar.close()
-    if cfg.max_steps > start:
-        loss = float(loss_t)
-    final_step = step + 1 if cfg.max_steps > start else start
-    if eval_batches_available:
-        val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len, max_batches=cfg.eval_batches,
-                       device=device, precision=cfg.precision)
-        metrics.write({"kind": "eval", "step": final_step, "val_loss": val, "val_ppl": math.exp(val)})
-    ckpt = save(final_step, loss)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_seconds = time.perf_counter() - t_start - paused
+    loss = float(loss_t)  # start < max_steps here (a resume at max_steps returned above): a step ran
+    final_step = step + 1
+    final_val = None
+    if not no_val:
+        final_val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                             max_batches=cfg.eval_batches, device=device, precision=cfg.precision)
+        metrics.write({"kind": "eval", "step": final_step, "val_loss": final_val, "val_ppl": math.exp(final_val)})
+    ckpt = save(final_step, loss, final_val)
     plot_loss_curves(metrics.read(), out / "loss.png", title=f"{out.name}: {cfg.model.model_type} "
                      f"{model.num_parameters() / 1e6:.2f}M params")
-    elapsed = time.perf_counter() - t_start
-    total_tokens = (final_step - start) * cfg.tokens_per_step
-    return TrainResult(steps=final_step, train_loss=loss, val_loss=val if eval_batches_available else None,
-                       tokens_per_s=total_tokens / max(elapsed, 1e-9), checkpoint=ckpt,
+    total_tokens = (final_step - start) * cfg.tokens_per_step  # trained by this process (a resume: since start)
+    return TrainResult(steps=final_step, train_loss=loss, val_loss=final_val,
+                       tokens_per_s=total_tokens / max(train_seconds, 1e-9), checkpoint=ckpt,
                        metrics=metrics.path, stopped_early=stopped_early)
+
+
+def _already_complete(ckpt: Path, state: dict, metrics: Path) -> TrainResult:
+    """The result of a run resumed at its max_steps: the checkpoint's numbers; nothing trained or written.
+    Its val loss is the checkpoint's (older checkpoints: metrics.jsonl's at that step, when it is there)."""
+    step = state["step"]
+    val = state.get("val_loss")
+    if "val_loss" not in state:
+        val = next((r["val_loss"] for r in reversed(read_metrics(metrics))
+                    if r.get("kind") == "eval" and r.get("step") == step), None)
+    rates = [r["tokens_per_s"] for r in read_metrics(metrics) if r.get("kind") == "train" and r["step"] <= step]
+    return TrainResult(steps=step, train_loss=state.get("train_loss", float("nan")), val_loss=val,
+                       tokens_per_s=rates[-1] if rates else float("nan"), checkpoint=ckpt, metrics=metrics,
+                       already_complete=True)
 
 
 def _attention_order(cfg: TrainConfig, model: Transformer, device: torch.device, log) -> list | None:
