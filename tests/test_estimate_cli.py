@@ -60,7 +60,7 @@ def test_gpus_table(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["time", "gpt2", "--tokens", "1e9", "--gpu", "B300"], "unknown GPU 'B300'; known GPUs: A100-40GB"),
     (["params", "llama-9000b"], "neither a preset nor an existing file"),
-    (["train-memory", "gpt2", "--tp", "2"], "use formula='megatron'"),
+    (["train-memory", "gpt2", "--tp", "2"], "use the megatron formula"),
     (["params"], "needs one model"),
     (["params", "gpt2", "--model", "gpt2-xl"], "two models given"),
 ])

@@ -9,6 +9,8 @@
 
 MODEL is a preset name, a config.json, a model directory or a .gguf file. Every command prints a
 table; --json prints one JSON object; --explain prints each formula with its numbers substituted.
+Bad input is one line on stderr (`llmlab estimate WHAT: error: ...`, exit status 2); an option that
+changes nothing in the given setup is said so on stderr (`note: ...`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 
-from llmlab.errors import ConfigError
+from llmlab.errors import ConfigError, LlmlabError
 from llmlab.estimate import flops, hardware, memory, params, presets, time
 from llmlab.estimate.explain import Step, render_explain, render_table
 
@@ -46,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="the same, as a flag (as `llmlab generate --model`)")
         c.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
         c.add_argument("--explain", action="store_true", help="print each formula with the numbers substituted")
-        c.set_defaults(func=handler if name == "gpus" else _with_model(name, handler))
+        c.set_defaults(func=_one_line_errors(name, handler if name == "gpus" else _with_model(name, handler)))
         return c
 
     command("params", "parameter count with a breakdown by component", _params)
@@ -55,9 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--seq-len", type=int, help="sequence length for the attention term (default: model context)")
     c.add_argument("--tokens", type=parse_count, help="training tokens D (e.g. 300B) for the run total")
     c.add_argument("--tokens-per-s", type=parse_count, help="measured training throughput (all GPUs) for MFU")
-    c.add_argument("--gpu", help="GPU type for MFU (see `llmlab estimate gpus`)")
-    c.add_argument("--n-gpus", type=int, default=1, help="GPUs producing --tokens-per-s (default 1)")
-    c.add_argument("--dtype", default="bf16", help="compute dtype for the peak (default bf16)")
+    c.add_argument("--gpu", help="GPU type for MFU (with --tokens-per-s; see `llmlab estimate gpus`)")
+    c.add_argument("--n-gpus", type=int, help="GPUs producing --tokens-per-s (default 1)")
+    c.add_argument("--dtype", help="compute dtype for the MFU peak (default bf16)")
 
     c = command("train-memory", "training memory per device: model states (ZeRO/TP/PP) and activations",
                 _train_memory)
@@ -97,6 +100,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--context", type=int, help="decode context for the bandwidth ceiling")
 
     command("gpus", "the GPU table: dense peak TFLOP/s, memory and bandwidth", _gpus)
+
+
+def _one_line_errors(name: str, handler):
+    """Input errors as one line naming the subcommand (`llmlab estimate flops: error: ...`), exit status 2."""
+    def run(args):
+        try:
+            return handler(args)
+        except LlmlabError as e:
+            print(f"llmlab estimate {name}: error: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _require_positive(args, *flags: str) -> None:
+    """Refuse a given flag value that is not positive, naming the flag; None means "not given"."""
+    for flag in flags:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None and value <= 0:
+            need = "at least 1" if isinstance(value, int) else "positive"
+            raise ConfigError(f"{flag} must be {need}, got {value:g}.")
+
+
+def _note(text: str) -> None:
+    """Say on stderr that an option changes nothing here (stdout stays the table or the JSON)."""
+    print(f"note: {text}", file=sys.stderr)
 
 
 def _with_model(name: str, handler):
@@ -148,20 +177,38 @@ def _params(args) -> int:
 
 
 def _flops(args) -> int:
+    _require_positive(args, "--seq-len", "--tokens", "--tokens-per-s", "--n-gpus")
+    if args.tokens_per_s is None:
+        mfu_flags = (("--gpu", args.gpu), ("--n-gpus", args.n_gpus), ("--dtype", args.dtype))
+        given = [flag for flag, value in mfu_flags if value is not None]
+        if given:
+            names = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
+            raise ConfigError(f"{names} set{'s' if len(given) == 1 else ''} the peak for MFU, which "
+                              "needs the measured training throughput: add --tokens-per-s (all GPUs together).")
+    elif not args.gpu:
+        raise ConfigError("--tokens-per-s needs --gpu to compute MFU against that GPU's peak.")
     cfg = presets.resolve(args.model)
     steps = flops.flops_steps(cfg, seq_len=args.seq_len, tokens=args.tokens)
-    if args.tokens_per_s:
-        if not args.gpu:
-            raise ConfigError("--tokens-per-s needs --gpu to compute MFU against that GPU's peak.")
+    if args.tokens_per_s is not None:
         gpu = hardware.get_gpu(args.gpu)
-        value = flops.mfu(cfg, args.tokens_per_s, gpu, n_gpus=args.n_gpus, dtype=args.dtype)
+        n_gpus, dtype = args.n_gpus or 1, args.dtype or "bf16"
+        value = flops.mfu(cfg, args.tokens_per_s, gpu, n_gpus=n_gpus, dtype=dtype)
         steps.append(Step("MFU", value, "", "tokens/s · 6N / (n_gpus · peak)",
                           f"{args.tokens_per_s:.4g} · {6 * params.count_params(cfg):.4g} / "
-                          f"({args.n_gpus} · {gpu.peak_flops(args.dtype):.4g})"))
+                          f"({n_gpus} · {gpu.peak_flops(dtype):.4g})"))
     return _emit(args, f"FLOPs of {args.model}", steps)
 
 
 def _train_memory(args) -> int:
+    _require_positive(args, "--batch", "--seq-len", "--dp", "--tp", "--pp")
+    if args.zero and args.dp == 1:
+        _note(f"--zero {args.zero} shards model states across data-parallel ranks; with --dp 1 it changes "
+              "nothing (give --dp N).")
+    if args.dp > 1 and not args.zero:
+        _note(f"--dp {args.dp} without --zero changes nothing per device: plain data parallelism keeps a full "
+              "copy of the model states on every rank (add --zero 1, 2 or 3 to shard them).")
+    if args.sequence_parallel and args.tp == 1:
+        _note("--sequence-parallel splits activations across tensor-parallel ranks; with --tp 1 it changes nothing.")
     r = memory.training_memory(args.model, batch=args.batch, seq_len=args.seq_len, precision=args.precision,
                                optimizer=args.optimizer, zero=args.zero, dp=args.dp, tp=args.tp, pp=args.pp,
                                recompute=args.recompute, flash=args.flash, sequence_parallel=args.sequence_parallel,
@@ -176,33 +223,58 @@ def _train_memory(args) -> int:
 
 
 def _infer_memory(args) -> int:
+    _require_positive(args, "--batch", "--context")
+    gpu = hardware.get_gpu(args.gpu) if args.gpu else None
+    cfg = presets.resolve(args.model)
     kw = dict(weights=args.weights, kv_dtype=args.kv_dtype, flash=args.flash)
-    r = memory.inference_memory(args.model, batch=args.batch, context=args.context, **kw)
+    r = memory.inference_memory(cfg, batch=args.batch, context=args.context, **kw)
     steps = list(r.steps)
     data = {k: v for k, v in r.as_dict().items() if k != "steps"}
-    if args.gpu:
-        gpu = hardware.get_gpu(args.gpu)
-        cfg = presets.resolve(args.model)
-        ctx = args.context or cfg.max_position_embeddings
-        max_b = memory.max_fitting(cfg, gpu.memory_bytes, vary="batch", context=ctx, **kw)
-        max_c = memory.max_fitting(cfg, gpu.memory_bytes, vary="context", batch=args.batch, **kw)
+    if gpu is None:
+        return _emit(args, f"inference memory for {args.model}", steps, data)
+    ctx = cfg.max_position_embeddings if args.context is None else args.context
+    cap = f"total + overhead ≤ {gpu.memory_gib:g} GiB"
+    fits = r.total_with_overhead <= gpu.memory_bytes
+    max_b = memory.max_fitting(cfg, gpu.memory_bytes, vary="batch", context=ctx, **kw)
+    max_c = memory.max_fitting(cfg, gpu.memory_bytes, vary="context", batch=args.batch, **kw)
+    steps.append(Step(f"fits {gpu.name} ({gpu.memory_gib:g} GiB) at batch {args.batch}, context {ctx}?",
+                      float(fits), "", "1 = yes, 0 = no (" + cap + ")"))
+    # A batch, context or speed is reported only for a setup that fits: "largest batch 0" or the decode
+    # speed of a model the GPU cannot hold would be numbers about nothing.
+    if max_b:
+        steps.append(Step(f"largest batch at context {ctx} on {gpu.name}", max_b, "", cap))
+    if max_c:
+        steps.append(Step(f"longest context at batch {args.batch} on {gpu.name}", max_c, "",
+                          f"{cap}, at most max_position_embeddings {cfg.max_position_embeddings}"))
+    tps = None
+    if fits:
         tps = time.decode_tokens_per_s(cfg, gpu, batch=args.batch, context=ctx, weights=args.weights,
                                        kv_dtype=args.kv_dtype)
-        steps += [
-            Step(f"largest batch at context {ctx} on {gpu.name}", max_b, "", f"total + overhead ≤ {gpu.memory_gib:g} GiB"),
-            Step(f"longest context at batch {args.batch} on {gpu.name}", max_c, "",
-                 f"total + overhead ≤ {gpu.memory_gib:g} GiB, at most max_position_embeddings "
-                 f"{cfg.max_position_embeddings}"),
-            Step("decode ceiling (bandwidth)", tps, "tok/s", "batch · bandwidth / (weights + KV)",
-                 f"{args.batch} · {gpu.bandwidth:.4g} / ({r.weights:,} + {r.kv_cache:,})"),
-        ]
-        data |= {"max_batch": max_b, "max_context": max_c, "decode_tokens_per_s": tps}
+        steps.append(Step("decode ceiling (bandwidth)", tps, "tok/s", "batch · bandwidth / (weights + KV)",
+                          f"{args.batch} · {gpu.bandwidth:.4g} / ({r.weights:,} + {r.kv_cache:,})"))
+    else:
+        gib = lambda b: f"{b / 2**30:,.1f} GiB"  # noqa: E731
+        if not max_b:
+            _note(f"{args.model} does not fit a {gpu.name} ({gpu.memory_gib:g} GiB) even at batch 1, context {ctx} "
+                  f"(the {args.weights} weights alone are {gib(r.weights)}): no decode speed is reported; try "
+                  "smaller --weights, a shorter --context or a larger GPU.")
+        else:
+            _note(f"batch {args.batch} at context {ctx} does not fit a {gpu.name} ({gib(r.total_with_overhead)} with "
+                  f"overhead > {gpu.memory_gib:g} GiB): no decode speed is reported; the largest batch that fits "
+                  f"at this context is {max_b}.")
+    data |= {"fits": fits, "max_batch": max_b, "max_context": max_c, "decode_tokens_per_s": tps}
     return _emit(args, f"inference memory for {args.model}", steps, data)
 
 
 def _time(args) -> int:
+    _require_positive(args, "--tokens", "--n-gpus", "--batch", "--context")
+    if not 0 < args.mfu <= 1:
+        raise ConfigError(f"--mfu is a fraction of the peak in (0, 1], got {args.mfu:g}; e.g. --mfu 0.4.")
     steps = time.time_steps(args.model, args.tokens, gpu=args.gpu, n_gpus=args.n_gpus, mfu=args.mfu,
                             dtype=args.dtype, batch=args.batch, context=args.context)
+    if not steps[-1].name.startswith("decode ceiling"):
+        _note(f"one {hardware.get_gpu(args.gpu).name} cannot hold {args.model}'s bf16 weights and KV cache at "
+              f"--batch {args.batch}, so no single-GPU decode ceiling is reported.")
     return _emit(args, f"training time for {args.model}", steps, {"seconds": steps[3].value})
 
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmlab.errors import ConfigError
 from llmlab.estimate.explain import Step, num
-from llmlab.estimate.hardware import GPU, get_gpu
+from llmlab.estimate.hardware import GPU, check_n_gpus, get_gpu
 from llmlab.estimate.memory import kv_cache_bytes, weight_bytes
 from llmlab.estimate.params import count_params, matmul_params
 from llmlab.estimate.presets import ConfigLike, resolve
@@ -71,6 +72,9 @@ def decode_flops(cfg: ConfigLike, batch: int, context: int) -> float:
 def mfu(cfg: ConfigLike, tokens_per_s: float, gpu: str | GPU, *, n_gpus: int = 1, dtype: str = "bf16",
         seq_len: int | None = None) -> float:
     """Model FLOPs utilisation of a training run that processes `tokens_per_s` tokens/s in total."""
+    check_n_gpus(n_gpus)
+    if tokens_per_s <= 0:
+        raise ConfigError(f"tokens_per_s is a measured throughput and must be positive, got {tokens_per_s}.")
     per_token = training_flops(cfg, 1, seq_len=seq_len)
     return tokens_per_s * per_token / (n_gpus * get_gpu(gpu).peak_flops(dtype))
 
@@ -85,7 +89,11 @@ def mbu(cfg: ConfigLike, tokens_per_s: float, gpu: str | GPU, *, batch: int = 1,
 def flops_steps(cfg: ConfigLike, *, seq_len: int | None = None, tokens: float | None = None) -> list[Step]:
     """The FLOP estimates of `llmlab estimate flops`, with formulas."""
     cfg = resolve(cfg)
-    s = seq_len or cfg.max_position_embeddings
+    s = cfg.max_position_embeddings if seq_len is None else seq_len
+    if s < 1:
+        raise ConfigError(f"seq_len must be at least 1, got {s}.")
+    if tokens is not None and tokens <= 0:
+        raise ConfigError(f"tokens (the training run's D) must be positive, got {tokens:g}.")
     n, m, L, da = count_params(cfg), matmul_params(cfg), cfg.num_layers, cfg.num_heads * cfg.head_dim
     f = flops_per_token(cfg, s)
     steps = [
@@ -101,7 +109,7 @@ def flops_steps(cfg: ConfigLike, *, seq_len: int | None = None, tokens: float | 
              "2·M·s + 4·L·d_attn·s(s+1)/2 (causal)"),
         Step(f"decode step at context {s}", decode_flops(cfg, 1, s), "FLOP", "2·M + 4·L·s·d_attn"),
     ]
-    if tokens:
+    if tokens is not None:
         steps += [
             Step(f"training run, D = {tokens:.4g} tokens", training_flops(cfg, tokens), "FLOP", "6·N·D",
                  f"6 · {num(n)} · {tokens:.4g}"),

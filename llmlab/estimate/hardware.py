@@ -110,6 +110,12 @@ def get_gpu(name: str | GPU) -> GPU:
     raise ConfigError(f"unknown GPU {name!r}; known GPUs: {', '.join(GPUS)}.")
 
 
+def check_n_gpus(n_gpus: int) -> None:
+    """A GPU count divides a peak or a time: it must be a positive whole number."""
+    if n_gpus < 1:
+        raise ConfigError(f"n_gpus must be at least 1, got {n_gpus}.")
+
+
 _DEVICE_NAME_KEYS = ("H200", "H100", "A100", "L40S", "L4", "A10", "4090", "3090", "V100", "T4", "MI300X")
 
 

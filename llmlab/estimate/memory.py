@@ -25,6 +25,7 @@ Framework overhead (CUDA context, allocator slack) is reported separately, never
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,7 @@ def _kv_step(cfg: ModelConfig, batch: int, context: int, dtype: str) -> Step:
 
 RECOMPUTE = ("none", "selective", "full")
 ACTIVATION_FORMULAS = ("llmlab", "megatron")
+_MEGATRON = "`--activations megatron` on the command line, formula='megatron' in Python"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,11 +144,25 @@ def activation_bytes(cfg: ConfigLike, batch: int, seq_len: int, *, formula: str 
         raise ConfigError(f"device must be 'cuda' or 'cpu', got {device!r}.")
     if recompute not in RECOMPUTE:
         raise ConfigError(f"unknown recompute {recompute!r}; choose one of {', '.join(RECOMPUTE)}.")
+    _check_tp(cfg, tp)
     if formula == "megatron":
         return _megatron(cfg, batch, seq_len, dtype, recompute, flash, tp, pp, sequence_parallel)
     if formula == "llmlab":
         return _llmlab(cfg, batch, seq_len, dtype, recompute, flash, tp, pp, sequence_parallel, device)
     raise ConfigError(f"unknown activation formula {formula!r}; choose one of {', '.join(ACTIVATION_FORMULAS)}.")
+
+
+def _check_tp(cfg: ModelConfig, tp: int) -> None:
+    """Tensor parallelism (Megatron) gives each rank whole attention heads, whole KV heads (query groups)
+    and an equal slice of the FFN columns, so tp must divide all three."""
+    if tp < 1:
+        raise ConfigError(f"tp must be at least 1, got {tp}.")
+    whole = math.gcd(cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size)
+    if whole % tp:
+        valid = ", ".join(str(d) for d in range(1, whole + 1) if whole % d == 0)
+        raise ConfigError(f"tensor-parallel degree {tp} does not split this model evenly: each rank needs whole "
+                          f"attention heads ({cfg.num_heads}), KV heads ({cfg.num_kv_heads}) and an equal share of "
+                          f"the {cfg.intermediate_size} FFN columns; choose tp from {valid}.")
 
 
 def _megatron(cfg, b, s, dtype, recompute, flash, t, p, sp) -> Activations:
@@ -188,16 +204,16 @@ def _megatron(cfg, b, s, dtype, recompute, flash, t, p, sp) -> Activations:
 def _llmlab(cfg, b, s, dtype, recompute, flash, t, p, sp, device) -> Activations:
     if t != 1 or sp:
         raise ConfigError("the 'llmlab' activation formula is measured for tp=1 without sequence parallelism; "
-                          "use formula='megatron' for tensor-parallel estimates.")
+                          f"use the megatron formula for tensor-parallel estimates ({_MEGATRON}).")
     if recompute == "selective":
         raise ConfigError("llmlab has no selective recomputation (it checkpoints whole blocks); use "
-                          "recompute='none' or 'full', or formula='megatron'.")
+                          f"recompute 'none' or 'full', or the megatron formula ({_MEGATRON}).")
     if cfg.dropout > 0:
         raise ConfigError(f"the 'llmlab' activation formula covers dropout=0 (got {cfg.dropout}): CPU and CUDA "
-                          "save different dropout masks; use formula='megatron' for dropout models.")
+                          f"save different dropout masks; use the megatron formula for dropout models ({_MEGATRON}).")
     if cfg.position == "alibi" or cfg.sliding_window is not None:
         raise ConfigError("the 'llmlab' activation formula covers plain causal attention; ALiBi and sliding "
-                          "windows add a (T, T) mask or bias: use formula='megatron'.")
+                          f"windows add a (T, T) mask or bias: use the megatron formula ({_MEGATRON}).")
     e = dtype_bytes(dtype)
     h, H, Hkv, hd, ffn, L, V = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                 cfg.intermediate_size, cfg.num_layers, cfg.vocab_size)
@@ -306,7 +322,7 @@ def training_memory(cfg: ConfigLike, *, batch: int = 1, seq_len: int | None = No
                     activations: str = "llmlab", overhead: int = DEFAULT_OVERHEAD) -> TrainingMemory:
     """Bytes per device for one training step; `batch` is the micro-batch per device."""
     cfg = resolve(cfg)
-    seq_len = seq_len or cfg.max_position_embeddings
+    seq_len = cfg.max_position_embeddings if seq_len is None else seq_len
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
     if optimizer not in OPTIMIZERS:
@@ -400,10 +416,12 @@ def inference_memory(cfg: ConfigLike, *, batch: int = 1, context: int | None = N
                      overhead: int = DEFAULT_OVERHEAD) -> InferenceMemory:
     """Bytes to serve `batch` sequences of up to `context` tokens (prefill chunk defaults to the context)."""
     cfg = resolve(cfg)
-    context = context or cfg.max_position_embeddings
+    context = cfg.max_position_embeddings if context is None else context
     if batch < 1 or context < 1:
         raise ConfigError(f"batch and context must be at least 1, got {batch} and {context}.")
-    prefill = min(prefill or context, context)
+    if prefill is not None and prefill < 1:
+        raise ConfigError(f"prefill must be at least 1 token, got {prefill}.")
+    prefill = context if prefill is None else min(prefill, context)
     act_dtype = weights if weights in ("fp32", "fp16") else "bf16"
     w = weight_bytes(cfg, weights, other=act_dtype)
     kv = kv_cache_bytes(cfg, batch, context, kv_dtype)
@@ -432,7 +450,7 @@ def max_fitting(cfg: ConfigLike, capacity: float, *, vary: str, batch: int = 1, 
 
     Contexts are capped at the model's max_position_embeddings. Returns 0 when not even one fits."""
     cfg = resolve(cfg)
-    context = context or cfg.max_position_embeddings
+    context = cfg.max_position_embeddings if context is None else context
 
     def fits(x: int) -> bool:
         b, c = (x, context) if vary == "batch" else (batch, x)

@@ -92,9 +92,16 @@ def _config_from_gguf(path: Path) -> ModelConfig:
         raise ConfigError(f"{path} does not exist: pass the path of a .gguf model file.")
     try:
         reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"{path} is not a readable GGUF file ({e}).") from None
-    return config_from_gguf(reader, source=str(path))
+    except Exception as e:  # noqa: BLE001 (the gguf package raises ValueError, IndexError, struct errors ...)
+        raise ConfigError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); "
+                          "re-download or re-convert it.") from None
+    try:
+        return config_from_gguf(reader, source=str(path))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, ArithmeticError) as e:  # e.g. a head count stored as text, or zero
+        raise ConfigError(f"{path} has unusable GGUF metadata ({type(e).__name__}: {e}); "
+                          "re-convert it with llama.cpp's convert_hf_to_gguf.py.") from None
 
 
 def preset_hf_dict(name: str) -> dict[str, Any]:

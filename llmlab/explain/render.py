@@ -18,12 +18,14 @@ _LABELS = {
     "en": {"question": "Question", "notes": "The notes say", "measured": "Measured", "verdict": "Verdict",
            "corrected": "Correction", "conclusion": "Conclusion", "plots": "Plots", "index": "Index of verdicts",
            "topic": "topic", "answer": "answer", "title": "llmlab explain: the interview notes, checked by experiment",
-           "time": "ran in", "intro": "Each section quotes the notes (file in ../shared/seeds/), runs an experiment "
+           "time": "ran in", "partial": "Partial handbook: {done} of {total} topics have run so far.",
+           "intro": "Each section quotes the notes (file in ../shared/seeds/), runs an experiment "
            "on llmlab's own modules, and classifies every claim as confirmed, incomplete or wrong."},
     "zh": {"question": "问题", "notes": "笔记原文", "measured": "实测", "verdict": "结论判定",
            "corrected": "更正", "conclusion": "结论", "plots": "图", "index": "判定索引",
            "topic": "主题", "answer": "答案", "title": "llmlab explain:用实验检验面试笔记",
-           "time": "运行耗时", "intro": "每一节引用笔记原文(../shared/seeds/ 中的文件),用 llmlab 自己的模块做实验,"
+           "time": "运行耗时", "partial": "未完成的手册:目前已运行 {done} / {total} 个主题。",
+           "intro": "每一节引用笔记原文(../shared/seeds/ 中的文件),用 llmlab 自己的模块做实验,"
            "并把每条说法判定为 正确 / 不完整 / 错误。"},
 }
 
@@ -110,7 +112,11 @@ def render_markdown(t: Topic, r: Result, lang: str = "en", plot_files: dict[str,
 
 
 def write_plots(r: Result, directory: Path) -> dict[str, Path]:
-    """Draw each of the result's plots to directory/<name>.png; returns name -> path."""
+    """Draw each of the result's plots to directory/<name>.png; returns name -> path.
+
+    A result without plots writes nothing and leaves `directory` alone (it is not created)."""
+    if not r.plots:
+        return {}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,11 +137,16 @@ def write_plots(r: Result, directory: Path) -> dict[str, Path]:
     return written
 
 
-def render_handbook(results: list[tuple[Topic, Result]], lang: str, plot_files: dict[str, str]) -> str:
+def render_handbook(results: list[tuple[Topic, Result]], lang: str, plot_files: dict[str, str],
+                    total: int | None = None) -> str:
+    """The handbook of `results`; given `total` topics of which fewer have run, it says it is partial."""
     L = _LABELS[lang]
     zh = lang == "zh"
-    lines = [f"# {L['title']}", "", L["intro"], "", f"## {L['index']}", "",
-             f"| {L['topic']} | {L['question']} | {L['verdict']} | {L['answer']} |", "|---|---|---|---|"]
+    lines = [f"# {L['title']}", "", L["intro"], ""]
+    if total is not None and len(results) < total:
+        lines += [f"**{L['partial'].format(done=len(results), total=total)}**", ""]
+    lines += [f"## {L['index']}", "",
+              f"| {L['topic']} | {L['question']} | {L['verdict']} | {L['answer']} |", "|---|---|---|---|"]
     for t, r in results:
         q = (t.question_zh if zh else t.question_en).replace("|", "\\|")
         a = (t.answer_zh if zh else t.answer_en).replace("|", "\\|")
