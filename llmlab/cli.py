@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except LlmlabError as e:
         print(f"llmlab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `llmlab ... | head` closed the pipe: stop quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except OSError as e:  # a path that cannot be used: an output onto a file, a directory given as a file, ...
         if os.environ.get("LLMLAB_TRACEBACK") or e.filename is None:
             raise
