@@ -158,3 +158,9 @@ def test_encode_checks_the_pattern(tmp_path, monkeypatch, capsys):
     assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "r.tiktoken"), "--pattern", "(["]) == 2
     err = capsys.readouterr().err
     assert "pattern '([' is not a valid regex" in err and "Traceback" not in err
+
+
+def test_missing_tokenizer_names_the_registry_tokenizers(tmp_path):
+    with pytest.raises(TokenizerError, match="or use a registry name: cl100k-tiktoken, gpt2-tiktoken, .*smollm2-135m") as e:
+        load_tokenizer(tmp_path / "nope.json")
+    assert "shakespeare" not in str(e.value)
