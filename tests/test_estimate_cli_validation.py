@@ -184,3 +184,19 @@ def test_library_refuses_what_the_cli_refuses():
         estimate.decode_tokens_per_s("gpt2", "A100", batch=0)
     with pytest.raises(ConfigError, match="tokens .* must be positive"):
         estimate.training_time("gpt2", 0, gpu="A100")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["flops", "gpt2", "--seq-len", "100000"], "--seq-len 100000"),
+    (["infer-memory", "gpt2", "--context", "2048"], "--context 2048"),
+    (["train-memory", "gpt2", "--seq-len", "4096"], "--seq-len 4096"),
+    (["time", "gpt2", "--tokens", "1e9", "--gpu", "A100", "--context", "4096"], "--context 4096"),
+])
+def test_lengths_past_the_models_positions_get_a_note(capsys, argv, flag):
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0 and f"note: {flag} is past the model's 1024 positions" in err and out
+
+
+def test_lengths_within_the_context_get_no_note(capsys):
+    rc, _, err = run(capsys, "flops", "gpt2", "--seq-len", "1024")
+    assert rc == 0 and "past the model" not in err

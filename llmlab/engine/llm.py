@@ -12,6 +12,11 @@ SamplingParams for all prompts or one per prompt. Engine options are keyword arg
 gpu_memory_utilization, block_size, num_blocks, enable_prefix_caching, fuse_projections,
 compile_decode, ...).
 
+A Transformer passed in is served in place, not copied: it is put in eval mode, its q/k/v and gate/up
+projections fused into views of one weight, and on CPU its linears and norms routed to faster kernels over
+the same parameters. Training it further (an RL loop) keeps working and the engine sees the new weights
+(its prefix cache resets when they change; see LLMEngine.reset_prefix_cache).
+
 Not here: the step loop (llm_engine.py), serving (serve/).
 """
 

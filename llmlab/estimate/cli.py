@@ -128,6 +128,13 @@ def _note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr)
 
 
+def _note_past_context(cfg, flag: str, value: int | None) -> None:
+    """Say when a length is past the model's positions: the arithmetic extends, the model itself would not."""
+    if value is not None and value > cfg.max_position_embeddings:
+        _note(f"{flag} {value} is past the model's {cfg.max_position_embeddings} positions: the estimate extends "
+              "the arithmetic to it, the model itself would need longer positions (RoPE scaling, a longer table).")
+
+
 def _with_model(name: str, handler):
     """MODEL as the positional argument or as --model: exactly one of them."""
     def run(args):
@@ -188,6 +195,7 @@ def _flops(args) -> int:
     elif not args.gpu:
         raise ConfigError("--tokens-per-s needs --gpu to compute MFU against that GPU's peak.")
     cfg = presets.resolve(args.model)
+    _note_past_context(cfg, "--seq-len", args.seq_len)
     steps = flops.flops_steps(cfg, seq_len=args.seq_len, tokens=args.tokens)
     if args.tokens_per_s is not None:
         gpu = hardware.get_gpu(args.gpu)
@@ -209,6 +217,7 @@ def _train_memory(args) -> int:
               "copy of the model states on every rank (add --zero 1, 2 or 3 to shard them).")
     if args.sequence_parallel and args.tp == 1:
         _note("--sequence-parallel splits activations across tensor-parallel ranks; with --tp 1 it changes nothing.")
+    _note_past_context(presets.resolve(args.model), "--seq-len", args.seq_len)
     r = memory.training_memory(args.model, batch=args.batch, seq_len=args.seq_len, precision=args.precision,
                                optimizer=args.optimizer, zero=args.zero, dp=args.dp, tp=args.tp, pp=args.pp,
                                recompute=args.recompute, flash=args.flash, sequence_parallel=args.sequence_parallel,
@@ -226,6 +235,7 @@ def _infer_memory(args) -> int:
     _require_positive(args, "--batch", "--context")
     gpu = hardware.get_gpu(args.gpu) if args.gpu else None
     cfg = presets.resolve(args.model)
+    _note_past_context(cfg, "--context", args.context)
     kw = dict(weights=args.weights, kv_dtype=args.kv_dtype, flash=args.flash)
     r = memory.inference_memory(cfg, batch=args.batch, context=args.context, **kw)
     steps = list(r.steps)
@@ -270,6 +280,7 @@ def _time(args) -> int:
     _require_positive(args, "--tokens", "--n-gpus", "--batch", "--context")
     if not 0 < args.mfu <= 1:
         raise ConfigError(f"--mfu is a fraction of the peak in (0, 1], got {args.mfu:g}; e.g. --mfu 0.4.")
+    _note_past_context(presets.resolve(args.model), "--context", args.context)
     steps = time.time_steps(args.model, args.tokens, gpu=args.gpu, n_gpus=args.n_gpus, mfu=args.mfu,
                             dtype=args.dtype, batch=args.batch, context=args.context)
     if not steps[-1].name.startswith("decode ceiling"):
