@@ -3,7 +3,11 @@
 Every error a person can cause (a bad file, flag, config or request) is raised as an `LlmlabError`
 subclass whose message is one sentence naming what was wrong and what to do. The CLI prints these
 without a traceback; anything else reaching the top level is a bug in llmlab.
+
+`is_int` / `is_number` are the type tests those checks share: numpy scalars count, a bool never does.
 """
+
+import numbers
 
 
 class LlmlabError(Exception):
@@ -24,3 +28,13 @@ class ArtifactError(LlmlabError):
 
 class TokenizerError(LlmlabError, ValueError):
     """A tokenizer file, training input or encode request is invalid or unsupported."""
+
+
+def is_int(v) -> bool:
+    """An integer (numpy ones too) that is not a bool: True is not a count or a token id."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    """A real number (numpy ones too; NaN included) that is not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)

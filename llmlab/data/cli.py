@@ -50,7 +50,7 @@ def small_val_warning(info, val_fraction: float) -> str | None:
         why = "--val-fraction is 0" if val_fraction == 0 else "the text is too short for a tail to hold out"
         return (f"the validation split is {'empty' if info.val_tokens == 0 else 'one token'} ({why}), so "
                 "`llmlab train` on these shards reports no validation loss; raise --val-fraction or add text.")
-    if info.val_tokens <= seq_len:
+    if info.windows("val", seq_len) == 0:
         return (f"the validation split has only {info.val_tokens} tokens, shorter than one sequence of "
                 f"{seq_len} + 1 (preset {preset}), so training reports no validation loss unless --seq_len is "
                 f"below {info.val_tokens}; raise --val-fraction or add text.")

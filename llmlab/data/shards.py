@@ -46,6 +46,11 @@ class ShardInfo:
         return cls(path=path, **{k: d[k] for k in ("dtype", "vocab_size", "eos_id", "train_tokens", "val_tokens",
                                                    "documents", "tokenizer_sha256")})
 
+    def windows(self, split: str, seq_len: int) -> int:
+        """How many disjoint (seq_len + 1)-token windows (inputs and shifted targets) `split` holds."""
+        n = self.train_tokens if split == "train" else self.val_tokens
+        return max(0, (n - 1) // seq_len)
+
     def tokens(self, split: str) -> np.ndarray:
         path = self.path / f"{split}.bin"
         if path.is_file() and path.stat().st_size == 0:  # an empty split (e.g. --val-fraction 0): mmap refuses it

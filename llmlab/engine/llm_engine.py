@@ -22,7 +22,6 @@ Reference: vLLM `LLMEngine`; nano-vllm `engine/llm_engine.py`.
 
 from __future__ import annotations
 
-import numbers
 import time
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from llmlab.engine.model_runner import ModelRunner
 from llmlab.engine.output import CompletionOutput, Detokenizer, RequestOutput
 from llmlab.engine.scheduler import Scheduler
 from llmlab.engine.sequence import RequestError, SamplingParams, Sequence
+from llmlab.errors import is_int
 from llmlab.model.transformer import Transformer
 
 
@@ -92,7 +92,7 @@ class LLMEngine:
         if not ids:
             raise RequestError("the prompt is empty; give at least one token.")
         for i in ids:
-            if not (isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i < vocab):
+            if not (is_int(i) and 0 <= i < vocab):
                 raise RequestError(f"prompt token {i!r} is not an id in this model's vocabulary (0..{vocab - 1}).")
         return [int(i) for i in ids]
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import enum
 import itertools
-import numbers
 from dataclasses import dataclass, field
 
-from llmlab.errors import LlmlabError
+from llmlab.errors import LlmlabError, is_int, is_number
 
 
 class RequestError(LlmlabError, ValueError):
@@ -53,10 +52,10 @@ class SamplingParams:
             if not _is_number(getattr(self, name)):
                 fail(f"{name} must be a number, got {getattr(self, name)!r}")
         for name in ("n", "top_k", "max_tokens"):
-            if not _is_int(getattr(self, name)):
+            if not is_int(getattr(self, name)):
                 fail(f"{name} must be an integer, got {getattr(self, name)!r}")
         for name in ("seed", "logprobs"):
-            if getattr(self, name) is not None and not _is_int(getattr(self, name)):
+            if getattr(self, name) is not None and not is_int(getattr(self, name)):
                 fail(f"{name} must be None or an integer, got {getattr(self, name)!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
@@ -77,7 +76,7 @@ class SamplingParams:
             (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
             (self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
-            (all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
+            (all(is_int(t) and t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must be non-negative token ids, got {self.stop_token_ids!r}"),
             (self.logprobs is None or self.logprobs >= 0, f"logprobs must be None or >= 0, got {self.logprobs}"),
         ]
@@ -94,12 +93,8 @@ class SamplingParams:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)  # numpy integers too; True is not a count
-
-
 def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v  # NaN is not a setting
+    return is_number(v) and v == v  # NaN is not a setting
 
 
 class SequenceStatus(enum.Enum):

@@ -217,8 +217,9 @@ def _train_memory(args) -> int:
               "copy of the model states on every rank (add --zero 1, 2 or 3 to shard them).")
     if args.sequence_parallel and args.tp == 1:
         _note("--sequence-parallel splits activations across tensor-parallel ranks; with --tp 1 it changes nothing.")
-    _note_past_context(presets.resolve(args.model), "--seq-len", args.seq_len)
-    r = memory.training_memory(args.model, batch=args.batch, seq_len=args.seq_len, precision=args.precision,
+    cfg = presets.resolve(args.model)
+    _note_past_context(cfg, "--seq-len", args.seq_len)
+    r = memory.training_memory(cfg, batch=args.batch, seq_len=args.seq_len, precision=args.precision,
                                optimizer=args.optimizer, zero=args.zero, dp=args.dp, tp=args.tp, pp=args.pp,
                                recompute=args.recompute, flash=args.flash, sequence_parallel=args.sequence_parallel,
                                activations=args.activations)
@@ -280,8 +281,9 @@ def _time(args) -> int:
     _require_positive(args, "--tokens", "--n-gpus", "--batch", "--context")
     if not 0 < args.mfu <= 1:
         raise ConfigError(f"--mfu is a fraction of the peak in (0, 1], got {args.mfu:g}; e.g. --mfu 0.4.")
-    _note_past_context(presets.resolve(args.model), "--context", args.context)
-    steps = time.time_steps(args.model, args.tokens, gpu=args.gpu, n_gpus=args.n_gpus, mfu=args.mfu,
+    cfg = presets.resolve(args.model)
+    _note_past_context(cfg, "--context", args.context)
+    steps = time.time_steps(cfg, args.tokens, gpu=args.gpu, n_gpus=args.n_gpus, mfu=args.mfu,
                             dtype=args.dtype, batch=args.batch, context=args.context)
     if not steps[-1].name.startswith("decode ceiling"):
         _note(f"one {hardware.get_gpu(args.gpu).name} cannot hold {args.model}'s bf16 weights and KV cache at "

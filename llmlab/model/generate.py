@@ -9,12 +9,11 @@ serving engine (engine/) adds paging, continuous batching and per-request sampli
 
 from __future__ import annotations
 
-import numbers
 
 import torch
 from torch import Tensor
 
-from llmlab.errors import LlmlabError
+from llmlab.errors import LlmlabError, is_int, is_number
 from llmlab.model.cache import KVCache
 
 
@@ -63,24 +62,24 @@ def generate(model, input_ids: Tensor | list[int] | list[list[int]], attention_m
         if attention_mask.shape != input_ids.shape:
             raise LlmlabError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
                               f"{tuple(input_ids.shape)}; give one 0/1 entry per prompt token.")
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise LlmlabError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}.")
-    if not _is_number(temperature) or not temperature >= 0:
+    if not is_number(temperature) or not temperature >= 0:
         raise LlmlabError(f"temperature must be a non-negative number, got {temperature!r}; 0 is greedy.")
     limit = cfg.max_position_embeddings
     if input_ids.shape[1] + max_new_tokens > limit:
         raise LlmlabError(f"a prompt of {input_ids.shape[1]} tokens plus {max_new_tokens} new ones is beyond the "
                           f"model's {limit} positions; shorten the prompt or ask for fewer new tokens.")
-    if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
+    if top_p is not None and (not is_number(top_p) or not 0 < top_p <= 1):
         raise LlmlabError(f"top_p must be in (0, 1], got {top_p}; 1 (or None) keeps every token.")
-    if top_k is not None and not _is_int(top_k):
+    if top_k is not None and not is_int(top_k):
         raise LlmlabError(f"top_k must be an integer, got {top_k!r}; None keeps every token.")
     if top_k is not None and top_k < 1:
         raise LlmlabError(f"top_k must be at least 1, got {top_k}; None keeps every token.")
     if eos_token_id is None:
         eos_token_id = cfg.eos_token_id
-    eos = [] if ignore_eos else [eos_token_id] if _is_int(eos_token_id) else list(eos_token_id or [])
-    if not all(_is_int(e) for e in eos):
+    eos = [] if ignore_eos else [eos_token_id] if is_int(eos_token_id) else list(eos_token_id or [])
+    if not all(is_int(e) for e in eos):
         raise LlmlabError(f"eos_token_id must be an id or a list of ids, got {eos_token_id!r}.")
     if pad_token_id is None:
         pad_token_id = cfg.pad_token_id
@@ -118,22 +117,14 @@ def _decode(model, input_ids: Tensor, attention_mask: Tensor | None, max_new_tok
     return out
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)  # numpy ints too, as the engine takes
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
 def _as_ids(x, name: str, device: torch.device) -> Tensor:
     """An integer tensor on the model's device from a tensor, a list of ints or a list of equal-length lists
     (or a numpy array of either)."""
     if not isinstance(x, Tensor) and hasattr(x, "tolist"):  # numpy
         x = x.tolist()
     if isinstance(x, list | tuple):
-        rows = [x] if all(_is_int(i) for i in x) else x
-        if not all(isinstance(r, list | tuple) and all(_is_int(i) for i in r) for r in rows):
+        rows = [x] if all(is_int(i) for i in x) else x
+        if not all(isinstance(r, list | tuple) and all(is_int(i) for i in r) for r in rows):
             raise LlmlabError(f"{name} must be a tensor, a list of ints or a list of lists of ints.")
         if len({len(r) for r in rows}) > 1:
             raise LlmlabError(f"the rows of {name} have different lengths ({sorted({len(r) for r in rows})}); "

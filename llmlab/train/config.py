@@ -22,7 +22,7 @@ from typing import Any
 
 from llmlab import artifacts
 from llmlab.config import ModelConfig, load_hf_config
-from llmlab.errors import ConfigError
+from llmlab.errors import ConfigError, is_int, is_number
 from llmlab.train.attention_backend import CHOICES as ATTENTION_CHOICES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -181,22 +181,23 @@ _KINDS = {"None": "none", "bool": "true or false", "int": "an integer", "float":
 
 def _checked(key: str, value: Any, annotation: str) -> Any:
     """`value` if it has a type that `annotation` ("int | None", "dict[str, Any]", ...) names, else a
-    ConfigError. A bool is never a number; an int is a float (and becomes one)."""
+    ConfigError. A bool is never a number; an int is a float (and becomes one); numpy scalars become Python ones
+(the config is saved as JSON)."""
     kinds = annotation.split(" | ")
     for kind in kinds:
         if _is(kind, value):
-            return float(value) if kind == "float" else value
+            return {"float": float, "int": int}[kind](value) if kind in ("float", "int") else value
     wanted = " or ".join(_KINDS.get(k, "a table (dict)" if k.startswith("dict") else k) for k in kinds)
     raise ConfigError(f"{key} must be {wanted}, got the {type(value).__name__} {value!r}.")
 
 
 def _is(kind: str, value: Any) -> bool:
     if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if kind == "list[int]":
-        return isinstance(value, list) and all(_is("int", v) for v in value)
+        return isinstance(value, list) and all(is_int(v) for v in value)
     if kind.startswith("dict"):
         return isinstance(value, dict)
     return {"None": value is None, "bool": isinstance(value, bool), "str": isinstance(value, str)}[kind]
@@ -280,10 +281,14 @@ def checkpoint_model_config(init_from: str) -> ModelConfig:
     """The ModelConfig of a checkpoint directory, .gguf file or registry name (what `from_pretrained` builds)."""
     from llmlab.model.pretrained import from_pretrained
 
-    path = artifacts.resolve(init_from)
+    from llmlab.estimate.presets import resolve as config_only
+
+    path = artifacts.resolve(init_from)  # without the weights: `train` reads those
     if (path / "config.json").is_file():
-        return load_hf_config(path / "config.json")  # without the weights: `train` reads those
-    return from_pretrained(path).cfg  # a .gguf file, or a bad path: from_pretrained names the problem
+        return load_hf_config(path / "config.json")
+    if path.suffix == ".gguf" and path.is_file():
+        return config_only(path)  # the GGUF's metadata, not its tensors
+    return from_pretrained(path).cfg  # a bad path: from_pretrained names the problem
 
 
 def _merge(a: dict, b: dict) -> dict:

@@ -28,6 +28,7 @@ from llmlab.data.loader import TokenLoader, eval_batches
 from llmlab.data.shards import ShardInfo
 from llmlab.errors import ConfigError, LlmlabError
 from llmlab.estimate.flops import flops_per_token as estimate_flops_per_token
+from llmlab.model.pretrained import resolve_device as checked_device
 from llmlab.model.transformer import Transformer
 from llmlab.train.attention_backend import choose_backends, prefer
 from llmlab.train.checkpoint import (
@@ -59,11 +60,12 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """"auto" or a device name; the checks (bad names, GPU indices) are from_pretrained's."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda was asked for but no CUDA GPU is available; use --device cpu.")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} was asked for but no CUDA GPU is available; use --device cpu.")
+    return checked_device(name)
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -137,7 +139,7 @@ def no_validation_reason(shards: ShardInfo, seq_len: int) -> str | None:
     """Why a run on `shards` at `seq_len` can have no validation loss, or None when it has one."""
     if shards.val_tokens == 0:
         return "the shards have no validation split"
-    if (shards.val_tokens - 1) // seq_len == 0:
+    if shards.windows("val", seq_len) == 0:
         return f"the validation split has {shards.val_tokens} tokens, fewer than one window of seq_len {seq_len} + 1"
     return None
 
@@ -280,11 +282,12 @@ def _already_complete(ckpt: Path, state: dict, metrics: Path) -> TrainResult:
     """The result of a run resumed at its max_steps: the checkpoint's numbers; nothing trained or written.
     Its val loss is the checkpoint's (older checkpoints: metrics.jsonl's at that step, when it is there)."""
     step = state["step"]
+    records = read_metrics(metrics)
     val = state.get("val_loss")
     if "val_loss" not in state:
-        val = next((r["val_loss"] for r in reversed(read_metrics(metrics))
-                    if r.get("kind") == "eval" and r.get("step") == step), None)
-    rates = [r["tokens_per_s"] for r in read_metrics(metrics) if r.get("kind") == "train" and r["step"] <= step]
+        val = next((r["val_loss"] for r in reversed(records) if r.get("kind") == "eval" and r.get("step") == step),
+                   None)
+    rates = [r["tokens_per_s"] for r in records if r.get("kind") == "train" and r["step"] <= step]
     return TrainResult(steps=step, train_loss=state.get("train_loss", float("nan")), val_loss=val,
                        tokens_per_s=rates[-1] if rates else float("nan"), checkpoint=ckpt, metrics=metrics,
                        already_complete=True)
