@@ -135,11 +135,21 @@ def test_special_tokens_only_where_allowed(tok):
 
 def test_word_cache_paths_agree(tok):
     """The coarse-chunk cache (GPT-2 pattern) gives the same ids as splitting piece by piece."""
+    from llmlab.tokenizer.tokenizer import _GPT2_COARSE
     assert tok._chunks is not None
     split = regex.compile(PATTERNS["gpt2"]).findall
-    for text in (MIXED, MIXED + "  \n\t x  ", " \n\n  a\u00a0b  c\r\n"):
+    # U+001C..U+001F: whitespace to stdlib `re` (str.isspace), not to the pattern's \s (found by fuzzing)
+    for text in (MIXED, MIXED + "  \n\t x  ", " \n\n  a\u00a0b  c\r\n", "\x1f's", " \u00a0\x1fa", "x \x1c\x1d\x1e y"):
         direct = [i for p in split(text) for i in tok.model.encode_piece(p.encode())]
-        assert tok.encode(text) == direct
+        assert tok.encode(text) == direct, repr(text)
+        assert [p for c in _GPT2_COARSE.findall(text) for p in split(c)] == split(text), repr(text)
+
+
+def test_coarse_split_whitespace_is_the_patterns_whitespace():
+    from llmlab.tokenizer.tokenizer import _GPT2_COARSE
+    every = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x110000)))
+    ws = set(regex.findall(r"\s", every))
+    assert {c for c in every if len(_GPT2_COARSE.findall(f"x{c}x")) > 1} == ws  # chunks break at \s only
 
 
 def test_decode_rejects_foreign_ids(tok):

@@ -39,7 +39,10 @@ _CACHE_LIMIT = 1 << 20  # entries; the cache is cleared when it grows past this
 # pattern splits it. GPT-2 pieces hold whitespace only as one leading space or as a
 # whitespace-only piece, so cutting here changes nothing, and chunks ("foo.bar(x)," with its
 # space) repeat often enough to cache. It runs ~5x faster than the `regex` module's \p{L} split.
-_GPT2_COARSE = re.compile(r" ?\S+|\s+(?!\S)|\s+")
+# Whitespace here must be exactly the pattern's `\s` (Unicode White_Space), spelled out: stdlib
+# `re`'s `\s` (str.isspace) also takes U+001C..U+001F, so "\x1f's" was cut before "'s".
+_WS = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_GPT2_COARSE = re.compile(f" ?[^{_WS}]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+")
 
 
 @dataclass(frozen=True)
