@@ -152,6 +152,20 @@ def test_coarse_split_whitespace_is_the_patterns_whitespace():
     assert {c for c in every if len(_GPT2_COARSE.findall(f"x{c}x")) > 1} == ws  # chunks break at \s only
 
 
+@pytest.mark.parametrize("pattern", ["gpt2", "cl100k", "o200k"])
+def test_long_text_is_counted_in_chunks_without_cutting_pieces(monkeypatch, pattern):
+    """Text past _CHUNK characters is pre-split in parts cut at _SAFE_CUT; o200k's ".\n/" is one
+    piece, so a cut between "\n" and "/" miscounted it."""
+    from collections import Counter
+
+    from llmlab.tokenizer import train
+    from llmlab.tokenizer.io import compile_pattern
+    monkeypatch.setattr(train, "_CHUNK", 16)
+    text = "ab.\n/cd x\ny\n\nz " * 20
+    split = compile_pattern(pattern).findall
+    assert train.count_words([text], split) == Counter(split(text))
+
+
 def test_decode_rejects_foreign_ids(tok):
     with pytest.raises(TokenizerError, match="outside"):
         tok.decode([tok.vocab_size + 5])

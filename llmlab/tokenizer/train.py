@@ -38,7 +38,9 @@ from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceMode
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CHUNK = 1 << 20  # characters per pre-split call; bounds the temporary list of pieces
-_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")  # a cut here splits no piece of the usual patterns
+# A cut here splits no piece of the usual patterns: after "\n" that follows a non-space, before a
+# non-space other than "/" (o200k's punctuation piece " ?[^\s\p{L}\p{N}]+[\r\n/]*" runs on through it).
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=[^\s/])")
 
 
 def iter_texts(texts_or_files: str | Path | Iterable[str | Path]) -> Iterable[str]:
