@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import io
 import json
 import re
@@ -97,6 +99,38 @@ def test_encode_takes_a_registry_name(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello world\n"))
     assert main(["tokenizer", "encode", "--tokenizer", "gpt2-tiktoken", "--pattern", "gpt2"]) == 0
     assert capsys.readouterr().out.split() == ["15496", "995"]  # GPT-2's ids for "Hello world"
+
+
+def test_tiktoken_files_under_their_own_names_need_no_pattern(tmp_path, monkeypatch, capsys):
+    """`--tokenizer cl100k-tiktoken` (the help's own example) failed: 'carries no split pattern; pass
+    --pattern'. The registry's rank files keep tiktoken's names, which say the encoding."""
+    ranks = "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256))
+    for fname, pattern, special in [("gpt2.tiktoken", "gpt2", {"<|endoftext|>": 50256}),
+                                    ("cl100k_base.tiktoken.gz", "cl100k", {"<|fim_prefix|>": 100258}),
+                                    ("o200k_base.tiktoken", "o200k", {"<|endofprompt|>": 200018})]:
+        path = tmp_path / fname
+        path.write_bytes(gzip.compress(ranks.encode()) if fname.endswith(".gz") else ranks.encode())
+        tok, ref = load_tokenizer(path), load_tokenizer(path, pattern=pattern)
+        assert special.items() <= tok.special_tokens.items()
+        text = "Hello  world's 12345 你好 🙂\n"
+        assert tok.encode(text) == ref.encode(text)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
+    assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "gpt2.tiktoken")]) == 0
+    assert capsys.readouterr().out.split() == [str(ord("h")), str(ord("i"))]
+
+
+@pytest.mark.artifact
+@pytest.mark.parametrize("name", ["gpt2", "cl100k", "o200k"])
+def test_encode_takes_a_tiktoken_registry_name_alone(name, monkeypatch, capsys):
+    from llmlab import artifacts
+
+    text = "Hello world 你好，世界 🙂👍🏽"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    assert main(["tokenizer", "encode", "--whole", "--tokenizer", f"{name}-tiktoken"]) == 0
+    ids = list(map(int, capsys.readouterr().out.split()))
+    ref = load_tokenizer(artifacts.fetch(f"{name}-tiktoken"), pattern=name)
+    assert ids == ref.encode(text)
+    assert ref.decode(ids) == text
 
 
 def test_registry_name_resolution(tmp_path, monkeypatch):

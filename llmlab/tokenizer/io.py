@@ -7,7 +7,8 @@
 - `*.json`: a Hugging Face `tokenizer.json` (byte-level BPE or WordPiece);
 - `*.tiktoken` / `*.tiktoken.gz`: tiktoken ranks (`base64 rank` lines). The file carries no split
   pattern and no special tokens: pass `pattern="gpt2" | "cl100k" | "o200k"` (which also adds that
-  encoding's special tokens) or a regex;
+  encoding's special tokens) or a regex; files under tiktoken's own names (gpt2, r50k_base,
+  cl100k_base, o200k_base: the registry's gpt2/cl100k/o200k-tiktoken) get their encoding's pattern;
 - `*.gguf`: the byte-level BPE vocabulary, merges, special tokens and chat template inside a
   llama.cpp GGUF model (`tokenizer.ggml.*` fields), read with the `gguf` package;
 - `vocab.txt`: one WordPiece token per line (BERT uncased normalization).
@@ -36,6 +37,9 @@ TIKTOKEN_SPECIALS: dict[str, dict[str, int]] = {
                "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276},
     "o200k": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
 }
+# tiktoken's rank files by encoding name (openai_public.py) -> the split pattern of that encoding.
+# (p50k_base is left out: it shares GPT-2's pattern but has other special tokens.)
+_TIKTOKEN_FILE_PATTERNS = {"gpt2": "gpt2", "r50k_base": "gpt2", "cl100k_base": "cl100k", "o200k_base": "o200k"}
 # llama.cpp `tokenizer.ggml.pre` names -> equivalent tokenizer.json pre-tokenizers.
 _BYTELEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 _BYTELEVEL_NOREGEX = {**_BYTELEVEL, "use_regex": False}
@@ -81,6 +85,8 @@ def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
                              f"{', '.join(names('tokenizer', 'model'))}.")
     name = path.name.lower()
     if name.endswith((".tiktoken", ".tiktoken.gz")):
+        if pattern is None:  # tiktoken's own file names say which encoding (and so which pattern) they hold
+            pattern = _TIKTOKEN_FILE_PATTERNS.get(name.removesuffix(".gz").removesuffix(".tiktoken"))
         if pattern is None:
             raise TokenizerError(f"{path} is a tiktoken rank file, which carries no split pattern; pass "
                                  "pattern='gpt2', 'cl100k', 'o200k' or a regex (--pattern on the command line).")
