@@ -191,6 +191,30 @@ def test_cli_chat_interactive_survives_a_message_too_long(tok, model, tmp_path, 
     assert captured.out == expected + "\n"  # the second message answered as if it were the first
 
 
+@pytest.mark.parametrize("end", ["/exit", "/quit", "", None])  # None: end of input (Ctrl-D, a pipe)
+def test_cli_chat_interactive_ends_on_exit_commands(tok, model, tmp_path, capsys, monkeypatch, end):
+    """`/exit` was sent to the model as a third message (a third reply), not taken as the end; and nothing
+    said what was happening during the engine's start-up (~30 s for SmolLM2-135M on 2 CPU cores)."""
+    from llmlab.cli import main
+
+    model.save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    lines = iter(["hi", "hello", *([] if end is None else [end]), "never read"])
+
+    def fake_input(prompt=""):
+        line = next(lines)
+        if line == "never read" and end is None:
+            raise EOFError
+        return line
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert main(["chat", "--model", str(tmp_path), "--max-tokens", "4", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2  # two replies, none for the exit command
+    assert captured.err.startswith(f"loading {tmp_path} and starting the engine...\nready in ")
+    assert "/exit or Ctrl-D ends" in captured.err
+
+
 def test_cli_chat_refuses_max_tokens_that_fill_the_context(tok, model, tmp_path, capsys):
     from llmlab.cli import main
 

@@ -1,6 +1,6 @@
 """`llmlab chat`: talk to a model through the engine, streaming the reply as it is generated.
 
-    llmlab chat --model smollm2-135m                      # interactive; an empty line or Ctrl-D ends
+    llmlab chat --model smollm2-135m                      # interactive; an empty line, /exit or Ctrl-D ends
     llmlab chat --model DIR --message "Hi" --max-tokens 64   # one turn, for scripts
     llmlab chat --compile                                 # compiled decode step: slow to start, faster after
 
@@ -17,7 +17,9 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="chat with a model (engine, streaming)",
-                       description="Chat with a model through llmlab's engine, using the model's chat template.")
+                       description="Chat with a model through llmlab's engine, using the model's chat template. "
+                                   "Interactive unless --message is given: an empty line, /exit, /quit or Ctrl-D "
+                                   "ends the conversation.")
     p.add_argument("--model", default="smollm2-135m", help="HF model directory, .gguf file, or registry name")
     p.add_argument("--message", action="append", help="a user message; skips the interactive prompt (repeatable)")
     p.add_argument("--system", help="a system message to start the conversation with")
@@ -33,9 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     from llmlab.engine.llm import LLM
     from llmlab.engine.sequence import RequestError, SamplingParams
 
+    # Loading and starting the engine (weights, tokenizer, timing the CPU kernels) takes seconds to tens of
+    # seconds on a CPU: say so on stderr, so the wait before the first prompt is not silence.
+    print(f"loading {args.model} and starting the engine...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     llm = LLM(args.model, dtype=args.dtype, max_num_seqs=1, compile_decode=args.compile)
     if llm.tokenizer is None:
         raise RequestError(f"{args.model} has no tokenizer to chat with; use `llmlab generate --ids` instead.")
@@ -48,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = not args.message
+    print(f"ready in {time.perf_counter() - t0:.0f}s" + (
+        "; type a message (an empty line, /exit or Ctrl-D ends)" if interactive else "")
+        + (" -- the first reply compiles the decode step (about a minute)" if args.compile else ""),
+        file=sys.stderr, flush=True)
     turns = _read_turns() if interactive else iter(args.message)
     for user in turns:
         messages.append({"role": "user", "content": user})
@@ -87,13 +99,16 @@ def _fit_history(llm, messages: list[dict]) -> list[int]:
     return ids
 
 
+EXIT_COMMANDS = ("/exit", "/quit")  # as other chat CLIs; never sent to the model
+
+
 def _read_turns():
     while True:
         try:
             line = input("you> ").strip()
         except EOFError:
             return
-        if not line:
+        if not line or line.lower() in EXIT_COMMANDS:
             return
         yield line
 
