@@ -175,3 +175,13 @@ def test_decode_rejects_foreign_ids(tok):
 def test_vocab_size_too_small():
     with pytest.raises(TokenizerError, match="at least 259"):
         train_bpe(["abc"], 100)
+
+
+def test_decode_of_a_negative_id_is_an_error_not_the_last_token():
+    tok = train_bpe(["low lower lowest newer wider " * 20], 300)
+    assert tok.decode([tok.vocab_size - 1])  # the last id decodes
+    for ids in ([5, -1], [-tok.vocab_size]):  # a list index took -1 as the last token ('<|im_end|>')
+        with pytest.raises(TokenizerError, match=f"outside 0..{tok.vocab_size - 1}"):
+            tok.decode(ids)
+        with pytest.raises(TokenizerError, match=f"outside 0..{tok.vocab_size - 1}"):
+            tok.decode_bytes(iter(ids))

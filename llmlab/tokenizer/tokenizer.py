@@ -303,7 +303,10 @@ class Tokenizer:
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         if not self.byte_level:
             return self.decode(list(ids)).encode("utf-8")
+        ids = ids if isinstance(ids, list) else list(ids)
         try:
+            if ids and min(ids) < 0:  # a list index would take -1 as the last token
+                raise IndexError
             return b"".join(map(self._id_to_token.__getitem__, ids))
         except (IndexError, TypeError):
             raise TokenizerError(f"decode() got an id outside 0..{self.vocab_size - 1}; ids must come "
