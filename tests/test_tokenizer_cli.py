@@ -133,6 +133,46 @@ def test_encode_takes_a_tiktoken_registry_name_alone(name, monkeypatch, capsys):
     assert ref.decode(ids) == text
 
 
+NON_ASCII = "你好，世界\n🙂👍🏽 café\n\nmixed 中文 and emoji 🎉\n"
+
+
+def _encode_then_decode(tokenizer: str, text: str, monkeypatch, capsys) -> str:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    assert main(["tokenizer", "encode", "--tokenizer", tokenizer]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO(capsys.readouterr().out))
+    assert main(["tokenizer", "decode", "--tokenizer", tokenizer]) == 0
+    return capsys.readouterr().out
+
+
+def test_decode_round_trips_non_ascii_text(tmp_path, monkeypatch, capsys):
+    """There was no `llmlab tokenizer decode` (\"invalid choice: 'decode'\"): ids printed by encode could not be
+    turned back into text on the command line."""
+    tok = train_bpe([MIXED * 3 + NON_ASCII], 400)
+    tok.save(tmp_path / "tok")
+    assert _encode_then_decode(str(tmp_path / "tok"), NON_ASCII, monkeypatch, capsys) == NON_ASCII
+    ids = tok.encode("a<|endoftext|>", allowed_special="all")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(",".join(map(str, ids)) + "\n"))  # commas, as `generate --ids`
+    assert main(["tokenizer", "decode", "--tokenizer", str(tmp_path / "tok"), "--skip-special"]) == 0
+    assert capsys.readouterr().out == "a\n"
+
+
+@pytest.mark.parametrize("ids, message", [("1 2 x", "line 1: 'x' is not a token id"),
+                                          ("5\n-1", "line 2: decode\\(\\) got an id outside 0..399"),
+                                          ("400", "line 1: decode\\(\\) got an id outside 0..399")])
+def test_decode_refuses_what_is_not_an_id_of_the_tokenizer(ids, message, tmp_path, monkeypatch, capsys):
+    train_bpe([MIXED * 3], 400).save(tmp_path / "tok")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(ids + "\n"))
+    assert main(["tokenizer", "decode", "--tokenizer", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.artifact
+@pytest.mark.parametrize("name", ["smollm2-135m", "cl100k-tiktoken"])
+def test_decode_round_trips_non_ascii_text_with_registry_tokenizers(name, monkeypatch, capsys):
+    assert _encode_then_decode(name, NON_ASCII, monkeypatch, capsys) == NON_ASCII
+
+
 def test_registry_name_resolution(tmp_path, monkeypatch):
     from llmlab import artifacts
 

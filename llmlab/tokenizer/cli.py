@@ -1,7 +1,8 @@
-"""`llmlab tokenizer train|encode`: train a tokenizer from files, or encode stdin to ids.
+"""`llmlab tokenizer train|encode|decode`: train a tokenizer from files, encode stdin to ids, decode ids to text.
 
     llmlab tokenizer train --input a.txt b.txt --vocab-size 8192 --out tok/
     echo "Hello world" | llmlab tokenizer encode --tokenizer tok/
+    echo "Hello world" | llmlab tokenizer encode --tokenizer tok/ | llmlab tokenizer decode --tokenizer tok/
     llmlab tokenizer encode --tokenizer gpt2.tiktoken --pattern gpt2 < text.txt
 
 Thin: arguments are parsed here and passed to `train_bpe` / `train_wordpiece` / `load_tokenizer`.
@@ -16,8 +17,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("tokenizer", help="train a tokenizer or encode text with one",
-                              description="Train byte-level BPE / WordPiece tokenizers and encode text.")
+    p = subparsers.add_parser("tokenizer", help="train a tokenizer, or encode / decode text with one",
+                              description="Train byte-level BPE / WordPiece tokenizers; encode text, decode ids.")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
 
     t = sub.add_parser("train", help="train a tokenizer on UTF-8 text files and save it to a directory",
@@ -45,6 +46,14 @@ def register(subparsers) -> None:
     e.add_argument("--allow-special", action="store_true", help="recognise special tokens written in the text")
     e.add_argument("--whole", action="store_true", help="encode all of stdin as one text (default: per line)")
     e.set_defaults(func=_encode)
+
+    d = sub.add_parser("decode", help="decode token ids from stdin to text, one line per input line",
+                       description="Read token ids from stdin (space- or comma-separated, one sequence per line, as "
+                                   "`llmlab tokenizer encode` prints them) and print the text of each line.")
+    d.add_argument("--tokenizer", required=True, help=e._option_string_actions["--tokenizer"].help)
+    d.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: gpt2, cl100k, o200k or a regex")
+    d.add_argument("--skip-special", action="store_true", help="leave special tokens out of the text")
+    d.set_defaults(func=_decode)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -78,4 +87,26 @@ def _encode(args: argparse.Namespace) -> int:
     chunks = [text] if args.whole else text.splitlines()
     for chunk in chunks:
         print(" ".join(map(str, tok.encode(chunk, allowed_special=allowed))))
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from llmlab import artifacts
+    from llmlab.errors import TokenizerError
+    from llmlab.tokenizer.io import load_tokenizer
+
+    tok = load_tokenizer(artifacts.resolve(args.tokenizer), pattern=args.pattern)
+    for n, line in enumerate(sys.stdin.read().splitlines(), 1):
+        ids = []
+        for word in line.replace(",", " ").split():
+            try:
+                ids.append(int(word))
+            except ValueError:
+                raise TokenizerError(f"line {n}: {word!r} is not a token id; decode reads integer ids separated by "
+                                     "spaces or commas, as `llmlab tokenizer encode` prints them.") from None
+        try:
+            text = tok.decode(ids, skip_special_tokens=args.skip_special)
+        except TokenizerError as e:
+            raise TokenizerError(f"line {n}: {e}") from None
+        print(text)
     return 0
