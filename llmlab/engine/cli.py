@@ -57,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = not args.message
     print(f"ready in {time.perf_counter() - t0:.0f}s" + (
-        "; type a message (an empty line, /exit or Ctrl-D ends)" if interactive else "")
-        + (" -- the first reply compiles the decode step (about a minute)" if args.compile else ""),
-        file=sys.stderr, flush=True)
+        "; type a message (an empty line, /exit or Ctrl-D ends)" if interactive else ""), file=sys.stderr, flush=True)
     turns = _read_turns() if interactive else iter(args.message)
     for user in turns:
         messages.append({"role": "user", "content": user})
