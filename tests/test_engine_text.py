@@ -215,6 +215,28 @@ def test_cli_chat_interactive_ends_on_exit_commands(tok, model, tmp_path, capsys
     assert "/exit or Ctrl-D ends" in captured.err
 
 
+def test_cli_chat_from_a_pipe_prints_only_the_replies(tok, model, tmp_path, capfd):
+    """`printf 'hi\\nhello\\n' | llmlab chat` wrote 'you> ' before every reply on stdout (input()'s prompt)."""
+    import subprocess
+    import sys
+
+    model.save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    args = ["--max-tokens", "4", "--temperature", "0"]
+    run = subprocess.run([sys.executable, "-m", "llmlab", "chat", "--model", str(tmp_path), *args],
+                         input="hi\nhello\n/exit\n", capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    llm = LLM(model, tokenizer=tok)
+    replies, messages = [], []
+    for user in ("hi", "hello"):
+        messages.append({"role": "user", "content": user})
+        ids, _ = render_chat(tok, messages, add_generation_prompt=True)
+        replies.append(llm.generate([ids], SamplingParams(temperature=0, max_tokens=4))[0].outputs[0].text)
+        messages.append({"role": "assistant", "content": replies[-1]})
+    assert run.stdout == "".join(r + "\n" for r in replies)
+    assert "you>" not in run.stdout + run.stderr
+
+
 def test_cli_chat_refuses_max_tokens_that_fill_the_context(tok, model, tmp_path, capsys):
     from llmlab.cli import main
 

@@ -101,9 +101,12 @@ EXIT_COMMANDS = ("/exit", "/quit")  # as other chat CLIs; never sent to the mode
 
 
 def _read_turns():
+    # The prompt only for a person at a terminal: with stdin piped, stdout carries just the replies, one per turn
+    # (input() would write "you> " in front of each, into whatever reads the output).
+    prompt = "you> " if sys.stdin.isatty() else ""
     while True:
         try:
-            line = input("you> ").strip()
+            line = input(prompt).strip()
         except EOFError:
             return
         if not line or line.lower() in EXIT_COMMANDS:
