@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
           f"val loss unigram {base['unigram']:.3f}, bigram {base['bigram']:.3f}")
 
     print(f"== 4/5 training ({f'{args.steps} steps' if args.steps else f'budget {args.minutes:g} min'})")
-    cfg = build_config(preset=PRESET, default_vocab_size=shards.vocab_size,
+    cfg = build_config(preset=PRESET, default_vocab_size=shards.vocab_size, default_eos_token_id=shards.eos_id,
                        overrides={"data": str(shards.path), "out": str(out / "train"), "seed": str(args.seed)})
     budget = args.minutes * 60
     step_s = _calibrate(cfg, shards)

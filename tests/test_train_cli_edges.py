@@ -145,3 +145,27 @@ def test_a_built_in_corpus_must_be_the_only_input(tmp_path):
     (tmp_path / "a.txt").write_text("text\n")
     with pytest.raises(CorpusError, match="the built-in corpus shakespeare must be the only input"):
         resolve_corpus(["shakespeare", tmp_path / "a.txt"])
+
+
+def test_a_trained_checkpoint_stops_at_the_shards_eos(shards, tmp_path, capsys):  # noqa: F811
+    """config.json had eos_token_id null, so `llmlab generate`, Transformer.generate and transformers' generate never
+    stopped at <|endoftext|> (the separator the model was trained on) while LLM/chat did (they add the tokenizer's)."""
+    import json
+
+    from llmlab import from_pretrained
+
+    assert main(train_argv(shards.path, tmp_path / "run", "--max_steps", "1")) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "step-000001"
+    assert json.loads((ckpt / "config.json").read_text())["eos_token_id"] == shards.eos_id
+    assert from_pretrained(ckpt).cfg.eos_token_id == shards.eos_id
+    assert build_config(preset="tiny-cpu", overrides={"model.eos_token_id": "3"}, default_vocab_size=shards.vocab_size,
+                        default_eos_token_id=shards.eos_id).model.eos_token_id == 3  # an explicit one wins
+
+    # a run written before (eos_token_id null in its trainer state) still resumes
+    state_file = ckpt / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["config"]["model"]["eos_token_id"] = None
+    state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert main(train_argv(shards.path, tmp_path / "run", "--max_steps", "2", "--resume")) == 0
+    assert "done: 2 steps" in capsys.readouterr().out

@@ -95,6 +95,9 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
+_TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # train now fills eos_token_id from the shards
+
+
 def check_same_model(path: Path, state: dict[str, Any], run: dict[str, Any]) -> None:
     """Refuse to resume checkpoint `path` (its trainer `state`) with a run whose model config `run` differs."""
     saved = state.get("config", {}).get("model")
@@ -102,8 +105,9 @@ def check_same_model(path: Path, state: dict[str, Any], run: dict[str, Any]) -> 
         raise CheckpointError(f"{path}/trainer_state.json has no model config, so it was not written by "
                               "llmlab train; start a fresh run without --resume.")
     run = json.loads(json.dumps(run))  # the form trainer_state.json holds (tuples as lists)
-    differ = [f"{k} {saved[k]!r} vs {v!r}" for k, v in run.items() if k in saved and saved[k] != v]  # fields newer
-    # than the checkpoint are not compared: a run of an older llmlab stays resumable
+    differ = [f"{k} {saved[k]!r} vs {v!r}" for k, v in run.items() if k in saved and saved[k] != v
+              and not (k in _TOKEN_ID_FIELDS and saved[k] is None)]  # fields newer than the checkpoint are not
+    # compared, nor token ids it left unset (no weights depend on them): a run of an older llmlab stays resumable
     if differ:
         raise CheckpointError(f"{path} holds another model than this run's ({', '.join(differ)}: checkpoint vs "
                               "run); resume with the checkpoint's model settings, or start a fresh run in a new "

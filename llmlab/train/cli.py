@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if not data:
         raise ConfigError("no shards given: pass --data DIR (from `llmlab data prepare`).")
     shards = ShardInfo.load(data)
-    cfg = build_config(preset=args.preset, file=args.config, overrides=overrides, default_vocab_size=shards.vocab_size)
+    cfg = build_config(preset=args.preset, file=args.config, overrides=overrides, default_vocab_size=shards.vocab_size,
+                       default_eos_token_id=shards.eos_id)
     result = train(cfg, resume=args.resume)
     val = (f"val loss {result.val_loss:.4f}" if result.val_loss is not None
            else f"no val loss ({no_validation_reason(shards, cfg.seq_len) or 'none recorded at that step'})")

@@ -230,10 +230,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def build_config(*, preset: str | None = None, file: str | Path | None = None,
-                 overrides: dict[str, str] | None = None, default_vocab_size: int | None = None) -> TrainConfig:
+                 overrides: dict[str, str] | None = None, default_vocab_size: int | None = None,
+                 default_eos_token_id: int | None = None) -> TrainConfig:
     """Preset, then TOML file, then overrides (strings parsed by each field's type).
 
-    `default_vocab_size` (the shards' vocabulary) fills model.vocab_size when no layer set it."""
+    `default_vocab_size` (the shards' vocabulary) fills model.vocab_size when no layer set it, and
+    `default_eos_token_id` (the shards' document separator) model.eos_token_id: the checkpoint's config.json then
+    stops `llmlab generate`, `Transformer.generate` and transformers' `generate` at the end of a document, as the
+    engine (which also takes the tokenizer's EOS) already did."""
     raw: dict[str, Any] = {}
     if preset:
         if preset not in PRESETS:
@@ -260,8 +264,11 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
     init_from = _checked("init_from", raw.get("init_from", ""), "str")
     if init_from:
         model = _from_checkpoint(init_from, model)
-    elif default_vocab_size is not None and "vocab_size" not in model:
-        model["vocab_size"] = default_vocab_size
+    else:
+        if default_vocab_size is not None and "vocab_size" not in model:
+            model["vocab_size"] = default_vocab_size
+        if default_eos_token_id is not None and "eos_token_id" not in model:
+            model["eos_token_id"] = default_eos_token_id
     return TrainConfig(model=model, **raw)
 
 
