@@ -197,9 +197,12 @@ def load_hf_config(path: str | Path) -> ModelConfig:
     """Read a Hugging Face `config.json` (or llmlab's own) into a ModelConfig."""
     path = Path(path)
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path} does not exist: a model directory needs a config.json.") from None
+    except UnicodeDecodeError:  # a weights file (model.safetensors) given where its config.json belongs
+        raise ConfigError(f"{path} is not a text file, so not a config.json (a weights file?); pass the model "
+                          "directory or its config.json.") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}).") from None
     if not isinstance(d, dict):

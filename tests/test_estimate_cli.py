@@ -87,3 +87,13 @@ def test_gpu_from_driver_reported_names():
     assert gpu_from_device_name("NVIDIA L4").name == "L4"
     assert gpu_from_device_name("NVIDIA GeForce RTX 4090").name == "RTX-4090"
     assert gpu_from_device_name("Some Future Accelerator") is None
+
+
+def test_a_weights_file_in_place_of_config_json_is_a_clear_error(capsys, tmp_path):
+    """A model.safetensors given where config.json belongs raised a raw UnicodeDecodeError traceback."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(4, 4)}, str(tmp_path / "model.safetensors"))
+    code, _, err = run(capsys, "params", str(tmp_path / "model.safetensors"))
+    assert code == 2 and "is not a text file, so not a config.json" in err and "Traceback" not in err
