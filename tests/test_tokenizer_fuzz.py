@@ -25,8 +25,8 @@ import pytest
 import tokenizers
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_tokenizer_interop import TIKTOKEN_PATTERNS
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from test_tokenizer_interop import TIKTOKEN_PATTERNS, smollm2_reference
+from tokenizers import pre_tokenizers
 
 from llmlab import artifacts, load_tokenizer
 
@@ -135,26 +135,7 @@ def tiktoken_pair(name: str):
 
 @functools.cache
 def smollm2_pair():
-    import gguf
-    path = artifacts.fetch("smollm2-135m")
-    ours = load_tokenizer(path)
-    f = gguf.GGUFReader(str(path)).fields
-    strings = lambda key: [bytes(f[key].parts[i]).decode("utf-8") for i in f[key].data]  # noqa: E731
-    tokens, merges = strings("tokenizer.ggml.tokens"), strings("tokenizer.ggml.merges")
-    types = [int(f["tokenizer.ggml.token_type"].parts[i][0]) for i in f["tokenizer.ggml.token_type"].data]
-
-    def build(with_specials: bool) -> tokenizers.Tokenizer:
-        ref = tokenizers.Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)},
-                                              [tuple(m.split(" ", 1)) for m in merges]))
-        ref.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
-        ref.decoder = decoders.ByteLevel()
-        if with_specials:
-            ref.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                    for t, ty in zip(tokens, types) if ty == 3])
-        return ref
-
-    return ours, build(True), build(False)
+    return load_tokenizer(artifacts.fetch("smollm2-135m")), smollm2_reference(True), smollm2_reference(False)
 
 
 @functools.cache

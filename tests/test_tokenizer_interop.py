@@ -131,22 +131,28 @@ def test_minilm_tokenizer_json_and_vocab_txt_match_tokenizers():
     assert from_json.decode(ids, skip_special_tokens=True) == ref.decode(ids)
 
 
-@pytest.mark.artifact
-def test_smollm2_gguf_vocab_matches_tokenizers_rebuild():
+def smollm2_reference(with_specials: bool = True) -> tokenizers.Tokenizer:
+    """SmolLM2's GGUF vocabulary and merges rebuilt as a `tokenizers` BPE: llama.cpp's "smollm"
+    pre-tokenizer is HF's Digits(individual) + ByteLevel; `with_specials` adds its control tokens."""
     import gguf
-    path = artifacts.fetch("smollm2-135m")
-    ours = load_tokenizer(path)
-    f = gguf.GGUFReader(str(path)).fields
+    f = gguf.GGUFReader(str(artifacts.fetch("smollm2-135m"))).fields
     strings = lambda key: [bytes(f[key].parts[i]).decode("utf-8") for i in f[key].data]  # noqa: E731
     tokens, merges = strings("tokenizer.ggml.tokens"), strings("tokenizer.ggml.merges")
     types = [int(f["tokenizer.ggml.token_type"].parts[i][0]) for i in f["tokenizer.ggml.token_type"].data]
     ref = tokenizers.Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)},
                                           [tuple(m.split(" ", 1)) for m in merges]))
-    # llama.cpp's "smollm" pre-tokenizer = HF's Digits(individual) + ByteLevel
     ref.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
     ref.decoder = decoders.ByteLevel()
-    ref.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3])
+    if with_specials:
+        ref.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t, ty in zip(tokens, types) if ty == 3])
+    return ref
+
+
+@pytest.mark.artifact
+def test_smollm2_gguf_vocab_matches_tokenizers_rebuild():
+    ours, ref = load_tokenizer(artifacts.fetch("smollm2-135m")), smollm2_reference()
     assert ours.vocab_size == 49152
     assert (ours.bos_token, ours.eos_token) == ("<|im_start|>", "<|im_end|>")
     cases = [c.replace("<|endoftext|>", "<|im_end|>") for c in CASES] + ["<|im_start|>user\nHi 2024!<|im_end|>"]
