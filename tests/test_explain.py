@@ -196,6 +196,10 @@ def test_memory(results):
     n = num(results, "kv-cache-formula")
     assert n["real_MHA"] == n["notes_MHA"] and n["real_GQA"] * 2 == n["notes_GQA"]
     assert n["filled_bytes"] == n["filled_est"]
+    # the short form 'seq × layers × hidden' is 2 (K, V) × 2 bytes = 4× too small for one fp16 sequence (it said 8×)
+    assert n["short_factor_one_seq"] == 4 == n["real_MHA"] // (2 * 48 * 3 * 32)
+    t, r = results["kv-cache-formula"]
+    assert "4× too small for one fp16 sequence" in r.corrected_en and "对一条 fp16 序列小了 4 倍" in r.corrected_zh
     n = num(results, "training-memory")
     assert n["bytes_per_param"] == 16 and n["adamw_state_bytes_per_param"] == 8
     n = num(results, "zero-memory")

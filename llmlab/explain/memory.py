@@ -40,6 +40,9 @@ def kv_cache_formula(ctx: Context) -> Result:
         short = 48 * cfg.num_layers * cfg.hidden_size
         rows.append([name, cfg.num_heads, kv, real, est, notes, short])
         nums[f"real_{name}"], nums[f"notes_{name}"] = real, notes
+    # the short form against the MHA cache of ONE sequence (the batch is 2): it leaves out K and V × bytes
+    short_factor = nums["real_MHA"] // (2 * short)
+    nums["short_factor_one_seq"] = short_factor
     # and the cache the model really fills: generate 8 tokens into a fresh cache
     cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=64,
                       max_position_embeddings=64)
@@ -53,10 +56,10 @@ def kv_cache_formula(ctx: Context) -> Result:
         corrected_en="The full formula is right for multi-head attention, and llmlab's KVCache allocates exactly that "
                      "many bytes. For GQA/MQA replace n_heads with n_kv_heads (here the notes' formula overstates by 2× and "
                      "4×). The short form 'seq_len × layers × hidden' drops the factor 2 (K and V), the bytes per element "
-                     "and the batch: it is 8× too small for one fp16 sequence.",
+                     f"and the batch: it is {short_factor}× too small for one fp16 sequence ({short_factor * 2}× for this batch of 2).",
         corrected_zh="完整公式对多头注意力正确,llmlab 的 KVCache 分配的字节数与之完全相同。GQA/MQA 要把 n_heads 换成 n_kv_heads"
                      "(此处笔记公式分别高估 2 倍和 4 倍)。简写“序列长度 × 层数 × 隐藏维度”漏掉了 2(K 和 V)、每元素字节数和 batch:"
-                     "对一条 fp16 序列小了 8 倍。",
+                     f"对一条 fp16 序列小了 {short_factor} 倍(此处 batch 为 2,小了 {short_factor * 2} 倍)。",
         conclusion_en="Measured: KVCache.allocate(...).nbytes() equals llmlab.estimate.kv_cache_bytes for every head layout, "
                       "and a cache a model has just filled holds exactly the estimated bytes.",
         conclusion_zh="实测:KVCache.allocate(...).nbytes() 在各种头布局下都等于 llmlab.estimate.kv_cache_bytes,模型刚填充的缓存也正好是估计的字节数。",
