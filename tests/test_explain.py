@@ -182,6 +182,8 @@ def test_normalization(results):
     assert n["post_rebound"] > 1.0 > n["pre_rebound"]
     n = num(results, "residual-gradient")
     assert n["grad_res_24"] > 0.1 and n["grad_nores_24"] < 1e-6 and n["grad_res_24"] > 100 * n["grad_nores_2"] / 100
+    for depth, res, nores, ratio in results["residual-gradient"][1].tables[0].rows:  # a gradient of 0 gave 'ratio 7e+29'
+        assert ratio == (res / nores if nores else math.inf), depth
     n = num(results, "train-vs-eval")
     assert n["train_diff"] > 0 and n["eval_diff"] == 0 and n["bn_eval_moved"] == 0 and n["bn_train_moved"] > 0
     n = num(results, "inverted-dropout")

@@ -172,7 +172,7 @@ def residual_gradient(ctx: Context) -> Result:
             loss = torch.nn.functional.cross_entropy(model.lm_head(model.norm_f(h)).flatten(0, 1), y.flatten())
             loss.backward()
             res[residual] = float(h0.grad.norm())
-        rows.append([depth, res[True], res[False], res[True] / max(res[False], 1e-30)])
+        rows.append([depth, res[True], res[False], res[True] / res[False] if res[False] else float("inf")])
         nums[f"grad_res_{depth}"], nums[f"grad_nores_{depth}"] = res[True], res[False]
     return Result(
         verdicts={"vanishing": "confirmed"},
