@@ -253,6 +253,8 @@ def test_architecture_and_serving(results):
     assert n["paged_slots"] - n["tokens"] < 64 * 16 and n["max_waste_per_seq"] <= 15
     assert n["contiguous_waste"] > 0.5 and n["paged_waste"] < 0.05
     assert n["capacity_paged"] > 2 * n["capacity_contiguous"] and n["prefix_saving"] > 0.5
+    # caching off and on serve the same 32 requests: the 31 later ones reuse the system prompt's 512 / 16 blocks
+    assert n["prefix_blocks_plain"] - n["prefix_blocks_cached"] == 31 * 512 // 16
 
 
 # ---- handbook and CLI ------------------------------------------------------------------------------

@@ -74,12 +74,13 @@ def paged_attention(ctx: Context) -> Result:
     # Prefix sharing: 32 requests = one 512-token system prompt + their own question.
     g = ctx.generator(1)
     system = torch.randint(0, 50_000, (512,), generator=g).tolist()
+    questions = [torch.randint(0, 50_000, (int(torch.randint(20, 100, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(32)]  # the same 32 requests with caching off and on
     share_rows = []
     for caching in (False, True):
         bm_p = BlockManager(4096, BLOCK, enable_prefix_caching=caching)
         live = []
-        for i in range(32):
-            q = torch.randint(0, 50_000, (int(torch.randint(20, 100, (1,), generator=g)),), generator=g).tolist()
+        for i, q in enumerate(questions):
             seq = Sequence(f"s{i}", system + q, SamplingParams())
             hits = bm_p.lookup(seq)
             bm_p.admit(seq, hits, len(seq))
