@@ -155,6 +155,23 @@ def test_attention(results):
     assert n["kv_real_gib_GQA"] == n["kv_gib_GQA"] and n["gqa_vs_repeated_mha"] < 1e-6
 
 
+def test_timings_run_on_one_thread():
+    """Two threads on a busy 2-core machine stalled every attend call ~60 ms: attention-complexity printed a time
+    slope of 0.1 under its 'slopes ≈ 2' answer, and additive attention measured 0.9× the dot product's time."""
+    import torch
+
+    from llmlab.explain.attention import _best_time
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        _best_time(lambda: seen.append(torch.get_num_threads()), repeat=2)
+        assert seen == [1, 1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_positions(results):
     n = num(results, "sinusoidal-positions")
     assert n["linear_map_error"] < 1e-4 and n["dot_spread"] < 1e-4
