@@ -197,6 +197,9 @@ def test_normalization(results):
     assert n["ln_change"] < 1e-6 and n["bn_change_pad"] > 0.1 and n["bn_change_partner"] > 0.1
     n = num(results, "pre-ln-vs-post-ln")
     assert n["post_rebound"] > 1.0 > n["pre_rebound"]
+    t, r = results["pre-ln-vs-post-ln"]  # the one-line answer claimed post-LN gradients grow toward the output
+    if "grow" in t.answer_en or "增大" in t.answer_zh:  # ... under a measured last/first ratio of 1.00
+        assert n["post_grad_ratio"] > 1.2
     n = num(results, "residual-gradient")
     assert n["grad_res_24"] > 0.1 and n["grad_nores_24"] < 1e-6 and n["grad_res_24"] > 100 * n["grad_nores_2"] / 100
     for depth, res, nores, ratio in results["residual-gradient"][1].tables[0].rows:  # a gradient of 0 gave 'ratio 7e+29'

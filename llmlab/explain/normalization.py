@@ -92,10 +92,10 @@ def layernorm_vs_batchnorm(ctx: Context) -> Result:
        question_zh="介绍一下postlayernorm和prelayernorm的区别",
        claims=[Claim("no-answer", SEED_003, "21.介绍-下postlayernorm和prelayernorm的区别"),
                Claim("post-structure", SEED_002, "基本结构:Embedding + Position Embedding,Self-Attention,Add + LN,FN,Add +\n    LN")],
-       answer_en="Post-LN (Add → LN, the original Transformer) puts a norm on the residual path: gradients at init grow "
-                 "toward the output and it needs warmup; pre-LN keeps an identity path and trains at a higher lr without it.",
-       answer_zh="Post-LN(先相加再 LN,原始 Transformer)把归一化放在残差路径上:初始化时梯度向输出层增大,需要 warmup;"
-                 "Pre-LN 保留恒等路径,不用 warmup 也能用更大的学习率训练。")
+       answer_en="Post-LN (Add → LN, the original Transformer) puts a norm on the residual path and needs warmup: at a "
+                 "high lr without it, it first learns, then diverges; pre-LN keeps an identity path and trains steadily.",
+       answer_zh="Post-LN(先相加再 LN,原始 Transformer)把归一化放在残差路径上,需要 warmup:不用 warmup、学习率较高时"
+                 "先学会再发散;Pre-LN 保留恒等路径,训练平稳。")
 def pre_vs_post_ln(ctx: Context) -> Result:
     layers, steps, lr = 8, 40, 3e-2
     rows, curves, nums = [], {}, {}
@@ -126,12 +126,14 @@ def pre_vs_post_ln(ctx: Context) -> Result:
         corrected_en="The notes ask without answering (and 002 describes the post-LN layout 'Add + LN' without naming it). "
                      f"Measured on {layers}-layer llmlab models at init: the last block's gradient is "
                      f"{nums['post_grad_ratio']:.2f}× the first block's with post-LN and {nums['pre_grad_ratio']:.2f}× with "
-                     f"pre-LN. Trained {steps} AdamW steps at lr {lr:g} without warmup, post-LN reaches a loss of "
+                     f"pre-LN: the growth toward the output that Xiong et al. (2020) derive for post-LN does not show at "
+                     f"this depth and width. Trained {steps} AdamW steps at lr {lr:g} without warmup, post-LN reaches a loss of "
                      f"{nums['post_min']:.2f} and then climbs back to {nums['post_final']:.2f}; pre-LN descends steadily to "
                      f"{nums['pre_final']:.2f} (rebound {nums['pre_rebound']:.2f}).",
         corrected_zh="笔记只有问题没有答案(002 描述的“Add + LN”就是 post-LN,但没有点明)。"
                      f"在 {layers} 层 llmlab 模型上初始化时实测:最后一个块的梯度是第一个块的 {nums['post_grad_ratio']:.2f} 倍(post-LN)"
-                     f"和 {nums['pre_grad_ratio']:.2f} 倍(pre-LN);不用 warmup、lr {lr:g} 的 AdamW 训练 {steps} 步:"
+                     f"和 {nums['pre_grad_ratio']:.2f} 倍(pre-LN):Xiong 等(2020)推导的 post-LN 梯度向输出层增大在这个深度和宽度下"
+                     f"没有出现。不用 warmup、lr {lr:g} 的 AdamW 训练 {steps} 步:"
                      f"post-LN 先降到 {nums['post_min']:.2f} 又回升到 {nums['post_final']:.2f};pre-LN 平稳下降到 {nums['pre_final']:.2f}"
                      f"(回升 {nums['pre_rebound']:.2f})。",
         conclusion_en="Post-LN: x = LN(x + F(x)); pre-LN: x = x + F(LN(x)). At a high learning rate without warmup the "
