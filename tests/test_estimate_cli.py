@@ -97,3 +97,26 @@ def test_a_weights_file_in_place_of_config_json_is_a_clear_error(capsys, tmp_pat
     save_file({"w": torch.ones(4, 4)}, str(tmp_path / "model.safetensors"))
     code, _, err = run(capsys, "params", str(tmp_path / "model.safetensors"))
     assert code == 2 and "is not a text file, so not a config.json" in err and "Traceback" not in err
+
+
+def _substituted(numbers: str) -> float | None:
+    """The value of a step's substituted formula, or None when it abbreviates ('max(...)', '...')."""
+    if not numbers or "..." in numbers:
+        return None
+    return eval(numbers.replace("·", "*").replace(",", "").replace("²", "**2"), {"__builtins__": {}})
+
+
+@pytest.mark.parametrize("argv", [
+    # training per token printed '= 6N = 1.048e+12' above its value 1.076e+12
+    ["flops", "gpt3-175b", "--tokens", "300B"],
+    ["flops", "llama-7b", "--tokens-per-s", "3000", "--gpu", "A100", "--n-gpus", "8"],
+    ["train-memory", "llama-7b", "--seq-len", "2048", "--zero", "3", "--dp", "8"],
+    ["infer-memory", "llama-7b", "--batch", "4", "--context", "2048", "--gpu", "A100-40GB"],
+    ["time", "gpt3-175b", "--tokens", "300B", "--gpu", "A100", "--n-gpus", "1000", "--mfu", "0.3"],
+])
+def test_explain_substitutions_equal_their_values(capsys, argv):
+    code, out, _ = run(capsys, *argv, "--json")
+    assert code == 0
+    for step in json.loads(out)["steps"]:
+        value = _substituted(step["numbers"])
+        assert value is None or value == pytest.approx(step["value"], rel=1e-3), step
