@@ -111,6 +111,8 @@ def _substituted(numbers: str) -> float | None:
     ["flops", "gpt3-175b", "--tokens", "300B"],
     ["flops", "llama-7b", "--tokens-per-s", "3000", "--gpu", "A100", "--n-gpus", "8"],
     ["train-memory", "llama-7b", "--seq-len", "2048", "--zero", "3", "--dp", "8"],
+    # parameters printed '= 174,604,259,328 / (8 · 8)' then '= 174,604,259,328'
+    ["train-memory", "gpt3-175b", "--activations", "megatron", "--tp", "8", "--pp", "8", "--dp", "16", "--zero", "1"],
     ["infer-memory", "llama-7b", "--batch", "4", "--context", "2048", "--gpu", "A100-40GB"],
     ["time", "gpt3-175b", "--tokens", "300B", "--gpu", "A100", "--n-gpus", "1000", "--mfu", "0.3"],
 ])

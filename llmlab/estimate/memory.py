@@ -348,9 +348,10 @@ def training_memory(cfg: ConfigLike, *, batch: int = 1, seq_len: int | None = No
     act = activation_bytes(cfg, batch, seq_len, formula=activations, dtype=act_dtype, recompute=recompute,
                            flash=flash, tp=tp, pp=pp, sequence_parallel=sequence_parallel, device="cuda")
     div = lambda stage: f" / {dp}" if zero >= stage and dp > 1 else ""  # noqa: E731
-    shard_txt = f"{num(n)} / ({tp} · {pp})" if tp * pp > 1 else num(n)
-    steps = [
-        Step("parameters", n, "params", "N (per device Φ = N / (tp · pp))", shard_txt),
+    steps = [Step("parameters", n, "params", "N" if tp * pp > 1 else "N = Φ (no tensor or pipeline split)")]
+    if tp * pp > 1:
+        steps.append(Step("parameters per device Φ", phi, "params", "N / (tp · pp)", f"{num(n)} / ({tp} · {pp})"))
+    steps += [
         Step("weights", weights, "B", f"Φ · {w_b} B" + (" / dp (ZeRO-3)" if zero >= 3 else ""),
              f"{num(phi)} · {w_b}{div(3)}"),
         Step("gradients", grads, "B", f"Φ · {g_b} B" + (" / dp (ZeRO-2)" if zero >= 2 else ""),
