@@ -163,3 +163,18 @@ def test_unknown_gpu_lists_the_known_ones():
     assert estimate.get_gpu("a100").name == "A100-80GB" and estimate.get_gpu("h100 sxm").name == "H100-SXM"
     with pytest.raises(ConfigError, match="no bf16 tensor-core path"):
         estimate.get_gpu("V100").peak_flops("bf16")
+
+
+@pytest.mark.parametrize("pp", [1, 8])
+def test_activations_outside_layers_formula_matches_the_pipeline_stage(pp):
+    """With pp > 1 the first stage holds no LM head: the value left out 4sbh/t (1 + v/h) but the formula showed it."""
+    s, b, h, V, t = 2048, 1, 12288, 50257, 8
+    r = estimate.training_memory("gpt3-175b", batch=b, seq_len=s, activations="megatron", tp=t, pp=pp,
+                                 sequence_parallel=True)
+    step = next(x for x in r.steps if x.name == "activations outside layers")
+    head = 4 * s * b * h / t * (1 + V / h)
+    assert step.value == pytest.approx(s * b * h * pp / t + (head if pp == 1 else 0))
+    assert ("4sbh/t (1 + v/h)" in step.formula) == (pp == 1)
+    r = estimate.training_memory("llama-7b", seq_len=2048, pp=pp)
+    step = next(x for x in r.steps if x.name == "activations outside layers")
+    assert (step.value == 0) == (pp > 1) and ("log-softmax" in step.formula) == (pp == 1)

@@ -348,6 +348,11 @@ def training_memory(cfg: ConfigLike, *, batch: int = 1, seq_len: int | None = No
     act = activation_bytes(cfg, batch, seq_len, formula=activations, dtype=act_dtype, recompute=recompute,
                            flash=flash, tp=tp, pp=pp, sequence_parallel=sequence_parallel, device="cuda")
     div = lambda stage: f" / {dp}" if zero >= stage and dp > 1 else ""  # noqa: E731
+    if activations == "megatron":  # with pp > 1 the first stage, reported here, holds no LM head
+        outside = "sbhp/t (embedding dropout; the head is on the last stage)" if pp > 1 else "sbhp/t + 4sbh/t (1 + v/h)"
+    else:
+        outside = ("none on the first stage (the head is on the last stage)" if pp > 1
+                   else "ids, labels, position tables, final norm, fp32 log-softmax")
     steps = [Step("parameters", n, "params", "N" if tp * pp > 1 else "N = Φ (no tensor or pipeline split)")]
     if tp * pp > 1:
         steps.append(Step("parameters per device Φ", phi, "params", "N / (tp · pp)", f"{num(n)} / ({tp} · {pp})"))
@@ -364,9 +369,7 @@ def training_memory(cfg: ConfigLike, *, batch: int = 1, seq_len: int | None = No
              f"Φ · ({w_b} + {g_b} + {m_b} + {o_b:g}) = {w_b + g_b + m_b + o_b:g} B/param before ZeRO"),
         Step(f"activations per layer ({activations})", act.per_layer, "B", act.formula.split(" · ", 1)[-1]),
         Step(f"activations, {cfg.num_layers} layers", act.layers, "B", act.formula, act.numbers),
-        Step("activations outside layers", act.other, "B",
-             "ids, labels, position tables, final norm, fp32 log-softmax" if activations == "llmlab"
-             else "sbhp/t + 4sbh/t (1 + v/h)"),
+        Step("activations outside layers", act.other, "B", outside),
         Step("total (model states + activations)", weights + grads + master + states + act.total, "B"),
         Step("framework overhead (assumed, separate)", overhead, "B", "CUDA context + allocator slack"),
     ]
