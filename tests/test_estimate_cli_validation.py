@@ -200,3 +200,30 @@ def test_lengths_past_the_models_positions_get_a_note(capsys, argv, flag):
 def test_lengths_within_the_context_get_no_note(capsys):
     rc, _, err = run(capsys, "flops", "gpt2", "--seq-len", "1024")
     assert rc == 0 and "past the model" not in err
+
+
+BIG = "1" + "0" * 400  # an int argparse accepts, too large for a float
+
+
+@pytest.mark.parametrize("argv", [
+    # OverflowError tracebacks from int -> float conversions deep in the estimators
+    ["infer-memory", "gpt2", "--batch", BIG],
+    ["time", "gpt2", "--tokens", "1e9", "--gpu", "A100", "--n-gpus", BIG],
+    ["train-memory", "gpt2", "--zero", "3", "--dp", BIG],
+    # finite inputs whose results overflowed: the tables printed 'inf FLOP' and 'MFU inf'
+    ["flops", "gpt2", "--tokens", "5e300"],
+    ["flops", "gpt2", "--tokens-per-s", "5e300", "--gpu", "A100"],
+    ["time", "gpt2", "--tokens", "5e300", "--gpu", "A100"],
+])
+def test_numbers_too_large_to_compute_are_one_line(capsys, argv):
+    refused(capsys, argv, "too large to compute")
+
+
+def test_a_huge_negative_size_is_refused_as_negative(capsys):
+    refused(capsys, ["flops", "gpt2", "--seq-len", "-" + BIG], "--seq-len must be at least 1, got -1000")
+
+
+def test_a_count_that_overflows_a_float_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:  # '1e400' parsed to inf: 'training run, D = inf tokens  inf FLOP'
+        main(["estimate", "flops", "gpt2", "--tokens", "1e400"])
+    assert e.value.code == 2 and "'1e400' overflows a float" in capsys.readouterr().err

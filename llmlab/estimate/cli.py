@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 
@@ -32,7 +33,13 @@ def parse_count(text: str) -> float:
     m = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*([kmbgtKMBGT]?)\s*", text)
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a count: write e.g. 300e9, 300B or 1.4T")
-    return float(m.group(1)) * _SUFFIX.get(m.group(2).lower(), 1)
+    try:
+        value = float(m.group(1)) * _SUFFIX.get(m.group(2).lower(), 1)
+    except ValueError:  # '1.2.3' passes the pattern
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count: write e.g. 300e9, 300B or 1.4T") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} overflows a float (above 1.8e308): give a finite count")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -110,8 +117,15 @@ def _one_line_errors(name: str, handler):
         except LlmlabError as e:
             print(f"llmlab estimate {name}: error: {e}", file=sys.stderr)
             return 2
+        except OverflowError:  # a size with hundreds of digits: int -> float conversion fails deep inside
+            print(f"llmlab estimate {name}: error: {_TOO_LARGE}", file=sys.stderr)
+            return 2
 
     return run
+
+
+_TOO_LARGE = ("the numbers are too large to compute (past a float's 1.8e308); give sizes and counts that a real "
+              "model and cluster can have.")
 
 
 def _require_positive(args, *flags: str) -> None:
@@ -120,7 +134,7 @@ def _require_positive(args, *flags: str) -> None:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None and value <= 0:
             need = "at least 1" if isinstance(value, int) else "positive"
-            raise ConfigError(f"{flag} must be {need}, got {value:g}.")
+            raise ConfigError(f"{flag} must be {need}, got {value if isinstance(value, int) else f'{value:g}'}.")
 
 
 def _note(text: str) -> None:
@@ -150,6 +164,9 @@ def _with_model(name: str, handler):
 
 
 def _emit(args, title: str, steps: list[Step], data: dict | None = None) -> int:
+    overflowed = [s.name for s in steps if not math.isfinite(s.value)]
+    if overflowed:  # e.g. 6·N·D of a finite but absurd D: 'inf FLOP' is no estimate
+        raise ConfigError(f"{overflowed[0].strip()}: {_TOO_LARGE}")
     if args.json:
         payload = {"title": title, **(data or {}), "steps": [s.as_dict() for s in steps]}
         print(json.dumps(payload))
