@@ -29,8 +29,16 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (a bad choice, a value that is not a number) as one line, like every other llmlab
+    error, instead of a usage block first; sub-commands inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llmlab",
         description="llmlab: tokenize, pretrain, fine-tune, align, quantize, evaluate, serve, estimate "
                     "and explain LLMs, in one PyTorch codebase.",

@@ -227,3 +227,16 @@ def test_a_count_that_overflows_a_float_is_refused(capsys):
     with pytest.raises(SystemExit) as e:  # '1e400' parsed to inf: 'training run, D = inf tokens  inf FLOP'
         main(["estimate", "flops", "gpt2", "--tokens", "1e400"])
     assert e.value.code == 2 and "'1e400' overflows a float" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["flops", "gpt2", "--tokens", "abc"], "'abc' is not a count"),
+    (["flops", "gpt2", "--seq-len", "1e9"], "argument --seq-len: invalid int value: '1e9'"),
+    (["train-memory", "gpt2", "--zero", "5"], "argument --zero: invalid choice: 5"),
+])
+def test_argparse_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:  # argparse printed its usage block (5 lines for flops) first
+        main(["estimate", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"llmlab estimate {argv[0]}: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1

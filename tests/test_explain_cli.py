@@ -104,3 +104,15 @@ def test_output_directory_that_is_a_file_is_one_line(capsys, tmp_path, argv, mes
     argv = [a.format(file=file) for a in argv]
     one_line_error(*explain(capsys, *argv), message.format(file=file))
     assert file.read_text() == "text"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--lang", "fr"], "argument --lang: invalid choice: 'fr'"),
+    (["kv-cache-7b", "--seed", "abc"], "argument --seed: invalid int value: 'abc'"),
+])
+def test_argparse_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:  # argparse printed its 3-line usage block before the error
+        main(["explain", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("llmlab explain: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "--help" in err
