@@ -1,7 +1,8 @@
 """FLOPs: per token (forward, backward), prefill and decode, a training run, and MFU / MBU.
 
 Conventions (a multiply-add is 2 FLOPs):
-  forward per token = 2·M + 4·L·c·(heads·head_dim)   (Kaplan et al. 2020, "Scaling Laws", Table 1)
+  forward per token = 2·M + 4·L·c·(heads·head_dim)   (QKᵀ and A·V, 2·c·d_attn each: PaLM App. B's
+    6N + 12·L·H·Q·T is 3× this; Kaplan et al. 2020, Table 1 count QKᵀ only, 2·L·c·d_attn)
     M = weights multiplied by every token: the layer matrices and the LM head (tied or not);
     embedding lookups, norms, softmax and activations are not counted (< 1%).
     c = keys each query attends to. For training we count the full sequence (c = s, no causal
