@@ -62,6 +62,8 @@ def test_gpus_table(capsys):
     (["params", "llama-9000b"], "neither a preset nor an existing file"),
     (["train-memory", "gpt2", "--tp", "2"], "use the megatron formula"),
     (["params"], "needs one model"),
+    (["params", ""], "needs one model"),  # was 'cannot estimate from a NoneType: pass a ModelConfig, ...'
+    (["params", "--model", ""], "needs one model"),
     (["params", "gpt2", "--model", "gpt2-xl"], "two models given"),
 ])
 def test_errors_are_one_line(capsys, argv, message):

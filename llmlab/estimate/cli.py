@@ -152,9 +152,9 @@ def _note_past_context(cfg, flag: str, value: int | None) -> None:
 def _with_model(name: str, handler):
     """MODEL as the positional argument or as --model: exactly one of them."""
     def run(args):
-        if args.model is not None and args.model_flag is not None:
+        if args.model and args.model_flag:
             raise ConfigError(f"two models given ({args.model} and --model {args.model_flag}); pass one.")
-        if args.model is None and args.model_flag is None:
+        if not (args.model or args.model_flag):  # '' (an unset shell variable) names no model either
             raise ConfigError(f"`llmlab estimate {name}` needs one model: a preset, config.json, model directory or "
                               f".gguf, e.g. `llmlab estimate {name} smollm2-135m`.")
         args.model = args.model or args.model_flag
