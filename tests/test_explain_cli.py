@@ -80,6 +80,12 @@ def test_plot_without_a_topic_is_an_error(capsys, tmp_path):
     assert not (tmp_path / "p").exists() and not (tmp_path / "o").exists()
 
 
+def test_an_empty_plot_directory_is_an_error(capsys):
+    # --plot '' ran the topic and wrote no plots without a word (Path('') would be the current directory)
+    one_line_error(*explain(capsys, "scaled-dot-product", "--plot", ""), "--plot is empty: name a directory")
+    one_line_error(*explain(capsys, "--plot", ""), "--plot is for running a topic")
+
+
 def test_plot_on_a_topic_without_plots_is_noted_and_creates_nothing(capsys, tmp_path):
     code, out, err = explain(capsys, "kv-cache-7b", "--plot", str(tmp_path / "p"))
     assert code == 0 and "kv-cache-7b" in out

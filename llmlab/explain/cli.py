@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _directory(flag: str, value: str) -> Path:
     """The directory `flag` names, refused before any work when it (or a folder above it) is a file."""
+    if not value.strip():  # Path('') is '.': an unset shell variable would write into the current directory
+        raise ExplainError(f"{flag} is empty: name a directory (it is created if missing).")
     path = Path(value)
     for p in (path, *path.parents):
         if p.exists():
@@ -57,14 +59,14 @@ def _main(args) -> int:
             raise ExplainError("give either a TOPIC or --all, not both.")
         if not args.out:
             raise ExplainError("--all writes a handbook: name its directory with --out DIR.")
-        if args.plot:
+        if args.plot is not None:
             raise ExplainError("--all writes its plots into --out DIR/plots; drop --plot.")
         return _write_all(_directory("--out", args.out), args.lang, ctx)
-    if args.out:
+    if args.out is not None:
         raise ExplainError("--out is for --all; for one topic use --plot DIR.")
     if not args.topic:
-        if args.plot or args.seed is not None:
-            flag = "--plot" if args.plot else "--seed"
+        if args.plot is not None or args.seed is not None:
+            flag = "--plot" if args.plot is not None else "--seed"
             raise ExplainError(f"{flag} is for running a topic: `llmlab explain TOPIC {flag} ...` "
                                "(without a TOPIC, `llmlab explain` only lists the topics).")
         for t in all_topics():
@@ -73,7 +75,7 @@ def _main(args) -> int:
             print(f"{'':<26} → {t.answer_zh if zh else t.answer_en}")
         return 0
     t = get_topic(args.topic)
-    plot_dir = _directory("--plot", args.plot) if args.plot else None
+    plot_dir = _directory("--plot", args.plot) if args.plot is not None else None
     r = t.run(ctx)
     print(render_text(t, r, lang))
     if plot_dir is not None:
