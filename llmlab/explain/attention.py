@@ -245,8 +245,10 @@ def _additive(q, k, wq, wk, v_a):
        question_zh="Transformer计算attention的时候为何选择点乘而不是加法?两者计算复杂度和效果上有什么区别?",
        claims=[Claim("cost", SEED_002, "矩阵加法在加法这一块的计算量确实简单,但是作为一个整体计算attention的时候相当于一个隐层,整体计算量和点积相似。", numeric=True),
                Claim("effect", SEED_002, "两者的效果和dk相关,dk越大,加法的效果越显著。")],
-       answer_en="Same O(n²d) FLOPs, but additive scores need an (n, n, d) tensor and no matmul: measured several times slower and d× the memory.",
-       answer_zh="FLOPs 同为 O(n²d),但加法分数需要 (n, n, d) 的中间张量且无法用矩阵乘:实测慢数倍、内存多 d 倍。")
+       answer_en="Same O(n²d) FLOPs, but additive scores need an (n, n, d) tensor (d× the n² scores) and no matmul: "
+                 "measured several times slower, autograd keeping over 10× the bytes.",
+       answer_zh="FLOPs 同为 O(n²d),但加法分数需要 (n, n, d) 的中间张量(是 n² 分数的 d 倍)且无法用矩阵乘:"
+                 "实测慢数倍,autograd 保存的字节数超过 10 倍。")
 def additive_attention(ctx: Context) -> Result:
     rows, nums = [], {}
     d = 64
