@@ -189,6 +189,10 @@ def test_alibi_and_embedding_scale(results):
     for pos in ("rope", "learned"):  # fit the trained length, then collapse past the uniform guess
         assert n[f"loss_{pos}_16"] < 0.2 and n[f"loss_{pos}_256"] > n["uniform_loss"]
     assert n["loss_sinusoidal_256"] > n["loss_alibi_256"]
+    t, r = results["alibi-extrapolation"]  # sinusoidal never fit 16 tokens (2.70 nats) yet 'failed beyond' them
+    if n["loss_sinusoidal_16"] > 1.0:
+        assert "sinusoidal" not in t.answer_en and "did not fit even the trained length" in r.conclusion_en
+        assert "连训练长度都没拟合" in r.conclusion_zh
     n = num(results, "embedding-scale")
     assert n["xavier_var"] == pytest.approx(n["xavier_formula"], rel=0.02) and n["xavier_var"] < n["notes_var"] / 20
     assert n["pe_norm"] == pytest.approx(16.0, rel=1e-4)  # sqrt(d/2), d = 512
