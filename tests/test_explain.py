@@ -139,6 +139,8 @@ def test_attention(results):
     n = num(results, "scale-choice")
     assert n["var_1/d_k_256"] == pytest.approx(1 / 256, rel=0.1) and n["entropy_1/d_k_256"] > 0.99
     assert num(results, "multi-head")["params_1"] == num(results, "multi-head")["params_8"]
+    # heads that look at different places (W_Q was W_K: every head attended to itself, 4 heads differed by TV 0.03)
+    assert num(results, "multi-head")["tv_4"] > 0.5 and num(results, "multi-head")["tv_8"] > 0.5
     n = num(results, "shared-qk")
     assert n["diag_argmax_shared"] > 0.7 > 0.2 > n["diag_argmax_separate"]
     assert num(results, "additive-attention")["mem_ratio_256"] > 10
