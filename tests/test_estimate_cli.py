@@ -57,6 +57,14 @@ def test_gpus_table(capsys):
     assert code == 0 and "H100-SXM" in out and "989.5" in out
 
 
+def test_l40s_peaks_are_the_datasheets_dense_figures():
+    from llmlab.estimate.hardware import GPUS
+
+    # the datasheet prints dense BF16 362.05 beside 733 with sparsity; 733 / 2 = 366.5 overstated it
+    assert {k: GPUS["L40S"].tflops[k] for k in ("tf32", "bf16", "fp16", "fp8")} == \
+        {"tf32": 183, "bf16": 362.05, "fp16": 362.05, "fp8": 733}
+
+
 @pytest.mark.parametrize("argv,message", [
     (["time", "gpt2", "--tokens", "1e9", "--gpu", "B300"], "unknown GPU 'B300'; known GPUs: A100-40GB"),
     (["params", "llama-9000b"], "neither a preset nor an existing file"),

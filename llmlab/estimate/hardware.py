@@ -13,7 +13,8 @@ Sources (datasheets / whitepapers, fetched 2024-2025):
   H100:  NVIDIA H100 Tensor Core GPU datasheet: SXM BF16 1,979*, TF32 989*, FP8 3,958*, FP32 67, 3.35 TB/s;
          PCIe BF16 1,513*, TF32 756*, FP8 3,026*, FP32 51, 2.0 TB/s.
   H200:  NVIDIA H200 datasheet: same compute as H100 SXM; 141 GB HBM3e at 4.8 TB/s.
-  L40S:  NVIDIA L40S datasheet: FP32 91.6, TF32 366*, BF16/FP16 733*, FP8 1,466*; 48 GB GDDR6, 864 GB/s.
+  L40S:  NVIDIA L40S datasheet: FP32 91.6, TF32 183 (366*), BF16/FP16 362.05 (733*), FP8 733 (1,466*);
+         48 GB GDDR6, 864 GB/s (its dense figures, not sparse/2: 733 / 2 = 366.5 overstates BF16 by 1.2%).
   L4:    NVIDIA L4 datasheet: FP32 30.3, TF32 120*, BF16/FP16 242*, FP8 485*; 24 GB, 300 GB/s.
   A10:   NVIDIA A10 datasheet: FP32 31.2, TF32 125*, BF16/FP16 250*; 24 GB GDDR6, 600 GB/s.
   V100:  NVIDIA V100 datasheet: SXM2 FP32 15.7, tensor FP16 125, 900 GB/s; PCIe FP32 14, FP16 112.
@@ -76,7 +77,7 @@ GPUS: dict[str, GPU] = {g.name: g for g in [
     _gpu("H100-SXM", 80, 3350, 67, 494.5, 989.5, 989.5, 1979, "NVIDIA H100 datasheet (SXM5), sparse/2"),
     _gpu("H100-PCIe", 80, 2000, 51, 378, 756.5, 756.5, 1513, "NVIDIA H100 datasheet (PCIe), sparse/2"),
     _gpu("H200", 141, 4800, 67, 494.5, 989.5, 989.5, 1979, "NVIDIA H200 datasheet (SXM), sparse/2"),
-    _gpu("L40S", 48, 864, 91.6, 183, 366.5, 366.5, 733, "NVIDIA L40S datasheet, sparse/2"),
+    _gpu("L40S", 48, 864, 91.6, 183, 362.05, 362.05, 733, "NVIDIA L40S datasheet (dense)"),
     _gpu("L4", 24, 300, 30.3, 60, 121, 121, 242.5, "NVIDIA L4 datasheet, sparse/2"),
     _gpu("A10", 24, 600, 31.2, 62.5, 125, 125, None, "NVIDIA A10 datasheet, sparse/2"),
     _gpu("V100-SXM2", 32, 900, 15.7, None, None, 125, None, "NVIDIA V100 datasheet (SXM2 32GB)"),
