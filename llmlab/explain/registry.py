@@ -98,7 +98,7 @@ class Result:
 
 @dataclass(slots=True)
 class Context:
-    """What every experiment may use: a seed (each run is deterministic) and the CPU thread budget."""
+    """What every experiment may use: a seed (each run is deterministic); `generator(k)` is the seeded stream k."""
 
     seed: int = 0
 
