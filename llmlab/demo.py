@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -113,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {model_params / 1e6:.2f}M parameters ({cfg.model.num_layers} layers, d={cfg.model.hidden_size}, "
           f"GQA {cfg.model.num_heads}/{cfg.model.num_kv_heads}); ~{step_s:.2f}s/step -> {cfg.max_steps} steps "
           f"of {cfg.tokens_per_step:,} tokens")
+    previous = out / "train" / "checkpoints"
+    if previous.exists():  # this demo's own earlier run: train() refuses to start afresh beside its checkpoints
+        print(f"note: replacing the previous demo run in {out / 'train'}")
+        shutil.rmtree(previous)
     result = train(cfg)
     from llmlab.model.pretrained import from_pretrained
 

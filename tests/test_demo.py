@@ -19,6 +19,9 @@ def test_demo_runs_end_to_end(tmp_path):
         if (stdlib / name).is_file():
             shutil.copy(stdlib / name, corpus / name)
     out = tmp_path / "demo"
+    earlier = out / "train" / "checkpoints" / "step-009999"  # a previous demo run, with more steps than this one
+    earlier.mkdir(parents=True)
+    (earlier / "trainer_state.json").write_text('{"step": 9999}')
     proc = subprocess.run([sys.executable, "-m", "llmlab", "demo", "--corpus", str(corpus), "--out", str(out),
                            "--steps", "40", "--vocab-size", "384"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -30,6 +33,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (out / "loss.png").stat().st_size > 10_000
     assert (out / "tokenizer" / "tokenizer.json").is_file()
     assert "Next steps:" in proc.stdout and "llmlab generate --model" in proc.stdout
+    assert sorted(d.name for d in (out / "train" / "checkpoints").iterdir()) == ["step-000040"]
 
 
 def test_demo_refuses_a_corpus_too_small_for_a_validation_split(tmp_path, capsys):

@@ -194,6 +194,15 @@ def test_only_the_last_k_checkpoints_are_kept(shards, tmp_path):
     assert sorted(d.name for d in (tmp_path / "checkpoints").iterdir()) == ["step-000006", "step-000008"]
 
 
+def test_a_fresh_run_refuses_an_out_that_holds_checkpoints(shards, tmp_path):
+    # the new run's checkpoints would be pruned by the older, higher-step ones, and --resume would find those
+    train(cfg_for(shards, tmp_path, max_steps=4, eval_every=0), log=lambda *a: None)
+    with pytest.raises(ConfigError, match="already holds a run's checkpoints.*--resume"):
+        train(cfg_for(shards, tmp_path, max_steps=2, eval_every=0), log=lambda *a: None)
+    assert sorted(d.name for d in (tmp_path / "checkpoints").iterdir()) == ["step-000004"]
+    assert losses(tmp_path) and len(losses(tmp_path)) == 4  # the first run's metrics are untouched
+
+
 def test_trained_checkpoint_loads_in_transformers(shards, tmp_path):
     transformers = pytest.importorskip("transformers")
     result = train(cfg_for(shards, tmp_path, max_steps=3, eval_every=0), log=lambda *a: None)

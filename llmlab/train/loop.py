@@ -155,7 +155,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
                           f"{cfg.model.vocab_size}; {fix}.")
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
-    ckpt = latest_checkpoint(ckpt_root) if resume else None
+    ckpt = latest_checkpoint(ckpt_root)
+    if ckpt is not None and not resume:  # a fresh run's checkpoints would mix with these (and be pruned by them)
+        raise ConfigError(f"{out} already holds a run's checkpoints (newest {ckpt}); pass --resume to continue "
+                          f"it, or give another --out to start a new run (or delete {ckpt_root}).")
     if ckpt is not None:  # before any work: a run that is done, or past this max_steps, trains nothing
         saved = read_trainer_state(ckpt)
         check_same_model(ckpt, saved, cfg.model.to_dict())
