@@ -90,6 +90,21 @@ def test_resume_at_max_steps_writes_nothing_and_past_it_is_an_error(shards, tmp_
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
 
 
+def test_an_interrupted_run_says_what_resume_continues_from(shards, tmp_path, capsys, monkeypatch):  # noqa: F811
+    def interrupted(cfg, resume=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    assert main(train_argv(shards.path, tmp_path, "--max_steps", "9")) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before the run saved a checkpoint, so --resume would start over; set --ckpt_every" in err
+    newest = tmp_path / "checkpoints" / "step-000004"
+    newest.mkdir(parents=True)
+    (newest / "trainer_state.json").write_text('{"step": 4}')
+    assert main(train_argv(shards.path, tmp_path, "--max_steps", "9", "--resume")) == 130
+    assert f"interrupted; --resume continues from {newest}" in capsys.readouterr().err
+
+
 def test_tokens_per_s_counts_the_training_steps_only(shards, tmp_path, monkeypatch):  # noqa: F811
     pause = 1.5  # seconds each eval and the plot take here; 2 steps of this model take far less
     evaluate, plot = loop.evaluate, loop.plot_loss_curves

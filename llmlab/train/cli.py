@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
+from pathlib import Path
 
 from llmlab.errors import ConfigError
 
@@ -63,7 +65,18 @@ def run(args: argparse.Namespace) -> int:
     shards = ShardInfo.load(data)
     cfg = build_config(preset=args.preset, file=args.config, overrides=overrides, default_vocab_size=shards.vocab_size,
                        default_eos_token_id=shards.eos_id)
-    result = train(cfg, resume=args.resume)
+    try:
+        result = train(cfg, resume=args.resume)
+    except KeyboardInterrupt:  # Ctrl-C: say what --resume would continue from
+        from llmlab.train.checkpoint import latest_checkpoint
+
+        newest = latest_checkpoint(Path(cfg.out) / "checkpoints")
+        if newest is not None:
+            print(f"interrupted; --resume continues from {newest} (the steps after it are redone).", file=sys.stderr)
+        else:
+            print(f"interrupted before the run saved a checkpoint, so --resume would start over; set --ckpt_every N "
+                  f"to save every N steps (now {cfg.ckpt_every}: only at the end).", file=sys.stderr)
+        return 130
     val = (f"val loss {result.val_loss:.4f}" if result.val_loss is not None
            else f"no val loss ({no_validation_reason(shards, cfg.seq_len) or 'none recorded at that step'})")
     if result.already_complete:
