@@ -203,6 +203,20 @@ def test_a_fresh_run_refuses_an_out_that_holds_checkpoints(shards, tmp_path):
     assert losses(tmp_path) and len(losses(tmp_path)) == 4  # the first run's metrics are untouched
 
 
+def test_a_resume_with_changed_settings_says_which(shards, tmp_path):
+    train(cfg_for(shards, tmp_path, max_steps=4, eval_every=0), log=lambda *a: None)
+    notes = []
+    train(cfg_for(shards, tmp_path, max_steps=6, eval_every=0, batch_size=2, lr=0.01), resume=True, log=notes.append)
+    changed = [n for n in notes if "differ from the checkpoint's" in n]
+    assert len(changed) == 1 and "batch_size 4 -> 2" in changed[0] and "max_steps 4 -> 6" in changed[0]
+    assert "lr 0.003 -> 0.01" in changed[0] and "seq_len" not in changed[0]
+    notes.clear()
+    train(cfg_for(shards, tmp_path, max_steps=8, eval_every=0, batch_size=2, lr=0.01), resume=True, log=notes.append)
+    assert [n for n in notes if "differ from the checkpoint's" in n] == [
+        "note: this run's settings differ from the checkpoint's (max_steps 6 -> 8); training continues with this "
+        "run's, so its losses will not match an uninterrupted run."]
+
+
 def test_trained_checkpoint_loads_in_transformers(shards, tmp_path):
     transformers = pytest.importorskip("transformers")
     result = train(cfg_for(shards, tmp_path, max_steps=3, eval_every=0), log=lambda *a: None)

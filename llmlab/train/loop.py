@@ -45,6 +45,9 @@ from llmlab.train.parallel import apply_activation_checkpointing
 from llmlab.train.report import MetricsLog, plot_loss_curves, read_metrics
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# run keys that change the batches, the schedule or the updates: a resume that changes one is not exact
+_TRAJECTORY_KEYS = ("batch_size", "grad_accum", "seq_len", "max_steps", "lr", "min_lr_ratio", "warmup_steps",
+                    "weight_decay", "beta1", "beta2", "eps", "grad_clip", "precision")
 
 
 @dataclass
@@ -190,6 +193,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
         scaler.load_state_dict(state["scaler"])
         start = state["step"]
         log(f"resumed from {ckpt} (step {start})")
+        changed = [f"{k} {saved['config'][k]!r} -> {getattr(cfg, k)!r}" for k in _TRAJECTORY_KEYS
+                   if k in saved["config"] and saved["config"][k] != getattr(cfg, k)]
+        if changed:
+            log(f"note: this run's settings differ from the checkpoint's ({', '.join(changed)}); training continues "
+                "with this run's, so its losses will not match an uninterrupted run.")
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start if resume else None)
     loss_fn = compiled_lm_loss(model) if cfg.compile else None
     attention = _attention_order(cfg, model, device, log)
