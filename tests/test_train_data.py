@@ -89,6 +89,16 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
         resolve_corpus([tmp_path / "missing.txt"])
 
 
+def test_a_directory_skips_hidden_files_and_folders(tmp_path):
+    (tmp_path / "doc.txt").write_text("text")
+    for hidden in (".venv/lib/site.py", ".notes.md", "sub/.git/HEAD.txt"):
+        (tmp_path / hidden).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / hidden).write_text("not a document")
+    (tmp_path / "sub" / "more.md").write_text("text")
+    assert resolve_corpus([tmp_path]).files == [tmp_path / "doc.txt", tmp_path / "sub" / "more.md"]
+    assert resolve_corpus([tmp_path / ".notes.md"]).files == [tmp_path / ".notes.md"]  # named: taken
+
+
 def test_non_utf8_file_names_file_and_offset(tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("café".encode("latin-1"))

