@@ -139,6 +139,29 @@ def test_cli_generate_from_ids(saved):
     assert len(proc.stdout.splitlines()[0].split(",")) == 4
 
 
+def test_cli_generate_prints_text_without_the_eos_token_and_says_it_stopped(tmp_path, capsys):
+    from llmlab.cli import main
+    from llmlab.tokenizer import train_bpe
+
+    (tmp_path / "text.txt").write_text("the cat sat on the mat\n" * 20)
+    tok = train_bpe([tmp_path / "text.txt"], vocab_size=270, progress=False)
+    first = tok.encode("the")[0]
+    model = Transformer(CFG.replace(vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, tie_word_embeddings=False))
+    with torch.no_grad():  # blocks add nothing, so the head sees the prompt's embedding: EOS wins after "the"
+        for block in model.blocks:
+            block.attn.o.weight.zero_()
+            block.ffn.down.weight.zero_()
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tok.eos_id] = model.embed.weight[first]
+    model.save_pretrained(tmp_path / "m")
+    tok.save(tmp_path / "m")
+    assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the"]) == 0
+    text, stats = capsys.readouterr().out.splitlines()
+    assert text == "" and stats.startswith("[1 tokens in") and stats.endswith("; stopped at EOS]")
+    assert main(["generate", "--model", str(tmp_path / "m"), "--ids", str(first)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == str(tok.eos_id)  # ids show every token
+
+
 def test_cli_help_lists_commands():
     proc = subprocess.run([sys.executable, "-m", "llmlab", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "generate" in proc.stdout
