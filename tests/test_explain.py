@@ -263,6 +263,15 @@ def test_tokenization_and_sampling(results):
     for name in ("T = 1", "T = 2", "top-k 5", "top-p 0.9"):
         assert n[f"tv_{name}"] < n["tv_noise_bound"] and n[f"outside_{name}"] == 0 == n[f"ref_outside_{name}"]
     assert n["greedy_is_argmax"] == 1.0
+    n = num(results, "repetition")
+    assert n["rep4_greedy"] > 0.3 and n["loops_greedy"] >= 3  # greedy on a random model loops
+    for name in ("greedy + repetition_penalty 1.2", "greedy + presence_penalty 0.5", "greedy + frequency_penalty 0.5",
+                 "T = 0.7", "T = 1"):
+        assert n[f"rep4_{name}"] < n["rep4_greedy"] / 3 and n[f"loops_{name}"] <= 1, name
+        assert n[f"distinct_{name}"] > n["distinct_greedy"], name
+    # repetition_penalty reaches the prompt (2 / 1.2); presence/frequency only the output
+    assert n["prompt_logit_greedy + repetition_penalty 1.2"] == pytest.approx(2 / 1.2)
+    assert n["prompt_logit_greedy + presence_penalty 0.5"] == 2.0 == n["prompt_logit_greedy + frequency_penalty 0.5"]
 
 
 def test_architecture_and_serving(results):

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from llmlab.config import ModelConfig
 from llmlab.estimate import count_params, kv_cache_bytes
 from llmlab.estimate.measure import saved_activation_bytes
-from llmlab.explain.registry import SEED_000, SEED_001, SEED_002, SEED_003, Claim, Context, Plot, Result, Table, topic
+from llmlab.explain.registry import SEED_000, SEED_001, SEED_002, SEED_003, Claim, Context, Plot, Result, Table, one_thread, topic
 from llmlab.model.attention import attend
 from llmlab.model.cache import KVCache
 from llmlab.model.transformer import Transformer
@@ -309,9 +309,7 @@ def _best_time(fn, repeat: int = 3) -> float:
     """Best wall time of fn on one intra-op thread. With more threads than free cores (a shared CPU), every
     op waits at a barrier for a descheduled thread: measured 60 ms per call for n = 256 and for n = 2048
     alike, a time slope of 0.1 instead of 2. One thread keeps the timings about the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         fn()
         best = float("inf")
         for _ in range(repeat):
@@ -319,8 +317,6 @@ def _best_time(fn, repeat: int = 3) -> float:
             fn()
             best = min(best, time.perf_counter() - t)
         return best
-    finally:
-        torch.set_num_threads(threads)
 
 
 @topic("padding-mask", theme="attention",
