@@ -293,6 +293,12 @@ def test_architecture_and_serving(results):
     assert n["capacity_paged"] > 2 * n["capacity_contiguous"] and n["prefix_saving"] > 0.5
     # caching off and on serve the same 32 requests: the 31 later ones reuse the system prompt's 512 / 16 blocks
     assert n["prefix_blocks_plain"] - n["prefix_blocks_cached"] == 31 * 512 // 16
+    n = num(results, "continuous-batching")
+    assert n["steps_static"] == n["steps_static_formula"]  # each static batch lasts as long as its longest request
+    assert n["steps_lower_bound"] <= n["steps_continuous"] < n["steps_static"] / 1.3
+    assert n["idle_continuous"] < n["idle_static"] and n["tokens_per_step_continuous"] > n["tokens_per_step_static"]
+    assert n["mean_finish_continuous"] < 0.7 * n["mean_finish_static"]
+    assert n["tokens_per_step_static"] * n["steps_static"] == pytest.approx(n["tokens"])
 
 
 # ---- handbook and CLI ------------------------------------------------------------------------------
