@@ -247,6 +247,13 @@ def test_training(results):
     assert n["Adam (llmlab AdamW, wd 0) vs base"] < 0.01 and n["Adam (llmlab AdamW, wd 0)"] > 1.0
     n = num(results, "gradient-accumulation")
     assert max(n["rel_diff_2"], n["rel_diff_4"], n["rel_diff_8"]) < 1e-5 and n["rel_diff_masked"] > 0.01
+    n = num(results, "lr-warmup-and-dropout")
+    assert n["lr_first"] == pytest.approx(0.1 / 15) and n["lr_peak"] == 0.1 and n["lr_last"] == pytest.approx(0.01)
+    assert n["first_step_median_over_lr"] == pytest.approx(1.0, abs=0.05)  # Adam's first step: ±lr per weight
+    high = (n["final_0.1_constant"], n["final_0.1_cosine, no warmup"])
+    assert min(high) > 0.5 > 0.05 > n["final_0.1_warmup 15 + cosine"] and n["final_0.03_constant"] < 0.05
+    assert n["dropout_sites"] == 3 and n["attn_dropout_layers"] == 2 and n["dropout_zeroed_eval"] == 0
+    assert n["dropout_zeroed_mean"] == pytest.approx(0.1, abs=0.01)
 
 
 def test_tokenization_and_sampling(results):
