@@ -262,6 +262,14 @@ def test_tokenization_and_sampling(results):
     assert n["tokens_per_word_WordPiece_2000"] < n["tokens_per_word_WordPiece_500"]
     assert n["wp_unk_fraction_zh"] == 1.0 and n["bpe_roundtrip_zh"] == 1.0  # unseen characters: [UNK] vs bytes
     assert n["bpe_roundtrip_probe"] == 1.0 and n["wp_roundtrip_probe"] == 0.0 and n["deterministic"] == 1.0
+    n = num(results, "token-counts")
+    for kind in ("English", "code"):  # a bigger vocabulary over the same English corpus: fewer tokens
+        assert n[f"{kind}_English BPE, 2048"] < n[f"{kind}_English BPE, 512"] < n[f"{kind}_bytes"]
+    assert n["English_spread"] > 1.3
+    # no Chinese merges: one token per UTF-8 byte (3 per Chinese character); Chinese in the corpus: fewer
+    assert n["Chinese_English BPE, 512"] == n["Chinese_English BPE, 2048"] == n["Chinese_bytes"] == 3 * 37 + 8
+    assert n["zh_ratio"] > 1.3
+    assert n["chat_tokens"] == n["text_tokens"] + n["chat_overhead"] and n["chat_overhead"] >= 6
     n = num(results, "temperature-top-k-top-p")
     for shape in ("peaked", "flat"):
         assert n[f"support_{shape}_T = 0.5"] == n[f"support_{shape}_T = 2"] == 50 and n[f"support_{shape}_top-k 5"] == 5

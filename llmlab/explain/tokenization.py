@@ -1,17 +1,19 @@
 """Tokenization: BPE and WordPiece trained on the same corpus — what each merges first, how many
-tokens a word costs, what happens to rare and unseen words.
+tokens a word costs, what happens to rare and unseen words; and why one text has a different
+token count under every tokenizer.
 
 Both tokenizers are llmlab's own trainers (`train_bpe`: byte-level, most frequent pair;
 `train_wordpiece`: BERT normalizer, score count(ab) / (count(a)·count(b))). The corpus is the
-English documentation shipped with Python (`pydoc_data.topics`), so the experiment needs no download.
+English documentation shipped with Python (`pydoc_data.topics`), so the experiment needs no download;
+the Chinese corpus is llmlab's own: the Chinese questions and answers of the other explain topics.
 """
 
 from __future__ import annotations
 
 import pydoc_data.topics
 
-from llmlab.explain.registry import SEED_002, SEED_003, Claim, Context, Result, Table, topic
-from llmlab.tokenizer import Tokenizer, train_bpe, train_wordpiece
+from llmlab.explain.registry import SEED_002, SEED_003, Claim, Context, Result, Table, all_topics, topic
+from llmlab.tokenizer import DEFAULT_CHAT_TEMPLATE, Tokenizer, render_chat, train_bpe, train_wordpiece
 
 # Rare or unseen inputs: a long English word, an accented word, a technical word, Chinese from the notes.
 _PROBES = ("unbelievably", "naïve", "tokenization", "北京")
@@ -110,3 +112,86 @@ def bpe_vs_wordpiece(ctx: Context) -> Result:
                       ["input", "BPE", "WordPiece"], split_rows),
                 Table("first tokens each trainer creates", "两种训练器最先创建的 token", ["#", "BPE merge", "WordPiece token"],
                       merge_rows)])
+
+
+# Held-out texts: none of them is in the training corpora.
+_COUNT_TEXTS = {
+    "English": "Token counts depend on the tokenizer: the same sentence costs a different number of tokens in every model.",
+    "Chinese": "为什么LLM的知识更新很困难?RAG和微调的区别是什么?检索增强生成把外部文档放进提示词。",
+    "code": "def total(xs):\n    return sum(x * x for x in xs)  # 1234567\n",
+}
+
+
+@topic("token-counts", theme="tokenization",
+       question_en="What is wrong with counting tokens the way LangChain does, and how is it fixed?",
+       question_zh="langchain token计数有什么问题?如何解决?",
+       claims=[Claim("question", SEED_003, "27.langchaintoken计数有什么问题?如何解决?")],
+       answer_en="A token count belongs to one tokenizer: vocabulary size, training languages and the chat template all "
+                 "change it, so a count made with another model's tokenizer (LangChain's default falls back to "
+                 "GPT-2's) is wrong. Count with the serving model's own "
+                 "tokenizer, after applying its chat template.",
+       answer_zh="token 数只对某一个分词器成立:词表大小、训练语料的语言和对话模板都会改变它,"
+                 "所以用别的模型的分词器来计数(LangChain 的默认做法会退回到 GPT-2 的分词器)是不准的。"
+                 "应当用实际服务的模型自己的分词器、并在套用其对话模板之后计数。")
+def token_counts(ctx: Context) -> Result:
+    train, _ = _corpus()
+    english = train[:150_000]
+    chinese = "\n".join(t.question_zh + "\n" + t.answer_zh for t in all_topics() if t.id != "token-counts")
+    toks = {"English BPE, 512": train_bpe(english, 512, progress=False),
+            "English BPE, 2048": train_bpe(english, 2048, progress=False),
+            "English + Chinese BPE, 2048": train_bpe(english + "\n" + chinese, 2048, progress=False)}
+    rows, nums = [], {}
+    for kind, text in _COUNT_TEXTS.items():
+        counts = [len(tok.encode(text)) for tok in toks.values()]
+        rows.append([kind, len(text), len(text.encode("utf-8")), len(text.split()), *counts])
+        for name, n in zip(toks, counts):
+            nums[f"{kind}_{name}"] = n
+        nums[f"{kind}_chars"], nums[f"{kind}_bytes"] = len(text), len(text.encode("utf-8"))
+        nums[f"{kind}_spread"] = max(counts) / min(counts)
+    zh_en, zh_mixed = nums["Chinese_English BPE, 2048"], nums["Chinese_English + Chinese BPE, 2048"]
+    nums["zh_ratio"] = zh_en / zh_mixed
+    # A chat message costs more than its text: the template adds role markers and special tokens.
+    mixed = toks["English + Chinese BPE, 2048"]
+    message = _COUNT_TEXTS["English"]
+    chat_ids, _ = render_chat(mixed, [{"role": "user", "content": message}], DEFAULT_CHAT_TEMPLATE,
+                              add_generation_prompt=True)
+    nums["chat_tokens"], nums["text_tokens"] = len(chat_ids), len(mixed.encode(message))
+    nums["chat_overhead"] = nums["chat_tokens"] - nums["text_tokens"]
+    en_spread, zh_chars = nums["English_spread"], nums["Chinese_chars"]
+    return Result(
+        verdicts={"question": "incomplete"},
+        numbers=nums,
+        corrected_en="The notes ask without answering. A token count is not a property of the text: measured with three "
+                     "byte-level BPE tokenizers that llmlab trains here, the same English sentence is "
+                     f"{nums['English_English BPE, 512']}, {nums['English_English BPE, 2048']} or "
+                     f"{nums['English_English + Chinese BPE, 2048']} tokens ({en_spread:.1f}× apart: a bigger vocabulary "
+                     f"merges more, a different corpus learns different merges). The {zh_chars}-character Chinese sentence costs {zh_en} tokens under the English-only "
+                     f"tokenizer — one per UTF-8 byte ({nums['Chinese_bytes']} bytes: it learned no Chinese merges) — and "
+                     f"{zh_mixed} once Chinese is in the training corpus ({nums['zh_ratio']:.1f}×). A chat message costs "
+                     f"{nums['chat_overhead']} tokens more than its text ({nums['text_tokens']} → {nums['chat_tokens']}: role "
+                     "markers and <|im_start|>/<|im_end|>). LangChain's default counter, for models without their own, "
+                     "uses GPT-2's tokenizer (its source says 'this method may not be exact') on the text or a 'Human: …' "
+                     "rendering of the messages, not the model's own chat template, so for any other model (and for Chinese above all) its "
+                     "numbers are off; truncation and context budgets built on them overflow or waste context. Fix: count "
+                     "with the model's own tokenizer (its tokenizer.json; llmlab's load_tokenizer reads it), on the "
+                     "rendered chat, and keep a margin for the reply.",
+        corrected_zh="笔记只提问未作答。token 数不是文本本身的属性:用 llmlab 在这里训练的三个字节级 BPE 分词器实测,同一句英文是 "
+                     f"{nums['English_English BPE, 512']}、{nums['English_English BPE, 2048']} 或 "
+                     f"{nums['English_English + Chinese BPE, 2048']} 个 token(相差 {en_spread:.1f} 倍:词表越大合并越多,语料不同学到的合并也不同)。"
+                     f"那句 {zh_chars} 个字的中文在只用英文训练的分词器下是 {zh_en} 个 token——每个 UTF-8 字节一个"
+                     f"(共 {nums['Chinese_bytes']} 字节:它没学到任何中文合并)——训练语料加入中文后是 {zh_mixed} 个"
+                     f"({nums['zh_ratio']:.1f} 倍)。一条对话消息比其文本多 {nums['chat_overhead']} 个 token"
+                     f"({nums['text_tokens']} → {nums['chat_tokens']}:角色标记和 <|im_start|>/<|im_end|>)。LangChain 对没有自带"
+                     "计数方法的模型默认用 GPT-2 的分词器(其源码注明“this method may not be exact”),数的是原始文本或"
+                     "“Human: …”形式的消息,而不是模型自己的对话模板,因此对其他模型(尤其是中文)数得不准;"
+                     "据此做的截断和上下文预算会溢出或浪费上下文。解决:用模型自己的分词器(它的 tokenizer.json;llmlab 的 "
+                     "load_tokenizer 可读取)对套用对话模板后的文本计数,并为回复留出余量。",
+        conclusion_en=f"Same text, different counts: {en_spread:.1f}× across vocabulary sizes and corpora in English, "
+                      f"{nums['zh_ratio']:.1f}× across training languages in Chinese, plus {nums['chat_overhead']} tokens of "
+                      "template per message. Only the serving model's tokenizer gives the count that the context limit and "
+                      "the bill use.",
+        conclusion_zh=f"同一段文本,不同的计数:英文随词表大小和语料相差 {en_spread:.1f} 倍,中文随训练语言相差 {nums['zh_ratio']:.1f} 倍,"
+                      f"每条消息还要加 {nums['chat_overhead']} 个模板 token。只有实际服务的模型的分词器给出的才是上下文上限和计费所用的数。",
+        tables=[Table("token counts of the same texts (llmlab byte-level BPE, trained here)",
+                      "同一段文本的 token 数(llmlab 字节级 BPE,当场训练)",
+                      ["text", "characters", "UTF-8 bytes", "words", *toks], rows)])
