@@ -9,7 +9,6 @@ and the schedule its `lr_at` (linear warmup, cosine decay).
 from __future__ import annotations
 
 import torch
-
 from torch import nn
 
 from llmlab.explain.normalization import _tiny, mapping_task
