@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from llmlab import artifacts
 from llmlab.data.corpora import CorpusError, resolve_corpus
 from llmlab.data.loader import TokenLoader, eval_batches
 from llmlab.data.shards import ShardInfo, prepare_shards, split_document
@@ -46,6 +47,30 @@ def test_shards_are_documents_separated_by_eos(shards):
     texts = [tok.decode(d[:-1].tolist()) for d in np.split(train, np.where(train == tok.eos_id)[0] + 1)[:-1]]
     vals = [tok.decode(d[:-1].tolist()) for d in np.split(val, np.where(val == tok.eos_id)[0] + 1)[:-1]]
     assert [t + v for t, v in zip(texts, vals)] == list(DOCS.values())  # val is each document's tail
+
+
+@pytest.mark.artifact
+def test_a_large_document_is_encoded_in_pieces_with_the_ids_of_the_whole(corpus_dir, tmp_path, monkeypatch):
+    """One big file showed 0/1 documents until it was done and held all its ids in one Python list; it is now
+    encoded in pieces cut where no pre-split piece crosses, with the bar in bytes moving per piece."""
+    import llmlab.tokenizer.train as train
+    from llmlab import load_tokenizer
+
+    monkeypatch.setattr(train, "_CHUNK", 50)  # pieces of ~50 characters instead of ~1M
+    big = tmp_path / "big.txt"
+    big.write_text("".join(DOCS.values()) + "x\n\n  indented\n\tline/ and .\n/path\n" * 10)
+    corpus = resolve_corpus([big])
+    updates = []
+    monkeypatch.setattr("llmlab.data.shards.tqdm.update", lambda self, n=1: updates.append(n))
+    for name, tok in (("bpe", train_bpe(corpus.files, vocab_size=300, progress=False)),
+                      ("o200k", load_tokenizer(artifacts.fetch("o200k-tiktoken"), pattern="o200k"))):
+        updates.clear()
+        info = prepare_shards(corpus, tok, tmp_path / name, val_fraction=0.2, progress=True)
+        text = big.read_text(encoding="utf-8")
+        head, tail = split_document(text, 0.2)
+        assert np.asarray(info.tokens("train")).tolist() == tok.encode(head) + [tok.eos_id], name
+        assert np.asarray(info.tokens("val")).tolist() == tok.encode(tail) + [tok.eos_id], name
+        assert len(updates) > 20 and sum(updates) == big.stat().st_size == corpus.num_bytes
 
 
 def test_split_document_cuts_at_a_line():

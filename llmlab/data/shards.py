@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from llmlab.data.corpora import Corpus, CorpusError
 from llmlab.errors import LlmlabError
+from llmlab.tokenizer.train import safe_chunks
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,22 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    bar = tqdm(corpus.documents(), total=len(corpus.files), desc="tokenize", unit="doc", disable=not progress)
+    # Progress in bytes, and each document encoded in ~1M-character pieces that no pre-split piece crosses (the
+    # same ids as the whole text): one large file moves the bar, and its ids never sit in one Python list.
+    bar = tqdm(total=corpus.num_bytes, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
     n_docs = 0
-    for _, text in bar:
+    for _, text in corpus.documents():
         if not text.strip():
+            bar.update(len(text.encode("utf-8")))
             continue
         n_docs += 1
         for split, part in zip(("train", "val"), split_document(text, val_fraction)):
+            for chunk in safe_chunks(part):
+                splits[split].append(np.asarray(tokenizer.encode(chunk), dtype=dtype))
+                bar.update(len(chunk.encode("utf-8")))
             if part:
-                splits[split].append(np.asarray(tokenizer.encode(part) + [eos], dtype=dtype))
+                splits[split].append(np.asarray([eos], dtype=dtype))
+    bar.close()
     if not splits["train"]:
         raise CorpusError(f"corpus {corpus.name} has no text to train on; every file is empty or blank.")
     counts = {}

@@ -23,7 +23,7 @@ import heapq
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -41,6 +41,19 @@ _CHUNK = 1 << 20  # characters per pre-split call; bounds the temporary list of 
 # A cut here splits no piece of the usual patterns: after "\n" that follows a non-space, before a
 # non-space other than "/" (o200k's punctuation piece " ?[^\s\p{L}\p{N}]+[\r\n/]*" runs on through it).
 _SAFE_CUT = re.compile(r"(?<=\S\n)(?=[^\s/])")
+
+
+def safe_chunks(text: str, size: int | None = None) -> Iterator[str]:
+    """`text` in consecutive pieces of about `size` (default 1M) characters or more, cut only where no pre-split piece of the
+    usual patterns (GPT-2, cl100k, o200k, SmolLM2, BERT) crosses: encoding the pieces one by one gives the ids of
+    the whole text. A text without such a place stays whole."""
+    size = size or _CHUNK
+    start = 0
+    while start < len(text):
+        m = _SAFE_CUT.search(text, start + size) if len(text) - start > size else None
+        end = m.start() if m else len(text)
+        yield text[start:end]
+        start = end
 
 
 def iter_texts(texts_or_files: str | Path | Iterable[str | Path]) -> Iterable[str]:
@@ -77,12 +90,8 @@ def count_words(texts_or_files, split, specials: Iterable[str] = (), coarse=None
     counts: Counter = Counter()
     for text in iter_texts(texts_or_files):
         for seg in (special_re.split(text) if special_re else [text]):
-            start = 0
-            while start < len(seg):
-                m = _SAFE_CUT.search(seg, start + _CHUNK) if len(seg) - start > _CHUNK else None
-                end = m.start() if m else len(seg)
-                counts.update(split(seg[start:end]))
-                start = end
+            for chunk in safe_chunks(seg):
+                counts.update(split(chunk))
     return counts
 
 
