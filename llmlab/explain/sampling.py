@@ -18,8 +18,8 @@ from llmlab.engine.llm import LLM
 from llmlab.engine.sampler import SamplingBatch, apply_penalties, filter_logits, sample
 from llmlab.engine.sequence import SamplingParams
 from llmlab.explain.registry import SEED_003, Claim, Context, Plot, Result, Table, one_thread, topic
-from llmlab.model.transformer import Transformer
 from llmlab.model.generate import sample_next
+from llmlab.model.transformer import Transformer
 
 V = 50  # vocabulary of the toy distribution
 
