@@ -4,6 +4,8 @@ prefix cache; request arguments of the wrong type are one-line RequestErrors."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,19 @@ def test_stop_strings_without_a_tokenizer_are_refused():
 def test_sampling_params_of_the_wrong_type_are_request_errors(kw, match):
     with pytest.raises(RequestError, match=match):
         SamplingParams(**kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"max_new_tokens": 4}, "unknown setting 'max_new_tokens'; did you mean max_tokens"),
+    ({"temprature": 0.5}, "unknown setting 'temprature'; did you mean temperature"),
+    ({"do_sample": False}, "did you mean temperature"),
+    ({"colour": 1}, "unknown setting 'colour'; the settings are n, temperature"),
+])
+def test_an_unknown_sampling_setting_names_the_one_meant(kw, match):
+    with pytest.raises(RequestError, match=match) as caught:
+        SamplingParams(**kw)
+    assert isinstance(caught.value, TypeError)  # still what Python raises for an unknown keyword
+    assert dataclasses.replace(SamplingParams(), max_tokens=3).max_tokens == 3
 
 
 def test_numpy_and_tensor_prompts_are_token_ids_and_bools_are_not():

@@ -15,15 +15,27 @@ Reference: vLLM `SamplingParams` / `Sequence`; GeeeekExplorer/nano-vllm `engine/
 
 from __future__ import annotations
 
+import difflib
 import enum
+import functools
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from llmlab.errors import LlmlabError, is_int, is_number
 
 
 class RequestError(LlmlabError, ValueError):
     """A generation request (prompt or sampling parameters) is invalid."""
+
+
+class UnknownParameterError(RequestError, TypeError):
+    """`SamplingParams` got a keyword it does not have (a TypeError, as Python would raise, and a RequestError)."""
+
+
+# Names other libraries use for a setting SamplingParams has under another name.
+_OTHER_NAMES = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "num_return_sequences": "n",
+                "stop_sequences": "stop", "eos_token_id": "stop_token_ids", "do_sample": "temperature (0 = greedy)",
+                "random_seed": "seed", "top_logprobs": "logprobs"}
 
 
 @dataclass(slots=True)
@@ -91,6 +103,25 @@ class SamplingParams:
     @property
     def has_penalties(self) -> bool:
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+def _refuse_unknown_keywords(init):
+    """Wrap the dataclass __init__: an unknown keyword names the setting meant, not just Python's TypeError."""
+    known = [f.name for f in fields(SamplingParams)]
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs) -> None:
+        for name in kwargs:
+            if name not in known:
+                meant = _OTHER_NAMES.get(name) or next(iter(difflib.get_close_matches(name, known, n=1)), None)
+                hint = f"did you mean {meant}?" if meant else f"the settings are {', '.join(known)}."
+                raise UnknownParameterError(f"SamplingParams: unknown setting {name!r}; {hint}")
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+SamplingParams.__init__ = _refuse_unknown_keywords(SamplingParams.__init__)
 
 
 def _is_number(v) -> bool:
