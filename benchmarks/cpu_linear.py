@@ -7,8 +7,9 @@ head apart), timed back to back for 1, 2, 4, 8, 16, 64 and 512 rows (a prefill c
 each call streams its weight from memory as a decode step does. The kernels alternate and the best
 of --repeats counts (other jobs share these cores). Reported: ms per step, speed-ups over F.linear,
 achieved GB/s (weight bytes / time) and GFLOP/s, and the physical limits: the read bandwidth of summing the
-same weights with torch (`Tensor.sum` streams them once), measured in the same loop, and the rate of a large
-torch matmul in the dtype (engine_common.cpu_peak_flops; a measured rate, not the datasheet peak).
+same weights with torch (`Tensor.sum` streams them once; bf16 weights are read as fp32 words, as a bf16 sum is
+compute-bound on some CPUs), measured in the same loop, and the rate of a large torch matmul in the dtype, at
+least the fp32 rate (engine_common.cpu_peak_flops; a measured rate, not the datasheet peak).
 
     .venv/bin/python benchmarks/cpu_linear.py [--repeats 5]
 """
@@ -38,8 +39,8 @@ def step_ms(layers: list[nn.Linear], x: dict[int, torch.Tensor], kind: str) -> f
             panel_linear(x[m.in_features], m.panels, m.out_features)
         elif kind == "skinny":
             skinny_linear(x[m.in_features], m.weight)
-        elif kind == "read":
-            m.weight.sum()
+        elif kind == "read":  # the same bytes read as fp32: a bf16 sum converts as it goes and is slower than memory
+            m.weight.view(torch.float32).sum()
         else:
             F.linear(x[m.in_features], m.weight)
     return (time.perf_counter() - t0) * 1e3

@@ -186,7 +186,15 @@ def read_bandwidth(nbytes: int = 2 << 30) -> float:
 
 
 def cpu_peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Measured matmul FLOP/s on the CPU: the best of `repeats` (n x n) @ (n x n) products in `dtype`."""
+    """Measured matmul FLOP/s on the CPU: the best of `repeats` (n x n) @ (n x n) products in `dtype`. A 16-bit
+    dtype counts at least the fp32 rate: any kernel can widen its operands and multiply in fp32 (llmlab's panel
+    kernel does on AVX-512 CPUs without bf16 instructions, where torch's bf16 matmul runs at a fraction of it)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return max(_matmul_flops(dtype, n, repeats), _matmul_flops(torch.float32, n, repeats))
+    return _matmul_flops(dtype, n, repeats)
+
+
+def _matmul_flops(dtype: torch.dtype, n: int, repeats: int) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # first call: oneDNN/MKL set-up
     best = float("inf")

@@ -74,6 +74,20 @@ def test_panel_linear_many_rows_3d_input_and_zero_rows(dtype):
     assert panel_linear(x[:, :0], packed, 200, b).shape == (3, 0, 200)
 
 
+@pytest.mark.skipif(not panel_supported(torch.bfloat16), reason="no bf16 panel kernel on this CPU")
+def test_bf16_sums_round_to_nearest_even_once_and_keep_nan_and_inf():
+    """Exact products whose fp32 sums lie on or past a halfway point between bf16 neighbours: truncating, or
+    rounding twice, gives another answer (VDPBF16PS rounds in the CPU; the widened path rounds in code)."""
+    e = 2.0 ** -8
+    x = torch.tensor([[1 + 2 * e, e], [1.0, e], [1.0, e + e / 2], [float("nan"), 0.0], [float("inf"), 0.0],
+                      [-1 - 2 * e, -e]], dtype=torch.bfloat16)
+    w = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.bfloat16)
+    got = panel_linear(x, pack_panels(w), 2).float()
+    want = reference(x, w, None).float()
+    assert got[:, 0].tolist()[:3] == [1 + 4 * e, 1.0, 1 + 2 * e] and got[5, 0] == -1 - 4 * e
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
 @needs_panel
 def test_panel_linear_does_not_depend_on_the_thread_count():
     torch.manual_seed(0)
@@ -157,6 +171,20 @@ def test_compiled_engine_traces_the_panel_op(monkeypatch):
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=10))
     assert [o.outputs[0].token_ids for o in outs] == refs
     assert 3 in calls  # the compiled decode step of 3 rows called the kernel
+
+
+@pytest.mark.skipif(not (panel_supported(torch.bfloat16) and packing_supported(torch.bfloat16)),
+                    reason="no bf16 panel kernel or oneDNN bf16 packing here")
+@pytest.mark.parametrize("widened", [False, True])
+def test_a_small_compiled_engine_traces_the_panel_op_only_for_widened_bf16(monkeypatch, widened):
+    """Engines of at most 4 sequences keep Inductor's GEMM template, except in bf16 on a CPU without bf16
+    instructions, where the panel kernel was faster (model_runner._panel_beats_template); fp32 never."""
+    import llmlab.engine.model_runner as mr
+
+    monkeypatch.setattr(mr, "bf16_widened", lambda: widened)
+    for dtype, traced in ((torch.bfloat16, widened), (torch.float32, False)):
+        llm = LLM(tiny_model().to(dtype), block_size=4, max_num_seqs=1, compile_decode=True)
+        assert (llm.engine.runner.traced_panels == 2 * 4 + 1) == traced, dtype
 
 
 @needs_panel

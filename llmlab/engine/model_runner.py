@@ -68,6 +68,7 @@ from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels import cuda_linear
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
 from llmlab.kernels.cpu_norm import use_fast_norms
+from llmlab.kernels.cpu_panel_linear import bf16_widened
 from llmlab.kernels.paged_attention import available as paged_kernel_available
 from llmlab.kernels.paged_attention import warm_up as paged_warm_up
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
@@ -102,11 +103,13 @@ class ModelRunner:
         # is fastest for it on this CPU, timed here in a second or two. A compiled decode step of more than
         # CPU_GEMM_TEMPLATE_MAX_SEQS sequences traces the panel kernel (where this CPU has it) as an opaque op and
         # Inductor fuses the rest around it; smaller ones keep Inductor's GEMM template, which was faster there
-        # (SmolLM2-135M, one sequence, bf16, 2-core EPYC: 83.9 tok/s against 72.2 with the op).
+        # (SmolLM2-135M, one sequence, bf16, 2-core EPYC: 83.9 tok/s against 72.2 with the op), except in bf16 on
+        # CPUs without bf16 instructions (_panel_beats_template).
         if self.device.type == "cpu" and config.cpu_pack_linears and pack_linears(model):
             decode = [r for r in (1, 2, 4, 8, 16, 32) if r <= config.max_num_seqs]
             tune_packing(model, rows=tuple(sorted({*decode, min(128, config.max_num_batched_tokens)})))
-            if self.compile_cpu and config.max_num_seqs > CPU_GEMM_TEMPLATE_MAX_SEQS:
+            if self.compile_cpu and (config.max_num_seqs > CPU_GEMM_TEMPLATE_MAX_SEQS
+                                     or _panel_beats_template(self.dtype)):
                 self.traced_panels = sum(m.prepare_for_compile() for m in packed_layers(model))
         if self.device.type == "cpu" and config.cpu_fast_norms and not self.compile_cpu:
             use_fast_norms(model)  # one C call per norm instead of ~8 small ops (Inductor fuses them when compiling)
@@ -436,6 +439,14 @@ def decode_segment(q_start: int, tables: Tensor, ctx: Tensor, block_size: int, w
 # 576x3072 + 3072x576 pairs took, at 2 / 4 / 8 / 16 rows, bf16 4.4 / 4.8 / 18.3 / 34.3 ms vs oneDNN
 # 6.5 / 6.6 / 8.4 / 9.2 ms, and fp32 7.2 / 7.4 / 15.0 / 26.5 vs 13.6 / 12.5 / 14.3 / 17.1 ms.
 CPU_GEMM_TEMPLATE_MAX_SEQS = 4
+
+
+def _panel_beats_template(dtype: torch.dtype) -> bool:
+    """Whether a small compiled engine should trace the panel kernel anyway: bf16 on an AVX-512 CPU without bf16
+    instructions, where Inductor's template widens bf16 less well than the panel kernel (2-core Ice Lake Xeon,
+    SmolLM2-135M, one sequence: 19.9-20.8 against 24.5-25.0 ms a decode step; fp32 there: the template, 27.9-29.4
+    against 31.4-32.9)."""
+    return dtype == torch.bfloat16 and bf16_widened()
 
 
 class _FrozenDecode:

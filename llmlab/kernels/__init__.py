@@ -2,7 +2,7 @@
 
     cpu_linear           - nn.Linear for CPU inference: per row count the fastest of oneDNN-packed, the panel
                            kernel and the C kernel for 1-4 rows, found by a start-up timing (the engine applies it)
-    cpu_panel_linear     - register-tiled linear on a weight packed into 16-column panels (AVX-512, AVX512-BF16)
+    cpu_panel_linear     - register-tiled linear on 16-column weight panels (AVX-512; bf16: VDPBF16PS or widened)
     cpu_paged_attention  - paged decode attention for the CPU in C (the engine's CPU default)
     cpu_norm             - RMSNorm for CPU inference in one C call (the engine swaps it in on CPU)
     paged_attention      - the same for CUDA in Triton

@@ -17,7 +17,7 @@ so checkpoints, conversion and later module swaps see nothing new. It packs lazi
 inference call and packs again whenever the weight changes — its version counter (optimizer
 steps, `load_state_dict`, any in-place write) or its storage (`.to()`) — so it never multiplies by
 a stale copy. It falls back to `F.linear` while autograd records, off CPU, and for dtypes other
-than fp32 (and bf16 where the CPU has bf16 instructions) — also after a later `.half()` or
+than fp32 (and bf16 where oneDNN packs it: AVX-512 CPUs) — also after a later `.half()` or
 `.to("cuda")`. Cost: one packed copy of each weight per kernel in use (`tune_packing` frees the others).
 
     pack_linears(model)   # swap every nn.Linear (and fused projection) in place; returns how many

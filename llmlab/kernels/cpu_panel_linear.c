@@ -1,7 +1,10 @@
 /* y = x w^T + b for decode batches of a few to a few dozen rows, from a weight packed once into 16-column panels:
  * the register-tiled inner loop of a GEMM with no horizontal sums. Built and loaded by cpu_panel_linear.py through
- * cbuild.py (-O3 -march=native, OpenMP on torch's pool); needs AVX-512 (fp32) and AVX512-BF16 (bf16), else the
- * library says so through llmlab_panel_has() and Python keeps oneDNN.
+ * cbuild.py (-O3 -march=native, OpenMP on torch's pool); needs AVX-512 (fp32 and bf16), else the library says so
+ * through llmlab_panel_has() and Python keeps oneDNN. bf16 multiplies with VDPBF16PS where the CPU has AVX512-BF16;
+ * on AVX-512 CPUs without it (Intel Skylake-SP to Ice Lake) each packed pair is widened to two fp32 vectors (a
+ * shift, a mask) and multiplied with two FMAs by rows of x widened to fp32 once per call: a decode step reads half
+ * the bytes of fp32 at the same FMA count.
  *
  * Packed layouts (cpu_panel_linear.py's pack_panels), P = ceil(N / 16) panels, columns past N zero:
  *   fp32  wp[P][K][16]          one 64-byte vector per (panel, k): 16 output columns at one k
@@ -15,9 +18,11 @@
  * Zen 4).
  *
  * Rounding: bf16 products are exact in fp32 and VDPBF16PS adds them in fp32 (inputs and sums that are bf16
- * denormals count as zero); the bias is added in fp32 and the sum rounded to nearest even once.
+ * denormals count as zero; the widened path keeps denormals); the bias is added in fp32 and the sum rounded to
+ * nearest even once.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX512F__)
@@ -31,12 +36,20 @@
 #else
 #define PANEL_BF16 0
 #endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && !PANEL_BF16
+#define PANEL_BF16_WIDE 1 /* bf16 widened to fp32 (no VDPBF16PS) */
+#else
+#define PANEL_BF16_WIDE 0
+#endif
 
 #define NT 3 /* panels per tile: 48 columns */
 #define MB 8 /* rows per tile (the switch below has a case per count): NT * MB = 24 of 32 vector registers */
 
 /* 1 where the entry point for `dtype` (0 fp32, 1 bf16) computes; 0 where this CPU/compiler lacks the ISA. */
-int llmlab_panel_has(int dtype) { return dtype == 0 ? PANEL_F32 : dtype == 1 ? PANEL_BF16 : 0; }
+int llmlab_panel_has(int dtype) { return dtype == 0 ? PANEL_F32 : dtype == 1 ? PANEL_BF16 || PANEL_BF16_WIDE : 0; }
+
+/* 1 where bf16 multiplies with VDPBF16PS, 2 where it is widened to fp32 and FMAs, 0 where there is no bf16 kernel. */
+int llmlab_panel_bf16_mode(void) { return PANEL_BF16 ? 1 : PANEL_BF16_WIDE ? 2 : 0; }
 
 #if PANEL_F32
 static inline __attribute__((always_inline)) __mmask16 tail_mask(int64_t col, int64_t N) {
@@ -45,12 +58,14 @@ static inline __attribute__((always_inline)) __mmask16 tail_mask(int64_t col, in
 }
 #endif
 
-#if PANEL_BF16
+#if PANEL_BF16 || PANEL_BF16_WIDE
 static inline __attribute__((always_inline)) __m512 load_bias_bf16(const uint16_t *b, int64_t col, __mmask16 m) {
     const __m256i bits = _mm256_maskz_loadu_epi16(m, b + col);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
+#endif
 
+#if PANEL_BF16
 /* One tile: nt panels from `wp` (panel stride K2 * 32 elements) times mb rows of x (row stride ldx). */
 static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *x, int64_t ldx, const uint16_t *wp,
                                                             int64_t K2, const uint16_t *bias, uint16_t *y,
@@ -89,6 +104,70 @@ static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *x, i
             _mm256_mask_storeu_epi16(y + m * ldy + col, msk, out);
         }
     }
+}
+#endif
+
+#if PANEL_BF16_WIDE
+/* fp32 -> bf16, round to nearest even (as VCVTNEPS2BF16; a NaN stays a quiet NaN). */
+static inline __attribute__((always_inline)) __m256i round_to_bf16(__m512 v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+
+/* One tile as tile_bf16, from rows of x already widened to fp32 (row stride ldx floats): each packed vector of
+ * 16 columns x a k pair becomes the even-k and odd-k fp32 vectors, each multiplied by its broadcast x value. */
+static inline __attribute__((always_inline)) void tile_bf16_wide(const float *x, int64_t ldx, const uint16_t *wp,
+                                                                 int64_t K2, const uint16_t *bias, uint16_t *y,
+                                                                 int64_t ldy, int64_t col0, int64_t N,
+                                                                 const uint16_t *next, const int nt, const int mb) {
+    __m512 acc[NT][MB];
+    const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++)
+#pragma GCC unroll 8
+        for (int m = 0; m < mb; m++) acc[t][m] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < K2; j++) {
+        __m512 we[NT], wo[NT];
+#pragma GCC unroll 8
+        for (int t = 0; t < nt; t++) {
+            const __m512i w = _mm512_loadu_si512(wp + (t * K2 + j) * 32);
+            we[t] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+            wo[t] = _mm512_castsi512_ps(_mm512_and_si512(w, high));
+            _mm_prefetch((const char *)(next + (t * K2 + j) * 32), _MM_HINT_T1);
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < mb; m++) {
+            const __m512 xe = _mm512_set1_ps(x[m * ldx + 2 * j]), xo = _mm512_set1_ps(x[m * ldx + 2 * j + 1]);
+#pragma GCC unroll 8
+            for (int t = 0; t < nt; t++) acc[t][m] = _mm512_fmadd_ps(wo[t], xo, _mm512_fmadd_ps(we[t], xe, acc[t][m]));
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++) {
+        const int64_t col = col0 + 16 * t;
+        if (col >= N) break;
+        const __mmask16 msk = tail_mask(col, N);
+        const __m512 b = bias ? load_bias_bf16(bias, col, msk) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int m = 0; m < mb; m++)
+            _mm256_mask_storeu_epi16(y + m * ldy + col, msk, round_to_bf16(_mm512_add_ps(acc[t][m], b)));
+    }
+}
+
+/* x (M, K) bf16 as fp32 rows in a new buffer, also stored in *owned for the caller to free; NULL when out of
+ * memory. */
+static const float *widen_rows(const uint16_t *x, int64_t M, int64_t K, float **owned) {
+    float *xf = *owned = malloc((size_t)(M * K) * sizeof(float));
+    if (xf)
+        for (int64_t i = 0; i < M * K; i++) {
+            const uint32_t bits = (uint32_t)x[i] << 16;
+            memcpy(xf + i, &bits, 4);
+        }
+    return xf;
 }
 #endif
 
@@ -140,13 +219,17 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, int64
         default: TILE(__VA_ARGS__, 8);              \
     }
 
-/* x (M, K), wp packed (see above), bias (N,) or NULL, y (M, N); all contiguous. Returns 0, or 1 on bad sizes
- * or a missing ISA (nothing written). */
-#define DEFINE_PANEL_LINEAR(NAME, T, HAS, STEP, TILE)                                                          \
-    int panel_linear_##NAME(const T *x, const T *wp, const T *bias, T *y, int64_t M, int64_t N, int64_t K,      \
+/* x (M, K), wp packed (see above), bias (N,) or NULL, y (M, N); all contiguous. Returns 0, 1 on bad sizes or a
+ * missing ISA, 2 when out of memory (nothing written either way). XT is the type the tiles read x as: T, or
+ * float where WIDEN(x, M, K, &owned) returns x widened into a buffer `owned` that this call frees. */
+#define DEFINE_PANEL_LINEAR(NAME, T, XT, HAS, STEP, TILE, WIDEN)                                               \
+    int panel_linear_##NAME(const T *x_in, const T *wp, const T *bias, T *y, int64_t M, int64_t N, int64_t K,   \
                             int nthreads) {                                                                    \
         if (!HAS || M < 1 || N < 1 || K < STEP || K % STEP) return 1;                                          \
         if (nthreads < 1) nthreads = 1;                                                                        \
+        XT *owned = NULL;                                                                                      \
+        const XT *x = WIDEN(x_in, M, K, &owned);                                                               \
+        if (x == NULL) return 2;                                                                               \
         const int64_t P = (N + 15) / 16, groups = (P + NT - 1) / NT, KS = K / STEP;                            \
         _Pragma("omp parallel for schedule(static) num_threads(nthreads)") for (int64_t g = 0; g < groups; g++) { \
             const int64_t p0 = g * NT;                                                                         \
@@ -155,7 +238,7 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, int64
             const T *nx = g + 1 < groups ? w + NT * KS * 16 * STEP : w; /* prefetch never faults */          \
             for (int64_t m0 = 0; m0 < M; m0 += MB) {                                                          \
                 const int mb = (int)(M - m0 < MB ? M - m0 : MB);                                              \
-                const T *xr = x + m0 * K;                                                                     \
+                const XT *xr = x + m0 * K;                                                                    \
                 T *yr = y + m0 * N;                                                                           \
                 if (nt == NT) {                                                                               \
                     ROWS_CASES(TILE, xr, K, w, KS, bias, yr, N, p0 * 16, N, nx, NT)                               \
@@ -166,11 +249,14 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, int64
                 }                                                                                             \
             }                                                                                                 \
         }                                                                                                     \
+        free(owned);                                                                                           \
         return 0;                                                                                              \
     }
+/* No widening: the tiles read x as given. */
+#define SAME_ROWS(x, M, K, owned) (x)
 
 #if PANEL_F32
-DEFINE_PANEL_LINEAR(f32, float, PANEL_F32, 1, tile_f32)
+DEFINE_PANEL_LINEAR(f32, float, float, PANEL_F32, 1, tile_f32, SAME_ROWS)
 #else
 int panel_linear_f32(const float *x, const float *wp, const float *bias, float *y, int64_t M, int64_t N, int64_t K,
                      int nthreads) {
@@ -179,7 +265,9 @@ int panel_linear_f32(const float *x, const float *wp, const float *bias, float *
 }
 #endif
 #if PANEL_BF16
-DEFINE_PANEL_LINEAR(bf16, uint16_t, PANEL_BF16, 2, tile_bf16)
+DEFINE_PANEL_LINEAR(bf16, uint16_t, uint16_t, PANEL_BF16, 2, tile_bf16, SAME_ROWS)
+#elif PANEL_BF16_WIDE
+DEFINE_PANEL_LINEAR(bf16, uint16_t, float, PANEL_BF16_WIDE, 2, tile_bf16_wide, widen_rows)
 #else
 int panel_linear_bf16(const uint16_t *x, const uint16_t *wp, const uint16_t *bias, uint16_t *y, int64_t M, int64_t N,
                       int64_t K, int nthreads) {

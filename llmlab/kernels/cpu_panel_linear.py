@@ -6,14 +6,17 @@
 Why. A decode step multiplies a few to a few dozen rows by every weight: too few rows for a GEMM library's
 blocking to pay, too many for a GEMV. The kernel keeps a 48-column x 8-row tile of fp32 sums in AVX-512
 registers, streams each weight panel from memory once (prefetching the next while the row blocks pass over this
-one) and, in bf16, multiplies pairs with VDPBF16PS. `benchmarks/cpu_linear.py` times SmolLM2-135M's 210 linears
-per step (benchmarks/results/cpu_linear.json): on a 2-core Zen 4 EPYC in bf16, 16 rows take 11.0 ms against
-oneDNN's 19.1, 1 row 7.9 ms (26.8 GB/s against a 28.1 GB/s read limit), 512 rows 241 against 259 (452 GFLOP/s;
-a large torch matmul runs at 425 there); fp32 16 rows 20.8 against 29.9.
+one) and, in bf16, multiplies pairs with VDPBF16PS, or, on AVX-512 CPUs without it, widens each pair to fp32
+and uses two FMAs: half the bytes of fp32 at the same FMA count. `benchmarks/cpu_linear.py` times SmolLM2-135M's
+210 linears per step (benchmarks/results/cpu_linear.json): on a 2-core Zen 4 EPYC in bf16, 16 rows take 11.0 ms
+against oneDNN's 19.1, 1 row 7.9 ms (26.8 GB/s against a 28.1 GB/s read limit), 512 rows 241 against 259
+(452 GFLOP/s; a large torch matmul runs at 425 there); fp32 16 rows 20.8 against 29.9. On a 2-core Intel Xeon
+(Ice Lake, no AVX512-BF16; cpu_linear_xeon.json), bf16 widened: 1 row 11.9 ms against F.linear's 14.9, 16 rows
+20.0 against oneDNN's 83.2, 512 rows 490 against 1,661 (222 GFLOP/s; torch's bf16 matmul runs at 65 there).
 
-Where it runs: x86 with AVX-512 (fp32) and AVX512-BF16 (bf16, even K), built by cbuild with -march=native;
-`panel_supported` says whether this machine has it. `kernels/cpu_linear.PackedLinear` routes row counts to it
-where `tune_packing` measured it fastest.
+Where it runs: x86 with AVX-512 (fp32; bf16 with an even K, AVX512-BW), built by cbuild with -march=native;
+`panel_supported` says whether this machine has it, `bf16_widened` whether bf16 runs without VDPBF16PS.
+`kernels/cpu_linear.PackedLinear` routes row counts to it where `tune_packing` measured it fastest.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ def _functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
             fn.argtypes, fn.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
             fns[dtype] = fn
     return fns
+
+
+@functools.cache
+def bf16_widened() -> bool:
+    """Whether the bf16 kernel here widens to fp32 and FMAs (AVX-512 without AVX512-BF16), not VDPBF16PS."""
+    lib = cbuild.load("cpu_panel_linear.c").lib
+    return lib is not None and lib.llmlab_panel_bf16_mode() == 2
 
 
 def _pair(dtype: torch.dtype) -> int:
@@ -82,6 +92,8 @@ def panel_linear(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | No
         b = None if bias is None else bias.contiguous()
         status = _functions()[x.dtype](x2.data_ptr(), packed.data_ptr(), None if b is None else b.data_ptr(),
                                        y.data_ptr(), x2.shape[0], out_features, K, torch.get_num_threads())
+        if status == 2:
+            raise MemoryError(f"the panel linear kernel could not allocate {x2.shape[0]} x {K} fp32 values.")
         if status:
             raise RuntimeError(f"the panel linear kernel refused {x.dtype} with {K} inputs on this CPU.")
     return y.view(*x.shape[:-1], out_features)
