@@ -330,6 +330,26 @@ def test_fast_rms_norm_steps_aside_for_autograd_and_mixed_dtypes():
 
 
 @needs_norm
+def test_a_compiled_engine_runs_its_eager_prefill_through_the_norm_kernel(monkeypatch):
+    """compile_decode compiles the decode step only: the prefill is eager and takes the C norm (the graph traces
+    the plain forward), and the greedy tokens stay the model's own."""
+    import llmlab.kernels.cpu_norm as cn
+
+    plain = model()
+    prompts = [[5, 17, 42], list(range(20, 41))]
+    refs = [plain.generate(torch.tensor([p]), max_new_tokens=6)[0, len(p):].tolist() for p in prompts]
+    torch._dynamo.reset()
+    llm = LLM(copy.deepcopy(plain), max_num_batched_tokens=64, compile_decode=True)
+    assert any(isinstance(m, FastRMSNorm) for m in llm.model.modules())
+    calls = []
+    real = cn.rms_norm_cpu
+    monkeypatch.setattr(cn, "rms_norm_cpu", lambda x, *a: calls.append(x.numel() // x.shape[-1]) or real(x, *a))
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6))
+    assert [o.outputs[0].token_ids for o in outs] == refs
+    assert calls and max(calls) > 2  # the prefill's rows went through the kernel
+
+
+@needs_norm
 def test_engine_swaps_norms_on_cpu_and_keeps_greedy_outputs():
     prompts = [[5, 17, 42], list(range(20, 41))]
     params = SamplingParams(temperature=0, max_tokens=10)

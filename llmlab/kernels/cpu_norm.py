@@ -52,9 +52,9 @@ class FastRMSNorm(RMSNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
-        if (x.device.type != "cpu" or x.dtype != w.dtype or not supported(x.dtype) or x.numel() == 0
-                or torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)
-                or torch.compiler.is_compiling()):
+        # Traced first: the checks below call into ctypes, which torch.compile cannot trace (a graph break).
+        if (torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype != w.dtype or not supported(x.dtype)
+                or x.numel() == 0 or torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
             return super().forward(x)
         return rms_norm_cpu(x, w, self.eps)
 
