@@ -62,6 +62,27 @@ static inline __attribute__((always_inline)) __mmask16 tail_mask(int64_t col, in
 }
 #endif
 
+#if PANEL_F32
+/* acc[t][m] = sum over k of x[m][k] * panel t's 16 columns at k, from fp32 panels (panel stride K * 16 floats);
+ * PF (a constant) 1: prefetch the same place in `next` as each weight vector is read. */
+#define F32_SUMS(acc, x, ldx, wp, K, next, PF, nt, mb)                                                        \
+    do {                                                                                                      \
+        _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++)                                                  \
+            _Pragma("GCC unroll 8") for (int m = 0; m < mb; m++) acc[t][m] = _mm512_setzero_ps();              \
+        for (int64_t k = 0; k < K; k++) {                                                                     \
+            __m512 w[NT];                                                                                     \
+            _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {                                            \
+                w[t] = _mm512_loadu_ps(wp + (t * K + k) * 16);                                                \
+                if (PF) _mm_prefetch((const char *)(next + (t * K + k) * 16), _MM_HINT_T1);                   \
+            }                                                                                                 \
+            _Pragma("GCC unroll 8") for (int m = 0; m < mb; m++) {                                            \
+                const __m512 xb = _mm512_set1_ps(x[m * ldx + k]);                                             \
+                _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) acc[t][m] = _mm512_fmadd_ps(w[t], xb, acc[t][m]); \
+            }                                                                                                 \
+        }                                                                                                     \
+    } while (0)
+#endif
+
 #if PANEL_BF16 || PANEL_BF16_WIDE
 static inline __attribute__((always_inline)) __m512 load_bias_bf16(const uint16_t *b, int64_t col, __mmask16 m) {
     const __m256i bits = _mm256_maskz_loadu_epi16(m, b + col);
@@ -169,21 +190,7 @@ static inline __attribute__((always_inline)) void tile_wf(const float *x, int64_
                                                           int64_t N, const float *next, const int nt, const int mb) {
     (void)next;
     __m512 acc[NT][MB];
-#pragma GCC unroll 8
-    for (int t = 0; t < nt; t++)
-#pragma GCC unroll 8
-        for (int m = 0; m < mb; m++) acc[t][m] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k++) {
-        __m512 w[NT];
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) w[t] = _mm512_load_ps(wf + (t * K + k) * 16);
-#pragma GCC unroll 8
-        for (int m = 0; m < mb; m++) {
-            const __m512 xb = _mm512_set1_ps(x[m * ldx + k]);
-#pragma GCC unroll 8
-            for (int t = 0; t < nt; t++) acc[t][m] = _mm512_fmadd_ps(w[t], xb, acc[t][m]);
-        }
-    }
+    F32_SUMS(acc, x, ldx, wf, K, wf, 0, nt, mb);
 #pragma GCC unroll 8
     for (int t = 0; t < nt; t++) {
         const int64_t col = col0 + 16 * t;
@@ -214,24 +221,7 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, int64
                                                            const float *bias, float *y, int64_t ldy, int64_t col0,
                                                            int64_t N, const float *next, const int nt, const int mb) {
     __m512 acc[NT][MB];
-#pragma GCC unroll 8
-    for (int t = 0; t < nt; t++)
-#pragma GCC unroll 8
-        for (int m = 0; m < mb; m++) acc[t][m] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k++) {
-        __m512 w[NT];
-#pragma GCC unroll 8
-        for (int t = 0; t < nt; t++) {
-            w[t] = _mm512_loadu_ps(wp + (t * K + k) * 16);
-            _mm_prefetch((const char *)(next + (t * K + k) * 16), _MM_HINT_T1);
-        }
-#pragma GCC unroll 8
-        for (int m = 0; m < mb; m++) {
-            const __m512 xb = _mm512_set1_ps(x[m * ldx + k]);
-#pragma GCC unroll 8
-            for (int t = 0; t < nt; t++) acc[t][m] = _mm512_fmadd_ps(w[t], xb, acc[t][m]);
-        }
-    }
+    F32_SUMS(acc, x, ldx, wp, K, next, 1, nt, mb);
 #pragma GCC unroll 8
     for (int t = 0; t < nt; t++) {
         const int64_t col = col0 + 16 * t;
