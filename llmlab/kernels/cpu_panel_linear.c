@@ -88,6 +88,38 @@ static inline __attribute__((always_inline)) __m512 load_bias_bf16(const uint16_
     const __m256i bits = _mm256_maskz_loadu_epi16(m, b + col);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
+
+/* fp32 -> bf16, round to nearest even, a NaN stays a quiet NaN: VCVTNEPS2BF16, or the same in code. */
+#if PANEL_BF16
+static inline __attribute__((always_inline)) __m256i round_to_bf16(__m512 v) {
+    return (__m256i)_mm512_cvtneps_pbh(v);
+}
+#else
+static inline __attribute__((always_inline)) __m256i round_to_bf16(__m512 v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+#endif
+
+/* y[m][col0 + 16 t + c] = bf16(acc[t][m][c] + bias), columns past N untouched. */
+static inline __attribute__((always_inline)) void store_bf16(__m512 acc[NT][MB], const uint16_t *bias, uint16_t *y,
+                                                             int64_t ldy, int64_t col0, int64_t N, const int nt,
+                                                             const int mb) {
+#pragma GCC unroll 8
+    for (int t = 0; t < nt; t++) {
+        const int64_t col = col0 + 16 * t;
+        if (col >= N) break;
+        const __mmask16 msk = tail_mask(col, N);
+        const __m512 b = bias ? load_bias_bf16(bias, col, msk) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int m = 0; m < mb; m++)
+            _mm256_mask_storeu_epi16(y + m * ldy + col, msk, round_to_bf16(_mm512_add_ps(acc[t][m], b)));
+    }
+}
 #endif
 
 #if PANEL_BF16
@@ -117,32 +149,11 @@ static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *x, i
             for (int t = 0; t < nt; t++) acc[t][m] = _mm512_dpbf16_ps(acc[t][m], w[t], xb);
         }
     }
-#pragma GCC unroll 8
-    for (int t = 0; t < nt; t++) {
-        const int64_t col = col0 + 16 * t;
-        if (col >= N) break;
-        const __mmask16 msk = tail_mask(col, N);
-        const __m512 b = bias ? load_bias_bf16(bias, col, msk) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-        for (int m = 0; m < mb; m++) {
-            const __m256i out = (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(acc[t][m], b));
-            _mm256_mask_storeu_epi16(y + m * ldy + col, msk, out);
-        }
-    }
+    store_bf16(acc, bias, y, ldy, col0, N, nt, mb);
 }
 #endif
 
 #if PANEL_BF16_WIDE
-/* fp32 -> bf16, round to nearest even (as VCVTNEPS2BF16; a NaN stays a quiet NaN). */
-static inline __attribute__((always_inline)) __m256i round_to_bf16(__m512 v) {
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
-    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(bits, _mm512_set1_epi32(0x400000)));
-    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
-}
-
 /* One tile as tile_bf16, from rows of x already widened to fp32 (row stride ldx floats): each packed vector of
  * 16 columns x a k pair becomes the even-k and odd-k fp32 vectors, each multiplied by its broadcast x value.
  * `next` NULL: no prefetch (see WIDE_PREFETCH). */
@@ -172,16 +183,7 @@ static inline __attribute__((always_inline)) void tile_bf16_wide(const float *x,
             for (int t = 0; t < nt; t++) acc[t][m] = _mm512_fmadd_ps(wo[t], xo, _mm512_fmadd_ps(we[t], xe, acc[t][m]));
         }
     }
-#pragma GCC unroll 8
-    for (int t = 0; t < nt; t++) {
-        const int64_t col = col0 + 16 * t;
-        if (col >= N) break;
-        const __mmask16 msk = tail_mask(col, N);
-        const __m512 b = bias ? load_bias_bf16(bias, col, msk) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-        for (int m = 0; m < mb; m++)
-            _mm256_mask_storeu_epi16(y + m * ldy + col, msk, round_to_bf16(_mm512_add_ps(acc[t][m], b)));
-    }
+    store_bf16(acc, bias, y, ldy, col0, N, nt, mb);
 }
 
 /* One tile as tile_bf16_wide, from panels already widened into an fp32 buffer (panel stride K * 16 floats). */
@@ -191,16 +193,7 @@ static inline __attribute__((always_inline)) void tile_wf(const float *x, int64_
     (void)next;
     __m512 acc[NT][MB];
     F32_SUMS(acc, x, ldx, wf, K, wf, 0, nt, mb);
-#pragma GCC unroll 8
-    for (int t = 0; t < nt; t++) {
-        const int64_t col = col0 + 16 * t;
-        if (col >= N) break;
-        const __mmask16 msk = tail_mask(col, N);
-        const __m512 b = bias ? load_bias_bf16(bias, col, msk) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-        for (int m = 0; m < mb; m++)
-            _mm256_mask_storeu_epi16(y + m * ldy + col, msk, round_to_bf16(_mm512_add_ps(acc[t][m], b)));
-    }
+    store_bf16(acc, bias, y, ldy, col0, N, nt, mb);
 }
 
 /* x (M, K) bf16 as fp32 rows in a new buffer, also stored in *owned for the caller to free; NULL when out of
