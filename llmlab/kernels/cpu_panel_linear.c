@@ -127,7 +127,8 @@ static inline __attribute__((always_inline)) void store_bf16(__m512 acc[NT][MB],
 static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *x, int64_t ldx, const uint16_t *wp,
                                                             int64_t K2, const uint16_t *bias, uint16_t *y,
                                                             int64_t ldy, int64_t col0, int64_t N, const uint16_t *next,
-                                                            const int nt, const int mb) {
+                                                            const int every, const int nt, const int mb) {
+    (void)every;
     __m512 acc[NT][MB];
 #pragma GCC unroll 8
     for (int t = 0; t < nt; t++)
@@ -156,11 +157,13 @@ static inline __attribute__((always_inline)) void tile_bf16(const uint16_t *x, i
 #if PANEL_BF16_WIDE
 /* One tile as tile_bf16, from rows of x already widened to fp32 (row stride ldx floats): each packed vector of
  * 16 columns x a k pair becomes the even-k and odd-k fp32 vectors, each multiplied by its broadcast x value.
- * `next` NULL: no prefetch (see WIDE_PREFETCH). */
+ * Weight vector q of the tile (t * K2 + j) prefetches line q / every from `next` where every divides q (NULL: none;
+ * see WIDE_PREFETCH). */
 static inline __attribute__((always_inline)) void tile_bf16_wide(const float *x, int64_t ldx, const uint16_t *wp,
                                                                  int64_t K2, const uint16_t *bias, uint16_t *y,
                                                                  int64_t ldy, int64_t col0, int64_t N,
-                                                                 const uint16_t *next, const int nt, const int mb) {
+                                                                 const uint16_t *next, const int every, const int nt,
+                                                                 const int mb) {
     __m512 acc[NT][MB];
     const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
 #pragma GCC unroll 8
@@ -174,7 +177,8 @@ static inline __attribute__((always_inline)) void tile_bf16_wide(const float *x,
             const __m512i w = _mm512_loadu_si512(wp + (t * K2 + j) * 32);
             we[t] = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
             wo[t] = _mm512_castsi512_ps(_mm512_and_si512(w, high));
-            if (next) _mm_prefetch((const char *)(next + (t * K2 + j) * 32), _MM_HINT_T1);
+            const int64_t q = t * K2 + j;
+            if (next && q % every == 0) _mm_prefetch((const char *)(next + q / every * 32), _MM_HINT_T1);
         }
 #pragma GCC unroll 8
         for (int m = 0; m < mb; m++) {
@@ -189,8 +193,9 @@ static inline __attribute__((always_inline)) void tile_bf16_wide(const float *x,
 /* One tile as tile_bf16_wide, from panels already widened into an fp32 buffer (panel stride K * 16 floats). */
 static inline __attribute__((always_inline)) void tile_wf(const float *x, int64_t ldx, const float *wf, int64_t K,
                                                           const uint16_t *bias, uint16_t *y, int64_t ldy, int64_t col0,
-                                                          int64_t N, const float *next, const int nt, const int mb) {
-    (void)next;
+                                                          int64_t N, const float *next, const int every, const int nt,
+                                                          const int mb) {
+    (void)next, (void)every;
     __m512 acc[NT][MB];
     F32_SUMS(acc, x, ldx, wf, K, wf, 0, nt, mb);
     store_bf16(acc, bias, y, ldy, col0, N, nt, mb);
@@ -212,7 +217,9 @@ static const float *widen_rows(const uint16_t *x, int64_t M, int64_t K, float **
 #if PANEL_F32
 static inline __attribute__((always_inline)) void tile_f32(const float *x, int64_t ldx, const float *wp, int64_t K,
                                                            const float *bias, float *y, int64_t ldy, int64_t col0,
-                                                           int64_t N, const float *next, const int nt, const int mb) {
+                                                           int64_t N, const float *next, const int every, const int nt,
+                                                           const int mb) {
+    (void)every;
     __m512 acc[NT][MB];
     F32_SUMS(acc, x, ldx, wp, K, next, 1, nt, mb);
 #pragma GCC unroll 8
@@ -243,8 +250,9 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, int64
 /* x (M, K), wp packed (see above), bias (N,) or NULL, y (M, N); all contiguous. Returns 0, 1 on bad sizes or a
  * missing ISA, 2 when out of memory (nothing written either way). XT is the type the tiles read x as: T, or
  * float where WIDEN(x, M, K, &owned) returns x widened into a buffer `owned` that this call frees. PREFETCH(next,
- * m0, M) is what the row block from m0 prefetches: the next group, or NULL (nothing). */
-#define DEFINE_PANEL_LINEAR(NAME, T, XT, HAS, STEP, TILE, WIDEN, PREFETCH)                                    \
+ * m0, M, span) is where the row block from m0 starts prefetching (the next group of `span` elements, a slice of it,
+ * or NULL: nothing), PREFETCH_EVERY(M) how many weight vectors per line it prefetches (tile_bf16_wide). */
+#define DEFINE_PANEL_LINEAR(NAME, T, XT, HAS, STEP, TILE, WIDEN, PREFETCH, PREFETCH_EVERY)                    \
     int panel_linear_##NAME(const T *x_in, const T *wp, const T *bias, T *y, int64_t M, int64_t N, int64_t K,   \
                             int nthreads) {                                                                    \
         if (!HAS || M < 1 || N < 1 || K < STEP || K % STEP) return 1;                                          \
@@ -260,15 +268,16 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, int64
             const T *nx0 = g + 1 < groups ? w + NT * KS * 16 * STEP : w; /* prefetch never faults */          \
             for (int64_t m0 = 0; m0 < M; m0 += MB) {                                                          \
                 const int mb = (int)(M - m0 < MB ? M - m0 : MB);                                              \
-                const T *nx = PREFETCH(nx0, m0, M);                                                           \
+                const int every = (int)PREFETCH_EVERY(M);                                                     \
+                const T *nx = PREFETCH(nx0, m0, M, NT * KS * 16 * STEP);                                      \
                 const XT *xr = x + m0 * K;                                                                    \
                 T *yr = y + m0 * N;                                                                           \
                 if (nt == NT) {                                                                               \
-                    ROWS_CASES(TILE, xr, K, w, KS, bias, yr, N, p0 * 16, N, nx, NT)                               \
+                    ROWS_CASES(TILE, xr, K, w, KS, bias, yr, N, p0 * 16, N, nx, every, NT)                             \
                 } else if (nt == 2) {                                                                         \
-                    ROWS_CASES(TILE, xr, K, w, KS, bias, yr, N, p0 * 16, N, nx, 2)                                \
+                    ROWS_CASES(TILE, xr, K, w, KS, bias, yr, N, p0 * 16, N, nx, every, 2)                              \
                 } else {                                                                                      \
-                    ROWS_CASES(TILE, xr, K, w, KS, bias, yr, N, p0 * 16, N, nx, 1)                                \
+                    ROWS_CASES(TILE, xr, K, w, KS, bias, yr, N, p0 * 16, N, nx, every, 1)                              \
                 }                                                                                             \
             }                                                                                                 \
         }                                                                                                     \
@@ -278,14 +287,18 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, int64
 /* No widening: the tiles read x as given. */
 #define SAME_ROWS(x, M, K, owned) (x)
 /* Every row block prefetches the next group at the pace it reads this one. */
-#define EVERY_PASS(next, m0, M) (next)
-/* The widened tile, 2-core Ice Lake Xeon, SmolLM2-135M's bf16 linears, four alternating runs: only the last row
- * block prefetches (16 rows 15.7-17.8 against 17.2-18.4 ms), and at 1-2 rows none does, the hardware prefetcher
- * streams alone (1 row 8.5-8.8 against 10.0-10.9 ms). */
-#define WIDE_PREFETCH(next, m0, M) ((M) <= 2 || (m0) + MB < (M) ? NULL : (next))
+#define EVERY_PASS(next, m0, M, span) (next)
+/* The widened tile: the R = ceil(M / 8) row blocks share the next group, block r prefetching its r-th slice with
+ * one line for every R weight vectors it reads, so memory streams the whole time while the blocks compute from L2;
+ * at 1-2 rows nothing, the hardware prefetcher streams alone. 2-core Ice Lake Xeon, SmolLM2-135M's bf16 linears,
+ * alternating runs: 16 rows 15.7-15.8 ms against 16.8 with every block prefetching the whole group (and 17.2-18.4
+ * before that, every block); 1 row 8.5-8.8 against 10.0-10.9 with prefetching. */
+#define WIDE_PREFETCH(next, m0, M, span) ((M) <= 2 ? NULL : (next) + ((m0) / MB) * ((span) / WIDE_EVERY(M)))
+#define WIDE_EVERY(M) (((M) + MB - 1) / MB)
+#define ONE_EVERY(M) 1
 
 #if PANEL_F32
-DEFINE_PANEL_LINEAR(f32, float, float, PANEL_F32, 1, tile_f32, SAME_ROWS, EVERY_PASS)
+DEFINE_PANEL_LINEAR(f32, float, float, PANEL_F32, 1, tile_f32, SAME_ROWS, EVERY_PASS, ONE_EVERY)
 #else
 int panel_linear_f32(const float *x, const float *wp, const float *bias, float *y, int64_t M, int64_t N, int64_t K,
                      int nthreads) {
@@ -294,10 +307,10 @@ int panel_linear_f32(const float *x, const float *wp, const float *bias, float *
 }
 #endif
 #if PANEL_BF16
-DEFINE_PANEL_LINEAR(bf16, uint16_t, uint16_t, PANEL_BF16, 2, tile_bf16, SAME_ROWS, EVERY_PASS)
+DEFINE_PANEL_LINEAR(bf16, uint16_t, uint16_t, PANEL_BF16, 2, tile_bf16, SAME_ROWS, EVERY_PASS, ONE_EVERY)
 #elif PANEL_BF16_WIDE
 DEFINE_PANEL_LINEAR(bf16_per_tile, uint16_t, float, PANEL_BF16_WIDE, 2, tile_bf16_wide, widen_rows,
-                    WIDE_PREFETCH)
+                    WIDE_PREFETCH, WIDE_EVERY)
 /* Many rows (a prefill chunk): each thread widens a panel group once into its own fp32 buffer (NT panels x K x 16,
  * ~300 KB at K = 1536: it stays in L2) and every row block multiplies from there; widening in the tile instead
  * repeats the shifts for each block of 8 rows. SmolLM2-135M's linears, 2-core Ice Lake Xeon: 512 rows 366 against
@@ -333,11 +346,11 @@ static int bf16_widened_once(const uint16_t *x_in, const uint16_t *wp, const uin
             const float *xr = x + m0 * K;
             uint16_t *yr = y + m0 * N;
             if (nt == NT) {
-                ROWS_CASES(tile_wf, xr, K, wf, K, bias, yr, N, p0 * 16, N, wf, NT)
+                ROWS_CASES(tile_wf, xr, K, wf, K, bias, yr, N, p0 * 16, N, wf, 1, NT)
             } else if (nt == 2) {
-                ROWS_CASES(tile_wf, xr, K, wf, K, bias, yr, N, p0 * 16, N, wf, 2)
+                ROWS_CASES(tile_wf, xr, K, wf, K, bias, yr, N, p0 * 16, N, wf, 1, 2)
             } else {
-                ROWS_CASES(tile_wf, xr, K, wf, K, bias, yr, N, p0 * 16, N, wf, 1)
+                ROWS_CASES(tile_wf, xr, K, wf, K, bias, yr, N, p0 * 16, N, wf, 1, 1)
             }
         }
     }
