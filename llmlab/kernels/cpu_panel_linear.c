@@ -291,8 +291,8 @@ static inline __attribute__((always_inline)) void tile_f32(const float *x, int64
 /* The widened tile: the R = ceil(M / 8) row blocks share the next group, block r prefetching its r-th slice with
  * one line for every R weight vectors it reads, so memory streams the whole time while the blocks compute from L2;
  * at 1-2 rows nothing, the hardware prefetcher streams alone. 2-core Ice Lake Xeon, SmolLM2-135M's bf16 linears,
- * alternating runs: 16 rows 15.7-15.8 ms against 16.8 with every block prefetching the whole group (and 17.2-18.4
- * before that, every block); 1 row 8.5-8.8 against 10.0-10.9 with prefetching. */
+ * alternating runs: 16 rows 15.7-16.4 ms against 16.8-17.4 with only the last block prefetching the whole group,
+ * 17.2-18.4 with every block prefetching all of it; 1 row 8.5-8.8 against 10.0-10.9 with prefetching. */
 #define WIDE_PREFETCH(next, m0, M, span) ((M) <= 2 ? NULL : (next) + ((m0) / MB) * ((span) / WIDE_EVERY(M)))
 #define WIDE_EVERY(M) (((M) + MB - 1) / MB)
 #define ONE_EVERY(M) 1
