@@ -121,6 +121,12 @@ class ModelConfig:
     def num_queries_per_kv(self) -> int:
         return self.num_heads // self.num_kv_heads
 
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """eos_token_id as a set of ids (HF configs give one id, a list of them, or none)."""
+        eos = self.eos_token_id
+        return frozenset([eos] if isinstance(eos, int) else eos or [])
+
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 

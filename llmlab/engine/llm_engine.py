@@ -62,11 +62,10 @@ class LLMEngine:
                                    max_num_batched_tokens=self.config.max_num_batched_tokens,
                                    max_model_len=self.max_model_len,
                                    enable_chunked_prefill=self.config.enable_chunked_prefill)
-        eos = model.cfg.eos_token_id
-        eos = {eos} if isinstance(eos, int) else set(eos or [])
+        eos = model.cfg.eos_ids
         if tokenizer is not None and getattr(tokenizer, "eos_id", None) is not None:
-            eos.add(tokenizer.eos_id)
-        self.eos_token_ids = frozenset(eos)
+            eos |= {tokenizer.eos_id}
+        self.eos_token_ids = eos
         self.requests: dict[str, _Request] = {}
         self.num_steps = 0
         self._params = [(p, p.is_inference()) for p in model.parameters()]  # inference tensors have no version

@@ -179,8 +179,8 @@ def continuous_batching(ctx: Context) -> Result:
             "steps_static_formula": sum(max(out_lens[s:s + slots]) for s in range(0, n, slots)),
             "steps_lower_bound": max(math.ceil(tokens / slots), max(out_lens))}
     rows = []
-    for name, eng, finish in (("static batches of 8", static, finish_static), ("continuous batching", cont, finish_cont)):
-        key = "static" if eng is static else "continuous"
+    for name, key, eng, finish in (("static batches of 8", "static", static, finish_static),
+                                   ("continuous batching", "continuous", cont, finish_cont)):
         steps = eng.num_steps
         latency = sorted(finish[f"r{i}"] for i in range(n))
         idle = 1 - tokens / (slots * steps)  # slot-steps that computed no useful token (a padded batch computes them)

@@ -11,8 +11,8 @@ and uses two FMAs: half the bytes of fp32 at the same FMA count. `benchmarks/cpu
 210 linears per step (benchmarks/results/cpu_linear.json): on a 2-core Zen 4 EPYC in bf16, 16 rows take 11.0 ms
 against oneDNN's 19.1, 1 row 7.9 ms (26.8 GB/s against a 28.1 GB/s read limit), 512 rows 241 against 259
 (452 GFLOP/s; a large torch matmul runs at 425 there); fp32 16 rows 20.8 against 29.9. On a 2-core Intel Xeon
-(Ice Lake, no AVX512-BF16; cpu_linear_xeon.json), bf16 widened: 1 row 11.9 ms against F.linear's 14.9, 16 rows
-20.0 against oneDNN's 83.2, 512 rows 490 against 1,661 (222 GFLOP/s; torch's bf16 matmul runs at 65 there).
+(Ice Lake, no AVX512-BF16; cpu_linear_xeon.json), bf16 widened: 1 row 12.0 ms against F.linear's 15.2, 16 rows
+19.8 against oneDNN's 82.5, 512 rows 363 against 1,658 (299 GFLOP/s; torch's bf16 matmul runs at 65 there).
 
 Where it runs: x86 with AVX-512 (fp32; bf16 with an even K, AVX512-BW), built by cbuild with -march=native;
 `panel_supported` says whether this machine has it, `bf16_widened` whether bf16 runs without VDPBF16PS.

@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
                          top_k=args.top_k, top_p=args.top_p, generator=gen)
     dt = time.perf_counter() - t0
     new = out[0, len(ids):].tolist()
-    eos = model.cfg.eos_token_id
-    ended = bool(new) and new[-1] in (eos if isinstance(eos, list) else [eos])
+    ended = bool(new) and new[-1] in model.cfg.eos_ids
     # special tokens (the EOS that ended it) are not text, as in the engine and `llmlab chat`; ids show them all
     print(tok.decode(new, skip_special_tokens=True) if tok is not None else ",".join(map(str, new)))
     print(f"[{len(new)} tokens in {dt:.2f}s, {len(new) / dt:.1f} tok/s{'; stopped at EOS' if ended else ''}]")
