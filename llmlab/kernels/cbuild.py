@@ -106,7 +106,8 @@ def _compile(cc: str, flags: list[str], source: Path, path: Path) -> str:
         proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-I", str(source.parent), "-o", tmp, str(source), "-lm"],
                               capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
-            return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            lines = proc.stderr.strip().splitlines()
+            return next((ln for ln in lines if "error" in ln), lines[-1] if lines else f"exit status {proc.returncode}")
         os.replace(tmp, path)
         return ""
     except (OSError, subprocess.TimeoutExpired) as e:
