@@ -30,3 +30,43 @@ def test_kernels_build_for_every_instruction_set(march, tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode == 0, f"{src.name} with -march={march}:\n{proc.stderr[-2000:]}"
         assert "warning" not in proc.stderr, f"{src.name} with -march={march}:\n{proc.stderr[-2000:]}"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        return set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return set()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or cbuild.compiler() is None
+                    or not {"avx2", "fma"} <= _cpu_flags(), reason="needs an x86-64 C compiler and an AVX2 CPU")
+@pytest.mark.parametrize("march,mode", [("x86-64-v3", 2), ("x86-64", 0)])
+def test_panel_kernel_built_for_avx2_computes_f_linear(march, mode, tmp_path):
+    """The AVX2 build of the panel kernel, run on any AVX2 machine (an AVX-512 one builds its own path natively),
+    against F.linear: fp32 and widened bf16, tails of columns and row blocks; a plain x86-64 build says it has no
+    kernel."""
+    import ctypes
+
+    import torch
+    import torch.nn.functional as F
+
+    from llmlab.kernels.cpu_panel_linear import pack_panels
+
+    src = Path(cbuild.__file__).with_name("cpu_panel_linear.c")
+    so = tmp_path / f"panel-{march}.so"
+    assert not cbuild._compile(cbuild.compiler(), ["-O2", f"-march={march}", "-fopenmp"], src, so)
+    lib = ctypes.CDLL(str(so))
+    assert lib.llmlab_panel_bf16_mode() == mode and lib.llmlab_panel_has(0) == (mode != 0)
+    if not mode:
+        return
+    torch.manual_seed(0)
+    for dtype, fn in ((torch.float32, lib.panel_linear_f32), (torch.bfloat16, lib.panel_linear_bf16)):
+        fn.argtypes, fn.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
+        for M, N, K in ((1, 50, 34), (7, 145, 576), (16, 80, 64), (70, 33, 96)):  # 70 rows: widened once (bf16)
+            x, w, b = torch.randn(M, K, dtype=dtype), torch.randn(N, K, dtype=dtype), torch.randn(N, dtype=dtype)
+            y = torch.full((M, N), float("nan"), dtype=dtype)
+            assert fn(x.data_ptr(), pack_panels(w).data_ptr(), b.data_ptr(), y.data_ptr(), M, N, K, 2) == 0
+            want = F.linear(x.float(), w.float(), b.float()).to(dtype)
+            tol = 1e-4 if dtype == torch.float32 else 1e-2
+            torch.testing.assert_close(y.float(), want.float(), atol=tol, rtol=tol)

@@ -15,7 +15,7 @@ from llmlab.engine import LLM, SamplingParams
 from llmlab.kernels.cpu_linear import ROWS_ANY, PackedLinear, packed_layers, packing_supported
 from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear, panel_supported
 
-needs_panel = pytest.mark.skipif(not panel_supported(torch.float32), reason="no AVX-512 panel kernel on this CPU")
+needs_panel = pytest.mark.skipif(not panel_supported(torch.float32), reason="no panel kernel (AVX-512 or AVX2) on this CPU")
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -49,7 +49,7 @@ def check(got, x, w, b):
 
 @needs_panel
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M", [1, 3, 8, 9, 16, 37])  # row blocks of 8: whole, partial, several
+@pytest.mark.parametrize("M", [1, 3, 6, 8, 9, 12, 16, 37])  # row blocks of 8 (AVX-512) or 6 (AVX2): whole, partial, several
 @pytest.mark.parametrize("N,K", [(80, 64), (50, 34), (145, 576), (7, 2)])  # 5 panels: a tile of 3 + 2; 4: 3 + 1; a tail
 @pytest.mark.parametrize("bias", [False, True])
 def test_panel_linear_equals_f_linear(dtype, M, N, K, bias):
@@ -132,7 +132,8 @@ def test_panel_route_packs_one_copy_and_follows_weight_changes():
         assert not lin._copies
     odd = PackedLinear.from_linear(nn.Linear(7, 20).bfloat16(), (torch.bfloat16,))
     odd.routes = ((ROWS_ANY, "panel"),)
-    assert odd.kernel_for(4) == "packed"  # bf16 with an odd width: oneDNN instead
+    # bf16 with an odd width: oneDNN instead where it packs bf16, else F.linear
+    assert odd.kernel_for(4) == ("packed" if packing_supported(torch.bfloat16) else "f_linear")
 
 
 @needs_panel
@@ -173,8 +174,7 @@ def test_compiled_engine_traces_the_panel_op(monkeypatch):
     assert 3 in calls  # the compiled decode step of 3 rows called the kernel
 
 
-@pytest.mark.skipif(not (panel_supported(torch.bfloat16) and packing_supported(torch.bfloat16)),
-                    reason="no bf16 panel kernel or oneDNN bf16 packing here")
+@pytest.mark.skipif(not panel_supported(torch.bfloat16), reason="no bf16 panel kernel here")
 @pytest.mark.parametrize("widened", [False, True])
 def test_a_small_compiled_engine_traces_the_panel_op_only_for_widened_bf16(monkeypatch, widened):
     """Engines of at most 4 sequences keep Inductor's GEMM template, except in bf16 on a CPU without bf16
@@ -225,3 +225,31 @@ def test_without_the_panel_kernel_tuning_and_the_engine_use_the_others(monkeypat
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8))
     assert [o.outputs[0].token_ids for o in outs] == refs
     assert all("panel" not in m._copies for m in layers)
+
+
+@pytest.mark.skipif(not panel_supported(torch.bfloat16), reason="no bf16 panel kernel here")
+def test_bf16_without_onednn_packing_runs_on_llmlabs_kernels(monkeypatch):
+    """An AVX2-only CPU (Zen 3): oneDNN packs no bf16 and torch's bf16 matmul crawls (1 GFLOP/s), so the engine
+    must still swap in PackedLinear for a bf16 model, time only F.linear, the panel and the 1-4 row kernel, and
+    never route to oneDNN; every route computes F.linear's result."""
+    import llmlab.kernels.cpu_linear as cl
+
+    monkeypatch.setattr(cl, "packing_supported", lambda dtype: dtype == torch.float32)
+    assert torch.bfloat16 in cl.kernel_dtypes()
+    plain = tiny_model().to(torch.bfloat16)
+    llm = LLM(copy.deepcopy(plain), block_size=4, max_num_seqs=4)
+    layers = packed_layers(llm.model)
+    assert len(layers) == 2 * 4 + 1
+    table = llm.engine.runner.packing_report
+    assert table and all("packed_ms" not in t and "panel_ms" in t for t in table)
+    assert all({k for _, k in m.routes} <= {"f_linear", "panel", "skinny"} and "packed" not in m._copies
+               for m in layers)
+    lin = layers[0]
+    lin.routes = ((ROWS_ANY, "packed"),)  # a stale route to oneDNN: F.linear instead, never a crash
+    assert lin.kernel_for(3) == "f_linear"
+    x = torch.randn(5, lin.in_features, dtype=torch.bfloat16)
+    for route in ("panel", "skinny", "f_linear"):
+        lin.routes = ((4, route), (ROWS_ANY, "panel"))
+        with torch.inference_mode():
+            check(lin(x[:3]), x[:3], lin.weight, lin.bias)
+            check(lin(x), x, lin.weight, lin.bias)

@@ -20,7 +20,7 @@ once per layer and step (`paged_kernel="auto"`): on CUDA the Triton kernel of ke
 with the system C compiler; without one, a warning and the gather path), which there takes every prefill
 token as a row of its own too (`_run_rows`). On CPU the linears (kernels/cpu_linear.py,
 `cpu_pack_linears`) go, per row count, to whichever of MKL (`F.linear`), oneDNN with a packed weight, the
-panel kernel (AVX-512) and the C kernel for 1-4 rows a start-up timing finds fastest on this CPU
+panel kernel (AVX-512 or AVX2) and the C kernel for 1-4 rows a start-up timing finds fastest on this CPU
 (`tune_packing`: the decode batch sizes up to max_num_seqs and one prefill-sized count, a second or two), and
 RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`).
 
@@ -91,6 +91,7 @@ class ModelRunner:
         if config.fuse_projections:
             fuse_projections(model)  # before packing: the fused q/k/v and gate/up Linears are packed then
         self.gemv_report: list[dict] = []  # per weight shape: cuBLAS vs gemv timings and the choice (cuda_gemv)
+        self.packing_report: list[dict] = []  # CPU: ms per kernel at each row count tune_packing timed
         if config.cuda_gemv:
             if not cuda_linear.available(self.device):
                 raise ConfigError(f"cuda_gemv needs Triton and a model on a CUDA device (this one is on "
@@ -99,15 +100,16 @@ class ModelRunner:
             self.gemv_report = cuda_linear.tune_gemv(model)
         self.compile_cpu = config.compile_decode and self.device.type == "cpu"
         self.traced_panels = 0  # linears a compiled decode step runs through the panel kernel's custom op
-        # Same parameters, faster CPU matmuls (a no-op where oneDNN cannot pack): each row count to the kernel that
-        # is fastest for it on this CPU, timed here in a second or two. A compiled decode step of more than
+        # Same parameters, faster CPU matmuls (a no-op where no kernel takes the dtype): each row count to the kernel
+        # that is fastest for it on this CPU, timed here in a second or two. A compiled decode step of more than
         # CPU_GEMM_TEMPLATE_MAX_SEQS sequences traces the panel kernel (where this CPU has it) as an opaque op and
         # Inductor fuses the rest around it; smaller ones keep Inductor's GEMM template, which was faster there
         # (SmolLM2-135M, one sequence, bf16, 2-core EPYC: 83.9 tok/s against 72.2 with the op), except in bf16 on
         # CPUs without bf16 instructions (_panel_beats_template).
         if self.device.type == "cpu" and config.cpu_pack_linears and pack_linears(model):
             decode = [r for r in (1, 2, 4, 8, 16, 32) if r <= config.max_num_seqs]
-            tune_packing(model, rows=tuple(sorted({*decode, min(128, config.max_num_batched_tokens)})))
+            rows = tuple(sorted({*decode, min(128, config.max_num_batched_tokens)}))
+            self.packing_report = tune_packing(model, rows=rows)
             if self.compile_cpu and (config.max_num_seqs > CPU_GEMM_TEMPLATE_MAX_SEQS
                                      or _panel_beats_template(self.dtype)):
                 self.traced_panels = sum(m.prepare_for_compile() for m in packed_layers(model))
@@ -445,7 +447,7 @@ CPU_GEMM_TEMPLATE_MAX_SEQS = 4
 
 
 def _panel_beats_template(dtype: torch.dtype) -> bool:
-    """Whether a small compiled engine should trace the panel kernel anyway: bf16 on an AVX-512 CPU without bf16
+    """Whether a small compiled engine should trace the panel kernel anyway: bf16 on a CPU without bf16
     instructions, where Inductor's template widens bf16 less well than the panel kernel (2-core Ice Lake Xeon,
     SmolLM2-135M, one sequence: 19.9-20.8 against 24.5-25.0 ms a decode step; fp32 there: the template, 27.9-29.4
     against 31.4-32.9)."""

@@ -5,7 +5,7 @@ Why. On x86, `F.linear` goes to MKL/ATen, which re-reads the plain row-major wei
 shapes (a few rows per step) that is bandwidth-bound and slow. Four kernels, chosen per row count:
   - "packed": oneDNN's `_linear_pointwise` on a weight `_reorder_linear_weight` laid out once (what
     `torch.compile`'s CPU freezing pass does, here without compiling);
-  - "panel": llmlab's register-tiled kernel on 16-column panels (kernels/cpu_panel_linear.py; AVX-512);
+  - "panel": llmlab's register-tiled kernel on 16-column panels (kernels/cpu_panel_linear.py; AVX-512 or AVX2);
   - "skinny": llmlab's C kernel for 1-4 rows on the plain weight (cpu_skinny_linear.c; any CPU with a compiler);
   - "f_linear": plain `F.linear` (on a 2-core Intel Xeon MKL's fp32 GEMV won at 1-2 rows).
 `benchmarks/cpu_linear.py` times SmolLM2-135M's 210 linear shapes per decode step (weights streamed from
@@ -17,8 +17,9 @@ so checkpoints, conversion and later module swaps see nothing new. It packs lazi
 inference call and packs again whenever the weight changes — its version counter (optimizer
 steps, `load_state_dict`, any in-place write) or its storage (`.to()`) — so it never multiplies by
 a stale copy. It falls back to `F.linear` while autograd records, off CPU, and for dtypes other
-than fp32 (and bf16 where oneDNN packs it: AVX-512 CPUs) — also after a later `.half()` or
-`.to("cuda")`. Cost: one packed copy of each weight per kernel in use (`tune_packing` frees the others).
+than fp32 and bf16 (bf16 only where one of the kernels takes it: oneDNN packs it on AVX-512 CPUs, the
+panel kernel runs it on AVX2 and AVX-512) — also after a later `.half()` or `.to("cuda")`. Cost: one
+packed copy of each weight per kernel in use (`tune_packing` frees the others).
 
     pack_linears(model)   # swap every nn.Linear (and fused projection) in place; returns how many
     tune_packing(model)   # time every kernel per row count on this CPU; route each count to the fastest
@@ -75,6 +76,7 @@ def skinny_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
     return y.view(*x.shape[:-1], N)
 
 
+@functools.cache
 def packing_supported(dtype: torch.dtype) -> bool:
     """Whether this PyTorch build and CPU can pack `dtype` weights (tried on a tiny weight)."""
     if not torch.backends.mkldnn.is_available():
@@ -96,8 +98,12 @@ def packing_supported(dtype: torch.dtype) -> bool:
     return bool((y == 8).all())
 
 
-def _packable_dtypes() -> tuple[torch.dtype, ...]:
-    return tuple(d for d in (torch.float32, torch.bfloat16) if packing_supported(d))
+def kernel_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes (of fp32 and bf16) for which some kernel here beats a plain F.linear call: oneDNN packs them, or
+    llmlab's panel or 1-4 row kernel is built for them. On an AVX2-only CPU (a Zen 3 EPYC) oneDNN packs no bf16
+    and torch's bf16 matmul ran at 1 GFLOP/s (fp32: 164), so only llmlab's kernels serve bf16 there."""
+    return tuple(d for d in (torch.float32, torch.bfloat16)
+                 if packing_supported(d) or panel_supported(d) or skinny_supported(d))
 
 
 class PackedLinear(nn.Linear):
@@ -116,12 +122,12 @@ class PackedLinear(nn.Linear):
                  dtypes: tuple[torch.dtype, ...] | None = None) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._copies: dict[str, tuple[tuple, Tensor]] = {}
-        self._dtypes = _packable_dtypes() if dtypes is None else dtypes
+        self._dtypes = kernel_dtypes() if dtypes is None else dtypes
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> PackedLinear:
         """A PackedLinear sharing `linear`'s parameters (no copy until the first packed call); it packs
-        weights of `dtypes` (what `packing_supported` allows here) and multiplies others with F.linear."""
+        weights of `dtypes` (what `kernel_dtypes` allows here) and multiplies others with F.linear."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features
@@ -132,12 +138,14 @@ class PackedLinear(nn.Linear):
         return new
 
     def kernel_for(self, rows: int) -> str:
-        """The kernel `routes` names for `rows` rows, if it runs for this layer here; else oneDNN's."""
+        """The kernel `routes` names for `rows` rows, if it runs for this layer here; else oneDNN's, where oneDNN
+        packs this dtype, else F.linear."""
         kernel = next((k for up_to, k in self.routes if rows <= up_to), self.routes[-1][1])
-        if kernel == "skinny" and not (rows <= SKINNY_MAX_ROWS and skinny_supported(self.weight.dtype)):
-            return "packed"
-        if kernel == "panel" and not panel_supported(self.weight.dtype, self.in_features):
-            return "packed"
+        dtype = self.weight.dtype
+        if (kernel == "skinny" and not (rows <= SKINNY_MAX_ROWS and skinny_supported(dtype))
+                or kernel == "panel" and not panel_supported(dtype, self.in_features)
+                or kernel == "packed" and not packing_supported(dtype)):
+            return "packed" if kernel != "packed" and packing_supported(dtype) else "f_linear"
         return kernel
 
     def forward(self, x: Tensor) -> Tensor:
@@ -195,7 +203,7 @@ class PackedLinear(nn.Linear):
 def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
     """Swap every plain nn.Linear of `model` with at least `min_numel` weights for a PackedLinear in
     place, and likewise the fused projections of `transformer.fuse_projections` (fuse first: one packed
-    q/k/v call instead of three); return the number swapped. The parts of a fused group stay plain: the
+    q/k/v call instead of three); return the number swapped (0 where no kernel here takes the model's dtype). The parts of a fused group stay plain: the
     fused Linear is what inference runs, and packing both would keep two packed copies.
 
     Small weights stay plain: oneDNN's call costs about 20 us against F.linear's 6 us, which only
@@ -204,9 +212,9 @@ def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
     on this machine.
     """
     params = next(model.parameters(), None)
-    if params is None or params.device.type != "cpu" or not packing_supported(params.dtype):
+    dtypes = kernel_dtypes()  # all of them: the model may be converted later
+    if params is None or params.device.type != "cpu" or params.dtype not in dtypes:
         return 0
-    dtypes = _packable_dtypes()  # all of them: the model may be converted later
     return swap_linears(model, lambda linear: PackedLinear.from_linear(linear, dtypes), min_numel=min_numel)
 
 
@@ -234,12 +242,12 @@ def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 128)
         return []
     timer = timer or _time_layers
     dtype = layers[0].weight.dtype
-    skinny = skinny_supported(dtype)
+    skinny, packed = skinny_supported(dtype), packing_supported(dtype)
     panel = all(panel_supported(dtype, m.in_features) for m in layers)
     table = []
     with torch.inference_mode():
         for r in sorted(rows):
-            kernels = ["f_linear", "packed"] + (["panel"] if panel else []) + (
+            kernels = ["f_linear"] + (["packed"] if packed else []) + (["panel"] if panel else []) + (
                 ["skinny"] if skinny and r <= SKINNY_MAX_ROWS else [])
             best = dict.fromkeys(kernels, float("inf"))
             for _ in range(repeats):  # alternate, keep the best: other jobs share the cores

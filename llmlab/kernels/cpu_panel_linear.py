@@ -14,8 +14,9 @@ against oneDNN's 19.1, 1 row 7.9 ms (26.8 GB/s against a 28.1 GB/s read limit), 
 (Ice Lake, no AVX512-BF16; cpu_linear_xeon.json), bf16 widened: 1 row 12.0 ms against F.linear's 15.2, 16 rows
 19.8 against oneDNN's 82.5, 512 rows 363 against 1,658 (299 GFLOP/s; torch's bf16 matmul runs at 65 there).
 
-Where it runs: x86 with AVX-512 (fp32; bf16 with an even K, AVX512-BW), built by cbuild with -march=native;
-`panel_supported` says whether this machine has it, `bf16_widened` whether bf16 runs without VDPBF16PS.
+Where it runs: x86 with AVX-512 (fp32; bf16 with an even K, AVX512-BW) or AVX2 with FMA (a 16-column x 6-row
+tile in its 16 registers; bf16 widened), built by cbuild with -march=native; `panel_supported` says whether this
+machine has it, `bf16_widened` whether bf16 runs without VDPBF16PS.
 `kernels/cpu_linear.PackedLinear` routes row counts to it where `tune_packing` measured it fastest.
 """
 
@@ -49,7 +50,7 @@ def _functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
 
 @functools.cache
 def bf16_widened() -> bool:
-    """Whether the bf16 kernel here widens to fp32 and FMAs (AVX-512 without AVX512-BF16), not VDPBF16PS."""
+    """Whether the bf16 kernel here widens to fp32 and FMAs (AVX2, AVX-512 without AVX512-BF16), not VDPBF16PS."""
     lib = cbuild.load("cpu_panel_linear.c").lib
     return lib is not None and lib.llmlab_panel_bf16_mode() == 2
 
