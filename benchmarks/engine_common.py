@@ -190,7 +190,10 @@ def cpu_peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float
     dtype counts at least the fp32 rate: any kernel can widen its operands and multiply in fp32 (llmlab's panel
     kernel does on AVX-512 CPUs without bf16 instructions, where torch's bf16 matmul runs at a fraction of it)."""
     if dtype in (torch.bfloat16, torch.float16):
-        return max(_matmul_flops(dtype, n, repeats), _matmul_flops(torch.float32, n, repeats))
+        fp32 = _matmul_flops(torch.float32, n, repeats)
+        if _matmul_flops(dtype, 512, 2) < fp32 / 2:  # a slow 16-bit path (1 GFLOP/s on a Zen 3): skip the n^3 run
+            return fp32
+        return max(_matmul_flops(dtype, n, repeats), fp32)
     return _matmul_flops(dtype, n, repeats)
 
 
