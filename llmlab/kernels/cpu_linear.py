@@ -203,13 +203,13 @@ class PackedLinear(nn.Linear):
 def pack_linears(model: nn.Module, *, min_numel: int = 256 * 256) -> int:
     """Swap every plain nn.Linear of `model` with at least `min_numel` weights for a PackedLinear in
     place, and likewise the fused projections of `transformer.fuse_projections` (fuse first: one packed
-    q/k/v call instead of three); return the number swapped (0 where no kernel here takes the model's dtype). The parts of a fused group stay plain: the
+    q/k/v call instead of three); return the number swapped. The parts of a fused group stay plain: the
     fused Linear is what inference runs, and packing both would keep two packed copies.
 
     Small weights stay plain: oneDNN's call costs about 20 us against F.linear's 6 us, which only
     pays off once the weight no longer sits in cache (measured: 64x64 6.8 vs 21.8 us; 256x256 at
-    16 rows 51 vs 38 us; 576x576 155 vs 99 us). Returns 0 when the model's dtype cannot be packed
-    on this machine.
+    16 rows 51 vs 38 us; 576x576 155 vs 99 us). Returns 0 when no kernel here takes the model's dtype
+    (`kernel_dtypes`).
     """
     params = next(model.parameters(), None)
     dtypes = kernel_dtypes()  # all of them: the model may be converted later
