@@ -341,18 +341,10 @@ INLINE void tile_f32(const float *x, int64_t ldx, const float *wp, int64_t K, co
 
 /* The row-block and panel-count dispatch: every (nt, mb) pair a constant, so each tile's sums live in registers. */
 #if MB == 8
-#define ROWS_CASES(TILE, ...)                       \
-    switch (mb) {                                   \
-        case 1: TILE(__VA_ARGS__, 1); break;        \
-        case 2: TILE(__VA_ARGS__, 2); break;        \
-        case 3: TILE(__VA_ARGS__, 3); break;        \
-        case 4: TILE(__VA_ARGS__, 4); break;        \
-        case 5: TILE(__VA_ARGS__, 5); break;        \
-        case 6: TILE(__VA_ARGS__, 6); break;        \
-        case 7: TILE(__VA_ARGS__, 7); break;        \
-        default: TILE(__VA_ARGS__, 8);              \
-    }
+#define ROWS_6_7(TILE, ...) case 6: TILE(__VA_ARGS__, 6); break; case 7: TILE(__VA_ARGS__, 7); break;
 #else
+#define ROWS_6_7(TILE, ...)
+#endif
 #define ROWS_CASES(TILE, ...)                       \
     switch (mb) {                                   \
         case 1: TILE(__VA_ARGS__, 1); break;        \
@@ -360,9 +352,9 @@ INLINE void tile_f32(const float *x, int64_t ldx, const float *wp, int64_t K, co
         case 3: TILE(__VA_ARGS__, 3); break;        \
         case 4: TILE(__VA_ARGS__, 4); break;        \
         case 5: TILE(__VA_ARGS__, 5); break;        \
-        default: TILE(__VA_ARGS__, 6);              \
+        ROWS_6_7(TILE, __VA_ARGS__)                 \
+        default: TILE(__VA_ARGS__, MB);             \
     }
-#endif
 #if NT == 3
 #define PANELS_CASES(TILE, ...)                     \
     if (nt == 3) {                                  \
