@@ -99,9 +99,9 @@ def main() -> int:
                         run[f"{kind}_speedup"] = round(best["f_linear"] / best[kind], 2)
                 runs.append(run)
                 print(run, flush=True)
-                rows_out.append([run["dtype"], rows, run["f_linear_ms"], run.get("packed_ms", "-"), run.get("panel_ms", "-"),
-                                 run.get("skinny_ms", "-"), run.get("panel_gb_s", "-"), run["read_limit_gb_s"],
-                                 run.get("panel_gflop_s", "-"), run["matmul_gflop_s"]])
+                rows_out.append([run["dtype"], rows, run["f_linear_ms"], run.get("packed_ms", "-"),
+                                 run.get("panel_ms", "-"), run.get("skinny_ms", "-"), run.get("panel_gb_s", "-"),
+                                 run["read_limit_gb_s"], run.get("panel_gflop_s", "-"), run["matmul_gflop_s"]])
     print(f"\n{len(SMOLLM2_LAYER) * args.layers} SmolLM2-135M linear shapes per step, CPU")
     table(rows_out, ["dtype", "rows", "F.linear ms", "oneDNN ms", "panel ms", "C 1-4 rows ms", "panel GB/s",
                      "read limit GB/s", "panel GFLOP/s", "torch matmul GFLOP/s"])

@@ -15,7 +15,8 @@ from llmlab.engine import LLM, SamplingParams
 from llmlab.kernels.cpu_linear import ROWS_ANY, PackedLinear, packed_layers, packing_supported
 from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear, panel_supported
 
-needs_panel = pytest.mark.skipif(not panel_supported(torch.float32), reason="no panel kernel (AVX-512 or AVX2) on this CPU")
+needs_panel = pytest.mark.skipif(not panel_supported(torch.float32),
+                                 reason="no panel kernel (AVX-512 or AVX2) on this CPU")
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -49,7 +50,8 @@ def check(got, x, w, b):
 
 @needs_panel
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M", [1, 3, 6, 8, 9, 12, 16, 37])  # row blocks of 8 (AVX-512) or 6 (AVX2): whole, partial, several
+# row blocks of 8 (AVX-512) or 6 (AVX2): whole, partial, several
+@pytest.mark.parametrize("M", [1, 3, 6, 8, 9, 12, 16, 37])
 @pytest.mark.parametrize("N,K", [(80, 64), (50, 34), (145, 576), (7, 2)])  # 5 panels: a tile of 3 + 2; 4: 3 + 1; a tail
 @pytest.mark.parametrize("bias", [False, True])
 def test_panel_linear_equals_f_linear(dtype, M, N, K, bias):

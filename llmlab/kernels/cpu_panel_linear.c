@@ -3,21 +3,21 @@
  * cbuild.py (-O3 -march=native, OpenMP on torch's pool); needs AVX-512 or AVX2 with FMA, else the library says
  * so through llmlab_panel_has() and Python keeps oneDNN. bf16 multiplies with VDPBF16PS where the CPU has
  * AVX512-BF16; elsewhere (Intel Skylake-SP to Ice Lake, AVX2 CPUs such as Zen 2/3) each packed pair is widened to
- * two fp32 vectors (a shift, a mask) and multiplied with two FMAs by rows of x widened to fp32 once per call: a
- * decode step reads half the bytes of fp32 at the same FMA count. Past 32 rows each panel group is widened once
- * into an L2 buffer instead of once per block of rows (bf16_widened_once). AVX2 has 16 vector registers of 8
- * lanes, so its tile is one panel (two vectors) by 6 rows.
+ * two fp32 vectors (shifts, or a mask) and multiplied with two FMAs by rows of x widened to fp32 once per call: a
+ * decode step reads half the bytes of fp32 at the same FMA count. Past 32 rows (AVX2: 64) each panel group is
+ * widened once into an L2 buffer instead of once per block of rows (bf16_widened_once). AVX2 has 16 vector
+ * registers of 8 lanes, so its tile is one panel (two vectors) by 6 rows.
  *
  * Packed layouts (cpu_panel_linear.py's pack_panels), P = ceil(N / 16) panels, columns past N zero:
  *   fp32  wp[P][K][16]          one 64-byte vector per (panel, k): 16 output columns at one k
  *   bf16  wp[P][K / 2][16][2]   one 64-byte vector per (panel, k pair): 16 columns x 2 adjacent k (K even)
  * A tile of NT panels x up to MB rows keeps NV * MB fp32 vectors of sums in registers (NV = NT panels x PV
  * vectors a panel); each step loads NV weight vectors and broadcasts one element (fp32) or one k pair (bf16) of
- * each row of x, then one FMA (two, widened) or one VDPBF16PS per (vector, row). Panel groups are split over the threads; each group's panels stay in L2 while
- * every block of rows passes over them, so each weight byte comes from memory once per call, and each pass
- * prefetches the thread's next group into L2 at the pace it reads this one: without that, memory sat idle while
- * rows 9-16 ran from L2, and SmolLM2-135M's linears at 16 rows took 14.0 ms instead of 12.2-12.4 (bf16, 2-core
- * Zen 4).
+ * each row of x, then one FMA (two, widened) or one VDPBF16PS per (vector, row). Panel groups are split over the
+ * threads; each group's panels stay in L2 while every block of rows passes over them, so each weight byte comes
+ * from memory once per call, and each pass prefetches the thread's next group into L2 at the pace it reads this
+ * one: without that, memory sat idle while rows 9-16 ran from L2, and SmolLM2-135M's linears at 16 rows took
+ * 14.0 ms instead of 12.2-12.4 (bf16, 2-core Zen 4).
  *
  * Rounding: bf16 products are exact in fp32 and VDPBF16PS adds them in fp32 (inputs and sums that are bf16
  * denormals count as zero; the widened path keeps denormals); the bias is added in fp32 and the sum rounded to
@@ -55,10 +55,10 @@
 
 #if PANEL_VEC == 512
 #define NT 3 /* panels per tile: 48 columns */
-#define MB 8 /* rows per tile (ROWS_CASES has a case per count): NT * MB = 24 of 32 vector registers */
+#define MB 8 /* rows per tile (ROWS_CASES has a case per count): NV * MB = 24 of 32 vector registers */
 #else
 #define NT 1 /* 16 columns, two vectors */
-#define MB 6 /* 2 * 6 sums + 2 weight vectors + a broadcast = 15 of 16 registers (BLIS's 6 x 16 AVX2 tile) */
+#define MB 6 /* NV * MB = 12 sums + 2 weight vectors + a broadcast = 15 of 16 registers (BLIS's 6 x 16 AVX2 tile) */
 #endif
 
 /* 1 where the entry point for `dtype` (0 fp32, 1 bf16) computes; 0 where this CPU/compiler lacks the ISA. */
@@ -124,7 +124,8 @@ INLINE vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 INLINE vf vf_fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 INLINE vi vi_load(const uint16_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 INLINE vf bf16_even(vi w) { return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)); }
-INLINE vf bf16_odd(vi w) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(w, 16), 16)); } /* no mask register */
+/* the odd k by two shifts: no mask constant holding a register */
+INLINE vf bf16_odd(vi w) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_srli_epi32(w, 16), 16)); }
 INLINE vtail_t vtail(int64_t col, int64_t N) { return N - col >= 8 ? 8 : (int)(N - col); }
 INLINE vf bias_f32(const float *b, vtail_t t) {
     if (t == 8) return _mm256_loadu_ps(b);
@@ -180,7 +181,8 @@ INLINE void store_bf16(uint16_t *y, vf v, vtail_t t) {
         for (int64_t k = 0; k < K; k++) {                                                                     \
             vf w[NV];                                                                                         \
             _Pragma("GCC unroll 8") for (int t = 0; t < nt; t++) {                                            \
-                _Pragma("GCC unroll 2") for (int c = 0; c < PV; c++) w[t * PV + c] = vf_load(wp + (t * K + k) * 16 + c * VL); \
+                _Pragma("GCC unroll 2") for (int c = 0; c < PV; c++)                                          \
+                    w[t * PV + c] = vf_load(wp + (t * K + k) * 16 + c * VL);                                  \
                 if (PF) _mm_prefetch((const char *)(next + (t * K + k) * 16), _MM_HINT_T1);                   \
             }                                                                                                 \
             _Pragma("GCC unroll 8") for (int m = 0; m < mb; m++) {                                            \
