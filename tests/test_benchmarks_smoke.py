@@ -71,8 +71,14 @@ def test_engine_cpu_benchmark_smoke(tmp_path):
 
 def test_cpu_linear_benchmark_smoke(tmp_path):
     run(tmp_path, "cpu_linear.py", "--layers", "1", "--repeats", "1", "--rows", "1", "--out", "lin")
+    import torch
+
+    from llmlab.kernels.cpu_linear import packing_supported
+
     runs = result(tmp_path, "lin")["runs"]
-    assert runs and all(r["packed_ms"] > 0 and r["f_linear_ms"] > 0 for r in runs)
+    assert {r["dtype"] for r in runs} == {"float32", "bfloat16"}  # bf16 too where oneDNN cannot pack it (AVX2)
+    assert all(r["f_linear_ms"] > 0 and r.get("packed_ms", 1) > 0 for r in runs)
+    assert all(("packed_ms" in r) == packing_supported(getattr(torch, r["dtype"])) for r in runs)
 
 
 def test_estimate_memory_benchmark_smoke(tmp_path):
