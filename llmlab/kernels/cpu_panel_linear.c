@@ -144,8 +144,8 @@ INLINE void store_f32(float *y, vf v, vtail_t t) {
 }
 INLINE vf bias_bf16(const uint16_t *b, vtail_t t) {
     uint16_t tmp[8] = {0};
-    memcpy(tmp, b, (size_t)t * sizeof(uint16_t));
-    const __m128i bits = _mm_loadu_si128((const __m128i *)(t == 8 ? b : tmp));
+    if (t < 8) memcpy(tmp, b, (size_t)t * sizeof(uint16_t)); /* a tail: the bias ends inside this vector */
+    const __m128i bits = _mm_loadu_si128((const __m128i *)(t < 8 ? tmp : b));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
 /* fp32 -> bf16 in code, round to nearest even, a NaN stays a quiet NaN; the 8 results packed into 128 bits. */
