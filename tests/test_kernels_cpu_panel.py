@@ -255,3 +255,28 @@ def test_bf16_without_onednn_packing_runs_on_llmlabs_kernels(monkeypatch):
         with torch.inference_mode():
             check(lin(x[:3]), x[:3], lin.weight, lin.bias)
             check(lin(x), x, lin.weight, lin.bias)
+
+
+@needs_panel
+def test_route_choices_follow_new_routes_and_dtypes():
+    """kernel_for remembers its answer per (rows, dtype): setting routes (tune_packing, a user) forgets them, and
+    a dtype change asks again; a wrong input width gets F.linear's error, never the C kernel's out-of-bounds read."""
+    torch.manual_seed(0)
+    lin = PackedLinear.from_linear(nn.Linear(64, 40, bias=False), (torch.float32, torch.bfloat16))
+    assert lin._parameters["bias"] is None and list(lin.state_dict()) == ["weight"]  # as nn.Linear(bias=False)
+    lin.routes = ((ROWS_ANY, "panel"),)
+    x = torch.randn(3, 64)
+    with torch.inference_mode():
+        check(lin(x), x, lin.weight, None)
+        assert lin.kernel_for(3) == "panel" and set(lin._copies) == {"panel"}
+        lin.routes = ((ROWS_ANY, "f_linear"),)
+        lin.drop_copies()
+        check(lin(x), x, lin.weight, None)
+        assert lin.kernel_for(3) == "f_linear" and not lin._copies  # the remembered "panel" was dropped
+        with pytest.raises(RuntimeError):
+            lin(torch.randn(3, 66))
+    lin.routes = ((ROWS_ANY, "panel"),)
+    lin.to(torch.bfloat16)
+    with torch.inference_mode():
+        check(lin(x.bfloat16()), x.bfloat16(), lin.weight, None)
+    assert lin.kernel_for(3) == "panel" and lin._copies["panel"][1].dtype == torch.bfloat16

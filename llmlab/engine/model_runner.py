@@ -66,6 +66,7 @@ from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
 from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels import cuda_linear
+from llmlab.kernels import cpu_rope_cache as cpu_rope
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
 from llmlab.kernels.cpu_norm import use_fast_norms
 from llmlab.kernels.cpu_panel_linear import bf16_widened
@@ -119,6 +120,9 @@ class ModelRunner:
             # decode graph traces the plain forward, which Inductor fuses.
             use_fast_norms(model)
         self.decode_kernel = self._use_decode_kernel(config.paged_kernel)
+        # RoPE and the KV write in one C call a layer (eager steps; a compiled decode step lets Inductor fuse them)
+        self.rope_kernel = (self.device.type == "cpu" and config.cpu_fused_rope and self.cfg.position == "rope"
+                            and cpu_rope.supports(self.dtype))
         self.block_size = config.block_size
         self.max_model_len = config.max_model_len or self.cfg.max_position_embeddings
         if self.max_model_len > self.cfg.max_position_embeddings:
@@ -286,7 +290,8 @@ class ModelRunner:
             tables, ctx = self._decode_tables([batch.seqs[i] for i in decodes], max_blocks=None)
             segments.insert(0, decode_segment(0, tables.to(dev), ctx.to(dev), bs, self.cfg.sliding_window,
                                               gather=not self.decode_kernel))
-        meta = PagedMetadata(torch.tensor(slots, device=dev), segments, decode_kernel=self.decode_kernel)
+        meta = PagedMetadata(torch.tensor(slots, device=dev), segments, decode_kernel=self.decode_kernel,
+                             rope_kernel=self.rope_kernel)
         h = self.model.hidden_states(torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
                                      cache=self.kv.with_meta(meta))  # (1, N, d)
         rows = torch.tensor([row_of[i] for i in sampling], dtype=torch.long, device=dev)
@@ -316,7 +321,8 @@ class ModelRunner:
         positions = torch.tensor(pos, dtype=torch.long)
         segment = decode_segment(0, tables.index_select(0, rows), positions + 1, bs, self.cfg.sliding_window,
                                  gather=False)
-        meta = PagedMetadata(torch.tensor(slots), [segment], decode_kernel=self.decode_kernel)
+        meta = PagedMetadata(torch.tensor(slots), [segment], decode_kernel=self.decode_kernel,
+                             rope_kernel=self.rope_kernel)
         h = self.model.hidden_states(torch.tensor([ids]), position_ids=positions[None], cache=self.kv.with_meta(meta))
         return self.model.lm_head(h[0, [last[i] for i in sampling]]).float()
 
@@ -366,7 +372,8 @@ class ModelRunner:
     def _decode_logits(self, ids: Tensor, pos: Tensor, slot: Tensor, tables: Tensor, ctx: Tensor) -> Tensor:
         """(B,) ids/positions/slots, (B, nb) tables, (B,) context lengths -> (B, V) fp32 logits."""
         seg = decode_segment(0, tables, ctx, self.block_size, self.cfg.sliding_window, gather=not self.decode_kernel)
-        meta = PagedMetadata(slot, [seg], decode_kernel=self.decode_kernel)
+        meta = PagedMetadata(slot, [seg], decode_kernel=self.decode_kernel,
+                             rope_kernel=self.rope_kernel and not torch.compiler.is_compiling())
         h = self.model.hidden_states(ids[None], position_ids=pos[None], cache=self.kv.with_meta(meta))
         return self.model.lm_head(h[0]).float()
 

@@ -5,7 +5,9 @@
     cpu_panel_linear     - register-tiled linear on 16-column weight panels (AVX-512; bf16: VDPBF16PS or widened)
     cpu_paged_attention  - paged decode attention for the CPU in C (the engine's CPU default)
     cpu_norm             - RMSNorm for CPU inference in one C call (the engine swaps it in on CPU)
-    paged_attention      - the same for CUDA in Triton
+    cpu_rope_cache       - RoPE on q and k and the paged KV write in one C call per layer (the engine's CPU default)
+    cpu_argmax           - argmax over the last dimension of CPU fp32 rows in C (the sampler's greedy and sampled picks)
+    paged_attention      - paged decode attention for CUDA in Triton
     cbuild               - builds the C kernels on first use with the system compiler, cached per CPU
 
 Triton kernels for the GPU (flash and paged attention) belong here too, with a pure-PyTorch

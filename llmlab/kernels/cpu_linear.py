@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmlab.kernels import cbuild
-from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear, panel_linear_op, panel_supported
+from llmlab.kernels.cpu_panel_linear import (pack_panels, panel_linear, panel_linear_checked, panel_linear_op,
+                                             panel_supported)
 from llmlab.model.layers import FusedProjections, swap_linears
 
 SKINNY_MAX_ROWS = 4  # the C kernel's limit (cpu_skinny_linear.c)
@@ -113,7 +114,7 @@ class PackedLinear(nn.Linear):
     # Which kernel takes how many rows: ascending (up to rows, kernel) pairs, the last one for every larger count.
     # Kernels: "packed" (oneDNN), "panel" (cpu_panel_linear.c), "skinny" (the C kernel, <= SKINNY_MAX_ROWS rows),
     # "f_linear" (MKL/ATen). tune_packing measures them on this CPU and sets this per layer.
-    routes: tuple[tuple[int, str], ...] = ((ROWS_ANY, "packed"),)
+    default_routes: tuple[tuple[int, str], ...] = ((ROWS_ANY, "packed"),)
     # What a torch.compile trace runs: "f_linear" (Inductor packs and fuses it; with freezing, oneDNN) or "panel"
     # (the custom op llmlab::panel_linear on the panel copy, which `prepare_for_compile` packs first).
     traced: str = "f_linear"
@@ -132,16 +133,35 @@ class PackedLinear(nn.Linear):
         nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight = linear.weight
-        new.bias = linear.bias
+        new.register_parameter("bias", linear.bias)  # None included, as nn.Linear does (forward reads _parameters)
         new._copies = {}
         new._dtypes = dtypes
         return new
 
+    @property
+    def routes(self) -> tuple[tuple[int, str], ...]:
+        return self.__dict__.get("_routes", self.default_routes)
+
+    @routes.setter
+    def routes(self, value: tuple[tuple[int, str], ...]) -> None:
+        self.__dict__["_routes"] = tuple(value)
+        self.__dict__["_kernels"] = {}  # kernel_for's answers were for the old routes
+
     def kernel_for(self, rows: int) -> str:
         """The kernel `routes` names for `rows` rows, if it runs for this layer here; else oneDNN's, where oneDNN
-        packs this dtype, else F.linear."""
+        packs this dtype, else F.linear. Remembered per (rows, dtype) for decode-sized counts: a decode step asks
+        ~120 times."""
+        dtype = self._parameters["weight"].dtype
+        kernels = self.__dict__.setdefault("_kernels", {})
+        kernel = kernels.get((rows, dtype))
+        if kernel is None:
+            kernel = self._choose(rows, dtype)
+            if rows <= 256:
+                kernels[(rows, dtype)] = kernel
+        return kernel
+
+    def _choose(self, rows: int, dtype: torch.dtype) -> str:
         kernel = next((k for up_to, k in self.routes if rows <= up_to), self.routes[-1][1])
-        dtype = self.weight.dtype
         if (kernel == "skinny" and not (rows <= SKINNY_MAX_ROWS and skinny_supported(dtype))
                 or kernel == "panel" and not panel_supported(dtype, self.in_features)
                 or kernel == "packed" and not packing_supported(dtype)):
@@ -149,27 +169,31 @@ class PackedLinear(nn.Linear):
         return kernel
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight
+        # Parameters read from _parameters, not through nn.Module.__getattr__ (~1 us each): this runs ~120 times a
+        # decode step, and its Python cost (27 us a call before, 2.4 ms of a 30 ms SmolLM2 step) is the step's.
+        params = self._parameters
+        w, bias = params["weight"], params["bias"] if "bias" in params else self.bias
         if torch.compiler.is_compiling():  # traced: the panel op on the copy packed beforehand, else Inductor's own
             held = self._copies.get("panel") if self.traced == "panel" and x.dtype == w.dtype else None
             if held is None:
-                return F.linear(x, w, self.bias)
-            return panel_linear_op(x, held[1], self.out_features, self.bias)
+                return F.linear(x, w, bias)
+            return panel_linear_op(x, held[1], self.out_features, bias)
+        K = self.in_features
         if (torch.is_grad_enabled() and w.requires_grad or w.device.type != "cpu" or x.dtype != w.dtype
-                or w.dtype not in self._dtypes or not x.numel()):
-            return F.linear(x, w, self.bias)
-        kernel = self.kernel_for(x.numel() // self.in_features)
-        if kernel == "skinny":
-            return skinny_linear(x, w, self.bias)
-        if kernel == "f_linear":
-            return F.linear(x, w, self.bias)
+                or w.dtype not in self._dtypes or x.shape[-1] != K or not x.numel()):
+            return F.linear(x, w, bias)  # (a wrong input width gets F.linear's own error)
+        kernel = self.kernel_for(x.numel() // K)
         if kernel == "panel":
-            return panel_linear(x, self._copy("panel"), self.out_features, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self._copy("packed"), self.bias, "none", [], "")
+            return panel_linear_checked(x, self._copy("panel"), self.out_features, bias)
+        if kernel == "skinny":
+            return skinny_linear(x, w, bias)
+        if kernel == "f_linear":
+            return F.linear(x, w, bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self._copy("packed"), bias, "none", [], "")
 
     def _copy(self, kind: str) -> Tensor:
         """The weight packed for `kind`, packed again whenever the weight changed (version counter, storage)."""
-        w = self.weight
+        w = self._parameters["weight"]
         key = (w.data_ptr(), None if w.is_inference() else w._version, w.dtype)
         held = self._copies.get(kind)
         if held is None or held[0] != key:

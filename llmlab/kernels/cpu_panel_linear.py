@@ -89,17 +89,25 @@ def panel_linear(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | No
     if x.shape[-1] != K or x.dtype != packed.dtype or out_features > packed.shape[0] * 16:
         raise ValueError(f"panel_linear got x {tuple(x.shape)} {x.dtype} for a packed ({out_features}, {K}) "
                          f"{packed.dtype} weight; pass rows of width {K} in the weight's dtype.")
-    x2 = x.reshape(-1, K).contiguous()
-    y = torch.empty(x2.shape[0], out_features, dtype=x.dtype)
-    if x2.shape[0]:
-        b = None if bias is None else bias.contiguous()
-        status = _functions()[x.dtype](x2.data_ptr(), packed.data_ptr(), None if b is None else b.data_ptr(),
-                                       y.data_ptr(), x2.shape[0], out_features, K, torch.get_num_threads())
+    return panel_linear_checked(x, packed, out_features, bias)
+
+
+def panel_linear_checked(x: Tensor, packed: Tensor, out_features: int, bias: Tensor | None) -> Tensor:
+    """`panel_linear` once the caller has checked x's width and dtype against the packed weight (PackedLinear
+    does, per call): the decode step calls it ~120 times, and each check or reshape costs about a microsecond."""
+    K = x.shape[-1]
+    y = torch.empty(x.shape[:-1] + (out_features,), dtype=x.dtype)
+    M = x.numel() // K
+    if M:
+        x = x if x.is_contiguous() else x.contiguous()
+        b = None if bias is None else bias if bias.is_contiguous() else bias.contiguous()
+        status = _functions()[x.dtype](x.data_ptr(), packed.data_ptr(), None if b is None else b.data_ptr(),
+                                       y.data_ptr(), M, out_features, K, torch.get_num_threads())
         if status == 2:
-            raise MemoryError(f"the panel linear kernel could not allocate {x2.shape[0]} x {K} fp32 values.")
+            raise MemoryError(f"the panel linear kernel could not allocate {M} x {K} fp32 values.")
         if status:
             raise RuntimeError(f"the panel linear kernel refused {x.dtype} with {K} inputs on this CPU.")
-    return y.view(*x.shape[:-1], out_features)
+    return y
 
 
 # The op torch.compile traces: registered with torch.library's low-level API, whose dispatch costs ~2 us over a

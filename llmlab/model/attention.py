@@ -141,6 +141,9 @@ class PagedMetadata:
     # decode segments read the pages in place: "triton" (kernels/paged_attention.py), "cpu"
     # (kernels/cpu_paged_attention.py), "" = gather the keys and run SDPA
     decode_kernel: str = ""
+    # RoPE and the KV write in one C call per layer (kernels/cpu_rope_cache.py, PagedKVCache.rope_update): the
+    # engine sets it for CPU inference where the kernel is built for the model's dtype
+    rope_kernel: bool = False
 
 
 def paged_attend(q: Tensor, k_pages: Tensor, v_pages: Tensor, meta: PagedMetadata, *, backend: str = "sdpa",

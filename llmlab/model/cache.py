@@ -25,6 +25,7 @@ from torch import Tensor
 
 from llmlab.config import ModelConfig
 from llmlab.errors import LlmlabError
+from llmlab.kernels.cpu_rope_cache import rope_cache_cpu
 from llmlab.model.attention import PagedMetadata
 
 
@@ -59,6 +60,8 @@ class KVCache:
                 f"KV cache holds {self.max_len} positions but {self.length} + {new_tokens} were requested; "
                 "allocate a larger cache (max_len) or generate fewer tokens."
             )
+
+    fuses_rope = False  # RoPE and the write stay separate ops (PagedKVCache.rope_update fuses them on CPU)
 
     def update(self, layer: int, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
         """Store (B, Hkv, T, hd) at the current position; return the layer's keys/values so far."""
@@ -102,6 +105,20 @@ class PagedKVCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    @property
+    def fuses_rope(self) -> bool:
+        """Whether this forward's RoPE and KV write go through `rope_update` (the runner set meta.rope_kernel)."""
+        return self.meta is not None and self.meta.rope_kernel and not torch.compiler.is_compiling()
+
+    def rope_update(self, layer: int, q: Tensor, k: Tensor, v: Tensor, cos: Tensor,
+                    sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """RoPE on q and k and the write of k and v at `meta.slot_mapping`, in one C call
+        (kernels/cpu_rope_cache.py; bitwise `apply_rope` then `update`): q (1, N, H, hd), k and v (1, N, Hkv, hd)
+        as the projections give them, cos/sin (1, 1, N, hd) -> q roped (1, H, N, hd) and the layer's pools."""
+        k_pages, v_pages = self.k[layer], self.v[layer]
+        q = rope_cache_cpu(q, k, v, cos, sin, k_pages, v_pages, self.meta.slot_mapping)  # (N, H, hd)
+        return q[None].transpose(1, 2), k_pages, v_pages
 
     def update(self, layer: int, k_new: Tensor, v_new: Tensor) -> tuple[Tensor, Tensor]:
         """Write (1, Hkv, N, hd) at `meta.slot_mapping`; return the layer's pools (num_slots, Hkv, hd)."""

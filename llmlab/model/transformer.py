@@ -64,11 +64,14 @@ class Attention(FusedProjections):
         v = v.view(B, T, self.n_kv, self.hd)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
-        if ctx.cos is not None:
-            q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
-        if ctx.cache is not None:
-            k, v = ctx.cache.update(self.layer, k, v)  # (B, Hkv, T_past + T, hd)
+        if ctx.cache is not None and ctx.cos is not None and ctx.cache.fuses_rope:  # the engine on CPU
+            q, k, v = ctx.cache.rope_update(self.layer, q, k, v, ctx.cos, ctx.sin)  # one C call, same values
+        else:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, hd)
+            if ctx.cos is not None:
+                q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+            if ctx.cache is not None:
+                k, v = ctx.cache.update(self.layer, k, v)  # (B, Hkv, T_past + T, hd)
         y = attend(q, k, v, mask=ctx.mask, bias=ctx.bias, causal=ctx.causal, backend=ctx.backend,
                    dropout_p=self.dropout if self.training else 0.0, paged=ctx.paged)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
