@@ -52,22 +52,26 @@ def supports(dtype: torch.dtype) -> bool:
     return dtype in _functions()
 
 
+def _int64(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.int64 and t.is_contiguous() else t.to(torch.int64).contiguous()
+
+
 def _run(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor, block_size: int,
          scale: float, window: int) -> Tensor:
+    # Called once per layer and step: each avoidable tensor call here costs ~1 us of a decode step's time.
     B, H, hd = q.shape
-    Hkv = k_pages.shape[1]
-    q = q.contiguous()
-    tables = block_tables.to(torch.int64).contiguous()
-    ctx = context_lens.to(torch.int64).contiguous()
-    out = torch.empty_like(q)
+    q = q if q.is_contiguous() else q.contiguous()
+    tables, ctx = _int64(block_tables), _int64(context_lens)
+    out = torch.empty(B, H, hd, dtype=q.dtype)
+    pool = k_pages.shape
     status = _functions()[q.dtype](q.data_ptr(), k_pages.data_ptr(), v_pages.data_ptr(), tables.data_ptr(),
-                                   ctx.data_ptr(), out.data_ptr(), B, H, Hkv, hd, tables.shape[1], block_size, window,
-                                   scale, k_pages.shape[0], torch.get_num_threads())
+                                   ctx.data_ptr(), out.data_ptr(), B, H, pool[1], hd, tables.shape[1], block_size,
+                                   window, scale, pool[0], torch.get_num_threads())
     if status == 1:
         raise ValueError("a context length is longer than its block table covers (context_lens > "
                          "block_tables.shape[1] * block_size); pass a block table that covers every position.")
     if status == 3:  # checked in C, before any page is read: no tensor op per layer and step
-        raise ValueError(f"block_tables name a block beyond the {k_pages.shape[0] // block_size} blocks of the pages.")
+        raise ValueError(f"block_tables name a block beyond the {pool[0] // block_size} blocks of the pages.")
     if status != 0:
         raise MemoryError("the CPU paged-attention kernel could not allocate its scratch space.")
     return out
@@ -95,8 +99,9 @@ def paged_decode_cpu(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: 
     if not supports(q.dtype):
         raise RuntimeError(build_error() or f"the CPU paged-attention kernel does not take {q.dtype}.")
     B, H, hd = q.shape
-    if not (k_pages.is_contiguous() and v_pages.is_contiguous() and k_pages.shape == v_pages.shape
-            and k_pages.dtype == v_pages.dtype == q.dtype and k_pages.shape[2] == hd and H % k_pages.shape[1] == 0):
+    pool = k_pages.shape
+    if not (len(pool) == 3 and pool[2] == hd and H % pool[1] == 0 and v_pages.shape == pool
+            and k_pages.dtype == v_pages.dtype == q.dtype and k_pages.is_contiguous() and v_pages.is_contiguous()):
         raise ValueError(f"k_pages/v_pages must be contiguous (num_slots, Hkv, {hd}) {q.dtype} tensors with Hkv "
                          f"dividing {H}; got {tuple(k_pages.shape)} {k_pages.dtype} and {tuple(v_pages.shape)}.")
     return _run(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window)
