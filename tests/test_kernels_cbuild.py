@@ -57,7 +57,8 @@ def test_panel_kernel_built_for_avx2_computes_f_linear(march, mode, tmp_path):
     torch.manual_seed(0)
     for dtype, fn in ((torch.float32, lib.panel_linear_f32), (torch.bfloat16, lib.panel_linear_bf16)):
         fn.argtypes, fn.restype = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int], ctypes.c_int
-        for M, N, K in ((1, 50, 34), (7, 145, 576), (16, 80, 64), (70, 33, 96)):  # 70 rows: widened once (bf16)
+        # 1-2 rows and a 6 + 2 block: the one- and two-row tile (odd and even k pair counts); 70 rows: widened once
+        for M, N, K in ((1, 50, 34), (2, 145, 576), (8, 50, 34), (7, 145, 576), (16, 80, 64), (70, 33, 96)):
             x, w, b = torch.randn(M, K, dtype=dtype), torch.randn(N, K, dtype=dtype), torch.randn(N, dtype=dtype)
             y = torch.full((M, N), float("nan"), dtype=dtype)
             assert fn(x.data_ptr(), pack_panels(w).data_ptr(), b.data_ptr(), y.data_ptr(), M, N, K, 2) == 0

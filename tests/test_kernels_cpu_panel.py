@@ -51,7 +51,7 @@ def check(got, x, w, b):
 @needs_panel
 @pytest.mark.parametrize("dtype", DTYPES)
 # row blocks of 8 (AVX-512) or 6 (AVX2): whole, partial, several
-@pytest.mark.parametrize("M", [1, 3, 6, 8, 9, 12, 16, 37])
+@pytest.mark.parametrize("M", [1, 2, 3, 6, 8, 9, 12, 16, 37])
 @pytest.mark.parametrize("N,K", [(80, 64), (50, 34), (145, 576), (7, 2)])  # 5 panels: a tile of 3 + 2; 4: 3 + 1; a tail
 @pytest.mark.parametrize("bias", [False, True])
 def test_panel_linear_equals_f_linear(dtype, M, N, K, bias):
