@@ -26,15 +26,28 @@ int llmlab_rope_has_f16(void) { return HAS_F16; }
 
 #define PARALLEL_MIN_ELEMENTS 262144
 
+/* v rounded to the element type and back to fp32 (what storing a product in T and reading it again gives). */
+#define ROUND_f32(v) (v)
+#define ROUND_bf16(v) bf16_to_f32(f32_to_bf16(v))
+#if HAS_F16
+#define ROUND_f16(v) ((float)(f16_t)(v))
+#else
+#define ROUND_f16(v) (v) /* placeholder: never called */
+#endif
+
+/* rope(x) into y: the two halves as separate loops, so each vectorises (no per-element branch). */
 #define DEFINE_ROPE_CACHE(NAME, T)                                                                               \
     static inline void rope_##NAME(const T *x, const T *c, const T *s, T *y, int64_t hd) {                       \
         const int64_t half = hd / 2;                                                                             \
-        for (int64_t d = 0; d < hd; d++) {                                                                       \
-            T a, b;                                                                                              \
-            const float r = d < half ? -LOAD_##NAME(x, d + half) : LOAD_##NAME(x, d - half);                     \
-            STORE_##NAME(&a, 0, LOAD_##NAME(x, d) * LOAD_##NAME(c, d));                                          \
-            STORE_##NAME(&b, 0, r * LOAD_##NAME(s, d));                                                          \
-            STORE_##NAME(y, d, LOAD_##NAME(&a, 0) + LOAD_##NAME(&b, 0));                                         \
+        _Pragma("omp simd") for (int64_t d = 0; d < half; d++) {                                                 \
+            const float a = ROUND_##NAME(LOAD_##NAME(x, d) * LOAD_##NAME(c, d));                                 \
+            const float b = ROUND_##NAME(-LOAD_##NAME(x, d + half) * LOAD_##NAME(s, d));                         \
+            STORE_##NAME(y, d, a + b);                                                                           \
+        }                                                                                                        \
+        _Pragma("omp simd") for (int64_t d = half; d < hd; d++) {                                                \
+            const float a = ROUND_##NAME(LOAD_##NAME(x, d) * LOAD_##NAME(c, d));                                 \
+            const float b = ROUND_##NAME(LOAD_##NAME(x, d - half) * LOAD_##NAME(s, d));                          \
+            STORE_##NAME(y, d, a + b);                                                                           \
         }                                                                                                        \
     }                                                                                                            \
     static void token_##NAME(const T *q, const T *k, const T *v, const T *cos, const T *sin, T *q_out,          \
