@@ -85,7 +85,7 @@ def test_bad_inputs_are_clear_errors_and_write_nothing():
 # ---- in the engine ---------------------------------------------------------------------------------------------
 
 
-def _engine_run(cfg, dtype, fused: bool, calls: list | None = None, **options):
+def _engine_run(cfg, dtype, fused: bool, **options):
     from llmlab import Transformer
     from llmlab.engine import SamplingParams
     from llmlab.engine.config import EngineConfig

@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmlab.kernels import cbuild
-from llmlab.kernels.cpu_panel_linear import (pack_panels, panel_linear, panel_linear_checked, panel_linear_op,
-                                             panel_supported)
+from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear_checked, panel_linear_op, panel_supported
 from llmlab.model.layers import FusedProjections, swap_linears
 
 SKINNY_MAX_ROWS = 4  # the C kernel's limit (cpu_skinny_linear.c)
