@@ -374,7 +374,7 @@ class ModelRunner:
         """(B,) ids/positions/slots, (B, nb) tables, (B,) context lengths -> (B, V) fp32 logits."""
         seg = decode_segment(0, tables, ctx, self.block_size, self.cfg.sliding_window, gather=not self.decode_kernel)
         meta = PagedMetadata(slot, [seg], decode_kernel=self.decode_kernel,
-                             rope_kernel=self.rope_kernel and not torch.compiler.is_compiling())
+                             rope_kernel=self.rope_kernel)  # traced: PagedKVCache.fuses_rope says no
         h = self.model.hidden_states(ids[None], position_ids=pos[None], cache=self.kv.with_meta(meta))
         return self.model.lm_head(h[0]).float()
 

@@ -171,7 +171,7 @@ class PackedLinear(nn.Linear):
         # Parameters read from _parameters, not through nn.Module.__getattr__ (~1 us each): this runs ~120 times a
         # decode step, and its Python cost (27 us a call before, 2.4 ms of a 30 ms SmolLM2 step) is the step's.
         params = self._parameters
-        w, bias = params["weight"], params["bias"] if "bias" in params else self.bias
+        w, bias = params["weight"], params["bias"]  # both registered (nn.Linear.__init__, from_linear)
         if torch.compiler.is_compiling():  # traced: the panel op on the copy packed beforehand, else Inductor's own
             held = self._copies.get("panel") if self.traced == "panel" and x.dtype == w.dtype else None
             if held is None:
