@@ -33,6 +33,9 @@ SHAPES = {
                          rope_theta=500000.0, tie_word_embeddings=True),
     "tiny": dict(model_type="llama", vocab_size=4096, hidden_size=256, intermediate_size=768, num_layers=4,
                  num_heads=8, num_kv_heads=4, max_position_embeddings=4096),
+    # for smoke tests of kernels run by Triton's interpreter, a program at a time
+    "micro": dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+                  num_heads=4, num_kv_heads=2, max_position_embeddings=512),
 }
 
 

@@ -3,10 +3,10 @@
 # starts and calls together, as of 2026-11-30): steps in order of importance, each time-limited, the whole
 # run kept under BUDGET seconds (steps that no longer fit are skipped and say so):
 #   run(command="bash benchmarks/gpu_all.sh main", timeout_s=600)
-# main: compiled batch-1 latency vs transformers (#6), throughput vs transformers' generate_batch (#6), train vs
-# transformers (#5, attention backend timed and chosen), the paged kernel with split keys vs one pass, the compiled
-# decode step's kernels, the GPU tests, batch-1 latency with the GEMV kernel (what does not fit in BUDGET is
-# skipped: run the rest in a second call).
+# main: compiled batch-1 latency vs transformers and the fused batch-1 step beside it (#6), throughput vs
+# transformers' generate_batch (#6), train at batch 32 vs transformers (#5, attention backend timed and chosen),
+# the paged kernel with split keys vs one pass, the compiled decode step's kernels, the GPU tests, train at batch
+# 16 (what does not fit in BUDGET is skipped: run the rest in a second call).
 # With a longer budget, three calls of under 10 minutes each (on 2026-11-23 part a took 149 s):
 #   run(command="bash benchmarks/gpu_all.sh a", timeout_s=600)   # tests, kernels, estimator memory (<= 330 s)
 #   run(command="bash benchmarks/gpu_all.sh b", timeout_s=600)   # train (batch 16, 32), latency (<= 540 s)
@@ -39,8 +39,10 @@ step() {  # name, seconds, command...: run it within what is left of BUDGET, the
   tar czf "$OUT/all-$PART.tgz" -C "$LOGS" .
 }
 if [ "$PART" = main ]; then  # on 2026-11-30 (H200): train took 171 s, throughput 147 s, latency 90 s
-  # latency first: it checks the compiled decode with the split-key paged kernel (custom op), fast
-  step latency-compiled 120 python3 benchmarks/latency.py --compile-decode
+  # latency first: the compiled decode (split-key paged kernel as a custom op) and, alternating with it in the same
+  # run, the fused batch-1 step of kernels/cuda_decode.py (its tiles timed at start-up); without it if that fails
+  step latency-fused 200 python3 benchmarks/latency.py --compile-decode --fused
+  [ "$RC" = 0 ] || step latency-compiled 120 python3 benchmarks/latency.py --compile-decode
   [ "$RC" = 0 ] || step latency-eager 90 python3 benchmarks/latency.py --out engine_latency_cuda_eager
   step throughput 170 python3 benchmarks/throughput.py --hf generate_batch --hf-timeout 60
   # batch 32 (both loops): the optimizer's fixed cost per step halves per token (llm.c's GPT-2 runs use 64)
@@ -48,7 +50,7 @@ if [ "$PART" = main ]; then  # on 2026-11-30 (H200): train took 171 s, throughpu
   step paged-attention 40 python3 benchmarks/paged_attention.py --batches 1 4 16 256 --contexts 384 2048
   step graph-kernels 60 python3 benchmarks/gpu_profile.py graph
   step gpu-tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_paged_attention.py \
-    tests/test_kernels_gemv.py tests/test_train_attention_backend.py tests/test_engine_llm.py \
+    tests/test_kernels_gemv.py tests/test_kernels_cuda_decode.py tests/test_train_attention_backend.py tests/test_engine_llm.py \
     -k "cuda or gemv or kernel or split or backend"
   step train-b16 200 python3 benchmarks/train.py --steps 20 --warmup 5 --out "$LLMLAB_BENCH_RESULTS/train_cuda_b16.json"
 elif [ "$PART" = a ]; then

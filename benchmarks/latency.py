@@ -17,6 +17,7 @@ roofline (~950 tok/s); transformers eager was measured at ~13 tok/s on that card
 
     .venv/bin/python benchmarks/latency.py                      # CUDA: llama-3.2-1b, bf16
     .venv/bin/python benchmarks/latency.py --model smollm2-135m --new-tokens 64   # CPU, fp32
+    .venv/bin/python benchmarks/latency.py --compile-decode --fused   # CUDA: + the fused step, in the same run
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def main() -> int:
     ap.add_argument("--compile-decode", action="store_true", help="torch.compile the engine's decode step")
     ap.add_argument("--cuda-gemv", action="store_true",
                     help="CUDA: batch-1 matmuls through llmlab's Triton GEMV where it beats cuBLAS (EngineConfig.cuda_gemv)")
+    ap.add_argument("--fused", action="store_true",
+                    help="CUDA: also time a second engine with cuda_fused_decode (kernels/cuda_decode.py), alternating")
     ap.add_argument("--out", default=f"engine_latency_{'cuda' if cuda else 'cpu'}")
     args = ap.parse_args()
     device = "cuda" if cuda else "cpu"
@@ -81,20 +84,28 @@ def main() -> int:
     # An engine sized for one stream (on CPU, a compiled engine of <= 4 sequences uses Inductor's GEMM kernels).
     # No prefix caching: every run repeats the prompt, and TTFT is to time its prefill, as transformers does it
     # (with caching, the H200 run of 2026-11-30 timed a one-token recompute and a first CUDA-graph capture).
-    llm = LLM(model, device=device, max_num_seqs=1, max_num_batched_tokens=max(512, args.prompt_len),
-              enable_prefix_caching=False,
-              max_model_len=args.prompt_len + args.new_tokens + 16, compile_decode=args.compile_decode,
-              cuda_gemv=args.cuda_gemv)
+    # A fixed 1 GiB KV budget (this run needs ~400 positions): a second engine (--fused) must fit beside the first.
+    options = dict(device=device, max_num_seqs=1, max_num_batched_tokens=max(512, args.prompt_len),
+                   enable_prefix_caching=False, max_model_len=args.prompt_len + args.new_tokens + 16,
+                   kv_cache_memory=1 << 30)
+    llm = LLM(model, compile_decode=args.compile_decode, cuda_gemv=args.cuda_gemv, **options)
     llmlab_run(llm, prompt, args.new_tokens)  # warm-up: kernels, allocator, CUDA graphs for these lengths
+    fused = None
+    if args.fused:  # the same weights (views: fuse_projections already ran on them)
+        fused = LLM(model, cuda_fused_decode=True, **options)
+        llmlab_run(fused, prompt, args.new_tokens)
     hf = None
     if not args.skip_hf:
         hf = hf_twin(model, dtype, device)
         hf_run(hf, prompt, 8)  # warm-up
     load_before = os.getloadavg()[0]
-    best, hf_best = (float("inf"), 0.0, []), (float("inf"), 0.0, [])
+    best, hf_best, fused_best = (float("inf"), 0.0, []), (float("inf"), 0.0, []), (float("inf"), 0.0, [])
     for _ in range(args.repeats):  # alternate, keep the fastest decode of each: other jobs may share the machine
         run = llmlab_run(llm, prompt, args.new_tokens)
         best = run if run[1] > best[1] else best
+        if fused is not None:
+            run = llmlab_run(fused, prompt, args.new_tokens)
+            fused_best = run if run[1] > fused_best[1] else fused_best
         if hf is not None:
             run = hf_run(hf, prompt, args.new_tokens)
             hf_best = run if run[1] > hf_best[1] else hf_best
@@ -124,6 +135,19 @@ def main() -> int:
         result["gemv_report"] = llm.engine.runner.gemv_report
     rows = [["llmlab", result["llmlab"]["ttft_ms"], result["llmlab"]["decode_tok_s"],
              result["llmlab"]["achieved_gb_s"], result["fraction_of_roofline"]]]
+    if fused is not None:
+        f_ttft, f_tok_s, f_ids = fused_best
+        graphs = fused.engine.runner.graphs
+        replays = {f"batch {b}, {nb} blocks": round(replay_ms(g), 4)
+                   for (b, nb), (g, _) in sorted(graphs.graphs.items())} if graphs else {}
+        result["llmlab_fused"] = {"ttft_ms": round(f_ttft * 1e3, 2), "decode_tok_s": round(f_tok_s, 2),
+                                  "achieved_gb_s": round(step_bytes * f_tok_s / 1e9, 2),
+                                  "fraction_of_roofline": round(f_tok_s * step_bytes / bw, 3) if bw else None,
+                                  "vs_llmlab": round(f_tok_s / tok_s, 3), "same_tokens_as_llmlab": f_ids == ours,
+                                  "graph_replay_ms": replays,
+                                  "tuning": fused.engine.runner.fused_report}
+        rows.append(["llmlab fused", result["llmlab_fused"]["ttft_ms"], round(f_tok_s, 2),
+                     result["llmlab_fused"]["achieved_gb_s"], result["llmlab_fused"]["fraction_of_roofline"]])
     result["load_average_1m"] = {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}
     if hf is not None:
         hf_ttft, hf_tok_s, theirs = hf_best

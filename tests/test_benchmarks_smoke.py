@@ -49,6 +49,22 @@ def test_latency_benchmark_smoke(tmp_path):
     assert r["roofline_tok_s"] > 0 and r["versions"]["torch"]
 
 
+def test_latency_benchmark_fused_step_smoke(tmp_path):
+    """--fused: a second engine with cuda_fused_decode, alternating with the first (on CPU through Triton's
+    interpreter): same greedy tokens, its own row."""
+    import torch
+
+    from llmlab.kernels import cuda_decode
+
+    if not cuda_decode.available(torch.device("cpu")):  # conftest sets TRITON_INTERPRET=1 on CPU-only machines
+        pytest.skip("needs Triton >= 3.7 and TRITON_INTERPRET=1 (on CUDA machines the real benchmark runs)")
+    out = run(tmp_path, "latency.py", "--model", "micro", "--prompt-len", "16", "--new-tokens", "6", "--repeats", "1",
+              "--skip-hf", "--fused", "--out", "lat", env={"TRITON_INTERPRET": "1"})
+    r = result(tmp_path, "lat")["llmlab_fused"]
+    assert r["same_tokens_as_llmlab"] is True and r["decode_tok_s"] > 0 and r["vs_llmlab"] >= 0
+    assert "llmlab fused" in out
+
+
 def test_throughput_benchmark_smoke(tmp_path):
     run(tmp_path, "throughput.py", "--model", "tiny", "--num-seqs", "4", "--min-len", "8", "--max-len", "24",
         "--hf", "generate", "--out", "tp")

@@ -37,6 +37,9 @@ class EngineConfig:
     # CUDA: one-sequence decode matmuls through kernels/gemv.py for the weight shapes where it beats cuBLAS,
     # timed on the card when the engine starts (kernels/cuda_linear.py; a few seconds)
     cuda_gemv: bool = False
+    # CUDA: a decode step of one sequence as five Triton launches a layer, the norms, RoPE, cache write, SiLU and
+    # residual adds fused into the matmuls' kernels (kernels/cuda_decode.py; tile sizes timed at start-up)
+    cuda_fused_decode: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_bs"):

@@ -34,7 +34,7 @@ def emulate_cuda_graphs(runner: ModelRunner) -> _DecodeGraphs:
     graphs = _DecodeGraphs(runner)
 
     def capture(static: list[Tensor]) -> tuple[ReplayGraph, Tensor]:
-        graph = ReplayGraph(runner.decode_fn, static)
+        graph = ReplayGraph(runner.decode_call(static[0].shape[0]), static)
         return graph, graph.out
 
     graphs._capture = capture  # this instance only

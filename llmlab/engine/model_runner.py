@@ -34,6 +34,8 @@ gather path the context is also padded to a power-of-two number of blocks, and e
 bucket is captured when a step first needs it. Padded rows use the scratch block. The graphed function
 is the same `_decode_logits` the eager path runs, so CPU tests cover its maths; `pad_decode=True` makes
 the CPU take the padded (graph-shaped) path too, and engine/emulated_graphs.py the graph bookkeeping.
+With `cuda_fused_decode` the batch-1 graph captures kernels/cuda_decode.py's fused step instead (five
+launches a layer; `decode_call`), the other buckets the usual one.
 
 Compiled CPU decode (`compile_decode=True`). Eager decode of a small model on a CPU spends a third
 of each step dispatching ~2,000 small ops (norms, RoPE, residuals, cache writes). The decode step is
@@ -66,7 +68,7 @@ from llmlab.engine.scheduler import ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
 from llmlab.kernels import cpu_paged_attention as cpu_paged
-from llmlab.kernels import cuda_linear
+from llmlab.kernels import cuda_decode, cuda_linear
 from llmlab.kernels import cpu_rope_cache as cpu_rope
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
 from llmlab.kernels.cpu_norm import use_fast_norms
@@ -135,6 +137,16 @@ class ModelRunner:
         self.kv = PagedKVCache.allocate(self.cfg, self.num_blocks + 1, self.block_size, dtype=self.dtype,
                                         device=self.device)
         self.scratch = self.num_blocks
+        # One-sequence decode steps as the fused kernels of kernels/cuda_decode.py (their graph is batch bucket 1)
+        self.fused: cuda_decode.FusedDecode | None = None
+        self.fused_report: dict = {}  # kernel -> us per tile choice, and the choices (tune, on CUDA)
+        if config.cuda_fused_decode:
+            if not cuda_decode.available(self.device):
+                raise ConfigError(f"cuda_fused_decode needs Triton and a model on a CUDA device (this one is on "
+                                  f"{self.device.type}); drop cuda_fused_decode or move the model to the GPU.")
+            self.fused = cuda_decode.FusedDecode(model, self.kv)
+            if self.device.type == "cuda":
+                self.fused_report = self.fused.tune()
         self.shared_generator = torch.Generator(self.device).manual_seed(config.seed)
         self.generators: dict[int, torch.Generator] = {}  # seq_id -> its own stream (seeded requests)
         # Where the steps' time goes (LLMEngine.stats): seconds the host waited for the device to hand back the
@@ -153,7 +165,8 @@ class ModelRunner:
         elif config.compile_decode:
             self.decode_fn = torch.compile(_own_code(self._decode_logits), dynamic=True)
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
-        self.pad_decode = pad_decode or self.use_graphs or self.compile_cpu
+        # (off CUDA the fused step runs only in Triton's interpreter, for tests: through the padded path)
+        self.pad_decode = pad_decode or self.use_graphs or self.compile_cpu or self.fused is not None
         if self.decode_kernel == "triton" and self.device.type == "cuda":  # every split variant compiled now
             paged_warm_up(self.kv.k[0], self.kv.v[0], self.cfg.num_heads, self.block_size, self.scratch,
                           self.cfg.sliding_window)
@@ -368,7 +381,12 @@ class ModelRunner:
             self.graph_steps += 1
             return self.graphs.replay(b, width, vec, tables)[:n]
         ids, pos, slot, ctx = vec.to(self.device)
-        return self.decode_fn(ids, pos, slot, tables.to(self.device), ctx)[:n]
+        return self.decode_call(b)(ids, pos, slot, tables.to(self.device), ctx)[:n]
+
+    def decode_call(self, batch: int):
+        """The function a decode step of `batch` (padded) rows runs, or its CUDA graph captures: the fused
+        one-sequence step (cuda_fused_decode) for batch 1, else `decode_fn`."""
+        return self.fused if self.fused is not None and batch == 1 else self.decode_fn
 
     def _decode_logits(self, ids: Tensor, pos: Tensor, slot: Tensor, tables: Tensor, ctx: Tensor) -> Tensor:
         """(B,) ids/positions/slots, (B, nb) tables, (B,) context lengths -> (B, V) fp32 logits."""
@@ -577,7 +595,7 @@ class _DecodeGraphs:
             self.graphs[(b, self.max_nb)] = self._capture(static)
 
     def _capture(self, static: list[Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
-        run = self.runner.decode_fn
+        run = self.runner.decode_call(static[0].shape[0])
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
