@@ -50,9 +50,11 @@ except ImportError:  # CPU-only installs: the engine keeps its usual decode step
     triton = None
 
 # Tile choices per kernel, (block_n, block_k, num_warps), the first the default; `tune` times them on the card.
-# _qkv_kernel's rows are one head (two halves of head_dim / 2), so it only has block_k.
+# For _qkv_kernel the first number is how many programs share a head (each takes head_dim / 2 / it RoPE pairs):
+# a Llama-3.2-1B step has only 48 heads of q, k and v for 132 SMs. Models with q/k norms take 1 (a norm needs
+# the whole head).
 CONFIGS = {
-    "qkv": ((0, 128, 4), (0, 64, 4), (0, 256, 8)),
+    "qkv": ((4, 256, 4), (2, 256, 4), (8, 512, 4), (1, 128, 4)),
     "o": ((8, 512, 4), (16, 256, 4), (4, 512, 4)),
     "swiglu": ((8, 512, 4), (4, 512, 4), (8, 256, 4), (16, 256, 8)),
     "down": ((8, 512, 4), (16, 256, 4), (16, 512, 8)),
@@ -146,14 +148,15 @@ class FusedDecode:
     def qkv(self, L: _Layer, i: int, pos: Tensor, slot: Tensor) -> None:
         cfg, kp, vp = self.cfg, self.kv.k[i], self.kv.v[i]
         H, Hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        _, bk, warps = self.configs["qkv"]
+        split, bk, warps = self.configs["qkv"]
+        split = 1 if L.q_norm is not None else min(split, hd // 2)  # both powers of two: it divides hd / 2
         qn = L.q_norm if L.q_norm is not None else L.norm1
         kn = L.k_norm if L.k_norm is not None else L.norm1
-        _qkv_kernel[(H + 2 * Hkv,)](
+        _qkv_kernel[(H + 2 * Hkv, split)](
             self.residual, L.norm1, L.qkv, L.qkv_bias if L.qkv_bias is not None else L.qkv, qn, kn, self.q, kp, vp,
             pos, slot, self.inv_freq, cfg.hidden_size, L.qkv.stride(0), kp.stride(0), kp.stride(1), H, Hkv, self.eps,
-            HD=hd, HALF=hd // 2, BLOCK_K=bk, HAS_BIAS=L.qkv_bias is not None, QK_NORM=L.q_norm is not None,
-            num_warps=warps)
+            HD=hd, HALF=hd // 2, PAIRS=hd // 2 // split, BLOCK_K=bk, HAS_BIAS=L.qkv_bias is not None,
+            QK_NORM=L.q_norm is not None, num_warps=warps)
 
     def add_gemv(self, x: Tensor, w: Tensor, config: tuple[int, int, int]) -> None:
         """residual += w @ x, one atomic fp32 add per output (kernels/gemv.py's split-K path, with one split)."""
@@ -224,10 +227,11 @@ def compile_for_cuda(arch: int, dtype: torch.dtype, *, head_dim: int = 64, bias:
     ptr = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
     fixed = {"Res": "*fp32", "InvFreq": "*fp32", "Ids": "*i64", "Pos": "*i64", "Slot": "*i64", "eps": "fp32",
              "scale": "fp32", "Out": "*fp32"}
-    (_, qk, _), (bn, bk, _), (hn, hk, _) = CONFIGS["qkv"][0], CONFIGS["swiglu"][0], CONFIGS["head"][0]
+    (qs, qk, _), (bn, bk, _), (hn, hk, _) = CONFIGS["qkv"][0], CONFIGS["swiglu"][0], CONFIGS["head"][0]
+    pairs = head_dim // 2 if qk_norm else head_dim // 2 // min(qs, head_dim // 2)
     kernels = {"embed": (_embed_kernel, {"BLOCK": 1024}),
-               "qkv": (_qkv_kernel, {"HD": head_dim, "HALF": head_dim // 2, "BLOCK_K": qk, "HAS_BIAS": bias,
-                                     "QK_NORM": qk_norm}),
+               "qkv": (_qkv_kernel, {"HD": head_dim, "HALF": head_dim // 2, "PAIRS": pairs, "BLOCK_K": qk,
+                                     "HAS_BIAS": bias, "QK_NORM": qk_norm}),
                "swiglu": (_swiglu_kernel, {"BLOCK_N": bn, "BLOCK_K": bk}),
                "head": (_head_kernel, {"BLOCK_N": hn, "BLOCK_K": hk})}
     out = {}
@@ -280,17 +284,19 @@ if triton is not None:
 
     @triton.jit
     def _qkv_kernel(Res, NormW, W, Bias, QNormW, KNormW, Q, KP, VP, Pos, Slot, InvFreq, K, stride_w, stride_ps,
-                    stride_ph, n_heads, n_kv, eps, HD: tl.constexpr, HALF: tl.constexpr, BLOCK_K: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, QK_NORM: tl.constexpr):
-        """One program per output head (q heads, then k, then v): its two halves of rows as two accumulators,
-        so RoPE's pairs (i, i + HALF) meet in registers."""
+                    stride_ph, n_heads, n_kv, eps, HD: tl.constexpr, HALF: tl.constexpr, PAIRS: tl.constexpr,
+                    BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, QK_NORM: tl.constexpr):
+        """Program (p, r): PAIRS of RoPE's pairs (i, i + HALF) of output head p (q heads, then k, then v), from
+        i = r * PAIRS, the two halves as two accumulators, so each pair meets in registers. With q/k norms one
+        program takes the whole head (PAIRS == HALF): the norm's statistics need it."""
+        tl.static_assert(not QK_NORM or PAIRS == HALF)
         DT: tl.constexpr = W.dtype.element_ty
         p = tl.program_id(0)
-        j = tl.arange(0, HALF)
+        j = tl.program_id(1) * PAIRS + tl.arange(0, PAIRS)
         rows = p * HD + j
         rstd = _rstd(Res, K, eps, BLOCK_K)
-        acc1 = tl.zeros([HALF, BLOCK_K], tl.float32)
-        acc2 = tl.zeros([HALF, BLOCK_K], tl.float32)
+        acc1 = tl.zeros([PAIRS, BLOCK_K], tl.float32)
+        acc2 = tl.zeros([PAIRS, BLOCK_K], tl.float32)
         w1 = W + rows.to(tl.int64)[:, None] * stride_w
         w2 = w1 + HALF * stride_w
         for k0 in range(0, K, BLOCK_K):
