@@ -26,6 +26,9 @@ class EngineConfig:
     cpu_pack_linears: bool = True  # CPU: packed linear weights, fastest kernel per row count (kernels/cpu_linear.py)
     cpu_fast_norms: bool = True  # CPU: RMSNorm in one C call (kernels/cpu_norm.py) when a C compiler is found
     cpu_fused_rope: bool = True  # CPU: RoPE and the KV write in one C call a layer (kernels/cpu_rope_cache.py)
+    # CPU: decode-only steps as one loop of direct C calls, no module calls or allocations (kernels/cpu_decode.py;
+    # bitwise the forward's logits); with the kernels above and paged_kernel "cpu", eager steps
+    cpu_direct_decode: bool = True
     fuse_projections: bool = True  # q/k/v and gate/up as one matmul each (model/transformer.py fuse_projections)
     # torch.compile the decode step (fuses norms, RoPE, residuals: fewer kernels). On CPU the weights are frozen
     # into the graph (Inductor packs the linears; one compile per engine, ~1 min for SmolLM2-135M on 2 cores)

@@ -67,6 +67,7 @@ from llmlab.engine.sampler import SamplingBatch, sample
 from llmlab.engine.scheduler import ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
+from llmlab.kernels import cpu_decode
 from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels import cuda_decode, cuda_linear
 from llmlab.kernels import cpu_rope_cache as cpu_rope
@@ -137,6 +138,16 @@ class ModelRunner:
         self.kv = PagedKVCache.allocate(self.cfg, self.num_blocks + 1, self.block_size, dtype=self.dtype,
                                         device=self.device)
         self.scratch = self.num_blocks
+        # CPU decode-only steps as direct C calls (kernels/cpu_decode.py) where the forward runs the same kernels:
+        # C norms, the RoPE + KV-write kernel, the C paged kernel, eager steps
+        self.direct: cpu_decode.DirectDecode | None = None
+        if (self.device.type == "cpu" and config.cpu_direct_decode and self.rope_kernel and self.decode_kernel == "cpu"
+                and config.cpu_fast_norms and not self.compile_cpu and cpu_decode.unsupported(model, self.dtype) is None):
+            # up to 32 rows (its buffers, logits included, are held for that many): by then the kernels' own time
+            # dwarfs the Python the direct calls save, and larger steps take the forward
+            self.direct = cpu_decode.DirectDecode(model, self.kv, max_rows=min(config.max_num_seqs, 32),
+                                                  max_blocks=self.max_blocks_per_seq, scratch_block=self.scratch,
+                                                  max_positions=self.max_model_len)
         # One-sequence decode steps as the fused kernels of kernels/cuda_decode.py (their graph is batch bucket 1)
         self.fused: cuda_decode.FusedDecode | None = None
         self.fused_report: dict = {}  # kernel -> us per tile choice, and the choices (tune, on CUDA)
@@ -259,7 +270,11 @@ class ModelRunner:
         """Run a scheduled step; return {seq_id: (token, logprob, top logprobs)} for sampling rows."""
         sampling = [i for i in range(len(batch)) if batch.samples(i)]
         decode_only = all(n == 1 for n in batch.num_tokens)
-        if decode_only and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
+        if decode_only and self.direct is not None and not self.pad_decode and len(batch) <= self.direct.max_rows:
+            logits = self._run_direct(batch.seqs)
+            if len(sampling) < len(batch):
+                logits = logits[sampling]
+        elif decode_only and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
             logits = self._run_decode_padded(batch.seqs)  # sampled at once, before the next replay reuses it
             if len(sampling) < len(batch):  # every decode row samples: no copy of the (rows, vocab) logits
                 logits = logits[sampling]
@@ -271,6 +286,18 @@ class ModelRunner:
             logits = logits[:, :self.sample_vocab]
         seqs = [batch.seqs[i] for i in sampling]
         return self._sample(seqs, logits)
+
+    def _run_direct(self, seqs: list[Sequence]) -> Tensor:
+        """A decode-only CPU step through DirectDecode: its input arrays filled in place, then its call loop."""
+        bs = self.block_size
+        ids, pos, slots, ctx, tables = self.direct.inputs(len(seqs))
+        pos[:] = p = [s.num_computed_tokens for s in seqs]
+        ids[:] = [s.token_ids[c] for s, c in zip(seqs, p)]
+        slots[:] = [s.block_table[c // bs] * bs + c % bs for s, c in zip(seqs, p)]
+        np.add(pos, 1, out=ctx)
+        for row, s in zip(tables, seqs):
+            row[:len(s.block_table)] = s.block_table
+        return self.direct.run(len(seqs))
 
     def _run_mixed(self, batch: ScheduledBatch, sampling: list[int]) -> Tensor:
         if self.decode_kernel == "cpu":
