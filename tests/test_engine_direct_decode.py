@@ -22,6 +22,7 @@ VARIANTS = {
     "qwen2 (q/k/v biases)": dict(model_type="qwen2", qkv_bias=True),
     "mistral (window 6, tied)": dict(model_type="mistral", sliding_window=6, tie_word_embeddings=True),
     "scaled embedding, head_dim 32": dict(embedding_scale=True, head_dim=32),
+    "qwen3 (q/k norms)": dict(model_type="qwen3", qk_norm=True, head_dim=32),
 }
 
 
@@ -97,9 +98,12 @@ def test_larger_batches_and_unmirrored_models_take_the_forward():
     assert got == want and engine.runner.direct.max_rows == 32
     with pytest.raises(ValueError, match="1 to 32 rows"):
         engine.runner.direct.inputs(33)
-    qwen3 = model_of(torch.float32, model_type="qwen3", qk_norm=True)
-    assert "no q/k norms" in cpu_decode.unsupported(qwen3, torch.float32)
-    assert LLMEngine(qwen3, None, EngineConfig(block_size=4)).runner.direct is None
+    gpt2 = Transformer(ModelConfig(model_type="gpt2", vocab_size=301, hidden_size=64, num_layers=2, num_heads=4,
+                                   norm="layernorm", norm_bias=True, position="learned", activation="gelu_tanh",
+                                   gated_ffn=False, qkv_bias=True, o_bias=True, mlp_bias=True,
+                                   tie_word_embeddings=True)).eval()
+    assert "pre-RMSNorm blocks, RoPE positions, a SwiGLU" in cpu_decode.unsupported(gpt2, torch.float32)
+    assert LLMEngine(gpt2, None, EngineConfig(block_size=4)).runner.direct is None
     for off in (dict(cpu_fast_norms=False), dict(cpu_fused_rope=False), dict(paged_kernel="gather"),
                 dict(cpu_direct_decode=False)):
         assert LLMEngine(model_of(torch.float32), None, EngineConfig(block_size=4, **off)).runner.direct is None

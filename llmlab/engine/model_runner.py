@@ -24,6 +24,9 @@ panel kernel (AVX-512 or AVX2) and the C kernel for 1-4 rows a start-up timing f
 (`tune_packing`: the decode batch sizes up to max_num_seqs and one prefill-sized count, a second or two), and
 RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`), as do each layer's RoPE and KV write
 (kernels/cpu_rope_cache.py, `cpu_fused_rope`; eager steps) and the sampler's argmax (kernels/cpu_argmax.py).
+With all of those, a decode-only step of up to 32 sequences skips the forward's Python: kernels/cpu_decode.py calls
+the same kernels directly, in the same order, into buffers allocated once (`cpu_direct_decode`; bitwise the
+forward's logits).
 
 CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
 context; graphs are captured per batch bucket — batch padded up to 1, 2, 4, 8, 16, 32, 48, ... — into

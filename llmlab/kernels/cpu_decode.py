@@ -14,9 +14,9 @@ their arguments (pointers into buffers allocated once) built once per row count.
 through the module. The same kernels in the same order as the forward, on the same values: the logits are bitwise
 the forward's (tests).
 
-Supports what the forward computes with those kernels: pre-RMSNorm blocks, RoPE, SwiGLU, q/k/v biases, sliding
-windows, tied or scaled embeddings (`unsupported` says what a model lacks; q/k norms are not mirrored), in a dtype
-the norm, RoPE and attention kernels are built for. Weights written in place or replaced are picked up: the call
+Supports what the forward computes with those kernels: pre-RMSNorm blocks, RoPE, SwiGLU, q/k/v biases, q/k norms
+(Qwen3), sliding windows, tied or scaled embeddings (`unsupported` says what a model lacks), in a dtype the norm,
+RoPE and attention kernels are built for. Weights written in place or replaced are picked up: the call
 lists are rebuilt when a parameter's version or storage changes.
 """
 
@@ -41,10 +41,12 @@ def unsupported(model, dtype: torch.dtype) -> str | None:
 
     cfg = model.cfg
     needs = [(cfg.norm == "rmsnorm" and cfg.norm_position == "pre" and cfg.final_norm, "pre-RMSNorm blocks"),
-             (cfg.position == "rope", "RoPE positions"), (not cfg.qk_norm, "no q/k norms"),
+             (cfg.position == "rope", "RoPE positions"),
              (cfg.gated_ffn and cfg.activation == "silu", "a SwiGLU feed-forward"),
              (not cfg.o_bias and not cfg.mlp_bias, "no o-projection or MLP biases"),
-             (all(isinstance(m, RMSNorm) for b in model.blocks for m in (b.norm1, b.norm2)), "plain RMSNorm modules"),
+             (all(isinstance(m, RMSNorm) for b in model.blocks for m in (b.norm1, b.norm2, b.attn.q_norm or b.norm1,
+                                                                        b.attn.k_norm or b.norm1)),
+              "plain RMSNorm modules"),
              (all(b.attn.qkv is not None and b.ffn.gate_up is not None for b in model.blocks), "fused projections"),
              (cpu_norm.supported(dtype) and cpu_rope.supports(dtype) and cpu_paged.supports(dtype),
               f"C kernels built for {dtype}")]
@@ -150,8 +152,14 @@ class DirectDecode:
         calls = []
         for i, block in enumerate(self.model.blocks):
             attn, ffn, kp, vp = block.attn, block.ffn, kv.k[i], kv.v[i]
-            calls += [norm(block.norm1, h, xn), self._linear(attn.qkv, xn, qkv, M, T),
-                      (fns["rope"], (q0, q0 + H * hd * es, q0 + (H + Hkv) * hd * es, self.cos.data_ptr(),
+            calls += [norm(block.norm1, h, xn), self._linear(attn.qkv, xn, qkv, M, T)]
+            if attn.q_norm is not None:  # Qwen3: each head's q and k normalised in place, a row's q heads at once
+                for m in range(M):
+                    row = q0 + m * width * es
+                    calls += [(fns["norm"], (row, attn.q_norm.weight.data_ptr(), row, H, hd, attn.q_norm.eps, T)),
+                              (fns["norm"], (row + H * hd * es, attn.k_norm.weight.data_ptr(), row + H * hd * es, Hkv,
+                                             hd, attn.k_norm.eps, T))]
+            calls += [(fns["rope"], (q0, q0 + H * hd * es, q0 + (H + Hkv) * hd * es, self.cos.data_ptr(),
                                      self.sin.data_ptr(), q.data_ptr(), kp.data_ptr(), vp.data_ptr(), slots.data_ptr(),
                                      M, H, Hkv, hd, width, width, width, hd, kp.shape[0], T)),
                       (fns["attn"], (q.data_ptr(), kp.data_ptr(), vp.data_ptr(), self.tables.data_ptr(),
