@@ -96,6 +96,7 @@ class DirectDecode:
                     "attn": cpu_paged._functions()[dtype], "panel": cpu_panel_linear._functions().get(dtype),
                     "skinny": cpu_linear._skinny_functions().get(dtype)}
         self.params = list(model.parameters())
+        self.versioned = [p for p in self.params if not p.is_inference()]
         self.calls: dict[tuple[int, int], tuple[tuple, list]] = {}  # (rows, threads) -> (weights stamp, calls)
 
     def inputs(self, rows: int) -> tuple[np.ndarray, ...]:
@@ -125,14 +126,18 @@ class DirectDecode:
     # ---- the call lists ----------------------------------------------------------------------------------
 
     def _stamp(self) -> tuple:
-        return tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in self.params)
+        """Changes when a parameter is written in place (versions only grow: their sum moves) or gets new storage
+        (`p.data = ...` keeps the version); ~50 us for SmolLM2's 272 parameters, where a tuple of (pointer,
+        version) pairs took ~200."""
+        return sum(p._version for p in self.versioned), tuple(p.data_ptr() for p in self.params)
 
     def _calls(self, M: int) -> list:
         threads = torch.get_num_threads()
         stamp = self._stamp()
         held = self.calls.get((M, threads))
         if held is None or held[0] != stamp:
-            held = self.calls[(M, threads)] = (stamp, self._build(M, threads))
+            self.versioned = [p for p in self.params if not p.is_inference()]  # inference tensors keep no version
+            held = self.calls[(M, threads)] = (self._stamp(), self._build(M, threads))
         return held[1]
 
     def _build(self, M: int, T: int) -> list:
