@@ -5,7 +5,7 @@
 #   run(command="bash benchmarks/gpu_all.sh main", timeout_s=600)
 # main: compiled batch-1 latency vs transformers and the fused batch-1 step beside it (#6), throughput vs
 # transformers' generate_batch (#6), train at batch 32 vs transformers (#5, attention backend timed and chosen),
-# the paged kernel with split keys vs one pass, the compiled decode step's kernels, the GPU tests, train at batch
+# the GPU tests, the paged kernel with split keys vs one pass, the compiled decode step's kernels, train at batch
 # 16 (what does not fit in BUDGET is skipped: run the rest in a second call).
 # With a longer budget, three calls of under 10 minutes each (on 2026-11-23 part a took 149 s):
 #   run(command="bash benchmarks/gpu_all.sh a", timeout_s=600)   # tests, kernels, estimator memory (<= 330 s)
@@ -47,11 +47,12 @@ if [ "$PART" = main ]; then  # on 2026-11-30 (H200): train took 171 s, throughpu
   step throughput 170 python3 benchmarks/throughput.py --hf generate_batch --hf-timeout 60
   # batch 32 (both loops): the optimizer's fixed cost per step halves per token (llm.c's GPT-2 runs use 64)
   step train-b32 200 python3 benchmarks/train.py --batch 32 --steps 15 --warmup 4
+  # the fused step's kernels compiled and checked on the card first, then the other GPU tests
+  step gpu-tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_decode.py \
+    tests/test_kernels_paged_attention.py tests/test_kernels_gemv.py tests/test_train_attention_backend.py \
+    tests/test_engine_llm.py -k "cuda or gemv or kernel or split or backend"
   step paged-attention 40 python3 benchmarks/paged_attention.py --batches 1 4 16 256 --contexts 384 2048
   step graph-kernels 60 python3 benchmarks/gpu_profile.py graph
-  step gpu-tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_paged_attention.py \
-    tests/test_kernels_gemv.py tests/test_kernels_cuda_decode.py tests/test_train_attention_backend.py tests/test_engine_llm.py \
-    -k "cuda or gemv or kernel or split or backend"
   step train-b16 200 python3 benchmarks/train.py --steps 20 --warmup 5 --out "$LLMLAB_BENCH_RESULTS/train_cuda_b16.json"
 elif [ "$PART" = a ]; then
   step gpu-tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests

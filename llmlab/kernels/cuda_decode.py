@@ -288,8 +288,7 @@ if triton is not None:
                     BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, QK_NORM: tl.constexpr):
         """Program (p, r): PAIRS of RoPE's pairs (i, i + HALF) of output head p (q heads, then k, then v), from
         i = r * PAIRS, the two halves as two accumulators, so each pair meets in registers. With q/k norms one
-        program takes the whole head (PAIRS == HALF): the norm's statistics need it."""
-        tl.static_assert(not QK_NORM or PAIRS == HALF)
+        program takes the whole head (PAIRS == HALF, FusedDecode.qkv sees to it): the norm's statistics need it."""
         DT: tl.constexpr = W.dtype.element_ty
         p = tl.program_id(0)
         j = tl.program_id(1) * PAIRS + tl.arange(0, PAIRS)
