@@ -47,8 +47,8 @@ def random_model(dtype: torch.dtype, **overrides) -> Transformer:
 
 
 @needs_kernel
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant,dtype", [(v, torch.float32) for v in VARIANTS] + [
+    ("llama", torch.bfloat16), ("qwen3 (q/k norms, head_dim 32)", torch.bfloat16)])  # bf16: the rounding points
 def test_fused_step_matches_the_models_decode_step(variant, dtype):
     """After a 9-token prefill into the pages, two decode steps: the fused step's logits and the K/V it writes
     at the new slot match the model's paged decode step (same pages, Triton paged attention) — to fp32 rounding
@@ -85,7 +85,7 @@ def test_fused_step_matches_the_models_decode_step(variant, dtype):
 def test_every_tile_choice_computes_the_same_step():
     """Tiles only regroup the work: each output's sum runs over K in the same order whatever the programs (the
     q/k/v split, rows per program), so every CONFIGS choice gives bitwise the same logits and K/V."""
-    model = random_model(torch.float32, hidden_size=128, head_dim=32)
+    model = random_model(torch.float32, head_dim=32)
     outs = []
     for i in range(max(len(c) for c in cd.CONFIGS.values())):
         configs = {name: choices[min(i, len(choices) - 1)] for name, choices in cd.CONFIGS.items()}
@@ -164,7 +164,8 @@ def test_tune_keeps_the_fastest_tiles_of_each_kernel():
     ran = []
 
     def timer(calls):  # the last choice of each kernel is the fastest
-        calls()
+        if not ran:
+            calls()  # once: the interpreter is slow, and the tile test runs every choice
         ran.append(1)
         return -sum(cd.CONFIGS[name].index(fused.configs[name]) for name in cd.CONFIGS)
 
