@@ -7,7 +7,10 @@
     cpu_norm             - RMSNorm for CPU inference in one C call (the engine swaps it in on CPU)
     cpu_rope_cache       - RoPE on q and k and the paged KV write in one C call per layer (the engine's CPU default)
     cpu_argmax           - argmax over the last dimension of CPU fp32 rows in C (the sampler's greedy and sampled picks)
+    cpu_decode           - the CPU decode step as one loop of direct C calls (the engine's CPU default)
     paged_attention      - paged decode attention for CUDA in Triton
+    gemv, cuda_linear    - batch-1 GEMV in Triton, and routing each weight shape to it or cuBLAS
+    cuda_decode          - the batch-1 decode step on CUDA in five Triton launches a layer (cuda_fused_decode)
     cbuild               - builds the C kernels on first use with the system compiler, cached per CPU
 
 Triton kernels for the GPU (flash and paged attention) belong here too, with a pure-PyTorch

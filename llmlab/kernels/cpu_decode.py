@@ -32,13 +32,11 @@ from torch import Tensor
 from llmlab.kernels import cpu_linear, cpu_norm, cpu_panel_linear
 from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels import cpu_rope_cache as cpu_rope
-from llmlab.model.layers import rope_cos_sin
+from llmlab.model.layers import RMSNorm, rope_cos_sin
 
 
 def unsupported(model, dtype: torch.dtype) -> str | None:
     """None if DirectDecode mirrors this model's forward in `dtype`, else a sentence naming what is missing."""
-    from llmlab.model.layers import RMSNorm
-
     cfg = model.cfg
     needs = [(cfg.norm == "rmsnorm" and cfg.norm_position == "pre" and cfg.final_norm, "pre-RMSNorm blocks"),
              (cfg.position == "rope", "RoPE positions"),

@@ -386,12 +386,9 @@ static const float *widen_rows(const uint16_t *x, int64_t M, int64_t K, float **
 #endif
 
 #if PANEL_F32
-INLINE void tile_f32(const float *x, int64_t ldx, const float *wp, int64_t K, const float *bias, float *y,
-                     int64_t ldy, int64_t col0, int64_t N, const float *next, const int every, const int nt,
-                     const int mb) {
-    (void)every;
-    vf acc[NV][MB];
-    F32_SUMS(acc, x, ldx, wp, K, next, 1, nt, mb);
+/* The tile's fp32 sums (nt panels x mb rows) plus the bias into y, as store_sums_bf16. */
+INLINE void store_sums_f32(vf acc[NV][MB], const float *bias, float *y, int64_t ldy, int64_t col0, int64_t N,
+                           const int nt, const int mb) {
 #pragma GCC unroll 8
     for (int v = 0; v < nt * PV; v++) {
         const int64_t col = col0 + VL * v;
@@ -401,6 +398,15 @@ INLINE void tile_f32(const float *x, int64_t ldx, const float *wp, int64_t K, co
 #pragma GCC unroll 8
         for (int m = 0; m < mb; m++) store_f32(y + m * ldy + col, vf_add(acc[v][m], b), tail);
     }
+}
+
+INLINE void tile_f32(const float *x, int64_t ldx, const float *wp, int64_t K, const float *bias, float *y,
+                     int64_t ldy, int64_t col0, int64_t N, const float *next, const int every, const int nt,
+                     const int mb) {
+    (void)every;
+    vf acc[NV][MB];
+    F32_SUMS(acc, x, ldx, wp, K, next, 1, nt, mb);
+    store_sums_f32(acc, bias, y, ldy, col0, N, nt, mb);
 }
 #endif
 
@@ -412,7 +418,7 @@ INLINE void tile_f32(const float *x, int64_t ldx, const float *wp, int64_t K, co
 INLINE void tile_f32_few(const float *x, int64_t ldx, const float *wp, int64_t K, const float *bias, float *y,
                          int64_t ldy, int64_t col0, int64_t N, const int mb) {
     const int U = mb == 1 ? 4 : 2; /* k per step, each with its own accumulators */
-    vf a[PV][2][4];
+    vf a[PV][2][4], out[NV][MB];
 #pragma GCC unroll 2
     for (int v = 0; v < PV; v++)
 #pragma GCC unroll 2
@@ -445,18 +451,12 @@ INLINE void tile_f32_few(const float *x, int64_t ldx, const float *wp, int64_t K
         }
     }
 #pragma GCC unroll 2
-    for (int v = 0; v < PV; v++) {
-        const int64_t col = col0 + VL * v;
-        if (col >= N) break;
-        const vtail_t tail = vtail(col, N);
-        const vf b = bias ? bias_f32(bias + col, tail) : vf_zero();
+    for (int v = 0; v < PV; v++)
 #pragma GCC unroll 2
-        for (int m = 0; m < mb; m++) {
-            const vf sum = U == 4 ? vf_add(vf_add(a[v][m][0], a[v][m][1]), vf_add(a[v][m][2], a[v][m][3]))
-                                  : vf_add(a[v][m][0], a[v][m][1]);
-            store_f32(y + m * ldy + col, vf_add(sum, b), tail);
-        }
-    }
+        for (int m = 0; m < mb; m++)
+            out[v][m] = U == 4 ? vf_add(vf_add(a[v][m][0], a[v][m][1]), vf_add(a[v][m][2], a[v][m][3]))
+                               : vf_add(a[v][m][0], a[v][m][1]);
+    store_sums_f32(out, bias, y, ldy, col0, N, 1, mb);
 }
 #define F32_TILE(x, ldx, wp, K, bias, y, ldy, col0, N, next, every, nt, mb)                                     \
     ((mb) <= 2 ? tile_f32_few(x, ldx, wp, K, bias, y, ldy, col0, N, mb)                                       \

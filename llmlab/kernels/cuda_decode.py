@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 
 import torch
@@ -245,13 +244,6 @@ def compile_for_cuda(arch: int, dtype: torch.dtype, *, head_dim: int = 64, bias:
         compiled = triton.compile(ASTSource(kernel, sig, consts, attrs), target=GPUTarget("cuda", arch, 32))
         out[name] = dict(compiled.asm)
     return out
-
-
-def wall_us(calls) -> float:
-    """A timer for `FusedDecode.tune` off CUDA (the interpreter): wall time of one pass."""
-    t0 = time.perf_counter()
-    calls()
-    return (time.perf_counter() - t0) * 1e6
 
 
 if triton is not None:
