@@ -295,15 +295,20 @@ class ModelRunner:
 
     def _run_direct(self, seqs: list[Sequence]) -> Tensor:
         """A decode-only CPU step through DirectDecode: its input arrays filled in place, then its call loop."""
-        bs = self.block_size
-        ids, pos, slots, ctx, tables = self.direct.inputs(len(seqs))
-        pos[:] = p = [s.num_computed_tokens for s in seqs]
-        ids[:] = [s.token_ids[c] for s, c in zip(seqs, p)]
-        slots[:] = [s.block_table[c // bs] * bs + c % bs for s, c in zip(seqs, p)]
-        np.add(pos, 1, out=ctx)
+        self._decode_inputs(seqs, *self.direct.inputs(len(seqs)))
+        return self.direct.run(len(seqs))
+
+    def _decode_inputs(self, seqs: list[Sequence], vec: np.ndarray, tables: np.ndarray) -> None:
+        """One decode token per sequence: its id, position, slot and context length into the columns of vec
+        (4, >= n) and its block table into the first entries of a row of tables (>= n rows); the rest untouched."""
+        n, bs = len(seqs), self.block_size
+        pos = [s.num_computed_tokens for s in seqs]
+        vec[0, :n] = [s.token_ids[p] for s, p in zip(seqs, pos)]
+        vec[1, :n] = pos
+        vec[2, :n] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos)]
+        vec[3, :n] = vec[1, :n] + 1
         for row, s in zip(tables, seqs):
             row[:len(s.block_table)] = s.block_table
-        return self.direct.run(len(seqs))
 
     def _run_mixed(self, batch: ScheduledBatch, sampling: list[int]) -> Tensor:
         if self.decode_kernel == "cpu":
@@ -400,12 +405,9 @@ class ModelRunner:
         # read and write only the scratch block (context 1)
         vec = np.zeros((4, b), dtype=np.int64)
         vec[2, n:], vec[3, n:] = self.scratch * bs, 1
-        pos = [s.num_computed_tokens for s in seqs]
-        vec[0, :n] = [s.token_ids[p] for s, p in zip(seqs, pos)]
-        vec[1, :n] = pos
-        vec[2, :n] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos)]
-        vec[3, :n] = vec[1, :n] + 1
-        vec, tables = torch.from_numpy(vec), self._block_tables(seqs, b, nb)
+        tables = np.full((b, nb), self.scratch, dtype=np.int64)
+        self._decode_inputs(seqs, vec, tables)
+        vec, tables = torch.from_numpy(vec), torch.from_numpy(tables)
         if self.graphs is not None:
             # The paged kernel reads a row's table only up to its context, so with it one graph of the full
             # table width serves every context (graphs per batch bucket only; columns past a row's context may

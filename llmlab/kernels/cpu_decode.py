@@ -1,8 +1,8 @@
 """The CPU decode step as one loop of direct C calls: no module calls, allocations or argument checks per step.
 
     step = DirectDecode(model, kv, max_rows=16, max_blocks=64, scratch_block=kv.num_blocks - 1, max_positions=2048)
-    ids, pos, slots, ctx, tables = step.inputs(rows)  # numpy views to fill: (rows,) each, tables (rows, max_blocks)
-    logits = step.run(rows)                           # (rows, V) fp32, valid until the next run
+    vec, tables = step.inputs(rows)  # numpy views to fill: (4, rows) ids, positions, slots, contexts; (rows, blocks)
+    logits = step.run(rows)          # (rows, V) fp32, valid until the next run
 
 Why: with every kernel of the engine's CPU decode step in C (kernels/cpu_*.py), the model's forward still spent a
 third of the step in Python around them: module calls, argument checks, output allocations, views (SmolLM2-135M,
@@ -97,13 +97,12 @@ class DirectDecode:
         self.versioned = [p for p in self.params if not p.is_inference()]
         self.calls: dict[tuple[int, int], tuple[tuple, list]] = {}  # (rows, threads) -> (weights stamp, calls)
 
-    def inputs(self, rows: int) -> tuple[np.ndarray, ...]:
-        """Views to fill for a step of `rows` sequences: ids, positions, slots, context lengths (rows,) and block
-        tables (rows, max_blocks), whose columns past a row's blocks may hold any block of the pool."""
+    def inputs(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Views to fill for a step of `rows` sequences: (4, rows) ids, positions, slots and context lengths, and
+        block tables (rows, max_blocks), whose columns past a row's blocks may hold any block of the pool."""
         if not 1 <= rows <= self.max_rows:
             raise ValueError(f"DirectDecode takes 1 to {self.max_rows} rows, got {rows}.")
-        ids, pos, slots, ctx = self.vec[:, :rows]
-        return ids, pos, slots, ctx, self.tables_np[:rows]
+        return self.vec[:, :rows], self.tables_np[:rows]
 
     def run(self, rows: int) -> Tensor:
         """Logits (rows, V) fp32 of the step whose inputs were filled; the K/V of its tokens written to the pages."""

@@ -121,7 +121,7 @@ class FusedDecode:
         self.embed_scale = math.sqrt(cfg.hidden_size) if cfg.embedding_scale else 1.0
         self.inv_freq = model.inv_freq.float().contiguous()
         dev, dt = self.embed.device, self.embed.dtype
-        H, Hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        H, hd = cfg.num_heads, cfg.head_dim
         self.residual = torch.zeros(cfg.hidden_size, dtype=torch.float32, device=dev)
         self.q = torch.zeros(H * hd, dtype=dt, device=dev)
         self.act = torch.zeros(cfg.intermediate_size, dtype=dt, device=dev)
