@@ -66,10 +66,12 @@ def test_scale_threads_and_int32_tables():
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("threads", [2, 3, 8])
-@pytest.mark.parametrize("H,hd", [(4, 64), (8, 128)])  # one pass of 4 query heads; four passes of two
-def test_small_batches_split_their_keys_over_the_threads(dtype, threads, H, hd):
-    # 1-2 rows x 1 KV head < threads: each item's keys are split into parts (>= 128 keys each) and combined
-    q, k, v, tables, lens = case(dtype, H, 1, hd, 16, [1000, 300, 1], num_blocks=160)
+# one pass of 4 query heads; four passes of two; SmolLM2's 3 KV heads, which the AVX2 item takes together (one
+# work item per row) once there are as many rows as threads
+@pytest.mark.parametrize("H,Hkv,hd", [(4, 1, 64), (8, 1, 128), (9, 3, 64)])
+def test_small_batches_split_their_keys_over_the_threads(dtype, threads, H, Hkv, hd):
+    # fewer work items than 4 a thread: each item's keys are split into parts (>= 128 keys each) and combined
+    q, k, v, tables, lens = case(dtype, H, Hkv, hd, 16, [1000, 300, 1], num_blocks=160)
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
@@ -103,9 +105,21 @@ def test_bad_input_is_refused_before_reading_memory():
         cpu_paged.paged_decode_cpu(q, k.double(), v, tables, lens, block_size=4)
 
 
+def clear_kernel_caches() -> None:
+    """Forget every loaded C kernel, so the next use builds or loads it again under the current settings: an engine
+    built without a compiler leaves every kernel module "unavailable" until this runs (later tests would quietly
+    take the slower paths)."""
+    from llmlab.kernels import cpu_argmax, cpu_linear, cpu_norm, cpu_panel_linear, cpu_rope_cache
+
+    cbuild.load.cache_clear()
+    for cached in (cpu_paged._functions, cpu_argmax._function, cpu_linear._skinny_functions, cpu_norm._functions,
+                   cpu_panel_linear._functions, cpu_rope_cache._functions):
+        cached.cache_clear()
+
+
 def test_build_cache_and_missing_compiler(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
-    clear = lambda: (cbuild.load.cache_clear(), cpu_paged._functions.cache_clear())  # noqa: E731
+    clear = clear_kernel_caches
     clear()
     try:
         if cbuild.compiler() is not None:
@@ -128,7 +142,7 @@ def test_build_cache_and_missing_compiler(tmp_path, monkeypatch):
 def test_unwritable_cache_is_reported_not_raised(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("not a directory")
     monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path / "file"))
-    cbuild.load.cache_clear()
+    clear_kernel_caches()
     try:
         if cbuild.compiler() is None:
             pytest.skip("no C compiler")
@@ -136,7 +150,7 @@ def test_unwritable_cache_is_reported_not_raised(tmp_path, monkeypatch):
         assert built.lib is None and "set $LLMLAB_CACHE to a writable directory" in built.error
     finally:
         monkeypatch.undo()
-        cbuild.load.cache_clear()
+        clear_kernel_caches()
 
 
 def tiny(**kw) -> Transformer:
