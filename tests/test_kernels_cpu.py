@@ -317,6 +317,74 @@ def test_fast_rms_norm_equals_rms_norm(dtype, shape):
 
 
 @needs_norm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_add_rms_norm_is_the_add_then_the_norm_bitwise(dtype):
+    """The direct decode step's residual add + RMSNorm call: h after it is PyTorch's h + r, and the normalised rows
+    are the norm kernel's output for that h, bit for bit (that step's logits must equal the forward's)."""
+    from llmlab.kernels.cpu_norm import add_rms_norm_cpu, rms_norm_cpu
+
+    if not fast_norm_supported(dtype):
+        pytest.skip(f"no {dtype} in this build")
+    torch.manual_seed(0)
+    h, r = (torch.randn(16, 576) * 3).to(dtype), torch.randn(16, 576).to(dtype)
+    w = torch.randn(576).to(dtype)
+    want_h = h + r
+    y = add_rms_norm_cpu(h, r, w, 1e-5)
+    assert torch.equal(h, want_h) and torch.equal(y, rms_norm_cpu(want_h, w, 1e-5))
+    with pytest.raises(ValueError, match="contiguous h and r of one shape"):
+        add_rms_norm_cpu(h, r[:, :64], w, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 16, 300])  # 300 x 1536: the threaded path
+def test_swiglu_kernel_matches_silu_times_up(dtype, rows):
+    from llmlab.kernels import cpu_swiglu
+
+    if not cpu_swiglu.supported(dtype):
+        pytest.skip(f"no {dtype} swiglu kernel in this build")
+    torch.manual_seed(0)
+    gu = (torch.randn(rows, 2 * 1536) * 4).to(dtype)
+    gu[0, :6] = torch.tensor([0.0, -0.0, 30.0, -30.0, 100.0, -100.0])  # saturated sigmoids, signed zeros
+    got = cpu_swiglu.swiglu_cpu(gu, 1536)
+    g, u = gu.chunk(2, dim=-1)
+    want = F.silu(g) * u
+    assert got.dtype == dtype and got.shape == (rows, 1536)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    else:  # silu within a few fp32 ulps of PyTorch's: after rounding to the dtype, almost always the same value
+        torch.testing.assert_close(got.float(), want.float(), atol=1e-2, rtol=1e-2)
+        assert (got == want).float().mean() > 0.99
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu_swiglu.swiglu_cpu(gu[:, :100], 1536)
+
+
+def test_fast_feed_forward_takes_the_kernel_for_cpu_inference_only(monkeypatch):
+    from llmlab.kernels import cpu_swiglu
+
+    if not cpu_swiglu.supported(torch.float32):
+        pytest.skip("no swiglu kernel in this build")
+    torch.manual_seed(0)
+    shape = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
+    model = Transformer(ModelConfig(**shape)).eval()
+    ref = copy.deepcopy(model)
+    fuse_projections(model)
+    assert cpu_swiglu.use_fast_swiglu(model) == 2
+    assert all(type(b.ffn) is cpu_swiglu.FastFeedForward for b in model.blocks)
+    assert cpu_swiglu.use_fast_swiglu(Transformer(ModelConfig(**shape, gated_ffn=False, activation="gelu"))) == 0
+    calls = []
+    real = cpu_swiglu.swiglu_cpu
+    monkeypatch.setattr(cpu_swiglu, "swiglu_cpu", lambda *a: calls.append(1) or real(*a))
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), ref(ids), atol=1e-5, rtol=1e-5)
+    assert len(calls) == 2  # one per layer
+    calls.clear()
+    model.train()
+    model(ids).sum().backward()  # training: the plain forward, gradients flow
+    assert not calls and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@needs_norm
 def test_fast_rms_norm_steps_aside_for_autograd_and_mixed_dtypes():
     plain = RMSNorm(64)
     fast = nn.Sequential(copy.deepcopy(plain))

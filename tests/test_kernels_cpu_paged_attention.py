@@ -109,11 +109,12 @@ def clear_kernel_caches() -> None:
     """Forget every loaded C kernel, so the next use builds or loads it again under the current settings: an engine
     built without a compiler leaves every kernel module "unavailable" until this runs (later tests would quietly
     take the slower paths)."""
-    from llmlab.kernels import cpu_argmax, cpu_linear, cpu_norm, cpu_panel_linear, cpu_rope_cache
+    from llmlab.kernels import cpu_argmax, cpu_linear, cpu_norm, cpu_panel_linear, cpu_rope_cache, cpu_swiglu
 
     cbuild.load.cache_clear()
     for cached in (cpu_paged._functions, cpu_argmax._function, cpu_linear._skinny_functions, cpu_norm._functions,
-                   cpu_panel_linear._functions, cpu_rope_cache._functions):
+                   cpu_norm._add_functions, cpu_panel_linear._functions, cpu_rope_cache._functions,
+                   cpu_swiglu._functions):
         cached.cache_clear()
 
 

@@ -26,6 +26,7 @@ class EngineConfig:
     cpu_pack_linears: bool = True  # CPU: packed linear weights, fastest kernel per row count (kernels/cpu_linear.py)
     cpu_fast_norms: bool = True  # CPU: RMSNorm in one C call (kernels/cpu_norm.py) when a C compiler is found
     cpu_fused_rope: bool = True  # CPU: RoPE and the KV write in one C call a layer (kernels/cpu_rope_cache.py)
+    cpu_fast_swiglu: bool = True  # CPU: SiLU(gate) * up in one C call (kernels/cpu_swiglu.py) when a compiler is found
     # CPU: decode-only steps as one loop of direct C calls, no module calls or allocations (kernels/cpu_decode.py;
     # bitwise the forward's logits); with the kernels above and paged_kernel "cpu", eager steps
     cpu_direct_decode: bool = True

@@ -22,7 +22,8 @@ token as a row of its own too (`_run_rows`). On CPU the linears (kernels/cpu_lin
 `cpu_pack_linears`) go, per row count, to whichever of MKL (`F.linear`), oneDNN with a packed weight, the
 panel kernel (AVX-512 or AVX2) and the C kernel for 1-4 rows a start-up timing finds fastest on this CPU
 (`tune_packing`: the decode batch sizes up to max_num_seqs and one prefill-sized count, a second or two), and
-RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`), as do each layer's RoPE and KV write
+RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`), as do SwiGLU's SiLU(gate) * up
+(kernels/cpu_swiglu.py, `cpu_fast_swiglu`) and each layer's RoPE and KV write
 (kernels/cpu_rope_cache.py, `cpu_fused_rope`; eager steps) and the sampler's argmax (kernels/cpu_argmax.py).
 With all of those, a decode-only step of up to 32 sequences skips the forward's Python: kernels/cpu_decode.py calls
 the same kernels directly, in the same order, into buffers allocated once (`cpu_direct_decode`; bitwise the
@@ -79,6 +80,7 @@ from llmlab.kernels import cuda_decode, cuda_linear
 from llmlab.kernels import cpu_rope_cache as cpu_rope
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
 from llmlab.kernels.cpu_norm import use_fast_norms
+from llmlab.kernels.cpu_swiglu import use_fast_swiglu
 from llmlab.kernels.cpu_panel_linear import bf16_widened
 from llmlab.kernels.paged_attention import available as paged_kernel_available
 from llmlab.kernels.paged_attention import warm_up as paged_warm_up
@@ -129,6 +131,8 @@ class ModelRunner:
             # (SmolLM2-135M, 16 x 128 tokens, bf16: the norms' ops were 57 of a 1,900 ms prefill); its compiled
             # decode graph traces the plain forward, which Inductor fuses.
             use_fast_norms(model)
+        if self.device.type == "cpu" and config.cpu_fast_swiglu:
+            use_fast_swiglu(model)  # SiLU(gate) * up in one C call (eager steps; a compiled decode step traces around it)
         self.decode_kernel = self._use_decode_kernel(config.paged_kernel)
         # RoPE and the KV write in one C call a layer (eager steps; a compiled decode step lets Inductor fuse them)
         self.rope_kernel = (self.device.type == "cpu" and config.cpu_fused_rope and self.cfg.position == "rope"

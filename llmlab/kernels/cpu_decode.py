@@ -8,7 +8,8 @@ Why: with every kernel of the engine's CPU decode step in C (kernels/cpu_*.py), 
 third of the step in Python around them: module calls, argument checks, output allocations, views (SmolLM2-135M,
 bf16, one sequence, 2-core EPYC: 22.5-24.1 ms a step through the forward against 14.1-15.8 ms for the same kernels
 called directly, bitwise the same logits). Here each layer is the list of calls the forward makes — RMSNorm, q/k/v,
-RoPE + KV write, paged attention, o, residual add, RMSNorm, gate/up, SiLU(gate) * up, down, residual add — with
+RoPE + KV write, paged attention, o, residual add + RMSNorm (one call), gate/up, SiLU(gate) * up, down, residual
+add + the next RMSNorm — with
 their arguments (pointers into buffers allocated once) built once per row count. Each linear runs the kernel
 `PackedLinear.kernel_for` routes that row count to: the panel or 1-4 row C kernel directly, oneDNN or F.linear
 through the module. The same kernels in the same order as the forward, on the same values: the logits are bitwise
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from llmlab.kernels import cpu_linear, cpu_norm, cpu_panel_linear
+from llmlab.kernels import cpu_linear, cpu_norm, cpu_panel_linear, cpu_swiglu
 from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels import cpu_rope_cache as cpu_rope
 from llmlab.model.layers import RMSNorm, rope_cos_sin
@@ -50,10 +51,6 @@ def unsupported(model, dtype: torch.dtype) -> str | None:
               f"C kernels built for {dtype}")]
     missing = [what for ok, what in needs if not ok]
     return f"the direct CPU decode step needs {', '.join(missing)}" if missing else None
-
-
-def _add(h: Tensor, y: Tensor) -> None:
-    h.add_(y)
 
 
 def _swiglu(g: Tensor, u: Tensor, out: Tensor) -> None:
@@ -90,9 +87,10 @@ class DirectDecode:
         self.vec_t = torch.from_numpy(self.vec)
         self.tables_np = np.full((R, max_blocks), scratch_block, dtype=np.int64)
         self.tables = torch.from_numpy(self.tables_np)
-        self.fns = {"norm": cpu_norm._functions()[dtype], "rope": cpu_rope._functions()[dtype],
+        self.fns = {"norm": cpu_norm._functions()[dtype], "add_norm": cpu_norm._add_functions()[dtype],
+                    "rope": cpu_rope._functions()[dtype],
                     "attn": cpu_paged._functions()[dtype], "panel": cpu_panel_linear._functions().get(dtype),
-                    "skinny": cpu_linear._skinny_functions().get(dtype)}
+                    "skinny": cpu_linear._skinny_functions().get(dtype), "swiglu": cpu_swiglu._functions().get(dtype)}
         self.params = list(model.parameters())
         self.versioned = [p for p in self.params if not p.is_inference()]
         self.calls: dict[tuple[int, int], tuple[tuple, list]] = {}  # (rows, threads) -> (weights stamp, calls)
@@ -151,10 +149,16 @@ class DirectDecode:
             return fns["norm"], (x.data_ptr(), module.weight.data_ptr(), y.data_ptr(), M, x.shape[-1],
                                  module.eps, T)
 
-        calls = []
-        for i, block in enumerate(self.model.blocks):
+        def add_norm(r, module):  # the residual add (h += r) and the norm after it (xn = module(h)), one call
+            return fns["add_norm"], (h.data_ptr(), r.data_ptr(), module.weight.data_ptr(), xn.data_ptr(), M,
+                                     h.shape[-1], module.eps)
+
+        blocks = self.model.blocks
+        after = [b.norm1 for b in blocks[1:]] + [self.model.norm_f]  # the norm each block's output goes to
+        calls = [norm(blocks[0].norm1, h, xn)]
+        for i, block in enumerate(blocks):
             attn, ffn, kp, vp = block.attn, block.ffn, kv.k[i], kv.v[i]
-            calls += [norm(block.norm1, h, xn), self._linear(attn.qkv, xn, qkv, M, T)]
+            calls += [self._linear(attn.qkv, xn, qkv, M, T)]
             if attn.q_norm is not None:  # Qwen3: each head's q and k normalised in place, a row's q heads at once
                 for m in range(M):
                     row = q0 + m * width * es
@@ -167,13 +171,20 @@ class DirectDecode:
                       (fns["attn"], (q.data_ptr(), kp.data_ptr(), vp.data_ptr(), self.tables.data_ptr(),
                                      ctx.data_ptr(), att.data_ptr(), M, H, Hkv, hd, self.tables.shape[1],
                                      kv.block_size, window, hd ** -0.5, kp.shape[0], T)),
-                      self._linear(attn.o, att.view(M, H * hd), self.o[:M], M, T), (_add, (h, self.o[:M])),
-                      norm(block.norm2, h, xn), self._linear(ffn.gate_up, xn, self.gu[:M], M, T),
-                      (_swiglu, (self.gu[:M, :cfg.intermediate_size], self.gu[:M, cfg.intermediate_size:],
-                                 self.act[:M])),
-                      self._linear(ffn.down, self.act[:M], self.dn[:M], M, T), (_add, (h, self.dn[:M]))]
-        calls += [norm(self.model.norm_f, h, xn), self._linear(self.model.lm_head, xn, self.logits[:M], M, T)]
+                      self._linear(attn.o, att.view(M, H * hd), self.o[:M], M, T), add_norm(self.o[:M], block.norm2),
+                      self._linear(ffn.gate_up, xn, self.gu[:M], M, T),
+                      self._swiglu(ffn, M, T),
+                      self._linear(ffn.down, self.act[:M], self.dn[:M], M, T), add_norm(self.dn[:M], after[i])]
+        calls += [self._linear(self.model.lm_head, xn, self.logits[:M], M, T)]
         return calls
+
+    def _swiglu(self, ffn, M: int, T: int) -> tuple:
+        """SiLU(gate) * up into act as the forward computes it: the C kernel where the model's FeedForward takes it
+        (a FastFeedForward, kernels/cpu_swiglu.py), else PyTorch's two ops."""
+        inter = self.cfg.intermediate_size
+        if isinstance(ffn, cpu_swiglu.FastFeedForward) and self.fns["swiglu"] is not None:
+            return self.fns["swiglu"], (self.gu.data_ptr(), self.act.data_ptr(), M, inter, T)
+        return _swiglu, (self.gu[:M, :inter], self.gu[:M, inter:], self.act[:M])
 
     def _linear(self, m, x: Tensor, y: Tensor, M: int, T: int) -> tuple:
         """The call that computes y = m(x) as the module's forward would: its routed C kernel, else the module."""

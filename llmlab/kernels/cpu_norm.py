@@ -2,6 +2,7 @@
 
     use_fast_norms(model)   # swap every RMSNorm of `model` in place; returns how many
     rms_norm_cpu(x, w, eps) # the kernel: LLaMA's order, statistics in fp32, rounded like model/layers.RMSNorm
+    add_rms_norm_cpu(h, r, w, eps)  # h += r (in place), then the same norm of h: kernels/cpu_decode.py's residuals
 
 Why: a decode step of a small model on a CPU is mostly small ops. SmolLM2-135M runs 61 RMSNorms a step, and
 in bf16 each is an upcast, a square, a mean, an add, an rsqrt, a multiply, a downcast and the weight multiply —
@@ -32,6 +33,13 @@ def _functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
     return cbuild.dtype_functions("cpu_rms_norm.c", "rms_norm", args, "llmlab_norm_has_f16")
 
 
+@functools.cache
+def _add_functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
+    """add_rms_norm_<dtype>(h, r, w, y, rows, dim, eps): h += r in place, then y = RMSNorm(h)."""
+    args = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float]
+    return cbuild.dtype_functions("cpu_rms_norm.c", "add_rms_norm", args, "llmlab_norm_has_f16")
+
+
 def supported(dtype: torch.dtype) -> bool:
     return dtype in _functions()
 
@@ -44,6 +52,18 @@ def rms_norm_cpu(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     dim = w.shape[0]
     _functions()[x.dtype](x.data_ptr(), w.data_ptr(), y.data_ptr(), x.numel() // dim, dim, eps,
                           torch.get_num_threads())
+    return y
+
+
+def add_rms_norm_cpu(h: Tensor, r: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """h += r in place (rounded as PyTorch's add), then RMSNorm(h) as rms_norm_cpu; contiguous CPU tensors of one
+    supported dtype, h and r (..., dim)."""
+    if not (h.is_contiguous() and r.is_contiguous() and h.shape == r.shape and h.dtype == r.dtype == weight.dtype):
+        raise ValueError("add_rms_norm_cpu takes contiguous h and r of one shape and the weight's dtype.")
+    y = torch.empty_like(h)
+    dim = weight.shape[0]
+    _add_functions()[h.dtype](h.data_ptr(), r.data_ptr(), weight.contiguous().data_ptr(), y.data_ptr(),
+                              h.numel() // dim, dim, eps)
     return y
 
 

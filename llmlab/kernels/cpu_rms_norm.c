@@ -3,7 +3,7 @@
  * order (normalise in fp32, round to the input's dtype, then multiply by the weight and round again).
  * Built and loaded by cpu_norm.py through cbuild.py. x, w, y contiguous; x and y (rows, dim), w (dim,).
  * Rows are spread over `nthreads` threads only when there are many (a decode step's few rows are faster on one
- * thread than the thread pool's wake-up). */
+ * thread than the thread pool's wake-up). add_rms_norm_<dtype> adds a residual first (h += r, in place). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -35,6 +35,18 @@ int llmlab_norm_has_f16(void) { return HAS_F16; }
         }                                                                                                     \
         _Pragma("omp parallel for schedule(static) num_threads(nthreads)") for (int64_t r = 0; r < rows; r++) \
             row_##NAME(x + r * dim, w, y + r * dim, dim, eps);                                                \
+        return 0;                                                                                             \
+    }                                                                                                         \
+    /* h += r, rounded to the dtype as PyTorch's add, then y = RMSNorm(h): a residual add and the norm after  \
+     * it in one call (kernels/cpu_decode.py). Decode steps' few rows: one thread. */                          \
+    int add_rms_norm_##NAME(T *h, const T *r, const T *w, T *y, int64_t rows, int64_t dim, float eps) {       \
+        for (int64_t i = 0; i < rows; i++) {                                                                  \
+            T *hi = h + i * dim;                                                                              \
+            const T *ri = r + i * dim;                                                                        \
+            _Pragma("omp simd") for (int64_t d = 0; d < dim; d++)                                             \
+                STORE_##NAME(hi, d, LOAD_##NAME(hi, d) + LOAD_##NAME(ri, d));                                 \
+            row_##NAME(hi, w, y + i * dim, dim, eps);                                                         \
+        }                                                                                                     \
         return 0;                                                                                             \
     }
 
