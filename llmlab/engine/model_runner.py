@@ -50,8 +50,8 @@ it. One graph serves every batch size and context length (both symbolic, padded 
 compiles once per engine, in about a minute for SmolLM2-135M on two cores (Inductor's disk cache
 cannot hold frozen oneDNN weights); weights changed in place afterwards are refused with an error.
 Since the eager engine's decode steps became direct C calls (`cpu_direct_decode`), the compiled step is the slower
-one on the 2-core Zen 3 EPYC (SmolLM2-135M, bf16, end to end: 45.6 against 59.9 tok/s at one sequence, 175.4
-against 194.9 at 16; benchmarks/results/engine_cpu_zen3_bf16.json).
+one on the 2-core Zen 3 EPYC (SmolLM2-135M, bf16, end to end: 35.0 against 46.4 tok/s at one sequence, 170.0
+against 176.1 at 16; benchmarks/results/engine_cpu_zen3_bf16.json).
 
 Not here: which tokens to run (scheduler.py), stop rules (scheduler.py, llm_engine.py).
 Reference: nano-vllm `engine/model_runner.py`; vLLM `worker/gpu_model_runner.py`.

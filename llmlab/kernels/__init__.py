@@ -4,7 +4,8 @@
                            kernel and the C kernel for 1-4 rows, found by a start-up timing (the engine applies it)
     cpu_panel_linear     - register-tiled linear on 16-column weight panels (AVX-512; bf16: VDPBF16PS or widened)
     cpu_paged_attention  - paged decode attention for the CPU in C (the engine's CPU default)
-    cpu_norm             - RMSNorm for CPU inference in one C call (the engine swaps it in on CPU)
+    cpu_norm             - RMSNorm for CPU inference in one C call (the engine swaps it in on CPU); + residual add
+    cpu_swiglu           - SiLU(gate) * up for CPU inference in one C call (the engine swaps it in on CPU)
     cpu_rope_cache       - RoPE on q and k and the paged KV write in one C call per layer (the engine's CPU default)
     cpu_argmax           - argmax over the last dimension of CPU fp32 rows in C (the sampler's greedy and sampled picks)
     cpu_decode           - the CPU decode step as one loop of direct C calls (the engine's CPU default)
