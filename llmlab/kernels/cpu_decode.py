@@ -173,12 +173,12 @@ class DirectDecode:
                                      kv.block_size, window, hd ** -0.5, kp.shape[0], T)),
                       self._linear(attn.o, att.view(M, H * hd), self.o[:M], M, T), add_norm(self.o[:M], block.norm2),
                       self._linear(ffn.gate_up, xn, self.gu[:M], M, T),
-                      self._swiglu(ffn, M, T),
+                      self._swiglu_call(ffn, M, T),
                       self._linear(ffn.down, self.act[:M], self.dn[:M], M, T), add_norm(self.dn[:M], after[i])]
         calls += [self._linear(self.model.lm_head, xn, self.logits[:M], M, T)]
         return calls
 
-    def _swiglu(self, ffn, M: int, T: int) -> tuple:
+    def _swiglu_call(self, ffn, M: int, T: int) -> tuple:
         """SiLU(gate) * up into act as the forward computes it: the C kernel where the model's FeedForward takes it
         (a FastFeedForward, kernels/cpu_swiglu.py), else PyTorch's two ops."""
         inter = self.cfg.intermediate_size

@@ -66,6 +66,16 @@ static inline __attribute__((always_inline)) void prefetch_rows(const void *firs
         for (int64_t c = 0; c < row_bytes; c += 64) __builtin_prefetch((const char *)first + o * stride + c);
 }
 
+/* The blocks PF_BLOCKS ahead of block b of a row whose keys are [lo, hi) (at the row's first block, blocks 1 to
+ * PF_BLOCKS ahead, so the start is covered too), each `block_size` rows of `row_bytes`, `slot_bytes` apart, from
+ * `head` (the pages at the first head read, slot 0) and the row's block table `table`. */
+static inline __attribute__((always_inline)) void prefetch_ahead(const char *head, const int64_t *table, int64_t b,
+                                                                 int64_t lo, int64_t hi, int64_t block_size,
+                                                                 int64_t slot_bytes, int64_t row_bytes) {
+    for (int64_t a = b == lo / block_size ? 1 : PF_BLOCKS; a <= PF_BLOCKS && (b + a) * block_size < hi; a++)
+        prefetch_rows(head + table[b + a] * block_size * slot_bytes, block_size, slot_bytes, row_bytes);
+}
+
 /* Visit positions [lo, n) of row s block by block: `slot` is each position's slot, `i` its index from lo. At
  * each block's start the next block's rows of head h in `pages` are prefetched: blocks sit anywhere in the
  * pool, so the hardware prefetcher cannot follow the block table (SmolLM2 heads, bf16, 2 cores: 64 rows x 2048
@@ -300,9 +310,7 @@ static inline __attribute__((always_inline)) float hsum1(__m256 a) {
         for (int64_t b = lo / block_size; b * block_size < hi; b++) { /* scores */                             \
             const int64_t p0 = b * block_size, first = lo > p0 ? lo : p0;                                      \
             const int64_t last = hi < p0 + block_size ? hi : p0 + block_size;                                  \
-            for (int64_t a = b == lo / block_size ? 1 : PF_BLOCKS; a <= PF_BLOCKS && (b + a) * block_size < hi; a++) \
-                prefetch_rows(k_pages + (tables[s * nb + b + a] * block_size * Hkv + h0) * hd, block_size, step, \
-                              row_bytes);                                                                      \
+            prefetch_ahead((const char *)(k_pages + h0 * hd), tables + s * nb, b, lo, hi, block_size, step, row_bytes); \
             const T *k0 = k_pages + ((tables[s * nb + b] * block_size + first - p0) * Hkv + h0) * hd;          \
             int64_t p = first;                                                                                 \
             for (; p + 4 <= last; p += 4)                                                                      \
@@ -339,11 +347,9 @@ static inline __attribute__((always_inline)) float hsum1(__m256 a) {
                     for (int64_t b = t0 / block_size; b * block_size < t1; b++) {                              \
                         const int64_t p0 = b * block_size, first = t0 > p0 ? t0 : p0;                          \
                         const int64_t last = t1 < p0 + block_size ? t1 : p0 + block_size;                      \
-                        if (j == 0 && d0 == 0 && (first == p0 || b == lo / block_size))                        \
-                            for (int64_t a_ = b == lo / block_size ? 1 : PF_BLOCKS;                            \
-                                 a_ <= PF_BLOCKS && (b + a_) * block_size < hi; a_++)                          \
-                                prefetch_rows(v_pages + (tables[s * nb + b + a_] * block_size * Hkv + h0) * hd, \
-                                              block_size, step, row_bytes);                                    \
+                        if (j == 0 && d0 == 0 && (first == p0 || b == lo / block_size)) /* first pass only */ \
+                            prefetch_ahead((const char *)(v_pages + h0 * hd), tables + s * nb, b, lo, hi, block_size, \
+                                           step, row_bytes);                                                   \
                         const T *v0 = v_pages + ((tables[s * nb + b] * block_size + first - p0) * Hkv + h0 + j / g) * hd + d0; \
                         for (int64_t p = first; p < last; p++) {                                               \
                             const __m256 wt = _mm256_broadcast_ss(wj + p);                                     \
