@@ -4,12 +4,16 @@ On a GPU the step's Python runs while the GPU waits (the engine reads each step'
 the next), so at 256 sequences it bounds throughput as much as the kernels do. This measures it on the
 CPU with the maths made negligible: a one-layer, 64-wide model, greedy sampling, the CUDA-graph path
 taken (`pad_decode`, graphs captured at start-up) with each replay emulated by running the captured call
-on its static inputs. Workload: N prompts of 100-300 random tokens, 100-300 new tokens each.
+on its static inputs. Workload: N prompts of 100-300 random tokens, 100-300 new tokens each (--lengths 100 1024:
+throughput.py's range, where block tables are up to 128 entries and the batch shrinks over ~1,000 steps).
 
-    .venv/bin/python benchmarks/engine_host.py [--num-seqs 256] [--repeats 3]
+    .venv/bin/python benchmarks/engine_host.py [--num-seqs 256] [--repeats 3] [--lengths 100 300]
 
 Prints ms per step (best of --repeats); writes benchmarks/results/engine_host_cpu.json. The maths left
-(one layer's linears and attention over 256 rows) is part of the figure, the same in any A/B of two commits.
+(one layer's linears and attention over 256 rows, and the Python of the forward an emulated replay runs, which a
+real replay does not) is part of that figure, the same in any A/B of two commits. --host-only leaves it out: each
+replay hands back the same zero logits (every row then samples token 0), so the figure is the host's work alone,
+what a GPU decode step waits for.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--num-seqs", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--lengths", type=int, nargs=2, default=(100, 300), metavar=("LO", "HI"),
+                    help="prompt and output lengths uniform in [LO, HI] (default 100 300)")
+    ap.add_argument("--host-only", action="store_true",
+                    help="replays return zero logits at once: the host's work per step without the maths")
     ap.add_argument("--out", default="engine_host_cpu")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -38,10 +46,16 @@ def main() -> None:
                       num_heads=2, num_kv_heads=1, max_position_embeddings=4096)
     random.seed(0)
     n = args.num_seqs
-    prompts = [[random.randint(0, 1000) for _ in range(random.randint(100, 300))] for _ in range(n)]
-    params = [SamplingParams(temperature=0, max_tokens=random.randint(100, 300), ignore_eos=True) for _ in range(n)]
+    lo, hi = args.lengths
+    if not 1 <= lo <= hi or 2 * hi > cfg.max_position_embeddings:
+        ap.error(f"--lengths needs 1 <= LO <= HI <= {cfg.max_position_embeddings // 2}")
+    prompts = [[random.randint(0, 1000) for _ in range(random.randint(lo, hi))] for _ in range(n)]
+    params = [SamplingParams(temperature=0, max_tokens=random.randint(lo, hi), ignore_eos=True) for _ in range(n)]
     llm = LLM(Transformer(cfg).eval(), max_num_seqs=n, max_num_batched_tokens=16384, cpu_pack_linears=False)
-    emulate_cuda_graphs(llm.engine.runner)
+    graphs = emulate_cuda_graphs(llm.engine.runner)
+    if args.host_only:
+        zeros = torch.zeros(max(b for b, _ in graphs.graphs), cfg.vocab_size)
+        graphs.replay = lambda b, width, vec, tables: zeros[:b]
     llm.generate(prompts[:4], params[:4])
     best, steps = float("inf"), 0
     for _ in range(args.repeats):
@@ -51,8 +65,10 @@ def main() -> None:
         dt = time.perf_counter() - t0
         steps = llm.engine.num_steps - s0
         best = min(best, dt / steps)
-    print(f"{n} sequences: {best * 1e3:.2f} ms per step ({steps} steps, best of {args.repeats})")
-    write_result(args.out, {"benchmark": "engine_host", "num_seqs": n, "steps": steps, "repeats": args.repeats,
+    what = "host only" if args.host_only else "maths included"
+    print(f"{n} sequences ({what}): {best * 1e3:.2f} ms per step ({steps} steps, best of {args.repeats})")
+    write_result(args.out, {"benchmark": "engine_host", "num_seqs": n, "lengths": [lo, hi], "steps": steps,
+                            "host_only": args.host_only, "repeats": args.repeats,
                             "ms_per_step": round(best * 1e3, 3)})
 
 

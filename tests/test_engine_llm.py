@@ -156,6 +156,20 @@ def test_per_request_parameters_in_one_batch(llama):
     assert outs[2].outputs[0].token_ids != plain
 
 
+def test_penalties_over_many_steps_match_transformers(tmp_path_factory):
+    """Penalised rows depend on the tokens so far: the engine rebuilds their sampling tensors every step (rows
+    without penalties reuse the last step's), and each sequence matches transformers' greedy generate."""
+    hf, model = build_pair("llama-gqa", tmp_path_factory)
+    penalties = [dict(repetition_penalty=1.5), dict(frequency_penalty=0.0), dict(repetition_penalty=0.7)]
+    outs = LLM(model, block_size=4).generate(PROMPTS[:3], [SamplingParams(temperature=0, max_tokens=2 * NEW, **p)
+                                                           for p in penalties])
+    for p, kw, out in zip(PROMPTS, penalties, outs):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([p]), max_new_tokens=2 * NEW, do_sample=False, pad_token_id=0,
+                              eos_token_id=None, repetition_penalty=kw.get("repetition_penalty", 1.0))
+        assert out.outputs[0].token_ids == ref[0, len(p):].tolist(), kw
+
+
 def test_stop_token_ids_and_ignore_eos(llama):
     ref = reference(llama, PROMPTS[:1])[0]
     stop = ref[3]

@@ -90,6 +90,8 @@ class LLMEngine:
         vocab = self.model.cfg.vocab_size
         if not ids:
             raise RequestError("the prompt is empty; give at least one token.")
+        if set(map(type, ids)) == {int} and 0 <= min(ids) and max(ids) < vocab:  # the common case, at C speed
+            return list(ids)
         for i in ids:
             if not (is_int(i) and 0 <= i < vocab):
                 raise RequestError(f"prompt token {i!r} is not an id in this model's vocabulary (0..{vocab - 1}).")
@@ -168,21 +170,27 @@ class LLMEngine:
             self.scheduler.update(batch, {sid: r[0] for sid, r in results.items()})
             self.num_steps += 1
             now = time.perf_counter()
-            touched: dict[str, _Request] = {}
+            touched: dict[str, _Request] = {}  # requests that progressed (wanted unless finished_only)
+            ended: dict[str, _Request] = {}  # requests one of whose sequences finished in this step
+            requests = self.requests
             for seq in batch.seqs:
-                if seq.seq_id not in results:
+                r = results.get(seq.seq_id)
+                if r is None:
                     continue
-                token, logprob, alts = results[seq.seq_id]
+                token, logprob, alts = r
                 if logprob is not None:
                     seq.logprobs.append(alts)
                     seq.cumulative_logprob += logprob
-                req = self.requests[seq.request_id]
-                req.metrics.setdefault("first_token", now)
-                touched[req.request_id] = req
+                req = requests[seq.request_id]
+                if "first_token" not in req.metrics:
+                    req.metrics["first_token"] = now
+                if not finished_only:
+                    touched[req.request_id] = req
                 if req.detoks is not None:
                     self._detokenize(seq, req.detoks[seq.index], token)
                 if seq.is_finished:
                     self.runner.release(seq)
+                    ended[req.request_id] = req
         except BaseException:
             # The step's requests would fail the same way on every later step: drop them (their blocks freed) so
             # the engine keeps serving the others, and let the caller see the error.
@@ -190,8 +198,8 @@ class LLMEngine:
                 self.abort(rid)
             raise
         outputs = []
-        for req in touched.values():
-            finished = all(s.is_finished for s in req.seqs)
+        for req in (ended if finished_only else touched).values():
+            finished = req.request_id in ended and all(s.is_finished for s in req.seqs)
             if finished:
                 req.metrics["finished"] = now
                 del self.requests[req.request_id]

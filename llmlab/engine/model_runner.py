@@ -69,19 +69,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from llmlab.engine.block_tables import BlockTableRows
 from llmlab.engine.config import EngineConfig
 from llmlab.engine.sampler import SamplingBatch, sample
 from llmlab.engine.scheduler import ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
-from llmlab.kernels import cpu_decode
+from llmlab.kernels import cpu_decode, cuda_decode, cuda_linear
 from llmlab.kernels import cpu_paged_attention as cpu_paged
-from llmlab.kernels import cuda_decode, cuda_linear
 from llmlab.kernels import cpu_rope_cache as cpu_rope
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
 from llmlab.kernels.cpu_norm import use_fast_norms
-from llmlab.kernels.cpu_swiglu import use_fast_swiglu
 from llmlab.kernels.cpu_panel_linear import bf16_widened
+from llmlab.kernels.cpu_swiglu import use_fast_swiglu
 from llmlab.kernels.paged_attention import available as paged_kernel_available
 from llmlab.kernels.paged_attention import warm_up as paged_warm_up
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
@@ -148,6 +148,7 @@ class ModelRunner:
         self.kv = PagedKVCache.allocate(self.cfg, self.num_blocks + 1, self.block_size, dtype=self.dtype,
                                         device=self.device)
         self.scratch = self.num_blocks
+        self.table_rows = BlockTableRows(self.max_blocks_per_seq, self.scratch)  # each running sequence's table
         # CPU decode-only steps as direct C calls (kernels/cpu_decode.py) where the forward runs the same kernels:
         # C norms, the RoPE + KV-write kernel, the C paged kernel, eager steps
         self.direct: cpu_decode.DirectDecode | None = None
@@ -170,6 +171,7 @@ class ModelRunner:
                 self.fused_report = self.fused.tune()
         self.shared_generator = torch.Generator(self.device).manual_seed(config.seed)
         self.generators: dict[int, torch.Generator] = {}  # seq_id -> its own stream (seeded requests)
+        self._last_sampling: tuple[tuple, SamplingBatch] | None = None  # the last step's rows and their tensors
         # Where the steps' time goes (LLMEngine.stats): seconds the host waited for the device to hand back the
         # sampled ids (on CUDA: the GPU work the host could not hide; on CPU ~0, the work runs in the call) and
         # steps that replayed a CUDA graph.
@@ -278,8 +280,9 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> dict[int, tuple[int, float | None, dict[int, float] | None]]:
         """Run a scheduled step; return {seq_id: (token, logprob, top logprobs)} for sampling rows."""
-        sampling = [i for i in range(len(batch)) if batch.samples(i)]
-        decode_only = all(n == 1 for n in batch.num_tokens)
+        nt = batch.num_tokens  # (batch.samples(i), inlined)
+        sampling = [i for i, s in enumerate(batch.seqs) if s.num_computed_tokens + nt[i] == len(s.token_ids)]
+        decode_only = max(nt) == 1  # every entry >= 1
         if decode_only and self.direct is not None and not self.pad_decode and len(batch) <= self.direct.max_rows:
             logits = self._run_direct(batch.seqs)
             if len(sampling) < len(batch):
@@ -302,17 +305,20 @@ class ModelRunner:
         self._decode_inputs(seqs, *self.direct.inputs(len(seqs)))
         return self.direct.run(len(seqs))
 
-    def _decode_inputs(self, seqs: list[Sequence], vec: np.ndarray, tables: np.ndarray) -> None:
+    def _decode_inputs(self, seqs: list[Sequence], vec: np.ndarray, tables: np.ndarray,
+                       rows: list[int] | None = None) -> None:
         """One decode token per sequence: its id, position, slot and context length into the columns of vec
-        (4, >= n) and its block table into the first entries of a row of tables (>= n rows); the rest untouched."""
+        (4, >= n) and its block table, padded with the scratch block, into the first n rows of tables (their
+        width at most max_blocks_per_seq); the rest untouched. `rows`: table_rows.rows(seqs) if already taken."""
         n, bs = len(seqs), self.block_size
-        pos = [s.num_computed_tokens for s in seqs]
-        vec[0, :n] = [s.token_ids[p] for s, p in zip(seqs, pos)]
+        if rows is None:
+            rows = self.table_rows.rows(seqs)
+        pos = np.array([s.num_computed_tokens for s in seqs], dtype=np.int64)
+        vec[0, :n] = [s.token_ids[s.num_computed_tokens] for s in seqs]
         vec[1, :n] = pos
-        vec[2, :n] = [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos)]
-        vec[3, :n] = vec[1, :n] + 1
-        for row, s in zip(tables, seqs):
-            row[:len(s.block_table)] = s.block_table
+        vec[2, :n] = self.table_rows.array[rows, pos // bs] * bs + pos % bs
+        vec[3, :n] = pos + 1
+        tables[:n] = self.table_rows.array[rows, :tables.shape[1]]
 
     def _run_mixed(self, batch: ScheduledBatch, sampling: list[int]) -> Tensor:
         if self.decode_kernel == "cpu":
@@ -389,17 +395,17 @@ class ModelRunner:
         return tables, ctx
 
     def _block_tables(self, seqs: list[Sequence], rows: int, width: int) -> Tensor:
-        """(rows, width) block tables of `seqs`, then rows of the scratch block; numpy row slices, ~4x faster
-        than torch.tensor on nested lists."""
+        """(rows, width) block tables of `seqs`, then rows of the scratch block (from BlockTableRows)."""
         tables = np.full((rows, width), self.scratch, dtype=np.int64)
-        for row, s in zip(tables, seqs):
-            row[:len(s.block_table)] = s.block_table
+        held = self.table_rows.rows(seqs)  # before reading .array: it may grow
+        tables[:len(seqs)] = self.table_rows.array[held, :width]
         return torch.from_numpy(tables)
 
     def _run_decode_padded(self, seqs: list[Sequence]) -> Tensor:
         """Decode-only step in graph shape: batch and context padded to buckets (replayed on CUDA). Compiled on
         CPU, one graph takes every size from 2 up (Dynamo specialises sizes 0 and 1), so both are padded to 2."""
-        nb = max(len(s.block_table) for s in seqs)
+        rows = self.table_rows.rows(seqs)
+        nb = self.table_rows.widest
         if self.compile_cpu:
             b, nb = max(2, len(seqs)), max(2, nb)
         else:
@@ -409,8 +415,9 @@ class ModelRunner:
         # read and write only the scratch block (context 1)
         vec = np.zeros((4, b), dtype=np.int64)
         vec[2, n:], vec[3, n:] = self.scratch * bs, 1
-        tables = np.full((b, nb), self.scratch, dtype=np.int64)
-        self._decode_inputs(seqs, vec, tables)
+        tables = np.empty((b, nb), dtype=np.int64)
+        tables[n:] = self.scratch
+        self._decode_inputs(seqs, vec, tables, rows)
         vec, tables = torch.from_numpy(vec), torch.from_numpy(tables)
         if self.graphs is not None:
             # The paged kernel reads a row's table only up to its context, so with it one graph of the full
@@ -438,11 +445,18 @@ class ModelRunner:
     # ---- sampling -------------------------------------------------------------------------------
 
     def _sample(self, seqs: list[Sequence], logits: Tensor):
-        params = [s.params for s in seqs]
-        penalties = any(p.has_penalties for p in params)
-        sb = SamplingBatch.build(params, [s.token_ids for s in seqs] if penalties else [],
-                                 [s.num_prompt_tokens for s in seqs], [self._generator(s) for s in seqs],
-                                 logits.shape[-1], logits.device)
+        # A decode step usually samples the same sequences as the one before: their parameter tensors are reused
+        # then, unless penalties (they depend on the tokens so far) are on.
+        key = (logits.shape[-1], *[s.seq_id for s in seqs])
+        sb = self._last_sampling if self._last_sampling is not None and self._last_sampling[0] == key else None
+        if sb is None or sb[1].seen is not None:
+            params = [s.params for s in seqs]
+            penalties = any(p.has_penalties for p in params)
+            sb = key, SamplingBatch.build(params, [s.token_ids for s in seqs] if penalties else [],
+                                          [s.num_prompt_tokens for s in seqs], [self._generator(s) for s in seqs],
+                                          logits.shape[-1], logits.device)
+            self._last_sampling = sb
+        sb = sb[1]
         tokens, chosen, top = sample(logits, sb, self.shared_generator)
         t0 = time.perf_counter()
         tokens = tokens.tolist()  # the step's one device -> host transfer (plus logprobs when asked)
@@ -473,8 +487,9 @@ class ModelRunner:
         return g
 
     def release(self, seq: Sequence) -> None:
-        """Forget per-sequence state (its generator) once it has finished."""
+        """Forget per-sequence state (its generator, its block table row) once it has finished."""
         self.generators.pop(seq.seq_id, None)
+        self.table_rows.release(seq.seq_id)
 
 
 def window_mask(mask: Tensor, past: int, window: int | None) -> Tensor:

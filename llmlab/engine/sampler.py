@@ -55,13 +55,18 @@ class SamplingBatch:
               generators: list[torch.Generator | None], vocab_size: int, device: torch.device) -> SamplingBatch:
         """Per-row tensors for a step; token_ids/num_prompt are only read when a row has penalties."""
         B, V = len(params), vocab_size
+        if not B:
+            raise ValueError("SamplingBatch.build needs at least one row.")
 
         def col(values, dtype=torch.float32):
             return torch.tensor(values, dtype=dtype, device=device)
 
-        top_k = [p.top_k if p.top_k > 0 else V for p in params]
+        # one pass over the rows' settings (a step at 256 sequences builds this on the host while the GPU waits)
+        temperature, top_k, top_p, min_p, repetition, presence, frequency, logprobs = zip(*[
+            (p.temperature, p.top_k if p.top_k > 0 else V, p.top_p, p.min_p, p.repetition_penalty,
+             p.presence_penalty, p.frequency_penalty, p.logprobs) for p in params])
         seen = counts = None
-        if any(p.has_penalties for p in params):
+        if min(repetition) != 1.0 or max(repetition) != 1.0 or any(presence) or any(frequency):
             longest = max(len(t) for t in token_ids)
             ids = torch.full((B, longest), V, dtype=torch.long)  # V = padding column, dropped below
             out_mask = torch.zeros(B, longest, dtype=torch.bool)
@@ -74,19 +79,20 @@ class SamplingBatch:
             out_ids = ids.masked_fill(~out_mask, V)
             counts = torch.zeros(B, V + 1, device=device).scatter_add_(1, out_ids, torch.ones_like(out_ids, dtype=torch.float))
             counts = counts[:, :V]
-        all_greedy = all(p.greedy for p in params)
+        all_greedy = max(temperature) == 0.0  # temperatures are validated >= 0
+        asked = [k for k in logprobs if k is not None]
         return cls(
-            temperature=None if all_greedy else col([p.temperature for p in params]),
-            top_k=col(top_k, torch.long) if any(k < V for k in top_k) else None,
-            top_p=col([p.top_p for p in params]) if any(p.top_p < 1 for p in params) else None,
-            min_p=col([p.min_p for p in params]) if any(p.min_p > 0 for p in params) else None,
-            repetition=col([p.repetition_penalty for p in params]) if seen is not None else None,
-            presence=col([p.presence_penalty for p in params]) if seen is not None else None,
-            frequency=col([p.frequency_penalty for p in params]) if seen is not None else None,
+            temperature=None if all_greedy else col(temperature),
+            top_k=col(top_k, torch.long) if min(top_k) < V else None,
+            top_p=col(top_p) if min(top_p) < 1 else None,
+            min_p=col(min_p) if max(min_p) > 0 else None,
+            repetition=col(repetition) if seen is not None else None,
+            presence=col(presence) if seen is not None else None,
+            frequency=col(frequency) if seen is not None else None,
             seen=seen, counts=counts, generators=generators,
             all_greedy=all_greedy,
-            num_logprobs=max((p.logprobs or 0) for p in params),
-            want_logprobs=any(p.logprobs is not None for p in params),
+            num_logprobs=max(asked, default=0),
+            want_logprobs=bool(asked),
         )
 
 

@@ -89,22 +89,26 @@ class Scheduler:
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
         bs = self.bm.block_size
+        running, take, count = self.running, batch.seqs.append, batch.num_tokens.append
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(seq.num_uncomputed_tokens, budget)
-            target = seq.num_computed_tokens + n
+        while i < len(running) and budget > 0:  # (~1 us a sequence: the loop is kept lean)
+            seq = running[i]
+            done = seq.num_computed_tokens
+            n = len(seq.token_ids) - done
+            if n > budget:  # noqa: PLR1730 (a compare, not a call: per sequence per step)
+                n = budget
+            target = done + n
             if target > len(seq.block_table) * bs:  # needs another block (else: a decode inside its last one)
-                while not self.bm.can_grow(seq, target) and self.running[-1] is not seq:
-                    self._preempt(self.running.pop(), batch)
+                while not self.bm.can_grow(seq, target) and running[-1] is not seq:
+                    self._preempt(running.pop(), batch)
                 if not self.bm.can_grow(seq, target):  # seq is the youngest: it yields itself
-                    self._preempt(self.running.pop(), batch)
+                    self._preempt(running.pop(), batch)
                     break
                 self.bm.grow(seq, target)
-            if target // bs > seq.num_computed_tokens // bs:  # fills a block: register its hash
+            if target // bs > done // bs:  # fills a block: register its hash
                 self.bm.commit(seq, target)
-            batch.seqs.append(seq)
-            batch.num_tokens.append(n)
+            take(seq)
+            count(n)
             budget -= n
             i += 1
         if batch.preempted:
@@ -142,17 +146,19 @@ class Scheduler:
     def update(self, batch: ScheduledBatch, sampled: dict[int, int]) -> list[Sequence]:
         """Apply a step: computed tokens and sampled tokens {seq_id: id}; return the sequences that finished."""
         finished = []
-        for seq, n in zip(batch.seqs, batch.num_tokens):
+        max_len = self.max_model_len
+        for seq, n in zip(batch.seqs, batch.num_tokens):  # (inlined: ~1 us a sequence at 256 sequences)
             seq.num_computed_tokens += n
             token = sampled.get(seq.seq_id)
             if token is None:
                 continue
-            seq.append_token(token)
+            ids = seq.token_ids
+            ids.append(token)
             if token in seq.stop_token_ids:
                 self.finish(seq, "stop", token)
-            elif seq.num_output_tokens >= seq.params.max_tokens or len(seq) >= self.max_model_len:
+                finished.append(seq)
+            elif len(ids) >= max_len or len(ids) - seq.num_prompt_tokens >= seq.params.max_tokens:
                 self.finish(seq, "length")
-            if seq.is_finished:
                 finished.append(seq)
         return finished
 

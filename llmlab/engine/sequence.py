@@ -155,7 +155,7 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         eos = frozenset() if params.ignore_eos else eos_token_ids
         self.stop_token_ids = eos | frozenset(params.stop_token_ids)
-        self.block_table: list[int] = []
+        self.block_table: list[int] = []  # appended to while held, replaced (never cut) on release: block_tables.py
         self.num_computed_tokens = 0  # tokens whose K/V is in the cache
         self.num_cached_tokens = 0  # of those, how many came from the prefix cache at admission
         self.block_hashes: list[bytes] = []  # chained hash of each full block of token_ids (memo)
