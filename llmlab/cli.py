@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     # Commands that take free `--key value` overrides (e.g. `llmlab train`) set accepts_overrides.
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_overrides", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        prog = f"llmlab {args.command}" if getattr(args, "command", None) else "llmlab"
+        hint = "; a value goes after its option's name" if not extra[0].startswith("-") else ""
+        parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)}{hint} (`{prog} --help` lists "
+                       "the options)\n")
     args.overrides = extra
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
