@@ -84,14 +84,13 @@ def resolve(cfg: ConfigLike) -> ModelConfig:
 
 
 def _config_from_gguf(path: Path) -> ModelConfig:
-    import gguf  # imported here so that `llmlab estimate` on presets starts fast
-
+    from llmlab.gguf_file import open_gguf
     from llmlab.model.convert import config_from_gguf
 
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: pass the path of a .gguf model file.")
     try:
-        reader = gguf.GGUFReader(path)
+        reader = open_gguf(path)
     except Exception as e:  # noqa: BLE001 (the gguf package raises ValueError, IndexError, struct errors ...)
         raise ConfigError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); "
                           "re-download or re-convert it.") from None

@@ -123,7 +123,15 @@ class FeedForward(FusedProjections):
 
 
 def rope_inv_freq(cfg: ModelConfig) -> Tensor:
-    """Per-pair rotation frequencies theta^(-2i/d), after the configured scaling. Shape (head_dim/2,)."""
+    """Per-pair rotation frequencies theta^(-2i/d), after the configured scaling. Shape (head_dim/2,), on the
+    default device. Computed on the CPU: on the meta device (a model built to have its weights loaded) these ops
+    run Python decompositions, the first of which imports torch._dynamo (~3 s)."""
+    device = torch.get_default_device()
+    with torch.device("cpu"):
+        return _rope_inv_freq(cfg).to(device)
+
+
+def _rope_inv_freq(cfg: ModelConfig) -> Tensor:
     dim = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
     scaling = cfg.rope_scaling or {}

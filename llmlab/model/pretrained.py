@@ -11,6 +11,8 @@ tensor whose shape disagrees with the config, a tensor missing or left over.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 
@@ -156,10 +158,10 @@ def _safetensors_files(path: Path) -> list[Path]:
 
 
 def _read_gguf(path: Path):
-    import gguf
+    from llmlab.gguf_file import open_gguf
 
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = open_gguf(path)
     except Exception as e:  # the gguf package raises ValueError / struct errors on bad files
         raise CheckpointError(f"{path} is not a readable GGUF file ({e}).") from None
     try:
@@ -174,8 +176,24 @@ def _read_gguf(path: Path):
     return cfg, weights()
 
 
+@contextlib.contextmanager
+def _no_init():
+    """Module constructors without their weight init (as transformers' `no_init_weights`): on the meta device
+    init sets nothing, and the first init call there imports torch._dynamo (2.5-3.6 s on a 2-core EPYC, the
+    largest part of loading SmolLM2-135M). torch.nn.init's functions are swapped for the identity meanwhile."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_", "constant_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
 def _build(cfg: ModelConfig, weights, attn_backend: str) -> Transformer:
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = Transformer(cfg, attn_backend=attn_backend)
     expected = {n: p.shape for n, p in model.state_dict().items()}
     if cfg.tie_word_embeddings:

@@ -168,7 +168,8 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg) if cfg.position == "rope" else None, persistent=False)
         self.register_buffer("alibi", alibi_slopes(cfg.num_heads) if cfg.position == "alibi" else None,
                              persistent=False)
-        self.apply(self._init_weights)
+        if self.embed.weight.device.type != "meta":  # (on meta each init call costs ~10-270 ms and sets nothing)
+            self.apply(self._init_weights)
 
     def _init_weights(self, m: nn.Module) -> None:
         std = self.cfg.initializer_range

@@ -236,8 +236,11 @@ def load_tiktoken(path: Path, pattern: str, special_tokens: dict[str, int] | Non
 
 def load_gguf(path: Path) -> Tokenizer:
     import gguf
+
+    from llmlab.gguf_file import open_gguf
+
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = open_gguf(path)
     except Exception as e:  # the gguf package raises bare ValueError/struct errors on bad files
         raise TokenizerError(f"{path} is not a readable GGUF file ({e}); re-download it.") from None
     f = reader.fields

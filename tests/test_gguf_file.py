@@ -1,0 +1,48 @@
+"""open_gguf: gguf-py's reader over a plain ndarray view of the mapping gives the same fields and tensors as
+GGUFReader itself, and its slices are not memmaps (each memmap slice runs Python: the slow parse it avoids)."""
+
+import numpy as np
+import pytest
+
+from llmlab.gguf_file import open_gguf
+
+gguf = pytest.importorskip("gguf")
+
+
+def test_same_fields_and_tensors_as_gguf_reader(tmp_path):
+    path = tmp_path / "t.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(2)
+    w.add_token_list([f"tok{i}".encode() for i in range(300)] + ["é😀".encode()])
+    w.add_token_merges([f"t o{i}" for i in range(200)])
+    w.add_token_scores([float(i) / 3 for i in range(301)])
+    rng = np.random.default_rng(0)
+    tensors = {"a.weight": rng.standard_normal((8, 32)).astype(np.float32),
+               "b.weight": rng.standard_normal((64,)).astype(np.float16)}
+    for name, t in tensors.items():
+        w.add_tensor(name, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ours, ref = open_gguf(path), gguf.GGUFReader(str(path))
+    assert type(ours.data) is np.ndarray and isinstance(ref.data, np.memmap)
+    assert list(ours.fields) == list(ref.fields)
+    for key, f in ours.fields.items():
+        g = ref.fields[key]
+        assert f.types == g.types and f.data == g.data, key
+        assert all(np.array_equal(a, b) for a, b in zip(f.parts, g.parts, strict=True)), key
+    assert [bytes(ours.fields["tokenizer.ggml.tokens"].parts[i]) for i in ours.fields["tokenizer.ggml.tokens"].data][-1] \
+        == "é😀".encode()
+    for t, u in zip(ours.tensors, ref.tensors, strict=True):
+        assert t.name == u.name and np.array_equal(t.data, u.data) and np.array_equal(t.data, tensors[t.name])
+
+
+def test_a_corrupt_file_raises_as_gguf_reader_does(tmp_path):
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    with pytest.raises(Exception) as ours:
+        open_gguf(path)
+    with pytest.raises(Exception) as ref:
+        gguf.GGUFReader(str(path))
+    assert type(ours.value) is type(ref.value)
