@@ -46,3 +46,23 @@ def test_a_corrupt_file_raises_as_gguf_reader_does(tmp_path):
     with pytest.raises(Exception) as ref:
         gguf.GGUFReader(str(path))
     assert type(ours.value) is type(ref.value)
+
+
+def test_the_last_file_is_parsed_once_until_it_changes(tmp_path):
+    path = tmp_path / "t.gguf"
+
+    def write(n):
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_block_count(n)
+        w.add_token_list([b"x"] * n)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+    write(3)
+    first = open_gguf(path)
+    assert open_gguf(str(path)) is first  # model, then tokenizer: one parse
+    write(5)  # rewritten: a new parse
+    again = open_gguf(path)
+    assert again is not first and int(again.fields["llama.block_count"].parts[-1][0]) == 5
