@@ -12,8 +12,8 @@ from torch import nn
 
 from llmlab import ModelConfig, Transformer
 from llmlab.engine import LLM, SamplingParams
-from llmlab.kernels.cpu_linear import (ROWS_ANY, PackedLinear, pack_linears, packed_layers, packing_supported,
-                                       skinny_linear, skinny_supported, tune_packing)
+from llmlab.kernels.cpu_linear import (ROWS_ANY, SAMPLED_ROWS, PackedLinear, pack_linears, packed_layers,
+                                       packing_supported, skinny_linear, skinny_supported, tune_packing)
 from llmlab.kernels.cpu_norm import FastRMSNorm, use_fast_norms
 from llmlab.kernels.cpu_norm import supported as fast_norm_supported
 from llmlab.model.attention import PagedMetadata, PagedSegment, paged_attend
@@ -233,6 +233,35 @@ def test_tune_packing_picks_the_rows_from_which_packing_wins():
     ids = torch.randint(0, 300, (1, 9))
     with torch.no_grad():
         torch.testing.assert_close(m(ids), model()(ids), atol=1e-4, rtol=1e-4)
+
+
+@needs_packing
+def test_tune_packing_samples_prefill_counts_and_stops_timing_clear_losers():
+    m = model()
+    pack_linears(m)
+    layers = packed_layers(m)
+    shapes = {(x.in_features, x.out_features) for x in layers}
+    assert len(shapes) < len(layers)  # the model repeats shapes, so prefill counts can be sampled
+    calls = []
+
+    def timer(timed, r, k):
+        calls.append((r, k, len(timed)))
+        first = sum(1 for c in calls if c[:2] == (r, k)) == 1
+        if k == "packed":
+            return 50.0 if first else 1.0  # cold in its first round only: must still win
+        return {"f_linear": 1.5, "panel": 10.0, "skinny": 10.0}[k] * len(timed)
+
+    table = tune_packing(m, rows=(1, SAMPLED_ROWS), repeats=3, timer=timer)
+    assert {n for r, _, n in calls if r == 1} == {len(layers)}  # decode counts stream every layer
+    assert {n for r, _, n in calls if r == SAMPLED_ROWS} == {len(shapes)}
+    assert table[1]["layers_timed"] == len(shapes) and "layers_timed" not in table[0]
+    numel = sum(x.weight.numel() for x in layers)
+    sample_numel = sum({(x.in_features, x.out_features): x.weight.numel() for x in layers}.values())
+    assert table[1]["f_linear_ms"] == pytest.approx(1.5 * len(shapes) * numel / sample_numel, rel=1e-3)
+    for r in (1, SAMPLED_ROWS):  # panel (and skinny) over twice the best after two rounds: no third round
+        rounds = {k: sum(1 for c in calls if c[:2] == (r, k)) for k in ("f_linear", "packed", "panel")}
+        assert rounds["packed"] == 3 and rounds["panel"] == 2, rounds
+    assert {x.routes for x in layers} == {((ROWS_ANY, "packed"),)}
 
 
 needs_skinny = pytest.mark.skipif(not skinny_supported(torch.float32), reason="the C kernel is not built here")

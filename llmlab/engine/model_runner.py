@@ -21,7 +21,7 @@ with the system C compiler; without one, a warning and the gather path), which t
 token as a row of its own too (`_run_rows`). On CPU the linears (kernels/cpu_linear.py,
 `cpu_pack_linears`) go, per row count, to whichever of MKL (`F.linear`), oneDNN with a packed weight, the
 panel kernel (AVX-512 or AVX2) and the C kernel for 1-4 rows a start-up timing finds fastest on this CPU
-(`tune_packing`: the decode batch sizes up to max_num_seqs and one prefill-sized count, a second or two), and
+(`tune_packing`: the decode batch sizes up to max_num_seqs and one prefill-sized count, a few seconds), and
 RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`), as do SwiGLU's SiLU(gate) * up
 (kernels/cpu_swiglu.py, `cpu_fast_swiglu`) and each layer's RoPE and KV write
 (kernels/cpu_rope_cache.py, `cpu_fused_rope`; eager steps) and the sampler's argmax (kernels/cpu_argmax.py).
