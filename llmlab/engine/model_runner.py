@@ -64,6 +64,7 @@ import sys
 import time
 import types
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -75,18 +76,22 @@ from llmlab.engine.sampler import SamplingBatch, sample
 from llmlab.engine.scheduler import ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
-from llmlab.kernels import cpu_decode, cuda_decode, cuda_linear
+from llmlab.kernels import cpu_decode
 from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels import cpu_rope_cache as cpu_rope
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
 from llmlab.kernels.cpu_norm import use_fast_norms
 from llmlab.kernels.cpu_panel_linear import bf16_widened
 from llmlab.kernels.cpu_swiglu import use_fast_swiglu
-from llmlab.kernels.paged_attention import available as paged_kernel_available
-from llmlab.kernels.paged_attention import warm_up as paged_warm_up
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
 from llmlab.model.cache import PagedKVCache
 from llmlab.model.transformer import Transformer, fuse_projections
+
+if TYPE_CHECKING:
+    from llmlab.kernels import cuda_decode
+
+# The Triton modules (kernels/paged_attention.py, cuda_decode.py, cuda_linear.py) are imported where a CUDA engine
+# uses them: importing Triton costs ~0.5 s that a CPU engine never needs.
 
 _CPU_DEFAULT_KV_BYTES = 1 << 30
 
@@ -106,6 +111,8 @@ class ModelRunner:
         self.gemv_report: list[dict] = []  # per weight shape: cuBLAS vs gemv timings and the choice (cuda_gemv)
         self.packing_report: list[dict] = []  # CPU: ms per kernel at each row count tune_packing timed
         if config.cuda_gemv:
+            from llmlab.kernels import cuda_linear
+
             if not cuda_linear.available(self.device):
                 raise ConfigError(f"cuda_gemv needs Triton and a model on a CUDA device (this one is on "
                                   f"{self.device.type}); drop cuda_gemv or move the model to the GPU.")
@@ -163,6 +170,8 @@ class ModelRunner:
         self.fused: cuda_decode.FusedDecode | None = None
         self.fused_report: dict = {}  # kernel -> us per tile choice, and the choices (tune, on CUDA)
         if config.cuda_fused_decode:
+            from llmlab.kernels import cuda_decode
+
             if not cuda_decode.available(self.device):
                 raise ConfigError(f"cuda_fused_decode needs Triton and a model on a CUDA device (this one is on "
                                   f"{self.device.type}); drop cuda_fused_decode or move the model to the GPU.")
@@ -191,6 +200,8 @@ class ModelRunner:
         # (off CUDA the fused step runs only in Triton's interpreter, for tests: through the padded path)
         self.pad_decode = pad_decode or self.use_graphs or self.compile_cpu or self.fused is not None
         if self.decode_kernel == "triton" and self.device.type == "cuda":  # every split variant compiled now
+            from llmlab.kernels.paged_attention import warm_up as paged_warm_up
+
             paged_warm_up(self.kv.k[0], self.kv.v[0], self.cfg.num_heads, self.block_size, self.scratch,
                           self.cfg.sliding_window)
         self.graphs = _DecodeGraphs(self) if self.use_graphs else None
@@ -212,6 +223,8 @@ class ModelRunner:
                 raise ConfigError(f"paged_kernel='cpu' is unavailable: {why}; use paged_kernel='gather'.")
             warnings.warn(f"CPU decode attention falls back to the slower gather path: {why}.", stacklevel=4)
             return ""
+        from llmlab.kernels.paged_attention import available as paged_kernel_available
+
         usable = paged_kernel_available(self.device)
         if choice == "triton" and not usable:
             raise ConfigError("paged_kernel='triton' needs Triton and a CUDA device (or Triton >= 3.7 with "
