@@ -1,8 +1,11 @@
 """open_gguf: gguf-py's reader over a plain ndarray view of the mapping gives the same fields and tensors as
 GGUFReader itself, and its slices are not memmaps (each memmap slice runs Python: the slow parse it avoids)."""
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
 
 from llmlab.gguf_file import open_gguf
 
@@ -66,3 +69,25 @@ def test_the_last_file_is_parsed_once_until_it_changes(tmp_path):
     write(5)  # rewritten: a new parse
     again = open_gguf(path)
     assert again is not first and int(again.fields["llama.block_count"].parts[-1][0]) == 5
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0", "Q5_0", "F16"])
+def test_dequantize_is_bitwise_gguf_py(qtype):
+    """The torch decoders of Q4_0 / Q4_1 / Q8_0 give gguf-py's fp32 values bit for bit; other types go to it."""
+    from llmlab.model.gguf_quants import dequantize
+
+    kind = getattr(gguf.GGMLQuantizationType, qtype)
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((6, 96)) * np.array([[1.0], [0.01], [100.0], [0.0], [1.0], [3.0]])).astype(np.float32)
+    w[4, ::7] = [np.finfo(np.float16).max / 4] * len(w[4, ::7])  # large scales
+    raw = gguf.quants.quantize(w, kind) if qtype != "F16" else w.astype(np.float16)
+    ref = gguf.quants.dequantize(raw, kind)
+    raw.setflags(write=False)  # as a GGUFReader's memory map: read-only, and no warning about it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = dequantize(raw, kind)
+    assert got.dtype == torch.float32 and tuple(got.shape) == ref.shape == (6, 96)
+    assert np.array_equal(got.numpy().view(np.uint32), ref.astype(np.float32).view(np.uint32))
+    before = raw.copy()
+    got.fill_(7.0)  # writable, and not a view of the file's bytes
+    assert np.array_equal(raw, before)

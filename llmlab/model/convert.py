@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -171,7 +170,7 @@ def unpermute_rope(w: Tensor, n_heads: int) -> Tensor:
 def gguf_to_llmlab(reader, cfg: ModelConfig,
                    progress: Callable[[Iterator], Iterator] = iter) -> Iterator[tuple[str, str, Tensor]]:
     """Yield (llmlab_name, gguf_name, fp32 tensor) for every tensor of a llama GGUF."""
-    import gguf
+    from llmlab.model.gguf_quants import dequantize
 
     for t in progress(reader.tensors):
         stem, _, leaf = t.name.rpartition(".")
@@ -182,8 +181,7 @@ def gguf_to_llmlab(reader, cfg: ModelConfig,
             name = f"{_GGUF_TOP[stem]}.{leaf}"
         else:
             name = t.name
-        data = gguf.quants.dequantize(t.data, t.tensor_type)
-        w = torch.from_numpy(np.array(data, dtype=np.float32))  # a writable copy
+        w = dequantize(t.data, t.tensor_type)  # a new, writable fp32 tensor
         if name.endswith("attn.q.weight"):
             w = unpermute_rope(w, cfg.num_heads)
         elif name.endswith("attn.k.weight"):
