@@ -190,8 +190,12 @@ def _check_big_enough(corpus, shards: ShardInfo) -> None:
                       f"{need:,} KB of text or more, or leave out --corpus to use shakespeare.")
 
 
-def _calibrate(cfg, shards: ShardInfo, steps: int = 3) -> float:
-    """Seconds per optimizer step of this config on this machine (after one warm-up step)."""
+def _calibrate(cfg, shards: ShardInfo, steps: int = 5) -> float:
+    """Seconds per optimizer step of this config on this machine: the fastest of `steps` timed steps after one
+    warm-up. Other work on the machine only ever slows a step, and on two cores it can slow one ten-fold (another
+    process's threads contending with torch's): a median over three steps taken then planned 86 steps instead of
+    ~840 and the model ended above the bigram baseline; the training run's time budget still stops a run that turns
+    out slower than planned."""
     from llmlab.data.loader import TokenLoader
     from llmlab.model.transformer import Transformer
     from llmlab.train.objectives import causal_lm_loss
@@ -204,7 +208,7 @@ def _calibrate(cfg, shards: ShardInfo, steps: int = 3) -> float:
         t = time.perf_counter()
         causal_lm_loss(model(x), y).backward()
         times.append(time.perf_counter() - t)
-    return 1.1 * cfg.grad_accum * float(np.median(times[1:]))  # + optimizer and bookkeeping
+    return 1.1 * cfg.grad_accum * float(min(times[1:]))  # + optimizer and bookkeeping
 
 
 def _verdict(beats_bigram_by: float) -> str:

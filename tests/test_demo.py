@@ -59,3 +59,38 @@ def test_report_states_the_comparison_with_the_bigram_by_its_sign(tmp_path):
     assert "3.520 nats/token above (worse than) the bigram baseline" in report and "-3.520" not in report
     _write_report(tmp_path, dict(s, val_loss=1.0, val_ppl=math.e, beats_bigram_by=0.408), [], tmp_path / "ckpt")
     assert "0.408 nats/token below (better than) the bigram baseline" in (tmp_path / "report.md").read_text()
+
+
+def test_calibration_plans_from_the_fastest_step(monkeypatch):
+    """Another process slowing some of the timed steps (ten-fold on two cores) must not shrink the demo's plan:
+    the step time is the fastest timed step, not the median."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import llmlab.demo as demo
+    from llmlab import ModelConfig
+
+    class Loader:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def next_batch(self):
+            return torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long)
+
+    monkeypatch.setattr("llmlab.data.loader.TokenLoader", Loader)
+    durations = iter([9.0, 5.0, 0.5, 6.0, 0.6, 7.0])  # the warm-up step, then five timed ones, three of them slowed
+    clock, reads = [0.0], [0]
+
+    def perf_counter():
+        reads[0] += 1
+        if reads[0] % 2 == 0:  # each step reads the clock before and after
+            clock[0] += next(durations)
+        return clock[0]
+
+    cfg = SimpleNamespace(model=ModelConfig(vocab_size=16, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                                            intermediate_size=32, max_position_embeddings=16),
+                          batch_size=1, seq_len=8, grad_accum=2)
+    monkeypatch.setattr(demo.time, "perf_counter", perf_counter)
+    step_s = demo._calibrate(cfg, shards=None)
+    assert step_s == 1.1 * 2 * 0.5
