@@ -118,7 +118,11 @@ def run(args: argparse.Namespace) -> int:
     if previous.exists():  # this demo's own earlier run: train() refuses to start afresh beside its checkpoints
         print(f"note: replacing the previous demo run in {out / 'train'}")
         shutil.rmtree(previous)
+    t_train = time.perf_counter()
     result = train(cfg)
+    if not args.steps:
+        result = _train_again_if_timed_busy(cfg, shards, result, budget, time.perf_counter() - t_train, step_s,
+                                            previous)
     from llmlab.model.pretrained import from_pretrained
 
     model = from_pretrained(result.checkpoint)
@@ -188,6 +192,26 @@ def _check_big_enough(corpus, shards: ShardInfo) -> None:
                       f"{shards.val_tokens:,} validation tokens (the last {VAL_FRACTION:.0%} of each file), and the "
                       f"demo needs at least {seq_len + 1} of each (one sequence of {seq_len} + 1); give about "
                       f"{need:,} KB of text or more, or leave out --corpus to use shakespeare.")
+
+
+def _train_again_if_timed_busy(cfg, shards: ShardInfo, result, budget: float, used: float, step_s: float,
+                               checkpoints: Path):
+    """A run that ended inside half its budget was planned from steps timed while the machine was busy (load over
+    the whole timing makes every step slow): time the step again and, if the rest of the budget now holds over twice
+    the steps, train afresh with them (the short run's checkpoints removed); else keep the run."""
+    from llmlab.train.loop import train
+
+    if used >= 0.5 * budget:
+        return result
+    again = _calibrate(cfg, shards)
+    steps = int(min(5000, 0.92 * (budget - used) / again))
+    if steps <= 2 * cfg.max_steps:
+        return result
+    print(f"note: training used {used:.0f}s of its {budget:.0f}s budget: the machine was busy while the steps were "
+          f"timed ({step_s:.2f}s a step, now {again:.2f}s); training again for {steps} steps")
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    cfg.max_steps, cfg.time_budget_s, cfg.eval_every = steps, budget - used, max(50, steps // 8)
+    return train(cfg)
 
 
 def _calibrate(cfg, shards: ShardInfo, steps: int = 5) -> float:

@@ -94,3 +94,30 @@ def test_calibration_plans_from_the_fastest_step(monkeypatch):
     monkeypatch.setattr(demo.time, "perf_counter", perf_counter)
     step_s = demo._calibrate(cfg, shards=None)
     assert step_s == 1.1 * 2 * 0.5
+
+
+def test_a_run_planned_on_a_busy_machine_trains_again_with_the_rest_of_the_budget(monkeypatch, tmp_path, capsys):
+    """Load over the whole step timing (every step slow) plans too few steps; the run then ends well inside its
+    budget, and the demo times the step again and trains afresh for what the rest of the budget holds."""
+    from types import SimpleNamespace
+
+    import llmlab.demo as demo
+    import llmlab.train.loop as loop
+
+    runs = []
+    monkeypatch.setattr(loop, "train", lambda cfg: runs.append((cfg.max_steps, cfg.time_budget_s)) or "second run")
+    monkeypatch.setattr(demo, "_calibrate", lambda cfg, shards: 0.5)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    cfg = SimpleNamespace(max_steps=85, time_budget_s=480.0, eval_every=50)
+    out = demo._train_again_if_timed_busy(cfg, None, "first run", budget=480.0, used=45.0, step_s=5.18,
+                                          checkpoints=ckpts)
+    assert out == "second run" and runs == [(int(0.92 * 435 / 0.5), 435.0)] and not ckpts.exists()
+    assert "training again for 800 steps" in capsys.readouterr().out
+    # a run that used most of its budget, or whose re-timed plan is not much longer, is kept
+    assert demo._train_again_if_timed_busy(cfg, None, "kept", budget=480.0, used=300.0, step_s=0.5,
+                                           checkpoints=ckpts) == "kept"
+    cfg.max_steps = 500
+    assert demo._train_again_if_timed_busy(cfg, None, "kept", budget=480.0, used=200.0, step_s=0.5,
+                                           checkpoints=ckpts) == "kept"
+    assert len(runs) == 1
