@@ -197,15 +197,15 @@ def _check_big_enough(corpus, shards: ShardInfo) -> None:
 def _train_again_if_timed_busy(cfg, shards: ShardInfo, result, budget: float, used: float, step_s: float,
                                checkpoints: Path):
     """A run that ended inside half its budget was planned from steps timed while the machine was busy (load over
-    the whole timing makes every step slow): time the step again and, if the rest of the budget now holds over twice
-    the steps, train afresh with them (the short run's checkpoints removed); else keep the run."""
+    the whole timing makes every step slow): time the step again and, if the rest of the budget now holds 1.5 times
+    the steps or more, train afresh with them (the short run's checkpoints removed); else keep the run."""
     from llmlab.train.loop import train
 
     if used >= 0.5 * budget:
         return result
     again = _calibrate(cfg, shards)
     steps = int(min(5000, 0.92 * (budget - used) / again))
-    if steps <= 2 * cfg.max_steps:
+    if steps < 1.5 * cfg.max_steps:
         return result
     print(f"note: training used {used:.0f}s of its {budget:.0f}s budget: the machine was busy while the steps were "
           f"timed ({step_s:.2f}s a step, now {again:.2f}s); training again for {steps} steps")
