@@ -29,35 +29,32 @@ def _nibbles(qs: Tensor) -> Tensor:
     return torch.cat([qs & 0x0F, qs >> 4], dim=1)
 
 
-def _q4_0(raw: np.ndarray) -> Tensor:
-    b, d = _blocks(raw, 18)
+def _q4_0(b: Tensor, d: Tensor) -> Tensor:
     return d * (_nibbles(b[:, 2:]).to(torch.int8) - 8).float()
 
 
-def _q4_1(raw: np.ndarray) -> Tensor:
-    b, d = _blocks(raw, 20)
+def _q4_1(b: Tensor, d: Tensor) -> Tensor:
     m = b[:, 2:4].contiguous().view(torch.float16).float()
     return d * _nibbles(b[:, 4:]).float() + m
 
 
-def _q8_0(raw: np.ndarray) -> Tensor:
-    b, d = _blocks(raw, 34)
+def _q8_0(b: Tensor, d: Tensor) -> Tensor:
     return b[:, 2:].contiguous().view(torch.int8).float() * d
 
 
-_DECODERS = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q8_0": _q8_0}
+_DECODERS = {"Q4_0": (18, _q4_0), "Q4_1": (20, _q4_1), "Q8_0": (34, _q8_0)}  # bytes a block of 32 weights, decoder
 
 
 def dequantize(data: np.ndarray, qtype) -> Tensor:
     """A GGUFReader tensor's `data` of `qtype` (a GGMLQuantizationType) as a new, writable fp32 tensor shaped as
     gguf.quants.dequantize shapes it."""
-    decode = _DECODERS.get(getattr(qtype, "name", ""))
-    if decode is None:
+    entry = _DECODERS.get(getattr(qtype, "name", ""))
+    if entry is None:
         import gguf
 
         return torch.from_numpy(np.array(gguf.quants.dequantize(data, qtype), dtype=np.float32))
-    nbytes = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[qtype.name]
+    nbytes, decode = entry
     *rows, width = data.shape
     if width % nbytes:
         raise ValueError(f"a {qtype.name} row of {width} bytes is not whole blocks of {nbytes}.")
-    return decode(data).reshape(*rows, width // nbytes * 32)
+    return decode(*_blocks(data, nbytes)).reshape(*rows, width // nbytes * 32)
