@@ -38,6 +38,9 @@ def main() -> None:
                     help="prompt and output lengths uniform in [LO, HI] (default 100 300)")
     ap.add_argument("--host-only", action="store_true",
                     help="replays return zero logits at once: the host's work per step without the maths")
+    ap.add_argument("--async-scheduling", action="store_true",
+                    help="launch decode steps ahead of their tokens as a CUDA engine does (EngineConfig."
+                         "async_scheduling); on the CPU nothing overlaps, so this is its bookkeeping's cost")
     ap.add_argument("--out", default="engine_host_cpu")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -51,11 +54,12 @@ def main() -> None:
         ap.error(f"--lengths needs 1 <= LO <= HI <= {cfg.max_position_embeddings // 2}")
     prompts = [[random.randint(0, 1000) for _ in range(random.randint(lo, hi))] for _ in range(n)]
     params = [SamplingParams(temperature=0, max_tokens=random.randint(lo, hi), ignore_eos=True) for _ in range(n)]
-    llm = LLM(Transformer(cfg).eval(), max_num_seqs=n, max_num_batched_tokens=16384, cpu_pack_linears=False)
+    llm = LLM(Transformer(cfg).eval(), max_num_seqs=n, max_num_batched_tokens=16384, cpu_pack_linears=False,
+              async_scheduling=args.async_scheduling)
     graphs = emulate_cuda_graphs(llm.engine.runner)
     if args.host_only:
         zeros = torch.zeros(max(b for b, _ in graphs.graphs), cfg.vocab_size)
-        graphs.replay = lambda b, width, vec, tables: zeros[:b]
+        graphs.replay = lambda b, width, vec, tables, ids=None: zeros[:b]
     llm.generate(prompts[:4], params[:4])
     best, steps = float("inf"), 0
     for _ in range(args.repeats):
@@ -68,7 +72,8 @@ def main() -> None:
     what = "host only" if args.host_only else "maths included"
     print(f"{n} sequences ({what}): {best * 1e3:.2f} ms per step ({steps} steps, best of {args.repeats})")
     write_result(args.out, {"benchmark": "engine_host", "num_seqs": n, "lengths": [lo, hi], "steps": steps,
-                            "host_only": args.host_only, "repeats": args.repeats,
+                            "host_only": args.host_only, "async_scheduling": args.async_scheduling,
+                            "async_steps": llm.engine.async_steps, "repeats": args.repeats,
                             "ms_per_step": round(best * 1e3, 3)})
 
 

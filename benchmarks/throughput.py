@@ -46,9 +46,11 @@ def workload(num_seqs: int, min_len: int, max_len: int, vocab: int) -> tuple[lis
 
 
 def run_stats(before: dict, after: dict) -> dict:
-    """The timed run's engine counters: steps, CUDA-graph replays, preemptions, and where the step time went
-    (host work vs waiting for the device's sampled ids; see LLMEngine.stats)."""
-    d = {k: after[k] - before[k] for k in ("steps", "graph_steps", "preemptions", "step_seconds", "sync_wait_seconds")}
+    """The timed run's engine counters: steps, CUDA-graph replays, steps launched ahead (async scheduling),
+    preemptions, and where the step time went (host work vs waiting for the device's sampled ids; see
+    LLMEngine.stats)."""
+    d = {k: after[k] - before[k] for k in ("steps", "graph_steps", "async_steps", "preemptions", "step_seconds",
+                                           "sync_wait_seconds")}
     d["host_seconds"] = d["step_seconds"] - d["sync_wait_seconds"]
     d = {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
     return {**d, "host_ms_per_step": round(1e3 * d["host_seconds"] / max(1, d["steps"]), 3),
@@ -126,7 +128,7 @@ def main() -> int:
     rows = [["llmlab", n_out, round(dt, 2), result["llmlab"]["output_tok_s"]]]
     st = result["llmlab"]
     print(f"llmlab: {n_out} output tokens in {dt:.2f} s = {n_out / dt:,.1f} tok/s; {st['steps']} steps "
-          f"({st['graph_steps']} graph replays), host {st['host_seconds']:.2f} s ({st['host_ms_per_step']} ms a step), "
+          f"({st['graph_steps']} graph replays, {st['async_steps']} launched ahead), host {st['host_seconds']:.2f} s ({st['host_ms_per_step']} ms a step), "
           f"waiting for the device {st['sync_wait_seconds']:.2f} s", flush=True)
     write_result(args.out, result)  # kept even if a slow reference is stopped before it finishes
     if args.hf:

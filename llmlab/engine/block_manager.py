@@ -66,10 +66,11 @@ class BlockManager:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def hashes(self, seq: Sequence) -> list[bytes]:
-        """Chained hashes of seq's full blocks, memoised on the sequence as it grows."""
-        bs, memo = self.block_size, seq.block_hashes
-        for i in range(len(memo), len(seq.token_ids) // bs):
+    def hashes(self, seq: Sequence, num_tokens: int | None = None) -> list[bytes]:
+        """Chained hashes of seq's full blocks (of its first num_tokens tokens: those known, under async
+        scheduling), memoised on the sequence as it grows."""
+        bs, memo, n = self.block_size, seq.block_hashes, len(seq.token_ids)
+        for i in range(len(memo), (n if num_tokens is None else min(num_tokens, n)) // bs):
             memo.append(block_hash(memo[-1] if memo else b"", seq.token_ids[i * bs:(i + 1) * bs]))
         return memo
 
@@ -119,12 +120,20 @@ class BlockManager:
             return
         bs = self.block_size
         full = min(num_tokens // bs, len(seq.block_table))
-        hashes = self.hashes(seq)
+        hashes = self.hashes(seq, num_tokens)
         for i in range(seq.num_computed_tokens // bs, full):
             b, h = seq.block_table[i], hashes[i]
             if self.hash_of[b] is None and h not in self.cached:
                 self.cached[h] = b
                 self.hash_of[b] = h
+
+    def commit_block(self, seq: Sequence, i: int) -> None:
+        """Register the hash of seq's full block i (async scheduling: once the step that filled it is done and
+        its tokens are known)."""
+        b, h = seq.block_table[i], self.hashes(seq, (i + 1) * self.block_size)[i]
+        if self.hash_of[b] is None and h not in self.cached:
+            self.cached[h] = b
+            self.hash_of[b] = h
 
     def release(self, seq: Sequence) -> None:
         """Drop seq's hold on its blocks (finish, abort or preemption); tail blocks are evicted first."""

@@ -44,6 +44,9 @@ class EngineConfig:
     # CUDA: a decode step of one sequence as five Triton launches a layer, the norms, RoPE, cache write, SiLU and
     # residual adds fused into the matmuls' kernels (kernels/cuda_decode.py; tile sizes timed at start-up)
     cuda_fused_decode: bool = False
+    # launch each decode step before the last one's sampled ids reach the host, so the host's work overlaps the
+    # device's (llm_engine.py); None = where decode steps replay CUDA graphs
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_bs"):
@@ -56,5 +59,7 @@ class EngineConfig:
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer or None, got {value!r}.")
         if self.paged_kernel not in ("auto", "triton", "cpu", "gather"):
             raise ConfigError(f"paged_kernel must be 'auto', 'triton', 'cpu' or 'gather', got {self.paged_kernel!r}.")
+        if self.async_scheduling not in (None, True, False):
+            raise ConfigError(f"async_scheduling must be True, False or None (auto), got {self.async_scheduling!r}.")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")

@@ -9,6 +9,17 @@
 tokens, prefix cache, sampled tokens, token stops) -> detokenize (stop strings) -> outputs.
 The interface is token ids; text is accepted and returned only if a tokenizer was given.
 
+Async scheduling (`async_scheduling`, on by default where decode steps replay CUDA graphs): the
+host's work for a step (scheduling, inputs, outputs, detokenizing) overlaps the device's. A decode
+step is launched and the call returns; the next call plans the step after it while the sampled ids
+are still placeholders, launches it with those ids taken on the device, and only then waits for
+the first step's ids and turns them into outputs. The device always has a step queued, and the
+host's ~0.2-1 ms a step hides behind it. A sequence that stops on a token (EOS, a stop token or
+string) has one wasted row in the step after; sequences ending by length are left out of it in
+advance. Outputs are the same as without (greedy, and seeded sampling); the engine falls back to
+waiting for each step when the next one is not a decode step of the same sequences (requests
+waiting to be admitted, blocks short) or needs the tokens on the host (penalties, logprobs).
+
 Requests are checked when added — empty or out-of-vocabulary prompt, prompt longer than the
 context, a request too large for the whole KV cache, bad sampling parameters — and refused with
 a `RequestError`; the engine and its other requests are untouched. An error inside a step (the
@@ -27,9 +38,9 @@ from dataclasses import dataclass
 
 from llmlab.engine.block_manager import BlockManager
 from llmlab.engine.config import EngineConfig
-from llmlab.engine.model_runner import ModelRunner
+from llmlab.engine.model_runner import InflightStep, ModelRunner
 from llmlab.engine.output import CompletionOutput, Detokenizer, RequestOutput
-from llmlab.engine.scheduler import Scheduler
+from llmlab.engine.scheduler import ScheduledBatch, Scheduler
 from llmlab.engine.sequence import RequestError, SamplingParams, Sequence
 from llmlab.errors import is_int
 from llmlab.model.transformer import Transformer
@@ -71,6 +82,12 @@ class LLMEngine:
         self._params = [(p, p.is_inference()) for p in model.parameters()]  # inference tensors have no version
         self._weights = self._weights_signature()
         self._arrivals = False  # requests added since the last step: check the weights before admitting them
+        async_ok = self.config.async_scheduling
+        # async scheduling where decode steps replay CUDA graphs (elsewhere a step runs inside the call: nothing
+        # to overlap), unless set
+        self.async_scheduling = self.runner.use_graphs if async_ok is None else async_ok
+        self._inflight: InflightStep | None = None  # a decode step launched whose ids the host has not read
+        self.async_steps = 0  # steps launched ahead of the tokens of the step before
         self.step_s = 0.0  # wall time inside step() (stats: with the runner's sync wait, the host's share)
 
     # ---- requests -------------------------------------------------------------------------------
@@ -157,6 +174,8 @@ class LLMEngine:
         `finished_only`, of those that finished: what a caller that does not stream needs, without building an
         output per running request and step)."""
         t0 = time.perf_counter()
+        if self._inflight is not None:
+            return self._step_async(finished_only, t0)
         if self._arrivals:  # before their prefix-cache lookups in schedule()
             self._check_weights()
             self._arrivals = False
@@ -165,38 +184,82 @@ class LLMEngine:
             if len(self.scheduler):  # check_fits guarantees progress; anything else is a bug
                 raise RuntimeError(f"the scheduler made no progress with {len(self.scheduler)} sequences queued")
             return []
+        if self.async_scheduling and self.runner.can_launch(batch):
+            try:  # the step's tokens are read (and its outputs made) by the next call
+                self._inflight = self._launch(batch, None)
+            except BaseException:
+                self._abort_steps(batch)
+                raise
+            self.step_s += time.perf_counter() - t0
+            return []
         try:
             results = self.runner.run(batch)
             self.scheduler.update(batch, {sid: r[0] for sid, r in results.items()})
             self.num_steps += 1
-            now = time.perf_counter()
-            touched: dict[str, _Request] = {}  # requests that progressed (wanted unless finished_only)
-            ended: dict[str, _Request] = {}  # requests one of whose sequences finished in this step
-            requests = self.requests
-            for seq in batch.seqs:
-                r = results.get(seq.seq_id)
-                if r is None:
-                    continue
-                token, logprob, alts = r
-                if logprob is not None:
-                    seq.logprobs.append(alts)
-                    seq.cumulative_logprob += logprob
-                req = requests[seq.request_id]
-                if "first_token" not in req.metrics:
-                    req.metrics["first_token"] = now
-                if not finished_only:
-                    touched[req.request_id] = req
-                if req.detoks is not None:
-                    self._detokenize(seq, req.detoks[seq.index], token)
-                if seq.is_finished:
-                    self.runner.release(seq)
-                    ended[req.request_id] = req
+            return self._outputs(batch, results, finished_only, t0)
         except BaseException:
-            # The step's requests would fail the same way on every later step: drop them (their blocks freed) so
-            # the engine keeps serving the others, and let the caller see the error.
-            for rid in {seq.request_id for seq in batch.seqs}:
-                self.abort(rid)
+            self._abort_steps(batch)
             raise
+
+    def _launch(self, batch: ScheduledBatch, prev: InflightStep | None) -> InflightStep:
+        step = self.runner.launch(batch, prev)
+        step.where = self.scheduler.advance(batch)
+        self.num_steps += 1
+        return step
+
+    def _step_async(self, finished_only: bool, t0: float) -> list[RequestOutput]:
+        """A step with one in flight: launch the next decode step (when the scheduler can plan it without the
+        tokens), then read the in-flight one's tokens and make its outputs."""
+        prev, nxt = self._inflight, None
+        self._inflight = None
+        try:
+            ahead = self.scheduler.schedule_ahead()
+            if ahead is not None:  # prev's sequences or some of them: launchable as prev was
+                nxt = self._launch(ahead, prev)
+                self.async_steps += 1
+            tokens = self.runner.collect(prev)
+            live = [s for s in prev.seqs if not s.is_finished]  # not aborted, nor stopped by the step before
+            self.scheduler.settle(prev.batch, prev.where, tokens)
+            results = {s.seq_id: (t, None, None) for s, t in zip(prev.seqs, tokens)}
+            outputs = self._outputs(prev.batch, results, finished_only, t0, live)
+        except BaseException:
+            self._abort_steps(prev.batch, *([nxt.batch] if nxt is not None else []))
+            raise
+        self._inflight = nxt
+        return outputs
+
+    def _abort_steps(self, *batches) -> None:
+        # The steps' requests would fail the same way on every later step: drop them (their blocks freed) so the
+        # engine keeps serving the others, and let the caller see the error.
+        for rid in {seq.request_id for batch in batches for seq in batch.seqs}:
+            self.abort(rid)
+
+    def _outputs(self, batch: ScheduledBatch, results: dict, finished_only: bool, t0: float,
+                 seqs: list[Sequence] | None = None) -> list[RequestOutput]:
+        """A step's results into its sequences (of `seqs`, default all: logprobs, detokenized text, stops) and
+        RequestOutputs."""
+        now = time.perf_counter()
+        touched: dict[str, _Request] = {}  # requests that progressed (wanted unless finished_only)
+        ended: dict[str, _Request] = {}  # requests one of whose sequences finished in this step
+        requests = self.requests
+        for seq in batch.seqs if seqs is None else seqs:
+            r = results.get(seq.seq_id)
+            if r is None:
+                continue
+            token, logprob, alts = r
+            if logprob is not None:
+                seq.logprobs.append(alts)
+                seq.cumulative_logprob += logprob
+            req = requests[seq.request_id]
+            if "first_token" not in req.metrics:
+                req.metrics["first_token"] = now
+            if not finished_only:
+                touched[req.request_id] = req
+            if req.detoks is not None:
+                self._detokenize(seq, req.detoks[seq.index], token)
+            if seq.is_finished:
+                self.runner.release(seq)
+                ended[req.request_id] = req
         outputs = []
         for req in (ended if finished_only else touched).values():
             finished = req.request_id in ended and all(s.is_finished for s in req.seqs)
@@ -237,9 +300,10 @@ class LLMEngine:
         """Counters since the engine started. step_seconds: wall time in step(); sync_wait_seconds: the part of it
         the host spent waiting for the device's sampled ids (on CUDA the GPU time not hidden behind host work;
         step_seconds minus it is host work: scheduling, inputs, launches, outputs); graph_steps: decode steps
-        that replayed a CUDA graph."""
+        that replayed a CUDA graph; async_steps: steps launched before the tokens of the step before reached the
+        host (async scheduling)."""
         bm = self.block_manager
-        return {"steps": self.num_steps, "graph_steps": self.runner.graph_steps,
+        return {"steps": self.num_steps, "graph_steps": self.runner.graph_steps, "async_steps": self.async_steps,
                 "step_seconds": round(self.step_s, 4), "sync_wait_seconds": round(self.runner.sync_wait_s, 4),
                 "preemptions": self.scheduler.num_preemptions,
                 "free_blocks": bm.num_free_blocks, "num_blocks": bm.num_blocks,

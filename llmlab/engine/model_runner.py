@@ -6,6 +6,9 @@
     run      - one `Transformer.hidden_states(ids, position_ids=..., cache=PagedKVCache)` over the
                whole step; the LM head only on rows whose next token is sampled
     sample   - one batched call (sampler.py); one `.tolist()` per step
+    launch / collect - a decode step queued on the device and its sampled ids read later (async
+               scheduling, llm_engine.py): the rows' input ids may be the last step's sampled ids, taken
+               on the device; on CUDA the ids come back through pinned memory behind an event
 
 Sizing. The cache is `num_blocks` blocks plus one scratch block (the last) that padded rows
 write to and read from; the block manager never hands it out. On CUDA the block count comes from
@@ -313,6 +316,49 @@ class ModelRunner:
         seqs = [batch.seqs[i] for i in sampling]
         return self._sample(seqs, logits)
 
+    # ---- async scheduling: launch a decode step now, read its tokens later ---------------------------------
+
+    def can_launch(self, batch: ScheduledBatch) -> bool:
+        """Whether `batch` can run as an async decode step: decode rows only, every one sampling (the scheduler
+        makes both so for running sequences), in graph shape, without penalties or logprobs (they need the
+        tokens so far, or more than the ids, on the host each step)."""
+        return (self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs)
+                and max(batch.num_tokens) == 1
+                and all(s.num_computed_tokens + 1 == len(s.token_ids) for s in batch.seqs)
+                and not any(s.params.has_penalties or s.params.logprobs is not None for s in batch.seqs))
+
+    @torch.inference_mode()
+    def launch(self, batch: ScheduledBatch, prev: InflightStep | None = None) -> InflightStep:
+        """Queue a decode step (can_launch) on the device and return without waiting for its sampled ids. With
+        `prev` (the step before, still in flight) the rows' input ids are prev's sampled ids, taken on the device:
+        batch.seqs must be prev's sequences or some of them, in the same order (Scheduler.schedule_ahead)."""
+        seqs, ids = batch.seqs, None
+        if prev is not None:
+            ids = prev.tokens
+            if len(seqs) < len(prev.seqs):
+                at = {s.seq_id: i for i, s in enumerate(prev.seqs)}
+                ids = ids[torch.tensor([at[s.seq_id] for s in seqs], device=ids.device)]
+        logits = self._run_decode_padded(seqs, ids)
+        if logits.shape[-1] > self.sample_vocab:
+            logits = logits[:, :self.sample_vocab]
+        tokens = self._sample_on_device(seqs, logits)[0]
+        step = InflightStep(batch, seqs, tokens)
+        if tokens.device.type == "cuda":  # copied to pinned memory behind the step; the host goes on
+            step.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            step.host.copy_(tokens, non_blocking=True)
+            step.done = torch.cuda.Event()
+            step.done.record()
+        return step
+
+    def collect(self, step: InflightStep) -> list[int]:
+        """Wait for a launched step's sampled ids: one per sequence, in batch order."""
+        t0 = time.perf_counter()
+        if step.done is not None:
+            step.done.synchronize()
+        tokens = (step.host if step.host is not None else step.tokens).tolist()
+        self.sync_wait_s += time.perf_counter() - t0
+        return tokens
+
     def _run_direct(self, seqs: list[Sequence]) -> Tensor:
         """A decode-only CPU step through DirectDecode: its input arrays filled in place, then its call loop."""
         self._decode_inputs(seqs, *self.direct.inputs(len(seqs)))
@@ -414,9 +460,11 @@ class ModelRunner:
         tables[:len(seqs)] = self.table_rows.array[held, :width]
         return torch.from_numpy(tables)
 
-    def _run_decode_padded(self, seqs: list[Sequence]) -> Tensor:
+    def _run_decode_padded(self, seqs: list[Sequence], ids: Tensor | None = None) -> Tensor:
         """Decode-only step in graph shape: batch and context padded to buckets (replayed on CUDA). Compiled on
-        CPU, one graph takes every size from 2 up (Dynamo specialises sizes 0 and 1), so both are padded to 2."""
+        CPU, one graph takes every size from 2 up (Dynamo specialises sizes 0 and 1), so both are padded to 2.
+        `ids`: the rows' input ids on the device (async scheduling: the last step's sampled ids, not yet known
+        on the host), in place of their token_ids."""
         rows = self.table_rows.rows(seqs)
         nb = self.table_rows.widest
         if self.compile_cpu:
@@ -438,9 +486,11 @@ class ModelRunner:
             # hold an earlier step's entries). The gather path reads whole rows: a graph per width bucket.
             width = self.graphs.max_nb if self.decode_kernel else nb
             self.graph_steps += 1
-            return self.graphs.replay(b, width, vec, tables)[:n]
-        ids, pos, slot, ctx = vec.to(self.device)
-        return self.decode_call(b)(ids, pos, slot, tables.to(self.device), ctx)[:n]
+            return self.graphs.replay(b, width, vec, tables, ids)[:n]
+        vec = vec.to(self.device)
+        if ids is not None:
+            vec[0, :n] = ids
+        return self.decode_call(b)(*vec[:3], tables.to(self.device), vec[3])[:n]
 
     def decode_call(self, batch: int):
         """The function a decode step of `batch` (padded) rows runs, or its CUDA graph captures: the fused
@@ -458,6 +508,13 @@ class ModelRunner:
     # ---- sampling -------------------------------------------------------------------------------
 
     def _sample(self, seqs: list[Sequence], logits: Tensor):
+        tokens, chosen, top = self._sample_on_device(seqs, logits)
+        t0 = time.perf_counter()
+        tokens = tokens.tolist()  # the step's one device -> host transfer (plus logprobs when asked)
+        self.sync_wait_s += time.perf_counter() - t0
+        return self._results(seqs, tokens, chosen, top)
+
+    def _sample_on_device(self, seqs: list[Sequence], logits: Tensor) -> tuple[Tensor, Tensor | None, tuple | None]:
         # A decode step usually samples the same sequences as the one before: their parameter tensors are reused
         # then, unless penalties (they depend on the tokens so far) are on.
         key = (logits.shape[-1], *[s.seq_id for s in seqs])
@@ -469,11 +526,10 @@ class ModelRunner:
                                           [s.num_prompt_tokens for s in seqs], [self._generator(s) for s in seqs],
                                           logits.shape[-1], logits.device)
             self._last_sampling = sb
-        sb = sb[1]
-        tokens, chosen, top = sample(logits, sb, self.shared_generator)
-        t0 = time.perf_counter()
-        tokens = tokens.tolist()  # the step's one device -> host transfer (plus logprobs when asked)
-        self.sync_wait_s += time.perf_counter() - t0
+        return sample(logits, sb[1], self.shared_generator)
+
+    def _results(self, seqs: list[Sequence], tokens: list[int], chosen: Tensor | None, top: tuple | None):
+        """{seq_id: (token, logprob, top logprobs)} from a step's sampled ids (and logprobs when asked)."""
         if chosen is None:
             return {s.seq_id: (t, None, None) for s, t in zip(seqs, tokens)}
         chosen = chosen.tolist()
@@ -503,6 +559,18 @@ class ModelRunner:
         """Forget per-sequence state (its generator, its block table row) once it has finished."""
         self.generators.pop(seq.seq_id, None)
         self.table_rows.release(seq.seq_id)
+
+
+class InflightStep:
+    """A decode step launched on the device whose sampled ids the host has not read yet (async scheduling)."""
+
+    __slots__ = ("batch", "seqs", "tokens", "host", "done", "where")
+
+    def __init__(self, batch: ScheduledBatch, seqs: list[Sequence], tokens: Tensor):
+        self.batch, self.seqs, self.tokens = batch, seqs, tokens  # tokens: (len(seqs),) on the device
+        self.host: Tensor | None = None  # CUDA: pinned copy of tokens, ready when `done` has passed
+        self.done: torch.cuda.Event | None = None
+        self.where: list[int] = []  # index in each sequence's token_ids of its token (Scheduler.advance)
 
 
 def window_mask(mask: Tensor, past: int, window: int | None) -> Tensor:
@@ -637,10 +705,13 @@ class _DecodeGraphs:
         ids, pos, slot, ctx = self.vec[:, :b]
         return [ids, pos, slot, self.tables[:b, :nb], ctx]
 
-    def replay(self, b: int, nb: int, vec: Tensor, tables: Tensor) -> Tensor:
+    def replay(self, b: int, nb: int, vec: Tensor, tables: Tensor, ids: Tensor | None = None) -> Tensor:
         """Run the graph of batch `b` and table width `nb` on `vec` (4, b) (ids, positions, slots, contexts) and
-        `tables` (b, <= nb): two copies to the device, then the replay."""
+        `tables` (b, <= nb): two copies to the device, then the replay. `ids` (on the device) replace the first
+        len(ids) ids of vec."""
         self.vec[:, :b].copy_(vec, non_blocking=True)
+        if ids is not None:
+            self.vec[0, :len(ids)].copy_(ids)
         self.tables[:b, :tables.shape[1]].copy_(tables, non_blocking=True)
         if (b, nb) not in self.graphs:
             self.graphs[(b, nb)] = self._capture(self._static(b, nb))

@@ -20,6 +20,13 @@ Blocks a step will fill are registered in the prefix cache when it is scheduled 
 says why that is safe). `update` applies a step's results: computed counts, sampled tokens, and stops by token (EOS / stop_token_ids), `max_tokens` and `max_model_len`.
 Stop *strings* need text, so the engine detects them and calls `finish`.
 
+Async scheduling (llm_engine.py): a decode step may be launched before the last one's sampled
+tokens reach the host. `advance` books a launched step at once (computed counts, a PLACEHOLDER for
+each token it samples), `schedule_ahead` plans the next decode step of the same sequences while the
+placeholders stand (or says it cannot: a queue to admit, blocks short, a sequence mid-prefill), and
+`settle` puts the tokens in their places and applies the stops `update` would. Blocks that hold a
+placeholder are registered in the prefix cache by `settle`, once their tokens are known.
+
 Not here: torch. Reference: vLLM v1 `core/sched/scheduler.py`; nano-vllm `engine/scheduler.py`.
 """
 
@@ -30,6 +37,8 @@ from dataclasses import dataclass, field
 
 from llmlab.engine.block_manager import BlockManager
 from llmlab.engine.sequence import RequestError, Sequence, SequenceStatus
+
+PLACEHOLDER = -1  # the token of a launched step whose sampled ids have not reached the host yet (never an id)
 
 
 @dataclass(slots=True)
@@ -162,10 +171,75 @@ class Scheduler:
                 finished.append(seq)
         return finished
 
+    # ---- async scheduling -------------------------------------------------------------------------
+
+    def advance(self, batch: ScheduledBatch) -> list[int]:
+        """Book a step launched before its tokens are known: its computed tokens, and a PLACEHOLDER where each
+        sampled token goes. Returns, per sequence of the batch, the index of its token (-1 if it samples none)."""
+        where = []
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            seq.num_computed_tokens += n
+            ids = seq.token_ids
+            if seq.num_computed_tokens == len(ids):
+                where.append(len(ids))
+                ids.append(PLACEHOLDER)
+            else:
+                where.append(-1)
+        return where
+
+    def schedule_ahead(self) -> ScheduledBatch | None:
+        """The next step while the last one's tokens are still placeholders: one decode token for every running
+        sequence that will not end by length on its placeholder, or None when that is not the step schedule()
+        would make (sequences waiting to be admitted, a sequence mid-prefill, blocks short: then the engine waits
+        for the tokens and schedules as usual). Its blocks are grown now; their prefix-cache entries wait for the
+        tokens (`settle`)."""
+        if self.waiting or not self.running:
+            return None
+        bs, max_len = self.bm.block_size, self.max_model_len
+        seqs, grow = [], []  # (~1 us a sequence: the loop is kept lean)
+        for seq in self.running:
+            ids = seq.token_ids
+            n = len(ids)
+            if n - seq.num_computed_tokens != 1 or ids[-1] != PLACEHOLDER:
+                return None
+            if n >= max_len or n - seq.num_prompt_tokens >= seq.params.max_tokens:
+                continue  # its placeholder is its last token: it ends when that token is known
+            if n > len(seq.block_table) * bs:  # its row (position n - 1) starts a block
+                grow.append(seq)
+            seqs.append(seq)
+        if not seqs or len(grow) > self.bm.num_free_blocks or len(seqs) > self.max_num_batched_tokens:
+            return None
+        for seq in grow:
+            self.bm.grow(seq, len(seq.token_ids))
+        return ScheduledBatch(seqs, [1] * len(seqs))
+
+    def settle(self, batch: ScheduledBatch, where: list[int], tokens: list[int]) -> None:
+        """A launched step's sampled tokens (one per sequence of the batch, in its order; entries of those that
+        sample none are ignored) into the places `advance` kept, with update()'s stops; register the prefix-cache
+        blocks its rows filled now that their tokens are known. Sequences finished meanwhile (aborted, or stopped
+        by the step before: this step's row of it was wasted) are skipped."""
+        bs, max_len, cache = self.bm.block_size, self.max_model_len, self.bm.enable_prefix_caching
+        finished = SequenceStatus.FINISHED
+        for seq, i, token in zip(batch.seqs, where, tokens):
+            if i < 0 or seq.status is finished:
+                continue
+            ids = seq.token_ids
+            ids[i] = token
+            if cache and i % bs == 0 and i > 0:  # the step's row wrote position i - 1, the last of a block
+                self.bm.commit_block(seq, i // bs - 1)
+            if token in seq.stop_token_ids:
+                self.finish(seq, "stop", token)
+            elif i + 1 >= max_len or i + 1 - seq.num_prompt_tokens >= seq.params.max_tokens:
+                self.finish(seq, "length")
+
     def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
-        """End a sequence (stop, length or abort) and return its blocks; safe to call twice."""
+        """End a sequence (stop, length or abort) and return its blocks; safe to call twice. Tokens of steps still
+        in flight (placeholders) are dropped."""
         if seq.is_finished:
             return
+        ids = seq.token_ids
+        while ids[-1] == PLACEHOLDER:
+            ids.pop()
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
         else:

@@ -1,0 +1,271 @@
+"""Async scheduling: decode steps launched before the last step's tokens reach the host give the outputs of the
+engine that waits for every step — greedy, seeded sampling, stops by token, string and length, n > 1, aborts
+while a step is in flight, preemption, new arrivals, prefix caching of blocks filled while tokens were unknown.
+
+On CPU the steps run inside the call (nothing overlaps), but the bookkeeping is the one CUDA runs: placeholders,
+steps planned ahead, ids taken from the last step's sampled tensor, wasted rows, deferred prefix-cache entries.
+The engines run through emulated CUDA-graph replays (engine/emulated_graphs.py), as on a GPU, or the padded path.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from llmlab import ModelConfig, Transformer
+from llmlab.engine import SamplingParams
+from llmlab.engine.block_manager import BlockManager, block_hash
+from llmlab.engine.config import EngineConfig
+from llmlab.engine.emulated_graphs import emulate_cuda_graphs
+from llmlab.engine.llm_engine import LLMEngine
+from llmlab.engine.scheduler import PLACEHOLDER, Scheduler
+from llmlab.engine.sequence import RequestError, Sequence
+from llmlab.tokenizer import train_bpe
+
+CFG = ModelConfig(vocab_size=64, hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=96,
+                  max_position_embeddings=128)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Transformer(CFG).eval()
+
+
+def engine(model, async_on: bool, graphs: bool = True, tokenizer=None, **options) -> LLMEngine:
+    options = {"block_size": 4, "cpu_pack_linears": False, **options}
+    e = LLMEngine(model, tokenizer, EngineConfig(async_scheduling=async_on, **options), pad_decode=True)
+    if graphs:
+        emulate_cuda_graphs(e.runner)
+    return e
+
+
+def drain(e: LLMEngine, actions=None) -> dict[str, list[tuple]]:
+    """Step until done; actions {call number: fn(engine)} run before that call. Returns each request's
+    completions as (token ids, finish reason, stop reason, text), and checks the block accounting at every step."""
+    out, calls = {}, 0
+    while e.has_unfinished_requests():
+        if actions and calls in actions:
+            actions[calls](e)
+        for o in e.step():
+            if o.finished:
+                out[o.request_id] = [(c.token_ids, c.finish_reason, c.stop_reason, c.text) for c in o.outputs]
+        calls += 1
+        live = list(e.scheduler.running) + list(e.scheduler.waiting)
+        e.block_manager.check_invariants(live)
+        assert all(PLACEHOLDER not in c.token_ids for r in e.requests.values() for s in r.seqs
+                   for c in [s] if s.is_finished)
+        assert calls < 2000
+    assert e.block_manager.num_free_blocks == e.block_manager.num_blocks  # nothing leaked
+    return out
+
+
+PROMPTS = [list(range(1, 1 + n)) for n in (3, 9, 14, 22)]
+
+
+def requests(stop_tokens: dict[int, int] | None = None) -> list[tuple[str, list[int], SamplingParams]]:
+    """Greedy of several lengths, seeded sampling with n = 2, and (given) greedy ones that stop on a token."""
+    stop_tokens = stop_tokens or {}
+    reqs = [(f"g{i}", p, SamplingParams(temperature=0, max_tokens=6 + 5 * i, ignore_eos=True,
+                                        stop_token_ids=[stop_tokens[i]] if i in stop_tokens else []))
+            for i, p in enumerate(PROMPTS)]
+    reqs.append(("s", PROMPTS[1], SamplingParams(temperature=0.9, top_p=0.9, seed=7, n=2, max_tokens=13,
+                                                  ignore_eos=True)))
+    return reqs
+
+
+def run(model, async_on: bool, reqs, actions=None, **options):
+    e = engine(model, async_on, **options)
+    for rid, p, sp in reqs:
+        e.add_request(rid, p, sp)
+    return drain(e, actions), e
+
+
+def stop_tokens_from(out) -> dict[int, int]:
+    """A token each greedy request produces mid-way (its first occurrence there): stopping on it ends it early."""
+    stops = {}
+    for i in range(len(PROMPTS)):
+        ids = out[f"g{i}"][0][0]
+        for k in range(2, len(ids) - 1):
+            if ids[k] not in ids[:k]:
+                stops[i] = ids[k]
+                break
+    return stops
+
+
+@pytest.mark.parametrize("graphs", [True, False], ids=["emulated graphs", "padded"])
+def test_async_steps_give_the_outputs_of_the_waiting_engine(model, graphs):
+    base, _ = run(model, False, requests(), graphs=graphs)
+    reqs = requests(stop_tokens_from(base))  # greedy requests that stop on a token mid-way: a wasted row each
+    want, sync_engine = run(model, False, reqs, graphs=graphs)
+    got, e = run(model, True, reqs, graphs=graphs)
+    assert got == want
+    assert any(c[1] == "stop" for r in want.values() for c in r) and any(c[1] == "length" for r in want.values()
+                                                                         for c in r)
+    # every decode step after the first was launched ahead (the prefill and the first decode step wait)
+    assert e.async_steps == e.num_steps - 2 > 15 and sync_engine.async_steps == 0
+    # the same blocks are in the prefix cache (entries deferred until their tokens were known, not lost)
+    assert set(e.block_manager.cached) == set(sync_engine.block_manager.cached)
+
+
+@pytest.mark.parametrize("block_size", [4, 1])  # with 1, every step fills a block while the next token is unknown
+def test_blocks_filled_while_tokens_were_placeholders_serve_later_prompts(model, block_size):
+    """Blocks filled by decode steps planned ahead are registered with their real tokens: a later prompt that
+    repeats a finished request's prompt and output hits them, as in the waiting engine."""
+    first = ("a", PROMPTS[2], SamplingParams(temperature=0, max_tokens=17, ignore_eos=True))
+    cached = {}
+    for async_on in (False, True):
+        e = engine(model, async_on, block_size=block_size)
+        e.add_request(*first)
+        ids = drain(e)["a"][0][0]
+        e.add_request("b", PROMPTS[2] + ids + [5], SamplingParams(temperature=0, max_tokens=3))
+        while e.has_unfinished_requests():
+            for o in e.step():
+                if o.finished:
+                    cached[async_on] = (o.num_cached_tokens, o.outputs[0].token_ids)
+    assert cached[True] == cached[False] and cached[True][0] >= 28  # 14 prompt + 17 output tokens: 7 full blocks
+
+
+def test_abort_while_a_step_is_in_flight(model):
+    reqs = requests()
+
+    def abort_when_in_flight(e):
+        assert e._inflight is not None
+        assert e.abort("g2") and e.abort("s")
+
+    actions = {6: abort_when_in_flight}
+    want, _ = run(model, False, [r for r in reqs if r[0] not in ("g2", "s")])
+    got, e = run(model, True, reqs, actions)
+    assert got == want and e.async_steps > 0
+
+
+def test_preemption_and_arrivals_fall_back_and_give_the_same_outputs(model):
+    """A cache too small for every sequence at once (preemption by recompute) and requests arriving while a step
+    is in flight: the engine waits for the tokens where it must and the outputs do not change."""
+    reqs = requests()
+    late = [("late0", [9, 8, 7, 6, 5], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)),
+            ("late1", PROMPTS[3][:10], SamplingParams(temperature=0, max_tokens=9, ignore_eos=True))]
+
+    def arrive(e):
+        for r in late:
+            e.add_request(*r)
+
+    want, sync_engine = run(model, False, reqs, {8: arrive}, num_blocks=20)
+    got, e = run(model, True, reqs, {8: arrive}, num_blocks=20)
+    assert got == want and set(got) == {*(r[0] for r in reqs), "late0", "late1"}
+    assert e.scheduler.num_preemptions > 0 and e.async_steps > 0
+
+
+def test_penalties_and_logprobs_wait_for_each_step(model):
+    reqs = [("p", PROMPTS[1], SamplingParams(temperature=0, max_tokens=10, repetition_penalty=1.3, ignore_eos=True)),
+            ("l", PROMPTS[2], SamplingParams(temperature=0, max_tokens=10, logprobs=2, ignore_eos=True))]
+    for r in reqs:
+        want, _ = run(model, False, [r])
+        got, e = run(model, True, [r])
+        assert got == want and e.async_steps == 0 and e.runner.graph_steps > 0
+
+
+def test_stop_strings_end_async_requests_where_the_waiting_engine_does():
+    text = "the quick brown fox jumps over the lazy dog; the end. " * 3
+    tok = train_bpe([text * 10], vocab_size=300, progress=False)
+    torch.manual_seed(1)
+    m = Transformer(ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                max_position_embeddings=128)).eval()
+    free = drain(_with(engine(m, False, tokenizer=tok), "The quick", SamplingParams(temperature=0, max_tokens=20)))
+    full = free["r"][0][3]
+    stop = full[len(full) // 2:len(full) // 2 + 2]  # two characters from the middle of the output
+    params = SamplingParams(temperature=0, max_tokens=20, stop=[stop])
+    want = drain(_with(engine(m, False, tokenizer=tok), "The quick", params))
+    e = _with(engine(m, True, tokenizer=tok), "The quick", params)
+    got = drain(e)
+    assert got == want and want["r"][0][1] == "stop" and want["r"][0][2] == stop and e.async_steps > 0
+
+
+def _with(e: LLMEngine, prompt, params) -> LLMEngine:
+    e.add_request("r", prompt, params)
+    return e
+
+
+def test_async_scheduling_defaults_to_the_cuda_graph_path_and_is_validated(model):
+    from llmlab.errors import ConfigError
+
+    assert LLMEngine(model, None, EngineConfig(block_size=4, cpu_pack_linears=False)).async_scheduling is False
+    assert engine(model, None).async_scheduling is False  # emulated graphs after the fact: the CPU default stays
+    with pytest.raises(ConfigError, match="async_scheduling must be True, False or None"):
+        EngineConfig(async_scheduling="yes")
+
+
+# ---- the scheduler's side, as a property: any interleaving of launches, steps planned ahead and aborts ----------
+
+ADD = st.tuples(st.just("add"), st.lists(st.sampled_from([0, 1, 1, 2]), min_size=1, max_size=10), st.integers(1, 9))
+OPS = st.lists(st.one_of(ADD, ADD, st.tuples(st.just("step"), st.integers(1, 6)),
+                         st.tuples(st.just("abort"), st.integers(0, 50))), min_size=8, max_size=40)
+
+
+def fake_step(sched: Scheduler, inflight, rng):
+    """One engine step without a model, as LLMEngine.step runs it with async scheduling: with nothing in flight,
+    schedule and launch a decode-only step (else run it at once); with a step in flight, plan the next one ahead
+    when the scheduler can, then settle the in-flight one with random tokens (0 is a stop token)."""
+    if inflight is None:
+        batch = sched.schedule()
+        if batch.seqs and max(batch.num_tokens) == 1 and all(batch.samples(i) for i in range(len(batch))):
+            return batch, sched.advance(batch)
+        sched.update(batch, {s.seq_id: rng.randrange(3) for i, s in enumerate(batch.seqs) if batch.samples(i)})
+        return None
+    ahead = sched.schedule_ahead()
+    batch, where = inflight
+    if ahead is not None:  # the runner takes its ids from the in-flight step's: its sequences, in their order
+        assert [s for s in batch.seqs if s in ahead.seqs] == ahead.seqs
+    nxt = (ahead, sched.advance(ahead)) if ahead is not None else None
+    sched.settle(batch, where, [rng.randrange(3) for _ in batch.seqs])
+    return nxt
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=OPS, num_blocks=st.integers(5, 12), block_size=st.sampled_from([1, 2, 4]), budget=st.integers(1, 24),
+       max_num_seqs=st.integers(1, 6), caching=st.sampled_from([True, True, False]), seed=st.integers(0, 2**16))
+def test_scheduler_property_under_async_steps(ops, num_blocks, block_size, budget, max_num_seqs, caching, seed):
+    """Block accounting holds after every step; every request ends (no stall); nothing leaks; finished sequences
+    hold no placeholder and the right number of tokens; every memoised block hash is the hash of real tokens."""
+    rng = random.Random(seed)
+    bm = BlockManager(num_blocks, block_size, enable_prefix_caching=caching)
+    sched = Scheduler(bm, max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=40)
+    seqs, inflight, ahead = [], None, 0
+    for op in [*ops, ("step", 3000)]:  # then drain
+        if op[0] == "add":
+            s = Sequence("r", list(op[1]), SamplingParams(max_tokens=op[2]), eos_token_ids=frozenset({0}))
+            try:
+                sched.add(s)
+            except RequestError:
+                continue
+            seqs.append(s)
+        elif op[0] == "abort":
+            if seqs:
+                sched.finish(seqs[op[1] % len(seqs)], "abort")
+        else:
+            for _ in range(op[1]):
+                if not len(sched) and inflight is None:
+                    break
+                was = inflight
+                inflight = fake_step(sched, inflight, rng)
+                ahead += was is not None and inflight is not None
+                bm.check_invariants(list(sched.running) + list(sched.waiting))
+    assert not len(sched) and inflight is None, "the scheduler stalled with work queued"
+    assert all(r == 0 for r in bm.ref_count) and bm.num_free_blocks == bm.num_blocks
+    for s in seqs:
+        out = s.output_token_ids
+        assert PLACEHOLDER not in s.token_ids
+        if s.finish_reason == "length":
+            assert len(out) == s.params.max_tokens and 0 not in out
+        elif s.finish_reason == "stop":
+            assert out[-1] == 0 and 0 not in out[:-1] and len(out) <= s.params.max_tokens
+        chain = b""
+        for i, h in enumerate(s.block_hashes):  # memo of a sequence that may since have been preempted
+            chain = block_hash(chain, s.token_ids[i * block_size:(i + 1) * block_size])
+            assert h == chain
+    event(f"steps planned ahead: {ahead > 0}")
+    event(f"preempted: {sched.num_preemptions > 0}")
