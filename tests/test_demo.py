@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end(tmp_path):
     earlier.mkdir(parents=True)
     (earlier / "trainer_state.json").write_text('{"step": 9999}')
     proc = subprocess.run([sys.executable, "-m", "llmlab", "demo", "--corpus", str(corpus), "--out", str(out),
-                           "--steps", "40", "--vocab-size", "384"], capture_output=True, text=True, timeout=600)
+                           "--steps", "20", "--vocab-size", "384"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["val_loss"] < math.log(summary["vocab_size"]) - 0.3  # learned beyond uniform in a few steps
@@ -33,7 +33,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (out / "loss.png").stat().st_size > 10_000
     assert (out / "tokenizer" / "tokenizer.json").is_file()
     assert "Next steps:" in proc.stdout and "llmlab generate --model" in proc.stdout
-    assert sorted(d.name for d in (out / "train" / "checkpoints").iterdir()) == ["step-000040"]
+    assert sorted(d.name for d in (out / "train" / "checkpoints").iterdir()) == ["step-000020"]
 
 
 def test_demo_refuses_a_corpus_too_small_for_a_validation_split(tmp_path, capsys):
