@@ -53,7 +53,8 @@ def drain(e: LLMEngine, actions=None) -> dict[str, list[tuple]]:
             actions[calls](e)
         for o in e.step():
             if o.finished:
-                out[o.request_id] = [(c.token_ids, c.finish_reason, c.stop_reason, c.text) for c in o.outputs]
+                out[o.request_id] = [(c.token_ids, c.finish_reason, c.stop_reason, c.text, c.logprobs,
+                                      c.cumulative_logprob) for c in o.outputs]
         calls += 1
         live = list(e.scheduler.running) + list(e.scheduler.waiting)
         e.block_manager.check_invariants(live)
@@ -160,13 +161,22 @@ def test_preemption_and_arrivals_fall_back_and_give_the_same_outputs(model):
     assert e.scheduler.num_preemptions > 0 and e.async_steps > 0
 
 
-def test_penalties_and_logprobs_wait_for_each_step(model):
-    reqs = [("p", PROMPTS[1], SamplingParams(temperature=0, max_tokens=10, repetition_penalty=1.3, ignore_eos=True)),
-            ("l", PROMPTS[2], SamplingParams(temperature=0, max_tokens=10, logprobs=2, ignore_eos=True))]
-    for r in reqs:
-        want, _ = run(model, False, [r])
-        got, e = run(model, True, [r])
-        assert got == want and e.async_steps == 0 and e.runner.graph_steps > 0
+def test_penalties_and_logprobs_under_async_steps(model):
+    """Penalties count the in-flight token on the device, logprobs come back with the ids: the same tokens and
+    logprobs as the waiting engine, with a sequence dropping out (so the next step takes a subset of rows)."""
+    reqs = [("p", PROMPTS[1], SamplingParams(temperature=0, max_tokens=14, repetition_penalty=1.8, ignore_eos=True)),
+            ("f", PROMPTS[3], SamplingParams(temperature=0.8, seed=3, max_tokens=16, presence_penalty=1.5,
+                                             frequency_penalty=0.7, ignore_eos=True)),
+            ("l", PROMPTS[2], SamplingParams(temperature=0, max_tokens=9, logprobs=2, ignore_eos=True)),
+            ("g", PROMPTS[0], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))]
+    want, _ = run(model, False, reqs)
+    got, e = run(model, True, reqs)
+    assert got == want and e.async_steps == e.num_steps - 2
+    plain, _ = run(model, False, [(r, p, SamplingParams(temperature=sp.temperature, seed=sp.seed,
+                                                       max_tokens=sp.max_tokens, ignore_eos=True))
+                                  for r, p, sp in reqs[:2]])
+    assert all(plain[r][0][0] != want[r][0][0] for r in ("p", "f"))  # the penalties did change the tokens
+    assert len(want["l"][0][4]) == 9 and all(len(alts) >= 2 for alts in want["l"][0][4])
 
 
 def test_stop_strings_end_async_requests_where_the_waiting_engine_does():

@@ -6,7 +6,9 @@
     ModelRunner, sampler       the torch side: one flattened forward per step, batched sampling
 
 Data flow per step: scheduler.schedule -> model_runner.run (model over PagedKVCache, sampler)
--> scheduler.update -> detokenizer (stop strings) -> RequestOutput.
+-> scheduler.update -> detokenizer (stop strings) -> RequestOutput. With async scheduling (CUDA
+graphs): scheduler.schedule_ahead -> model_runner.launch (the next step, its ids on the device)
+-> model_runner.collect (this step's ids) -> scheduler.settle -> detokenizer -> RequestOutput.
 """
 
 from llmlab.engine.config import EngineConfig

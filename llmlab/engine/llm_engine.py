@@ -18,7 +18,8 @@ host's ~0.2-1 ms a step hides behind it. A sequence that stops on a token (EOS, 
 string) has one wasted row in the step after; sequences ending by length are left out of it in
 advance. Outputs are the same as without (greedy, and seeded sampling); the engine falls back to
 waiting for each step when the next one is not a decode step of the same sequences (requests
-waiting to be admitted, blocks short) or needs the tokens on the host (penalties, logprobs).
+waiting to be admitted, blocks short). Logprobs travel back with the ids; penalties count the
+in-flight token on the device.
 
 Requests are checked when added — empty or out-of-vocabulary prompt, prompt longer than the
 context, a request too large for the whole KV cache, bad sampling parameters — and refused with
@@ -217,10 +218,9 @@ class LLMEngine:
             if ahead is not None:  # prev's sequences or some of them: launchable as prev was
                 nxt = self._launch(ahead, prev)
                 self.async_steps += 1
-            tokens = self.runner.collect(prev)
+            tokens, results = self.runner.collect(prev)
             live = [s for s in prev.seqs if not s.is_finished]  # not aborted, nor stopped by the step before
             self.scheduler.settle(prev.batch, prev.where, tokens)
-            results = {s.seq_id: (t, None, None) for s, t in zip(prev.seqs, tokens)}
             outputs = self._outputs(prev.batch, results, finished_only, t0, live)
         except BaseException:
             self._abort_steps(prev.batch, *([nxt.batch] if nxt is not None else []))

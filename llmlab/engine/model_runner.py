@@ -320,12 +320,10 @@ class ModelRunner:
 
     def can_launch(self, batch: ScheduledBatch) -> bool:
         """Whether `batch` can run as an async decode step: decode rows only, every one sampling (the scheduler
-        makes both so for running sequences), in graph shape, without penalties or logprobs (they need the
-        tokens so far, or more than the ids, on the host each step)."""
+        makes both so for running sequences), in graph shape."""
         return (self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs)
                 and max(batch.num_tokens) == 1
-                and all(s.num_computed_tokens + 1 == len(s.token_ids) for s in batch.seqs)
-                and not any(s.params.has_penalties or s.params.logprobs is not None for s in batch.seqs))
+                and all(s.num_computed_tokens + 1 == len(s.token_ids) for s in batch.seqs))
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch, prev: InflightStep | None = None) -> InflightStep:
@@ -341,23 +339,28 @@ class ModelRunner:
         logits = self._run_decode_padded(seqs, ids)
         if logits.shape[-1] > self.sample_vocab:
             logits = logits[:, :self.sample_vocab]
-        tokens = self._sample_on_device(seqs, logits)[0]
+        tokens, chosen, top = self._sample_on_device(seqs, logits, ids)
         step = InflightStep(batch, seqs, tokens)
+        out = [tokens, chosen, *(top or (None, None))]  # ids, and their logprobs and top alternatives if asked
         if tokens.device.type == "cuda":  # copied to pinned memory behind the step; the host goes on
-            step.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            step.host.copy_(tokens, non_blocking=True)
+            step.out = [None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
+                t, non_blocking=True) for t in out]
             step.done = torch.cuda.Event()
             step.done.record()
+        else:
+            step.out = out
         return step
 
-    def collect(self, step: InflightStep) -> list[int]:
-        """Wait for a launched step's sampled ids: one per sequence, in batch order."""
+    def collect(self, step: InflightStep) -> tuple[list[int], dict]:
+        """Wait for a launched step's sampled ids: (one per sequence in batch order, {seq_id: (token, logprob,
+        top logprobs)} as run() gives)."""
         t0 = time.perf_counter()
         if step.done is not None:
             step.done.synchronize()
-        tokens = (step.host if step.host is not None else step.tokens).tolist()
+        tokens, chosen, top_v, top_i = step.out
+        tokens = tokens.tolist()
         self.sync_wait_s += time.perf_counter() - t0
-        return tokens
+        return tokens, self._results(step.seqs, tokens, chosen, (top_v, top_i) if top_v is not None else None)
 
     def _run_direct(self, seqs: list[Sequence]) -> Tensor:
         """A decode-only CPU step through DirectDecode: its input arrays filled in place, then its call loop."""
@@ -514,17 +517,22 @@ class ModelRunner:
         self.sync_wait_s += time.perf_counter() - t0
         return self._results(seqs, tokens, chosen, top)
 
-    def _sample_on_device(self, seqs: list[Sequence], logits: Tensor) -> tuple[Tensor, Tensor | None, tuple | None]:
+    def _sample_on_device(self, seqs: list[Sequence], logits: Tensor,
+                          last: Tensor | None = None) -> tuple[Tensor, Tensor | None, tuple | None]:
+        """`last`: each sequence's last token on the device, its token_ids ending in a placeholder (async)."""
         # A decode step usually samples the same sequences as the one before: their parameter tensors are reused
         # then, unless penalties (they depend on the tokens so far) are on.
         key = (logits.shape[-1], *[s.seq_id for s in seqs])
         sb = self._last_sampling if self._last_sampling is not None and self._last_sampling[0] == key else None
         if sb is None or sb[1].seen is not None:
             params = [s.params for s in seqs]
-            penalties = any(p.has_penalties for p in params)
-            sb = key, SamplingBatch.build(params, [s.token_ids for s in seqs] if penalties else [],
-                                          [s.num_prompt_tokens for s in seqs], [self._generator(s) for s in seqs],
-                                          logits.shape[-1], logits.device)
+            tokens = []
+            if any(p.has_penalties for p in params):
+                tokens = [s.token_ids if last is None else s.token_ids[:-1] for s in seqs]
+            sb = key, SamplingBatch.build(params, tokens, [s.num_prompt_tokens for s in seqs],
+                                          [self._generator(s) for s in seqs], logits.shape[-1], logits.device)
+            if last is not None and sb[1].seen is not None:  # the tokens known only on the device, counted there
+                sb[1].add_output_tokens(last)
             self._last_sampling = sb
         return sample(logits, sb[1], self.shared_generator)
 
@@ -564,11 +572,12 @@ class ModelRunner:
 class InflightStep:
     """A decode step launched on the device whose sampled ids the host has not read yet (async scheduling)."""
 
-    __slots__ = ("batch", "seqs", "tokens", "host", "done", "where")
+    __slots__ = ("batch", "seqs", "tokens", "out", "done", "where")
 
     def __init__(self, batch: ScheduledBatch, seqs: list[Sequence], tokens: Tensor):
         self.batch, self.seqs, self.tokens = batch, seqs, tokens  # tokens: (len(seqs),) on the device
-        self.host: Tensor | None = None  # CUDA: pinned copy of tokens, ready when `done` has passed
+        # ids, logprobs, top logprobs, top ids (None where not asked); on CUDA pinned copies, ready after `done`
+        self.out: list[Tensor | None] = []
         self.done: torch.cuda.Event | None = None
         self.where: list[int] = []  # index in each sequence's token_ids of its token (Scheduler.advance)
 

@@ -96,6 +96,13 @@ class SamplingBatch:
         )
 
 
+    def add_output_tokens(self, tokens: Tensor) -> None:
+        """Count one more output token per row, (B,) on the device (async scheduling: the last step's ids, not
+        yet on the host), as if `build` had been given it; rows without penalties ignore seen and counts."""
+        self.seen = self.seen.scatter(1, tokens[:, None], True)
+        self.counts = self.counts.scatter_add(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=torch.float))
+
+
 def apply_penalties(logits: Tensor, sb: SamplingBatch) -> Tensor:
     if sb.seen is None:
         return logits
