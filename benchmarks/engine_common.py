@@ -174,6 +174,27 @@ def replay_ms(graph: torch.cuda.CUDAGraph, iters: int = 50) -> float:
     return replay_us(graph, iters) / 1e3
 
 
+def fill_decode_step(runner, batch: int, context: int):
+    """Point the static inputs of the captured decode graph of `batch` rows at `context` tokens each, in distinct
+    real KV blocks, with every new token written to the scratch block only; return that graph, or None when the
+    engine has no such graph (no CUDA graphs, the gather path, a bucket not captured) or too few blocks. Replaying
+    it times a decode step at that size without disturbing any cache contents (the K/V it reads are whatever the
+    blocks hold)."""
+    graphs = runner.graphs
+    bs, nblk = runner.block_size, -(-context // runner.block_size)
+    key = (batch, graphs.max_nb) if graphs is not None else None
+    if key not in getattr(graphs, "graphs", {}) or not runner.decode_kernel or batch * nblk > runner.num_blocks \
+            or nblk > graphs.max_nb:
+        return None
+    ids, pos, slot, ctx = graphs.vec[:, :batch]
+    ids.fill_(0)
+    pos.fill_(context - 1)
+    slot.fill_(runner.scratch * bs)
+    ctx.fill_(context)
+    graphs.tables[:batch, :nblk] = torch.arange(batch * nblk, device=graphs.tables.device).view(batch, nblk)
+    return graphs.graphs[key][0]
+
+
 def read_bandwidth(nbytes: int = 2 << 30) -> float:
     """Bytes/s a CUDA card reads: a full-tensor sum of `nbytes` of bf16, in a CUDA graph, best of 10."""
     x = torch.ones(nbytes // 2, dtype=torch.bfloat16, device="cuda")

@@ -4,7 +4,10 @@ Workload (as nano-vllm's bench.py): `random.seed(0)`; 256 sequences; each prompt
 randint(100, 1024) random ids in [0, 10000]; each output is randint(100, 1024) tokens,
 temperature 0.6, ignore_eos. Model: a Qwen3-0.6B shape with random weights, bf16 on CUDA.
 
-Reported: output tokens/s (all requested output tokens / wall time, prefill included).
+Reported: output tokens/s (all requested output tokens / wall time, prefill included), the
+engine's counters (steps, graph replays, steps launched ahead, host time vs waiting for the GPU),
+and on CUDA the GPU's own time for one decode step's graph at 256 / 128 / ... sequences of the
+run's mean context beside that step's bandwidth roofline (`decode_step_gpu_ms`).
 The transformers references are its continuous-batching `generate_batch` (when it exists and
 runs) and `generate` in padded batches of --hf-batch-size; the ratio is against the faster of
 them. Both take one max_new_tokens for
@@ -30,7 +33,8 @@ import signal
 import time
 
 import torch
-from engine_common import hf_twin, load_model, run_hf_generate, run_hf_generate_batch, sync, table, write_result
+from engine_common import (fill_decode_step, hf_twin, kv_bytes_per_token, load_model, peak_bandwidth, replay_ms,
+                           run_hf_generate, run_hf_generate_batch, sync, table, weight_bytes, write_result)
 
 from llmlab import LLM
 from llmlab.artifacts import ARTIFACTS
@@ -55,6 +59,24 @@ def run_stats(before: dict, after: dict) -> dict:
     d = {k: round(v, 3) if isinstance(v, float) else v for k, v in d.items()}
     return {**d, "host_ms_per_step": round(1e3 * d["host_seconds"] / max(1, d["steps"]), 3),
             "num_blocks": after["num_blocks"]}
+
+
+def decode_step_ms(llm: LLM, model, dtype: torch.dtype, context: int) -> dict:
+    """The GPU's own time for one decode step's CUDA graph at the batch buckets the run goes through, every row
+    at `context` tokens (the run's mean: mean prompt + half the mean output), beside the bandwidth roofline of
+    that step (all weights + every row's K/V read once): where the decode steps' time goes."""
+    bw, source = peak_bandwidth("cuda")
+    kv = kv_bytes_per_token(model.cfg, dtype)
+    out = {"context": context, "bandwidth_source": source}
+    for b in (256, 128, 64, 32, 16, 1):
+        graph = fill_decode_step(llm.engine.runner, b, context)
+        if graph is None:
+            continue
+        ms = replay_ms(graph, iters=20)
+        step_bytes = weight_bytes(model) + b * context * kv
+        out[f"batch {b}"] = {"ms": round(ms, 3), "tok_s": round(b / ms * 1e3, 1),
+                             "roofline_ms": round(step_bytes / bw * 1e3, 3) if bw else None}
+    return out
 
 
 class _Timeout(BaseException):
@@ -130,6 +152,8 @@ def main() -> int:
     print(f"llmlab: {n_out} output tokens in {dt:.2f} s = {n_out / dt:,.1f} tok/s; {st['steps']} steps "
           f"({st['graph_steps']} graph replays, {st['async_steps']} launched ahead), host {st['host_seconds']:.2f} s ({st['host_ms_per_step']} ms a step), "
           f"waiting for the device {st['sync_wait_seconds']:.2f} s", flush=True)
+    if device == "cuda":
+        result["decode_step_gpu_ms"] = decode_step_ms(llm, model, dtype, (args.min_len + args.max_len) * 3 // 4)
     write_result(args.out, result)  # kept even if a slow reference is stopped before it finishes
     if args.hf:
         del llm, outs  # the engine's KV cache holds most of the GPU: give it back for the references

@@ -164,3 +164,35 @@ def test_gemv_benchmark_shapes_and_cpu_refusal(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "gemv.py")], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode != 0 and "machine with a GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_decode_step_timing_inputs_write_only_the_scratch_block():
+    """throughput.py times the captured decode graph of each batch bucket on inputs of its own: those must read
+    distinct real blocks and write nothing but the scratch block (on CPU, with replays emulated)."""
+    import torch
+
+    from llmlab import LLM, ModelConfig, Transformer
+    from llmlab.engine.emulated_graphs import emulate_cuda_graphs
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        from engine_common import fill_decode_step
+    finally:
+        sys.path.remove(str(BENCH))
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      max_position_embeddings=128)
+    llm = LLM(Transformer(cfg).eval(), max_num_seqs=8, num_blocks=40, block_size=4, cpu_pack_linears=False)
+    runner = llm.engine.runner
+    assert fill_decode_step(runner, 8, 20) is None  # no graphs captured
+    emulate_cuda_graphs(runner)
+    for k in runner.kv.k:
+        k.normal_()
+    before = [k.clone() for k in runner.kv.k]
+    graph = fill_decode_step(runner, 8, 20)  # 8 rows x 5 blocks of the 40
+    graph.replay()
+    assert torch.isfinite(graph.out).all() and graph.out.shape[0] == 8
+    real = runner.scratch * runner.block_size  # slots before the scratch block's
+    for k, k0 in zip(runner.kv.k, before):  # (slots, KV heads, head dim)
+        assert torch.equal(k[:real], k0[:real]) and not torch.equal(k[real:], k0[real:])
+    assert fill_decode_step(runner, 8, 41) is None  # 8 x 11 blocks: more than the cache holds
