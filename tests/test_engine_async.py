@@ -144,6 +144,30 @@ def test_abort_while_a_step_is_in_flight(model):
     assert got == want and e.async_steps > 0
 
 
+def test_an_error_while_steps_are_in_flight_drops_their_requests_and_the_engine_serves_on(model):
+    reqs = requests()
+    want, _ = run(model, False, reqs[:2])
+    e = engine(model, True)
+    for r in reqs:
+        e.add_request(*r)
+    real, calls = e.runner.collect, []
+
+    def failing_once(step):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return real(step)
+
+    e.runner.collect = failing_once
+    with pytest.raises(RuntimeError, match="device lost"):
+        drain(e)
+    assert e._inflight is None and not e.requests and not len(e.scheduler)
+    assert e.block_manager.num_free_blocks == e.block_manager.num_blocks
+    for r in reqs[:2]:
+        e.add_request(*r)
+    assert drain(e) == want and e.async_steps > 3
+
+
 def test_preemption_and_arrivals_fall_back_and_give_the_same_outputs(model):
     """A cache too small for every sequence at once (preemption by recompute) and requests arriving while a step
     is in flight: the engine waits for the tokens where it must and the outputs do not change."""
