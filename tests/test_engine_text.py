@@ -139,13 +139,24 @@ def test_smollm2_through_llm_text_and_chat():
 
 
 @pytest.mark.parametrize("flags", [[], ["--compile"]])
-def test_cli_chat_one_turn(tok, model, tmp_path, capsys, flags):
+def test_cli_chat_one_turn(tok, model, tmp_path, capsys, monkeypatch, flags):
+    """One reply from the CLI; --compile reaches the engine as compile_decode (the compiled step itself, a minute of
+    Inductor with cold caches, is tested in test_engine_decode_paths.py: here the engine runs it eagerly)."""
+    import llmlab.engine.llm as llm_module
     from llmlab.cli import main
 
+    options, real = [], llm_module.LLM
+
+    def llm(*args, **kwargs):
+        options.append(kwargs.pop("compile_decode"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llm_module, "LLM", llm)
     model.save_pretrained(tmp_path)
     tok.save(tmp_path)
     assert main(["chat", "--model", str(tmp_path), "--message", "你好", "--max-tokens", "6", "--temperature", "0",
                  *flags]) == 0
+    assert options == [bool(flags)]
     reply = capsys.readouterr().out
     ids, _ = render_chat(tok, [{"role": "user", "content": "你好"}], add_generation_prompt=True)
     expected = LLM(model, tokenizer=tok).generate([ids], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0].text
