@@ -173,7 +173,9 @@ class LLMEngine:
     def step(self, *, finished_only: bool = False) -> list[RequestOutput]:
         """Run one scheduled step; return the outputs of the requests that progressed in it (with
         `finished_only`, of those that finished: what a caller that does not stream needs, without building an
-        output per running request and step)."""
+        output per running request and step). With async scheduling the outputs are those of the step launched by
+        the call before, and a call that only launches a step returns none: call it while
+        has_unfinished_requests()."""
         t0 = time.perf_counter()
         if self._inflight is not None:
             return self._step_async(finished_only, t0)
