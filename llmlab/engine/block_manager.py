@@ -122,15 +122,15 @@ class BlockManager:
         full = min(num_tokens // bs, len(seq.block_table))
         hashes = self.hashes(seq, num_tokens)
         for i in range(seq.num_computed_tokens // bs, full):
-            b, h = seq.block_table[i], hashes[i]
-            if self.hash_of[b] is None and h not in self.cached:
-                self.cached[h] = b
-                self.hash_of[b] = h
+            self._register(seq.block_table[i], hashes[i])
 
     def commit_block(self, seq: Sequence, i: int) -> None:
         """Register the hash of seq's full block i (async scheduling: once the step that filled it is done and
         its tokens are known)."""
-        b, h = seq.block_table[i], self.hashes(seq, (i + 1) * self.block_size)[i]
+        self._register(seq.block_table[i], self.hashes(seq, (i + 1) * self.block_size)[i])
+
+    def _register(self, b: int, h: bytes) -> None:
+        """Block b holds the prefix hashed h: a cache entry, unless b has one or h is held elsewhere."""
         if self.hash_of[b] is None and h not in self.cached:
             self.cached[h] = b
             self.hash_of[b] = h

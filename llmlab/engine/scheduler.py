@@ -155,36 +155,39 @@ class Scheduler:
     def update(self, batch: ScheduledBatch, sampled: dict[int, int]) -> list[Sequence]:
         """Apply a step: computed tokens and sampled tokens {seq_id: id}; return the sequences that finished."""
         finished = []
-        max_len = self.max_model_len
-        for seq, n in zip(batch.seqs, batch.num_tokens):  # (inlined: ~1 us a sequence at 256 sequences)
+        for seq, n in zip(batch.seqs, batch.num_tokens):  # (lean: ~1 us a sequence at 256 sequences)
             seq.num_computed_tokens += n
             token = sampled.get(seq.seq_id)
             if token is None:
                 continue
-            ids = seq.token_ids
-            ids.append(token)
-            if token in seq.stop_token_ids:
-                self.finish(seq, "stop", token)
-                finished.append(seq)
-            elif len(ids) >= max_len or len(ids) - seq.num_prompt_tokens >= seq.params.max_tokens:
-                self.finish(seq, "length")
+            seq.token_ids.append(token)
+            if self._stops(seq, token, len(seq.token_ids)):
                 finished.append(seq)
         return finished
+
+    def _stops(self, seq: Sequence, token: int, length: int) -> bool:
+        """End seq if `token`, which makes it `length` tokens long, is a stop token or reaches a length limit."""
+        if token in seq.stop_token_ids:
+            self.finish(seq, "stop", token)
+        elif self._ends_by_length(seq, length):
+            self.finish(seq, "length")
+        else:
+            return False
+        return True
+
+    def _ends_by_length(self, seq: Sequence, length: int) -> bool:
+        return length >= self.max_model_len or length - seq.num_prompt_tokens >= seq.params.max_tokens
 
     # ---- async scheduling -------------------------------------------------------------------------
 
     def advance(self, batch: ScheduledBatch) -> list[int]:
-        """Book a step launched before its tokens are known: its computed tokens, and a PLACEHOLDER where each
-        sampled token goes. Returns, per sequence of the batch, the index of its token (-1 if it samples none)."""
+        """Book a decode step launched before its tokens are known (every row samples: ModelRunner.can_launch): its
+        computed tokens, and a PLACEHOLDER where each sampled token goes. Returns each sequence's token index."""
         where = []
-        for seq, n in zip(batch.seqs, batch.num_tokens):
-            seq.num_computed_tokens += n
-            ids = seq.token_ids
-            if seq.num_computed_tokens == len(ids):
-                where.append(len(ids))
-                ids.append(PLACEHOLDER)
-            else:
-                where.append(-1)
+        for seq in batch.seqs:
+            seq.num_computed_tokens += 1
+            where.append(len(seq.token_ids))
+            seq.token_ids.append(PLACEHOLDER)
         return where
 
     def schedule_ahead(self) -> ScheduledBatch | None:
@@ -195,14 +198,14 @@ class Scheduler:
         tokens (`settle`)."""
         if self.waiting or not self.running:
             return None
-        bs, max_len = self.bm.block_size, self.max_model_len
+        bs = self.bm.block_size
         seqs, grow = [], []  # (~1 us a sequence: the loop is kept lean)
         for seq in self.running:
             ids = seq.token_ids
             n = len(ids)
             if n - seq.num_computed_tokens != 1 or ids[-1] != PLACEHOLDER:
                 return None
-            if n >= max_len or n - seq.num_prompt_tokens >= seq.params.max_tokens:
+            if self._ends_by_length(seq, n):
                 continue  # its placeholder is its last token: it ends when that token is known
             if n > len(seq.block_table) * bs:  # its row (position n - 1) starts a block
                 grow.append(seq)
@@ -214,23 +217,19 @@ class Scheduler:
         return ScheduledBatch(seqs, [1] * len(seqs))
 
     def settle(self, batch: ScheduledBatch, where: list[int], tokens: list[int]) -> None:
-        """A launched step's sampled tokens (one per sequence of the batch, in its order; entries of those that
-        sample none are ignored) into the places `advance` kept, with update()'s stops; register the prefix-cache
-        blocks its rows filled now that their tokens are known. Sequences finished meanwhile (aborted, or stopped
-        by the step before: this step's row of it was wasted) are skipped."""
-        bs, max_len, cache = self.bm.block_size, self.max_model_len, self.bm.enable_prefix_caching
+        """A launched step's sampled tokens (one per sequence of the batch, in its order) into the places `advance`
+        kept, with update()'s stops; register the prefix-cache blocks its rows filled now that their tokens are
+        known. Sequences finished meanwhile (aborted, or stopped by the step before: this step's row of it was
+        wasted) are skipped."""
+        bs, cache = self.bm.block_size, self.bm.enable_prefix_caching
         finished = SequenceStatus.FINISHED
         for seq, i, token in zip(batch.seqs, where, tokens):
-            if i < 0 or seq.status is finished:
+            if seq.status is finished:
                 continue
-            ids = seq.token_ids
-            ids[i] = token
-            if cache and i % bs == 0 and i > 0:  # the step's row wrote position i - 1, the last of a block
+            seq.token_ids[i] = token
+            if cache and i % bs == 0:  # the step's row wrote position i - 1, the last of a block
                 self.bm.commit_block(seq, i // bs - 1)
-            if token in seq.stop_token_ids:
-                self.finish(seq, "stop", token)
-            elif i + 1 >= max_len or i + 1 - seq.num_prompt_tokens >= seq.params.max_tokens:
-                self.finish(seq, "length")
+            self._stops(seq, token, i + 1)
 
     def finish(self, seq: Sequence, reason: str, stop_reason: int | str | None = None) -> None:
         """End a sequence (stop, length or abort) and return its blocks; safe to call twice. Tokens of steps still
