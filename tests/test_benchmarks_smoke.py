@@ -77,6 +77,17 @@ def test_throughput_benchmark_smoke(tmp_path):
     assert r["ratio_vs_best_transformers"] > 0
 
 
+def test_throughput_benchmark_reference_time_limit(tmp_path):
+    """A transformers reference stopped by --hf-timeout is recorded as unfinished, and the ratio becomes a bound:
+    the same work took it longer than the limit."""
+    run(tmp_path, "throughput.py", "--model", "tiny", "--num-seqs", "2", "--min-len", "300", "--max-len", "400",
+        "--hf", "generate", "--hf-batch-size", "1", "--hf-timeout", "1", "--out", "tp")
+    r = result(tmp_path, "tp")
+    assert list(r["transformers"].values()) == ["did not finish within 1 s"]
+    assert "ratio_vs_best_transformers" not in r
+    assert r["ratio_vs_best_transformers_same_work_at_least"] == pytest.approx(1 / r["llmlab"]["seconds"], rel=0.05)
+
+
 def test_engine_cpu_benchmark_smoke(tmp_path):
     """The default engine only: the `compiled` variant is the same loop over an engine built with compile_decode
     (its compiles took ~50 of this test's ~65 s; test_engine_decode_paths.py covers that engine's tokens)."""
