@@ -50,7 +50,7 @@ if [ "$PART" = main ]; then  # on 2026-11-30 (H200): train took 171 s, throughpu
   # the fused step's kernels compiled and checked on the card first, then the other GPU tests
   step gpu-tests 90 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_cuda_decode.py \
     tests/test_kernels_paged_attention.py tests/test_kernels_gemv.py tests/test_train_attention_backend.py \
-    tests/test_engine_llm.py -k "cuda or gemv or kernel or split or backend"
+    tests/test_engine_llm.py tests/test_host_transfers.py -k "cuda or gemv or kernel or split or backend or wait"
   step paged-attention 40 python3 benchmarks/paged_attention.py --batches 1 4 16 256 --contexts 384 2048
   step graph-kernels 60 python3 benchmarks/gpu_profile.py graph
   step train-b16 200 python3 benchmarks/train.py --steps 20 --warmup 5 --out "$LLMLAB_BENCH_RESULTS/train_cuda_b16.json"

@@ -89,6 +89,7 @@ from llmlab.kernels.cpu_swiglu import use_fast_swiglu
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
 from llmlab.model.cache import PagedKVCache
 from llmlab.model.transformer import Transformer, fuse_projections
+from llmlab.transfer import copy_to_device, device_tensor, to_device
 
 if TYPE_CHECKING:
     from llmlab.kernels import cuda_decode
@@ -335,7 +336,7 @@ class ModelRunner:
             ids = prev.tokens
             if len(seqs) < len(prev.seqs):
                 at = {s.seq_id: i for i, s in enumerate(prev.seqs)}
-                ids = ids[torch.tensor([at[s.seq_id] for s in seqs], device=ids.device)]
+                ids = ids[device_tensor([at[s.seq_id] for s in seqs], torch.long, ids.device)]
         logits = self._run_decode_padded(seqs, ids)
         if logits.shape[-1] > self.sample_vocab:
             logits = logits[:, :self.sample_vocab]
@@ -408,17 +409,18 @@ class ModelRunner:
                 mask = None
                 if c > 0 or self.cfg.sliding_window is not None:
                     mask = window_mask(causal_mask(n, c + n, torch.device("cpu")), c, self.cfg.sliding_window)
-                    mask = mask[None, None].to(dev)
-                segments.append(PagedSegment(row_of[i] - n + 1, 1, n, seq_slots[None].to(dev), mask))
+                    mask = to_device(mask[None, None], dev)
+                segments.append(PagedSegment(row_of[i] - n + 1, 1, n, to_device(seq_slots[None], dev), mask))
         if decodes:
             tables, ctx = self._decode_tables([batch.seqs[i] for i in decodes], max_blocks=None)
-            segments.insert(0, decode_segment(0, tables.to(dev), ctx.to(dev), bs, self.cfg.sliding_window,
-                                              gather=not self.decode_kernel))
-        meta = PagedMetadata(torch.tensor(slots, device=dev), segments, decode_kernel=self.decode_kernel,
+            segments.insert(0, decode_segment(0, to_device(tables, dev), to_device(ctx, dev), bs,
+                                              self.cfg.sliding_window, gather=not self.decode_kernel))
+        meta = PagedMetadata(device_tensor(slots, torch.long, dev), segments, decode_kernel=self.decode_kernel,
                              rope_kernel=self.rope_kernel)
-        h = self.model.hidden_states(torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
+        h = self.model.hidden_states(device_tensor([ids], torch.long, dev),
+                                     position_ids=device_tensor([pos], torch.long, dev),
                                      cache=self.kv.with_meta(meta))  # (1, N, d)
-        rows = torch.tensor([row_of[i] for i in sampling], dtype=torch.long, device=dev)
+        rows = device_tensor([row_of[i] for i in sampling], torch.long, dev)
         return self.model.lm_head(h[0, rows]).float()  # (num sampling rows, V), in batch order
 
     def _run_rows(self, batch: ScheduledBatch, sampling: list[int]) -> Tensor:
@@ -490,10 +492,10 @@ class ModelRunner:
             width = self.graphs.max_nb if self.decode_kernel else nb
             self.graph_steps += 1
             return self.graphs.replay(b, width, vec, tables, ids)[:n]
-        vec = vec.to(self.device)
+        vec = to_device(vec, self.device)
         if ids is not None:
             vec[0, :n] = ids
-        return self.decode_call(b)(*vec[:3], tables.to(self.device), vec[3])[:n]
+        return self.decode_call(b)(*vec[:3], to_device(tables, self.device), vec[3])[:n]
 
     def decode_call(self, batch: int):
         """The function a decode step of `batch` (padded) rows runs, or its CUDA graph captures: the fused
@@ -718,10 +720,10 @@ class _DecodeGraphs:
         """Run the graph of batch `b` and table width `nb` on `vec` (4, b) (ids, positions, slots, contexts) and
         `tables` (b, <= nb): two copies to the device, then the replay. `ids` (on the device) replace the first
         len(ids) ids of vec."""
-        self.vec[:, :b].copy_(vec, non_blocking=True)
+        copy_to_device(self.vec[:, :b], vec)  # (pinned: the host need not wait for the step before)
         if ids is not None:
             self.vec[0, :len(ids)].copy_(ids)
-        self.tables[:b, :tables.shape[1]].copy_(tables, non_blocking=True)
+        copy_to_device(self.tables[:b, :tables.shape[1]], tables)
         if (b, nb) not in self.graphs:
             self.graphs[(b, nb)] = self._capture(self._static(b, nb))
         graph, out = self.graphs[(b, nb)]

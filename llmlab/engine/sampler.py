@@ -32,6 +32,7 @@ from torch import Tensor
 
 from llmlab.engine.sequence import SamplingParams
 from llmlab.kernels.cpu_argmax import argmax_rows
+from llmlab.transfer import device_tensor, to_device
 
 
 @dataclass(slots=True)
@@ -59,7 +60,7 @@ class SamplingBatch:
             raise ValueError("SamplingBatch.build needs at least one row.")
 
         def col(values, dtype=torch.float32):
-            return torch.tensor(values, dtype=dtype, device=device)
+            return device_tensor(values, dtype, device)  # (on CUDA: without waiting for a step in flight)
 
         # one pass over the rows' settings (a step at 256 sequences builds this on the host while the GPU waits)
         temperature, top_k, top_p, min_p, repetition, presence, frequency, logprobs = zip(*[
@@ -74,7 +75,7 @@ class SamplingBatch:
                 if params[i].has_penalties:
                     ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
                     out_mask[i, n:len(t)] = True
-            ids, out_mask = ids.to(device), out_mask.to(device)
+            ids, out_mask = to_device(ids, device), to_device(out_mask, device)
             seen = torch.zeros(B, V + 1, dtype=torch.bool, device=device).scatter_(1, ids, True)[:, :V]
             out_ids = ids.masked_fill(~out_mask, V)
             counts = torch.zeros(B, V + 1, device=device).scatter_add_(1, out_ids, torch.ones_like(out_ids, dtype=torch.float))

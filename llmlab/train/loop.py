@@ -43,6 +43,7 @@ from llmlab.train.objectives import causal_lm_loss
 from llmlab.train.optim import AdamW, LossScaler, lr_at, param_groups
 from llmlab.train.parallel import apply_activation_checkpointing
 from llmlab.train.report import MetricsLog, plot_loss_curves, read_metrics
+from llmlab.transfer import to_device
 
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # run keys that change the batches, the schedule or the updates: a resume that changes one is not exact
@@ -96,7 +97,7 @@ def accumulate_gradients(fwd, batches, *, device, precision: str, loss_scale: fl
     `fwd(x)` gives logits; `loss_fn(x, y)`, when given, gives the loss directly (e.g. `compiled_lm_loss`)."""
     total = torch.zeros((), device=device)
     for x, y in batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = to_device(x, device), to_device(y, device)  # pinned: the host does not wait for the last step
         with autocast_context(device, precision):
             loss = (loss_fn(x, y) if loss_fn is not None else causal_lm_loss(fwd(x), y)) / len(batches)
         (loss * loss_scale).backward()
