@@ -1,6 +1,7 @@
-"""Async scheduling: decode steps launched before the last step's tokens reach the host give the outputs of the
-engine that waits for every step — greedy, seeded sampling, stops by token, string and length, n > 1, aborts
-while a step is in flight, preemption, new arrivals, prefix caching of blocks filled while tokens were unknown.
+"""Async scheduling: steps launched before the last step's tokens reach the host (decode rows, prompt chunks,
+admissions) give the outputs of the engine that waits for every step — greedy, seeded sampling, stops by token,
+string and length, n > 1, aborts while a step is in flight, preemption, arrivals admitted ahead, a full engine
+with a queue, weights changed in flight, prefix caching of blocks filled while tokens were unknown.
 
 On CPU the steps run inside the call (nothing overlaps), but the bookkeeping is the one CUDA runs: placeholders,
 steps planned ahead, ids taken from the last step's sampled tensor, wasted rows, deferred prefix-cache entries.
@@ -107,8 +108,8 @@ def test_async_steps_give_the_outputs_of_the_waiting_engine(model, graphs):
     assert got == want
     assert any(c[1] == "stop" for r in want.values() for c in r) and any(c[1] == "length" for r in want.values()
                                                                          for c in r)
-    # every decode step after the first was launched ahead (the prefill and the first decode step wait)
-    assert e.async_steps == e.num_steps - 2 > 15 and sync_engine.async_steps == 0
+    # every step after the first (the prefill) was launched ahead
+    assert e.async_steps == e.num_steps - 1 > 15 and sync_engine.async_steps == 0
     # the same blocks are in the prefix cache (entries deferred until their tokens were known, not lost)
     assert set(e.block_manager.cached) == set(sync_engine.block_manager.cached)
 
@@ -185,6 +186,92 @@ def test_preemption_and_arrivals_fall_back_and_give_the_same_outputs(model):
     assert e.scheduler.num_preemptions > 0 and e.async_steps > 0
 
 
+LATE = [("late0", [9, 8, 7, 6, 5], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)),
+        ("late1", PROMPTS[3][:10], SamplingParams(temperature=0, max_tokens=9, repetition_penalty=1.6, logprobs=1,
+                                                  ignore_eos=True)),
+        ("late2", list(range(30, 50)), SamplingParams(temperature=0.7, seed=5, presence_penalty=1.2, max_tokens=7,
+                                                      ignore_eos=True))]
+
+
+@pytest.mark.parametrize("graphs", [True, False], ids=["emulated graphs", "padded"])
+def test_arrivals_and_prefill_chunks_are_launched_ahead_with_the_waiting_engines_outputs(model, graphs):
+    """Requests arriving while steps are in flight are admitted in steps planned ahead, their prompts in chunks of a
+    small token budget beside decode rows whose inputs are the in-flight step's ids (a subset of a step's rows, in
+    mixed steps); penalties, seeded sampling and logprobs among them: the waiting engine's outputs, and every step
+    after the first launched ahead."""
+    reqs = requests()
+
+    def arrive(late):
+        def add(e):
+            assert (e._inflight is not None) == e.async_scheduling
+            for r in late:
+                e.add_request(*r)
+        return add
+
+    actions = {5: arrive(LATE[:2]), 9: arrive(LATE[2:])}
+    want, _ = run(model, False, reqs, actions, max_num_batched_tokens=8, graphs=graphs)
+    got, e = run(model, True, reqs, actions, max_num_batched_tokens=8, graphs=graphs)
+    assert got == want and set(got) == {*(r[0] for r in reqs), *(r[0] for r in LATE)}
+    assert e.async_steps == e.num_steps - 1 and e.scheduler.num_preemptions == 0
+
+
+@pytest.mark.parametrize("rows", [None, [0, 2], [1]])
+def test_in_flight_tokens_counted_on_the_device_equal_penalties_built_from_them(rows):
+    """A step whose rows on a placeholder are some of its sampling rows (the others finished their prompts in it):
+    their in-flight ids counted into the penalty tensors on the device equal the tensors built with those ids."""
+    from llmlab.engine.sampler import SamplingBatch
+
+    V, params = 11, [SamplingParams(repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2)] * 3
+    toks = [[1, 2, 3, 4, 4], [5, 6, 7], [1, 9, 9, 9]]
+    prompts = [2, 3, 2]  # the second has no output yet: a prompt just prefilled
+    ids = [7, 4, 9]
+    picked = list(range(3)) if rows is None else rows
+    full = [t + [ids[i]] if i in picked else t for i, t in enumerate(toks)]
+    want = SamplingBatch.build(params, full, prompts, [None] * 3, V, torch.device("cpu"))
+    got = SamplingBatch.build(params, toks, prompts, [None] * 3, V, torch.device("cpu"))
+    got.add_output_tokens(torch.tensor([ids[i] for i in picked]), rows)
+    assert torch.equal(got.seen, want.seen) and torch.equal(got.counts, want.counts)
+
+
+def test_an_arrival_after_the_weights_changed_in_flight_misses_the_stale_prefix_cache():
+    """Weights changed in place while a step is in flight (an RL trainer between rollouts), then a request arrives
+    whose prompt is cached: it is not admitted ahead on the stale K/V; the prefix cache is reset first, as in the
+    waiting engine."""
+    torch.manual_seed(1)
+    m = Transformer(CFG).eval()
+    got = {}
+    for async_on in (False, True):
+        e = engine(m, async_on)
+        e.add_request("a", PROMPTS[2], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+        drain(e)
+        e.add_request("b", PROMPTS[1], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+        for _ in range(4):
+            e.step()
+        assert (e._inflight is not None) == async_on
+        with torch.no_grad():
+            m.blocks[0].ffn.down.weight.mul_(1.5)
+        e.add_request("c", PROMPTS[2], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+        out = {}
+        while e.has_unfinished_requests():
+            out.update({o.request_id: (o.num_cached_tokens, o.outputs[0].token_ids) for o in e.step() if o.finished})
+        got[async_on] = out
+        with torch.no_grad():
+            m.blocks[0].ffn.down.weight.div_(1.5)
+    assert got[True] == got[False] and got[True]["c"][0] == 0
+
+
+def test_a_full_engine_with_a_queue_keeps_launching_ahead(model):
+    """max_num_seqs reached and requests queued (a loaded server): each finished sequence's place goes to the next
+    request in a step planned ahead; no step waits for the tokens before it. (The waiting engine admits a request
+    one step earlier, so steps hold other rows: logprobs agree to rounding.)"""
+    reqs = requests() + LATE
+    want, _ = run(model, False, reqs, max_num_seqs=2)
+    got, e = run(model, True, reqs, max_num_seqs=2)
+    assert {r: [c[:4] for c in cs] for r, cs in got.items()} == {r: [c[:4] for c in cs] for r, cs in want.items()}
+    assert got["late1"][0][5] == pytest.approx(want["late1"][0][5], abs=1e-5)
+    assert e.async_steps == e.num_steps - 1
+
+
 def test_penalties_and_logprobs_under_async_steps(model):
     """Penalties count the in-flight token on the device, logprobs come back with the ids: the same tokens and
     logprobs as the waiting engine, with a sequence dropping out (so the next step takes a subset of rows)."""
@@ -195,7 +282,7 @@ def test_penalties_and_logprobs_under_async_steps(model):
             ("g", PROMPTS[0], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))]
     want, _ = run(model, False, reqs)
     got, e = run(model, True, reqs)
-    assert got == want and e.async_steps == e.num_steps - 2
+    assert got == want and e.async_steps == e.num_steps - 1
     plain, _ = run(model, False, [(r, p, SamplingParams(temperature=sp.temperature, seed=sp.seed,
                                                        max_tokens=sp.max_tokens, ignore_eos=True))
                                   for r, p, sp in reqs[:2]])
@@ -240,29 +327,34 @@ OPS = st.lists(st.one_of(ADD, ADD, st.tuples(st.just("step"), st.integers(1, 6))
                          st.tuples(st.just("abort"), st.integers(0, 50))), min_size=8, max_size=40)
 
 
-def fake_step(sched: Scheduler, inflight, rng):
+def fake_step(sched: Scheduler, inflight, rng, launch_all: bool):
     """One engine step without a model, as LLMEngine.step runs it with async scheduling: with nothing in flight,
-    schedule and launch a decode-only step (else run it at once); with a step in flight, plan the next one ahead
-    when the scheduler can, then settle the in-flight one with random tokens (0 is a stop token)."""
+    schedule a step and launch it (`launch_all`; else only a decode step, the rest run at once, as the engine did
+    before mixed steps were launched); with a step in flight, plan the next one ahead when the scheduler can,
+    then settle the in-flight one with random tokens (0 is a stop token)."""
     if inflight is None:
         batch = sched.schedule()
-        if batch.seqs and max(batch.num_tokens) == 1 and all(batch.samples(i) for i in range(len(batch))):
-            return batch, sched.advance(batch)
+        if batch.seqs and (launch_all or max(batch.num_tokens) == 1):
+            return sched.advance(batch)
         sched.update(batch, {s.seq_id: rng.randrange(3) for i, s in enumerate(batch.seqs) if batch.samples(i)})
         return None
     ahead = sched.schedule_ahead()
-    batch, where = inflight
-    if ahead is not None:  # the runner takes its ids from the in-flight step's: its sequences, in their order
-        assert [s for s in batch.seqs if s in ahead.seqs] == ahead.seqs
-    nxt = (ahead, sched.advance(ahead)) if ahead is not None else None
-    sched.settle(batch, where, [rng.randrange(3) for _ in batch.seqs])
+    seqs, where = inflight
+    if ahead is not None:  # a row on a placeholder takes the in-flight step's id for its sequence
+        for s, n in zip(ahead.seqs, ahead.num_tokens):
+            assert (s.token_ids[s.num_computed_tokens] == PLACEHOLDER) == (any(s is x for x in seqs) and n == 1)
+            assert PLACEHOLDER not in s.token_ids[:s.num_computed_tokens]
+    nxt = sched.advance(ahead) if ahead is not None else None
+    sched.settle(seqs, where, [rng.randrange(3) for _ in seqs])
     return nxt
 
 
 @settings(max_examples=200, deadline=None)
 @given(ops=OPS, num_blocks=st.integers(5, 12), block_size=st.sampled_from([1, 2, 4]), budget=st.integers(1, 24),
-       max_num_seqs=st.integers(1, 6), caching=st.sampled_from([True, True, False]), seed=st.integers(0, 2**16))
-def test_scheduler_property_under_async_steps(ops, num_blocks, block_size, budget, max_num_seqs, caching, seed):
+       max_num_seqs=st.integers(1, 6), caching=st.sampled_from([True, True, False]), seed=st.integers(0, 2**16),
+       launch_all=st.booleans())
+def test_scheduler_property_under_async_steps(ops, num_blocks, block_size, budget, max_num_seqs, caching, seed,
+                                              launch_all):
     """Block accounting holds after every step; every request ends (no stall); nothing leaks; finished sequences
     hold no placeholder and the right number of tokens; every memoised block hash is the hash of real tokens."""
     rng = random.Random(seed)
@@ -285,7 +377,7 @@ def test_scheduler_property_under_async_steps(ops, num_blocks, block_size, budge
                 if not len(sched) and inflight is None:
                     break
                 was = inflight
-                inflight = fake_step(sched, inflight, rng)
+                inflight = fake_step(sched, inflight, rng, launch_all)
                 ahead += was is not None and inflight is not None
                 bm.check_invariants(list(sched.running) + list(sched.waiting))
     assert not len(sched) and inflight is None, "the scheduler stalled with work queued"

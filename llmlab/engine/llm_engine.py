@@ -10,16 +10,18 @@ tokens, prefix cache, sampled tokens, token stops) -> detokenize (stop strings) 
 The interface is token ids; text is accepted and returned only if a tokenizer was given.
 
 Async scheduling (`async_scheduling`, on by default where decode steps replay CUDA graphs): the
-host's work for a step (scheduling, inputs, outputs, detokenizing) overlaps the device's. A decode
-step is launched and the call returns; the next call plans the step after it while the sampled ids
-are still placeholders, launches it with those ids taken on the device, and only then waits for
-the first step's ids and turns them into outputs. The device always has a step queued, and the
-host's ~0.2-1 ms a step hides behind it. A sequence that stops on a token (EOS, a stop token or
-string) has one wasted row in the step after; sequences ending by length are left out of it in
-advance. Outputs are the same as without (greedy, and seeded sampling); the engine falls back to
-waiting for each step when the next one is not a decode step of the same sequences (requests
-waiting to be admitted, blocks short). Logprobs travel back with the ids; penalties count the
-in-flight token on the device.
+host's work for a step (scheduling, inputs, outputs, detokenizing) overlaps the device's. A step
+is launched and the call returns; the next call plans the step after it while the sampled ids are
+still placeholders (decode rows, prompt chunks, requests admitted from the queue), launches it with
+those ids taken on the device, and only then waits for the first step's ids and turns them into
+outputs. The device always has a step queued, and the host's ~0.2-1 ms a step hides behind it; its
+copies to the device go through pinned memory (llmlab/transfer.py), so none of them waits for the
+step in flight. A sequence that stops on a token (EOS, a stop token or string) has one wasted row
+in the step after; sequences ending by length are left out of it in advance. Outputs are the same
+as without (greedy, and seeded sampling; with requests queued the waiting engine may admit one a
+step earlier, so steps hold other rows: logprobs then agree to rounding); the engine waits for a
+step's tokens only where the next step would preempt. Logprobs travel back with the ids; penalties
+count the in-flight token on the device.
 
 Requests are checked when added — empty or out-of-vocabulary prompt, prompt longer than the
 context, a request too large for the whole KV cache, bad sampling parameters — and refused with
@@ -206,23 +208,28 @@ class LLMEngine:
 
     def _launch(self, batch: ScheduledBatch, prev: InflightStep | None) -> InflightStep:
         step = self.runner.launch(batch, prev)
-        step.where = self.scheduler.advance(batch)
+        _, step.where = self.scheduler.advance(batch)  # the same rows sample as step.seqs (both: batch.samples)
         self.num_steps += 1
         return step
 
     def _step_async(self, finished_only: bool, t0: float) -> list[RequestOutput]:
-        """A step with one in flight: launch the next decode step (when the scheduler can plan it without the
-        tokens), then read the in-flight one's tokens and make its outputs."""
+        """A step with one in flight: launch the next step (when the scheduler can plan it without the tokens),
+        then read the in-flight one's tokens and make its outputs."""
         prev, nxt = self._inflight, None
         self._inflight = None
         try:
-            ahead = self.scheduler.schedule_ahead()
-            if ahead is not None:  # prev's sequences or some of them: launchable as prev was
+            ahead = None
+            # arrivals are admitted ahead unless the weights changed (then the waiting path resets the prefix cache)
+            cache = self.config.enable_prefix_caching
+            if not (self._arrivals and cache and self._weights_signature() != self._weights):
+                self._arrivals = False
+                ahead = self.scheduler.schedule_ahead()
+            if ahead is not None:
                 nxt = self._launch(ahead, prev)
                 self.async_steps += 1
             tokens, results = self.runner.collect(prev)
             live = [s for s in prev.seqs if not s.is_finished]  # not aborted, nor stopped by the step before
-            self.scheduler.settle(prev.batch, prev.where, tokens)
+            self.scheduler.settle(prev.seqs, prev.where, tokens)
             outputs = self._outputs(prev.batch, results, finished_only, t0, live)
         except BaseException:
             self._abort_steps(prev.batch, *([nxt.batch] if nxt is not None else []))

@@ -76,7 +76,7 @@ from torch import Tensor
 from llmlab.engine.block_tables import BlockTableRows
 from llmlab.engine.config import EngineConfig
 from llmlab.engine.sampler import SamplingBatch, sample
-from llmlab.engine.scheduler import ScheduledBatch
+from llmlab.engine.scheduler import PLACEHOLDER, ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
 from llmlab.kernels import cpu_decode
@@ -320,28 +320,58 @@ class ModelRunner:
     # ---- async scheduling: launch a decode step now, read its tokens later ---------------------------------
 
     def can_launch(self, batch: ScheduledBatch) -> bool:
-        """Whether `batch` can run as an async decode step: decode rows only, every one sampling (the scheduler
-        makes both so for running sequences), in graph shape."""
-        return (self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs)
-                and max(batch.num_tokens) == 1
-                and all(s.num_computed_tokens + 1 == len(s.token_ids) for s in batch.seqs))
+        """Whether `batch` can run as an async step (launch): on the graph-shaped decode path's engines, any
+        step (decode rows replay a graph, mixed steps run eagerly; either way the host does not wait)."""
+        return self.pad_decode
 
     @torch.inference_mode()
     def launch(self, batch: ScheduledBatch, prev: InflightStep | None = None) -> InflightStep:
-        """Queue a decode step (can_launch) on the device and return without waiting for its sampled ids. With
-        `prev` (the step before, still in flight) the rows' input ids are prev's sampled ids, taken on the device:
-        batch.seqs must be prev's sequences or some of them, in the same order (Scheduler.schedule_ahead)."""
-        seqs, ids = batch.seqs, None
-        if prev is not None:
+        """Queue a step (can_launch) on the device and return without waiting for its sampled ids. With `prev`
+        (the step before, still in flight) a row whose input is a placeholder takes prev's sampled id for its
+        sequence, on the device (Scheduler.schedule_ahead)."""
+        seqs, nt, rows = batch.seqs, batch.num_tokens, batch.on_placeholder
+        if len(rows) == len(seqs):  # a decode step of sequences all in flight: every row samples
+            sampling = rows
+        else:
+            sampling = [i for i, s in enumerate(seqs) if s.num_computed_tokens + nt[i] == len(s.token_ids)]
+        pending = None  # (rows of the batch whose input is a placeholder, their ids on the device)
+        if rows:
+            # prev sampled every sequence on a placeholder, in the scheduler's running order, as `rows` lists
+            # them: its ids serve as they are unless some of its sequences are not here (ended, aborted)
             ids = prev.tokens
-            if len(seqs) < len(prev.seqs):
+            if len(rows) < len(prev.seqs):
                 at = {s.seq_id: i for i, s in enumerate(prev.seqs)}
-                ids = ids[device_tensor([at[s.seq_id] for s in seqs], torch.long, ids.device)]
-        logits = self._run_decode_padded(seqs, ids)
+                ids = ids[device_tensor([at[seqs[i].seq_id] for i in rows], torch.long, ids.device)]
+            pending = rows, ids
+        if max(nt) == 1 and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
+            ids = None
+            if pending is not None:  # the rows' input ids on the device, in batch order
+                ids = pending[1]
+                if len(pending[0]) < len(seqs):
+                    ids = device_tensor([s.token_ids[s.num_computed_tokens] for s in seqs], torch.long,
+                                        ids.device).index_copy_(0, device_tensor(pending[0], torch.long, ids.device),
+                                                                ids)
+            logits = self._run_decode_padded(seqs, ids)
+            if len(sampling) < len(seqs):
+                logits = logits[sampling]
+        else:
+            logits = self._run_mixed(batch, sampling, pending)
         if logits.shape[-1] > self.sample_vocab:
             logits = logits[:, :self.sample_vocab]
-        tokens, chosen, top = self._sample_on_device(seqs, logits, ids)
-        step = InflightStep(batch, seqs, tokens)
+        sampled = [seqs[i] for i in sampling]
+        if not sampled:  # prefill chunks only: nothing to sample, nothing to wait for
+            step = InflightStep(batch, sampled, torch.empty(0, dtype=torch.long, device=self.device))
+            step.out = [step.tokens, None, None, None]
+            return step
+        last = None  # sampling rows on a placeholder: their ids count as output tokens for penalties
+        if pending is not None:
+            if len(rows) == len(sampling):
+                last = None, pending[1]  # every sampling row
+            else:
+                place = {i: r for r, i in enumerate(sampling)}
+                last = [place[i] for i in rows], pending[1]
+        tokens, chosen, top = self._sample_on_device(sampled, logits, last)
+        step = InflightStep(batch, sampled, tokens)
         out = [tokens, chosen, *(top or (None, None))]  # ids, and their logprobs and top alternatives if asked
         if tokens.device.type == "cuda":  # copied to pinned memory behind the step; the host goes on
             step.out = [None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(
@@ -383,9 +413,11 @@ class ModelRunner:
         vec[3, :n] = pos + 1
         tables[:n] = self.table_rows.array[rows, :tables.shape[1]]
 
-    def _run_mixed(self, batch: ScheduledBatch, sampling: list[int]) -> Tensor:
+    def _run_mixed(self, batch: ScheduledBatch, sampling: list[int], pending=None) -> Tensor:
+        """A step of prefill chunks and decode rows, flattened. `pending` (async scheduling): (batch rows whose
+        input is a placeholder, their ids on the device)."""
         if self.decode_kernel == "cpu":
-            return self._run_rows(batch, sampling)
+            return self._run_rows(batch, sampling, pending)
         bs, dev = self.block_size, self.device
         order = sorted(range(len(batch)), key=lambda i: batch.num_tokens[i] != 1)  # decode rows first
         ids: list[int] = []
@@ -417,13 +449,13 @@ class ModelRunner:
                                               self.cfg.sliding_window, gather=not self.decode_kernel))
         meta = PagedMetadata(device_tensor(slots, torch.long, dev), segments, decode_kernel=self.decode_kernel,
                              rope_kernel=self.rope_kernel)
-        h = self.model.hidden_states(device_tensor([ids], torch.long, dev),
-                                     position_ids=device_tensor([pos], torch.long, dev),
+        ids_t = _with_pending(device_tensor([ids], torch.long, dev), pending, row_of)
+        h = self.model.hidden_states(ids_t, position_ids=device_tensor([pos], torch.long, dev),
                                      cache=self.kv.with_meta(meta))  # (1, N, d)
         rows = device_tensor([row_of[i] for i in sampling], torch.long, dev)
         return self.model.lm_head(h[0, rows]).float()  # (num sampling rows, V), in batch order
 
-    def _run_rows(self, batch: ScheduledBatch, sampling: list[int]) -> Tensor:
+    def _run_rows(self, batch: ScheduledBatch, sampling: list[int], pending=None) -> Tensor:
         """A step on CPU with the C paged kernel: every new token, prefill chunks included, is one query row over
         its own context (its sequence's block table, context = its position + 1), so one kernel call per layer
         covers the step, with no per-sequence gather or mask. Prefill attention of 16 x 128-token prompts with
@@ -449,7 +481,8 @@ class ModelRunner:
                                  gather=False)
         meta = PagedMetadata(torch.tensor(slots), [segment], decode_kernel=self.decode_kernel,
                              rope_kernel=self.rope_kernel)
-        h = self.model.hidden_states(torch.tensor([ids]), position_ids=positions[None], cache=self.kv.with_meta(meta))
+        ids_t = _with_pending(torch.tensor([ids]), pending, last)
+        h = self.model.hidden_states(ids_t, position_ids=positions[None], cache=self.kv.with_meta(meta))
         return self.model.lm_head(h[0, [last[i] for i in sampling]]).float()
 
     def _decode_tables(self, seqs: list[Sequence], max_blocks: int | None) -> tuple[Tensor, Tensor]:
@@ -519,9 +552,10 @@ class ModelRunner:
         self.sync_wait_s += time.perf_counter() - t0
         return self._results(seqs, tokens, chosen, top)
 
-    def _sample_on_device(self, seqs: list[Sequence], logits: Tensor,
-                          last: Tensor | None = None) -> tuple[Tensor, Tensor | None, tuple | None]:
-        """`last`: each sequence's last token on the device, its token_ids ending in a placeholder (async)."""
+    def _sample_on_device(self, seqs: list[Sequence], logits: Tensor, last: tuple[list[int] | None, Tensor] | None = None
+                          ) -> tuple[Tensor, Tensor | None, tuple | None]:
+        """`last` (async scheduling): (rows whose token_ids end in a placeholder, None for all; those tokens on the
+        device)."""
         # A decode step usually samples the same sequences as the one before: their parameter tensors are reused
         # then, unless penalties (they depend on the tokens so far) are on.
         key = (logits.shape[-1], *[s.seq_id for s in seqs])
@@ -530,11 +564,11 @@ class ModelRunner:
             params = [s.params for s in seqs]
             tokens = []
             if any(p.has_penalties for p in params):
-                tokens = [s.token_ids if last is None else s.token_ids[:-1] for s in seqs]
+                tokens = [s.token_ids[:-1] if s.token_ids[-1] == PLACEHOLDER else s.token_ids for s in seqs]
             sb = key, SamplingBatch.build(params, tokens, [s.num_prompt_tokens for s in seqs],
                                           [self._generator(s) for s in seqs], logits.shape[-1], logits.device)
             if last is not None and sb[1].seen is not None:  # the tokens known only on the device, counted there
-                sb[1].add_output_tokens(last)
+                sb[1].add_output_tokens(last[1], last[0])
             self._last_sampling = sb
         return sample(logits, sb[1], self.shared_generator)
 
@@ -569,6 +603,15 @@ class ModelRunner:
         """Forget per-sequence state (its generator, its block table row) once it has finished."""
         self.generators.pop(seq.seq_id, None)
         self.table_rows.release(seq.seq_id)
+
+
+def _with_pending(ids: Tensor, pending: tuple[list[int], Tensor] | None, row_of) -> Tensor:
+    """ids (1, N) of a flattened step with the rows of `pending` (batch rows on a placeholder, their ids on the
+    device) filled in on the device; row_of[i] is the flattened row of batch row i's last token."""
+    if pending is not None:
+        rows, values = pending
+        ids[0, device_tensor([row_of[i] for i in rows], torch.long, ids.device)] = values
+    return ids
 
 
 class InflightStep:

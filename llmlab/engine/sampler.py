@@ -97,9 +97,16 @@ class SamplingBatch:
         )
 
 
-    def add_output_tokens(self, tokens: Tensor) -> None:
-        """Count one more output token per row, (B,) on the device (async scheduling: the last step's ids, not
-        yet on the host), as if `build` had been given it; rows without penalties ignore seen and counts."""
+    def add_output_tokens(self, tokens: Tensor, rows: list[int] | None = None) -> None:
+        """Count one more output token for each of `rows` (default: every row), tokens on the device (async
+        scheduling: the last step's ids, not yet on the host), as if `build` had been given them; rows without
+        penalties ignore seen and counts."""
+        if rows is not None and len(rows) < self.seen.shape[0]:
+            at = device_tensor(rows, torch.long, tokens.device)
+            self.seen = self.seen.index_put((at, tokens), torch.ones_like(tokens, dtype=torch.bool))
+            self.counts = self.counts.index_put((at, tokens), torch.ones_like(tokens, dtype=torch.float),
+                                                accumulate=True)
+            return
         self.seen = self.seen.scatter(1, tokens[:, None], True)
         self.counts = self.counts.scatter_add(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=torch.float))
 

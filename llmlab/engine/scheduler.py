@@ -20,12 +20,13 @@ Blocks a step will fill are registered in the prefix cache when it is scheduled 
 says why that is safe). `update` applies a step's results: computed counts, sampled tokens, and stops by token (EOS / stop_token_ids), `max_tokens` and `max_model_len`.
 Stop *strings* need text, so the engine detects them and calls `finish`.
 
-Async scheduling (llm_engine.py): a decode step may be launched before the last one's sampled
-tokens reach the host. `advance` books a launched step at once (computed counts, a PLACEHOLDER for
-each token it samples), `schedule_ahead` plans the next decode step of the same sequences while the
-placeholders stand (or says it cannot: a queue to admit, blocks short, a sequence mid-prefill), and
-`settle` puts the tokens in their places and applies the stops `update` would. Blocks that hold a
-placeholder are registered in the prefix cache by `settle`, once their tokens are known.
+Async scheduling (llm_engine.py): a step may be launched before the last one's sampled tokens
+reach the host. `advance` books a launched step at once (computed counts, a PLACEHOLDER for each
+token it samples), `schedule_ahead` plans the next step while the placeholders stand — decode rows
+on them, prompt chunks, admissions, as `schedule` would — or says it cannot (the running sequences
+need more blocks than are free: preemption waits for the tokens), and `settle` puts the tokens in
+their places and applies the stops `update` would. Blocks that hold a placeholder are registered
+in the prefix cache by `settle`, once their tokens are known.
 
 Not here: torch. Reference: vLLM v1 `core/sched/scheduler.py`; nano-vllm `engine/scheduler.py`.
 """
@@ -46,6 +47,7 @@ class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
     num_tokens: list[int] = field(default_factory=list)  # tokens to compute for each, this step
     preempted: list[Sequence] = field(default_factory=list)
+    on_placeholder: list[int] = field(default_factory=list)  # rows whose input is a token in flight (schedule_ahead)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -122,6 +124,11 @@ class Scheduler:
             i += 1
         if batch.preempted:
             return batch  # blocks are short: admit nobody new this step
+        self._admit(batch, budget)
+        return batch
+
+    def _admit(self, batch: ScheduledBatch, budget: int) -> None:
+        """Waiting sequences into `batch` in arrival order, while the budget, max_num_seqs and free blocks allow."""
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             hits = self.bm.lookup(seq)
@@ -139,7 +146,6 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_tokens.append(n)
             budget -= n
-        return batch
 
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         """Preemption by recompute: free the blocks, keep the tokens, requeue at the front."""
@@ -180,50 +186,70 @@ class Scheduler:
 
     # ---- async scheduling -------------------------------------------------------------------------
 
-    def advance(self, batch: ScheduledBatch) -> list[int]:
-        """Book a decode step launched before its tokens are known (every row samples: ModelRunner.can_launch): its
-        computed tokens, and a PLACEHOLDER where each sampled token goes. Returns each sequence's token index."""
-        where = []
-        for seq in batch.seqs:
-            seq.num_computed_tokens += 1
-            where.append(len(seq.token_ids))
-            seq.token_ids.append(PLACEHOLDER)
-        return where
+    def advance(self, batch: ScheduledBatch) -> tuple[list[Sequence], list[int]]:
+        """Book a step launched before its tokens are known: its computed tokens, and a PLACEHOLDER where each
+        sampled token goes. Returns the sequences that sample (batch order) and the index of each one's token."""
+        seqs, where = [], []
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            c = seq.num_computed_tokens = seq.num_computed_tokens + n
+            ids = seq.token_ids
+            if c == len(ids):  # it reached its last token: one is sampled
+                seqs.append(seq)
+                where.append(c)
+                ids.append(PLACEHOLDER)
+        return seqs, where
 
     def schedule_ahead(self) -> ScheduledBatch | None:
-        """The next step while the last one's tokens are still placeholders: one decode token for every running
-        sequence that will not end by length on its placeholder, or None when that is not the step schedule()
-        would make (sequences waiting to be admitted, a sequence mid-prefill, blocks short: then the engine waits
-        for the tokens and schedules as usual). Its blocks are grown now; their prefix-cache entries wait for the
-        tokens (`settle`)."""
-        if self.waiting or not self.running:
-            return None
-        bs = self.bm.block_size
-        seqs, grow = [], []  # (~1 us a sequence: the loop is kept lean)
+        """The next step while the last one's sampled tokens are placeholders, planned as schedule() plans one:
+        running sequences oldest first — a decode row on each placeholder (none for a sequence that ends by length
+        on it), the next chunk of a prompt being prefilled — then admissions from the queue. The runner takes a
+        decode row's input from the in-flight step's sampled ids on the device. Blocks filled by a decode row get
+        their prefix-cache entries when their tokens are known (`settle`). None when the running sequences need
+        more blocks than are free: schedule() would preempt, which waits for the tokens."""
+        bs, budget = self.bm.block_size, self.max_num_batched_tokens
+        batch = ScheduledBatch()
+        seqs, counts, on_placeholder = batch.seqs, batch.num_tokens, batch.on_placeholder
+        grow, commit, new_blocks = [], [], 0  # (~1 us a sequence: the loop is kept lean)
         for seq in self.running:
+            if budget <= 0:
+                break
             ids = seq.token_ids
-            n = len(ids)
-            if n - seq.num_computed_tokens != 1 or ids[-1] != PLACEHOLDER:
-                return None
-            if self._ends_by_length(seq, n):
-                continue  # its placeholder is its last token: it ends when that token is known
-            if n > len(seq.block_table) * bs:  # its row (position n - 1) starts a block
-                grow.append(seq)
+            done = seq.num_computed_tokens
+            if ids[-1] == PLACEHOLDER:
+                if self._ends_by_length(seq, len(ids)):
+                    continue  # its placeholder is its last token: it ends when that token is known
+                on_placeholder.append(len(seqs))
+                n = 1
+            else:  # mid-prefill (or a decode row left out of the step in flight): known tokens
+                n = len(ids) - done
+                if n > budget:  # noqa: PLR1730 (a compare, not a call: per sequence per step)
+                    n = budget
+                if (done + n) // bs > done // bs:
+                    commit.append((seq, done + n))
+            target = done + n
+            if target > len(seq.block_table) * bs:
+                new_blocks += -(-target // bs) - len(seq.block_table)
+                grow.append((seq, target))
             seqs.append(seq)
-        if not seqs or len(grow) > self.bm.num_free_blocks or len(seqs) > self.max_num_batched_tokens:
+            counts.append(n)
+            budget -= n
+        if new_blocks > self.bm.num_free_blocks:  # nothing changed yet: the engine waits and schedule() preempts
             return None
-        for seq in grow:
-            self.bm.grow(seq, len(seq.token_ids))
-        return ScheduledBatch(seqs, [1] * len(seqs))
+        for seq, target in grow:
+            self.bm.grow(seq, target)
+        for seq, target in commit:
+            self.bm.commit(seq, target)
+        self._admit(batch, budget)
+        return batch if seqs else None
 
-    def settle(self, batch: ScheduledBatch, where: list[int], tokens: list[int]) -> None:
-        """A launched step's sampled tokens (one per sequence of the batch, in its order) into the places `advance`
-        kept, with update()'s stops; register the prefix-cache blocks its rows filled now that their tokens are
-        known. Sequences finished meanwhile (aborted, or stopped by the step before: this step's row of it was
-        wasted) are skipped."""
+    def settle(self, seqs: list[Sequence], where: list[int], tokens: list[int]) -> None:
+        """A launched step's sampled tokens (one per sequence that sampled, as `advance` returned them) into the
+        places `advance` kept, with update()'s stops; register the prefix-cache blocks its rows filled now that
+        their tokens are known. Sequences finished meanwhile (aborted, or stopped by the step before: this step's
+        row of it was wasted) are skipped."""
         bs, cache = self.bm.block_size, self.bm.enable_prefix_caching
         finished = SequenceStatus.FINISHED
-        for seq, i, token in zip(batch.seqs, where, tokens):
+        for seq, i, token in zip(seqs, where, tokens):
             if seq.status is finished:
                 continue
             seq.token_ids[i] = token
