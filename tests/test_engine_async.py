@@ -193,8 +193,11 @@ LATE = [("late0", [9, 8, 7, 6, 5], SamplingParams(temperature=0, max_tokens=12, 
                                                       ignore_eos=True))]
 
 
-@pytest.mark.parametrize("graphs", [True, False], ids=["emulated graphs", "padded"])
-def test_arrivals_and_prefill_chunks_are_launched_ahead_with_the_waiting_engines_outputs(model, graphs):
+# "gather": mixed steps take CUDA's path (_run_mixed: per-segment attention; the triton kernel, interpreted here,
+# takes ~5 minutes for this test)
+@pytest.mark.parametrize(("graphs", "kernel"), [(True, "cpu"), (False, "cpu"), (True, "gather")],
+                         ids=["emulated graphs", "padded", "gather (CUDA's mixed step)"])
+def test_arrivals_and_prefill_chunks_are_launched_ahead_with_the_waiting_engines_outputs(model, graphs, kernel):
     """Requests arriving while steps are in flight are admitted in steps planned ahead, their prompts in chunks of a
     small token budget beside decode rows whose inputs are the in-flight step's ids (a subset of a step's rows, in
     mixed steps); penalties, seeded sampling and logprobs among them: the waiting engine's outputs, and every step
@@ -209,8 +212,9 @@ def test_arrivals_and_prefill_chunks_are_launched_ahead_with_the_waiting_engines
         return add
 
     actions = {5: arrive(LATE[:2]), 9: arrive(LATE[2:])}
-    want, _ = run(model, False, reqs, actions, max_num_batched_tokens=8, graphs=graphs)
-    got, e = run(model, True, reqs, actions, max_num_batched_tokens=8, graphs=graphs)
+    opts = {"max_num_batched_tokens": 8, "graphs": graphs, "paged_kernel": kernel}
+    want, _ = run(model, False, reqs, actions, **opts)
+    got, e = run(model, True, reqs, actions, **opts)
     assert got == want and set(got) == {*(r[0] for r in reqs), *(r[0] for r in LATE)}
     assert e.async_steps == e.num_steps - 1 and e.scheduler.num_preemptions == 0
 
