@@ -264,6 +264,14 @@ def test_an_arrival_after_the_weights_changed_in_flight_misses_the_stale_prefix_
     assert got[True] == got[False] and got[True]["c"][0] == 0
 
 
+def test_steps_of_prompt_chunks_only_are_launched_ahead_too(model):
+    """A lone long prompt under a small token budget: its first steps sample nothing (no ids to wait for)."""
+    reqs = [("a", PROMPTS[3], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))]
+    want, _ = run(model, False, reqs, max_num_batched_tokens=5)
+    got, e = run(model, True, reqs, max_num_batched_tokens=5)
+    assert got == want and e.async_steps == e.num_steps - 1 == 4 + 6 - 1  # 22 tokens in 5 steps, 6 samples
+
+
 def test_a_full_engine_with_a_queue_keeps_launching_ahead(model):
     """max_num_seqs reached and requests queued (a loaded server): each finished sequence's place goes to the next
     request in a step planned ahead; no step waits for the tokens before it. (The waiting engine admits a request

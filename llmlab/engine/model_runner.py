@@ -317,7 +317,7 @@ class ModelRunner:
         seqs = [batch.seqs[i] for i in sampling]
         return self._sample(seqs, logits)
 
-    # ---- async scheduling: launch a decode step now, read its tokens later ---------------------------------
+    # ---- async scheduling: launch a step now, read its tokens later -----------------------------------------
 
     def can_launch(self, batch: ScheduledBatch) -> bool:
         """Whether `batch` can run as an async step (launch): on the graph-shaped decode path's engines, any
@@ -359,8 +359,8 @@ class ModelRunner:
         if logits.shape[-1] > self.sample_vocab:
             logits = logits[:, :self.sample_vocab]
         sampled = [seqs[i] for i in sampling]
-        if not sampled:  # prefill chunks only: nothing to sample, nothing to wait for
-            step = InflightStep(batch, sampled, torch.empty(0, dtype=torch.long, device=self.device))
+        if not sampled:  # prompt chunks only: nothing to sample, nothing to wait for (no row of the next step
+            step = InflightStep(batch, sampled, torch.empty(0, dtype=torch.long))  # reads its ids: on the host)
             step.out = [step.tokens, None, None, None]
             return step
         last = None  # sampling rows on a placeholder: their ids count as output tokens for penalties
@@ -615,7 +615,7 @@ def _with_pending(ids: Tensor, pending: tuple[list[int], Tensor] | None, row_of)
 
 
 class InflightStep:
-    """A decode step launched on the device whose sampled ids the host has not read yet (async scheduling)."""
+    """A step launched on the device whose sampled ids the host has not read yet (async scheduling)."""
 
     __slots__ = ("batch", "seqs", "tokens", "out", "done", "where")
 
