@@ -85,7 +85,8 @@ CFG = ModelConfig(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("async_on", [True, False])
-def test_an_async_engine_step_launches_without_waiting_for_the_gpu(busy, async_on):
+@pytest.mark.parametrize("arrival", [False, True], ids=["decode step", "mixed step with an arrival"])
+def test_an_async_engine_step_launches_without_waiting_for_the_gpu(busy, async_on, arrival):
     torch.manual_seed(0)
     model = Transformer(CFG).to("cuda").eval()
     llm = LLM(model, device="cuda", block_size=16, max_num_seqs=8, async_scheduling=async_on)
@@ -96,6 +97,8 @@ def test_an_async_engine_step_launches_without_waiting_for_the_gpu(busy, async_o
     for _ in range(12):  # prefill, then decode steps (launched ahead when async)
         e.step()
     assert (e.async_steps > 0) == async_on
+    if arrival:  # the timed step admits it: its prompt's chunk runs eagerly beside the decode rows
+        e.add_request("late", list(range(5, 45)), SamplingParams(temperature=0, max_tokens=8))
     waited = _returns_within(busy, e.step)
     if async_on:  # it launched the next step behind the busy kernel and read the step before it
         assert waited < 0.5 * BUSY_S
