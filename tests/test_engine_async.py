@@ -328,6 +328,8 @@ def test_async_scheduling_defaults_to_the_cuda_graph_path_and_is_validated(model
 
     assert LLMEngine(model, None, EngineConfig(block_size=4, cpu_pack_linears=False)).async_scheduling is False
     assert engine(model, None).async_scheduling is False  # emulated graphs after the fact: the CPU default stays
+    with pytest.warns(UserWarning, match="async_scheduling=True has no effect on this engine"):  # not silently
+        LLMEngine(model, None, EngineConfig(block_size=4, cpu_pack_linears=False, async_scheduling=True))
     with pytest.raises(ConfigError, match="async_scheduling must be True, False or None"):
         EngineConfig(async_scheduling="yes")
 

@@ -37,6 +37,7 @@ Reference: vLLM `LLMEngine`; nano-vllm `engine/llm_engine.py`.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 from llmlab.engine.block_manager import BlockManager
@@ -89,6 +90,10 @@ class LLMEngine:
         # async scheduling where decode steps replay CUDA graphs (elsewhere a step runs inside the call: nothing
         # to overlap), unless set
         self.async_scheduling = self.runner.use_graphs if async_ok is None else async_ok
+        if async_ok and not self.runner.can_launch(ScheduledBatch()):
+            warnings.warn("async_scheduling=True has no effect on this engine: its steps run inside the call (a CPU "
+                          "engine, or enforce_eager), so there is nothing to overlap; leave it unset to silence this.",
+                          stacklevel=3)
         self._inflight: InflightStep | None = None  # a decode step launched whose ids the host has not read
         self.async_steps = 0  # steps launched ahead of the tokens of the step before
         self.step_s = 0.0  # wall time inside step() (stats: with the runner's sync wait, the host's share)
