@@ -150,11 +150,12 @@ def test_paged_attention_benchmark_cpu_kernel_smoke(tmp_path):
 
 
 def test_engine_host_benchmark_smoke(tmp_path):
-    run(tmp_path, "engine_host.py", "--num-seqs", "8", "--repeats", "1", "--host-only", "--async-scheduling",
-        "--out", "host")
+    run(tmp_path, "engine_host.py", "--num-seqs", "8", "--max-num-seqs", "3", "--repeats", "1", "--host-only",
+        "--async-scheduling", "--out", "host")
     r = result(tmp_path, "host")
-    assert r["num_seqs"] == 8 and r["steps"] > 0 and r["ms_per_step"] > 0 and r["host_only"]
-    assert r["async_steps"] > r["steps"] // 2  # decode steps launched ahead, through the replaced replay
+    assert r["num_seqs"] == 8 and r["max_num_seqs"] == 3 and r["steps"] > 0 and r["ms_per_step"] > 0
+    assert r["host_only"] and r["async_steps"] == r["steps"] - 1  # requests queued: every step after the first
+    #                                                               launched ahead, through the replaced replay
 
 
 def test_gemv_benchmark_shapes_and_cpu_refusal(tmp_path):
