@@ -341,6 +341,12 @@ OPS = st.lists(st.one_of(ADD, ADD, st.tuples(st.just("step"), st.integers(1, 6))
                          st.tuples(st.just("abort"), st.integers(0, 50))), min_size=8, max_size=40)
 
 
+def launch(sched: Scheduler, batch):
+    """(the sequences that sample, their token indices), as the engine's InflightStep keeps them."""
+    seqs = [s for i, s in enumerate(batch.seqs) if batch.samples(i)]
+    return seqs, sched.advance(batch)
+
+
 def fake_step(sched: Scheduler, inflight, rng, launch_all: bool):
     """One engine step without a model, as LLMEngine.step runs it with async scheduling: with nothing in flight,
     schedule a step and launch it (`launch_all`; else only a decode step, the rest run at once, as the engine did
@@ -349,7 +355,7 @@ def fake_step(sched: Scheduler, inflight, rng, launch_all: bool):
     if inflight is None:
         batch = sched.schedule()
         if batch.seqs and (launch_all or max(batch.num_tokens) == 1):
-            return sched.advance(batch)
+            return launch(sched, batch)
         sched.update(batch, {s.seq_id: rng.randrange(3) for i, s in enumerate(batch.seqs) if batch.samples(i)})
         return None
     ahead = sched.schedule_ahead()
@@ -358,7 +364,7 @@ def fake_step(sched: Scheduler, inflight, rng, launch_all: bool):
         for s, n in zip(ahead.seqs, ahead.num_tokens):
             assert (s.token_ids[s.num_computed_tokens] == PLACEHOLDER) == (any(s is x for x in seqs) and n == 1)
             assert PLACEHOLDER not in s.token_ids[:s.num_computed_tokens]
-    nxt = sched.advance(ahead) if ahead is not None else None
+    nxt = launch(sched, ahead) if ahead is not None else None
     sched.settle(seqs, where, [rng.randrange(3) for _ in seqs])
     return nxt
 

@@ -90,7 +90,7 @@ class LLMEngine:
         # async scheduling where decode steps replay CUDA graphs (elsewhere a step runs inside the call: nothing
         # to overlap), unless set
         self.async_scheduling = self.runner.use_graphs if async_ok is None else async_ok
-        if async_ok and not self.runner.can_launch(ScheduledBatch()):
+        if async_ok and not self.runner.can_launch():
             warnings.warn("async_scheduling=True has no effect on this engine: its steps run inside the call (a CPU "
                           "engine, or enforce_eager), so there is nothing to overlap; leave it unset to silence this.",
                           stacklevel=3)
@@ -157,9 +157,12 @@ class LLMEngine:
         0.07 ms for 273 parameters."""
         return hash(tuple((p.data_ptr(), 0 if inference else p._version) for p, inference in self._params))
 
+    def _weights_changed(self) -> bool:
+        """Cached K/V were computed with the weights of their time: have those changed since?"""
+        return self.config.enable_prefix_caching and self._weights_signature() != self._weights
+
     def _check_weights(self) -> None:
-        """Cached K/V were computed with the weights of their time: reset the prefix cache if those changed."""
-        if self.config.enable_prefix_caching and self._weights_signature() != self._weights:
+        if self._weights_changed():
             self.reset_prefix_cache()
 
     def abort(self, request_id: str) -> bool:
@@ -194,7 +197,7 @@ class LLMEngine:
             if len(self.scheduler):  # check_fits guarantees progress; anything else is a bug
                 raise RuntimeError(f"the scheduler made no progress with {len(self.scheduler)} sequences queued")
             return []
-        if self.async_scheduling and self.runner.can_launch(batch):
+        if self.async_scheduling and self.runner.can_launch():
             try:  # the step's tokens are read (and its outputs made) by the next call
                 self._inflight = self._launch(batch, None)
             except BaseException:
@@ -213,7 +216,7 @@ class LLMEngine:
 
     def _launch(self, batch: ScheduledBatch, prev: InflightStep | None) -> InflightStep:
         step = self.runner.launch(batch, prev)
-        _, step.where = self.scheduler.advance(batch)  # the same rows sample as step.seqs (both: batch.samples)
+        step.where = self.scheduler.advance(batch)  # the rows that sample: step.seqs (both: batch.samples)
         self.num_steps += 1
         return step
 
@@ -225,8 +228,7 @@ class LLMEngine:
         try:
             ahead = None
             # arrivals are admitted ahead unless the weights changed (then the waiting path resets the prefix cache)
-            cache = self.config.enable_prefix_caching
-            if not (self._arrivals and cache and self._weights_signature() != self._weights):
+            if not (self._arrivals and self._weights_changed()):
                 self._arrivals = False
                 ahead = self.scheduler.schedule_ahead()
             if ahead is not None:

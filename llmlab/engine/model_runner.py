@@ -319,9 +319,9 @@ class ModelRunner:
 
     # ---- async scheduling: launch a step now, read its tokens later -----------------------------------------
 
-    def can_launch(self, batch: ScheduledBatch) -> bool:
-        """Whether `batch` can run as an async step (launch): on the graph-shaped decode path's engines, any
-        step (decode rows replay a graph, mixed steps run eagerly; either way the host does not wait)."""
+    def can_launch(self) -> bool:
+        """Whether steps can run as async steps (launch): on the graph-shaped decode path's engines, any step
+        (decode rows replay a graph, mixed steps run eagerly; either way the host does not wait)."""
         return self.pad_decode
 
     @torch.inference_mode()

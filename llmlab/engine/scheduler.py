@@ -186,18 +186,18 @@ class Scheduler:
 
     # ---- async scheduling -------------------------------------------------------------------------
 
-    def advance(self, batch: ScheduledBatch) -> tuple[list[Sequence], list[int]]:
+    def advance(self, batch: ScheduledBatch) -> list[int]:
         """Book a step launched before its tokens are known: its computed tokens, and a PLACEHOLDER where each
-        sampled token goes. Returns the sequences that sample (batch order) and the index of each one's token."""
-        seqs, where = [], []
+        sampled token goes. Returns the index of each one's token, for the rows that sample (batch.samples), in
+        batch order."""
+        where = []
         for seq, n in zip(batch.seqs, batch.num_tokens):
             c = seq.num_computed_tokens = seq.num_computed_tokens + n
             ids = seq.token_ids
             if c == len(ids):  # it reached its last token: one is sampled
-                seqs.append(seq)
                 where.append(c)
                 ids.append(PLACEHOLDER)
-        return seqs, where
+        return where
 
     def schedule_ahead(self) -> ScheduledBatch | None:
         """The next step while the last one's sampled tokens are placeholders, planned as schedule() plans one:
@@ -243,7 +243,7 @@ class Scheduler:
         return batch if seqs else None
 
     def settle(self, seqs: list[Sequence], where: list[int], tokens: list[int]) -> None:
-        """A launched step's sampled tokens (one per sequence that sampled, as `advance` returned them) into the
+        """A launched step's sampled tokens (one per sequence that sampled, in batch order) into the
         places `advance` kept, with update()'s stops; register the prefix-cache blocks its rows filled now that
         their tokens are known. Sequences finished meanwhile (aborted, or stopped by the step before: this step's
         row of it was wasted) are skipped."""
