@@ -16,12 +16,12 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from llmlab.data.shards import ShardInfo
 from llmlab.errors import ConfigError
+
+if TYPE_CHECKING:  # numpy and torch are imported where used: `llmlab --help` imports this module
+    from llmlab.data.shards import ShardInfo
 
 PROMPTS = ["ROMEO.\n", "KING HENRY.\nWhat", "To be, or not to be"]
 PRESET = "tiny-cpu"
@@ -48,6 +48,8 @@ def ngram_baselines(shards: ShardInfo) -> dict[str, float]:
 
     Unigram: add-one smoothed counts. Bigram: interpolated with the unigram, P = l P(b|a) + (1-l) P(b),
     with l picked on the validation split itself — generous to the baseline."""
+    import numpy as np
+
     V = shards.vocab_size
     train = np.asarray(shards.tokens("train"), dtype=np.int64)
     val = np.asarray(shards.tokens("val"), dtype=np.int64)
@@ -63,6 +65,8 @@ def ngram_baselines(shards: ShardInfo) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from llmlab.data.corpora import default_corpus, resolve_corpus
     from llmlab.data.shards import prepare_shards
     from llmlab.estimate import count_params

@@ -17,3 +17,22 @@ def test_stray_arguments_name_the_command_and_its_help(capsys, argv, prog, hint)
     assert e.value.code == 2 and err.startswith(f"{prog}: error: unrecognized arguments")
     assert f"`{prog} --help` lists the options" in err and len(err.strip().splitlines()) == 1
     assert (hint in err) if hint else "option's name" not in err
+
+
+def test_help_and_import_llmlab_do_not_import_torch():
+    """`llmlab --help` (and every command's --help) builds the whole parser without torch or numpy, which took
+    ~2.5 s of a 4 s `--help`; `import llmlab` is light too, and its public names load on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, llmlab, llmlab.cli\n"
+            "llmlab.cli.build_parser()\n"
+            "heavy = sorted(m for m in ('torch', 'numpy') if m in sys.modules)\n"
+            "assert not heavy, heavy\n"
+            "assert llmlab.artifacts.__name__ == 'llmlab.artifacts' and 'LLM' in dir(llmlab)\n"
+            "assert not hasattr(llmlab, 'no_such_name')\n"
+            "from llmlab import LLM, SamplingParams, Transformer\n"
+            "from llmlab.engine import EngineConfig, LLMEngine\n"
+            "assert LLM.__module__ == 'llmlab.engine.llm' and 'torch' in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

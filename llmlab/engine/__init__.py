@@ -11,10 +11,28 @@ graphs): scheduler.schedule_ahead -> model_runner.launch (the next step, its ids
 -> model_runner.collect (this step's ids) -> scheduler.settle -> detokenizer -> RequestOutput.
 """
 
-from llmlab.engine.config import EngineConfig
-from llmlab.engine.llm import LLM
-from llmlab.engine.llm_engine import LLMEngine
-from llmlab.engine.output import CompletionOutput, RequestOutput
-from llmlab.engine.sequence import RequestError, SamplingParams
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llmlab.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from llmlab.engine.config import EngineConfig
+    from llmlab.engine.llm import LLM
+    from llmlab.engine.llm_engine import LLMEngine
+    from llmlab.engine.output import CompletionOutput, RequestOutput
+    from llmlab.engine.sequence import RequestError, SamplingParams
+
+# loaded on first use: `llmlab chat --help` needs none of them (nor torch)
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "EngineConfig": "llmlab.engine.config",
+    "LLM": "llmlab.engine.llm",
+    "LLMEngine": "llmlab.engine.llm_engine",
+    "CompletionOutput": "llmlab.engine.output",
+    "RequestOutput": "llmlab.engine.output",
+    "RequestError": "llmlab.engine.sequence",
+    "SamplingParams": "llmlab.engine.sequence",
+})
 
 __all__ = ["LLM", "CompletionOutput", "EngineConfig", "LLMEngine", "RequestError", "RequestOutput", "SamplingParams"]

@@ -25,11 +25,12 @@ import importlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from llmlab.errors import LlmlabError
+
+if TYPE_CHECKING:
+    import torch
 
 VERDICTS = ("confirmed", "incomplete", "wrong")
 VERDICT_ZH = {"confirmed": "正确", "incomplete": "不完整", "wrong": "错误"}
@@ -104,6 +105,8 @@ class Context:
     seed: int = 0
 
     def generator(self, offset: int = 0) -> torch.Generator:
+        import torch
+
         return torch.Generator().manual_seed(self.seed + offset)
 
 
@@ -112,6 +115,8 @@ def one_thread() -> Iterator[None]:
     """Run the block on one intra-op thread. With more threads than free cores (a shared CPU), every op waits at a
     barrier for a descheduled thread: 60 ms per attention call whatever its size, and a 2-layer model's 576 engine
     steps took 18 s instead of 1 s. One thread keeps timings about the arithmetic and small experiments fast."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -132,6 +137,8 @@ class Topic:
     run_fn: Callable[[Context], Result]
 
     def run(self, ctx: Context | None = None) -> Result:
+        import torch  # here, not at the top: `llmlab explain --help` imports this module
+
         ctx = ctx or Context()
         torch.manual_seed(ctx.seed)
         start = time.perf_counter()

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from llmlab.errors import ConfigError
-
-CHOICES = ("auto", "default", "flash", "cudnn", "efficient", "math")
+from llmlab.train.config import ATTENTION_CHOICES as CHOICES
 
 
 def _backends() -> dict:

@@ -23,7 +23,9 @@ from typing import Any
 from llmlab import artifacts
 from llmlab.config import ModelConfig, load_hf_config
 from llmlab.errors import ConfigError, is_int, is_number
-from llmlab.train.attention_backend import CHOICES as ATTENTION_CHOICES
+
+# attention_backend's values (train/attention_backend.py; here so that reading a config needs no torch)
+ATTENTION_CHOICES = ("auto", "default", "flash", "cudnn", "efficient", "math")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -286,9 +288,8 @@ def _from_checkpoint(init_from: str, model: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoint_model_config(init_from: str) -> ModelConfig:
     """The ModelConfig of a checkpoint directory, .gguf file or registry name (what `from_pretrained` builds)."""
-    from llmlab.model.pretrained import from_pretrained
-
     from llmlab.estimate.presets import resolve as config_only
+    from llmlab.model.pretrained import from_pretrained
 
     path = artifacts.resolve(init_from)  # without the weights: `train` reads those
     if (path / "config.json").is_file():
