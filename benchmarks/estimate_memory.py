@@ -17,6 +17,7 @@ Results go to benchmarks/results/estimate_memory_<device>.json; the last line pr
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import sys
@@ -132,14 +133,20 @@ def reestimate(path: Path) -> int:
     if peaks:
         out |= {"peak_ratio_min": min(peaks), "peak_ratio_max": max(peaks)}
     dest = RESULTS / f"{path.stem}_reestimated.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "activations"}))
     return 0
 
 
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "--reestimate":
-        return reestimate(Path(sys.argv[2]))
+    ap = argparse.ArgumentParser(description="Estimated vs measured memory for llmlab's Transformer: activations, "
+                                             "KV cache, optimizer state (CPU, and CUDA when present).")
+    ap.add_argument("--reestimate", type=Path, metavar="RESULTS_JSON",
+                    help="instead of measuring, apply today's formulas to the measurements recorded in this file")
+    args = ap.parse_args()
+    if args.reestimate is not None:
+        return reestimate(args.reestimate)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     act = activation_rows(device)

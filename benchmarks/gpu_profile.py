@@ -140,7 +140,12 @@ def train_profile():
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
 
 if __name__ == "__main__":
-    what = sys.argv[1:] or ["decode", "kernel", "train"]
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Where a batch-1 decode step and a training step spend their GPU time.")
+    ap.add_argument("what", nargs="*", choices=["decode", "kernel", "train", "graph"],
+                    help="what to profile (default: decode kernel train; graph: the compiled step's kernels alone)")
+    what = ap.parse_args().what or ["decode", "kernel", "train"]
     if what == ["graph"]:  # the compiled step's kernels alone (gpu_all.sh main)
         compiled_graph_kernels(load_model("llama-3.2-1b", torch.bfloat16, "cuda"))
         sys.exit(0)

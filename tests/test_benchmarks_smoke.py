@@ -208,3 +208,43 @@ def test_decode_step_timing_inputs_write_only_the_scratch_block():
     for k, k0 in zip(runner.kv.k, before):  # (slots, KV heads, head dim)
         assert torch.equal(k[:real], k0[:real]) and not torch.equal(k[real:], k0[real:])
     assert fill_decode_step(runner, 8, 41) is None  # 8 x 11 blocks: more than the cache holds
+
+
+def test_gpu_all_commands_parse(tmp_path):
+    """benchmarks/gpu_all.sh is the one call a device lease gets: every benchmark command in it must parse with its
+    script's own argparse (checked by running each script up to its parse_args, in one process) and every test
+    file it names must exist."""
+    import re
+    import shlex
+
+    root = BENCH.parent
+    text = re.sub(r"\\\n\s*", " ", (BENCH / "gpu_all.sh").read_text())  # continued lines joined
+    commands = [shlex.split(m) for m in re.findall(r"python3 (benchmarks/\S+\.py[^\n]*)", text)]
+    assert len(commands) >= 10 and {c[0] for c in commands} >= {"benchmarks/latency.py", "benchmarks/throughput.py",
+                                                                  "benchmarks/train.py"}
+    tests = set(re.findall(r"\btests/\S+\.py\b", text))
+    assert tests and all((root / t).is_file() for t in tests), tests
+    commands = [[str(root / c[0]), *(a.replace("$LLMLAB_BENCH_RESULTS", str(tmp_path)) for a in c[1:])]
+                for c in commands]
+    checker = f"""
+import argparse, runpy, sys
+class Parsed(Exception):
+    pass
+original = argparse.ArgumentParser.parse_args
+def parse_then_stop(self, args=None, namespace=None):
+    original(self, args, namespace)  # exits 2 with argparse's message on a bad argument
+    raise Parsed
+argparse.ArgumentParser.parse_args = parse_then_stop
+for argv in {commands!r}:
+    sys.argv, sys.path[0] = argv, argv[0].rsplit("/", 1)[0]  # as `python3 benchmarks/x.py` sets them
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    except Parsed:
+        continue
+    except SystemExit as e:  # argparse's error (its message is on stderr), or a script that parses no arguments
+        raise SystemExit(f"exit {{e.code}} before its arguments were parsed: " + " ".join(argv)) from None
+    raise SystemExit("did not reach parse_args: " + " ".join(argv))
+"""
+    proc = subprocess.run([sys.executable, "-c", checker], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LLMLAB_BENCH_RESULTS": str(tmp_path)}, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
