@@ -347,10 +347,9 @@ class ModelRunner:
             ids = None
             if pending is not None:  # the rows' input ids on the device, in batch order
                 ids = pending[1]
-                if len(pending[0]) < len(seqs):
-                    ids = device_tensor([s.token_ids[s.num_computed_tokens] for s in seqs], torch.long,
-                                        ids.device).index_copy_(0, device_tensor(pending[0], torch.long, ids.device),
-                                                                ids)
+                if len(pending[0]) < len(seqs):  # rows with known inputs too: the mixed path's fill, row i = i
+                    known = device_tensor([[s.token_ids[s.num_computed_tokens] for s in seqs]], torch.long, ids.device)
+                    ids = _with_pending(known, pending, range(len(seqs)))[0]
             logits = self._run_decode_padded(seqs, ids)
             if len(sampling) < len(seqs):
                 logits = logits[sampling]
@@ -552,7 +551,8 @@ class ModelRunner:
         self.sync_wait_s += time.perf_counter() - t0
         return self._results(seqs, tokens, chosen, top)
 
-    def _sample_on_device(self, seqs: list[Sequence], logits: Tensor, last: tuple[list[int] | None, Tensor] | None = None
+    def _sample_on_device(self, seqs: list[Sequence], logits: Tensor,
+                          last: tuple[list[int] | None, Tensor] | None = None
                           ) -> tuple[Tensor, Tensor | None, tuple | None]:
         """`last` (async scheduling): (rows whose token_ids end in a placeholder, None for all; those tokens on the
         device)."""
