@@ -24,6 +24,18 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch
     return model
 
 
+@pytest.fixture(autouse=True)
+def _own_tuning_cache(tmp_path_factory, monkeypatch):
+    """Each test keeps its kernel timings apart (kernels/tuning_cache.py): an engine started under a faked kernel
+    speed must leave its routes neither for a later test nor for the user's next real start."""
+    from llmlab.kernels import tuning_cache
+
+    directory = tmp_path_factory.mktemp("tuning")
+    monkeypatch.setattr(tuning_cache, "directory", lambda: directory)
+    monkeypatch.delenv(tuning_cache.RETUNE_ENV, raising=False)
+    return directory
+
+
 @pytest.fixture
 def tmp_model_dir(tmp_path):
     return tmp_path / "model"

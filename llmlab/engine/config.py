@@ -23,7 +23,8 @@ class EngineConfig:
     enforce_eager: bool = False  # CUDA: no graphs for decode steps
     cuda_graph_max_bs: int = 256  # largest decode batch that replays a CUDA graph
     seed: int = 0  # generator for requests without their own seed
-    cpu_pack_linears: bool = True  # CPU: packed linear weights, fastest kernel per row count (kernels/cpu_linear.py)
+    cpu_pack_linears: bool = True  # CPU: packed linear weights, fastest kernel per row count (kernels/cpu_linear.py;
+    # timed at the first start on a machine, then read back from $LLMLAB_CACHE/tuning: LLMLAB_RETUNE=1 times again)
     cpu_fast_norms: bool = True  # CPU: RMSNorm in one C call (kernels/cpu_norm.py) when a C compiler is found
     cpu_fused_rope: bool = True  # CPU: RoPE and the KV write in one C call a layer (kernels/cpu_rope_cache.py)
     cpu_fast_swiglu: bool = True  # CPU: SiLU(gate) * up in one C call (kernels/cpu_swiglu.py) when a compiler is found

@@ -24,7 +24,8 @@ with the system C compiler; without one, a warning and the gather path), which t
 token as a row of its own too (`_run_rows`). On CPU the linears (kernels/cpu_linear.py,
 `cpu_pack_linears`) go, per row count, to whichever of MKL (`F.linear`), oneDNN with a packed weight, the
 panel kernel (AVX-512 or AVX2) and the C kernel for 1-4 rows a start-up timing finds fastest on this CPU
-(`tune_packing`: the decode batch sizes up to max_num_seqs and one prefill-sized count, a few seconds), and
+(`tune_packing`: the decode batch sizes up to max_num_seqs and one prefill-sized count, a few seconds, kept
+in the tuning cache for the next start on this machine: kernels/tuning_cache.py), and
 RMSNorms run as one C call each (kernels/cpu_norm.py, `cpu_fast_norms`), as do SwiGLU's SiLU(gate) * up
 (kernels/cpu_swiglu.py, `cpu_fast_swiglu`) and each layer's RoPE and KV write
 (kernels/cpu_rope_cache.py, `cpu_fused_rope`; eager steps) and the sampler's argmax (kernels/cpu_argmax.py).
@@ -133,7 +134,7 @@ class ModelRunner:
         if self.device.type == "cpu" and config.cpu_pack_linears and pack_linears(model):
             decode = [r for r in (1, 2, 4, 8, 16, 32) if r <= config.max_num_seqs]
             rows = tuple(sorted({*decode, min(128, config.max_num_batched_tokens)}))
-            self.packing_report = tune_packing(model, rows=rows)
+            self.packing_report = tune_packing(model, rows=rows, cache=True)
             if self.compile_cpu and (config.max_num_seqs > CPU_GEMM_TEMPLATE_MAX_SEQS
                                      or _panel_beats_template(self.dtype)):
                 self.traced_panels = sum(m.prepare_for_compile() for m in packed_layers(model))

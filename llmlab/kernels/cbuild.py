@@ -51,6 +51,18 @@ def _cpu_signature() -> str:
         return platform.platform()
 
 
+def signature(*source_names: str) -> dict[str, str]:
+    """What a timing of these kernels depends on besides its inputs: the CPU (model name, and a digest of its
+    feature flags) and a digest of the sources and the shared headers."""
+    here = Path(__file__).parent
+    text = b"".join((here / n).read_bytes() for n in source_names)
+    text += b"".join(h.read_bytes() for h in sorted(here.glob("*.h")))
+    cpu = _cpu_signature()
+    name = cpu.splitlines()[0].split(":", 1)[-1].strip() if cpu else ""
+    return {"cpu": name, "cpu_digest": hashlib.sha256(cpu.encode()).hexdigest()[:16],
+            "sources_digest": hashlib.sha256(text).hexdigest()[:16]}
+
+
 def dtype_functions(source_name: str, prefix: str, argtypes: list, has_f16: str) -> dict:
     """{torch dtype: typed ctypes function} for the entry points `<prefix>_f32`, `<prefix>_bf16` and, where the
     library's `has_f16()` says the compiler had _Float16, `<prefix>_f16`; empty where nothing could be built."""

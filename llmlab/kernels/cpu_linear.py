@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmlab.kernels import cbuild
+from llmlab.kernels import cbuild, tuning_cache
 from llmlab.kernels.cpu_panel_linear import pack_panels, panel_linear_checked, panel_linear_op, panel_supported
 from llmlab.model.layers import FusedProjections, swap_linears
 
@@ -251,7 +251,7 @@ def packed_layers(model: nn.Module) -> list[PackedLinear]:
 
 
 def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 128), repeats: int = 3,
-                 timer=None) -> list[dict]:
+                 timer=None, cache: bool = False) -> list[dict]:
     """Time the model's packed linears at each row count (weights streamed, as in a decode step) with every
     kernel that runs here: F.linear, oneDNN-packed, the panel kernel (cpu_panel_linear.c) and, up to
     SKINNY_MAX_ROWS rows, the C kernel for a few rows. Routes each measured count, and the counts up to it from
@@ -262,14 +262,46 @@ def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 128)
     Which kernel wins depends on the CPU: on a 2-core Intel Xeon MKL's fp32 GEMV beat oneDNN at 1-2 rows
     (17.1 vs 23.7 ms per SmolLM2 step); on a Zen 4 EPYC the panel kernel beat oneDNN at every count
     (benchmarks/results/cpu_linear*.json). `timer(layers, rows, kernel) -> ms`, kernel one of "f_linear",
-    "packed", "panel", "skinny", replaces the measurement (tests)."""
+    "packed", "panel", "skinny", replaces the measurement (tests).
+    cache=True (the engine's setting): the table of an earlier measurement on this machine with the same CPU,
+    threads, torch, kernel sources, model shapes and row counts is read back instead of timing again, and a new
+    measurement is kept (kernels/tuning_cache.py; $LLMLAB_RETUNE=1 times again). SmolLM2-135M's engine then starts
+    in ~0.5 s instead of ~2.5 s (2-core Zen 3, fp32). A given `timer` is never cached."""
+    if not rows:
+        raise ValueError("tune_packing needs at least one row count to time.")
     layers = [m for m in packed_layers(model) if m.weight.dtype in m._dtypes and m.weight.device.type == "cpu"]
     if not layers:
         return []
-    timer = timer or _time_layers
     dtype = layers[0].weight.dtype
     skinny, packed = skinny_supported(dtype), packing_supported(dtype)
     panel = all(panel_supported(dtype, m.in_features) for m in layers)
+    fields = table = None
+    if cache and timer is None:
+        fields = _tuning_fields(layers, rows, repeats, {"skinny": skinny, "packed": packed, "panel": panel})
+        table = tuning_cache.load("cpu-linear", fields)
+    if not _valid_table(table, rows):
+        table = _measure(layers, rows, repeats, timer or _time_layers, skinny, packed, panel)
+        if fields is not None:
+            tuning_cache.save("cpu-linear", fields, table)
+    routes: list[tuple[int, str]] = []
+    for entry in table:
+        fastest = min((k[:-3] for k in entry if k.endswith("_ms")), key=lambda k: entry[f"{k}_ms"])
+        routes = _extend(routes, entry["rows"], fastest)
+    last = table[-1]
+    beyond = min((k[:-3] for k in last if k.endswith("_ms") and k != "skinny_ms"), key=lambda k: last[f"{k}_ms"])
+    routes = _extend(routes, ROWS_ANY, beyond)
+    keep = {k for _, k in routes}
+    for m in layers:
+        m.routes = tuple(routes)
+        m.drop_copies(keep=keep)
+        for k in keep & {k for k, runs in (("panel", panel), ("packed", packed)) if runs}:
+            m._copy(k)  # packed now, as a measurement leaves them (a table read back too): not in the first step
+    return table
+
+
+def _measure(layers: list[PackedLinear], rows: tuple[int, ...], repeats: int, timer, skinny: bool, packed: bool,
+             panel: bool) -> list[dict]:
+    """tune_packing's table: ms per kernel at each row count (see there)."""
     # Prefill-sized counts are compute-bound: whether the weights stream from memory barely matters there, so one
     # layer of each shape is timed and the sum scaled to the model (SmolLM2-135M in bf16 on a 2-core Zen 3: 9.1 s
     # of a 15.9 s tuning went to 128 rows through every layer).
@@ -294,17 +326,27 @@ def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 128)
             if timed is sample:
                 entry["layers_timed"] = len(sample)
             table.append(entry)
-    routes: list[tuple[int, str]] = []
-    for entry in table:
-        fastest = min((k[:-3] for k in entry if k.endswith("_ms")), key=lambda k: entry[f"{k}_ms"])
-        routes = _extend(routes, entry["rows"], fastest)
-    last = table[-1]
-    beyond = min((k[:-3] for k in last if k.endswith("_ms") and k != "skinny_ms"), key=lambda k: last[f"{k}_ms"])
-    routes = _extend(routes, ROWS_ANY, beyond)
-    for m in layers:
-        m.routes = tuple(routes)
-        m.drop_copies(keep={k for _, k in routes})
     return table
+
+
+def _tuning_fields(layers: list[PackedLinear], rows: tuple[int, ...], repeats: int, kernels: dict) -> dict:
+    """Everything a tune_packing table depends on: the key of its cache entry."""
+    shapes: dict[str, int] = {}
+    for m in layers:
+        shape = f"{m.in_features}x{m.out_features}{'+b' if m.bias is not None else ''}"
+        shapes[shape] = shapes.get(shape, 0) + 1
+    return {"format": 1, **cbuild.signature("cpu_panel_linear.c", "cpu_skinny_linear.c"),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": str(layers[0].weight.dtype),
+            "kernels": kernels, "rows": sorted(rows), "repeats": repeats, "shapes": dict(sorted(shapes.items()))}
+
+
+def _valid_table(table, rows: tuple[int, ...]) -> bool:
+    """Whether a table read back has an entry per row count, in order, each with a time for some known kernel."""
+    kernels = {"f_linear_ms", "packed_ms", "panel_ms", "skinny_ms"}
+    return (isinstance(table, list) and [e.get("rows") if isinstance(e, dict) else None for e in table] == sorted(rows)
+            and all(any(isinstance(e.get(k), (int, float)) for k in kernels)
+                    and set(e) <= kernels | {"rows", "layers_timed"} for e in table)
+            and any(k != "skinny_ms" for k in table[-1] if k in kernels))
 
 
 def _extend(routes: list[tuple[int, str]], up_to: int, kernel: str) -> list[tuple[int, str]]:
