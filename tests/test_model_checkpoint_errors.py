@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import randomize_
 from safetensors.torch import load_file, save_file
 
 import llmlab
@@ -125,6 +126,9 @@ def test_cli_prints_one_line_error(tmp_path):
     (["--prompt", ""], "the prompt is empty"),
     (["--ids", ","], "--ids holds no token ids"),
     (["--ids", "1", "--temperature", "1", "--top-p", "0"], "top_p must be in"),
+    (["--ids", "1", "--temperature", "1", "--top-k", "0"], "--top-k must be at least 1"),
+    (["--ids", "1,2", "--max-new-tokens", "100000"], "a prompt of 2 tokens plus 100000 new ones is beyond the model's"),
+    (["--ids", "1,99"], "prompt token 99 is not an id in this model's vocabulary (0..49)"),
 ])
 def test_cli_generate_bad_input_is_one_line(saved, args, message):
     proc = subprocess.run([sys.executable, "-m", "llmlab", "generate", "--model", str(saved), *args],
@@ -160,6 +164,46 @@ def test_cli_generate_prints_text_without_the_eos_token_and_says_it_stopped(tmp_
     assert text == "" and stats.startswith("[1 tokens in") and stats.endswith("; stopped at EOS]")
     assert main(["generate", "--model", str(tmp_path / "m"), "--ids", str(first)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == str(tok.eos_id)  # ids show every token
+
+
+def test_cli_generate_runs_the_engine_with_the_models_greedy_tokens(tmp_path, capsys, monkeypatch):
+    """`llmlab generate` decodes through the engine (as `llmlab chat` does) and continues as the model's own
+    generate would; seeded sampling repeats; an ALiBi model, which the engine refuses, runs the model's generate
+    and the stats line says so."""
+    import llmlab.engine.llm as engine_llm
+    from llmlab.cli import main
+
+    engines = []
+
+    class Recorded(engine_llm.LLM):
+        def __init__(self, *a, **k):
+            engines.append(k)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(engine_llm, "LLM", Recorded)
+    torch.manual_seed(0)
+    model = randomize_(Transformer(CFG.replace(eos_token_id=None)), std=0.5)
+    model.save_pretrained(tmp_path / "rope")
+    want = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=12)[0, 3:].tolist()
+    assert main(["generate", "--model", str(tmp_path / "rope"), "--ids", "1,2,3", "--max-new-tokens", "12"]) == 0
+    ids, stats = capsys.readouterr().out.splitlines()
+    assert [int(i) for i in ids.split(",")] == want
+    assert stats.startswith("[12 tokens in") and "own generate" not in stats
+    assert len(engines) == 1 and engines[0]["max_num_seqs"] == 1 and engines[0]["max_model_len"] == 15
+    sampled = []
+    for seed in (7, 7, 8):
+        assert main(["generate", "--model", str(tmp_path / "rope"), "--ids", "1,2,3", "--temperature", "1",
+                     "--seed", str(seed), "--top-k", "20", "--max-new-tokens", "12"]) == 0
+        sampled.append(capsys.readouterr().out.splitlines()[0])
+    assert sampled[0] == sampled[1] != sampled[2] and sampled[0] != ids and len(engines) == 4
+
+    alibi = Transformer(CFG.replace(model_type="llmlab", position="alibi", eos_token_id=None))
+    alibi.save_pretrained(tmp_path / "alibi")
+    want = alibi.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5)[0, 3:].tolist()
+    assert main(["generate", "--model", str(tmp_path / "alibi"), "--ids", "1,2,3", "--max-new-tokens", "5"]) == 0
+    ids, stats = capsys.readouterr().out.splitlines()
+    assert [int(i) for i in ids.split(",")] == want and "the model's own generate (the engine has no ALiBi)" in stats
+    assert len(engines) == 4
 
 
 def test_cli_help_lists_commands():
