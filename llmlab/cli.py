@@ -34,7 +34,22 @@ class _Parser(argparse.ArgumentParser):
     error, instead of a usage block first; sub-commands inherit the class."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+        self.exit(2, f"{self.prog}: error: {message}{_close_choice(message)} (`{self.prog} --help` lists the "
+                     "options)\n")
+
+
+def _close_choice(message: str) -> str:
+    """"; did you mean 'X'?" for argparse's "invalid choice: 'Y' (choose from ...)" when a choice is close to Y
+    (a typo), else "" (also where argparse already suggests one, as Python 3.14's does)."""
+    import difflib
+    import re
+
+    found = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)", message)
+    if not found or "maybe you meant" in message:
+        return ""
+    choices = [c.strip().strip("'\"") for c in found.group(2).split(",")]
+    close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,3 +36,26 @@ def test_help_and_import_llmlab_do_not_import_torch():
             "assert LLM.__module__ == 'llmlab.engine.llm' and 'torch' in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["genrate"], "; did you mean 'generate'?"),
+    (["estimate", "inference-memory", "llama-7b"], "; did you mean 'infer-memory'?"),
+    (["xyz"], None),
+])
+def test_a_mistyped_choice_gets_the_close_one(capsys, argv, suggestion):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice" in err and len(err.strip().splitlines()) == 1
+    assert (suggestion in err) if suggestion else "did you mean" not in err
+
+
+def test_close_choice_reads_both_spellings_of_argparse_choices():
+    from llmlab.cli import _close_choice
+
+    for listed in ("'generate', 'data'", "generate, data"):  # quoted up to Python 3.12.7, bare after
+        assert _close_choice(f"argument COMMAND: invalid choice: 'genrate' (choose from {listed})") == (
+            "; did you mean 'generate'?")
+    assert _close_choice("invalid choice: 'genrate', maybe you meant 'generate'? (choose from generate)") == ""
+    assert _close_choice("expected one argument") == ""
