@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
         raise LlmlabError("--top-k and --top-p shape sampling, and --temperature 0 (the default) is greedy; set "
                           "--temperature > 0 to sample, or drop them.")
+    if args.top_k is not None and args.top_k < 1:
+        raise LlmlabError(f"--top-k must be at least 1, got {args.top_k}; leave it out to keep every token.")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise LlmlabError(f"--top-p: top_p must be in (0, 1], got {args.top_p}; leave it out to keep every token.")
     if args.prompt is not None and not args.prompt:
         raise LlmlabError("the prompt is empty; pass some text with --prompt (or ids with --ids).")
     model = from_pretrained(args.model, dtype=args.dtype)
@@ -54,10 +58,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         tok = _load_tokenizer(args.model)
         ids = tok.encode(args.prompt)
-    if args.top_k is not None and args.top_k < 1:
-        raise LlmlabError(f"--top-k must be at least 1, got {args.top_k}; leave it out to keep every token.")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise LlmlabError(f"--top-p: top_p must be in (0, 1], got {args.top_p}; leave it out to keep every token.")
     limit = model.cfg.max_position_embeddings
     if len(ids) + args.max_new_tokens > limit:
         raise LlmlabError(f"a prompt of {len(ids)} tokens plus {args.max_new_tokens} new ones is beyond the model's "
