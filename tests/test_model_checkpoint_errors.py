@@ -127,6 +127,7 @@ def test_cli_prints_one_line_error(tmp_path):
     (["--ids", ","], "--ids holds no token ids"),
     (["--ids", "1", "--temperature", "1", "--top-p", "0"], "top_p must be in"),
     (["--ids", "1", "--temperature", "1", "--top-k", "0"], "--top-k must be at least 1"),
+    (["--ids", "1", "--temperature", "-0.5"], "--temperature must be at least 0 (0 is greedy), got -0.5"),
     (["--ids", "1,2", "--max-new-tokens", "100000"], "a prompt of 2 tokens plus 100000 new ones is beyond the model's"),
     (["--ids", "1,99"], "prompt token 99 is not an id in this model's vocabulary (0..49)"),
 ])

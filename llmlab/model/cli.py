@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise LlmlabError("pass exactly one of --prompt TEXT or --ids 1,2,3.")
     if args.max_new_tokens < 1:
         raise LlmlabError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if not args.temperature >= 0:
+        raise LlmlabError(f"--temperature must be at least 0 (0 is greedy), got {args.temperature}.")
     if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
         raise LlmlabError("--top-k and --top-p shape sampling, and --temperature 0 (the default) is greedy; set "
                           "--temperature > 0 to sample, or drop them.")
