@@ -13,7 +13,6 @@ import math
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from llmlab.config import ModelConfig
 from llmlab.estimate import count_params, kv_cache_bytes
@@ -377,6 +376,8 @@ def padding_mask(ctx: Context) -> Result:
        answer_en="Time O(n²d), and the explicit path also holds O(n²) scores per head: both measured with log-log slopes ≈ 2.",
        answer_zh="时间 O(n²d);显式实现每个头还要存 O(n²) 的分数:实测对数斜率均约为 2。")
 def attention_complexity(ctx: Context) -> Result:
+    from torch.utils.flop_counter import FlopCounterMode  # here: it imports Triton, which the topic list never needs
+
     d, rows = 64, []
     ns = (256, 512, 1024, 2048)
     for n in ns:
