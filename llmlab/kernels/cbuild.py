@@ -51,12 +51,17 @@ def _cpu_signature() -> str:
         return platform.platform()
 
 
+def _source_text(*source_names: str) -> bytes:
+    """The bytes a build or a timing of these kernels depends on: their sources, then every shared header."""
+    here = Path(__file__).parent
+    return b"".join((here / n).read_bytes() for n in source_names) + b"".join(
+        h.read_bytes() for h in sorted(here.glob("*.h")))
+
+
 def signature(*source_names: str) -> dict[str, str]:
     """What a timing of these kernels depends on besides its inputs: the CPU (model name, and a digest of its
     feature flags) and a digest of the sources and the shared headers."""
-    here = Path(__file__).parent
-    text = b"".join((here / n).read_bytes() for n in source_names)
-    text += b"".join(h.read_bytes() for h in sorted(here.glob("*.h")))
+    text = _source_text(*source_names)
     cpu = _cpu_signature()
     name = cpu.splitlines()[0].split(":", 1)[-1].strip() if cpu else ""
     return {"cpu": name, "cpu_digest": hashlib.sha256(cpu.encode()).hexdigest()[:16],
@@ -90,7 +95,7 @@ def load(source_name: str) -> CLibrary:
     from llmlab.artifacts import cache_dir
 
     source = Path(__file__).with_name(source_name)
-    text = source.read_bytes() + b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))  # + headers
+    text = _source_text(source_name)
     last = ""
     for flags in FLAG_SETS:
         key = hashlib.sha256(text + " ".join([cc, *flags]).encode() + _cpu_signature().encode()).hexdigest()
