@@ -297,3 +297,15 @@ def test_kv_cache_is_sized_from_the_memory_budget(llama):
     assert llm.engine.runner.kv.nbytes() == 38 * per_block  # + the scratch block for padded rows
     with pytest.raises(llmlab.ConfigError, match="below one block"):
         LLM(llama, block_size=8, kv_cache_memory=per_block - 1)
+
+
+def test_a_cpu_engine_builds_its_c_kernels_before_it_needs_them(llama, monkeypatch):
+    """On a machine's first start the C kernels build side by side, with a line on stderr (kernels/cbuild.py
+    `prebuild`), instead of one after another in silence as each is first used."""
+    from llmlab.kernels import cbuild
+
+    calls = []
+    monkeypatch.setattr(cbuild, "prebuild", lambda names=None: calls.append(names) or [])
+    llm = LLM(llama, block_size=4)
+    assert calls == [None]  # every kernel, before the start-up timings use them
+    assert greedy(llm, PROMPTS[:1]) == reference(llama, PROMPTS[:1])

@@ -66,3 +66,69 @@ def test_panel_kernel_built_for_avx2_computes_f_linear(march, mode, tmp_path):
             want = F.linear(x.float(), w.float(), b.float()).to(dtype)
             tol = 1e-4 if dtype == torch.float32 else 1e-2
             torch.testing.assert_close(y.float(), want.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(cbuild.compiler() is None, reason="needs a C compiler")
+def test_prebuild_builds_the_missing_kernels_side_by_side_once(tmp_path, monkeypatch, capsys):
+    """A first engine start on a machine builds every kernel (~16 s one after another on two cores): `prebuild`
+    runs the compiler for the missing ones at once and says so; cached ones are not built again, and each then
+    loads from the cache."""
+    import shutil
+    import threading
+    import time
+
+    real = {n: cbuild.load(n) for n in cbuild.sources()}  # built in the user's cache (or already there)
+    if any(lib.lib is None for lib in real.values()):
+        pytest.skip("a kernel does not build here")
+    real_path = {n: next(p for p in cbuild._paths(cbuild.compiler(), n) if p.exists()) for n in real}
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    running, peak, built, lock = [0], [0], [], threading.Lock()
+
+    def fake_compile(cc, flags, source, path):  # as long as a small build, then the real library in place
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(real_path[source.name], path)
+        with lock:
+            running[0] -= 1
+            built.append(source.name)
+        return ""
+
+    monkeypatch.setattr(cbuild, "_compile", fake_compile)
+    monkeypatch.setattr(cbuild.os, "cpu_count", lambda: 2)
+    cbuild.load.cache_clear()
+    try:
+        cbuild.load("cpu_argmax.c")  # one already in this cache
+        built.clear()
+        names = cbuild.prebuild()
+        assert sorted(names) == sorted(set(cbuild.sources()) - {"cpu_argmax.c"}) == sorted(built)
+        assert peak[0] == 2  # side by side, one per core
+        err = capsys.readouterr().err
+        assert f"building {len(names)} C kernels for this CPU" in err and str(tmp_path / "kernels") in err
+        assert "built in" in err and "failed" not in err
+        assert all(cbuild.load(n).lib is not None for n in cbuild.sources())
+        assert cbuild.prebuild() == [] and capsys.readouterr().err == ""  # all cached: silent
+        cbuild.load.cache_clear()
+        assert cbuild.prebuild() == []  # a new process finds them on disk
+    finally:
+        cbuild.load.cache_clear()
+
+
+@pytest.mark.skipif(cbuild.compiler() is None, reason="needs a C compiler")
+def test_prebuild_names_a_kernel_that_fails_to_build(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(cbuild, "_compile", lambda cc, flags, source, path: "error: no such instruction")
+    cbuild.load.cache_clear()
+    try:
+        assert cbuild.prebuild(["cpu_swiglu.c"]) == ["cpu_swiglu.c"]
+        assert "(cpu_swiglu.c failed; the slower paths take over)" in capsys.readouterr().err
+        assert "no such instruction" in cbuild.load("cpu_swiglu.c").error
+    finally:
+        cbuild.load.cache_clear()
+
+
+def test_prebuild_without_a_compiler_is_silent(monkeypatch, capsys):
+    monkeypatch.setattr(cbuild, "compiler", lambda: None)
+    assert cbuild.prebuild() == [] and capsys.readouterr().err == ""

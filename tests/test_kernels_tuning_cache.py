@@ -64,14 +64,17 @@ def test_an_unwritable_cache_warns_and_leaves_nothing(monkeypatch, tmp_path):
 
 
 @needs_kernels
-def test_tune_packing_reads_back_the_table_it_kept(monkeypatch, _own_tuning_cache):
+def test_tune_packing_reads_back_the_table_it_kept(monkeypatch, _own_tuning_cache, capsys):
     first = packed()
     table = tune_packing(first, rows=(1, 2), repeats=1, cache=True)
     assert len(list(_own_tuning_cache.iterdir())) == 1
+    err = capsys.readouterr().err  # the wait of a first start is said, with how long it took
+    assert "timing the CPU matmul kernels at 2 row counts" in err and "once per machine" in err and "timed in" in err
     routes = {m.routes for m in packed_layers(first)}
     no_measuring(monkeypatch)
     second = packed()
     assert tune_packing(second, rows=(1, 2), repeats=1, cache=True) == table
+    assert capsys.readouterr().err == ""  # read back: nothing to say
     assert {m.routes for m in packed_layers(second)} == routes
     ids = torch.randint(0, 300, (1, 5))
     with torch.no_grad():

@@ -80,7 +80,7 @@ from llmlab.engine.sampler import SamplingBatch, sample
 from llmlab.engine.scheduler import PLACEHOLDER, ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
-from llmlab.kernels import cpu_decode
+from llmlab.kernels import cbuild, cpu_decode
 from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels import cpu_rope_cache as cpu_rope
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
@@ -111,6 +111,8 @@ class ModelRunner:
         self.config = config
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        if self.device.type == "cpu":
+            cbuild.prebuild()  # a first start on this machine: the C kernels side by side, with a line on stderr
         if config.fuse_projections:
             fuse_projections(model)  # before packing: the fused q/k/v and gate/up Linears are packed then
         self.gemv_report: list[dict] = []  # per weight shape: cuBLAS vs gemv timings and the choice (cuda_gemv)

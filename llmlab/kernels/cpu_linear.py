@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import sys
 import time
 
 import torch
@@ -280,9 +281,14 @@ def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 128)
         fields = _tuning_fields(layers, rows, repeats, {"skinny": skinny, "packed": packed, "panel": panel})
         table = tuning_cache.load("cpu-linear", fields)
     if not _valid_table(table, rows):
+        if fields is not None:  # the engine's first start with these shapes on this machine: say what the wait is
+            print(f"llmlab: timing the CPU matmul kernels at {len(rows)} row counts for this model (once per machine "
+                  "and model shape) ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         table = _measure(layers, rows, repeats, timer or _time_layers, skinny, packed, panel)
         if fields is not None:
             tuning_cache.save("cpu-linear", fields, table)
+            print(f"llmlab: timed in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     routes: list[tuple[int, str]] = []
     for entry in table:
         fastest = min((k[:-3] for k in entry if k.endswith("_ms")), key=lambda k: entry[f"{k}_ms"])
