@@ -175,6 +175,23 @@ def test_cli_chat_without_template_says_what_to_do(tok, model, tmp_path, capsys)
     assert "has no chat template (a base model?); use `llmlab generate --prompt`" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
+    (["--temperature", "-0.5"], "--temperature must be at least 0 (0 is greedy), got -0.5"),
+    (["--max-tokens", "0"], "--max-tokens must be at least 1, got 0"),
+])
+def test_cli_chat_refuses_bad_sampling_flags_before_loading(flags, message, capsys, monkeypatch):
+    """A bad flag is named before the model loads (seconds for a real one): the loader here must never run."""
+    from llmlab.cli import main
+    from llmlab.engine import llm
+
+    monkeypatch.setattr(llm.LLM, "__init__", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["chat", "--model", "nowhere", "--message", "hi", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
 def test_cli_chat_drops_the_oldest_turns_when_the_context_fills(tok, model, tmp_path, capsys):
     from llmlab.cli import main
 

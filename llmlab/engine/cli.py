@@ -20,13 +20,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Chat with a model through llmlab's engine, using the model's chat template. "
                                    "Interactive unless --message is given: an empty line, /exit, /quit or Ctrl-D "
                                    "ends the conversation.")
-    p.add_argument("--model", default="smollm2-135m", help="HF model directory, .gguf file, or registry name")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="HF model directory, .gguf file, or registry name (default: smollm2-135m)")
     p.add_argument("--message", action="append", help="a user message; skips the interactive prompt (repeatable)")
     p.add_argument("--system", help="a system message to start the conversation with")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=256, help="most new tokens in one reply (default: 256)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 = greedy (default: 0.7)")
+    p.add_argument("--top-p", type=float, default=0.95,
+                   help="sample from the fewest tokens whose probabilities sum to this, in (0, 1] (default: 0.95)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampling, for repeatable replies")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: faster replies after a one-off compile at the first reply "
@@ -40,6 +42,14 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.engine.llm import LLM
     from llmlab.engine.sequence import RequestError, SamplingParams
 
+    # Bad settings are refused before the model loads (seconds), named by their flags.
+    if not args.temperature >= 0:
+        raise RequestError(f"--temperature must be at least 0 (0 is greedy), got {args.temperature}.")
+    if not 0 < args.top_p <= 1:
+        raise RequestError(f"--top-p must be in (0, 1], got {args.top_p}; 1 keeps every token.")
+    if args.max_tokens < 1:
+        raise RequestError(f"--max-tokens must be at least 1, got {args.max_tokens}.")
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
     # Loading and starting the engine (weights, tokenizer, timing the CPU kernels) takes seconds to tens of
     # seconds on a CPU: say so on stderr, so the wait before the first prompt is not silence.
     print(f"loading {args.model} and starting the engine...", file=sys.stderr, flush=True)
@@ -53,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens >= llm.engine.max_model_len:
         raise RequestError(f"--max-tokens {args.max_tokens} leaves no room for a prompt in the model's "
                            f"{llm.engine.max_model_len}-token context; lower it.")
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = not args.message
     print(f"ready in {time.perf_counter() - t0:.0f}s" + (
