@@ -21,11 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ids", help="comma-separated prompt token ids instead of text")
     p.add_argument("--max-new-tokens", "--max-tokens", dest="max_new_tokens", type=int, default=32,
                    help="tokens to generate (default 32; --max-tokens as in `llmlab chat`)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample from the k most likely tokens, >= 1 (default: all; needs --temperature > 0)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample from the fewest tokens whose probabilities sum to this, in (0, 1] (default: 1; "
+                        "needs --temperature > 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
     p.set_defaults(func=run)
 
 
