@@ -4,6 +4,7 @@ as one line without a traceback."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -50,8 +51,22 @@ def test_missing_path(tmp_path):
 
 def test_missing_config(saved):
     (saved / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="has no config.json"):
+    with pytest.raises(CheckpointError, match="has no config.json; a Hugging Face model directory needs one.$"):
         llmlab.from_pretrained(saved)
+
+
+def test_a_training_run_given_as_a_model_names_its_newest_checkpoint(saved, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    for step in ("step-000020", "step-000100", "step-1000000"):
+        shutil.copytree(saved, run / "checkpoints" / step)
+    (run / "checkpoints" / "step-2000000").mkdir()  # no config.json: not a checkpoint (a save in progress)
+    newest = run / "checkpoints" / "step-1000000"
+    for given in (run, run / "checkpoints"):
+        with pytest.raises(CheckpointError, match=re.escape(f"(this looks like a training run: pass a checkpoint, "
+                                                            f"the newest is {newest})")):
+            llmlab.from_pretrained(given)
 
 
 def test_missing_weights(saved):

@@ -111,10 +111,21 @@ def save_pretrained(model: Transformer, directory: str | Path, *, dtype: torch.d
 # ---- readers: each yields (llmlab_name, source_name, source_file, tensor) ------------------------
 
 
+def _run_hint(path: Path) -> str:
+    """Where a training run's directory (or its checkpoints/) was given for a model: its newest checkpoint."""
+    for root in (path / "checkpoints", path):
+        steps = [d for d in root.glob("step-*") if (d / "config.json").is_file()]
+        if steps:
+            newest = max(steps, key=lambda d: (len(d.name), d.name))  # step-000060 < step-1000000
+            return f" (this looks like a training run: pass a checkpoint, the newest is {newest})"
+    return ""
+
+
 def _read_hf_dir(path: Path):
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise CheckpointError(f"{path} has no config.json; a Hugging Face model directory needs one.")
+        raise CheckpointError(f"{path} has no config.json; a Hugging Face model directory needs one"
+                              f"{_run_hint(path)}.")
     try:
         cfg = load_hf_config(cfg_file)
     except ConfigError as e:
