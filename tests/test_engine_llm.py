@@ -309,3 +309,14 @@ def test_a_cpu_engine_builds_its_c_kernels_before_it_needs_them(llama, monkeypat
     llm = LLM(llama, block_size=4)
     assert calls == [None]  # every kernel, before the start-up timings use them
     assert greedy(llm, PROMPTS[:1]) == reference(llama, PROMPTS[:1])
+
+
+def test_dtype_auto_is_the_default_as_in_vllm(llama, tmp_path):
+    """dtype="auto" (vLLM's spelling): bf16 on CUDA, fp32 on CPU for a checkpoint; a Transformer keeps its own."""
+    llama.save_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    default = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    assert LLM(tmp_path / "m", dtype="auto").engine.runner.dtype == default
+    half = llmlab.from_pretrained(tmp_path / "m", dtype=torch.bfloat16)
+    assert LLM(half, dtype="auto").engine.runner.dtype == torch.bfloat16
+    with pytest.raises(llmlab.ConfigError, match="unknown dtype 'automatic'"):
+        LLM(tmp_path / "m", dtype="automatic")

@@ -65,9 +65,19 @@ def test_an_unwritable_cache_warns_and_leaves_nothing(monkeypatch, tmp_path):
 
 @needs_kernels
 def test_tune_packing_reads_back_the_table_it_kept(monkeypatch, _own_tuning_cache, capsys):
+    import llmlab.kernels.cpu_linear as cpu_linear
+
+    size = sum(m.weight.nbytes for m in packed_layers(packed()))
+    monkeypatch.setattr(cpu_linear, "ANNOUNCE_BYTES", size)
+    tune_packing(packed(), rows=(1, 2), repeats=1)  # not the engine's (no cache): nothing said
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cpu_linear, "ANNOUNCE_BYTES", size + 1)  # a smaller model than that: quick, nothing said
+    tune_packing(packed(), rows=(1, 8), repeats=1, cache=True)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(cpu_linear, "ANNOUNCE_BYTES", size)
     first = packed()
     table = tune_packing(first, rows=(1, 2), repeats=1, cache=True)
-    assert len(list(_own_tuning_cache.iterdir())) == 1
+    assert len(list(_own_tuning_cache.iterdir())) == 2
     err = capsys.readouterr().err  # the wait of a first start is said, with how long it took
     assert "timing the CPU matmul kernels at 2 row counts" in err and "once per machine" in err and "timed in" in err
     routes = {m.routes for m in packed_layers(first)}

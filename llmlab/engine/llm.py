@@ -7,7 +7,8 @@
     llm.chat([{"role": "user", "content": "Hi"}], SamplingParams(max_tokens=32))
 
 Prompts are text (needs the model's tokenizer) or token-id lists; `sampling_params` is one
-SamplingParams for all prompts or one per prompt. Engine options are keyword arguments
+SamplingParams for all prompts or one per prompt. `dtype` is a torch dtype, a name ("bf16", "float32", ...)
+or "auto"/None: bf16 on CUDA, fp32 on CPU (a Transformer passed in keeps its own). Engine options are keyword arguments
 (EngineConfig's fields: max_num_seqs, max_num_batched_tokens, kv_cache_memory,
 gpu_memory_utilization, block_size, num_blocks, enable_prefix_caching, fuse_projections,
 compile_decode, ...).
@@ -44,6 +45,8 @@ class LLM:
         if unknown:
             known = ", ".join(f.name for f in dataclasses.fields(EngineConfig))
             raise ConfigError(f"LLM() got unknown option(s) {', '.join(unknown)}; engine options are: {known}.")
+        if dtype == "auto":  # vLLM's spelling of the default: bf16 on CUDA, fp32 on CPU; a Transformer keeps its own
+            dtype = None
         if isinstance(model, Transformer):  # used where it is, unless told otherwise
             if device is not None:
                 model = model.to(device)

@@ -46,6 +46,7 @@ from llmlab.model.layers import FusedProjections, swap_linears
 SKINNY_MAX_ROWS = 4  # the C kernel's limit (cpu_skinny_linear.c)
 ROWS_ANY = 1 << 62  # a route's bound that takes every row count
 SAMPLED_ROWS = 64  # tune_packing times counts from here on one layer of each shape (compute-bound)
+ANNOUNCE_BYTES = 32 << 20  # a first timing of at least this much weight is said on stderr (tiny models: 0.1 s)
 
 
 @functools.cache
@@ -281,13 +282,16 @@ def tune_packing(model: nn.Module, rows: tuple[int, ...] = (1, 2, 4, 8, 16, 128)
         fields = _tuning_fields(layers, rows, repeats, {"skinny": skinny, "packed": packed, "panel": panel})
         table = tuning_cache.load("cpu-linear", fields)
     if not _valid_table(table, rows):
-        if fields is not None:  # the engine's first start with these shapes on this machine: say what the wait is
+        # an engine's first start with these shapes on this machine: a wait worth a line, from SmolLM2-135M's ~2 s
+        announce = fields is not None and sum(m.weight.nbytes for m in layers) >= ANNOUNCE_BYTES
+        if announce:
             print(f"llmlab: timing the CPU matmul kernels at {len(rows)} row counts for this model (once per machine "
                   "and model shape) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         table = _measure(layers, rows, repeats, timer or _time_layers, skinny, packed, panel)
         if fields is not None:
             tuning_cache.save("cpu-linear", fields, table)
+        if announce:
             print(f"llmlab: timed in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     routes: list[tuple[int, str]] = []
     for entry in table:
