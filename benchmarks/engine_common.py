@@ -87,7 +87,7 @@ def run_llmlab(llm, prompts: list[list[int]], max_tokens: list[int] | int) -> tu
     device = str(next(llm.model.parameters()).device)
     sync(device)
     t0 = time.perf_counter()
-    outs = llm.generate(prompts, params)
+    outs = llm.generate(prompts, params, use_tqdm=False)  # a timed region: no progress bar
     sync(device)
     return time.perf_counter() - t0, [o.outputs[0].token_ids for o in outs], outs
 

@@ -66,12 +66,12 @@ def main() -> None:
     if args.host_only:
         zeros = torch.zeros(max(b for b, _ in graphs.graphs), cfg.vocab_size)
         graphs.replay = lambda b, width, vec, tables, ids=None: zeros[:b]
-    llm.generate(prompts[:4], params[:4])
+    llm.generate(prompts[:4], params[:4], use_tqdm=False)
     best, steps, ahead = float("inf"), 0, 0
     for _ in range(args.repeats):
         s0, a0 = llm.engine.num_steps, llm.engine.async_steps
         t0 = time.perf_counter()
-        llm.generate(prompts, params)
+        llm.generate(prompts, params, use_tqdm=False)
         dt = time.perf_counter() - t0
         steps, ahead = llm.engine.num_steps - s0, llm.engine.async_steps - a0
         best = min(best, dt / steps)

@@ -130,13 +130,13 @@ def main() -> int:
     llm = LLM(model, device=device, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
               max_model_len=2 * args.max_len + 16, compile_decode=args.compile_decode)
     # warm-up on prompts of its own (the workload's would sit in the prefix cache for the timed run)
-    llm.generate([[7 + i] * (20 + i) for i in range(4)], SamplingParams(max_tokens=8))
+    llm.generate([[7 + i] * (20 + i) for i in range(4)], SamplingParams(max_tokens=8), use_tqdm=False)
     params = [SamplingParams(temperature=0.6, max_tokens=n, ignore_eos=True) for n in outputs]
     load_before = os.getloadavg()[0]
     before = llm.engine.stats()
     sync(device)
     t0 = time.perf_counter()
-    outs = llm.generate(prompts, params)
+    outs = llm.generate(prompts, params, use_tqdm=False)  # timed: no progress bar
     sync(device)
     dt = time.perf_counter() - t0
     n_out = sum(len(o.outputs[0].token_ids) for o in outs)

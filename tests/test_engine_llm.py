@@ -320,3 +320,17 @@ def test_dtype_auto_is_the_default_as_in_vllm(llama, tmp_path):
     assert LLM(half, dtype="auto").engine.runner.dtype == torch.bfloat16
     with pytest.raises(llmlab.ConfigError, match="unknown dtype 'automatic'"):
         LLM(tmp_path / "m", dtype="automatic")
+
+
+def test_progress_bar_by_default_only_at_a_terminal_for_several_prompts(llama, monkeypatch, capsys):
+    """As vLLM's `use_tqdm`, but only where someone watches: a terminal, more than one prompt; False / True rule."""
+    import sys
+
+    llm = LLM(llama, block_size=4)
+    p = SamplingParams(temperature=0, max_tokens=2)
+    for tty, prompts, use_tqdm, shown in ((True, PROMPTS[:2], None, True), (True, PROMPTS[:1], None, False),
+                                          (False, PROMPTS[:2], None, False), (True, PROMPTS[:2], False, False),
+                                          (False, PROMPTS[:1], True, True)):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        llm.generate(prompts, p, use_tqdm=use_tqdm)
+        assert ("generate: 100%" in capsys.readouterr().err) == shown, (tty, len(prompts), use_tqdm)

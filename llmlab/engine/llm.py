@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import numbers
+import sys
 from pathlib import Path
 
 import torch
@@ -71,8 +72,9 @@ class LLM:
 
     def generate(self, prompts: str | list[int] | list[str] | list[list[int]],
                  sampling_params: SamplingParams | list[SamplingParams] | None = None, *,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
-        """Generate for every prompt; outputs in prompt order, each finished."""
+                 use_tqdm: bool | None = None) -> list[RequestOutput]:
+        """Generate for every prompt; outputs in prompt order, each finished. A progress bar of finished requests
+        (`use_tqdm`) shows by default where stderr is a terminal and there is more than one prompt."""
         if hasattr(prompts, "tolist") and not isinstance(prompts, str):  # a tensor or array: (L,) one, (B, L) many
             prompts = prompts.tolist()
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], numbers.Integral)):
@@ -85,6 +87,8 @@ class LLM:
         ids = [f"gen-{next(self._ids)}" for _ in prompts]
         mine = set(ids)
         done: dict[str, RequestOutput] = {}
+        if use_tqdm is None:
+            use_tqdm = len(ids) > 1 and sys.stderr.isatty()
         bar = _progress(len(ids)) if use_tqdm else None
         try:
             for rid, prompt, p in zip(ids, prompts, params):
@@ -111,7 +115,7 @@ class LLM:
 
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None, *,
              chat_template: str | None = None, add_generation_prompt: bool = True,
-             use_tqdm: bool = False) -> list[RequestOutput]:
+             use_tqdm: bool | None = None) -> list[RequestOutput]:
         """Render each conversation with the chat template (the tokenizer's own by default), then generate."""
         if self.tokenizer is None:
             raise RequestError("chat() needs the model's tokenizer; load the model from a directory or GGUF that "

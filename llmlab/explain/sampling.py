@@ -168,7 +168,7 @@ def repetition(ctx: Context) -> Result:
     rows, nums = [], {}
     for name, params in settings:
         with one_thread():  # 576 tiny steps: on a shared CPU a second thread only waits at barriers
-            outs = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+            outs = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
         rep = sum(_repeated_ngram_rate(ids) for ids in outs) / len(outs)
         loops = sum(_loop_period(ids) > 0 for ids in outs)
         distinct = sum(len(set(ids)) / len(ids) for ids in outs) / len(outs)
