@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="train exactly this many steps instead of what --minutes allows (same result on any machine)")
     p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default 2048)")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the weights, the data order and the samples (default 1337)")
+    p.add_argument("--seed", type=int, default=1337,
+                   help="seed of the weights, the data order and the samples (default 1337)")
     p.set_defaults(func=run)
 
 

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=0.95,
                    help="sample from the fewest tokens whose probabilities sum to this, in (0, 1] (default: 0.95)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling, for repeatable replies")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto (default auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--dtype", default=None,
+                   help="float32 | bfloat16 | float16 | auto (default auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: faster replies after a one-off compile at the first reply "
                         "(about a minute for SmolLM2-135M on two CPU cores)")

@@ -8,8 +8,8 @@
 
 Prompts are text (needs the model's tokenizer) or token-id lists; `sampling_params` is one
 SamplingParams for all prompts or one per prompt. `dtype` is a torch dtype, a name ("bf16", "float32", ...)
-or "auto"/None: bf16 on CUDA, fp32 on CPU (a Transformer passed in keeps its own). Engine options are keyword arguments
-(EngineConfig's fields: max_num_seqs, max_num_batched_tokens, kv_cache_memory,
+or "auto"/None: bf16 on CUDA, fp32 on CPU (a Transformer passed in keeps its own). Engine options are
+keyword arguments (EngineConfig's fields: max_num_seqs, max_num_batched_tokens, kv_cache_memory,
 gpu_memory_utilization, block_size, num_blocks, enable_prefix_caching, fuse_projections,
 compile_decode, ...).
 
