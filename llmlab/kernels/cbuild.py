@@ -101,8 +101,10 @@ def prebuild(source_names: list[str] | None = None) -> list[str]:
     11.3-11.7 s one after another and 7.1-7.8 s this way, once per machine. Returns the names it built (or tried
     to); each then loads from the cache, and a failure stays what `load` reports."""
     cc = compiler()
+    if cc is None:  # nothing can build; each `load` says why
+        return []
     missing = [n for n in (sources() if source_names is None else source_names)
-               if cc is not None and not any(p.exists() for p in _paths(cc, n))]
+               if not any(p.exists() for p in _paths(cc, n))]
     if not missing:
         return []
     from llmlab.artifacts import cache_dir
