@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from llmlab.explain.registry import VERDICTS, Claim, Context, Result, Topic, all_topics, get_topic
+from llmlab.explain.registry import (VERDICTS, Claim, Context, Result, Topic, TopicInfo, all_topics, get_topic,
+                                     topic_index)
 from llmlab.explain.render import LANGS, render_handbook, write_plots
 
 # progress(done, total, topic, result, seconds): called as each topic of a handbook is written
@@ -74,5 +75,5 @@ def write_handbook(out: str | Path, langs: tuple[str, ...] = LANGS,
     return paths
 
 
-__all__ = ["VERDICTS", "Claim", "Context", "Result", "Topic", "all_topics", "get_topic", "run_all",
-           "write_handbook"]
+__all__ = ["VERDICTS", "Claim", "Context", "Result", "Topic", "TopicInfo", "all_topics", "get_topic", "run_all",
+           "topic_index", "write_handbook"]

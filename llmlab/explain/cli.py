@@ -49,7 +49,7 @@ def _directory(flag: str, value: str) -> Path:
 
 
 def _main(args) -> int:
-    from llmlab.explain import Context, all_topics, get_topic
+    from llmlab.explain import Context, get_topic, topic_index
     from llmlab.explain.render import render_text, write_plots
 
     ctx = Context(seed=0 if args.seed is None else args.seed)
@@ -69,7 +69,7 @@ def _main(args) -> int:
             flag = "--plot" if args.plot is not None else "--seed"
             raise ExplainError(f"{flag} is for running a topic: `llmlab explain TOPIC {flag} ...` "
                                "(without a TOPIC, `llmlab explain` only lists the topics).")
-        for t in all_topics():
+        for t in topic_index():  # read from the modules' source: listing imports no torch
             zh = lang == "zh"
             print(f"{t.id:<26} {t.question_zh if zh else t.question_en}")
             print(f"{'':<26} → {t.answer_zh if zh else t.answer_en}")
