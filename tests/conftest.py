@@ -27,11 +27,12 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> torch
 @pytest.fixture(autouse=True)
 def _own_tuning_cache(tmp_path_factory, monkeypatch):
     """Each test keeps its kernel timings apart (kernels/tuning_cache.py): an engine started under a faked kernel
-    speed must leave its routes neither for a later test nor for the user's next real start."""
+    speed must leave its routes neither for a later test nor for the user's next real start. Set in the environment,
+    so the commands a test runs in a subprocess keep theirs apart too."""
     from llmlab.kernels import tuning_cache
 
     directory = tmp_path_factory.mktemp("tuning")
-    monkeypatch.setattr(tuning_cache, "directory", lambda: directory)
+    monkeypatch.setenv(tuning_cache.DIR_ENV, str(directory))
     monkeypatch.delenv(tuning_cache.RETUNE_ENV, raising=False)
     return directory
 

@@ -54,11 +54,30 @@ def test_entries_round_trip_and_miss_on_other_fields(monkeypatch, _own_tuning_ca
     assert tuning_cache.load("k", fields) is None  # an entry for other fields under this name (edited by hand)
 
 
+def test_the_directory_follows_the_environment_into_subprocesses(monkeypatch, _own_tuning_cache, tmp_path):
+    """$LLMLAB_TUNING_DIR names the directory (the suite's own per test, inherited by the CLI commands tests run in
+    subprocesses, which used to leave their timings in the user's ~/.cache/llmlab/tuning); unset, it is
+    $LLMLAB_CACHE/tuning."""
+    import subprocess
+    import sys
+
+    code = "from llmlab.kernels import tuning_cache; print(tuning_cache.directory())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(_own_tuning_cache) == str(tuning_cache.directory())
+    monkeypatch.delenv(tuning_cache.DIR_ENV)
+    monkeypatch.setenv("LLMLAB_CACHE", str(tmp_path))
+    assert tuning_cache.directory() == tmp_path / "tuning"
+
+
 def test_an_unwritable_cache_warns_and_leaves_nothing(monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setattr(tuning_cache, "directory", lambda: blocker / "tuning")  # under a file: mkdir fails
-    with pytest.warns(UserWarning, match="could not keep the kernel timings.*LLMLAB_CACHE"):
+    monkeypatch.setenv(tuning_cache.DIR_ENV, str(blocker / "tuning"))  # under a file: mkdir fails
+    with pytest.warns(UserWarning, match=r"could not keep the kernel timings.*set \$LLMLAB_TUNING_DIR to a writable"):
+        assert tuning_cache.save("k", {"a": 1}, 1) is None
+    monkeypatch.delenv(tuning_cache.DIR_ENV)
+    monkeypatch.setenv("LLMLAB_CACHE", str(blocker))
+    with pytest.warns(UserWarning, match=r"could not keep the kernel timings.*set \$LLMLAB_CACHE to a writable"):
         assert tuning_cache.save("k", {"a": 1}, 1) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 

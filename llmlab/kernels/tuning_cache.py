@@ -4,7 +4,8 @@
     table = tuning_cache.load("cpu-linear", fields)    # the stored value, or None (absent, unreadable, retuning)
     tuning_cache.save("cpu-linear", fields, table)     # JSON, written to a temporary file and renamed into place
 
-Entries live in `$LLMLAB_CACHE/tuning/` (default ~/.cache/llmlab), one JSON file per key: the SHA-256 of the
+Entries live in `$LLMLAB_CACHE/tuning/` (default ~/.cache/llmlab; `$LLMLAB_TUNING_DIR` names another directory, as
+the test suite does for every process it starts), one JSON file per key: the SHA-256 of the
 fields, which the file also holds so a person can read what was timed. Change any field (another CPU, thread
 count, torch build, kernel source, model shape) and the key changes, so nothing stale is read back; an entry
 that cannot be read or parsed counts as absent. `LLMLAB_RETUNE=1` ignores every entry (the timings are taken
@@ -23,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 RETUNE_ENV = "LLMLAB_RETUNE"
+DIR_ENV = "LLMLAB_TUNING_DIR"
 
 
 def directory() -> Path:
+    if os.environ.get(DIR_ENV):
+        return Path(os.environ[DIR_ENV])
     from llmlab.artifacts import cache_dir
 
     return cache_dir() / "tuning"
@@ -67,7 +71,8 @@ def save(kind: str, fields: dict[str, Any], value: Any) -> Path | None:
     except OSError as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        env = DIR_ENV if os.environ.get(DIR_ENV) else "LLMLAB_CACHE"
         warnings.warn(f"could not keep the kernel timings in {path.parent} ({e.strerror or e}): the next start times "
-                      "them again; set $LLMLAB_CACHE to a writable directory to keep them.", stacklevel=2)
+                      f"them again; set ${env} to a writable directory to keep them.", stacklevel=2)
         return None
     return path
