@@ -5,6 +5,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# One pytest worker per core (pytest-xdist), each file on one worker so its module fixtures run once; each worker
+# takes its share of the cores (tests/conftest.py). 2-core Zen 3: 11:07 against 17:32 in one process.
+TEST_WORKERS ?= auto
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test clean
@@ -21,7 +24,7 @@ demo: setup
 	$(BIN)/llmlab demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache

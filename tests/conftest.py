@@ -7,6 +7,14 @@ import os
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # `make test` runs the suite in one worker process per core (pytest-xdist): each takes its share of the cores,
+    # since more threads than free cores makes every op wait at a barrier for a descheduled thread (registry.py's
+    # one_thread); the commands tests start in subprocesses inherit the same share.
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_share)
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+
 if not torch.cuda.is_available():
     # Triton kernels run on CPU through Triton's interpreter; the flag is read when a kernel is
     # decorated, so it is set before any test module imports llmlab.kernels.
