@@ -7,11 +7,43 @@ import os
 import pytest
 import torch
 
+WORKER_MEMORY = 2 << 30  # a worker's peak in `make test` is ~1.5 GiB (SmolLM2-135M in llmlab and transformers)
+
+
+def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a container's `--cpus`), which
+    os.cpu_count(), pytest-xdist's `-n auto` and torch's default thread count all ignore."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def read(name: str) -> list[str]:
+        with open(os.path.join(cgroup, name)) as f:
+            return f.read().split()
+
+    for quota_period in (lambda: read("cpu.max")[:2],  # cgroup v2: "200000 100000" or "max 100000"
+                         lambda: read("cpu/cpu.cfs_quota_us")[:1] + read("cpu/cpu.cfs_period_us")[:1]):  # v1
+        try:
+            quota, period = quota_period()
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and quota.isdigit() and period.isdigit() and int(period) > 0:
+            n = min(n, max(1, int(quota) // int(period)))
+        break
+    return max(1, n)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (`make test`): one worker per usable core, no more than the available memory holds."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        available = WORKER_MEMORY
+    return max(1, min(usable_cpus(), available // WORKER_MEMORY))
+
+
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    # `make test` runs the suite in one worker process per core (pytest-xdist): each takes its share of the cores,
-    # since more threads than free cores makes every op wait at a barrier for a descheduled thread (registry.py's
-    # one_thread); the commands tests start in subprocesses inherit the same share.
-    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    # Each worker takes its share of the cores, since more threads than free cores makes every op wait at a barrier
+    # for a descheduled thread (registry.py's one_thread); the commands tests start in subprocesses inherit it.
+    _share = max(1, usable_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     torch.set_num_threads(_share)
     os.environ["OMP_NUM_THREADS"] = str(_share)
 
