@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-# One pytest worker per usable core (pytest-xdist; tests/conftest.py counts a container's CPU quota and leaves ~2 GiB
+# One pytest worker per usable core (pytest-xdist; tests/conftest.py counts a container's CPU quota and leaves 3 GiB
 # of memory a worker), each file on one worker so its module fixtures run once, each worker on its share of the
 # cores. 2-core Zen 3: 11:07 against 17:32 in one process.
 TEST_WORKERS ?= auto
