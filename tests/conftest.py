@@ -33,13 +33,27 @@ def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
     return max(1, n)
 
 
+def available_memory(cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes of memory free for new work (MemAvailable, page cache included), capped by a cgroup v2 memory limit."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(os.path.join(cgroup, "memory.max")) as f:
+            limit = f.read().strip()
+        found += [int(limit)] if limit.isdigit() else []
+    except OSError:
+        pass
+    return min(found) if found else None
+
+
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto` (`make test`): one worker per usable core, no more than the available memory holds."""
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        available = WORKER_MEMORY
-    return max(1, min(usable_cpus(), available // WORKER_MEMORY))
+    memory = available_memory()
+    return max(1, min(usable_cpus(), memory // WORKER_MEMORY if memory is not None else usable_cpus()))
 
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):

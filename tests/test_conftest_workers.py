@@ -29,3 +29,14 @@ def test_usable_cpus_follows_the_cgroup_quota(tmp_path, files, expected):
 def test_a_quota_above_the_affinity_changes_nothing(tmp_path):
     (tmp_path / "cpu.max").write_text(f"{(AFFINITY + 8) * 100000} 100000\n")
     assert usable_cpus(str(tmp_path)) == AFFINITY
+
+
+def test_available_memory_is_capped_by_a_cgroup_limit(tmp_path):
+    from conftest import available_memory
+
+    free = available_memory(str(tmp_path))  # no limit file: MemAvailable
+    assert free is not None and free > 1 << 20
+    (tmp_path / "memory.max").write_text("max\n")
+    assert available_memory(str(tmp_path)) == free
+    (tmp_path / "memory.max").write_text(f"{1 << 30}\n")
+    assert available_memory(str(tmp_path)) == 1 << 30
