@@ -324,6 +324,32 @@ def _with(e: LLMEngine, prompt, params) -> LLMEngine:
     return e
 
 
+def test_graphs_captured_at_start_up_record_the_inference_step(model):
+    """Every batch bucket's graph is captured at start-up (outside any step): with gradients on there, a compiled
+    step traced a backward through the paged kernel's custom op, which has none (`Trying to backward through
+    llmlab.paged_decode`: every compiled CUDA engine failed to start), and an eager one recorded the unfused
+    projections, which the model uses only without gradients."""
+    e = LLMEngine(model, None, EngineConfig(block_size=4, cpu_pack_linears=False, paged_kernel="cpu"), pad_decode=True)
+    seen, call = [], e.runner.decode_call
+
+    def recording(batch):
+        run = call(batch)
+
+        def step(*static):
+            seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+            return run(*static)
+        return step
+
+    e.runner.decode_call = recording
+    assert torch.is_grad_enabled()
+    graphs = emulate_cuda_graphs(e.runner)
+    assert len(graphs.graphs) >= 2 and len(seen) == len(graphs.graphs) and set(seen) == {(False, True)}
+    e.add_request("r", [1, 2, 3], SamplingParams(max_tokens=4, temperature=0))
+    while e.has_unfinished_requests():
+        e.step()
+    assert e.runner.graph_steps > 0  # its decode steps replayed those graphs
+
+
 def test_async_scheduling_defaults_to_the_cuda_graph_path_and_is_validated(model):
     from llmlab.errors import ConfigError
 

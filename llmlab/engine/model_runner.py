@@ -779,15 +779,19 @@ class _DecodeGraphs:
     def capture_all(self, max_batch: int) -> None:
         """Capture the full-width graph of every batch bucket up to `max_batch` (the paged-kernel path), largest
         first so the smaller ones fit in its memory pool — at start-up, as vLLM does, so no request waits for a
-        capture. The inputs point every row at the scratch block (context 1): nothing real is read or written."""
+        capture. The inputs point every row at the scratch block (context 1): nothing real is read or written.
+        Under inference mode, as a capture inside a step is: with gradients on, a compiled step would trace a
+        backward through the paged kernel's custom op (which has none: the engine failed to start) and the eager
+        one would record the unfused q/k/v and gate/up projections and keep activations for autograd."""
         scratch = self.runner.scratch
-        for b in batch_buckets(max_batch):
-            if (b, self.max_nb) in self.graphs:
-                continue
-            static = self._static(b, self.max_nb)
-            for t, value in zip(static, (0, 0, scratch * self.runner.block_size, scratch, 1)):
-                t.fill_(value)
-            self.graphs[(b, self.max_nb)] = self._capture(static)
+        with torch.inference_mode():
+            for b in batch_buckets(max_batch):
+                if (b, self.max_nb) in self.graphs:
+                    continue
+                static = self._static(b, self.max_nb)
+                for t, value in zip(static, (0, 0, scratch * self.runner.block_size, scratch, 1)):
+                    t.fill_(value)
+                self.graphs[(b, self.max_nb)] = self._capture(static)
 
     def _capture(self, static: list[Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         run = self.runner.decode_call(static[0].shape[0])
