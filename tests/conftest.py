@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models built with `transformers`, saved as HF checkpoints."""
+"""Shared fixtures (tiny random models built with `transformers`, saved as HF checkpoints), each test's own kernel
+timings, and the size of `make test`'s worker pool (pytest-xdist `-n auto`: usable cores, memory)."""
 
 from __future__ import annotations
 
