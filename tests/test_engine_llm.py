@@ -299,6 +299,25 @@ def test_kv_cache_is_sized_from_the_memory_budget(llama):
         LLM(llama, block_size=8, kv_cache_memory=per_block - 1)
 
 
+def test_a_card_gives_no_more_blocks_than_the_sequences_can_use(llama):
+    """On CUDA the free memory (gpu_memory_utilization) sizes the cache, capped at what max_num_seqs sequences of
+    max_model_len hold: 90% of an H200 in a tiny model's blocks was ~10^8 blocks (seconds and GBs of host
+    bookkeeping per engine), and a second engine in the same process found no memory left. An explicit
+    kv_cache_memory is taken as given."""
+    from types import SimpleNamespace
+
+    from llmlab.engine.model_runner import ModelRunner
+    from llmlab.model.cache import PagedKVCache
+
+    per_block = PagedKVCache.bytes_per_block(llama.cfg, 8, torch.float32)
+    runner = SimpleNamespace(cfg=llama.cfg, block_size=8, dtype=torch.float32, device=torch.device("cuda"),
+                             max_blocks_per_seq=16, config=SimpleNamespace(kv_cache_memory=None, max_num_seqs=4),
+                             _cuda_kv_budget=lambda: 10**6 * per_block)
+    assert ModelRunner._blocks_from_memory(runner) == 4 * 16
+    runner._cuda_kv_budget = lambda: 10 * per_block + 3  # less free memory than that: what is free
+    assert ModelRunner._blocks_from_memory(runner) == 10
+
+
 def test_a_cpu_engine_builds_its_c_kernels_before_it_needs_them(llama, monkeypatch):
     """On a machine's first start the C kernels build side by side, with a line on stderr (kernels/cbuild.py
     `prebuild`), instead of one after another in silence as each is first used."""

@@ -38,9 +38,11 @@ def test_helpers_copy_values_on_the_cpu():
 @pytest.fixture(scope="module")
 def busy():
     """busy(seconds): queue a kernel that keeps the GPU spinning for about that long (torch.cuda._sleep counts
-    clock cycles: the rate is measured first)."""
+    clock cycles: the rate is measured first, over ~0.1 s after a spin that lifts the card from its idle clocks, since
+    a rate measured at idle clocks makes every later spin too short)."""
+    torch.cuda._sleep(10**8)
     torch.cuda.synchronize()
-    cycles = 10**7
+    cycles = 2 * 10**8
     t0 = time.perf_counter()
     torch.cuda._sleep(cycles)
     torch.cuda.synchronize()

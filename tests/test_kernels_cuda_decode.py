@@ -84,7 +84,9 @@ def test_fused_step_matches_the_models_decode_step(variant, dtype):
 @needs_kernel
 def test_every_tile_choice_computes_the_same_step():
     """Tiles only regroup the work: each output's sum runs over K in the same order whatever the programs (the
-    q/k/v split, rows per program), so every CONFIGS choice gives bitwise the same logits and K/V."""
+    q/k/v split, rows per program), so every CONFIGS choice gives bitwise the same logits and K/V in the interpreter.
+    Compiled for a card, `tl.sum`'s reduction tree (the RMSNorm's sum of squares) follows each tile's thread
+    layout, so there they agree to fp32 rounding."""
     model = random_model(torch.float32, head_dim=32)
     outs = []
     for i in range(max(len(c) for c in cd.CONFIGS.values())):
@@ -94,7 +96,10 @@ def test_every_tile_choice_computes_the_same_step():
         logits = cd.FusedDecode(model, kv, configs=configs)(one * 5, one * 0, one * 0, one[None] * 0, one).clone()
         outs.append((logits, kv.k[1][0].clone(), kv.v[1][0].clone()))
     for got in outs[1:]:
-        assert all(torch.equal(a, b) for a, b in zip(got, outs[0]))
+        if DEVICE.type == "cpu":
+            assert all(torch.equal(a, b) for a, b in zip(got, outs[0]))
+        for a, b in zip(got, outs[0]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_unsupported_names_what_the_model_lacks():

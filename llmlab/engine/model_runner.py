@@ -252,11 +252,11 @@ class ModelRunner:
                 if budget > free:
                     raise ConfigError(f"kv_cache_memory ({budget / 2**30:.2f} GiB) is more than the GPU has free "
                                       f"({free / 2**30:.2f} GiB); lower it.")
-        elif self.device.type == "cuda":
-            budget = self._cuda_kv_budget()
         else:
+            # never more than max_num_seqs full-length sequences hold: on a card, 90% of the memory in a tiny model's
+            # blocks was ~10^8 of them, seconds and GBs of host memory of bookkeeping for blocks no step could use
             wanted = self.config.max_num_seqs * self.max_blocks_per_seq * per_block
-            budget = min(_CPU_DEFAULT_KV_BYTES, wanted)
+            budget = min(self._cuda_kv_budget() if self.device.type == "cuda" else _CPU_DEFAULT_KV_BYTES, wanted)
         blocks = budget // per_block
         if blocks < 1:
             raise ConfigError(f"the KV-cache budget ({budget} bytes) is below one block ({per_block} bytes); give "
