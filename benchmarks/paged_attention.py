@@ -101,7 +101,8 @@ def main() -> int:
             num_blocks = B * width + 1
             k_pages = torch.randn(num_blocks * bs, Hkv, hd, device=dev, dtype=dtype, generator=g)
             v_pages = torch.randn_like(k_pages)
-            tables = torch.randperm(num_blocks - 1, device=dev, generator=g)[:B * width].view(B, width)  # int64 as the engine passes
+            # int64 tables and lengths, as the engine passes them (another dtype compiles another variant)
+            tables = torch.randperm(num_blocks - 1, device=dev, generator=g)[:B * width].view(B, width)
             lens = torch.full((B,), ctx, dtype=torch.int64, device=dev)
             q = torch.randn(B, H, hd, device=dev, dtype=dtype, generator=g)
             meta = gather_meta(tables, lens, bs)
