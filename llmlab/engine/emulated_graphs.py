@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from llmlab.engine.model_runner import ModelRunner, _DecodeGraphs
@@ -25,7 +26,8 @@ class ReplayGraph:
         self.out = run(*static)
 
     def replay(self) -> None:
-        self.out.copy_(self.run(*self.static))
+        with torch.inference_mode():  # a real replay runs no autograd; its output was made under inference mode
+            self.out.copy_(self.run(*self.static))
 
 
 def emulate_cuda_graphs(runner: ModelRunner) -> _DecodeGraphs:
