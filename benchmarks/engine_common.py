@@ -116,12 +116,18 @@ def run_hf_generate(hf, prompts: list[list[int]], max_new: int, batch_size: int 
 
 
 def run_hf_generate_batch(hf, prompts: list[list[int]], max_new: int) -> tuple[float, list[list[int]]] | str:
-    """transformers' continuous-batching API (`generate_batch`), or why it could not run."""
+    """transformers' continuous-batching API (`generate_batch`), or why it could not run (or finish every request).
+
+    generate_batch switches the model to a "paged|" attention and switches it back only once its manager has
+    started; a failure or a time limit before that left the model unusable for the next reference, so the setting
+    is restored here whatever happens. It also catches its own errors and returns the requests that finished
+    (transformers 5.17 continuous_api.py): a short or failed result is reported as such, not timed as the work."""
     if not hasattr(hf, "generate_batch"):
         return "this transformers has no generate_batch"
     from transformers import GenerationConfig
 
     cfg = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    attn = getattr(hf.config, "_attn_implementation", None)
     try:
         sync(str(hf.device))
         t0 = time.perf_counter()
@@ -129,7 +135,14 @@ def run_hf_generate_batch(hf, prompts: list[list[int]], max_new: int) -> tuple[f
         sync(str(hf.device))
         dt = time.perf_counter() - t0
     except Exception as e:  # an optional reference: report why, keep the benchmark running
-        return f"generate_batch failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        return f"generate_batch failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+    finally:
+        if attn is not None and getattr(hf.config, "_attn_implementation", attn) != attn:
+            hf.set_attn_implementation(attn)
+    failed = [r for r in res.values() if getattr(r, "error", None)]
+    if len(res) != len(prompts) or failed:
+        why = f"; first error: {str(failed[0].error)[:160]}" if failed else ""
+        return f"generate_batch finished {len(res) - len(failed)} of {len(prompts)} requests{why}"
     ordered = sorted(res.values(), key=lambda r: int(str(r.request_id).split("_")[-1]))
     return dt, [list(r.generated_tokens) for r in ordered]
 

@@ -248,3 +248,57 @@ for argv in {commands!r}:
     proc = subprocess.run([sys.executable, "-c", checker], cwd=root, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "LLMLAB_BENCH_RESULTS": str(tmp_path)}, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+class _FakeBatchModel:
+    """Stands in for a transformers model's generate_batch as 5.17 behaves: it switches to a paged attention and
+    back only once started, and returns only the requests that finished (errors caught inside)."""
+
+    device = "cpu"
+
+    def __init__(self, behaviour: str):
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(_attn_implementation="sdpa")
+        self.behaviour = behaviour
+
+    def set_attn_implementation(self, name: str) -> None:
+        self.config._attn_implementation = name
+
+    def generate_batch(self, inputs, generation_config, progress_bar):
+        from types import SimpleNamespace
+
+        self.set_attn_implementation("paged|sdpa")
+        if self.behaviour == "fails at start":
+            raise ValueError("")  # no message: the report must not fail on it
+        out = {f"req_{i}": SimpleNamespace(request_id=f"req_{i}", generated_tokens=[i] * 2, error=None)
+               for i in range(len(inputs))}
+        if self.behaviour == "drops one":
+            del out["req_1"]
+        if self.behaviour == "one failed":
+            out["req_0"].error = "out of blocks"
+        self.set_attn_implementation("sdpa")
+        return out
+
+
+@pytest.mark.parametrize("behaviour, expected", [
+    ("finishes", None),
+    ("drops one", "generate_batch finished 2 of 3 requests"),
+    ("one failed", "generate_batch finished 2 of 3 requests; first error: out of blocks"),
+    ("fails at start", "generate_batch failed: ValueError: "),
+])
+def test_generate_batch_reference_reports_unfinished_work_and_restores_the_model(behaviour, expected):
+    """throughput.py's transformers reference: requests generate_batch did not finish are not timed as the work,
+    and a failure before its manager started leaves the model on its own attention for the next reference."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        from engine_common import run_hf_generate_batch
+    finally:
+        sys.path.remove(str(BENCH))
+    model = _FakeBatchModel(behaviour)
+    got = run_hf_generate_batch(model, [[1], [2], [3]], 2)
+    assert model.config._attn_implementation == "sdpa"
+    if expected is None:
+        assert isinstance(got, tuple) and got[1] == [[0, 0], [1, 1], [2, 2]]
+    else:
+        assert got == expected
