@@ -53,8 +53,8 @@ def available_memory(cgroup: str = "/sys/fs/cgroup") -> int | None:
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto` (`make test`): one worker per usable core, no more than the available memory holds."""
-    memory = available_memory()
-    return max(1, min(usable_cpus(), memory // WORKER_MEMORY if memory is not None else usable_cpus()))
+    cpus, memory = usable_cpus(), available_memory()
+    return max(1, min(cpus, memory // WORKER_MEMORY) if memory is not None else cpus)
 
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
