@@ -105,7 +105,7 @@ def test_warm_up_launches_every_split_count(monkeypatch):
     monkeypatch.setattr(pa, "_num_sms", lambda device: 132)  # as on an H100 / H200
     launched = []
     real = pa._launch
-    monkeypatch.setattr(pa, "_launch", lambda *a: launched.append(a[-1]) or real(*a))
+    monkeypatch.setattr(pa, "_launch", lambda *a, **k: launched.append(a[-1]) or real(*a, **k))
     k = torch.zeros(3 * 4, 2, 16, device=DEVICE)  # on a card Triton cannot read a CPU tensor
     assert pa.warm_up(k, k.clone(), num_heads=4, block_size=4, scratch_block=2) == [1, 2, 4, 8, 16]
     assert launched == [1, 2, 4, 8, 16]
@@ -166,7 +166,7 @@ def force_splits(monkeypatch, splits: int) -> None:
     """Every launch of the kernel cuts keys into `splits` parts, in short tiles (the interpreter takes 4 keys,
     tl.dot compiled needs 16) so that the engine's short rows span several parts."""
     launch, tile = pa._launch, 16 if DEVICE.type == "cuda" else 4  # _launch(..., window, block_n, splits)
-    monkeypatch.setattr(pa, "_launch", lambda *a: launch(*a[:8], tile, splits))
+    monkeypatch.setattr(pa, "_launch", lambda *a, **k: launch(*a[:8], tile, splits, **k))
 
 
 PROMPTS = [[5, 17, 42], list(range(20, 41)), [60, 61, 62, 63, 64, 65, 66, 67]]

@@ -12,6 +12,7 @@
     paged_attention      - paged decode attention for CUDA in Triton
     gemv, cuda_linear    - batch-1 GEMV in Triton, and routing each weight shape to it or cuBLAS
     cuda_decode          - the batch-1 decode step on CUDA in five Triton launches a layer (cuda_fused_decode)
+    pdl                  - programmatic dependent launch for chains of Triton kernels (the fused step's, Hopper+)
     cbuild               - builds the C kernels on first use with the system compiler, cached per CPU
 
 Triton kernels for the GPU (flash and paged attention) belong here too, with a pure-PyTorch

@@ -26,7 +26,10 @@ Supports what the engine serves of the LLaMA family: pre-RMSNorm blocks, RoPE (a
 inverse frequencies are read), SwiGLU, q/k/v biases (Qwen2), q/k norms (Qwen3), sliding windows (Mistral),
 tied embeddings; `unsupported(cfg)` says what a model lacks. The engine runs it for decode steps of one
 sequence (its CUDA graph of batch 1) when `EngineConfig.cuda_fused_decode` is set; `tune` picks each
-kernel's tile sizes on the card at start-up.
+kernel's tile sizes on the card at start-up, then whether to chain the launches with programmatic dependent
+launch (kernels/pdl.py, Hopper and later): each kernel then starts while the one before finishes, loads its
+first weight tile, and waits for that kernel's output only where it reads it. PDL is kept only if the whole
+step is faster with it and its logits are bitwise the same.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from torch import Tensor
 from llmlab.errors import ConfigError
 from llmlab.kernels import gemv as _gemv
 from llmlab.kernels import paged_attention as _pa
+from llmlab.kernels import pdl as _pdl
 
 try:
     import triton
@@ -127,16 +131,20 @@ class FusedDecode:
         self.act = torch.zeros(cfg.intermediate_size, dtype=dt, device=dev)
         self.logits = torch.zeros(1, cfg.vocab_size, dtype=torch.float32, device=dev)
         self.configs = {name: c[0] for name, c in CONFIGS.items()} | (configs or {})
+        # Programmatic dependent launch (kernels/pdl.py): each launch may start while the one before still runs,
+        # asking for its first weights early. Off until `tune` has timed it and checked its logits on the card.
+        self.pdl = False
 
     def __call__(self, ids: Tensor, pos: Tensor, slot: Tensor, tables: Tensor, ctx: Tensor) -> Tensor:
         """ids, pos, slot, ctx (1,) long and tables (1, nb): one decode token -> (1, V) fp32 logits."""
         cfg, kv, res = self.cfg, self.kv, self.residual
         d, H, hd = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-        _embed_kernel[(triton.cdiv(d, 1024),)](ids, self.embed, res, d, self.embed_scale, BLOCK=1024)
+        _embed_kernel[(triton.cdiv(d, 1024),)](ids, self.embed, res, d, self.embed_scale, BLOCK=1024, PDL=self.pdl,
+                                               **_pdl.launch(self.pdl))
         for i, L in enumerate(self.layers):
             self.qkv(L, i, pos, slot)
             attn = _pa.paged_decode(self.q.view(1, H, hd), kv.k[i], kv.v[i], tables, ctx, block_size=kv.block_size,
-                                    window=cfg.sliding_window)  # keys split over programs as the card needs
+                                    window=cfg.sliding_window, pdl=self.pdl)  # keys split as the card needs
             self.add_gemv(attn.view(-1), L.o, self.configs["o"])
             self.swiglu(L)
             self.add_gemv(self.act, L.down, self.configs["down"])
@@ -155,7 +163,7 @@ class FusedDecode:
             self.residual, L.norm1, L.qkv, L.qkv_bias if L.qkv_bias is not None else L.qkv, qn, kn, self.q, kp, vp,
             pos, slot, self.inv_freq, cfg.hidden_size, L.qkv.stride(0), kp.stride(0), kp.stride(1), H, Hkv, self.eps,
             HD=hd, HALF=hd // 2, PAIRS=hd // 2 // split, BLOCK_K=bk, HAS_BIAS=L.qkv_bias is not None,
-            QK_NORM=L.q_norm is not None, num_warps=warps)
+            QK_NORM=L.q_norm is not None, PDL=self.pdl, num_warps=warps, **_pdl.launch(self.pdl))
 
     def add_gemv(self, x: Tensor, w: Tensor, config: tuple[int, int, int]) -> None:
         """residual += w @ x, one atomic fp32 add per output (kernels/gemv.py's split-K path, with one split)."""
@@ -163,13 +171,14 @@ class FusedDecode:
         N, K = w.shape
         _gemv._gemv_kernel[(triton.cdiv(N, bn), 1)](
             x, w, w, self.residual, N, K, w.stride(0), triton.cdiv(K, bk) * bk, BLOCK_N=bn, BLOCK_K=bk, SPLIT=True,
-            HAS_BIAS=False, EVEN=N % bn == 0 and K % bk == 0, num_warps=warps)
+            HAS_BIAS=False, EVEN=N % bn == 0 and K % bk == 0, PDL=self.pdl, num_warps=warps, **_pdl.launch(self.pdl))
 
     def head_logits(self) -> Tensor:
         bn, bk, warps = self.configs["head"]
         V = self.head.shape[0]
         _head_kernel[(triton.cdiv(V, bn),)](self.residual, self.norm_f, self.head, self.logits, self.cfg.hidden_size,
-                                            V, self.head.stride(0), self.eps, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+                                            V, self.head.stride(0), self.eps, BLOCK_N=bn, BLOCK_K=bk, PDL=self.pdl,
+                                            num_warps=warps, **_pdl.launch(self.pdl))
         return self.logits
 
     def swiglu(self, L: _Layer) -> None:
@@ -177,13 +186,16 @@ class FusedDecode:
         inter = self.act.shape[0]
         _swiglu_kernel[(triton.cdiv(inter, bn),)](
             self.residual, L.norm2, L.gate_up, self.act, self.cfg.hidden_size, inter, L.gate_up.stride(0), self.eps,
-            BLOCK_N=bn, BLOCK_K=bk, num_warps=warps)
+            BLOCK_N=bn, BLOCK_K=bk, PDL=self.pdl, num_warps=warps, **_pdl.launch(self.pdl))
 
     # ---- tile sizes ----------------------------------------------------------------------------------------
 
-    def tune(self, timer=None, repeats: int = 3) -> dict:
+    def tune(self, timer=None, repeats: int = 3, pdl: bool | None = None) -> dict:
         """Time each kernel over all layers with every tile choice of CONFIGS (`timer(calls) -> us`, default a
         CUDA graph of the calls, replayed) and keep the fastest; returns {kernel: {config: us}, "chosen": ...}.
+        Then, where the card can (`pdl` None: kernels/pdl.py's `supported`), the whole step with and without
+        programmatic dependent launch: PDL is kept if it is faster and gives bitwise the same logits (it changes
+        when kernels start, not what they compute: a difference would be a missing wait), under "pdl".
         The K/V it writes go to slot 0, which the engine's block manager has not handed out yet at start-up."""
         from llmlab.kernels.cuda_linear import graph_us
 
@@ -209,17 +221,39 @@ class FusedDecode:
                     times[config] = min(timer(run) for _ in range(repeats))
                 self.configs[name] = min(times, key=times.__getitem__)
                 report[name] = {str(c): round(t, 2) for c, t in times.items()}
+            report["chosen"] = dict(self.configs)
+            if pdl if pdl is not None else _pdl.supported(dev):
+                report["pdl"] = self._tune_pdl(timer, repeats, zero)
         self.residual.zero_()
-        report["chosen"] = dict(self.configs)
         return report
+
+    def _tune_pdl(self, timer, repeats: int, zero: Tensor) -> dict:
+        """The whole step (token 0 at position 0 in slot 0, a context of 1) with PDL off and on: the faster is
+        kept if both give the same logits."""
+        tables = torch.zeros(1, 1, dtype=torch.long, device=zero.device)
+        ctx = torch.ones(1, dtype=torch.long, device=zero.device)
+        times, logits = {}, {}
+        for on in (False, True):
+            self.pdl = on
+            try:
+                times[on] = min(timer(lambda: self(zero, zero, zero, tables, ctx)) for _ in range(repeats))
+            except RuntimeError as e:  # a driver or Triton that cannot launch (or capture) it: keep it off
+                self.pdl = False
+                return {"off_us": round(times[False], 2), "error": f"{type(e).__name__}: {e}"[:300], "chosen": False}
+            logits[on] = self.logits.clone()
+        same = torch.equal(logits[False], logits[True])
+        self.pdl = same and times[True] < times[False]
+        return {"off_us": round(times[False], 2), "on_us": round(times[True], 2), "same_logits": same,
+                "chosen": self.pdl}
 
 
 def compile_for_cuda(arch: int, dtype: torch.dtype, *, head_dim: int = 64, bias: bool = False,
-                     qk_norm: bool = False) -> dict[str, dict]:
+                     qk_norm: bool = False, pdl: bool = False) -> dict[str, dict]:
     """Compile the step's own kernels (embedding, q/k/v, SwiGLU, LM head; the GEMV and attention kernels have
     theirs) for CUDA compute capability `arch` down to cubins on any machine, with the default tiles and
-    16-byte-aligned pointers and strides as a launch on real weights gets. Returns {kernel: asm by stage}. Run
-    it in a process without TRITON_INTERPRET=1 (Triton reads that flag at import)."""
+    16-byte-aligned pointers and strides as a launch on real weights gets; `pdl` builds the variants for
+    programmatic dependent launch. Returns {kernel: asm by stage}. Run it in a process without
+    TRITON_INTERPRET=1 (Triton reads that flag at import)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -228,11 +262,11 @@ def compile_for_cuda(arch: int, dtype: torch.dtype, *, head_dim: int = 64, bias:
              "scale": "fp32", "Out": "*fp32"}
     (qs, qk, _), (bn, bk, _), (hn, hk, _) = CONFIGS["qkv"][0], CONFIGS["swiglu"][0], CONFIGS["head"][0]
     pairs = head_dim // 2 if qk_norm else head_dim // 2 // min(qs, head_dim // 2)
-    kernels = {"embed": (_embed_kernel, {"BLOCK": 1024}),
+    kernels = {"embed": (_embed_kernel, {"BLOCK": 1024, "PDL": pdl}),
                "qkv": (_qkv_kernel, {"HD": head_dim, "HALF": head_dim // 2, "PAIRS": pairs, "BLOCK_K": qk,
-                                     "HAS_BIAS": bias, "QK_NORM": qk_norm}),
-               "swiglu": (_swiglu_kernel, {"BLOCK_N": bn, "BLOCK_K": bk}),
-               "head": (_head_kernel, {"BLOCK_N": hn, "BLOCK_K": hk})}
+                                     "HAS_BIAS": bias, "QK_NORM": qk_norm, "PDL": pdl}),
+               "swiglu": (_swiglu_kernel, {"BLOCK_N": bn, "BLOCK_K": bk, "PDL": pdl}),
+               "head": (_head_kernel, {"BLOCK_N": hn, "BLOCK_K": hk, "PDL": pdl})}
     out = {}
     for name, (kernel, consts) in kernels.items():
         sig = {}
@@ -241,7 +275,8 @@ def compile_for_cuda(arch: int, dtype: torch.dtype, *, head_dim: int = 64, bias:
                         ("i32" if arg in ("K", "N", "D") or arg[0].islower() else ptr))
         attrs = {(i,): [["tt.divisibility", 16]] for i, arg in enumerate(kernel.arg_names)
                  if sig[arg][0] == "*" or arg.startswith("stride") or arg == "K"}
-        compiled = triton.compile(ASTSource(kernel, sig, consts, attrs), target=GPUTarget("cuda", arch, 32))
+        compiled = triton.compile(ASTSource(kernel, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
+                                  options={"launch_pdl": pdl})
         out[name] = dict(compiled.asm)
     return out
 
@@ -266,7 +301,9 @@ if triton is not None:
         return (x * w).to(DT).to(tl.float32)
 
     @triton.jit
-    def _embed_kernel(Ids, E, Res, D, scale, BLOCK: tl.constexpr):
+    def _embed_kernel(Ids, E, Res, D, scale, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        _pdl.trigger(PDL)
+        _pdl.wait(PDL)  # Res may still be read by the kernel before (the last step's LM head)
         d = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         tok = tl.load(Ids).to(tl.int64)
         x = tl.load(E + tok * D + d, mask=d < D, other=0.0).to(tl.float32)
@@ -277,20 +314,30 @@ if triton is not None:
     @triton.jit
     def _qkv_kernel(Res, NormW, W, Bias, QNormW, KNormW, Q, KP, VP, Pos, Slot, InvFreq, K, stride_w, stride_ps,
                     stride_ph, n_heads, n_kv, eps, HD: tl.constexpr, HALF: tl.constexpr, PAIRS: tl.constexpr,
-                    BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, QK_NORM: tl.constexpr):
+                    BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, QK_NORM: tl.constexpr, PDL: tl.constexpr):
         """Program (p, r): PAIRS of RoPE's pairs (i, i + HALF) of output head p (q heads, then k, then v), from
         i = r * PAIRS, the two halves as two accumulators, so each pair meets in registers. With q/k norms one
         program takes the whole head (PAIRS == HALF, FusedDecode.qkv sees to it): the norm's statistics need it."""
         DT: tl.constexpr = W.dtype.element_ty
+        _pdl.trigger(PDL)
         p = tl.program_id(0)
         j = tl.program_id(1) * PAIRS + tl.arange(0, PAIRS)
         rows = p * HD + j
-        rstd = _rstd(Res, K, eps, BLOCK_K)
         acc1 = tl.zeros([PAIRS, BLOCK_K], tl.float32)
         acc2 = tl.zeros([PAIRS, BLOCK_K], tl.float32)
         w1 = W + rows.to(tl.int64)[:, None] * stride_w
         w2 = w1 + HALF * stride_w
-        for k0 in range(0, K, BLOCK_K):
+        # the first K tile's weights before waiting on the kernel before (PDL), then the loop's first step
+        k = tl.arange(0, BLOCK_K)
+        k_ok = k < K
+        t1 = tl.load(w1 + k[None, :], mask=k_ok[None, :], other=0.0, eviction_policy="evict_first")
+        t2 = tl.load(w2 + k[None, :], mask=k_ok[None, :], other=0.0, eviction_policy="evict_first")
+        _pdl.wait(PDL)
+        rstd = _rstd(Res, K, eps, BLOCK_K)
+        x = _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]
+        acc1 += t1 * x
+        acc2 += t2 * x
+        for k0 in range(BLOCK_K, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < K
             x = _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]
@@ -331,17 +378,28 @@ if triton is not None:
         tl.store(out + HALF, o2)
 
     @triton.jit
-    def _swiglu_kernel(Res, NormW, W, Act, K, inter, stride_w, eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _swiglu_kernel(Res, NormW, W, Act, K, inter, stride_w, eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       PDL: tl.constexpr):
         """act[n] = silu(gate[n]) * up[n] for BLOCK_N features; W is the fused (2 * inter, K) gate/up weight."""
         DT: tl.constexpr = W.dtype.element_ty
+        _pdl.trigger(PDL)
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < inter
-        rstd = _rstd(Res, K, eps, BLOCK_K)
         wg = W + n.to(tl.int64)[:, None] * stride_w
         wu = wg + inter.to(tl.int64) * stride_w
         acc_g = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         acc_u = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        k = tl.arange(0, BLOCK_K)  # the first K tile's weights before the wait (PDL), then the loop's first step
+        k_ok = k < K
+        m = n_ok[:, None] & k_ok[None, :]
+        tg = tl.load(wg + k[None, :], mask=m, other=0.0, eviction_policy="evict_first")
+        tu = tl.load(wu + k[None, :], mask=m, other=0.0, eviction_policy="evict_first")
+        _pdl.wait(PDL)
+        rstd = _rstd(Res, K, eps, BLOCK_K)
+        x = _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]
+        acc_g += tg * x
+        acc_u += tu * x
+        for k0 in range(BLOCK_K, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < K
             x = _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]
@@ -354,15 +412,22 @@ if triton is not None:
         tl.store(Act + n, (h * u).to(DT), mask=n_ok)
 
     @triton.jit
-    def _head_kernel(Res, NormW, W, Out, K, N, stride_w, eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _head_kernel(Res, NormW, W, Out, K, N, stride_w, eps, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PDL: tl.constexpr):
         """fp32 logits of BLOCK_N vocabulary rows from the final-normed residual."""
         DT: tl.constexpr = W.dtype.element_ty
+        _pdl.trigger(PDL)
         n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < N
-        rstd = _rstd(Res, K, eps, BLOCK_K)
         w_rows = W + n.to(tl.int64)[:, None] * stride_w
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        k = tl.arange(0, BLOCK_K)  # the first K tile's weights before the wait (PDL), then the loop's first step
+        k_ok = k < K
+        t = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_first")
+        _pdl.wait(PDL)
+        rstd = _rstd(Res, K, eps, BLOCK_K)
+        acc += t * _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]
+        for k0 in range(BLOCK_K, K, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < K
             x = _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]

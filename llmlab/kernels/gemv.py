@@ -30,6 +30,8 @@ try:
 except ImportError:  # CPU-only installs: callers keep F.linear
     triton = None
 
+from llmlab.kernels import pdl as _pdl
+
 
 def gemv_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     y = x.float() @ weight.float().t()
@@ -70,7 +72,7 @@ def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: int 
     _gemv_kernel[(triton.cdiv(N, block_n), split_k)](
         xv, weight, bias if bias is not None else weight, y, N, K, weight.stride(0), k_span,
         BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split_k > 1, HAS_BIAS=bias is not None,
-        EVEN=(N % block_n == 0) and (K % k_span == 0), num_warps=num_warps,
+        EVEN=(N % block_n == 0) and (K % k_span == 0), PDL=False, num_warps=num_warps,
     )
     if split_k > 1:
         y = (y + bias.float()).to(out_dtype) if bias is not None else y.to(out_dtype)
@@ -78,15 +80,16 @@ def gemv(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: int 
 
 
 def compile_for_cuda(arch: int, dtype: torch.dtype, *, block_n: int = 16, block_k: int = 512, split: bool = False,
-                     bias: bool = False, even: bool = True, num_warps: int = 4) -> dict:
+                     bias: bool = False, even: bool = True, num_warps: int = 4, pdl: bool = False) -> dict:
     """Compile the kernel for CUDA compute capability `arch` (90 = Hopper) down to a cubin on any machine
-    (Triton's NVIDIA backend and its bundled ptxas; no GPU). Returns the compiled asm by stage. Run it in
-    a process without TRITON_INTERPRET=1 (Triton reads that flag at import)."""
+    (Triton's NVIDIA backend and its bundled ptxas; no GPU); `pdl` builds the variant for programmatic dependent
+    launch (kernels/pdl.py). Returns the compiled asm by stage. Run it in a process without TRITON_INTERPRET=1
+    (Triton reads that flag at import)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     ptr = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
-    consts = {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT": split, "HAS_BIAS": bias, "EVEN": even}
+    consts = {"BLOCK_N": block_n, "BLOCK_K": block_k, "SPLIT": split, "HAS_BIAS": bias, "EVEN": even, "PDL": pdl}
     sig = {"X": ptr, "W": ptr, "Bias": ptr, "Y": "*fp32" if split else ptr, "N": "i32", "K": "i32",
            "stride_wn": "i32", "k_span": "i32"}
     sig.update({name: "constexpr" for name in consts})
@@ -95,32 +98,51 @@ def compile_for_cuda(arch: int, dtype: torch.dtype, *, block_n: int = 16, block_
     # As a launch on 16-byte-aligned tensors with K a multiple of 16 specialises them (vector loads follow).
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(sig) if name not in consts and name != "N"}
     compiled = triton.compile(ASTSource(_gemv_kernel, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps})
+                              options={"num_warps": num_warps, "launch_pdl": pdl})
     return dict(compiled.asm)
 
 
 if triton is not None:
 
     @triton.jit
+    def _tiles(X, w_rows, n_ok, k, K, EVEN: tl.constexpr):
+        """The weight tile (evict-first: read once) at columns k, and x at k, both as loaded (masked unless EVEN)."""
+        if EVEN:
+            w = tl.load(w_rows + k[None, :], eviction_policy="evict_first")
+            x = tl.load(X + k)
+        else:
+            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0,
+                        eviction_policy="evict_first")
+            x = tl.load(X + k, mask=k < K, other=0.0)
+        return w, x
+
+    @triton.jit
     def _gemv_kernel(X, W, Bias, Y, N, K, stride_wn, k_span,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     EVEN: tl.constexpr):
+                     EVEN: tl.constexpr, PDL: tl.constexpr):
+        _pdl.trigger(PDL)
         pid_n = tl.program_id(0)
         k_lo = tl.program_id(1) * k_span
         n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = n < N
         w_rows = W + n.to(tl.int64)[:, None] * stride_wn
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        for k0 in range(k_lo, k_lo + k_span, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            if EVEN:
-                w = tl.load(w_rows + k[None, :], eviction_policy="evict_first")
-                xk = tl.load(X + k)
-            else:
-                k_ok = k < K
-                w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0,
-                            eviction_policy="evict_first")
-                xk = tl.load(X + k, mask=k_ok, other=0.0)
+        # The first tile's weights are asked for before waiting on the kernel before (with PDL; they do not depend
+        # on it), then x, which may be its output. Same sums in the same order as the loop.
+        k = k_lo + tl.arange(0, BLOCK_K)
+        if EVEN:
+            w = tl.load(w_rows + k[None, :], eviction_policy="evict_first")
+        else:
+            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0,
+                        eviction_policy="evict_first")
+        _pdl.wait(PDL)
+        if EVEN:
+            xk = tl.load(X + k)
+        else:
+            xk = tl.load(X + k, mask=k < K, other=0.0)
+        acc += w.to(tl.float32) * xk.to(tl.float32)[None, :]
+        for k0 in range(k_lo + BLOCK_K, k_lo + k_span, BLOCK_K):
+            w, xk = _tiles(X, w_rows, n_ok, k0 + tl.arange(0, BLOCK_K), K, EVEN)
             acc += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         y = tl.sum(acc, 1)
         if SPLIT:

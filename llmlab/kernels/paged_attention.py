@@ -46,6 +46,8 @@ try:
 except ImportError:  # CPU-only installs: the engine keeps the gather path
     triton = None
 
+from llmlab.kernels import pdl as _pdl
+
 
 def _version(v: str) -> tuple[int, int]:
     major, minor = (v.split("+")[0].split(".") + ["0"])[:2]
@@ -109,15 +111,18 @@ def split_counts(kv_heads: int, num_sms: int) -> list[int]:
 
 def paged_decode(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor,
                  block_size: int = 16, scale: float | None = None, window: int | None = None,
-                 block_n: int = 64, num_splits: int | None = None) -> Tensor:
+                 block_n: int = 64, num_splits: int | None = None, pdl: bool = False) -> Tensor:
     """Decode attention over paged K/V with the Triton kernel (see the module docstring). `num_splits`
-    None picks the count with `auto_splits` (1 off CUDA); 1 runs the single-pass kernel."""
+    None picks the count with `auto_splits` (1 off CUDA); 1 runs the single-pass kernel. `pdl` launches it for
+    programmatic dependent launch (kernels/pdl.py: CUDA, compute capability 9+; the fused decode step's chain)."""
     if triton is None:
         raise RuntimeError("the paged decode kernel needs Triton; install it or use the gather path.")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     window = 0 if window is None else int(window)
     splits = 0 if num_splits is None else int(num_splits)
     if torch.compiler.is_compiling():  # opaque to Inductor: the split count is chosen from concrete shapes
+        if pdl:
+            raise ValueError("paged_decode(pdl=True) is for eager launch chains, not under torch.compile.")
         return _paged_decode_op(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window,
                                 block_n, splits)
     H, Hkv = q.shape[1], k_pages.shape[1]
@@ -125,7 +130,7 @@ def paged_decode(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tens
         raise ValueError("paged_decode needs H divisible by Hkv and pages contiguous in head_dim.")
     if num_splits is not None and not 1 <= splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}] (or None to choose); got {num_splits}.")
-    return _launch(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window, block_n, splits)
+    return _launch(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window, block_n, splits, pdl=pdl)
 
 
 def warm_up(k_pages: Tensor, v_pages: Tensor, num_heads: int, block_size: int, scratch_block: int,
@@ -148,7 +153,7 @@ def _num_sms(device: torch.device) -> int:
 
 
 def _launch(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, context_lens: Tensor,
-            block_size: int, scale: float, window: int, block_n: int, splits: int) -> Tensor:
+            block_size: int, scale: float, window: int, block_n: int, splits: int, pdl: bool = False) -> Tensor:
     B, H, hd = q.shape
     Hkv = k_pages.shape[1]
     if q.stride(-1) != 1:
@@ -164,10 +169,12 @@ def _launch(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tensor, c
         q, k_pages, v_pages, out, mid, ml, block_tables, context_lens, scale, window,
         q.stride(0), q.stride(1), k_pages.stride(0), k_pages.stride(1), v_pages.stride(0), v_pages.stride(1),
         out.stride(0), out.stride(1), block_tables.stride(0),
-        **launch_constants(q.dtype, q.device.type, H // Hkv, hd, block_size, block_n, window or None, splits),
+        **launch_constants(q.dtype, q.device.type, H // Hkv, hd, block_size, block_n, window or None, splits, pdl),
+        **_pdl.launch(pdl),
     )
     if splits > 1:
-        _merge_splits_kernel[(B, H)](mid, ml, out, out.stride(0), out.stride(1), **merge_constants(hd, splits))
+        _merge_splits_kernel[(B, H)](mid, ml, out, out.stride(0), out.stride(1), **merge_constants(hd, splits, pdl),
+                                     **_pdl.launch(pdl))
     return out
 
 
@@ -185,20 +192,21 @@ def _(q, k_pages, v_pages, block_tables, context_lens, block_size, scale, window
 
 def compile_for_cuda(arch: int, dtype: torch.dtype, G: int, hd: int, *, window: int | None = None,
                      index_type: str = "i64", scale_type: str = "fp32", block_size: int = 16,
-                     block_n: int = 64, num_splits: int = 1) -> dict:
+                     block_n: int = 64, num_splits: int = 1, pdl: bool = False) -> dict:
     """Compile the kernel ahead of time for CUDA compute capability `arch` (90 = Hopper) down to a
     cubin, as `paged_decode` would launch it, on any machine (no GPU needed; Triton's NVIDIA backend
     and its bundled ptxas do the work). Returns the compiled asm by stage; with num_splits > 1 the
     merge kernel's too, under "merge". Run it in a process without TRITON_INTERPRET=1: Triton builds
     its kernels for the interpreter at import time then. `scale_type="fp64"` is how a Python float
-    reaches a kernel traced by torch.compile (kept: the kernel must take either).
+    reaches a kernel traced by torch.compile (kept: the kernel must take either). `pdl` builds the variants
+    for programmatic dependent launch (kernels/pdl.py).
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     ptr = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
     part = "*fp32" if num_splits > 1 else ptr  # the single-pass launch passes `out` for the unused part buffers
-    consts = launch_constants(dtype, "cuda", G, hd, block_size, block_n, window, num_splits)
+    consts = launch_constants(dtype, "cuda", G, hd, block_size, block_n, window, num_splits, pdl)
     sig = {"Q": ptr, "K": ptr, "V": ptr, "Out": ptr, "Mid": part, "ML": part, "Tables": f"*{index_type}",
            "Lens": f"*{index_type}", "scale": scale_type, "window": "i32"}
     sig.update({name: "i32" for name in _paged_decode_kernel.arg_names if name.startswith("stride_")})
@@ -206,17 +214,19 @@ def compile_for_cuda(arch: int, dtype: torch.dtype, G: int, hd: int, *, window: 
     if list(sig) != _paged_decode_kernel.arg_names:
         raise RuntimeError(f"compile_for_cuda's signature {list(sig)} is out of date with the kernel's arguments")
     target = GPUTarget("cuda", arch, 32)
-    asm = dict(triton.compile(ASTSource(_paged_decode_kernel, sig, consts), target=target).asm)
+    options = {"launch_pdl": pdl}
+    asm = dict(triton.compile(ASTSource(_paged_decode_kernel, sig, consts), target=target, options=options).asm)
     if num_splits > 1:
-        mconsts = merge_constants(hd, num_splits)
+        mconsts = merge_constants(hd, num_splits, pdl)
         msig = {"Mid": "*fp32", "ML": "*fp32", "Out": ptr, "stride_ob": "i32", "stride_oh": "i32"}
         msig.update({name: "constexpr" for name in mconsts})
-        asm["merge"] = dict(triton.compile(ASTSource(_merge_splits_kernel, msig, mconsts), target=target).asm)
+        asm["merge"] = dict(triton.compile(ASTSource(_merge_splits_kernel, msig, mconsts), target=target,
+                                           options=options).asm)
     return asm
 
 
 def launch_constants(dtype: torch.dtype, device_type: str, G: int, hd: int, block_size: int, block_n: int,
-                     window: int | None, splits: int = 1) -> dict:
+                     window: int | None, splits: int = 1, pdl: bool = False) -> dict:
     """The kernel's compile-time constants for one launch (also what the ahead-of-time compile test uses)."""
     return {
         "G": G, "G_PAD": max(16, triton.next_power_of_2(G)), "HD": hd, "HD_PAD": max(16, triton.next_power_of_2(hd)),
@@ -224,12 +234,13 @@ def launch_constants(dtype: torch.dtype, device_type: str, G: int, hd: int, bloc
         # fp32 models multiply in IEEE fp32 (no TF32). Triton's CPU interpreter gets bf16 tl.dot wrong
         # (3.9), so there bf16 is multiplied in fp32 too; compiled, bf16/fp16 use the tensor cores.
         "DOT_FP32": dtype == torch.float32 or (device_type == "cpu" and dtype == torch.bfloat16),
+        "PDL": pdl,
     }
 
 
-def merge_constants(hd: int, splits: int) -> dict:
+def merge_constants(hd: int, splits: int, pdl: bool = False) -> dict:
     return {"HD": hd, "HD_PAD": max(16, triton.next_power_of_2(hd)), "SPLITS": splits,
-            "S_PAD": max(2, triton.next_power_of_2(splits))}
+            "S_PAD": max(2, triton.next_power_of_2(splits)), "PDL": pdl}
 
 
 if triton is not None:
@@ -242,7 +253,9 @@ if triton is not None:
                              stride_ob, stride_oh, stride_tb,
                              G: tl.constexpr, G_PAD: tl.constexpr, HD: tl.constexpr, HD_PAD: tl.constexpr,
                              BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, USE_WINDOW: tl.constexpr,
-                             SPLITS: tl.constexpr, DOT_FP32: tl.constexpr):
+                             SPLITS: tl.constexpr, DOT_FP32: tl.constexpr, PDL: tl.constexpr):
+        _pdl.trigger(PDL)
+        _pdl.wait(PDL)  # q and the newest K/V are the kernel before's output
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         length = tl.load(Lens + b).to(tl.int32)
@@ -302,8 +315,10 @@ if triton is not None:
 
     @triton.jit
     def _merge_splits_kernel(Mid, ML, Out, stride_ob, stride_oh, HD: tl.constexpr, HD_PAD: tl.constexpr,
-                             SPLITS: tl.constexpr, S_PAD: tl.constexpr):
+                             SPLITS: tl.constexpr, S_PAD: tl.constexpr, PDL: tl.constexpr):
         """One program per (sequence, query head): out = sum_p e^(m_p - M) acc_p / sum_p e^(m_p - M) l_p."""
+        _pdl.trigger(PDL)
+        _pdl.wait(PDL)
         b = tl.program_id(0)
         h = tl.program_id(1)
         p = tl.arange(0, S_PAD)
