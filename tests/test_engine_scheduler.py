@@ -239,7 +239,11 @@ def test_stop_token_and_max_model_len():
     sched.add(s)
     batch = sched.schedule()
     sched.update(batch, {s.seq_id: 7})
-    assert s.finish_reason == "stop" and s.stop_reason == 7 and s.output_token_ids == [7]
+    assert s.finish_reason == "stop" and s.stop_reason is None and s.output_token_ids == [7]  # EOS: None, as vLLM
+    u = Sequence("u", [1, 2], SamplingParams(max_tokens=100, stop_token_ids=[9]), eos_token_ids=frozenset({7}))
+    sched.add(u)
+    sched.update(sched.schedule(), {u.seq_id: 9})
+    assert u.finish_reason == "stop" and u.stop_reason == 9  # a stop_token_ids hit names its id
     t = seq(range(10), max_tokens=100)
     sched.add(t)
     run_to_end(sched)

@@ -48,6 +48,14 @@ class LLM:
             raise ConfigError(f"LLM() got unknown option(s) {', '.join(unknown)}; engine options are: {known}.")
         if dtype == "auto":  # vLLM's spelling of the default: bf16 on CUDA, fp32 on CPU; a Transformer keeps its own
             dtype = None
+        if isinstance(tokenizer, (str, Path)):  # a tokenizer.json, or a model directory / GGUF / name that has one
+            from llmlab import artifacts
+            from llmlab.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(artifacts.resolve(tokenizer))
+        elif tokenizer is not None and not all(hasattr(tokenizer, a) for a in ("encode", "decode", "token_bytes")):
+            raise ConfigError(f"LLM(tokenizer=...) takes an llmlab Tokenizer or the path of a tokenizer.json or model "
+                              f"directory, got a {type(tokenizer).__name__}; pass the path its files are in.")
         if isinstance(model, Transformer):  # used where it is, unless told otherwise
             if device is not None:
                 model = model.to(device)
@@ -77,11 +85,14 @@ class LLM:
         (`use_tqdm`) shows by default where stderr is a terminal and there is more than one prompt."""
         if hasattr(prompts, "tolist") and not isinstance(prompts, str):  # a tensor or array: (L,) one, (B, L) many
             prompts = prompts.tolist()
+        if isinstance(prompts, tuple):  # any sequence of prompts, as vLLM takes
+            prompts = list(prompts)
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], numbers.Integral)):
             prompts = [prompts]
         if not isinstance(prompts, list) or not prompts:
             raise RequestError("generate() needs a prompt or a non-empty list of prompts (text or token-id lists).")
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompts)
+        params = list(sampling_params) if isinstance(sampling_params, (list, tuple)) \
+            else [sampling_params or SamplingParams()] * len(prompts)
         if len(params) != len(prompts):
             raise RequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one, or one each.")
         ids = [f"gen-{next(self._ids)}" for _ in prompts]

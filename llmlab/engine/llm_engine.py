@@ -105,7 +105,9 @@ class LLMEngine:
             if self.tokenizer is None:
                 raise RequestError("this engine has no tokenizer, so prompts must be token-id lists; load the "
                                    "model with its tokenizer (LLM(path) or tokenizer=...).")
-            ids = self.tokenizer.encode(prompt, allowed_special="all")
+            # the tokenizer's own special tokens around the text (a BOS for Llama and Mistral), as transformers'
+            # tokenizer(prompt) and vLLM add them; chat() renders its template to ids, which pass as they are
+            ids = self.tokenizer.encode(prompt, allowed_special="all", add_special_tokens=True)
         elif isinstance(prompt, (list, tuple)) or hasattr(prompt, "tolist"):  # ids: a list, tensor or numpy array
             ids = prompt.tolist() if hasattr(prompt, "tolist") else list(prompt)
             if not isinstance(ids, list):
@@ -288,7 +290,7 @@ class LLMEngine:
         return outputs
 
     def _detokenize(self, seq: Sequence, detok: Detokenizer, token: int) -> None:
-        if not (seq.finish_reason == "stop" and seq.stop_reason == token):  # a stop token is never text
+        if not (seq.finish_reason == "stop" and seq.stop_reason in (token, None)):  # a stop token (EOS) is not text
             hit = detok.add(token)
             if hit is not None:
                 if seq.is_finished:  # the same token also hit max_tokens: the stop string wins

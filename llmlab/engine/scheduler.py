@@ -73,13 +73,14 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self.waiting) + len(self.running)
 
-    def check_fits(self, prompt_len: int, max_tokens: int) -> None:
-        """Raise RequestError if a request of this shape could never be scheduled."""
+    def check_fits(self, prompt_len: int, max_tokens: int | None) -> None:
+        """Raise RequestError if a request of this shape could never be scheduled (max_tokens None: to the end of
+        the context)."""
         if prompt_len >= self.max_model_len:
             raise RequestError(f"the prompt has {prompt_len} tokens but the model's context is {self.max_model_len}; "
                                "shorten the prompt (it must leave room for at least one new token).")
         # The last sampled token ends the sequence before its K/V is ever computed.
-        peak = min(prompt_len + max_tokens, self.max_model_len) - 1
+        peak = (self.max_model_len if max_tokens is None else min(prompt_len + max_tokens, self.max_model_len)) - 1
         need = self.bm.blocks_for(peak)
         if need > self.bm.num_blocks:
             raise RequestError(f"this request needs up to {peak} tokens of KV cache ({need} blocks) but the cache "
@@ -173,8 +174,8 @@ class Scheduler:
 
     def _stops(self, seq: Sequence, token: int, length: int) -> bool:
         """End seq if `token`, which makes it `length` tokens long, is a stop token or reaches a length limit."""
-        if token in seq.stop_token_ids:
-            self.finish(seq, "stop", token)
+        if token in seq.stop_token_ids:  # stop_reason: the id of a stop_token_ids hit, None for EOS (as vLLM)
+            self.finish(seq, "stop", token if token in seq.params.stop_token_ids else None)
         elif self._ends_by_length(seq, length):
             self.finish(seq, "length")
         else:
@@ -182,7 +183,8 @@ class Scheduler:
         return True
 
     def _ends_by_length(self, seq: Sequence, length: int) -> bool:
-        return length >= self.max_model_len or length - seq.num_prompt_tokens >= seq.params.max_tokens
+        limit = seq.params.max_tokens
+        return length >= self.max_model_len or (limit is not None and length - seq.num_prompt_tokens >= limit)
 
     # ---- async scheduling -------------------------------------------------------------------------
 

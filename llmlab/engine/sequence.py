@@ -36,19 +36,26 @@ class UnknownParameterError(RequestError, TypeError):
 _OTHER_NAMES = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "num_return_sequences": "n",
                 "stop_sequences": "stop", "eos_token_id": "stop_token_ids", "do_sample": "temperature (0 = greedy)",
                 "random_seed": "seed", "top_logprobs": "logprobs"}
+# vLLM settings llmlab does not have (a close name would be the wrong hint: min_tokens is not max_tokens).
+_NOT_SUPPORTED = ("min_tokens", "prompt_logprobs", "allowed_token_ids", "include_stop_str_in_output", "logit_bias",
+                  "detokenize", "bad_words", "best_of", "use_beam_search", "length_penalty", "guided_decoding",
+                  "structured_outputs", "truncate_prompt_tokens", "spaces_between_special_tokens", "output_kind",
+                  "logits_processors", "extra_args")
+# Temperatures below this sample as greedy (vLLM's _SAMPLING_EPS): dividing logits by ~1e-45 overflows to inf.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(slots=True)
 class SamplingParams:
     n: int = 1
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # 0 = greedy (as is anything below GREEDY_BELOW)
     top_k: int = 0  # 0 or -1 = off
     top_p: float = 1.0
     min_p: float = 0.0
     repetition_penalty: float = 1.0  # HF/CTRL: on prompt + output tokens, divides positive logits
     presence_penalty: float = 0.0  # OpenAI: on output tokens, subtracted once per seen token
     frequency_penalty: float = 0.0  # OpenAI: on output tokens, subtracted per occurrence
-    max_tokens: int = 16
+    max_tokens: int | None = 16  # None: until the context is full
     stop: list[str] | str | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     seed: int | None = None
@@ -63,10 +70,10 @@ class SamplingParams:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
             if not _is_number(getattr(self, name)):
                 fail(f"{name} must be a number, got {getattr(self, name)!r}")
-        for name in ("n", "top_k", "max_tokens"):
+        for name in ("n", "top_k"):
             if not is_int(getattr(self, name)):
                 fail(f"{name} must be an integer, got {getattr(self, name)!r}")
-        for name in ("seed", "logprobs"):
+        for name in ("seed", "logprobs", "max_tokens"):
             if getattr(self, name) is not None and not is_int(getattr(self, name)):
                 fail(f"{name} must be None or an integer, got {getattr(self, name)!r}")
         if isinstance(self.stop, str):
@@ -86,7 +93,8 @@ class SamplingParams:
             (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"),
             (-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
             (-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
-            (self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}"),
+            (self.max_tokens is None or self.max_tokens >= 1,
+             f"max_tokens must be >= 1 (or None: until the context is full), got {self.max_tokens}"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
             (all(is_int(t) and t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must be non-negative token ids, got {self.stop_token_ids!r}"),
@@ -95,6 +103,8 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 fail(message)
+        if self.temperature < GREEDY_BELOW:
+            self.temperature = 0.0
 
     @property
     def greedy(self) -> bool:
@@ -112,6 +122,9 @@ def _refuse_unknown_keywords(init):
     @functools.wraps(init)
     def __init__(self, *args, **kwargs) -> None:
         for name in kwargs:
+            if name in _NOT_SUPPORTED:
+                raise UnknownParameterError(f"SamplingParams: {name!r} (a vLLM setting) is not supported by llmlab; "
+                                            f"the settings are {', '.join(known)}.")
             if name not in known:
                 meant = _OTHER_NAMES.get(name) or next(iter(difflib.get_close_matches(name, known, n=1)), None)
                 hint = f"did you mean {meant}?" if meant else f"the settings are {', '.join(known)}."

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sample from the fewest tokens whose probabilities sum to this, in (0, 1] (default: 1; "
                         "needs --temperature > 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    p.add_argument("--dtype", default="float32",
+                   help="float32 | bfloat16 | float16 | auto (float32: this command runs on the CPU); default float32")
     p.set_defaults(func=run)
 
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise LlmlabError(f"--top-p: top_p must be in (0, 1], got {args.top_p}; leave it out to keep every token.")
     if args.prompt is not None and not args.prompt:
         raise LlmlabError("the prompt is empty; pass some text with --prompt (or ids with --ids).")
-    model = from_pretrained(args.model, dtype=args.dtype)
+    model = from_pretrained(args.model, dtype="float32" if args.dtype == "auto" else args.dtype)
     if args.ids is not None:
         try:
             ids = [int(x) for x in args.ids.split(",") if x.strip()]
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         tok = None
     else:
         tok = _load_tokenizer(args.model)
-        ids = tok.encode(args.prompt)
+        ids = tok.encode(args.prompt, allowed_special="all", add_special_tokens=True)  # as LLM.generate encodes
     limit = model.cfg.max_position_embeddings
     if len(ids) + args.max_new_tokens > limit:
         raise LlmlabError(f"a prompt of {len(ids)} tokens plus {args.max_new_tokens} new ones is beyond the model's "

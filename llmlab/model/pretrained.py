@@ -130,6 +130,7 @@ def _read_hf_dir(path: Path):
         cfg = load_hf_config(cfg_file)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+    cfg = _with_generation_eos(cfg, path / "generation_config.json")
     files = _safetensors_files(path)
 
     def weights():
@@ -145,6 +146,23 @@ def _read_hf_dir(path: Path):
                 yield name, src, f, t
 
     return cfg, weights()
+
+
+def _with_generation_eos(cfg, gen_file: Path):
+    """cfg with the end-of-sequence ids of generation_config.json added, where the directory has one: chat models
+    often list their end-of-turn token there only (Llama 3.x Instruct's <|eot_id|>), and transformers' generate and
+    vLLM stop on those. A file that cannot be read as JSON is skipped, as transformers skips it."""
+    try:
+        eos = json.loads(gen_file.read_text(encoding="utf-8")).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return cfg
+    extra = [eos] if isinstance(eos, int) else eos if isinstance(eos, list) else []
+    extra = [i for i in extra if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < cfg.vocab_size]
+    if not extra or set(extra) <= cfg.eos_ids:
+        return cfg
+    ids = list(dict.fromkeys(([cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else cfg.eos_token_id or [])
+                             + extra))
+    return cfg.replace(eos_token_id=ids[0] if len(ids) == 1 else ids)
 
 
 def _safetensors_files(path: Path) -> list[Path]:
