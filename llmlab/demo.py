@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.train.config import build_config
     from llmlab.train.loop import evaluate, train
 
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed must be in [0, 2**32), got {args.seed}.")
     if not args.minutes > 0:
         raise ConfigError(f"--minutes must be a positive number of minutes, got {args.minutes:g}.")
     if args.steps is not None and args.steps < 1:

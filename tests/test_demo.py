@@ -48,6 +48,14 @@ def test_demo_refuses_a_corpus_too_small_for_a_validation_split(tmp_path, capsys
     assert not (tmp_path / "d" / "train").exists()  # refused before training
 
 
+def test_demo_refuses_a_seed_out_of_range(tmp_path, capsys):
+    from llmlab.cli import main
+
+    assert main(["demo", "--seed", str(10**20), "--steps", "1", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "--seed must be in [0, 2**32)" in err and "Traceback" not in err
+
+
 def test_report_states_the_comparison_with_the_bigram_by_its_sign(tmp_path):
     from llmlab.demo import _write_report
 

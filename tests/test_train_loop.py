@@ -243,7 +243,7 @@ def test_errors_before_any_work(shards, tmp_path):
         cfg_for(shards, tmp_path, seq_len=128)
     with pytest.raises(ConfigError, match="shards' tokenizer has 320 tokens but model.vocab_size is 100"):
         train(cfg_for(shards, tmp_path, **{"model.vocab_size": 100}), log=lambda *a: None)
-    with pytest.raises(ConfigError, match="--max_steps expects a int value"):
+    with pytest.raises(ConfigError, match="--max_steps expects an int value"):
         cfg_for(shards, tmp_path, max_steps="many")
     assert not (tmp_path / "checkpoints").exists()
 

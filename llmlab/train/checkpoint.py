@@ -74,9 +74,35 @@ def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer
     check_same_model(path, state, model.cfg.to_dict())
     saved = from_pretrained(path)
     model.load_state_dict(saved.state_dict())
-    _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), state["optimizer_param_groups"])
-    _restore_rng(load_file(str(path / "rng.safetensors")))
+    _restore_optimizer(optimizer, _load_tensors(path / "optimizer.safetensors"), state["optimizer_param_groups"])
+    _restore_rng(_load_tensors(path / "rng.safetensors"))
     return state
+
+
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as e:  # missing, or safetensors' own error types for a torn or empty file
+        raise CheckpointError(f"{file} is missing or damaged ({type(e).__name__}); delete {file.parent} to resume "
+                              "from the checkpoint before it, or start a fresh run.") from None
+
+
+def same_vocabulary(a: Path, b: Path) -> bool | None:
+    """Whether the tokenizers in directories a and b map every id to the same bytes (None: one has no
+    tokenizer.json we can read, so nothing can be said)."""
+    fa, fb = Path(a) / "tokenizer.json", Path(b) / "tokenizer.json"
+    if not (fa.is_file() and fb.is_file()):
+        return None
+    if fa.read_bytes() == fb.read_bytes():
+        return True
+    from llmlab.errors import LlmlabError
+    from llmlab.tokenizer import load_tokenizer
+
+    try:
+        ta, tb = load_tokenizer(fa.parent), load_tokenizer(fb.parent)
+    except LlmlabError:
+        return None
+    return ta.vocab_size == tb.vocab_size and all(ta.token_bytes(i) == tb.token_bytes(i) for i in range(ta.vocab_size))
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
@@ -105,9 +131,10 @@ def check_same_model(path: Path, state: dict[str, Any], run: dict[str, Any]) -> 
         raise CheckpointError(f"{path}/trainer_state.json has no model config, so it was not written by "
                               "llmlab train; start a fresh run without --resume.")
     run = json.loads(json.dumps(run))  # the form trainer_state.json holds (tuples as lists)
-    differ = [f"{k} {saved[k]!r} vs {v!r}" for k, v in run.items() if k in saved and saved[k] != v
+    differ = [f"{k} {saved[k]!r} vs {v!r}" for k, v in run.items() if k in saved and saved[k] != v and k != "dropout"
               and not (k in _TOKEN_ID_FIELDS and saved[k] is None)]  # fields newer than the checkpoint are not
-    # compared, nor token ids it left unset (no weights depend on them): a run of an older llmlab stays resumable
+    # compared, nor token ids it left unset (no weights depend on them): a run of an older llmlab stays resumable;
+    # dropout has no weights either (train notes a change, as init_from allows one)
     if differ:
         raise CheckpointError(f"{path} holds another model than this run's ({', '.join(differ)}: checkpoint vs "
                               "run); resume with the checkpoint's model settings, or start a fresh run in a new "

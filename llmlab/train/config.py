@@ -93,6 +93,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and ok(value)):
                 raise ConfigError(f"{name} must be {rule}, got {value}.")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}.")
+        self.precision, self.device = self.precision.lower(), self.device.lower()  # FP16, CUDA as well
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
         if self.seq_len > self.model.max_position_embeddings:
@@ -264,6 +267,7 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
     _check_keys(raw)
     model = _checked_model(raw.pop("model", {}))
     init_from = _checked("init_from", raw.get("init_from", ""), "str")
+    default_model = file and not preset and not init_from and not model
     if init_from:
         model = _from_checkpoint(init_from, model)
     else:
@@ -271,7 +275,12 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
             model["vocab_size"] = default_vocab_size
         if default_eos_token_id is not None and "eos_token_id" not in model:
             model["eos_token_id"] = default_eos_token_id
-    return TrainConfig(model=model, **raw)
+    cfg = TrainConfig(model=model, **raw)  # every value checked first
+    if default_model:
+        raise ConfigError(f"{file} sets no model (no [model] table) and neither --preset nor init_from gives one, so "
+                          "it would be ModelConfig's 114M default; add a [model] table (hidden_size, num_layers, "
+                          "num_heads, ...) or pass --preset NAME.")
+    return cfg
 
 
 def _from_checkpoint(init_from: str, model: dict[str, Any]) -> dict[str, Any]:
@@ -369,5 +378,7 @@ def _parse(key: str, value: str, type_name: str) -> Any:
         if "dict" in type_name or "list" in type_name:
             example = '{"rope_type": "linear", "factor": 2.0}' if "dict" in type_name else "[1, 2]"
             raise ConfigError(f"--{key} expects JSON such as '{example}', or none; got {value!r}.") from None
-        raise ConfigError(f"--{key} expects a {type_name.split(' ')[0]} value, got {value!r}.") from None
+        kind = type_name.split(" ")[0]
+        raise ConfigError(f"--{key} expects {'an' if kind[0] in 'aeiou' else 'a'} {kind} value, got {value!r}.") \
+            from None
     return value

@@ -36,6 +36,7 @@ from llmlab.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     read_trainer_state,
+    same_vocabulary,
     save_checkpoint,
 )
 from llmlab.train.config import TrainConfig
@@ -166,11 +167,26 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     if ckpt is not None:  # before any work: a run that is done, or past this max_steps, trains nothing
         saved = read_trainer_state(ckpt)
         check_same_model(ckpt, saved, cfg.model.to_dict())
+        if same_vocabulary(ckpt, shards.path) is False:
+            raise ConfigError(f"the shards in {shards.path} were made with another tokenizer than the one {ckpt} "
+                              "trained on (the same ids mean other text); resume with the run's own shards, or "
+                              "start a fresh run in a new --out.")
         if saved["step"] > cfg.max_steps:
             raise ConfigError(f"the checkpoint {ckpt} is at step {saved['step']}, past max_steps {cfg.max_steps}; "
                               "raise --max_steps to train further.")
         if saved["step"] == cfg.max_steps:
             return _already_complete(ckpt, saved, out / "metrics.jsonl")
+    if cfg.init_from:
+        from llmlab import artifacts
+
+        source = artifacts.resolve(cfg.init_from)
+        if source.is_dir() and same_vocabulary(source, shards.path) is False:
+            raise ConfigError(f"the shards in {shards.path} were made with another tokenizer than init_from "
+                              f"{cfg.init_from}'s (the same ids mean other text); prepare them with `llmlab data "
+                              f"prepare --tokenizer {cfg.init_from}`.")
+    if cfg.warmup_steps >= cfg.max_steps:
+        log(f"note: warmup_steps {cfg.warmup_steps} >= max_steps {cfg.max_steps}, so the learning rate never "
+            f"reaches lr {cfg.lr:g} nor decays; lower --warmup_steps (e.g. to {max(cfg.max_steps // 10, 0)}).")
     torch.manual_seed(cfg.seed)
     model = _init_model(cfg).to(device).train()
     if cfg.activation_checkpointing:
@@ -196,6 +212,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
         log(f"resumed from {ckpt} (step {start})")
         changed = [f"{k} {saved['config'][k]!r} -> {getattr(cfg, k)!r}" for k in _TRAJECTORY_KEYS
                    if k in saved["config"] and saved["config"][k] != getattr(cfg, k)]
+        old_dropout = saved["config"]["model"].get("dropout", cfg.model.dropout)
+        if old_dropout != cfg.model.dropout:
+            changed.append(f"model.dropout {old_dropout!r} -> {cfg.model.dropout!r}")
         if changed:
             log(f"note: this run's settings differ from the checkpoint's ({', '.join(changed)}); training continues "
                 "with this run's, so its losses will not match an uninterrupted run.")
@@ -221,67 +240,76 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not cfg.progress,
                dynamic_ncols=True)
     say = bar.write if cfg.progress else log
-    for step in range(start, cfg.max_steps):
-        lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                   min_lr_ratio=cfg.min_lr_ratio)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
-        with prefer(attention):  # torch.compile bakes the backend in when it traces: the same order every step
-            loss_t, gnorm_t, ok = train_step(model, model, batches, optimizer, scaler, device=device,
-                                             precision=cfg.precision, grad_clip=cfg.grad_clip, loss_fn=loss_fn)
-        tokens_since += cfg.tokens_per_step
-        done = step + 1
-        bar.update(1)
-        out_of_time = 0 < cfg.time_budget_s < time.perf_counter() - t_start and done < cfg.max_steps
-        if done % cfg.log_every == 0 or done == cfg.max_steps or out_of_time:
-            loss, gnorm = float(loss_t), float(gnorm_t)
-            if not math.isfinite(loss) and cfg.precision != "fp16":
-                raise LlmlabError(f"loss became {loss} at step {done}; lower the learning rate (now {cfg.lr}).")
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            now = time.perf_counter()
-            tok_s = tokens_since / max(now - t_last - paused_since_log, 1e-9)
-            t_last, tokens_since, paused_since_log = now, 0, 0.0
-            record = {"kind": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": gnorm,
-                      "tokens_per_s": tok_s, "skipped": not ok}
-            post = {"loss": f"{loss:.3f}", "tok/s": f"{tok_s:,.0f}"}
-            if peak:
-                record["mfu"] = tok_s * flops_per_token / peak
-                post["mfu"] = f"{record['mfu']:.1%}"
-            metrics.write(record)
-            bar.set_postfix(post)
-        eval_now = cfg.eval_every > 0 and not no_val and done % cfg.eval_every == 0 and done < cfg.max_steps
-        save_now = cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0 and done < cfg.max_steps
-        if eval_now or save_now:
-            if device.type == "cuda":
-                torch.cuda.synchronize()  # the queued training steps count as training, not as the pause
-            t_pause = time.perf_counter()
-            if eval_now:
-                val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                               max_batches=cfg.eval_batches, device=device, precision=cfg.precision)
-                metrics.write({"kind": "eval", "step": done, "val_loss": val, "val_ppl": math.exp(val)})
-                say(f"step {done}: val loss {val:.4f} (ppl {math.exp(val):.2f})")
-            if save_now:
-                save(done, float(loss_t), val if eval_now else None)
-            pause = time.perf_counter() - t_pause
-            paused, paused_since_log = paused + pause, paused_since_log + pause
-        if out_of_time:
-            stopped_early = True
-            say(f"time budget of {cfg.time_budget_s:.0f}s reached at step {done}; stopping.")
-            break
-    bar.close()
+    evaluated = saved_at = None  # the last eval's (step, val loss) and save's (step, path), if any
+    try:  # the bar is closed before any error or Ctrl-C message is printed
+        for step in range(start, cfg.max_steps):
+            lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                       min_lr_ratio=cfg.min_lr_ratio)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
+            with prefer(attention):  # torch.compile bakes the backend in when it traces: the same order every step
+                loss_t, gnorm_t, ok = train_step(model, model, batches, optimizer, scaler, device=device,
+                                                 precision=cfg.precision, grad_clip=cfg.grad_clip, loss_fn=loss_fn)
+            tokens_since += cfg.tokens_per_step
+            done = step + 1
+            bar.update(1)
+            out_of_time = 0 < cfg.time_budget_s < time.perf_counter() - t_start and done < cfg.max_steps
+            if done % cfg.log_every == 0 or done == cfg.max_steps or out_of_time:
+                loss, gnorm = float(loss_t), float(gnorm_t)
+                if not math.isfinite(loss) and cfg.precision != "fp16":
+                    raise LlmlabError(f"loss became {loss} at step {done}; lower the learning rate (now {cfg.lr}).")
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                tok_s = tokens_since / max(now - t_last - paused_since_log, 1e-9)
+                t_last, tokens_since, paused_since_log = now, 0, 0.0
+                record = {"kind": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                          "tokens_per_s": tok_s, "skipped": not ok}
+                post = {"loss": f"{loss:.3f}", "tok/s": f"{tok_s:,.0f}"}
+                if peak:
+                    record["mfu"] = tok_s * flops_per_token / peak
+                    post["mfu"] = f"{record['mfu']:.1%}"
+                metrics.write(record)
+                bar.set_postfix(post)
+            eval_now = cfg.eval_every > 0 and not no_val and done % cfg.eval_every == 0 and done < cfg.max_steps
+            save_now = cfg.ckpt_every > 0 and done % cfg.ckpt_every == 0 and done < cfg.max_steps
+            if eval_now or save_now:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()  # the queued training steps count as training, not as the pause
+                t_pause = time.perf_counter()
+                if eval_now:
+                    val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                                   max_batches=cfg.eval_batches, device=device, precision=cfg.precision)
+                    metrics.write({"kind": "eval", "step": done, "val_loss": val, "val_ppl": math.exp(val)})
+                    say(f"step {done}: val loss {val:.4f} (ppl {math.exp(val):.2f})")
+                    evaluated = (done, val)
+                if save_now:
+                    saved_at = (done, save(done, float(loss_t), val if eval_now else None))
+                pause = time.perf_counter() - t_pause
+                paused, paused_since_log = paused + pause, paused_since_log + pause
+            if out_of_time:
+                stopped_early = True
+                say(f"time budget of {cfg.time_budget_s:.0f}s reached at step {done}; stopping.")
+                break
+    finally:
+        bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_seconds = time.perf_counter() - t_start - paused
     loss = float(loss_t)  # start < max_steps here (a resume at max_steps returned above): a step ran
     final_step = step + 1
     final_val = None
-    if not no_val:
+    if not no_val and evaluated is not None and evaluated[0] == final_step:  # a time-budget stop on an eval step
+        final_val = evaluated[1]
+    elif not no_val:
         final_val = evaluate(model, shards, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                              max_batches=cfg.eval_batches, device=device, precision=cfg.precision)
         metrics.write({"kind": "eval", "step": final_step, "val_loss": final_val, "val_ppl": math.exp(final_val)})
-    ckpt = save(final_step, loss, final_val)
+    if saved_at is not None and saved_at[0] == final_step and (no_val or evaluated == (final_step, final_val)):
+        ckpt = saved_at[1]  # saved at this step already, with its val loss: a second save would only rewrite it
+    else:
+        ckpt = save(final_step, loss, final_val)
     plot_loss_curves(metrics.read(), out / "loss.png", title=f"{out.name}: {cfg.model.model_type} "
                      f"{model.num_parameters() / 1e6:.2f}M params")
     total_tokens = (final_step - start) * cfg.tokens_per_step  # trained by this process (a resume: since start)

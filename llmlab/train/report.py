@@ -5,12 +5,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llmlab.errors import LlmlabError
+
 
 def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl; a torn last line (a process killed while appending it) is left out."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise LlmlabError(f"{path} line {i + 1} is not JSON: the metrics log is damaged; move it aside "
+                                 "to keep training (only its plot and records are lost).") from None
+    return records
 
 
 class MetricsLog:
