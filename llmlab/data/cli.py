@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llmlab.data.corpora import TEXT_SUFFIXES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="prepare training data", description="Prepare training data.")
@@ -14,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Tokenize text files (or a built-in corpus: shakespeare, python-stdlib) into uint16/uint32 "
                     "train.bin / val.bin shards with documents separated by EOS, plus meta.json.")
     prep.add_argument("--input", nargs="+", required=True, metavar="FILE|DIR|NAME",
-                      help="text files, directories, or one built-in corpus name")
+                      help=f"UTF-8 text files, directories (their {', '.join(TEXT_SUFFIXES)} files, any letter case, "
+                           "hidden ones skipped), or one built-in corpus name")
     prep.add_argument("--tokenizer", required=True, metavar="PATH",
                       help="tokenizer.json, a directory holding one, a .tiktoken or .gguf file, or a registry name "
                            "(e.g. smollm2-135m)")

