@@ -120,6 +120,7 @@ def test_chat_renders_the_template(tok, model):
     out = llm.chat(messages, SamplingParams(temperature=0, max_tokens=3), chat_template=DEFAULT_CHAT_TEMPLATE)[0]
     ids, _ = render_chat(tok, messages, DEFAULT_CHAT_TEMPLATE, add_generation_prompt=True)
     assert out.prompt_token_ids == ids and len(out.outputs[0].token_ids) == 3
+    assert out.prompt == tok.decode(ids) and "你好" in out.prompt  # the rendered conversation, as vLLM reports it
     two = llm.chat([messages, messages], SamplingParams(temperature=0, max_tokens=3), chat_template=DEFAULT_CHAT_TEMPLATE)
     assert [o.outputs[0].token_ids for o in two] == [out.outputs[0].token_ids] * 2
 

@@ -143,7 +143,10 @@ class LLM:
                                "messages, or a list of such conversations.")
         prompts = [render_chat(self.tokenizer, conv, chat_template, add_generation_prompt=add_generation_prompt)[0]
                    for conv in conversations]
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        outs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        for out in outs:  # the rendered conversation, as vLLM reports it
+            out.prompt = self.tokenizer.decode(out.prompt_token_ids)
+        return outs
 
 
 def _load_tokenizer(source: str | Path):
