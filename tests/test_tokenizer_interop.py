@@ -159,3 +159,31 @@ def test_smollm2_gguf_vocab_matches_tokenizers_rebuild():
     for text in cases:
         assert ours.encode(text, allowed_special="all") == ref.encode(text).ids, text[:60]
     assert ours.decode(ours.encode(MIXED)) == MIXED
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_gguf_add_bos_token_puts_a_bos_before_text_as_llama_cpp(tmp_path, add_bos):
+    """A Llama GGUF says tokenizer.ggml.add_bos_token = true: encode(..., add_special_tokens=True) (what LLM.generate
+    uses for text) starts with its BOS, as llama.cpp's tokenizer does; with false, none."""
+    gguf = pytest.importorskip("gguf")
+    from llmlab.tokenizer import load_tokenizer
+    from llmlab.tokenizer.bpe import bytes_to_unicode
+
+    byte_tokens = list(bytes_to_unicode().values())
+    tokens = byte_tokens + ["hi", "<s>", "</s>"]
+    w = gguf.GGUFWriter(str(tmp_path / "tok.gguf"), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * 257 + [3, 3])
+    w.add_token_merges(["h i"])
+    w.add_bos_token_id(257)
+    w.add_eos_token_id(258)
+    w.add_add_bos_token(add_bos)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = load_tokenizer(tmp_path / "tok.gguf")
+    assert tok.encode("hi") == [256]
+    assert tok.encode("hi", add_special_tokens=True) == ([257] if add_bos else []) + [256]

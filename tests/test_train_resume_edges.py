@@ -94,6 +94,9 @@ def test_a_config_file_without_a_model_is_refused(tmp_path):
     empty.write_text('data = "x"\n')
     with pytest.raises(ConfigError, match="sets no model .* 114M default"):
         build_config(file=empty)
+    empty.write_text('data = "x"\n[model]\ndropout = 0.1\n')  # no shape either
+    with pytest.raises(ConfigError, match="sets no model"):
+        build_config(file=empty)
     empty.write_text('data = "x"\n[model]\nhidden_size = 32\nnum_layers = 1\nnum_heads = 2\n')
     assert build_config(file=empty).model.num_layers == 1
 
@@ -159,3 +162,17 @@ def test_precision_and_device_are_case_insensitive(two_shards, tmp_path):
     cfg = cfg_for(two_shards[0], tmp_path / "r", precision="FP32", device="CPU")
     assert (cfg.precision, cfg.device) == ("fp32", "cpu")
     assert torch.tensor(0).device.type == cfg.device
+
+
+def test_init_from_a_model_whose_generation_config_adds_eos_ids(two_shards, finished, tmp_path):
+    """Chat models list an end-of-turn id in generation_config.json (Qwen2.5-Instruct: [151645, 151643]);
+    from_pretrained stops on it, and init_from must build the same model rather than refuse it as another."""
+    import json
+
+    src = tmp_path / "model"
+    shutil.copytree(latest_checkpoint(finished / "checkpoints"), src)
+    (src / "generation_config.json").write_text(json.dumps({"eos_token_id": [3, 5]}))
+    cfg = build_config(overrides={"data": str(two_shards[0].path), "out": str(tmp_path / "ft"), "init_from": str(src),
+                                  "seq_len": "32", "max_steps": "1", "warmup_steps": "0", "progress": "false"})
+    assert {3, 5} <= cfg.model.eos_ids
+    assert train(cfg, log=lambda *a: None).steps == 1

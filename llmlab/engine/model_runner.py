@@ -183,8 +183,8 @@ class ModelRunner:
                 raise ConfigError(f"cuda_fused_decode needs Triton and a model on a CUDA device (this one is on "
                                   f"{self.device.type}); drop cuda_fused_decode or move the model to the GPU.")
             self.fused = cuda_decode.FusedDecode(model, self.kv)
-            if self.device.type == "cuda":
-                self.fused_report = self.fused.tune()
+            if self.device.type == "cuda":  # its attention as the batch-1 graph's tables make it: full width
+                self.fused_report = self.fused.tune(table_width=_bucket_blocks(self.max_blocks_per_seq))
         self.shared_generator = torch.Generator(self.device).manual_seed(config.seed)
         self.generators: dict[int, torch.Generator] = {}  # seq_id -> its own stream (seeded requests)
         self._last_sampling: tuple[tuple, SamplingBatch] | None = None  # the last step's rows and their tensors
@@ -211,6 +211,9 @@ class ModelRunner:
 
             paged_warm_up(self.kv.k[0], self.kv.v[0], self.cfg.num_heads, self.block_size, self.scratch,
                           self.cfg.sliding_window)
+            if self.fused is not None and self.fused.pdl:  # and the fused step's PDL variants
+                paged_warm_up(self.kv.k[0], self.kv.v[0], self.cfg.num_heads, self.block_size, self.scratch,
+                              self.cfg.sliding_window, pdl=True)
         self.graphs = _DecodeGraphs(self) if self.use_graphs else None
         if self.graphs is not None and self.decode_kernel:  # one graph per batch bucket: capture them all now
             self.graphs.capture_all(min(config.max_num_seqs, config.cuda_graph_max_bs))

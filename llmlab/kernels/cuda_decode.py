@@ -34,6 +34,7 @@ step is faster with it and its logits are bitwise the same.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -190,12 +191,14 @@ class FusedDecode:
 
     # ---- tile sizes ----------------------------------------------------------------------------------------
 
-    def tune(self, timer=None, repeats: int = 3, pdl: bool | None = None) -> dict:
+    def tune(self, timer=None, repeats: int = 3, pdl: bool | None = None, table_width: int = 1) -> dict:
         """Time each kernel over all layers with every tile choice of CONFIGS (`timer(calls) -> us`, default a
         CUDA graph of the calls, replayed) and keep the fastest; returns {kernel: {config: us}, "chosen": ...}.
         Then, where the card can (`pdl` None: kernels/pdl.py's `supported`), the whole step with and without
         programmatic dependent launch: PDL is kept if it is faster and gives bitwise the same logits (it changes
-        when kernels start, not what they compute: a difference would be a missing wait), under "pdl".
+        when kernels start, not what they compute: a difference would be a missing wait), under "pdl". The step
+        is timed with block tables `table_width` wide, as the engine's batch-1 graph has them, so its attention
+        splits the keys (and merges them) as the captured step will.
         The K/V it writes go to slot 0, which the engine's block manager has not handed out yet at start-up."""
         from llmlab.kernels.cuda_linear import graph_us
 
@@ -213,7 +216,7 @@ class FusedDecode:
             "head": self.head_logits,
         }
         report: dict = {}
-        with torch.no_grad():
+        with torch.no_grad(), _zeroed(self.residual):
             for name, run in calls.items():
                 times = {}
                 for config in CONFIGS[name]:
@@ -223,28 +226,38 @@ class FusedDecode:
                 report[name] = {str(c): round(t, 2) for c, t in times.items()}
             report["chosen"] = dict(self.configs)
             if pdl if pdl is not None else _pdl.supported(dev):
-                report["pdl"] = self._tune_pdl(timer, repeats, zero)
-        self.residual.zero_()
+                report["pdl"] = self._tune_pdl(timer, repeats, zero, table_width)
         return report
 
-    def _tune_pdl(self, timer, repeats: int, zero: Tensor) -> dict:
-        """The whole step (token 0 at position 0 in slot 0, a context of 1) with PDL off and on: the faster is
-        kept if both give the same logits."""
-        tables = torch.zeros(1, 1, dtype=torch.long, device=zero.device)
+    def _tune_pdl(self, timer, repeats: int, zero: Tensor, table_width: int) -> dict:
+        """The whole step (token 0 at position 0 in slot 0, a context of 1, tables `table_width` wide) with PDL off
+        and on: the faster is kept if both give the same logits."""
+        tables = torch.zeros(1, table_width, dtype=torch.long, device=zero.device)
         ctx = torch.ones(1, dtype=torch.long, device=zero.device)
         times, logits = {}, {}
         for on in (False, True):
             self.pdl = on
             try:
                 times[on] = min(timer(lambda: self(zero, zero, zero, tables, ctx)) for _ in range(repeats))
-            except RuntimeError as e:  # a driver or Triton that cannot launch (or capture) it: keep it off
+            except Exception as e:  # a Triton, driver or capture that cannot take PDL: keep it off
                 self.pdl = False
+                if not on:
+                    raise
                 return {"off_us": round(times[False], 2), "error": f"{type(e).__name__}: {e}"[:300], "chosen": False}
             logits[on] = self.logits.clone()
         same = torch.equal(logits[False], logits[True])
         self.pdl = same and times[True] < times[False]
         return {"off_us": round(times[False], 2), "on_us": round(times[True], 2), "same_logits": same,
                 "chosen": self.pdl}
+
+
+@contextlib.contextmanager
+def _zeroed(t: Tensor):
+    """Zero `t` on the way out, also when the body raises (tune fills the residual with noise)."""
+    try:
+        yield
+    finally:
+        t.zero_()
 
 
 def compile_for_cuda(arch: int, dtype: torch.dtype, *, head_dim: int = 64, bias: bool = False,

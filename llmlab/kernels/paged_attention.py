@@ -134,17 +134,18 @@ def paged_decode(q: Tensor, k_pages: Tensor, v_pages: Tensor, block_tables: Tens
 
 
 def warm_up(k_pages: Tensor, v_pages: Tensor, num_heads: int, block_size: int, scratch_block: int,
-            window: int | None = None) -> list[int]:
+            window: int | None = None, pdl: bool = False) -> list[int]:
     """Launch the kernel once with every split count `auto_splits` can pick on this device (`split_counts`), on
     one query over the scratch block, so that Triton compiles each variant at start-up rather than when a step
-    first needs it (a stall of about a second each). Returns the counts launched."""
+    first needs it (a stall of about a second each); `pdl`: the variants for programmatic dependent launch (the
+    fused step's). Returns the counts launched."""
     Hkv, hd = k_pages.shape[1], k_pages.shape[2]
     q = torch.zeros(1, num_heads, hd, dtype=k_pages.dtype, device=k_pages.device)
     tables = torch.full((1, 2), scratch_block, dtype=torch.long, device=k_pages.device)
     ctx = torch.ones(1, dtype=torch.long, device=k_pages.device)
     counts = split_counts(Hkv, _num_sms(k_pages.device))
     for n in counts:
-        paged_decode(q, k_pages, v_pages, tables, ctx, block_size=block_size, window=window, num_splits=n)
+        paged_decode(q, k_pages, v_pages, tables, ctx, block_size=block_size, window=window, num_splits=n, pdl=pdl)
     return counts
 
 

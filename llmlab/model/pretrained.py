@@ -130,7 +130,7 @@ def _read_hf_dir(path: Path):
         cfg = load_hf_config(cfg_file)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    cfg = _with_generation_eos(cfg, path / "generation_config.json")
+    cfg = with_generation_eos(cfg, path / "generation_config.json")
     files = _safetensors_files(path)
 
     def weights():
@@ -148,7 +148,7 @@ def _read_hf_dir(path: Path):
     return cfg, weights()
 
 
-def _with_generation_eos(cfg, gen_file: Path):
+def with_generation_eos(cfg, gen_file: Path):
     """cfg with the end-of-sequence ids of generation_config.json added, where the directory has one: chat models
     often list their end-of-turn token there only (Llama 3.x Instruct's <|eot_id|>), and transformers' generate and
     vLLM stop on those. A file that cannot be read as JSON is skipped, as transformers skips it."""

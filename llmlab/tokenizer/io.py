@@ -274,10 +274,13 @@ def load_gguf(path: Path) -> Tokenizer:
         i = get(key, None)
         return tokens[i] if i is not None and 0 <= i < len(tokens) else None
 
+    bos, eos = role("tokenizer.ggml.bos_token_id"), role("tokenizer.ggml.eos_token_id")
+    # add_special_tokens=True puts these around a text, as llama.cpp does with the same flags
+    template = ([bos] if bos and get("tokenizer.ggml.add_bos_token", False) else [],
+                [eos] if eos and get("tokenizer.ggml.add_eos_token", False) else [])
     return Tokenizer(bpe, pre_tokenizer=GGUF_PRE[pre_name], special_tokens=special, added_tokens=added,
-                     bos_token=role("tokenizer.ggml.bos_token_id"), eos_token=role("tokenizer.ggml.eos_token_id"),
-                     pad_token=role("tokenizer.ggml.padding_token_id"),
-                     chat_template=get("tokenizer.chat_template", None))
+                     bos_token=bos, eos_token=eos, pad_token=role("tokenizer.ggml.padding_token_id"),
+                     chat_template=get("tokenizer.chat_template", None), template=template)
 
 
 # ---- save ---------------------------------------------------------------------------------------

@@ -88,8 +88,9 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def same_vocabulary(a: Path, b: Path) -> bool | None:
-    """Whether the tokenizers in directories a and b map every id to the same bytes (None: one has no
-    tokenizer.json we can read, so nothing can be said)."""
+    """Whether the tokenizers in directories a and b map every id they share to the same bytes (ids past the
+    smaller vocabulary are padding or added tokens; None: one has no byte-level tokenizer.json we can read, so
+    nothing can be said)."""
     fa, fb = Path(a) / "tokenizer.json", Path(b) / "tokenizer.json"
     if not (fa.is_file() and fb.is_file()):
         return None
@@ -100,9 +101,9 @@ def same_vocabulary(a: Path, b: Path) -> bool | None:
 
     try:
         ta, tb = load_tokenizer(fa.parent), load_tokenizer(fb.parent)
-    except LlmlabError:
+        return all(ta.token_bytes(i) == tb.token_bytes(i) for i in range(min(ta.vocab_size, tb.vocab_size)))
+    except LlmlabError:  # e.g. WordPiece: no token bytes
         return None
-    return ta.vocab_size == tb.vocab_size and all(ta.token_bytes(i) == tb.token_bytes(i) for i in range(ta.vocab_size))
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any]:

@@ -267,7 +267,7 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
     _check_keys(raw)
     model = _checked_model(raw.pop("model", {}))
     init_from = _checked("init_from", raw.get("init_from", ""), "str")
-    default_model = file and not preset and not init_from and not model
+    default_model = file and not preset and not init_from and not set(model) & _SHAPE_KEYS
     if init_from:
         model = _from_checkpoint(init_from, model)
     else:
@@ -295,14 +295,19 @@ def _from_checkpoint(init_from: str, model: dict[str, Any]) -> dict[str, Any]:
     return {**base, **model}
 
 
+_SHAPE_KEYS = {"hidden_size", "num_layers", "num_heads", "intermediate_size", "num_kv_heads", "head_dim"}
+
+
 def checkpoint_model_config(init_from: str) -> ModelConfig:
     """The ModelConfig of a checkpoint directory, .gguf file or registry name (what `from_pretrained` builds)."""
     from llmlab.estimate.presets import resolve as config_only
     from llmlab.model.pretrained import from_pretrained
 
     path = artifacts.resolve(init_from)  # without the weights: `train` reads those
-    if (path / "config.json").is_file():
-        return load_hf_config(path / "config.json")
+    if (path / "config.json").is_file():  # with generation_config.json's EOS ids, as from_pretrained adds them
+        from llmlab.model.pretrained import with_generation_eos
+
+        return with_generation_eos(load_hf_config(path / "config.json"), path / "generation_config.json")
     if path.suffix == ".gguf" and path.is_file():
         return config_only(path)  # the GGUF's metadata, not its tensors
     return from_pretrained(path).cfg  # a bad path: from_pretrained names the problem
