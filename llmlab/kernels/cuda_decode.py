@@ -314,6 +314,13 @@ if triton is not None:
         return (x * w).to(DT).to(tl.float32)
 
     @triton.jit
+    def _two_tiles(wa, wb, k, mask):
+        """Weight tiles at columns k of two row sets (evict-first: read once)."""
+        a = tl.load(wa + k[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+        b = tl.load(wb + k[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+        return a, b
+
+    @triton.jit
     def _embed_kernel(Ids, E, Res, D, scale, BLOCK: tl.constexpr, PDL: tl.constexpr):
         _pdl.trigger(PDL)
         _pdl.wait(PDL)  # Res may still be read by the kernel before (the last step's LM head)
@@ -343,8 +350,7 @@ if triton is not None:
         # the first K tile's weights before waiting on the kernel before (PDL), then the loop's first step
         k = tl.arange(0, BLOCK_K)
         k_ok = k < K
-        t1 = tl.load(w1 + k[None, :], mask=k_ok[None, :], other=0.0, eviction_policy="evict_first")
-        t2 = tl.load(w2 + k[None, :], mask=k_ok[None, :], other=0.0, eviction_policy="evict_first")
+        t1, t2 = _two_tiles(w1, w2, k, k_ok[None, :])
         _pdl.wait(PDL)
         rstd = _rstd(Res, K, eps, BLOCK_K)
         x = _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]
@@ -354,8 +360,9 @@ if triton is not None:
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < K
             x = _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]
-            acc1 += tl.load(w1 + k[None, :], mask=k_ok[None, :], other=0.0, eviction_policy="evict_first") * x
-            acc2 += tl.load(w2 + k[None, :], mask=k_ok[None, :], other=0.0, eviction_policy="evict_first") * x
+            t1, t2 = _two_tiles(w1, w2, k, k_ok[None, :])
+            acc1 += t1 * x
+            acc2 += t2 * x
         a1 = tl.sum(acc1, 1)
         a2 = tl.sum(acc2, 1)
         if HAS_BIAS:
@@ -404,9 +411,7 @@ if triton is not None:
         acc_u = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         k = tl.arange(0, BLOCK_K)  # the first K tile's weights before the wait (PDL), then the loop's first step
         k_ok = k < K
-        m = n_ok[:, None] & k_ok[None, :]
-        tg = tl.load(wg + k[None, :], mask=m, other=0.0, eviction_policy="evict_first")
-        tu = tl.load(wu + k[None, :], mask=m, other=0.0, eviction_policy="evict_first")
+        tg, tu = _two_tiles(wg, wu, k, n_ok[:, None] & k_ok[None, :])
         _pdl.wait(PDL)
         rstd = _rstd(Res, K, eps, BLOCK_K)
         x = _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]
@@ -416,9 +421,9 @@ if triton is not None:
             k = k0 + tl.arange(0, BLOCK_K)
             k_ok = k < K
             x = _normed(Res, NormW, k, k_ok, rstd, DT)[None, :]
-            m = n_ok[:, None] & k_ok[None, :]
-            acc_g += tl.load(wg + k[None, :], mask=m, other=0.0, eviction_policy="evict_first") * x
-            acc_u += tl.load(wu + k[None, :], mask=m, other=0.0, eviction_policy="evict_first") * x
+            tg, tu = _two_tiles(wg, wu, k, n_ok[:, None] & k_ok[None, :])
+            acc_g += tg * x
+            acc_u += tu * x
         g = tl.sum(acc_g, 1).to(DT).to(tl.float32)
         u = tl.sum(acc_u, 1).to(DT).to(tl.float32)
         h = (g * tl.sigmoid(g)).to(DT).to(tl.float32)

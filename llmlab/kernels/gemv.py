@@ -105,16 +105,22 @@ def compile_for_cuda(arch: int, dtype: torch.dtype, *, block_n: int = 16, block_
 if triton is not None:
 
     @triton.jit
-    def _tiles(X, w_rows, n_ok, k, K, EVEN: tl.constexpr):
-        """The weight tile (evict-first: read once) at columns k, and x at k, both as loaded (masked unless EVEN)."""
+    def _weights(w_rows, n_ok, k, K, EVEN: tl.constexpr):
+        """The weight tile at columns k (evict-first: read once), masked unless EVEN."""
         if EVEN:
             w = tl.load(w_rows + k[None, :], eviction_policy="evict_first")
-            x = tl.load(X + k)
         else:
             w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0,
                         eviction_policy="evict_first")
+        return w
+
+    @triton.jit
+    def _x(X, k, K, EVEN: tl.constexpr):
+        if EVEN:
+            x = tl.load(X + k)
+        else:
             x = tl.load(X + k, mask=k < K, other=0.0)
-        return w, x
+        return x
 
     @triton.jit
     def _gemv_kernel(X, W, Bias, Y, N, K, stride_wn, k_span,
@@ -130,20 +136,12 @@ if triton is not None:
         # The first tile's weights are asked for before waiting on the kernel before (with PDL; they do not depend
         # on it), then x, which may be its output. Same sums in the same order as the loop.
         k = k_lo + tl.arange(0, BLOCK_K)
-        if EVEN:
-            w = tl.load(w_rows + k[None, :], eviction_policy="evict_first")
-        else:
-            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0,
-                        eviction_policy="evict_first")
+        w = _weights(w_rows, n_ok, k, K, EVEN)
         _pdl.wait(PDL)
-        if EVEN:
-            xk = tl.load(X + k)
-        else:
-            xk = tl.load(X + k, mask=k < K, other=0.0)
-        acc += w.to(tl.float32) * xk.to(tl.float32)[None, :]
+        acc += w.to(tl.float32) * _x(X, k, K, EVEN).to(tl.float32)[None, :]
         for k0 in range(k_lo + BLOCK_K, k_lo + k_span, BLOCK_K):
-            w, xk = _tiles(X, w_rows, n_ok, k0 + tl.arange(0, BLOCK_K), K, EVEN)
-            acc += w.to(tl.float32) * xk.to(tl.float32)[None, :]
+            k = k0 + tl.arange(0, BLOCK_K)
+            acc += _weights(w_rows, n_ok, k, K, EVEN).to(tl.float32) * _x(X, k, K, EVEN).to(tl.float32)[None, :]
         y = tl.sum(acc, 1)
         if SPLIT:
             tl.atomic_add(Y + n, y, mask=n_ok, sem="relaxed")
