@@ -149,6 +149,7 @@ def test_engine_on_panel_routes_is_greedy_identical():
     assert len(layers) == 2 * 4 + 1
     for m in layers:
         m.routes = ((ROWS_ANY, "panel"),)  # every count, the 60-token prefill included
+        m.drop_copies()  # the start-up timing may have packed oneDNN copies where it found them faster
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12))
     assert [o.outputs[0].token_ids for o in outs] == refs
     assert all(set(m._copies) == {"panel"} for m in layers)
