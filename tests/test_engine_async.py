@@ -481,7 +481,7 @@ def same_completions(got: list[tuple], want: list[tuple]) -> bool:
 
     return len(got) == len(want) and all(
         g[:4] == w[:4] and close(g[5], w[5]) and (g[4] is None) == (w[4] is None)
-        and all(a.keys() == b.keys() and all(close(a[t], b[t]) for t in a)
+        and all(a.keys() == b.keys() and all(close(a[t].logprob, b[t].logprob) for t in a)
                 for a, b in zip(g[4] or [], w[4] or [], strict=True))
         for g, w in zip(got, want, strict=True))
 

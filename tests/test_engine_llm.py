@@ -195,9 +195,29 @@ def test_logprobs_are_the_models(llama):
         ref = llama(ids)[0, len(PROMPTS[1]) - 1:-1].log_softmax(-1)  # predictions of the 4 output tokens
     assert len(out.logprobs) == 4
     for step, (tok, lps) in enumerate(zip(out.token_ids, out.logprobs)):
-        assert lps[tok] == pytest.approx(ref[step, tok].item(), abs=1e-4)
+        assert lps[tok].logprob == pytest.approx(ref[step, tok].item(), abs=1e-4)
         assert set(lps) == {tok, *ref[step].topk(2).indices.tolist()}
-    assert out.cumulative_logprob == pytest.approx(sum(lps[t] for t, lps in zip(out.token_ids, out.logprobs)))
+        assert next(iter(lps)) == tok  # the sampled id first, as vLLM's
+        for i, lp in lps.items():  # rank: how many ids are at least as likely (greedy: the chosen one is first)
+            assert lp.rank == int((ref[step] >= ref[step, i]).sum()) and lp.decoded_token is None
+    assert out.cumulative_logprob == pytest.approx(sum(lps[t].logprob for t, lps in zip(out.token_ids, out.logprobs)))
+
+
+def test_logprobs_rank_and_text_of_a_sampled_token(llama, tmp_path):
+    """A sampled (not greedy) token's rank is its place in the vocabulary, and each entry carries its text."""
+    from llmlab.engine import Logprob
+    from llmlab.tokenizer import train_bpe
+
+    tok = train_bpe(["hello world, the engine speaks"] * 4, vocab_size=300, progress=False)  # ids 0-96: bytes
+    llm = LLM(llama, tokenizer=tok)
+    out = llm.generate([PROMPTS[0]], SamplingParams(temperature=5.0, seed=3, max_tokens=6, logprobs=1))[0].outputs[0]
+    ids = torch.tensor([PROMPTS[0] + out.token_ids])
+    with torch.no_grad():
+        ref = llama(ids)[0, len(PROMPTS[0]) - 1:-1].float().log_softmax(-1)
+    assert any(lps[t].rank > 1 for t, lps in zip(out.token_ids, out.logprobs))  # temperature 5 leaves the top
+    for step, (t, lps) in enumerate(zip(out.token_ids, out.logprobs)):
+        assert isinstance(lps[t], Logprob) and lps[t].rank == int((ref[step] >= ref[step, t]).sum())
+        assert all(lp.decoded_token == tok.decode([i]) for i, lp in lps.items())
 
 
 def test_step_streams_every_progressing_request_or_only_finished_ones(llama):

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from llmlab.engine.block_manager import BlockManager
 from llmlab.engine.config import EngineConfig
 from llmlab.engine.model_runner import InflightStep, ModelRunner
-from llmlab.engine.output import CompletionOutput, Detokenizer, RequestOutput
+from llmlab.engine.output import CompletionOutput, Detokenizer, Logprob, RequestOutput
 from llmlab.engine.scheduler import ScheduledBatch, Scheduler
 from llmlab.engine.sequence import RequestError, SamplingParams, Sequence
 from llmlab.errors import is_int
@@ -266,7 +266,7 @@ class LLMEngine:
                 continue
             token, logprob, alts = r
             if logprob is not None:
-                seq.logprobs.append(alts)
+                seq.logprobs.append(self._logprobs(alts))
                 seq.cumulative_logprob += logprob
             req = requests[seq.request_id]
             if "first_token" not in req.metrics:
@@ -288,6 +288,10 @@ class LLMEngine:
                 outputs.append(self._output(req))
         self.step_s += time.perf_counter() - t0
         return outputs
+
+    def _logprobs(self, alts: dict[int, tuple[float, int]]) -> dict[int, Logprob]:
+        tok = self.tokenizer
+        return {i: Logprob(v, rank, tok.decode([i]) if tok is not None else None) for i, (v, rank) in alts.items()}
 
     def _detokenize(self, seq: Sequence, detok: Detokenizer, token: int) -> None:
         if not (seq.finish_reason == "stop" and seq.stop_reason in (token, None)):  # a stop token (EOS) is not text

@@ -579,7 +579,8 @@ class ModelRunner:
         return sample(logits, sb[1], self.shared_generator)
 
     def _results(self, seqs: list[Sequence], tokens: list[int], chosen: Tensor | None, top: tuple | None):
-        """{seq_id: (token, logprob, top logprobs)} from a step's sampled ids (and logprobs when asked)."""
+        """{seq_id: (token, logprob, {id: (logprob, rank)} of it and its top alternatives)} from a step's sampled
+        ids (and logprobs when asked)."""
         if chosen is None:
             return {s.seq_id: (t, None, None) for s, t in zip(seqs, tokens)}
         chosen = chosen.tolist()
@@ -590,9 +591,11 @@ class ModelRunner:
             if k is None:
                 out[s.seq_id] = (tokens[r], None, None)
                 continue
-            alts = {tokens[r]: chosen[r]}
-            alts.update(zip(top_i[r][:k], top_v[r][:k]))
-            out[s.seq_id] = (tokens[r], chosen[r], alts)
+            lp, rank = chosen[r]
+            alts = {tokens[r]: (lp, int(rank))}  # the sampled id first, then the top k by rank, as vLLM's
+            for n, (i, v) in enumerate(zip(top_i[r][:k], top_v[r][:k]), 1):
+                alts.setdefault(i, (v, n))
+            out[s.seq_id] = (tokens[r], lp, alts)
         return out
 
     def _generator(self, seq: Sequence) -> torch.Generator | None:

@@ -27,12 +27,24 @@ from llmlab.engine.sequence import SamplingParams
 
 
 @dataclass(slots=True)
+class Logprob:
+    """One token's log-probability in a step's distribution, as vLLM's `Logprob`: the model's raw log-softmax
+    (before temperature, penalties and top-k/p), its rank in the vocabulary (1 = most likely; ties count against
+    it) and the token's own text (one token decoded alone, so a piece of a multi-byte character shows as U+FFFD;
+    None when the engine has no tokenizer)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass(slots=True)
 class CompletionOutput:
     index: int  # which of the request's n samples
     text: str
     token_ids: list[int]
     cumulative_logprob: float | None
-    logprobs: list[dict[int, float]] | None  # per output token: {id: logprob} for the chosen and top ids
+    logprobs: list[dict[int, Logprob]] | None  # per output token: {id: Logprob} for the chosen and top ids
     finish_reason: str | None = None  # "stop" | "length" | "abort"; None while running
     stop_reason: int | str | None = None  # the stop token id or stop string
 

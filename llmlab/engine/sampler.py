@@ -145,7 +145,8 @@ def filter_logits(logits: Tensor, sb: SamplingBatch) -> Tensor:
 
 
 def sample(logits: Tensor, sb: SamplingBatch, shared: torch.Generator | None = None) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
-    """-> (token ids (B,), their raw logprobs (B,) or None, (top logprobs, top ids) (B, k) or None)."""
+    """-> (token ids (B,), (their raw logprobs, their vocab ranks as floats) (B, 2) or None, (top logprobs, top ids)
+    (B, k) or None). A rank counts the ids at least as likely as the chosen one (itself included), as vLLM's."""
     logits = logits.float()
     raw_logprobs = logits.log_softmax(-1) if sb.want_logprobs else None
     logits = apply_penalties(logits, sb)
@@ -164,6 +165,7 @@ def sample(logits: Tensor, sb: SamplingBatch, shared: torch.Generator | None = N
         tokens = torch.where(sb.temperature == 0, greedy, argmax_rows(probs / noise))
     if raw_logprobs is None:
         return tokens, None, None
-    chosen = raw_logprobs.gather(-1, tokens[:, None])[:, 0]
+    chosen = raw_logprobs.gather(-1, tokens[:, None])
+    chosen = torch.cat([chosen, (raw_logprobs >= chosen).sum(-1, keepdim=True).to(chosen.dtype)], -1)
     top = raw_logprobs.topk(sb.num_logprobs, dim=-1) if sb.num_logprobs > 0 else None
     return tokens, chosen, (top.values, top.indices) if top is not None else None

@@ -20,8 +20,12 @@ import enum
 import functools
 import itertools
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from llmlab.errors import LlmlabError, is_int, is_number
+
+if TYPE_CHECKING:
+    from llmlab.engine.output import Logprob
 
 
 class RequestError(LlmlabError, ValueError):
@@ -174,7 +178,7 @@ class Sequence:
         self.block_hashes: list[bytes] = []  # chained hash of each full block of token_ids (memo)
         self.finish_reason: str | None = None  # "stop" | "length" | "abort"
         self.stop_reason: int | str | None = None  # the stop token id or stop string that ended it
-        self.logprobs: list[dict[int, float]] = []
+        self.logprobs: list[dict[int, Logprob]] = []
         self.cumulative_logprob = 0.0
         self.num_preemptions = 0
 
