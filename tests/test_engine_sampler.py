@@ -106,7 +106,9 @@ def test_logprobs_are_the_raw_model_distribution():
     params = [SamplingParams(temperature=0, logprobs=3), SamplingParams(temperature=0.5, top_k=2, logprobs=1)]
     tokens, chosen, (top_v, top_i) = sample(logits, build(params), torch.Generator().manual_seed(0))
     ref = logits.log_softmax(-1)
-    torch.testing.assert_close(chosen, ref.gather(-1, tokens[:, None])[:, 0])
+    torch.testing.assert_close(chosen[:, 0], ref.gather(-1, tokens[:, None])[:, 0])
+    ranks = (ref >= ref.gather(-1, tokens[:, None])).sum(-1)  # vLLM's rank: ids at least as likely, itself included
+    assert chosen[:, 1].tolist() == ranks.tolist() and chosen[0, 1] == 1  # greedy: the first
     torch.testing.assert_close(top_v, ref.topk(3).values)
     assert top_i[0].tolist() == ref[0].topk(3).indices.tolist()
 
