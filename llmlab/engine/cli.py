@@ -88,13 +88,14 @@ def _fit_history(llm, messages: list[dict]) -> list[int]:
     """The rendered conversation, its oldest turns dropped (the system message kept) until it leaves room in the
     model's context for a reply of at least a quarter of it; a note says how many were dropped."""
     from llmlab.engine.sequence import RequestError
-    from llmlab.tokenizer.chat import render_chat
 
     context = llm.engine.max_model_len
     system = messages[:1] if messages[0]["role"] == "system" else []
     dropped = 0
     while True:
-        ids, _ = render_chat(llm.tokenizer, messages, add_generation_prompt=True)
+        # the prompt as LLM.chat renders it (no assistant mask: that is for training, and history-rewriting
+        # templates, which drop earlier turns' reasoning, would only warn about it here)
+        ids = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         if len(ids) <= context * 3 // 4 or len(messages) == len(system) + 1:
             break
         del messages[len(system):len(system) + 2]  # the oldest user message and its reply

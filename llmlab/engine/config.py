@@ -22,7 +22,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False  # CUDA: no graphs for decode steps
     cuda_graph_max_bs: int = 256  # largest decode batch that replays a CUDA graph
-    seed: int = 0  # generator for requests without their own seed
+    seed: int | None = 0  # generator for requests without their own seed (None, as vLLM's default: 0)
     cpu_pack_linears: bool = True  # CPU: packed linear weights, fastest kernel per row count (kernels/cpu_linear.py;
     # timed at the first start on a machine, then read back from $LLMLAB_CACHE/tuning: LLMLAB_RETUNE=1 times again)
     cpu_fast_norms: bool = True  # CPU: RMSNorm in one C call (kernels/cpu_norm.py) when a C compiler is found
@@ -58,6 +58,10 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer or None, got {value!r}.")
+        if self.seed is None:
+            self.seed = 0
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"EngineConfig.seed must be a non-negative integer or None, got {self.seed!r}.")
         if self.paged_kernel not in ("auto", "triton", "cpu", "gather"):
             raise ConfigError(f"paged_kernel must be 'auto', 'triton', 'cpu' or 'gather', got {self.paged_kernel!r}.")
         if self.async_scheduling not in (None, True, False):

@@ -38,10 +38,48 @@ from llmlab.engine.sequence import RequestError, SamplingParams
 from llmlab.errors import ConfigError, TokenizerError
 from llmlab.model.transformer import Transformer
 
+# vLLM's names for engine options llmlab has under another name
+_VLLM_ALIASES = {"kv_cache_memory_bytes": "kv_cache_memory", "num_gpu_blocks_override": "num_blocks"}
+# vLLM options with nothing to do here at the values each test accepts (a script that passes them runs as it would
+# there); other values are refused with the reason
+_VLLM_NOOPS = {
+    "trust_remote_code": (lambda v: isinstance(v, bool), "llmlab never runs a checkpoint's own code"),
+    "tensor_parallel_size": (lambda v: v == 1, "llmlab's engine runs on one device"),
+    "pipeline_parallel_size": (lambda v: v == 1, "llmlab's engine runs on one device"),
+    "data_parallel_size": (lambda v: v == 1, "llmlab's engine runs on one device"),
+    "quantization": (lambda v: v is None, "quantize the checkpoint with llmlab's quantizers, then load it"),
+    "revision": (lambda v: v is None, "llmlab loads local directories, GGUF files and registry names"),
+    "tokenizer_revision": (lambda v: v is None, "llmlab loads local directories, GGUF files and registry names"),
+    "download_dir": (lambda v: v is None, "llmlab loads local directories, GGUF files and registry names"),
+    "tokenizer_mode": (lambda v: v == "auto", "llmlab has one tokenizer implementation"),
+    "load_format": (lambda v: v in ("auto", "safetensors", "gguf"), "llmlab reads safetensors and GGUF only"),
+    "kv_cache_dtype": (lambda v: v == "auto", "the KV cache has the model's dtype"),
+    "enable_lora": (lambda v: v is False, "merge the adapter into the model first, then serve the merged model"),
+    "skip_tokenizer_init": (lambda v: v is False, "pass token-id prompts to an engine without a tokenizer instead"),
+    "disable_log_stats": (lambda v: isinstance(v, bool), ""),
+    "disable_custom_all_reduce": (lambda v: isinstance(v, bool), ""),
+    "swap_space": (lambda v: isinstance(v, (int, float)), ""),  # llmlab preempts by recompute, never swaps
+    "max_logprobs": (lambda v: isinstance(v, int), ""),  # llmlab returns up to the vocabulary
+}
+
+
+def _vllm_options(options: dict) -> dict:
+    """Engine options with vLLM's aliases renamed and its options that change nothing here dropped."""
+    out = {}
+    for name, value in options.items():
+        if name in _VLLM_NOOPS:
+            ok, why = _VLLM_NOOPS[name]
+            if not ok(value):
+                raise ConfigError(f"LLM({name}={value!r}) is not supported: {why}.")
+            continue
+        out[_VLLM_ALIASES.get(name, name)] = value
+    return out
+
 
 class LLM:
     def __init__(self, model: str | Path | Transformer, *, tokenizer=None, dtype: str | torch.dtype | None = None,
                  device: str | torch.device | None = None, **engine_options):
+        engine_options = _vllm_options(engine_options)
         unknown = sorted(set(engine_options) - {f.name for f in dataclasses.fields(EngineConfig)})
         if unknown:
             known = ", ".join(f.name for f in dataclasses.fields(EngineConfig))
@@ -73,26 +111,62 @@ class LLM:
             model = from_pretrained(source, dtype=dtype, device=device)
             if tokenizer is None:
                 tokenizer = _load_tokenizer(source)
+            from llmlab import artifacts
+            from llmlab.model.pretrained import generation_defaults
+
+            self._sampling_defaults = generation_defaults(artifacts.resolve(source))
         self.config = EngineConfig(**engine_options)
         self.engine = LLMEngine(model, tokenizer, self.config)
         self.model, self.tokenizer = model, tokenizer
         self._ids = itertools.count()
 
-    def generate(self, prompts: str | list[int] | list[str] | list[list[int]],
-                 sampling_params: SamplingParams | list[SamplingParams] | None = None, *,
-                 use_tqdm: bool | None = None) -> list[RequestOutput]:
-        """Generate for every prompt; outputs in prompt order, each finished. A progress bar of finished requests
-        (`use_tqdm`) shows by default where stderr is a terminal and there is more than one prompt."""
+    _sampling_defaults: dict = {}  # class default: a Transformer passed in has no generation_config.json
+
+    @property
+    def llm_engine(self) -> LLMEngine:
+        """The engine under this LLM (vLLM's name; also `engine`)."""
+        return self.engine
+
+    def get_tokenizer(self):
+        """The model's tokenizer (None where it has none: token-id prompts only)."""
+        return self.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """What generate() and chat() sample with when given no SamplingParams: the model's generation_config.json
+        settings (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens) over SamplingParams'
+        defaults, as vLLM does."""
+        try:
+            return SamplingParams(**self._sampling_defaults)
+        except RequestError as e:
+            raise ConfigError(f"the model's generation_config.json has settings SamplingParams refuses ({e}); pass "
+                              "sampling_params=SamplingParams(...) explicitly, or fix the file.") from None
+
+    def generate(self, prompts: str | list[int] | dict | list[str] | list[list[int]] | list[dict],
+                 sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool | None = None, lora_request=None, priority: list[int] | None = None,
+                 ) -> list[RequestOutput]:
+        """Generate for every prompt; outputs in prompt order, each finished. A prompt is text, token ids, or
+        vLLM's {"prompt": text} / {"prompt_token_ids": ids}. Without `sampling_params`, the model's own defaults
+        (get_default_sampling_params). A progress bar of finished requests (`use_tqdm`) shows by default where
+        stderr is a terminal and there is more than one prompt."""
+        if lora_request is not None:
+            raise RequestError("lora_request is not supported by this engine; merge the adapter into the model first "
+                               "(llmlab's LoRA merge), then serve the merged model.")
+        if priority is not None and any(p != 0 for p in priority):
+            raise RequestError("priority: this engine schedules first come, first served; leave priority unset.")
         if hasattr(prompts, "tolist") and not isinstance(prompts, str):  # a tensor or array: (L,) one, (B, L) many
             prompts = prompts.tolist()
         if isinstance(prompts, tuple):  # any sequence of prompts, as vLLM takes
             prompts = list(prompts)
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], numbers.Integral)):
+        if isinstance(prompts, (str, dict)) or (
+                isinstance(prompts, list) and prompts and isinstance(prompts[0], numbers.Integral)):
             prompts = [prompts]
         if not isinstance(prompts, list) or not prompts:
             raise RequestError("generate() needs a prompt or a non-empty list of prompts (text or token-id lists).")
+        if sampling_params is None:
+            sampling_params = self.get_default_sampling_params()
         params = list(sampling_params) if isinstance(sampling_params, (list, tuple)) \
-            else [sampling_params or SamplingParams()] * len(prompts)
+            else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise RequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one, or one each.")
         ids = [f"gen-{next(self._ids)}" for _ in prompts]
@@ -124,14 +198,26 @@ class LLM:
         LLMEngine.reset_prefix_cache)."""
         self.engine.reset_prefix_cache()
 
-    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None, *,
-             chat_template: str | None = None, add_generation_prompt: bool = True,
-             use_tqdm: bool | None = None) -> list[RequestOutput]:
-        """Render each conversation with the chat template (the tokenizer's own by default), then generate."""
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | list[SamplingParams] | None = None, use_tqdm: bool | None = None,
+             lora_request=None, chat_template: str | None = None, chat_template_content_format: str = "auto",
+             add_generation_prompt: bool = True, continue_final_message: bool = False, tools: list[dict] | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """Render each conversation with the chat template (the tokenizer's own by default), then generate, as vLLM:
+        `tools` and `chat_template_kwargs` (e.g. {"enable_thinking": False}) reach the template;
+        `continue_final_message` leaves the last (assistant) message open for the model to go on;
+        OpenAI-style content parts [{"type": "text", "text": ...}] are joined with newlines (content format
+        "string"; "openai" passes the parts to the template as they are)."""
         if self.tokenizer is None:
             raise RequestError("chat() needs the model's tokenizer; load the model from a directory or GGUF that "
                                "has one, or pass tokenizer=...")
-        from llmlab.tokenizer.chat import render_chat
+        if chat_template_content_format not in ("auto", "string", "openai"):
+            raise RequestError(f"chat_template_content_format must be 'auto', 'string' or 'openai', got "
+                               f"{chat_template_content_format!r}.")
+        if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
+            raise RequestError(f"chat_template_kwargs must be a dict of template variables, got "
+                               f"{type(chat_template_kwargs).__name__}.")
+        from llmlab.tokenizer.chat import chat_text, text_content
 
         if isinstance(messages, dict):  # one message
             messages = [messages]
@@ -141,11 +227,19 @@ class LLM:
                 isinstance(c, list) and c for c in conversations):
             raise RequestError("chat() needs a conversation: a non-empty list of {'role': ..., 'content': ...} "
                                "messages, or a list of such conversations.")
-        prompts = [render_chat(self.tokenizer, conv, chat_template, add_generation_prompt=add_generation_prompt)[0]
-                   for conv in conversations]
-        outs = self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
-        for out in outs:  # the rendered conversation, as vLLM reports it
-            out.prompt = self.tokenizer.decode(out.prompt_token_ids)
+        variables = {**(chat_template_kwargs or {}), **({"tools": tools} if tools is not None else {})}
+        try:
+            if chat_template_content_format != "openai":
+                conversations = [[text_content(m) for m in conv] for conv in conversations]
+            texts = [chat_text(self.tokenizer, conv, chat_template, add_generation_prompt=add_generation_prompt,
+                               continue_final_message=continue_final_message, **variables) for conv in conversations]
+        except TokenizerError as e:
+            raise RequestError(str(e)) from None
+        # the template writes the special tokens (BOS included) itself, so none are added
+        prompts = [self.tokenizer.encode(t, allowed_special="all") for t in texts]
+        outs = self.generate(prompts, sampling_params, use_tqdm, lora_request)
+        for out, text in zip(outs, texts):  # the rendered conversation, as vLLM reports it
+            out.prompt = text
         return outs
 
 

@@ -46,7 +46,7 @@ from llmlab.engine.model_runner import InflightStep, ModelRunner
 from llmlab.engine.output import CompletionOutput, Detokenizer, Logprob, RequestOutput
 from llmlab.engine.scheduler import ScheduledBatch, Scheduler
 from llmlab.engine.sequence import RequestError, SamplingParams, Sequence
-from llmlab.errors import is_int
+from llmlab.errors import is_int, is_number
 from llmlab.model.transformer import Transformer
 
 
@@ -100,7 +100,9 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------------
 
-    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+    def encode_prompt(self, prompt: str | list[int] | dict) -> list[int]:
+        if isinstance(prompt, dict):  # vLLM's TextPrompt / TokensPrompt
+            prompt = _unwrap(prompt)
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise RequestError("this engine has no tokenizer, so prompts must be token-id lists; load the "
@@ -113,7 +115,8 @@ class LLMEngine:
             if not isinstance(ids, list):
                 raise RequestError("a token-id prompt must be one-dimensional; got a single number.")
         else:
-            raise RequestError(f"a prompt is text or a list of token ids, got {type(prompt).__name__}.")
+            raise RequestError(f"a prompt is text, a list of token ids, or a {{'prompt': text}} or "
+                               f"{{'prompt_token_ids': ids}} dict; got {type(prompt).__name__}.")
         vocab = self.model.cfg.vocab_size
         if not ids:
             raise RequestError("the prompt is empty; give at least one token.")
@@ -124,8 +127,17 @@ class LLMEngine:
                 raise RequestError(f"prompt token {i!r} is not an id in this model's vocabulary (0..{vocab - 1}).")
         return [int(i) for i in ids]
 
-    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams | None = None) -> None:
-        """Queue a request; raises RequestError (and queues nothing) if it is invalid or can never fit."""
+    def add_request(self, request_id: str, prompt: str | list[int] | dict, params: SamplingParams | None = None,
+                    arrival_time: float | None = None, lora_request=None, priority: int = 0) -> None:
+        """Queue a request; raises RequestError (and queues nothing) if it is invalid or can never fit. `prompt` is
+        text, token ids, or vLLM's {"prompt": text} / {"prompt_token_ids": ids}; `arrival_time` a time.time()
+        stamp of when it reached the caller (default now); scheduling is first come, first served."""
+        if lora_request is not None:
+            raise RequestError("lora_request is not supported by this engine; merge the adapter into the model first "
+                               "(llmlab's LoRA merge), then serve the merged model.")
+        if priority != 0:
+            raise RequestError(f"priority={priority!r}: this engine schedules first come, first served; leave "
+                               "priority at 0.")
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise RequestError(f"sampling params must be a SamplingParams, got {type(params).__name__}.")
@@ -138,12 +150,14 @@ class LLMEngine:
             raise RequestError(f"logprobs={params.logprobs} asks for more alternatives than the "
                                f"{self.runner.sample_vocab} tokens there are.")
         ids = self.encode_prompt(prompt)
+        if isinstance(prompt, dict):
+            prompt = prompt.get("prompt")
         self.scheduler.check_fits(len(ids), params.max_tokens)
         self._arrivals = True
         seqs = [Sequence(request_id, ids, params, index=i, eos_token_ids=self.eos_token_ids) for i in range(params.n)]
         detoks = [Detokenizer(self.tokenizer, params) for _ in seqs] if self.tokenizer is not None else None
         self.requests[request_id] = _Request(request_id, prompt if isinstance(prompt, str) else None, ids, seqs,
-                                             detoks, {"arrival": time.perf_counter()})
+                                             detoks, {"arrival": _arrival(arrival_time)})
         for seq in seqs:
             self.scheduler.add(seq)
 
@@ -167,8 +181,16 @@ class LLMEngine:
         if self._weights_changed():
             self.reset_prefix_cache()
 
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        """vLLM's spelling: abort one request id or several."""
+        for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
+            self.abort(rid)
+
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its blocks; False if it is unknown or already finished."""
+        if not isinstance(request_id, str):
+            raise RequestError(f"abort() takes one request id (a str), got {type(request_id).__name__}; "
+                               "abort_request() takes a list.")
         req = self.requests.pop(request_id, None)
         if req is None:
             return False
@@ -330,3 +352,26 @@ class LLMEngine:
                 "preemptions": self.scheduler.num_preemptions,
                 "free_blocks": bm.num_free_blocks, "num_blocks": bm.num_blocks,
                 "prefix_cache_hit_rate": bm.num_hits / bm.num_queries if bm.num_queries else 0.0}
+
+
+def _unwrap(prompt: dict) -> str | list[int]:
+    """The text or ids of vLLM's {"prompt": text} or {"prompt_token_ids": ids} (both: the ids, as vLLM)."""
+    other = sorted(set(prompt) - {"prompt", "prompt_token_ids"})
+    if other:
+        raise RequestError(f"prompt keys {', '.join(map(repr, other))} are not supported (this engine takes text "
+                           "and token ids only); give {'prompt': text} or {'prompt_token_ids': ids}.")
+    if "prompt_token_ids" in prompt:
+        return prompt["prompt_token_ids"]
+    if "prompt" in prompt:
+        return prompt["prompt"]
+    raise RequestError("a dict prompt needs 'prompt' (text) or 'prompt_token_ids' (a list of token ids).")
+
+
+def _arrival(arrival_time: float | None) -> float:
+    """A time.time() stamp (vLLM's arrival_time) on the perf_counter clock of the engine's metrics."""
+    now = time.perf_counter()
+    if arrival_time is None:
+        return now
+    if not is_number(arrival_time):
+        raise RequestError(f"arrival_time must be a time.time() stamp (a number), got {arrival_time!r}.")
+    return now - max(0.0, time.time() - arrival_time)

@@ -48,8 +48,7 @@ class CompletionOutput:
     finish_reason: str | None = None  # "stop" | "length" | "abort"; None while running
     stop_reason: int | str | None = None  # the stop token id or stop string
 
-    @property
-    def finished(self) -> bool:
+    def finished(self) -> bool:  # a method, as vLLM's (RequestOutput.finished is a field)
         return self.finish_reason is not None
 
 
@@ -62,6 +61,7 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
     metrics: dict[str, float] = field(default_factory=dict)  # arrival, first_token, finished (perf_counter)
+    prompt_logprobs: None = None  # vLLM's attribute; llmlab does not compute prompt logprobs
 
 
 class Detokenizer:

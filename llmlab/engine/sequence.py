@@ -40,16 +40,19 @@ class UnknownParameterError(RequestError, TypeError):
 _OTHER_NAMES = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "num_return_sequences": "n",
                 "stop_sequences": "stop", "eos_token_id": "stop_token_ids", "do_sample": "temperature (0 = greedy)",
                 "random_seed": "seed", "top_logprobs": "logprobs"}
-# vLLM settings llmlab does not have (a close name would be the wrong hint: min_tokens is not max_tokens).
-_NOT_SUPPORTED = ("min_tokens", "prompt_logprobs", "allowed_token_ids", "include_stop_str_in_output", "logit_bias",
-                  "detokenize", "bad_words", "best_of", "use_beam_search", "length_penalty", "guided_decoding",
-                  "structured_outputs", "truncate_prompt_tokens", "spaces_between_special_tokens", "output_kind",
-                  "logits_processors", "extra_args")
+# vLLM settings llmlab does not have (a close name would be the wrong hint: min_tokens is not max_tokens), with the
+# value at which vLLM behaves as llmlab does: passing that value (a wrapper that spells out every setting) is fine.
+_OFF = object()  # no value matches: any use is refused
+_NOT_SUPPORTED = {"min_tokens": 0, "prompt_logprobs": None, "allowed_token_ids": None,
+                  "include_stop_str_in_output": False, "logit_bias": None, "detokenize": True, "bad_words": None,
+                  "best_of": None, "use_beam_search": False, "length_penalty": 1.0, "guided_decoding": None,
+                  "structured_outputs": None, "truncate_prompt_tokens": None, "spaces_between_special_tokens": True,
+                  "output_kind": _OFF, "logits_processors": None, "extra_args": None}
 # Temperatures below this sample as greedy (vLLM's _SAMPLING_EPS): dividing logits by ~1e-45 overflows to inf.
 GREEDY_BELOW = 1e-5
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)  # by keyword only: vLLM's positional order differs (n, presence_penalty, ...)
 class SamplingParams:
     n: int = 1
     temperature: float = 1.0  # 0 = greedy (as is anything below GREEDY_BELOW)
@@ -62,7 +65,7 @@ class SamplingParams:
     max_tokens: int | None = 16  # None: until the context is full
     stop: list[str] | str | None = None
     stop_token_ids: list[int] = field(default_factory=list)
-    seed: int | None = None
+    seed: int | None = None  # None (or -1, as vLLM) = the engine's shared generator
     logprobs: int | None = None  # return the sampled token's logprob and this many top alternatives
     ignore_eos: bool = False
     skip_special_tokens: bool = True
@@ -77,6 +80,8 @@ class SamplingParams:
         for name in ("n", "top_k"):
             if not is_int(getattr(self, name)):
                 fail(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if self.seed == -1 and is_int(self.seed):  # vLLM's "no seed"
+            self.seed = None
         for name in ("seed", "logprobs", "max_tokens"):
             if getattr(self, name) is not None and not is_int(getattr(self, name)):
                 fail(f"{name} must be None or an integer, got {getattr(self, name)!r}")
@@ -125,10 +130,17 @@ def _refuse_unknown_keywords(init):
 
     @functools.wraps(init)
     def __init__(self, *args, **kwargs) -> None:
-        for name in kwargs:
+        if args:
+            raise UnknownParameterError(f"SamplingParams takes keywords only (e.g. SamplingParams(temperature=0.8)), "
+                                        f"got {len(args)} positional value(s); its settings are {', '.join(known)}.")
+        for name in list(kwargs):
             if name in _NOT_SUPPORTED:
-                raise UnknownParameterError(f"SamplingParams: {name!r} (a vLLM setting) is not supported by llmlab; "
-                                            f"the settings are {', '.join(known)}.")
+                if _same(kwargs[name], _NOT_SUPPORTED[name]):  # vLLM's default: llmlab's behaviour; nothing to do
+                    del kwargs[name]
+                    continue
+                like = "" if _NOT_SUPPORTED[name] is _OFF else f" (it behaves as {name}={_NOT_SUPPORTED[name]!r})"
+                raise UnknownParameterError(f"SamplingParams: {name}={kwargs[name]!r} (a vLLM setting) is not "
+                                            f"supported by llmlab{like}; the settings are {', '.join(known)}.")
             if name not in known:
                 meant = _OTHER_NAMES.get(name) or next(iter(difflib.get_close_matches(name, known, n=1)), None)
                 hint = f"did you mean {meant}?" if meant else f"the settings are {', '.join(known)}."
@@ -139,6 +151,13 @@ def _refuse_unknown_keywords(init):
 
 
 SamplingParams.__init__ = _refuse_unknown_keywords(SamplingParams.__init__)
+
+
+def _same(value, default) -> bool:
+    """value is vLLM's default for a setting (True for 1, or 0 for False, would be another request)."""
+    if default is None or isinstance(default, bool):
+        return value is default
+    return is_number(value) and not isinstance(value, bool) and value == default
 
 
 def _is_number(v) -> bool:

@@ -31,7 +31,7 @@ from llmlab.model.convert import (
 from llmlab.model.transformer import Transformer
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "float": torch.float32}
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
@@ -163,6 +163,26 @@ def with_generation_eos(cfg, gen_file: Path):
     ids = list(dict.fromkeys(([cfg.eos_token_id] if isinstance(cfg.eos_token_id, int) else cfg.eos_token_id or [])
                              + extra))
     return cfg.replace(eos_token_id=ids[0] if len(ids) == 1 else ids)
+
+
+# generation_config.json keys that set a sampling default (vLLM's get_diff_sampling_param), as SamplingParams names
+_SAMPLING_KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                  "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
+
+
+def generation_defaults(source: str | Path) -> dict:
+    """The sampling settings a model directory's generation_config.json recommends, as SamplingParams keywords
+    ({} where there is no such file, or it cannot be read: as transformers skips it). vLLM samples with these
+    when a request gives no SamplingParams; an instruct model's card values (Qwen3: temperature 0.6, top_p 0.95,
+    top_k 20) live there."""
+    path = Path(source)
+    try:
+        gen = json.loads((path / "generation_config.json").read_text(encoding="utf-8")) if path.is_dir() else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(gen, dict):
+        return {}
+    return {ours: gen[key] for key, ours in _SAMPLING_KEYS.items() if gen.get(key) is not None}
 
 
 def _safetensors_files(path: Path) -> list[Path]:

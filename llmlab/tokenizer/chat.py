@@ -143,18 +143,71 @@ def _turn_spans(messages, template, text, variables) -> list[tuple[int, int]]:
     return spans
 
 
-def render_chat(tokenizer: Tokenizer, messages: list[dict], template: str | None = None, *,
-                add_generation_prompt: bool = False, **variables) -> tuple[list[int], list[int]]:
-    """(ids, assistant_mask) for `messages` with `template` (default: the tokenizer's own)."""
+def chat_text(tokenizer: Tokenizer, messages: list[dict], template: str | None = None, *,
+              add_generation_prompt: bool = False, continue_final_message: bool = False, **variables) -> str:
+    """The prompt text of `messages` for inference, as transformers' apply_chat_template(tokenize=False) renders
+    it: `template` (default: the tokenizer's own) with bos/eos/pad and `variables` (tools, enable_thinking, ...).
+    `continue_final_message` cuts the text right after the last message's content, so the model goes on with that
+    message (a partial assistant answer) instead of starting a new turn. No assistant mask: see render_chat."""
+    template = _template_of(tokenizer, template)
+    if continue_final_message and add_generation_prompt:
+        raise TokenizerError("continue_final_message continues the last message and add_generation_prompt starts a "
+                             "new one; set only one of them.")
+    variables = {**_special_variables(tokenizer), **variables}
+    text, _ = render_text(messages, template, add_generation_prompt=add_generation_prompt, **variables)
+    if not continue_final_message:
+        return text
+    final = messages[-1].get("content") if messages else None
+    if isinstance(final, list):  # content parts: continue the last text part
+        final = next((p["text"] for p in reversed(final) if isinstance(p, dict) and "text" in p), None)
+    if not isinstance(final, str) or not final.strip():
+        raise TokenizerError("continue_final_message needs a last message with text content to continue.")
+    at = text.rfind(final.strip())
+    if at < 0:
+        raise TokenizerError("continue_final_message: the chat template's output does not contain the last "
+                             "message's text (the template rewrites it), so there is no place to continue from.")
+    # keep the message's own trailing spaces where the template kept them; else end where the stripped text ends
+    keep = final.lstrip()
+    return text[:at + len(keep)] if text[at:at + len(keep)] == keep else text[:at + len(final.strip())]
+
+
+def text_content(message: dict) -> dict:
+    """`message` with OpenAI-style content parts ([{"type": "text", "text": ...}, ...]) joined into one string by
+    newlines, as vLLM's "string" content format does for text-only templates."""
+    parts = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(parts, list):
+        return message
+    texts = []
+    for p in parts:
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind != "text" or not isinstance(p.get("text"), str):
+            raise TokenizerError(f"message content part {p!r} is not text ({{'type': 'text', 'text': ...}}); "
+                                 "this model takes text only.")
+        texts.append(p["text"])
+    return {**message, "content": "\n".join(texts)}
+
+
+def _template_of(tokenizer: Tokenizer, template: str | None) -> str:
     template = template if template is not None else tokenizer.chat_template
     if template is None:
         raise TokenizerError("this tokenizer has no chat template; pass template=..., e.g. "
                              "llmlab.tokenizer.chat.DEFAULT_CHAT_TEMPLATE.")
+    return template
+
+
+def _special_variables(tokenizer: Tokenizer) -> dict[str, str]:
+    return {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or "",
+            "pad_token": tokenizer.pad_token or ""}
+
+
+def render_chat(tokenizer: Tokenizer, messages: list[dict], template: str | None = None, *,
+                add_generation_prompt: bool = False, **variables) -> tuple[list[int], list[int]]:
+    """(ids, assistant_mask) for `messages` with `template` (default: the tokenizer's own)."""
+    template = _template_of(tokenizer, template)
     if not tokenizer.byte_level:
         raise TokenizerError("chat rendering needs a byte-level BPE tokenizer; WordPiece normalizes text, "
                              "so assistant spans cannot be mapped to tokens.")
-    variables = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or "",
-                 "pad_token": tokenizer.pad_token or "", **variables}
+    variables = {**_special_variables(tokenizer), **variables}
     text, spans = render_text(messages, template, add_generation_prompt=add_generation_prompt, **variables)
     if not spans:
         spans = _turn_spans(messages, template, text, variables)

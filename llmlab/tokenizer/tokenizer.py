@@ -340,6 +340,23 @@ class Tokenizer:
         from llmlab.tokenizer.chat import render_chat
         return render_chat(self, messages, template, add_generation_prompt=add_generation_prompt, **kwargs)
 
+    def apply_chat_template(self, conversation: list[dict], tools: list[dict] | None = None,
+                            chat_template: str | None = None, add_generation_prompt: bool = False,
+                            continue_final_message: bool = False, tokenize: bool = True, **kwargs) -> list[int] | str:
+        """transformers' call for a prompt: the rendered conversation as ids (`tokenize`) or text; `kwargs` reach
+        the template (e.g. enable_thinking=False). See `llmlab.tokenizer.chat.chat_text`."""
+        from llmlab.tokenizer.chat import chat_text
+
+        variables = {**kwargs, **({"tools": tools} if tools is not None else {})}
+        text = chat_text(self, conversation, chat_template, add_generation_prompt=add_generation_prompt,
+                         continue_final_message=continue_final_message, **variables)
+        return self.encode(text, allowed_special="all") if tokenize else text
+
+    # transformers' names for the special token ids
+    bos_token_id = bos_id
+    eos_token_id = eos_id
+    pad_token_id = pad_id
+
     def __repr__(self) -> str:
         kind = "BPE" if self.byte_level else "WordPiece"
         return f"Tokenizer({kind}, vocab_size={self.vocab_size}, special={list(self.special_tokens)[:4]})"

@@ -1,0 +1,188 @@
+"""vLLM offline-inference code that runs unchanged on llmlab's engine: dict prompts, the model's own sampling
+defaults from generation_config.json, chat() with tools / chat_template_kwargs / continue_final_message / content
+parts (rendered as transformers' apply_chat_template renders them), vLLM's LLM() and LLMEngine keywords, and
+SamplingParams settings given at vLLM's defaults; what llmlab cannot do is refused with the reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+from llmlab import ConfigError, ModelConfig, Transformer
+from llmlab.engine import LLM, LLMEngine, RequestError, SamplingParams
+from llmlab.engine.config import EngineConfig
+from llmlab.engine.sequence import UnknownParameterError
+from llmlab.tokenizer import train_bpe
+
+TEXT = "The quick brown fox says hello to the lazy dog. Tools: search, weather. "
+TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+GREEDY = SamplingParams(temperature=0, max_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chat_model")
+    tok = train_bpe([TEXT * 10], vocab_size=320, progress=False)
+    tok.chat_template = TEMPLATE
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      max_position_embeddings=256)
+    Transformer(cfg).eval().save_pretrained(d)
+    tok.save(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def llm(model_dir):
+    return LLM(str(model_dir), block_size=4)
+
+
+def test_dict_prompts_are_vllms_text_and_tokens_prompts(llm):
+    text = llm.generate("The quick", GREEDY)[0]
+    as_dict = llm.generate({"prompt": "The quick"}, GREEDY)[0]
+    ids = llm.generate([{"prompt_token_ids": text.prompt_token_ids}], GREEDY)[0]
+    assert as_dict.prompt == "The quick" and as_dict.outputs[0].token_ids == text.outputs[0].token_ids
+    assert ids.prompt_token_ids == text.prompt_token_ids and ids.outputs[0].token_ids == text.outputs[0].token_ids
+    both = [{"prompt": "The quick"}, "The quick", {"prompt_token_ids": [5, 6]}]
+    assert [o.prompt_token_ids for o in llm.generate(both, GREEDY)][:2] == [text.prompt_token_ids] * 2
+    with pytest.raises(RequestError, match="'multi_modal_data' are not supported"):
+        llm.generate({"prompt": "x", "multi_modal_data": {}}, GREEDY)
+    with pytest.raises(RequestError, match="needs 'prompt'"):
+        llm.generate([{}], GREEDY)
+    assert llm.generate("The", GREEDY)[0].outputs  # the engine still serves after those refusals
+
+
+def test_no_sampling_params_means_the_models_generation_config(model_dir, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(model_dir, d)
+    assert LLM(str(d), block_size=4).get_default_sampling_params() == SamplingParams()  # no file: vLLM's defaults
+    (d / "generation_config.json").write_text(json.dumps(
+        {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_new_tokens": 3, "do_sample": True, "eos_token_id": None}))
+    llm = LLM(str(d), block_size=4)
+    assert llm.get_default_sampling_params() == SamplingParams(temperature=0.6, top_p=0.95, top_k=20, max_tokens=3)
+    assert len(llm.generate("The quick")[0].outputs[0].token_ids) == 3  # max_new_tokens became max_tokens
+    (d / "generation_config.json").write_text(json.dumps({"temperature": 0.0, "max_new_tokens": 5}))
+    llm = LLM(str(d), block_size=4)
+    assert llm.generate("The quick")[0].outputs[0].token_ids == \
+        llm.generate("The quick", SamplingParams(temperature=0, max_tokens=5))[0].outputs[0].token_ids
+    (d / "generation_config.json").write_text(json.dumps({"top_p": 0}))
+    with pytest.raises(ConfigError, match="generation_config.json has settings SamplingParams refuses.*top_p"):
+        LLM(str(d), block_size=4).generate("The quick")
+    assert LLM(Transformer(ModelConfig(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)).eval(),
+               block_size=4).get_default_sampling_params() == SamplingParams()
+
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_chat_renders_as_transformers_apply_chat_template(llm, model_dir):
+    """tools and template variables reach the template; continue_final_message cuts right after the last message;
+    the prompt ids are the rendered text's, the text is what out.prompt reports."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(model_dir)
+    tok = llm.get_tokenizer()
+    tools = [{"type": "function", "function": {"name": "search"}}]
+    partial = MESSAGES + [{"role": "assistant", "content": "The quick brown "}]
+    cases = [(MESSAGES, dict(add_generation_prompt=True)),
+             (MESSAGES, dict(add_generation_prompt=True, tools=tools)),
+             (MESSAGES, dict(add_generation_prompt=True, enable_thinking=False)),
+             (partial, dict(continue_final_message=True)),
+             (partial, dict(add_generation_prompt=False))]
+    for messages, kw in cases:
+        want = hf.apply_chat_template(messages, tokenize=False, **kw)
+        assert tok.apply_chat_template(messages, tokenize=False, **kw) == want, kw
+        assert tok.apply_chat_template(messages, **kw) == tok.encode(want, allowed_special="all")
+        chat_kw = {"add_generation_prompt": False, **{k: v for k, v in kw.items() if k != "enable_thinking"}}
+        if "enable_thinking" in kw:
+            chat_kw["chat_template_kwargs"] = {"enable_thinking": kw["enable_thinking"]}
+        out = llm.chat(messages, GREEDY, **chat_kw)[0]
+        assert out.prompt == want and out.prompt_token_ids == tok.encode(want, allowed_special="all")
+    assert tok.apply_chat_template(partial, tokenize=False, continue_final_message=True).endswith(
+        "<|im_start|>assistant\nThe quick brown ")  # the template keeps the trailing space: so does the cut
+    with pytest.raises(RequestError, match="set only one of them"):
+        llm.chat(partial, GREEDY, continue_final_message=True)  # add_generation_prompt defaults to True
+
+
+def test_chat_joins_text_content_parts_and_refuses_others(llm):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": "fox"}]}]
+    joined = [{"role": "user", "content": "hello\nfox"}]
+    assert llm.chat(parts, GREEDY)[0].prompt_token_ids == llm.chat(joined, GREEDY)[0].prompt_token_ids
+    with pytest.raises(RequestError, match="is not text"):
+        llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], GREEDY)
+    with pytest.raises(RequestError, match="content_format must be"):
+        llm.chat(MESSAGES, GREEDY, chat_template_content_format="html")
+
+
+def test_vllm_accessors_and_completion_finished_is_a_method(llm):
+    assert llm.llm_engine is llm.engine and llm.get_tokenizer() is llm.tokenizer
+    tok = llm.get_tokenizer()
+    assert (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id) == (tok.eos_id, tok.bos_id, tok.pad_id)
+    c = llm.generate("The", GREEDY, False)[0].outputs[0]  # use_tqdm positional, as in vLLM
+    assert c.finished() is True
+
+
+def test_sampling_params_at_vllms_defaults_are_accepted_other_values_refused():
+    vllm_defaults = dict(min_tokens=0, prompt_logprobs=None, include_stop_str_in_output=False, detokenize=True,
+                         logit_bias=None, best_of=None, spaces_between_special_tokens=True, length_penalty=1.0,
+                         truncate_prompt_tokens=None, logits_processors=None, bad_words=None)
+    assert SamplingParams(max_tokens=5, **vllm_defaults) == SamplingParams(max_tokens=5)
+    for name, value in (("min_tokens", 2), ("min_tokens", False), ("detokenize", False), ("length_penalty", 2.0),
+                        ("include_stop_str_in_output", 0), ("output_kind", None)):
+        with pytest.raises(UnknownParameterError, match=f"{name}={value!r} \\(a vLLM setting\\) is not supported"):
+            SamplingParams(**{name: value})
+    with pytest.raises(UnknownParameterError, match="takes keywords only"):
+        SamplingParams(1, 0.5)  # vLLM's second field is presence_penalty, llmlab's was temperature: never guessed
+    assert SamplingParams(seed=-1).seed is None  # vLLM's "no seed"
+
+
+def test_llm_takes_vllms_keywords_where_they_change_nothing(model_dir):
+    llm = LLM(str(model_dir), trust_remote_code=True, tensor_parallel_size=1, quantization=None, revision=None,
+              disable_log_stats=True, swap_space=4, seed=None, kv_cache_memory_bytes=1 << 20,
+              num_gpu_blocks_override=64, dtype="float", block_size=4)
+    assert (llm.config.kv_cache_memory, llm.config.num_blocks, llm.config.seed) == (1 << 20, 64, 0)
+    assert next(llm.model.parameters()).dtype == torch.float32
+    for kw, why in ((dict(tensor_parallel_size=2), "one device"), (dict(quantization="awq"), "llmlab's quantizers"),
+                    (dict(enable_lora=True), "merge the adapter")):
+        with pytest.raises(ConfigError, match=why):
+            LLM(str(model_dir), **kw)
+    with pytest.raises(ConfigError, match="seed must be a non-negative integer"):
+        LLM(str(model_dir), seed="0")
+
+
+def test_llm_engine_add_request_and_abort_request_as_vllm(model_dir):
+    from llmlab.model.pretrained import from_pretrained
+    from llmlab.tokenizer import load_tokenizer
+
+    engine = LLMEngine(from_pretrained(model_dir), load_tokenizer(model_dir), EngineConfig(block_size=4))
+    engine.add_request("a", {"prompt": "The quick"}, GREEDY, arrival_time=time.time() - 2.0, priority=0)
+    engine.add_request("b", [5, 6, 7], GREEDY)
+    engine.add_request("c", [5, 6], SamplingParams(max_tokens=50))
+    assert engine.requests["a"].metrics["arrival"] < time.perf_counter() - 1.5  # on the engine's clock
+    with pytest.raises(RequestError, match="first come, first served"):
+        engine.add_request("d", [5], GREEDY, priority=1)
+    with pytest.raises(RequestError, match="lora_request is not supported"):
+        engine.add_request("d", [5], GREEDY, lora_request=object())
+    with pytest.raises(RequestError, match="abort_request\\(\\) takes a list"):
+        engine.abort(["b", "c"])
+    engine.abort_request(["b", "c"])
+    engine.abort_request("missing")
+    outs = {}
+    while engine.has_unfinished_requests():
+        outs |= {o.request_id: o for o in engine.step() if o.finished}
+    assert set(outs) == {"a"} and outs["a"].prompt == "The quick" and len(outs["a"].outputs[0].token_ids) == 4
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_dtype_names_half_and_float():
+    from llmlab.model.pretrained import resolve_dtype
+
+    assert (resolve_dtype("half"), resolve_dtype("float")) == (torch.float16, torch.float32)
