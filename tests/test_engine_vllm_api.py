@@ -100,12 +100,15 @@ def test_chat_renders_as_transformers_apply_chat_template(llm, model_dir):
     for messages, kw in cases:
         want = hf.apply_chat_template(messages, tokenize=False, **kw)
         assert tok.apply_chat_template(messages, tokenize=False, **kw) == want, kw
-        assert tok.apply_chat_template(messages, **kw) == tok.encode(want, allowed_special="all")
+        want_ids = hf.apply_chat_template(messages, tokenize=True, return_dict=False, **kw)
+        assert tok.apply_chat_template(messages, **kw) == want_ids, kw  # transformers' own tokenization
+        pt = tok.apply_chat_template(messages, return_dict=True, return_tensors="pt", **kw)
+        assert pt["input_ids"].tolist() == [want_ids] and pt["attention_mask"].sum() == len(want_ids)
         chat_kw = {"add_generation_prompt": False, **{k: v for k, v in kw.items() if k != "enable_thinking"}}
         if "enable_thinking" in kw:
             chat_kw["chat_template_kwargs"] = {"enable_thinking": kw["enable_thinking"]}
         out = llm.chat(messages, GREEDY, **chat_kw)[0]
-        assert out.prompt == want and out.prompt_token_ids == tok.encode(want, allowed_special="all")
+        assert out.prompt == want and out.prompt_token_ids == want_ids
     assert tok.apply_chat_template(partial, tokenize=False, continue_final_message=True).endswith(
         "<|im_start|>assistant\nThe quick brown ")  # the template keeps the trailing space: so does the cut
     with pytest.raises(RequestError, match="set only one of them"):
@@ -154,7 +157,7 @@ def test_llm_takes_vllms_keywords_where_they_change_nothing(model_dir):
                     (dict(enable_lora=True), "merge the adapter")):
         with pytest.raises(ConfigError, match=why):
             LLM(str(model_dir), **kw)
-    with pytest.raises(ConfigError, match="seed must be a non-negative integer"):
+    with pytest.raises(ConfigError, match="seed must be an integer"):
         LLM(str(model_dir), seed="0")
 
 
@@ -186,3 +189,61 @@ def test_dtype_names_half_and_float():
     from llmlab.model.pretrained import resolve_dtype
 
     assert (resolve_dtype("half"), resolve_dtype("float")) == (torch.float16, torch.float32)
+
+
+def test_chat_template_variables_as_transformers_defines_them(llm, model_dir):
+    """tools is None (not undefined) without tools, as transformers passes it; chat_template_kwargs may set
+    add_generation_prompt (vLLM lets it win) but not the messages; a tool tojson cannot write is named as such."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(model_dir)
+    strict = ("{% if tools is not none %}TOOLS {{ tools | tojson }}\n{% endif %}"
+              "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+              "{% if add_generation_prompt %}assistant:{% endif %}")
+    tok = llm.get_tokenizer()
+    for kw in (dict(), dict(tools=[{"name": "search"}]), dict(add_generation_prompt=True)):
+        want = hf.apply_chat_template(MESSAGES, chat_template=strict, tokenize=False, **kw)
+        assert tok.apply_chat_template(MESSAGES, chat_template=strict, tokenize=False, **kw) == want, kw
+    out = llm.chat(MESSAGES, GREEDY, chat_template=strict, chat_template_kwargs={"add_generation_prompt": False})[0]
+    assert out.prompt == hf.apply_chat_template(MESSAGES, chat_template=strict, tokenize=False)
+    with pytest.raises(RequestError, match="cannot set messages"):
+        llm.chat(MESSAGES, GREEDY, chat_template_kwargs={"messages": []})
+    with pytest.raises(RequestError, match="could not render these messages \\(.*serializable") as e:
+        llm.chat(MESSAGES, GREEDY, chat_template=strict, tools=[object()])
+    assert "string 'content'" not in str(e.value)  # every content here is text: not blamed
+    with pytest.raises(Exception, match="does not take padding"):
+        tok.apply_chat_template(MESSAGES, padding=True)
+
+
+def test_auto_content_format_keeps_parts_for_templates_that_loop_over_them(llm):
+    parts_template = ("{% for m in messages %}{{ m['role'] }}:{% for p in m['content'] %}[{{ p['text'] }}]"
+                      "{% endfor %}\n{% endfor %}")
+    msg = [{"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": "fox"}]}]
+    assert llm.chat(msg, GREEDY, chat_template=parts_template)[0].prompt == "user:[hello][fox]"  # trim_blocks
+    assert llm.chat(msg, GREEDY, chat_template=TEMPLATE)[0].prompt.startswith("<|im_start|>user\nhello\nfox")
+
+
+def test_max_logprobs_seed_and_priority_edges(model_dir):
+    llm = LLM(str(model_dir), max_logprobs=2, seed=-3, block_size=4)
+    assert llm.generate("The", SamplingParams(max_tokens=2, logprobs=2), priority=[0])[0].outputs[0].logprobs
+    with pytest.raises(RequestError, match="more than this engine's max_logprobs=2"):
+        llm.generate("The", SamplingParams(max_tokens=2, logprobs=3))
+    with pytest.raises(RequestError, match="first come, first served"):
+        llm.generate("The", GREEDY, priority=1)
+    with pytest.raises(ConfigError, match="both kv_cache_memory and vLLM's name"):
+        LLM(str(model_dir), kv_cache_memory=1 << 20, kv_cache_memory_bytes=1 << 21)
+    with pytest.raises(ConfigError, match="takes a number of GiB"):
+        LLM(str(model_dir), swap_space="4GB")
+    assert SamplingParams(bad_words=[], logit_bias={}) == SamplingParams()
+
+
+def test_an_int_request_id_is_still_aborted_when_its_step_fails(model_dir, monkeypatch):
+    """abort() refuses only lists: a step that fails drops its requests whatever their id type."""
+    from llmlab.model.pretrained import from_pretrained
+
+    engine = LLMEngine(from_pretrained(model_dir), None, EngineConfig(block_size=4))
+    engine.add_request(7, [5, 6, 7], GREEDY)
+    monkeypatch.setattr(engine.runner, "run", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.step()
+    assert not engine.has_unfinished_requests()
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llmlab.errors import ConfigError
+from llmlab.errors import ConfigError, is_int
 
 
 @dataclass(slots=True)
@@ -23,6 +23,7 @@ class EngineConfig:
     enforce_eager: bool = False  # CUDA: no graphs for decode steps
     cuda_graph_max_bs: int = 256  # largest decode batch that replays a CUDA graph
     seed: int | None = 0  # generator for requests without their own seed (None, as vLLM's default: 0)
+    max_logprobs: int | None = None  # most logprobs a request may ask for (vLLM's option; None: the vocabulary)
     cpu_pack_linears: bool = True  # CPU: packed linear weights, fastest kernel per row count (kernels/cpu_linear.py;
     # timed at the first start on a machine, then read back from $LLMLAB_CACHE/tuning: LLMLAB_RETUNE=1 times again)
     cpu_fast_norms: bool = True  # CPU: RMSNorm in one C call (kernels/cpu_norm.py) when a C compiler is found
@@ -60,8 +61,12 @@ class EngineConfig:
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer or None, got {value!r}.")
         if self.seed is None:
             self.seed = 0
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"EngineConfig.seed must be a non-negative integer or None, got {self.seed!r}.")
+        if not is_int(self.seed):
+            raise ConfigError(f"EngineConfig.seed must be an integer or None, got {self.seed!r}.")
+        self.seed = int(self.seed)
+        if self.max_logprobs is not None and (not is_int(self.max_logprobs) or self.max_logprobs < 0):
+            raise ConfigError(f"EngineConfig.max_logprobs must be a non-negative integer or None, got "
+                              f"{self.max_logprobs!r}.")
         if self.paged_kernel not in ("auto", "triton", "cpu", "gather"):
             raise ConfigError(f"paged_kernel must be 'auto', 'triton', 'cpu' or 'gather', got {self.paged_kernel!r}.")
         if self.async_scheduling not in (None, True, False):

@@ -35,7 +35,7 @@ from llmlab.engine.config import EngineConfig
 from llmlab.engine.llm_engine import LLMEngine
 from llmlab.engine.output import RequestOutput
 from llmlab.engine.sequence import RequestError, SamplingParams
-from llmlab.errors import ConfigError, TokenizerError
+from llmlab.errors import ConfigError, TokenizerError, is_number
 from llmlab.model.transformer import Transformer
 
 # vLLM's names for engine options llmlab has under another name
@@ -56,10 +56,10 @@ _VLLM_NOOPS = {
     "kv_cache_dtype": (lambda v: v == "auto", "the KV cache has the model's dtype"),
     "enable_lora": (lambda v: v is False, "merge the adapter into the model first, then serve the merged model"),
     "skip_tokenizer_init": (lambda v: v is False, "pass token-id prompts to an engine without a tokenizer instead"),
-    "disable_log_stats": (lambda v: isinstance(v, bool), ""),
-    "disable_custom_all_reduce": (lambda v: isinstance(v, bool), ""),
-    "swap_space": (lambda v: isinstance(v, (int, float)), ""),  # llmlab preempts by recompute, never swaps
-    "max_logprobs": (lambda v: isinstance(v, int), ""),  # llmlab returns up to the vocabulary
+    "disable_log_stats": (lambda v: isinstance(v, bool), "it takes True or False (llmlab logs no stats)"),
+    "disable_custom_all_reduce": (lambda v: isinstance(v, bool), "it takes True or False (one device: no all-reduce)"),
+    # llmlab preempts by recompute, never swaps to CPU memory
+    "swap_space": (lambda v: is_number(v) and v >= 0, "it takes a number of GiB (unused: preemption recomputes)"),
 }
 
 
@@ -72,7 +72,10 @@ def _vllm_options(options: dict) -> dict:
             if not ok(value):
                 raise ConfigError(f"LLM({name}={value!r}) is not supported: {why}.")
             continue
-        out[_VLLM_ALIASES.get(name, name)] = value
+        ours = _VLLM_ALIASES.get(name, name)
+        if ours in out:
+            raise ConfigError(f"LLM() got both {ours} and vLLM's name for it ({name}); give one of them.")
+        out[ours] = value
     return out
 
 
@@ -152,7 +155,8 @@ class LLM:
         if lora_request is not None:
             raise RequestError("lora_request is not supported by this engine; merge the adapter into the model first "
                                "(llmlab's LoRA merge), then serve the merged model.")
-        if priority is not None and any(p != 0 for p in priority):
+        levels = priority if isinstance(priority, (list, tuple)) else [] if priority is None else [priority]
+        if any(p != 0 for p in levels):
             raise RequestError("priority: this engine schedules first come, first served; leave priority unset.")
         if hasattr(prompts, "tolist") and not isinstance(prompts, str):  # a tensor or array: (L,) one, (B, L) many
             prompts = prompts.tolist()
@@ -207,7 +211,9 @@ class LLM:
         `tools` and `chat_template_kwargs` (e.g. {"enable_thinking": False}) reach the template;
         `continue_final_message` leaves the last (assistant) message open for the model to go on;
         OpenAI-style content parts [{"type": "text", "text": ...}] are joined with newlines (content format
-        "string"; "openai" passes the parts to the template as they are)."""
+        "string") or passed to the template as they are ("openai"); "auto" picks "openai" for a template that loops
+        over a message's content, as vLLM's detection does. `chat_template_kwargs` may also set
+        add_generation_prompt or continue_final_message (they win over the arguments, as in vLLM)."""
         if self.tokenizer is None:
             raise RequestError("chat() needs the model's tokenizer; load the model from a directory or GGUF that "
                                "has one, or pass tokenizer=...")
@@ -217,7 +223,17 @@ class LLM:
         if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
             raise RequestError(f"chat_template_kwargs must be a dict of template variables, got "
                                f"{type(chat_template_kwargs).__name__}.")
-        from llmlab.tokenizer.chat import chat_text, text_content
+        from llmlab.tokenizer.chat import chat_text, takes_content_parts, text_content
+
+        variables = dict(chat_template_kwargs or {})
+        add_generation_prompt = variables.pop("add_generation_prompt", add_generation_prompt)
+        continue_final_message = variables.pop("continue_final_message", continue_final_message)
+        clash = sorted(set(variables) & {"messages", "template", "chat_template"})
+        if clash:
+            raise RequestError(f"chat_template_kwargs cannot set {', '.join(clash)}: pass the conversation as messages "
+                               "and the template as chat_template.")
+        if tools is not None:
+            variables["tools"] = tools
 
         if isinstance(messages, dict):  # one message
             messages = [messages]
@@ -227,9 +243,11 @@ class LLM:
                 isinstance(c, list) and c for c in conversations):
             raise RequestError("chat() needs a conversation: a non-empty list of {'role': ..., 'content': ...} "
                                "messages, or a list of such conversations.")
-        variables = {**(chat_template_kwargs or {}), **({"tools": tools} if tools is not None else {})}
+        if chat_template_content_format == "auto":
+            template = chat_template if chat_template is not None else self.tokenizer.chat_template
+            chat_template_content_format = "openai" if template and takes_content_parts(template) else "string"
         try:
-            if chat_template_content_format != "openai":
+            if chat_template_content_format == "string":
                 conversations = [[text_content(m) for m in conv] for conv in conversations]
             texts = [chat_text(self.tokenizer, conv, chat_template, add_generation_prompt=add_generation_prompt,
                                continue_final_message=continue_final_message, **variables) for conv in conversations]

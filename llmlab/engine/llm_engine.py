@@ -146,6 +146,10 @@ class LLMEngine:
         if params.stop and self.tokenizer is None:
             raise RequestError("stop strings need the model's tokenizer (this engine has none); use stop_token_ids, "
                                "or load the model with its tokenizer.")
+        if params.logprobs is not None and self.config.max_logprobs is not None \
+                and params.logprobs > self.config.max_logprobs:
+            raise RequestError(f"logprobs={params.logprobs} is more than this engine's max_logprobs="
+                               f"{self.config.max_logprobs}; ask for fewer, or raise max_logprobs.")
         if params.logprobs is not None and params.logprobs > self.runner.sample_vocab:
             raise RequestError(f"logprobs={params.logprobs} asks for more alternatives than the "
                                f"{self.runner.sample_vocab} tokens there are.")
@@ -188,9 +192,8 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its blocks; False if it is unknown or already finished."""
-        if not isinstance(request_id, str):
-            raise RequestError(f"abort() takes one request id (a str), got {type(request_id).__name__}; "
-                               "abort_request() takes a list.")
+        if isinstance(request_id, (list, tuple, set)):
+            raise RequestError("abort() takes one request id; abort_request() takes a list of them.")
         req = self.requests.pop(request_id, None)
         if req is None:
             return False

@@ -301,8 +301,8 @@ class ModelRunner:
     # ---- one step -------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> dict[int, tuple[int, float | None, dict[int, float] | None]]:
-        """Run a scheduled step; return {seq_id: (token, logprob, top logprobs)} for sampling rows."""
+    def run(self, batch: ScheduledBatch) -> dict[int, tuple[int, float | None, dict[int, tuple] | None]]:
+        """Run a scheduled step; return {seq_id: (token, logprob, {id: (logprob, rank)})} for sampling rows."""
         nt = batch.num_tokens  # (batch.samples(i), inlined)
         sampling = [i for i, s in enumerate(batch.seqs) if s.num_computed_tokens + nt[i] == len(s.token_ids)]
         decode_only = max(nt) == 1  # every entry >= 1
@@ -630,7 +630,8 @@ class InflightStep:
 
     def __init__(self, batch: ScheduledBatch, seqs: list[Sequence], tokens: Tensor):
         self.batch, self.seqs, self.tokens = batch, seqs, tokens  # tokens: (len(seqs),) on the device
-        # ids, logprobs, top logprobs, top ids (None where not asked); on CUDA pinned copies, ready after `done`
+        # ids, (logprobs, ranks), top logprobs, top ids (None where not asked); on CUDA pinned copies, ready after
+        # `done`
         self.out: list[Tensor | None] = []
         self.done: torch.cuda.Event | None = None
         self.where: list[int] = []  # index in each sequence's token_ids of its token (Scheduler.advance)

@@ -1,6 +1,6 @@
 """Batched sampling with per-request parameters, on the logits' device, without a sync per request.
 
-    tokens, logprobs = sample(logits (B, V) fp32, SamplingBatch.build(rows, ...))
+    tokens, chosen, top = sample(logits (B, V) fp32, SamplingBatch.build(rows, ...))  # chosen: (logprob, rank)
 
 Every row carries its own parameters as (B,) tensors, so one pass of vectorised ops handles a
 batch that mixes greedy and sampled rows, different temperatures, top-k/top-p/min-p and penalties.

@@ -155,7 +155,9 @@ SamplingParams.__init__ = _refuse_unknown_keywords(SamplingParams.__init__)
 
 def _same(value, default) -> bool:
     """value is vLLM's default for a setting (True for 1, or 0 for False, would be another request)."""
-    if default is None or isinstance(default, bool):
+    if default is None:  # an empty list or dict (bad_words=[], logit_bias={}) asks for nothing either
+        return value is None or (isinstance(value, (list, tuple, dict)) and not value)
+    if isinstance(default, bool):
         return value is default
     return is_number(value) and not isinstance(value, bool) and value == default
 

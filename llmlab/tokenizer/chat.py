@@ -22,6 +22,7 @@ BOS itself if the model wants one), and special tokens in the rendered text are 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from contextlib import contextmanager
 from datetime import datetime
@@ -120,7 +121,9 @@ def render_text(messages: list[dict], template: str, *, add_generation_prompt: b
     except jinja2.TemplateError as e:
         raise TokenizerError(f"the chat template refused these messages: {e}") from None
     except TypeError as e:  # e.g. content None or a list of parts where the template adds strings
-        kinds = sorted({type(m.get("content")).__name__ for m in messages})
+        kinds = sorted({type(m.get("content")).__name__ for m in messages} - {"str"})
+        if not kinds:  # every content is text: the fault is elsewhere (a tool that tojson cannot write, ...)
+            raise TokenizerError(f"the chat template could not render these messages ({e}).") from None
         raise TokenizerError(f"the chat template could not render these messages ({e}); message content here is "
                              f"{', '.join(kinds)}: give each message a string 'content'.") from None
     return "".join(blocks), spans
@@ -171,6 +174,15 @@ def chat_text(tokenizer: Tokenizer, messages: list[dict], template: str | None =
     return text[:at + len(keep)] if text[at:at + len(keep)] == keep else text[:at + len(final.strip())]
 
 
+_PARTS_LOOP = re.compile(r"for\s+\w+\s+in\s+\w+(\[\s*['\"]content['\"]\s*\]|\.content\b)")
+
+
+def takes_content_parts(template: str) -> bool:
+    """Whether a chat template loops over a message's content (OpenAI-style parts), as vLLM's "auto" content
+    format detects: such a template gets the parts as they are, any other their text joined (text_content)."""
+    return bool(_PARTS_LOOP.search(template))
+
+
 def text_content(message: dict) -> dict:
     """`message` with OpenAI-style content parts ([{"type": "text", "text": ...}, ...]) joined into one string by
     newlines, as vLLM's "string" content format does for text-only templates."""
@@ -195,9 +207,11 @@ def _template_of(tokenizer: Tokenizer, template: str | None) -> str:
     return template
 
 
-def _special_variables(tokenizer: Tokenizer) -> dict[str, str]:
+def _special_variables(tokenizer: Tokenizer) -> dict:
+    """What transformers' apply_chat_template always defines: the special tokens, and tools / documents as None
+    (so `{% if tools is not none %}` reads as it does there)."""
     return {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or "",
-            "pad_token": tokenizer.pad_token or ""}
+            "pad_token": tokenizer.pad_token or "", "tools": None, "documents": None}
 
 
 def render_chat(tokenizer: Tokenizer, messages: list[dict], template: str | None = None, *,

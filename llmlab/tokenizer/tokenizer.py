@@ -342,15 +342,35 @@ class Tokenizer:
 
     def apply_chat_template(self, conversation: list[dict], tools: list[dict] | None = None,
                             chat_template: str | None = None, add_generation_prompt: bool = False,
-                            continue_final_message: bool = False, tokenize: bool = True, **kwargs) -> list[int] | str:
-        """transformers' call for a prompt: the rendered conversation as ids (`tokenize`) or text; `kwargs` reach
-        the template (e.g. enable_thinking=False). See `llmlab.tokenizer.chat.chat_text`."""
+                            continue_final_message: bool = False, tokenize: bool = True, return_dict: bool = False,
+                            return_tensors: str | None = None, **kwargs):
+        """transformers' call for a prompt: the rendered conversation as ids (`tokenize`; a list, or with
+        return_dict {"input_ids", "attention_mask"}, as tensors of one row with return_tensors="pt") or as text;
+        other keywords reach the template (e.g. enable_thinking=False). See `llmlab.tokenizer.chat.chat_text`; the
+        assistant mask for training is render_chat's."""
         from llmlab.tokenizer.chat import chat_text
 
+        unsupported = sorted(set(kwargs) & {"padding", "truncation", "max_length", "tokenizer_kwargs",
+                                             "return_assistant_tokens_mask"})
+        if unsupported:
+            raise TokenizerError(f"apply_chat_template() does not take {', '.join(unsupported)} here; render one "
+                                 "conversation at a time (render_chat gives the assistant mask).")
+        if return_tensors not in (None, "pt"):
+            raise TokenizerError(f"return_tensors={return_tensors!r}: only 'pt' (torch) or None (lists) is supported.")
         variables = {**kwargs, **({"tools": tools} if tools is not None else {})}
         text = chat_text(self, conversation, chat_template, add_generation_prompt=add_generation_prompt,
                          continue_final_message=continue_final_message, **variables)
-        return self.encode(text, allowed_special="all") if tokenize else text
+        if not tokenize:
+            return text
+        ids = self.encode(text, allowed_special="all")
+        if return_tensors == "pt":
+            import torch
+
+            ids = torch.tensor([ids])
+        if return_dict:
+            mask = [1] * len(ids) if return_tensors is None else torch.ones_like(ids)
+            return {"input_ids": ids, "attention_mask": mask}
+        return ids
 
     # transformers' names for the special token ids
     bos_token_id = bos_id
