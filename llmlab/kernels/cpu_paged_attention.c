@@ -56,14 +56,18 @@ int llmlab_has_f16(void) { return HAS_F16; }
 /* Keys per part, at least, when a small batch splits its keys over the threads (see DEFINE_PAGED_DECODE). */
 #define SPLIT_MIN_KEYS 128
 
-/* Blocks ahead the AVX2 item prefetches (1 to 4 measured the same within noise; the locality hint made no
- * difference either). */
-#define PF_BLOCKS 2
-/* Prefetch `rows` rows of `row_bytes` each, `stride` bytes apart, from `first` on. */
+/* Blocks ahead the items prefetch, into L2 (prefetcht2) rather than L1. On a 2-core Zen 4 VM, against the one-block
+ * L1 prefetch before it (`python benchmarks/cpu_paged_attention_ab.py --baseline eb62c43`: SmolLM2 heads, pages of
+ * 30 layers visited in turn, so read from memory; outputs bitwise equal), per layer: bf16 16 rows x 190 keys 223 ->
+ * 149 us, 16 x 512 552 -> 366, 1 x 2048 115 -> 84, 64 x 256 1033 -> 742; fp32 1.2-1.4x; 1 x 190 the same. The
+ * hint gave most of it (the AVX2 build on that CPU gained 1.3-1.5x from it too); four to eight blocks ahead beat
+ * one at long contexts. On a Zen 3 (the AVX2 item) 1 to 4 blocks and the hint had measured the same. */
+#define PF_BLOCKS 4
+/* Prefetch `rows` rows of `row_bytes` each, `stride` bytes apart, from `first` on, into L2. */
 static inline __attribute__((always_inline)) void prefetch_rows(const void *first, int64_t rows, int64_t stride,
                                                                 int64_t row_bytes) {
     for (int64_t o = 0; o < rows; o++)
-        for (int64_t c = 0; c < row_bytes; c += 64) __builtin_prefetch((const char *)first + o * stride + c);
+        for (int64_t c = 0; c < row_bytes; c += 64) __builtin_prefetch((const char *)first + o * stride + c, 0, 1);
 }
 
 /* The blocks PF_BLOCKS ahead of block b of a row whose keys are [lo, hi) (at the row's first block, blocks 1 to
@@ -77,15 +81,17 @@ static inline __attribute__((always_inline)) void prefetch_ahead(const char *hea
 }
 
 /* Visit positions [lo, n) of row s block by block: `slot` is each position's slot, `i` its index from lo. At
- * each block's start the next block's rows of head h in `pages` are prefetched: blocks sit anywhere in the
- * pool, so the hardware prefetcher cannot follow the block table (SmolLM2 heads, bf16, 2 cores: 64 rows x 2048
- * keys 13.6-15.4 -> 10.2-11.2 ms, 16 x 2048 1.8-2.6 -> 1.8-2.1 ms; four runs each). */
+ * each block's start the rows of head h in `pages` of the block PF_BLOCKS ahead are prefetched (at the first
+ * block, blocks 1 to PF_BLOCKS): blocks sit anywhere in the pool, so the hardware prefetcher cannot follow the
+ * block table (SmolLM2 heads, bf16, 2 cores, one block ahead into L1: 64 rows x 2048 keys 13.6-15.4 -> 10.2-11.2
+ * ms, 16 x 2048 1.8-2.6 -> 1.8-2.1 ms; four runs each; for the L2 hint and the distance see PF_BLOCKS). */
 #define FOR_SLOTS(s, lo, n, i, slot, pages, BODY)                                                             \
     for (int64_t b_ = (lo) / block_size; b_ * block_size < (n); b_++) {                                      \
         const int64_t base_ = tables[(s) * nb + b_] * block_size, p0_ = b_ * block_size;                     \
         const int64_t first_ = (lo) > p0_ ? (lo) : p0_, last_ = (n) < p0_ + block_size ? (n) : p0_ + block_size; \
-        if (last_ < (n))                                                                                      \
-            prefetch_rows((pages) + (tables[(s) * nb + b_ + 1] * block_size * Hkv + h) * hd, block_size,      \
+        for (int64_t a_ = b_ == (lo) / block_size ? 1 : PF_BLOCKS; a_ <= PF_BLOCKS && (b_ + a_) * block_size < (n); \
+             a_++)                                                                                             \
+            prefetch_rows((pages) + (tables[(s) * nb + b_ + a_] * block_size * Hkv + h) * hd, block_size,     \
                           Hkv * hd * (int64_t)sizeof(*(pages)), hd * (int64_t)sizeof(*(pages)));              \
         for (int64_t p_ = first_; p_ < last_; p_++) {                                                         \
             const int64_t i = p_ - (lo), slot = base_ + p_ - p0_;                                             \
