@@ -59,13 +59,20 @@ def main() -> None:
     direct = engine.runner.direct
     if direct is None:
         raise SystemExit("this engine has no direct decode step (a C compiler is needed); nothing to break down.")
-    calls = direct._calls(B)
+    if B > direct.max_rows:
+        raise SystemExit(f"the direct decode step takes at most {direct.max_rows} sequences; use --seqs "
+                         f"{direct.max_rows} or fewer.")
+    calls = direct._calls(B)  # on the inputs of the engine's last decode step
     names = []
     for fn, a in calls:
         name = getattr(fn, "__name__", str(fn))
         names.append(f"{name} {a[5]}x{a[6]}" if "linear" in name else name)
     total, count = collections.Counter(), collections.Counter()
+    ids = direct.vec_t[0, :B]
     for _ in range(args.repeats):
+        torch.index_select(model.embed.weight, 0, ids, out=direct.h[:B])  # as run() starts: the same values each time
+        if model.cfg.embedding_scale:
+            direct.h[:B].mul_(model.cfg.hidden_size ** 0.5)
         for (fn, a), name in zip(calls, names, strict=True):
             t = time.perf_counter()
             fn(*a)
@@ -76,7 +83,7 @@ def main() -> None:
         t = time.perf_counter()
         direct.run(B)
         runs.append(time.perf_counter() - t)
-    context = args.prompt_len + args.decoded
+    context = args.prompt_len + args.decoded + args.repeats  # the keys each sequence has at the breakdown
     kernels = {n: {"ms_per_step": round(v / args.repeats * 1e3, 3), "calls_per_step": count[n] // args.repeats}
                for n, v in sorted(total.items(), key=lambda kv: -kv[1])}
     result = {"benchmark": "engine_cpu_profile", "model": args.model, "dtype": args.dtype, "seqs": B,

@@ -178,6 +178,7 @@ def test_llm_engine_add_request_and_abort_request_as_vllm(model_dir):
         engine.abort(["b", "c"])
     engine.abort_request(["b", "c"])
     engine.abort_request("missing")
+    engine.abort_request(12)  # one id of any kind, as abort() takes
     outs = {}
     while engine.has_unfinished_requests():
         outs |= {o.request_id: o for o in engine.step() if o.finished}
@@ -207,6 +208,12 @@ def test_chat_template_variables_as_transformers_defines_them(llm, model_dir):
     assert out.prompt == hf.apply_chat_template(MESSAGES, chat_template=strict, tokenize=False)
     with pytest.raises(RequestError, match="cannot set messages"):
         llm.chat(MESSAGES, GREEDY, chat_template_kwargs={"messages": []})
+    with pytest.raises(RequestError, match="cannot set tokenizer"):
+        llm.chat(MESSAGES, GREEDY, chat_template_kwargs={"tokenizer": None})
+    mine = [{"name": "mine"}]  # chat_template_kwargs' tools win over tools=, as in vLLM
+    out = llm.chat(MESSAGES, GREEDY, chat_template=strict, tools=[{"name": "other"}],
+                   chat_template_kwargs={"tools": mine})[0]
+    assert '"mine"' in out.prompt and '"other"' not in out.prompt
     with pytest.raises(RequestError, match="could not render these messages \\(.*serializable") as e:
         llm.chat(MESSAGES, GREEDY, chat_template=strict, tools=[object()])
     assert "string 'content'" not in str(e.value)  # every content here is text: not blamed
@@ -219,6 +226,8 @@ def test_auto_content_format_keeps_parts_for_templates_that_loop_over_them(llm):
                       "{% endfor %}\n{% endfor %}")
     msg = [{"role": "user", "content": [{"type": "text", "text": "hello"}, {"type": "text", "text": "fox"}]}]
     assert llm.chat(msg, GREEDY, chat_template=parts_template)[0].prompt == "user:[hello][fox]"  # trim_blocks
+    one = [{"role": "user", "content": "hello"}]  # a string content is one text part for such a template, as vLLM
+    assert llm.chat(one, GREEDY, chat_template=parts_template)[0].prompt == "user:[hello]"
     assert llm.chat(msg, GREEDY, chat_template=TEMPLATE)[0].prompt.startswith("<|im_start|>user\nhello\nfox")
 
 
@@ -229,11 +238,16 @@ def test_max_logprobs_seed_and_priority_edges(model_dir):
         llm.generate("The", SamplingParams(max_tokens=2, logprobs=3))
     with pytest.raises(RequestError, match="first come, first served"):
         llm.generate("The", GREEDY, priority=1)
-    with pytest.raises(ConfigError, match="both kv_cache_memory and vLLM's name"):
-        LLM(str(model_dir), kv_cache_memory=1 << 20, kv_cache_memory_bytes=1 << 21)
+    with pytest.raises(ConfigError, match="both kv_cache_memory and kv_cache_memory_bytes, which name the same"):
+        LLM(str(model_dir), kv_cache_memory_bytes=1 << 21, kv_cache_memory=1 << 20)
+    assert LLM(str(model_dir), max_logprobs=-1, block_size=4).config.max_logprobs is None  # vLLM's "no cap"
+    with pytest.raises(ConfigError, match="seed must be an integer in"):
+        LLM(str(model_dir), seed=2**64)
     with pytest.raises(ConfigError, match="takes a number of GiB"):
         LLM(str(model_dir), swap_space="4GB")
     assert SamplingParams(bad_words=[], logit_bias={}) == SamplingParams()
+    with pytest.raises(UnknownParameterError, match="allowed_token_ids=\\[\\]"):  # an empty allow-list forbids all
+        SamplingParams(allowed_token_ids=[])
 
 
 def test_an_int_request_id_is_still_aborted_when_its_step_fails(model_dir, monkeypatch):

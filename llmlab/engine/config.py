@@ -23,7 +23,7 @@ class EngineConfig:
     enforce_eager: bool = False  # CUDA: no graphs for decode steps
     cuda_graph_max_bs: int = 256  # largest decode batch that replays a CUDA graph
     seed: int | None = 0  # generator for requests without their own seed (None, as vLLM's default: 0)
-    max_logprobs: int | None = None  # most logprobs a request may ask for (vLLM's option; None: the vocabulary)
+    max_logprobs: int | None = None  # most logprobs a request may ask for (vLLM's option; None or -1: the vocabulary)
     cpu_pack_linears: bool = True  # CPU: packed linear weights, fastest kernel per row count (kernels/cpu_linear.py;
     # timed at the first start on a machine, then read back from $LLMLAB_CACHE/tuning: LLMLAB_RETUNE=1 times again)
     cpu_fast_norms: bool = True  # CPU: RMSNorm in one C call (kernels/cpu_norm.py) when a C compiler is found
@@ -61,9 +61,11 @@ class EngineConfig:
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer or None, got {value!r}.")
         if self.seed is None:
             self.seed = 0
-        if not is_int(self.seed):
-            raise ConfigError(f"EngineConfig.seed must be an integer or None, got {self.seed!r}.")
+        if not is_int(self.seed) or not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
+            raise ConfigError(f"EngineConfig.seed must be an integer in [-2**63, 2**64) or None, got {self.seed!r}.")
         self.seed = int(self.seed)
+        if self.max_logprobs == -1 and is_int(self.max_logprobs):  # vLLM's "no cap"
+            self.max_logprobs = None
         if self.max_logprobs is not None and (not is_int(self.max_logprobs) or self.max_logprobs < 0):
             raise ConfigError(f"EngineConfig.max_logprobs must be a non-negative integer or None, got "
                               f"{self.max_logprobs!r}.")

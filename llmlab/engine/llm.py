@@ -74,7 +74,8 @@ def _vllm_options(options: dict) -> dict:
             continue
         ours = _VLLM_ALIASES.get(name, name)
         if ours in out:
-            raise ConfigError(f"LLM() got both {ours} and vLLM's name for it ({name}); give one of them.")
+            given = sorted(n for n in options if _VLLM_ALIASES.get(n, n) == ours)
+            raise ConfigError(f"LLM() got both {' and '.join(given)}, which name the same option; give one of them.")
         out[ours] = value
     return out
 
@@ -223,17 +224,17 @@ class LLM:
         if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
             raise RequestError(f"chat_template_kwargs must be a dict of template variables, got "
                                f"{type(chat_template_kwargs).__name__}.")
-        from llmlab.tokenizer.chat import chat_text, takes_content_parts, text_content
+        from llmlab.tokenizer.chat import chat_text, parts_content, takes_content_parts, text_content
 
         variables = dict(chat_template_kwargs or {})
         add_generation_prompt = variables.pop("add_generation_prompt", add_generation_prompt)
         continue_final_message = variables.pop("continue_final_message", continue_final_message)
-        clash = sorted(set(variables) & {"messages", "template", "chat_template"})
+        clash = sorted(set(variables) & {"messages", "template", "chat_template", "tokenizer"})
         if clash:
             raise RequestError(f"chat_template_kwargs cannot set {', '.join(clash)}: pass the conversation as messages "
                                "and the template as chat_template.")
         if tools is not None:
-            variables["tools"] = tools
+            variables.setdefault("tools", tools)  # chat_template_kwargs win, as in vLLM
 
         if isinstance(messages, dict):  # one message
             messages = [messages]
@@ -249,6 +250,8 @@ class LLM:
         try:
             if chat_template_content_format == "string":
                 conversations = [[text_content(m) for m in conv] for conv in conversations]
+            else:  # "openai": every content a list of parts, a string one part, as vLLM hands them over
+                conversations = [[parts_content(m) for m in conv] for conv in conversations]
             texts = [chat_text(self.tokenizer, conv, chat_template, add_generation_prompt=add_generation_prompt,
                                continue_final_message=continue_final_message, **variables) for conv in conversations]
         except TokenizerError as e:

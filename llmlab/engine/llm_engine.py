@@ -187,7 +187,7 @@ class LLMEngine:
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         """vLLM's spelling: abort one request id or several."""
-        for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
+        for rid in request_ids if isinstance(request_ids, (list, tuple, set)) else [request_ids]:
             self.abort(rid)
 
     def abort(self, request_id: str) -> bool:

@@ -48,6 +48,8 @@ _NOT_SUPPORTED = {"min_tokens": 0, "prompt_logprobs": None, "allowed_token_ids":
                   "best_of": None, "use_beam_search": False, "length_penalty": 1.0, "guided_decoding": None,
                   "structured_outputs": None, "truncate_prompt_tokens": None, "spaces_between_special_tokens": True,
                   "output_kind": _OFF, "logits_processors": None, "extra_args": None}
+# Settings whose empty value asks for nothing, as None does (an empty allowed_token_ids would forbid every token).
+_EMPTY_IS_NONE = ("bad_words", "logit_bias", "logits_processors", "extra_args")
 # Temperatures below this sample as greedy (vLLM's _SAMPLING_EPS): dividing logits by ~1e-45 overflows to inf.
 GREEDY_BELOW = 1e-5
 
@@ -135,7 +137,10 @@ def _refuse_unknown_keywords(init):
                                         f"got {len(args)} positional value(s); its settings are {', '.join(known)}.")
         for name in list(kwargs):
             if name in _NOT_SUPPORTED:
-                if _same(kwargs[name], _NOT_SUPPORTED[name]):  # vLLM's default: llmlab's behaviour; nothing to do
+                value = kwargs[name]
+                empty = name in _EMPTY_IS_NONE and isinstance(value, (list, tuple, dict)) and not value
+                if _same(value, _NOT_SUPPORTED[name]) or empty:
+                    # vLLM's default (or an empty list of bad words, biases...): llmlab's behaviour; nothing to do
                     del kwargs[name]
                     continue
                 like = "" if _NOT_SUPPORTED[name] is _OFF else f" (it behaves as {name}={_NOT_SUPPORTED[name]!r})"
@@ -155,8 +160,8 @@ SamplingParams.__init__ = _refuse_unknown_keywords(SamplingParams.__init__)
 
 def _same(value, default) -> bool:
     """value is vLLM's default for a setting (True for 1, or 0 for False, would be another request)."""
-    if default is None:  # an empty list or dict (bad_words=[], logit_bias={}) asks for nothing either
-        return value is None or (isinstance(value, (list, tuple, dict)) and not value)
+    if default is None:
+        return value is None
     if isinstance(default, bool):
         return value is default
     return is_number(value) and not isinstance(value, bool) and value == default

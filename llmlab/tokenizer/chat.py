@@ -199,6 +199,17 @@ def text_content(message: dict) -> dict:
     return {**message, "content": "\n".join(texts)}
 
 
+def parts_content(message: dict) -> dict:
+    """`message` with string content as one OpenAI-style text part and None as no parts, for templates that loop
+    over a message's content (vLLM's "openai" content format)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return {**message, "content": [{"type": "text", "text": content}]}
+    if content is None and isinstance(message, dict) and "content" in message:
+        return {**message, "content": []}
+    return message
+
+
 def _template_of(tokenizer: Tokenizer, template: str | None) -> str:
     template = template if template is not None else tokenizer.chat_template
     if template is None:
