@@ -25,9 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--message", action="append", help="a user message; skips the interactive prompt (repeatable)")
     p.add_argument("--system", help="a system message to start the conversation with")
     p.add_argument("--max-tokens", type=int, default=256, help="most new tokens in one reply (default: 256)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 = greedy (default: 0.7)")
-    p.add_argument("--top-p", type=float, default=0.95,
-                   help="sample from the fewest tokens whose probabilities sum to this, in (0, 1] (default: 0.95)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature, 0 = greedy (default: the model's generation_config.json, else 0.7)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample from the fewest tokens whose probabilities sum to this, in (0, 1] (default: the "
+                        "model's generation_config.json, else 0.95)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampling, for repeatable replies")
     p.add_argument("--dtype", default=None,
                    help="float32 | bfloat16 | float16 | auto (default auto: bf16 on CUDA, fp32 on CPU)")
@@ -41,16 +43,15 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from llmlab.engine.llm import LLM
-    from llmlab.engine.sequence import RequestError, SamplingParams
+    from llmlab.engine.sequence import RequestError
 
     # Bad settings are refused before the model loads (seconds), named by their flags.
-    if not args.temperature >= 0:
+    if args.temperature is not None and not args.temperature >= 0:
         raise RequestError(f"--temperature must be at least 0 (0 is greedy), got {args.temperature}.")
-    if not 0 < args.top_p <= 1:
+    if args.top_p is not None and not 0 < args.top_p <= 1:
         raise RequestError(f"--top-p must be in (0, 1], got {args.top_p}; 1 keeps every token.")
     if args.max_tokens < 1:
         raise RequestError(f"--max-tokens must be at least 1, got {args.max_tokens}.")
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
     # Loading and starting the engine (weights, tokenizer, timing the CPU kernels) takes seconds to tens of
     # seconds on a CPU: say so on stderr, so the wait before the first prompt is not silence.
     print(f"loading {args.model} and starting the engine...", file=sys.stderr, flush=True)
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if llm.tokenizer.chat_template is None:
         raise RequestError(f"{args.model}'s tokenizer has no chat template (a base model?); use `llmlab generate "
                            "--prompt` instead, or add a chat_template to its tokenizer_config.json.")
+    params = _sampling(llm, args)
     if args.max_tokens >= llm.engine.max_model_len:
         raise RequestError(f"--max-tokens {args.max_tokens} leaves no room for a prompt in the model's "
                            f"{llm.engine.max_model_len}-token context; lower it.")
@@ -82,6 +84,19 @@ def run(args: argparse.Namespace) -> int:
             continue
         messages.append({"role": "assistant", "content": reply})
     return 0
+
+
+def _sampling(llm, args: argparse.Namespace):
+    """The reply's sampling: the flags given, else what the model's generation_config.json recommends (as vLLM and
+    transformers take it: Qwen3's temperature 0.6, top_p 0.95, top_k 20), else temperature 0.7 and top_p 0.95."""
+    from llmlab.engine.sequence import SamplingParams
+
+    model = llm.get_default_sampling_params() if llm._sampling_defaults else None
+    recommended = {k: getattr(model, k) for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+                   if model is not None and k in llm._sampling_defaults}
+    chosen = {**{"temperature": 0.7, "top_p": 0.95}, **recommended,
+              **{k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}}
+    return SamplingParams(**chosen, max_tokens=args.max_tokens, seed=args.seed)
 
 
 def _fit_history(llm, messages: list[dict]) -> list[int]:
