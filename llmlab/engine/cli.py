@@ -91,9 +91,9 @@ def _sampling(llm, args: argparse.Namespace):
     transformers take it: Qwen3's temperature 0.6, top_p 0.95, top_k 20), else temperature 0.7 and top_p 0.95."""
     from llmlab.engine.sequence import SamplingParams
 
-    model = llm.get_default_sampling_params() if llm._sampling_defaults else None
+    given, model = llm._sampling_defaults, llm.get_default_sampling_params()  # the file's keys, validated values
     recommended = {k: getattr(model, k) for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-                   if model is not None and k in llm._sampling_defaults}
+                   if k in given}
     chosen = {**{"temperature": 0.7, "top_p": 0.95}, **recommended,
               **{k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}}
     return SamplingParams(**chosen, max_tokens=args.max_tokens, seed=args.seed)

@@ -153,12 +153,6 @@ class LLM:
         vLLM's {"prompt": text} / {"prompt_token_ids": ids}. Without `sampling_params`, the model's own defaults
         (get_default_sampling_params). A progress bar of finished requests (`use_tqdm`) shows by default where
         stderr is a terminal and there is more than one prompt."""
-        if lora_request is not None:
-            raise RequestError("lora_request is not supported by this engine; merge the adapter into the model first "
-                               "(llmlab's LoRA merge), then serve the merged model.")
-        levels = priority if isinstance(priority, (list, tuple)) else [] if priority is None else [priority]
-        if any(p != 0 for p in levels):
-            raise RequestError("priority: this engine schedules first come, first served; leave priority unset.")
         if hasattr(prompts, "tolist") and not isinstance(prompts, str):  # a tensor or array: (L,) one, (B, L) many
             prompts = prompts.tolist()
         if isinstance(prompts, tuple):  # any sequence of prompts, as vLLM takes
@@ -174,6 +168,10 @@ class LLM:
             else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise RequestError(f"got {len(params)} SamplingParams for {len(prompts)} prompts; pass one, or one each.")
+        # lora_request and priority are the engine's to accept or refuse, per request (vLLM: priority one per prompt)
+        levels = list(priority) if isinstance(priority, (list, tuple)) else [priority or 0] * len(prompts)
+        if len(levels) != len(prompts):
+            raise RequestError(f"got {len(levels)} priorities for {len(prompts)} prompts; pass one each.")
         ids = [f"gen-{next(self._ids)}" for _ in prompts]
         mine = set(ids)
         done: dict[str, RequestOutput] = {}
@@ -181,8 +179,8 @@ class LLM:
             use_tqdm = len(ids) > 1 and sys.stderr.isatty()
         bar = _progress(len(ids)) if use_tqdm else None
         try:
-            for rid, prompt, p in zip(ids, prompts, params):
-                self.engine.add_request(rid, prompt, p)
+            for rid, prompt, p, level in zip(ids, prompts, params, levels):
+                self.engine.add_request(rid, prompt, p, lora_request=lora_request, priority=level)
             while len(done) < len(ids):
                 for out in self.engine.step(finished_only=True):
                     if out.finished and out.request_id in mine:
