@@ -347,7 +347,8 @@ def test_fast_rms_norm_equals_rms_norm(dtype, shape):
 
 @needs_norm
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_add_rms_norm_is_the_add_then_the_norm_bitwise(dtype):
+@pytest.mark.parametrize("rows", [1, 16])  # 16 x 576: the threaded path
+def test_add_rms_norm_is_the_add_then_the_norm_bitwise(dtype, rows):
     """The direct decode step's residual add + RMSNorm call: h after it is PyTorch's h + r, and the normalised rows
     are the norm kernel's output for that h, bit for bit (that step's logits must equal the forward's)."""
     from llmlab.kernels.cpu_norm import add_rms_norm_cpu, rms_norm_cpu
@@ -355,7 +356,7 @@ def test_add_rms_norm_is_the_add_then_the_norm_bitwise(dtype):
     if not fast_norm_supported(dtype):
         pytest.skip(f"no {dtype} in this build")
     torch.manual_seed(0)
-    h, r = (torch.randn(16, 576) * 3).to(dtype), torch.randn(16, 576).to(dtype)
+    h, r = (torch.randn(rows, 576) * 3).to(dtype), torch.randn(rows, 576).to(dtype)
     w = torch.randn(576).to(dtype)
     want_h = h + r
     y = add_rms_norm_cpu(h, r, w, 1e-5)
@@ -365,7 +366,7 @@ def test_add_rms_norm_is_the_add_then_the_norm_bitwise(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows", [1, 16, 300])  # 300 x 1536: the threaded path
+@pytest.mark.parametrize("rows", [1, 16, 300])  # 16 and 300 x 1536: the threaded path
 def test_swiglu_kernel_matches_silu_times_up(dtype, rows):
     from llmlab.kernels import cpu_swiglu
 

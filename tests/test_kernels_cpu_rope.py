@@ -36,7 +36,7 @@ def _eager(q, k, v, cos, sin, slots, k_pages, v_pages):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,H,Hkv,hd", [(1, 9, 3, 64), (16, 9, 3, 64), (5, 8, 1, 128), (3, 4, 4, 32),
-                                        (300, 9, 3, 64)])  # 300 tokens: the threaded path
+                                        (300, 9, 3, 64)])  # 16 and 300 tokens: the threaded path
 def test_matches_eager_bitwise(dtype, n, H, Hkv, hd):
     q, k, v, cos, sin, slots = _inputs(n, H, Hkv, hd, dtype)
     pools = [torch.zeros(512, Hkv, hd, dtype=dtype) for _ in range(4)]

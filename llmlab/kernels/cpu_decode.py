@@ -151,7 +151,7 @@ class DirectDecode:
 
         def add_norm(r, module):  # the residual add (h += r) and the norm after it (xn = module(h)), one call
             return fns["add_norm"], (h.data_ptr(), r.data_ptr(), module.weight.data_ptr(), xn.data_ptr(), M,
-                                     h.shape[-1], module.eps)
+                                     h.shape[-1], module.eps, T)
 
         blocks = self.model.blocks
         after = [b.norm1 for b in blocks[1:]] + [self.model.norm_f]  # the norm each block's output goes to

@@ -35,8 +35,8 @@ def _functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
 
 @functools.cache
 def _add_functions() -> dict[torch.dtype, ctypes._CFuncPtr]:
-    """add_rms_norm_<dtype>(h, r, w, y, rows, dim, eps): h += r in place, then y = RMSNorm(h)."""
-    args = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float]
+    """add_rms_norm_<dtype>(h, r, w, y, rows, dim, eps, nthreads): h += r in place, then y = RMSNorm(h)."""
+    args = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2 + [ctypes.c_float, ctypes.c_int]
     return cbuild.dtype_functions("cpu_rms_norm.c", "add_rms_norm", args, "llmlab_norm_has_f16")
 
 
@@ -63,7 +63,7 @@ def add_rms_norm_cpu(h: Tensor, r: Tensor, weight: Tensor, eps: float) -> Tensor
     y = torch.empty_like(h)
     dim = weight.shape[0]
     _add_functions()[h.dtype](h.data_ptr(), r.data_ptr(), weight.contiguous().data_ptr(), y.data_ptr(),
-                              h.numel() // dim, dim, eps)
+                              h.numel() // dim, dim, eps, torch.get_num_threads())
     return y
 
 

@@ -159,6 +159,18 @@ static inline __attribute__((always_inline)) __m512 ld16_f16(const f16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
 static inline __attribute__((always_inline)) void st16_f32(float *p, __m512 v) { _mm512_storeu_ps(p, v); }
+/* [sum of a's lanes, b's, c's, d's], each summed in _mm512_reduce_add_ps's order (so the same bits): 14 shuffles
+ * and adds for four sums against 8 for one. */
+static inline __attribute__((always_inline)) __m128 hsum4_512(__m512 a, __m512 b, __m512 c, __m512 d) {
+    /* 128-bit lanes: ab = [a0 + a2, a1 + a3, b0 + b2, b1 + b3], cd alike, then x = [a, b, c, d] partials */
+    const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+    const __m512 x = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+    const __m512 y = _mm512_add_ps(x, _mm512_permute_ps(x, 0x4E)); /* [x0 + x2, x1 + x3, ...] in each lane */
+    const __m512 z = _mm512_add_ps(y, _mm512_permute_ps(y, 0xB1)); /* lane totals in each lane's element 0 */
+    return _mm512_castps512_ps128(
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), z));
+}
 static inline __attribute__((always_inline)) void st16_bf16(uint16_t *p, __m512 v) {
     /* f32_to_bf16 of cpu_dtypes.h on 16 lanes: round to nearest even, a NaN kept a (quiet) NaN */
     const __m512i u = _mm512_castps_si512(v), high = _mm512_srli_epi32(u, 16);
@@ -173,14 +185,18 @@ static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
 
 /* The item for head sizes that are multiples of 16 (NV = hd / 16 vectors a row), GC query heads at a time with
  * their query and output rows in registers: each K row is converted once into NV vectors and dotted with the GC
- * queries (one horizontal sum each), each V row converted once and added into the GC accumulators. Same
- * arguments, scratch use and results as item_<NAME>: scores and softmax in fp32, two passes over the keys. */
+ * queries, four keys at a time with one tree of shuffles per four scores (hsum4_512; same bits as a horizontal
+ * sum each); each V row converted once and added into the GC accumulators. Same arguments, scratch use and
+ * results as item_<NAME>: scores and softmax in fp32, two passes over the keys. The four-key sums, against one
+ * per key (SmolLM2 heads, bf16, 2-core Zen 4, `benchmarks/cpu_paged_attention_ab.py --baseline 1b6330b`): pages
+ * in cache (--layers 1) 1.04-1.08x, e.g. 16 rows x 512 keys 177-184 -> 167-170 us; pages from memory the same
+ * (0.92-1.04x, noise); the engine's prefill rows (kernel in cache) 107 -> 101 ms a 16 x 128-token step. */
 #define DEFINE_FAST_ITEM(NAME, T)                                                                             \
     static inline __attribute__((always_inline)) void fast_##NAME(                                            \
         const T *q, const T *k_pages, const T *v_pages, const int64_t *tables, T *out, int64_t s, int64_t h,  \
         int64_t lo, int64_t hi, int64_t H, int64_t Hkv, const int64_t NV, const int64_t GC, int64_t nb,       \
         int64_t block_size, float scale, int64_t max_keys, float *w, float *part) {                           \
-        const int64_t g = H / Hkv, L = hi - lo, hd = 16 * NV;                                                  \
+        const int64_t g = H / Hkv, L = hi - lo, hd = 16 * NV, stride = Hkv * hd;                              \
         float *sc = w, *sum = sc + g * max_keys, *mx = sum + g;                                               \
         for (int64_t c0 = 0; c0 < g; c0 += GC) {                                                               \
             __m512 qv[4][8], acc[4][8];                                                                        \
@@ -189,16 +205,40 @@ static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
                 qv[j][c] = _mm512_mul_ps(ld16_##NAME(q + (s * H + h * g + c0 + j) * hd + 16 * c),              \
                                          _mm512_set1_ps(scale));                                              \
             }                                                                                                  \
-            FOR_SLOTS(s, lo, hi, i, slot, k_pages, { /* scores */                                              \
-                const T *kr = k_pages + (slot * Hkv + h) * hd;                                                 \
-                __m512 kv[8];                                                                                  \
-                _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) kv[c] = ld16_##NAME(kr + 16 * c);     \
-                _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++) {                                     \
-                    __m512 t = _mm512_mul_ps(qv[j][0], kv[0]);                                                 \
-                    _Pragma("GCC unroll 8") for (int64_t c = 1; c < NV; c++) t = _mm512_fmadd_ps(qv[j][c], kv[c], t); \
-                    sc[j * max_keys + i] = _mm512_reduce_add_ps(t);                                            \
+            for (int64_t b = lo / block_size; b * block_size < hi; b++) { /* scores, four keys at a time */      \
+                const int64_t p0 = b * block_size, first = lo > p0 ? lo : p0;                                  \
+                const int64_t last = hi < p0 + block_size ? hi : p0 + block_size;                              \
+                prefetch_ahead((const char *)(k_pages + h * hd), tables + s * nb, b, lo, hi, block_size,       \
+                               stride * (int64_t)sizeof(T), hd * (int64_t)sizeof(T));                          \
+                const T *k0 = k_pages + ((tables[s * nb + b] * block_size + first - p0) * Hkv + h) * hd;      \
+                float *si = sc + first - lo;                                                                   \
+                int64_t p = first;                                                                             \
+                for (; p + 4 <= last; p += 4) {                                                                \
+                    __m512 t[4][4];                                                                            \
+                    _Pragma("GCC unroll 4") for (int64_t r = 0; r < 4; r++) {                                  \
+                        const T *kr = k0 + (p - first + r) * stride;                                           \
+                        __m512 kv[8];                                                                          \
+                        _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) kv[c] = ld16_##NAME(kr + 16 * c); \
+                        _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++) {                             \
+                            t[j][r] = _mm512_mul_ps(qv[j][0], kv[0]);                                          \
+                            _Pragma("GCC unroll 8") for (int64_t c = 1; c < NV; c++)                           \
+                                t[j][r] = _mm512_fmadd_ps(qv[j][c], kv[c], t[j][r]);                           \
+                        }                                                                                      \
+                    }                                                                                          \
+                    _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                   \
+                        _mm_storeu_ps(si + j * max_keys + (p - first), hsum4_512(t[j][0], t[j][1], t[j][2], t[j][3])); \
                 }                                                                                              \
-            })                                                                                                 \
+                for (; p < last; p++) {                                                                        \
+                    const T *kr = k0 + (p - first) * stride;                                                   \
+                    __m512 kv[8];                                                                              \
+                    _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) kv[c] = ld16_##NAME(kr + 16 * c); \
+                    _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++) {                                 \
+                        __m512 t = _mm512_mul_ps(qv[j][0], kv[0]);                                             \
+                        _Pragma("GCC unroll 8") for (int64_t c = 1; c < NV; c++) t = _mm512_fmadd_ps(qv[j][c], kv[c], t); \
+                        si[j * max_keys + p - first] = _mm512_reduce_add_ps(t);                                \
+                    }                                                                                          \
+                }                                                                                              \
+            }                                                                                                  \
             softmax_rows(sc, max_keys, L, GC, sum + c0, mx + c0);                                              \
             _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                           \
             _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) acc[j][c] = _mm512_setzero_ps();          \

@@ -11,6 +11,8 @@
  * (fp32 too: contraction into an FMA, which would skip a rounding, is off for this file).
  * q, k, v: heads of hd contiguous elements, consecutive heads hd apart, tokens q_stride / k_stride / v_stride
  * apart (views of the fused q/k/v projection's output); cos, sin: cs_stride apart per token.
+ * Tokens are spread over `nthreads` threads from PARALLEL_MIN_ELEMENTS on: 16 tokens of SmolLM2's heads in bf16,
+ * 10.3 us on two threads against 14.4 on one (median, 2-core Zen 4 EPYC); a token or a few stay on one thread.
  * Returns 1 (nothing written) when a slot is outside [0, num_slots), 2 for an odd hd. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
@@ -24,7 +26,7 @@
 
 int llmlab_rope_has_f16(void) { return HAS_F16; }
 
-#define PARALLEL_MIN_ELEMENTS 262144
+#define PARALLEL_MIN_ELEMENTS 8192
 
 /* v rounded to the element type and back to fp32 (what storing a product in T and reading it again gives). */
 #define ROUND_f32(v) (v)

@@ -4,7 +4,8 @@
  * fp32 (within a few fp32 ulps of PyTorch's; after rounding to bf16 almost always the same value).
  * Built and loaded by cpu_swiglu.py through cbuild.py. gu (rows, 2 * inter): each row the gate then the up
  * projection (the fused gate_up Linear's output); out (rows, inter); both contiguous. Rows are spread over
- * `nthreads` threads only when there are many (a prefill), as cpu_rms_norm.c does. */
+ * `nthreads` threads from PARALLEL_MIN_ELEMENTS on: a decode step of 16 rows of SmolLM2's 1536 in bf16 takes
+ * 10.4 us on two threads against 18.7 on one (2-core EPYC, Zen 4); one row, 1536 elements, stays on one. */
 #include <math.h>
 #include <stdint.h>
 
@@ -13,7 +14,7 @@
 
 int llmlab_swiglu_has_f16(void) { return HAS_F16; }
 
-#define PARALLEL_MIN_ELEMENTS 262144
+#define PARALLEL_MIN_ELEMENTS 16384
 
 #define DEFINE_SWIGLU(NAME, T)                                                                                \
     static inline void row_##NAME(const T *g, const T *u, T *o, int64_t inter) {                              \
