@@ -47,7 +47,7 @@ def decode_diag(model, compile_decode):
     for _ in range(2):
         out = llm.generate([prompt], sp)[0]
         m = out.metrics
-        print(f"decode ms/step {(m['finished'] - m['first_token']) / 255 * 1e3:.3f}", flush=True)
+        print(f"decode ms/step {(m.finished_time - m.first_token_time) / 255 * 1e3:.3f}", flush=True)
     r = llm.engine.runner
     for key, (g, _) in sorted(r.graphs.graphs.items()):
         print(f"graph {key}: replay {gpu_time(g.replay):.3f} ms", flush=True)

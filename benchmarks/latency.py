@@ -40,7 +40,8 @@ def llmlab_run(llm: LLM, prompt: list[int], new: int) -> tuple[float, float, lis
     """(time to first token s, decode tok/s, ids) from the engine's own request timestamps."""
     out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))[0]
     m = out.metrics
-    return m["first_token"] - m["arrival"], (new - 1) / (m["finished"] - m["first_token"]), out.outputs[0].token_ids
+    return (m.first_token_time - m.arrival_time, (new - 1) / (m.finished_time - m.first_token_time),
+            out.outputs[0].token_ids)
 
 
 @torch.inference_mode()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from llmlab import ConfigError, ModelConfig, Transformer
-from llmlab.engine import LLM, LLMEngine, RequestError, SamplingParams
+from llmlab.engine import LLM, LLMEngine, RequestError, RequestMetrics, SamplingParams
 from llmlab.engine.config import EngineConfig
 from llmlab.engine.sequence import UnknownParameterError
 from llmlab.tokenizer import train_bpe
@@ -184,6 +184,25 @@ def test_llm_engine_add_request_and_abort_request_as_vllm(model_dir):
         outs |= {o.request_id: o for o in engine.step() if o.finished}
     assert set(outs) == {"a"} and outs["a"].prompt == "The quick" and len(outs["a"].outputs[0].token_ids) == 4
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    m = outs["a"].metrics  # vLLM's RequestMetrics on the time.time() clock, its arrival_time as given
+    assert isinstance(m, RequestMetrics) and abs(m.arrival_time - (time.time() - 2.0)) < 1.0
+    assert m.arrival_time < m.first_scheduled_time <= m.first_token_time <= m.last_token_time <= m.finished_time
+    assert m.finished_time <= time.time() and m.time_in_queue == pytest.approx(m.first_scheduled_time - m.arrival_time)
+    assert m.time_in_queue > 1.5
+
+
+def test_request_metrics_while_streaming(llm):
+    """Each step's output carries the timestamps so far: no finished_time until the request ends; the n samples'
+    first admission is the request's first_scheduled_time."""
+    engine = llm.llm_engine
+    engine.add_request("s", [5, 6, 7], SamplingParams(temperature=1.0, seed=0, n=2, max_tokens=3, ignore_eos=True))
+    seen = []
+    while engine.has_unfinished_requests():
+        seen += engine.step()
+    first, last = seen[0].metrics, seen[-1].metrics
+    assert not seen[0].finished and first.finished_time is None and first.first_token_time is not None
+    assert last.finished_time is not None and last.first_token_time == first.first_token_time
+    assert first.last_token_time <= last.last_token_time and last.first_scheduled_time == first.first_scheduled_time
 
 
 def test_dtype_names_half_and_float():

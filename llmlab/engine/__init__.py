@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from llmlab.engine.config import EngineConfig
     from llmlab.engine.llm import LLM
     from llmlab.engine.llm_engine import LLMEngine
-    from llmlab.engine.output import CompletionOutput, Logprob, RequestOutput
+    from llmlab.engine.output import CompletionOutput, Logprob, RequestMetrics, RequestOutput
     from llmlab.engine.sequence import RequestError, SamplingParams
 
 # loaded on first use: `llmlab chat --help` needs none of them (nor torch)
@@ -31,10 +31,11 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "LLMEngine": "llmlab.engine.llm_engine",
     "CompletionOutput": "llmlab.engine.output",
     "Logprob": "llmlab.engine.output",
+    "RequestMetrics": "llmlab.engine.output",
     "RequestOutput": "llmlab.engine.output",
     "RequestError": "llmlab.engine.sequence",
     "SamplingParams": "llmlab.engine.sequence",
 })
 
-__all__ = ["LLM", "CompletionOutput", "EngineConfig", "LLMEngine", "Logprob", "RequestError", "RequestOutput",
-           "SamplingParams"]
+__all__ = ["LLM", "CompletionOutput", "EngineConfig", "LLMEngine", "Logprob", "RequestError", "RequestMetrics",
+           "RequestOutput", "SamplingParams"]

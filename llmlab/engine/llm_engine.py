@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from llmlab.engine.block_manager import BlockManager
 from llmlab.engine.config import EngineConfig
 from llmlab.engine.model_runner import InflightStep, ModelRunner
-from llmlab.engine.output import CompletionOutput, Detokenizer, Logprob, RequestOutput
+from llmlab.engine.output import CompletionOutput, Detokenizer, Logprob, RequestMetrics, RequestOutput
 from llmlab.engine.scheduler import ScheduledBatch, Scheduler
 from llmlab.engine.sequence import RequestError, SamplingParams, Sequence
 from llmlab.errors import is_int, is_number
@@ -67,6 +67,7 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
         self.runner = ModelRunner(model, self.config, pad_decode=pad_decode)
+        self._clock_offset = time.time() - time.perf_counter()  # metrics: perf_counter stamps -> time.time()
         tok_vocab = getattr(tokenizer, "vocab_size", None)
         if isinstance(tok_vocab, int) and 0 < tok_vocab < model.cfg.vocab_size:
             self.runner.sample_vocab = tok_vocab  # never sample an id the tokenizer cannot turn into text
@@ -296,6 +297,7 @@ class LLMEngine:
             req = requests[seq.request_id]
             if "first_token" not in req.metrics:
                 req.metrics["first_token"] = now
+            req.metrics["last_token"] = now
             if not finished_only:
                 touched[req.request_id] = req
             if req.detoks is not None:
@@ -341,7 +343,18 @@ class LLMEngine:
                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason))
         return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, completions,
                              finished=all(s.is_finished for s in req.seqs),
-                             num_cached_tokens=max(s.num_cached_tokens for s in req.seqs), metrics=dict(req.metrics))
+                             num_cached_tokens=max(s.num_cached_tokens for s in req.seqs), metrics=self._metrics(req))
+
+    def _metrics(self, req: _Request) -> RequestMetrics:
+        """The request's perf_counter stamps as vLLM's RequestMetrics, on the time.time() clock."""
+        m, off = req.metrics, self._clock_offset
+        firsts = [s.first_scheduled for s in req.seqs if s.first_scheduled is not None]
+        sched = min(firsts) + off if firsts else None
+        arrival = m["arrival"] + off
+        return RequestMetrics(arrival, m["last_token"] + off if "last_token" in m else None, sched,
+                              m["first_token"] + off if "first_token" in m else None,
+                              None if sched is None else sched - arrival,
+                              m["finished"] + off if "finished" in m else None)
 
     def stats(self) -> dict[str, float]:
         """Counters since the engine started. step_seconds: wall time in step(); sync_wait_seconds: the part of it

@@ -21,7 +21,7 @@ Tokenizers that are not byte-level (WordPiece) are re-decoded whole at every tok
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmlab.engine.sequence import SamplingParams
 
@@ -53,6 +53,19 @@ class CompletionOutput:
 
 
 @dataclass(slots=True)
+class RequestMetrics:
+    """A request's timestamps, vLLM's RequestMetrics: seconds on the time.time() clock (None until they happen).
+    Time to first token: first_token_time - arrival_time; time in the queue: first_scheduled_time - arrival_time."""
+
+    arrival_time: float
+    last_token_time: float | None = None
+    first_scheduled_time: float | None = None  # its first admission into a step (the earliest of its n samples)
+    first_token_time: float | None = None
+    time_in_queue: float | None = None  # first_scheduled_time - arrival_time
+    finished_time: float | None = None
+
+
+@dataclass(slots=True)
 class RequestOutput:
     request_id: str
     prompt: str | None
@@ -60,7 +73,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
-    metrics: dict[str, float] = field(default_factory=dict)  # arrival, first_token, finished (perf_counter)
+    metrics: RequestMetrics | None = None
     prompt_logprobs: None = None  # vLLM's attribute; llmlab does not compute prompt logprobs
 
 

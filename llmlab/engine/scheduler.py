@@ -33,6 +33,7 @@ Not here: torch. Reference: vLLM v1 `core/sched/scheduler.py`; nano-vllm `engine
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -143,6 +144,8 @@ class Scheduler:
             self.bm.admit(seq, hits, len(seq) - uncomputed + n)
             self.bm.commit(seq, len(seq) - uncomputed + n)
             seq.status = SequenceStatus.RUNNING
+            if seq.first_scheduled is None:
+                seq.first_scheduled = time.perf_counter()
             self.running.append(seq)
             batch.seqs.append(seq)
             batch.num_tokens.append(n)

@@ -185,7 +185,8 @@ class Sequence:
 
     __slots__ = ("seq_id", "request_id", "index", "token_ids", "num_prompt_tokens", "params", "status",
                  "stop_token_ids", "block_table", "num_computed_tokens", "num_cached_tokens", "block_hashes",
-                 "finish_reason", "stop_reason", "logprobs", "cumulative_logprob", "num_preemptions")
+                 "finish_reason", "stop_reason", "logprobs", "cumulative_logprob", "num_preemptions",
+                 "first_scheduled")
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *, index: int = 0,
                  eos_token_ids: frozenset[int] = frozenset()):
@@ -207,6 +208,7 @@ class Sequence:
         self.logprobs: list[dict[int, Logprob]] = []
         self.cumulative_logprob = 0.0
         self.num_preemptions = 0
+        self.first_scheduled: float | None = None  # time.perf_counter() of its first admission (RequestMetrics)
 
     def __len__(self) -> int:
         return len(self.token_ids)
