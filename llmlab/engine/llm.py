@@ -8,7 +8,8 @@
 
 Prompts are text (needs the model's tokenizer) or token-id lists; `sampling_params` is one
 SamplingParams for all prompts or one per prompt. `dtype` is a torch dtype, a name ("bf16", "float32", ...)
-or "auto"/None: bf16 on CUDA, fp32 on CPU (a Transformer passed in keeps its own). Engine options are
+or "auto"/None: fp32 on CPU; on CUDA the checkpoint's fp16 or bf16, bf16 for fp32 checkpoints
+(pretrained.auto_dtype; a Transformer passed in keeps its own). Engine options are
 keyword arguments (EngineConfig's fields: max_num_seqs, max_num_batched_tokens, kv_cache_memory,
 gpu_memory_utilization, block_size, num_blocks, enable_prefix_caching, fuse_projections,
 compile_decode, ...).
@@ -88,7 +89,7 @@ class LLM:
         if unknown:
             known = ", ".join(f.name for f in dataclasses.fields(EngineConfig))
             raise ConfigError(f"LLM() got unknown option(s) {', '.join(unknown)}; engine options are: {known}.")
-        if dtype == "auto":  # vLLM's spelling of the default: bf16 on CUDA, fp32 on CPU; a Transformer keeps its own
+        if dtype == "auto":  # vLLM's spelling of the default (pretrained.auto_dtype); a Transformer keeps its own
             dtype = None
         if isinstance(tokenizer, (str, Path)):  # a tokenizer.json, or a model directory / GGUF / name that has one
             from llmlab import artifacts
@@ -107,15 +108,15 @@ class LLM:
                 model = model.to(resolve_dtype(dtype))
         else:
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            from llmlab.model.pretrained import from_pretrained
+            from llmlab import artifacts
+            from llmlab.model.pretrained import auto_dtype, from_pretrained
 
             if dtype is None:
-                dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+                dtype = auto_dtype(artifacts.resolve(model), device)
             source = model
             model = from_pretrained(source, dtype=dtype, device=device)
             if tokenizer is None:
                 tokenizer = _load_tokenizer(source)
-            from llmlab import artifacts
             from llmlab.model.pretrained import generation_defaults
 
             self._sampling_defaults = generation_defaults(artifacts.resolve(source))

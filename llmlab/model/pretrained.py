@@ -48,6 +48,23 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def auto_dtype(source: str | Path, device: str | torch.device) -> torch.dtype:
+    """The dtype to load a checkpoint in when none is asked for (vLLM's dtype="auto"): fp32 on a CPU (bf16 runs
+    slowly on CPUs without bf16 instructions); on a GPU the checkpoint's own 16-bit dtype (config.json's dtype /
+    torch_dtype), bf16 for an fp32 or unstated one, fp16 where the GPU has no bf16 (before Ampere)."""
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    path = Path(source)
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8")) if path.is_dir() else {}
+    except (OSError, ValueError):
+        cfg = {}
+    stated = (cfg.get("dtype") or cfg.get("torch_dtype")) if isinstance(cfg, dict) else None
+    if stated == "float16" or not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """A torch.device that exists on this machine; a clear ConfigError for a bad name or a missing GPU."""
     try:
