@@ -80,14 +80,15 @@ def main() -> None:
             outs = {k: torch.empty(N, H, hd, dtype=dtype) for k in kernels}
             best = dict.fromkeys(kernels, float("inf"))
             sdpa = float("inf")
-            if args.prefill:  # the reference point: torch's CPU SDPA (flash) per sequence on contiguous K/V, causal
+            if args.prefill:  # the reference point: torch's CPU SDPA (flash), causal, on contiguous K/V of each layer
                 qs = q.view(S, ctx, H, hd).transpose(1, 2).contiguous()
-                ks = [p[:S * ctx].view(S, ctx, Hkv, hd).transpose(1, 2).contiguous() for p in (kp[0], vp[0])]
+                kvs = [[p[:S * ctx].view(S, ctx, Hkv, hd).transpose(1, 2).contiguous() for p in (kp[i], vp[i])]
+                       for i in range(L)]
             for _ in range(args.rounds):
                 if args.prefill:
                     t = time.perf_counter()
-                    for _layer in range(L):
-                        F.scaled_dot_product_attention(qs, *ks, is_causal=True, enable_gqa=True)
+                    for layer in range(L):
+                        F.scaled_dot_product_attention(qs, *kvs[layer], is_causal=True, enable_gqa=True)
                     sdpa = min(sdpa, time.perf_counter() - t)
                 for name, fn in kernels.items():
                     t = time.perf_counter()

@@ -166,7 +166,8 @@ def test_llm_engine_add_request_and_abort_request_as_vllm(model_dir):
     from llmlab.tokenizer import load_tokenizer
 
     engine = LLMEngine(from_pretrained(model_dir), load_tokenizer(model_dir), EngineConfig(block_size=4))
-    engine.add_request("a", {"prompt": "The quick"}, GREEDY, arrival_time=time.time() - 2.0, priority=0)
+    arrived = time.time() - 2.0
+    engine.add_request("a", {"prompt": "The quick"}, GREEDY, arrival_time=arrived, priority=0)
     engine.add_request("b", [5, 6, 7], GREEDY)
     engine.add_request("c", [5, 6], SamplingParams(max_tokens=50))
     assert engine.requests["a"].metrics["arrival"] < time.perf_counter() - 1.5  # on the engine's clock
@@ -185,9 +186,10 @@ def test_llm_engine_add_request_and_abort_request_as_vllm(model_dir):
     assert set(outs) == {"a"} and outs["a"].prompt == "The quick" and len(outs["a"].outputs[0].token_ids) == 4
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     m = outs["a"].metrics  # vLLM's RequestMetrics on the time.time() clock, its arrival_time as given
-    assert isinstance(m, RequestMetrics) and abs(m.arrival_time - (time.time() - 2.0)) < 1.0
+    assert isinstance(m, RequestMetrics) and m.arrival_time == arrived
     assert m.arrival_time < m.first_scheduled_time <= m.first_token_time <= m.last_token_time <= m.finished_time
-    assert m.finished_time <= time.time() and m.time_in_queue == pytest.approx(m.first_scheduled_time - m.arrival_time)
+    assert m.finished_time <= time.time()
+    assert m.time_in_queue == pytest.approx(m.first_scheduled_time - m.arrival_time, abs=1e-3)
     assert m.time_in_queue > 1.5
 
 

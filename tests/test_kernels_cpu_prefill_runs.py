@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -197,3 +198,22 @@ def test_neighbouring_rows_that_only_look_like_a_run_stay_apart(dtype, block_siz
             for threads in (1, 2, 3):
                 with num_threads(threads):
                     check(q, k, v, tables, lens, block_size, window, want=want)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("threads", [2, 3], ids=lambda n: f"threads{n}")
+@pytest.mark.parametrize("window", [0, 100], ids=["no-window", "window100"])
+def test_a_long_chunk_beside_a_decode_row_that_splits_its_keys(dtype, threads, window):
+    # the engine's usual mixed step: a long prefill chunk (tiles) and one decode row of 400 keys, which alone is
+    # fewer items than threads, so its keys are split into parts whose softmaxes are combined (rows past the tiles)
+    with num_threads(threads):
+        check_batch(dtype, 9, 3, 64, 16, (("A", 300, 64), ("d", 399, 1), ("B", 0, 9)), seed=7, window=window)
+
+
+def test_run_tiles_are_built_where_the_cpu_has_avx512():
+    """The tile path is what the tests above check on CPUs with AVX-512 (elsewhere every row is an item)."""
+    info = Path("/proc/cpuinfo")
+    if not cpu_paged.available() or not info.exists() or " avx512f" not in info.read_text():
+        pytest.skip("no AVX-512 here (or no kernel): rows are items, which the tests above check")
+    assert cpu_paged.run_tiles()

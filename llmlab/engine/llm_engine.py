@@ -162,7 +162,8 @@ class LLMEngine:
         seqs = [Sequence(request_id, ids, params, index=i, eos_token_ids=self.eos_token_ids) for i in range(params.n)]
         detoks = [Detokenizer(self.tokenizer, params) for _ in seqs] if self.tokenizer is not None else None
         self.requests[request_id] = _Request(request_id, prompt if isinstance(prompt, str) else None, ids, seqs,
-                                             detoks, {"arrival": _arrival(arrival_time)})
+                                             detoks, {"arrival": _arrival(arrival_time), "arrival_wall":
+                                                      time.time() if arrival_time is None else arrival_time})
         for seq in seqs:
             self.scheduler.add(seq)
 
@@ -349,11 +350,12 @@ class LLMEngine:
         """The request's perf_counter stamps as vLLM's RequestMetrics, on the time.time() clock."""
         m, off = req.metrics, self._clock_offset
         firsts = [s.first_scheduled for s in req.seqs if s.first_scheduled is not None]
-        sched = min(firsts) + off if firsts else None
-        arrival = m["arrival"] + off
-        return RequestMetrics(arrival, m["last_token"] + off if "last_token" in m else None, sched,
+        sched = min(firsts) if firsts else None
+        return RequestMetrics(m["arrival_wall"],  # as given, or time.time() when it came
+                              m["last_token"] + off if "last_token" in m else None,
+                              None if sched is None else sched + off,
                               m["first_token"] + off if "first_token" in m else None,
-                              None if sched is None else sched - arrival,
+                              None if sched is None else sched - m["arrival"],  # on one clock (perf_counter)
                               m["finished"] + off if "finished" in m else None)
 
     def stats(self) -> dict[str, float]:

@@ -108,9 +108,9 @@ static inline __attribute__((always_inline)) void prefetch_ahead(const char *hea
  * the softmax runs online (a running maximum and sum per query, the output sums rescaled when the maximum grows).
  * Other rows (decodes, short chunks) stay one item each. SmolLM2 heads, 2-core Zen 4, against rows as items
  * (`python benchmarks/cpu_paged_attention_ab.py --baseline 0ca292a --prefill`, pages of 30 layers), per layer, bf16:
- * 1 x 2048 tokens 61.9-65.1 -> 33.3-34.4 ms (torch's CPU SDPA on contiguous K/V: 44.5), 1 x 512 4.0-4.4 -> 2.4-2.6
- * ms, 4 x 512 11.8-13.6 -> 9.6-10.8 ms, 16 x 128 3.3-3.6 -> 2.9 ms; fp32 alike (1.1-2.2x); outputs within a
- * rounding of the items' (fp32 1.5e-6, bf16 one ulp). RUN_TILE 16 / 32 / 64 measured alike at 1 x 2048. */
+ * 1 x 2048 tokens 66.7 -> 34.6 ms (torch's CPU SDPA on contiguous K/V: 42.5), 1 x 512 4.08 -> 2.31 ms, 4 x 512
+ * 12.1 -> 9.6 ms, 16 x 128 3.50 -> 3.10 ms; fp32 1.07-1.98x; outputs within a rounding of the items' (fp32 1.5e-6,
+ * bf16 one ulp). Tiles of 16, 32 and 64 rows took about the same time at 1 x 2048. */
 #define RUN_MIN 8
 #define RUN_TILE 32
 
@@ -418,6 +418,7 @@ static inline __attribute__((always_inline)) void run_tile_##NAME(              
                         a[j][c] = j < gq ? _mm512_loadu_ps(acc + (q0 + j) * hd + 16 * c) : _mm512_setzero_ps();       \
                 for (int64_t l = 0; l < cnt; l++) /* weighted sum of V: each V vector from L1 as an FMA operand */    \
                     _Pragma("GCC unroll 8") for (int64_t j = 0; j < GQ; j++) {                                        \
+                        if (j >= gq) break; /* a last, smaller group: its other pb rows are stale */                  \
                         const __m512 wt = _mm512_set1_ps(pb[j * 16 + l]);                                             \
                         _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++)                                      \
                             a[j][c] = _mm512_fmadd_ps(wt, _mm512_loadu_ps(vf + l * hd + 16 * c), a[j][c]);            \
@@ -637,6 +638,9 @@ static inline int64_t fast_heads(int64_t g, int64_t hd) { return (void)g, (void)
 #define DEFINE_RUN_TILE(NAME, T)
 #define RUN_TILES(NAME) (void)ntiles;
 #endif
+
+/* 1 where prefill runs are computed in tiles (this build has AVX-512), for the tests. */
+int llmlab_paged_run_tiles(void) { return RUNS_OK; }
 
 /* The item with the head size as a constant where it is common. */
 #define ITEM(NAME, HD, LO, HI, PART)                                                                          \

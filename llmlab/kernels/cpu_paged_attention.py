@@ -44,6 +44,12 @@ def available() -> bool:
     return bool(_functions())
 
 
+def run_tiles() -> bool:
+    """Whether this build computes prefill chunks' rows in tiles (cpu_paged_attention.c, RUN_MIN; AVX-512)."""
+    lib = cbuild.load(_SOURCE).lib
+    return lib is not None and bool(lib.llmlab_paged_run_tiles())
+
+
 def build_error() -> str | None:
     return cbuild.load(_SOURCE).error
 

@@ -71,7 +71,7 @@ int llmlab_rope_has_f16(void) { return HAS_F16; }
         if (hd % 2) return 2;                                                                                    \
         for (int64_t t = 0; t < n; t++)                                                                          \
             if (slots[t] < 0 || slots[t] >= num_slots) return 1;                                                 \
-        if (n * (hq + 2 * hkv) * hd < PARALLEL_MIN_ELEMENTS || nthreads <= 1) {                                  \
+        if (n * (hq + 2 * hkv) * hd < PARALLEL_MIN_ELEMENTS || nthreads <= 1 || n < 2) {                                  \
             for (int64_t t = 0; t < n; t++)                                                                      \
                 token_##NAME(q, k, v, cos, sin, q_out, k_pages, v_pages, slots[t], t, hq, hkv, hd, q_stride,     \
                              k_stride, v_stride, cs_stride);                                                     \

@@ -27,7 +27,7 @@ int llmlab_swiglu_has_f16(void) { return HAS_F16; }
         }                                                                                                     \
     }                                                                                                         \
     int swiglu_##NAME(const T *gu, T *out, int64_t rows, int64_t inter, int nthreads) {                        \
-        if (rows * inter < PARALLEL_MIN_ELEMENTS || nthreads <= 1) {                                          \
+        if (rows * inter < PARALLEL_MIN_ELEMENTS || nthreads <= 1 || rows < 2) {                                          \
             for (int64_t r = 0; r < rows; r++)                                                                \
                 row_##NAME(gu + r * 2 * inter, gu + r * 2 * inter + inter, out + r * inter, inter);           \
             return 0;                                                                                         \
