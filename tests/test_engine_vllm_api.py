@@ -216,6 +216,7 @@ def test_dtype_names_half_and_float():
 def test_auto_dtype_keeps_a_16_bit_checkpoints_dtype_on_a_gpu(tmp_path, monkeypatch):
     """vLLM's dtype="auto": a GPU loads an fp16 checkpoint in fp16 and a bf16 or fp32 one in bf16 (fp16 on a GPU
     without bf16); a CPU loads fp32."""
+    from llmlab.model import pretrained
     from llmlab.model.pretrained import auto_dtype
 
     def ckpt(name, **cfg):
@@ -224,12 +225,14 @@ def test_auto_dtype_keeps_a_16_bit_checkpoints_dtype_on_a_gpu(tmp_path, monkeypa
         return tmp_path / name
 
     fp16, bf16, fp32 = ckpt("a", torch_dtype="float16"), ckpt("b", dtype="bfloat16"), ckpt("c", torch_dtype="float32")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert [auto_dtype(p, "cuda") for p in (fp16, bf16, fp32, tmp_path / "missing")] == \
-        [torch.float16, torch.bfloat16, torch.bfloat16, torch.bfloat16]
+    nested = ckpt("d", model_type="gemma3", text_config={"torch_dtype": "float16"})  # a multimodal config's text part
+    monkeypatch.setattr(pretrained, "_bf16_supported", lambda dev: True)
+    assert [auto_dtype(p, "cuda") for p in (fp16, bf16, fp32, nested, tmp_path / "missing")] == \
+        [torch.float16, torch.bfloat16, torch.bfloat16, torch.float16, torch.bfloat16]
     assert auto_dtype(fp16, "cpu") == auto_dtype(bf16, torch.device("cpu")) == torch.float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert auto_dtype(bf16, "cuda:0") == torch.float16
+    asked = []
+    monkeypatch.setattr(pretrained, "_bf16_supported", lambda dev: asked.append(dev) or False)
+    assert auto_dtype(bf16, "cuda:1") == torch.float16 and asked == [torch.device("cuda:1")]
 
 
 def test_chat_template_variables_as_transformers_defines_them(llm, model_dir):

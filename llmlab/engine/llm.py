@@ -109,10 +109,11 @@ class LLM:
         else:
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
             from llmlab import artifacts
-            from llmlab.model.pretrained import auto_dtype, from_pretrained
+            from llmlab.model.pretrained import auto_dtype, from_pretrained, resolve_device
 
-            if dtype is None:
-                dtype = auto_dtype(artifacts.resolve(model), device)
+            if dtype is None:  # a bad device is refused before anything is fetched or read
+                dev = resolve_device(device)
+                dtype = auto_dtype(artifacts.resolve(model), dev) if dev.type == "cuda" else torch.float32
             source = model
             model = from_pretrained(source, dtype=dtype, device=device)
             if tokenizer is None:

@@ -59,10 +59,22 @@ def auto_dtype(source: str | Path, device: str | torch.device) -> torch.dtype:
         cfg = json.loads((path / "config.json").read_text(encoding="utf-8")) if path.is_dir() else {}
     except (OSError, ValueError):
         cfg = {}
-    stated = (cfg.get("dtype") or cfg.get("torch_dtype")) if isinstance(cfg, dict) else None
-    if stated == "float16" or not torch.cuda.is_bf16_supported():
+    if not isinstance(cfg, dict):
+        cfg = {}
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    stated = cfg.get("dtype") or cfg.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype")
+    dev = torch.device(device)
+    if stated == "float16" or not _bf16_supported(dev):
         return torch.float16
     return torch.bfloat16
+
+
+def _bf16_supported(dev: torch.device) -> bool:
+    """Whether the GPU `dev` (the current one where no index is given) computes in bf16 (Ampere and later)."""
+    if not torch.cuda.is_available():
+        return True  # no GPU to ask: from_pretrained refuses the device with a clear error
+    with torch.cuda.device(dev.index if dev.index is not None else torch.cuda.current_device()):
+        return torch.cuda.is_bf16_supported()
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
