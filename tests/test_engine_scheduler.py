@@ -211,6 +211,7 @@ def test_preemption_recomputes_youngest_and_keeps_fcfs():
     sched.add(b)
     rng = random.Random(0)
     fake_step(sched, rng)  # both prefilled (3 tokens): 2 blocks each, all 4 used
+    admitted = b.first_scheduled  # its first admission (RequestMetrics.first_scheduled_time)
     fake_step(sched, rng)  # both decode position 3, still inside their second block
     batch, _ = fake_step(sched, rng)  # a needs a third block for position 4 -> b (younger) is preempted
     assert batch.preempted == [b] and b.status is SequenceStatus.WAITING and not b.block_table
@@ -218,6 +219,7 @@ def test_preemption_recomputes_youngest_and_keeps_fcfs():
     assert b.num_output_tokens == 2 and b.num_computed_tokens == 0  # tokens kept, K/V forgotten
     run_to_end(sched, rng)
     assert a.finish_reason == b.finish_reason == "length" and b.num_preemptions >= 1
+    assert admitted is not None and b.first_scheduled == admitted  # readmission after preemption is not the first
     assert all(r == 0 for r in bm.ref_count)
 
 
