@@ -223,7 +223,10 @@ static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
  * results as item_<NAME>: scores and softmax in fp32, two passes over the keys. The four-key sums, against one
  * per key (SmolLM2 heads, bf16, 2-core Zen 4, `benchmarks/cpu_paged_attention_ab.py --baseline 1b6330b`): pages
  * in cache (--layers 1) 1.04-1.08x, e.g. 16 rows x 512 keys 177-184 -> 167-170 us; pages from memory the same
- * (0.92-1.04x, noise); the engine's prefill rows (kernel in cache) 107 -> 101 ms a 16 x 128-token step. */
+ * (0.92-1.04x, noise); the engine's prefill rows (kernel in cache) 107 -> 101 ms a 16 x 128-token step.
+ * In bf16 on CPUs with AVX512-BF16 the scores are VDPBF16PS of the raw query and K rows (dp_bf16; exact products,
+ * fp32 sums, the scale after): `cpu_paged_attention_ab.py --baseline b2d22ba`, pages from memory 1.03-1.06x
+ * (16 x 512 413 -> 389 us, 64 x 256 940 -> 890), in cache (--layers 1) 1.03-1.08x; outputs within a bf16 rounding. */
 #define DEFINE_FAST_ITEM(NAME, T)                                                                             \
     static inline __attribute__((always_inline)) void fast_##NAME(                                            \
         const T *q, const T *k_pages, const T *v_pages, const int64_t *tables, T *out, int64_t s, int64_t h,  \
@@ -233,6 +236,11 @@ static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
         float *sc = w, *sum = sc + g * max_keys, *mx = sum + g;                                               \
         for (int64_t c0 = 0; c0 < g; c0 += GC) {                                                               \
             __m512 qv[4][8], acc[4][8];                                                                        \
+            __m512i qw[4][4]; /* bf16 with VDPBF16PS: the query rows as they are (pairs of bf16) */            \
+            if (DPBF16_##NAME)                                                                                 \
+                _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                       \
+                _Pragma("GCC unroll 4") for (int64_t c = 0; c < NV / 2; c++)                                   \
+                    qw[j][c] = _mm512_loadu_si512((const __m512i *)(q + (s * H + h * g + c0 + j) * hd) + c);    \
             _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                           \
             _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) {                                         \
                 qv[j][c] = _mm512_mul_ps(ld16_##NAME(q + (s * H + h * g + c0 + j) * hd + 16 * c),              \
@@ -246,6 +254,22 @@ static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
                 const T *k0 = k_pages + ((tables[s * nb + b] * block_size + first - p0) * Hkv + h) * hd;      \
                 float *si = sc + first - lo;                                                                   \
                 int64_t p = first;                                                                             \
+                for (; DPBF16_##NAME && p + 4 <= last; p += 4) { /* bf16: VDPBF16PS on the raw rows */       \
+                    __m512 t[4][4];                                                                            \
+                    _Pragma("GCC unroll 4") for (int64_t r = 0; r < 4; r++) {                                  \
+                        const __m512i *kr = (const __m512i *)(k0 + (p - first + r) * stride);                  \
+                        __m512i kw[4];                                                                         \
+                        _Pragma("GCC unroll 4") for (int64_t c = 0; c < NV / 2; c++) kw[c] = _mm512_loadu_si512(kr + c); \
+                        _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++) {                             \
+                            t[j][r] = dp_bf16(_mm512_setzero_ps(), qw[j][0], kw[0]);                           \
+                            _Pragma("GCC unroll 4") for (int64_t c = 1; c < NV / 2; c++)                       \
+                                t[j][r] = dp_bf16(t[j][r], qw[j][c], kw[c]);                                   \
+                        }                                                                                      \
+                    }                                                                                          \
+                    _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                   \
+                        _mm_storeu_ps(si + j * max_keys + (p - first),                                         \
+                                      _mm_mul_ps(hsum4_512(t[j][0], t[j][1], t[j][2], t[j][3]), _mm_set1_ps(scale))); \
+                }                                                                                              \
                 for (; p + 4 <= last; p += 4) {                                                                \
                     __m512 t[4][4];                                                                            \
                     _Pragma("GCC unroll 4") for (int64_t r = 0; r < 4; r++) {                                  \
@@ -298,6 +322,22 @@ static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
         if (part != NULL)                                                                                      \
             for (int64_t j = 0; j < g; j++) part[j] = mx[j], part[g + j] = sum[j];                             \
     }
+
+/* bf16 K rows dotted with bf16 query rows by VDPBF16PS (exact products, fp32 sums), where the CPU has it: no
+ * widening of K to fp32 and half the multiplies; the scale is applied to the four sums after. */
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define DPBF16_bf16 1
+static inline __attribute__((always_inline)) __m512 dp_bf16(__m512 acc, __m512i a, __m512i b) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b);
+}
+#else
+#define DPBF16_bf16 0
+static inline __attribute__((always_inline)) __m512 dp_bf16(__m512 acc, __m512i a, __m512i b) {
+    return (void)a, (void)b, acc; /* never called: DPBF16_bf16 is 0 */
+}
+#endif
+#define DPBF16_f32 0
+#define DPBF16_f16 0
 
 /* exp(x) for x <= 0 on 16 lanes: cpu_math.h's exp_nonpositive (Cody-Waite, the Cephes polynomial), 2^n by scalef. */
 static inline __attribute__((always_inline)) __m512 exp16_nonpositive(__m512 x) {
