@@ -16,7 +16,8 @@
  * With AVX-512 and a head size of 64 or 128 the item is written with intrinsics (fast_<dtype>): the query rows
  * and output sums of up to 4 query heads stay in registers and each K/V row is converted once into vectors;
  * SmolLM2 heads, bf16, 2 threads: 16 rows x 256 keys 168-195 -> 99-101 us, 1 x 2048 89 -> 51-54 us, 1.2-2.0x
- * over other head shapes (same inputs, the two builds alternating, two runs); outputs bitwise equal at hd=64.
+ * over other head shapes (same inputs, the two builds alternating, two runs); outputs bitwise equal at hd=64 (bf16
+ * with VDPBF16PS scores, below: within a rounding).
  * With AVX2 + FMA (no AVX-512) and a head size of 64 or 128 another intrinsics item (fast_<dtype>, below) takes
  * all of a row's KV heads at once when there are at least as many rows as threads.
  * With AVX-512, rows that are a prefill chunk (consecutive context lengths, one block table) are computed in tiles
@@ -110,7 +111,9 @@ static inline __attribute__((always_inline)) void prefetch_ahead(const char *hea
  * (`python benchmarks/cpu_paged_attention_ab.py --baseline 0ca292a --prefill`, pages of 30 layers), per layer, bf16:
  * 1 x 2048 tokens 66.7 -> 34.6 ms (torch's CPU SDPA on contiguous K/V: 42.5), 1 x 512 4.08 -> 2.31 ms, 4 x 512
  * 12.1 -> 9.6 ms, 16 x 128 3.50 -> 3.10 ms; fp32 1.07-1.98x; outputs within a rounding of the items' (fp32 1.5e-6,
- * bf16 one ulp). Tiles of 16, 32 and 64 rows took about the same time at 1 x 2048. */
+ * bf16 one ulp). Tiles of 16, 32 and 64 rows took about the same time at 1 x 2048. In bf16 on AVX512-BF16 CPUs
+ * the scores are VDPBF16PS of K transposed as pairs of dims and the query's raw pairs (dp_bf16; the scale after):
+ * `--baseline 3718d57 --prefill`, 1.08-1.14x (1 x 2048 35.5 -> 32.9 ms, 4 x 512 11.2 -> 9.8), within a bf16 ulp. */
 #define RUN_MIN 8
 #define RUN_TILE 32
 
@@ -408,6 +411,20 @@ static inline __attribute__((always_inline)) void run_tile_##NAME(              
             const T *vr = v_pages + ((table[b] * block_size + k0 - p0) * Hkv + h) * hd;                               \
             /* keys [k0, k0 + cnt): K transposed into kt (hd rows of 16 keys), V into vf (16 rows of hd), fp32,       \
                zeros past cnt (0 * a V row would be NaN for garbage in the pool) */                                   \
+            if (DPBF16_##NAME) { /* bf16: K transposed as pairs of dims (hd / 2 rows of 16 keys), for VDPBF16PS */    \
+                for (int64_t c = 0; c < NV / 2; c++) {                                                                \
+                    __m512 rows[16];                                                                                  \
+                    for (int64_t l = 0; l < 16; l++)                                                                  \
+                        rows[l] = l < cnt ? _mm512_castsi512_ps(_mm512_loadu_si512((const __m512i *)(kr + l * stride) + c)) \
+                                          : _mm512_setzero_ps();                                                      \
+                    transpose16(rows);                                                                                \
+                    for (int64_t d = 0; d < 16; d++) _mm512_storeu_ps(kt + (16 * c + d) * 16, rows[d]);               \
+                }                                                                                                     \
+                for (int64_t c = 0; c < NV; c++)                                                                      \
+                    for (int64_t l = 0; l < 16; l++)                                                                  \
+                        _mm512_storeu_ps(vf + l * hd + 16 * c,                                                        \
+                                         l < cnt ? ld16_##NAME(vr + l * stride + 16 * c) : _mm512_setzero_ps());      \
+            } else                                                                                                    \
             for (int64_t c = 0; c < NV; c++) {                                                                        \
                 __m512 rows[16];                                                                                      \
                 for (int64_t l = 0; l < 16; l++) {                                                                    \
@@ -426,6 +443,21 @@ static inline __attribute__((always_inline)) void run_tile_##NAME(              
                 if (lo[q0] >= k0 + cnt) break;       /* window: nor any later group */                                \
                 __m512 s[8], a[8][8];                                                                                 \
                 _Pragma("GCC unroll 8") for (int64_t j = 0; j < GQ; j++) s[j] = _mm512_setzero_ps();                  \
+                if (DPBF16_##NAME) { /* bf16: a pair of dims per VDPBF16PS, the query's raw pair broadcast */         \
+                    const char *qrow[8];                                                                              \
+                    _Pragma("GCC unroll 8") for (int64_t j = 0; j < GQ; j++)                                          \
+                        qrow[j] = (const char *)(q + ((r0 + (q0 + j) / g) * H + h * g + (q0 + j) % g) * hd);          \
+                    for (int64_t i = 0; i < hd / 2; i++) {                                                            \
+                        const __m512i kd = _mm512_castps_si512(_mm512_loadu_ps(kt + i * 16));                         \
+                        _Pragma("GCC unroll 8") for (int64_t j = 0; j < GQ; j++)                                      \
+                            if (j < gq) {                                                                             \
+                                int32_t pair;                                                                         \
+                                memcpy(&pair, qrow[j] + 4 * i, 4);                                                    \
+                                s[j] = dp_bf16(s[j], _mm512_set1_epi32(pair), kd);                                    \
+                            }                                                                                         \
+                    }                                                                                                 \
+                    _Pragma("GCC unroll 8") for (int64_t j = 0; j < GQ; j++) s[j] = _mm512_mul_ps(s[j], _mm512_set1_ps(scale)); \
+                } else                                                                                                \
                 for (int64_t d = 0; d < hd; d++) { /* scores: 16 keys a vector, one FMA per query and dim */          \
                     const __m512 kd = _mm512_loadu_ps(kt + d * 16);                                                   \
                     _Pragma("GCC unroll 8") for (int64_t j = 0; j < GQ; j++)                                          \
