@@ -288,6 +288,15 @@ static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
                     _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                   \
                         _mm_storeu_ps(si + j * max_keys + (p - first), hsum4_512(t[j][0], t[j][1], t[j][2], t[j][3])); \
                 }                                                                                              \
+                for (; DPBF16_##NAME && p < last; p++) { /* the same sums one key at a time: the same bits */ \
+                    const __m512i *kr = (const __m512i *)(k0 + (p - first) * stride);                          \
+                    _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++) {                                 \
+                        __m512 t = dp_bf16(_mm512_setzero_ps(), qw[j][0], _mm512_loadu_si512(kr));              \
+                        _Pragma("GCC unroll 4") for (int64_t c = 1; c < NV / 2; c++)                           \
+                            t = dp_bf16(t, qw[j][c], _mm512_loadu_si512(kr + c));                              \
+                        si[j * max_keys + p - first] = _mm512_reduce_add_ps(t) * scale;                        \
+                    }                                                                                          \
+                }                                                                                              \
                 for (; p < last; p++) {                                                                        \
                     const T *kr = k0 + (p - first) * stride;                                                   \
                     __m512 kv[8];                                                                              \
@@ -446,7 +455,8 @@ static inline __attribute__((always_inline)) void run_tile_##NAME(              
                 if (DPBF16_##NAME) { /* bf16: a pair of dims per VDPBF16PS, the query's raw pair broadcast */         \
                     const char *qrow[8];                                                                              \
                     _Pragma("GCC unroll 8") for (int64_t j = 0; j < GQ; j++)                                          \
-                        qrow[j] = (const char *)(q + ((r0 + (q0 + j) / g) * H + h * g + (q0 + j) % g) * hd);          \
+                        qrow[j] = (const char *)(q + ((r0 + (q0 + (j < gq ? j : 0)) / g) * H + h * g +                \
+                                                      (q0 + (j < gq ? j : 0)) % g) * hd);          \
                     for (int64_t i = 0; i < hd / 2; i++) {                                                            \
                         const __m512i kd = _mm512_castps_si512(_mm512_loadu_ps(kt + i * 16));                         \
                         _Pragma("GCC unroll 8") for (int64_t j = 0; j < GQ; j++)                                      \
