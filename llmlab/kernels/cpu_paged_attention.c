@@ -244,7 +244,6 @@ static inline __attribute__((always_inline)) void st16_f16(f16_t *p, __m512 v) {
                 _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                       \
                 _Pragma("GCC unroll 4") for (int64_t c = 0; c < NV / 2; c++)                                   \
                     qw[j][c] = _mm512_loadu_si512((const __m512i *)(q + (s * H + h * g + c0 + j) * hd) + c);    \
-            else /* the fp32 path: scaled query rows */                                                        \
             _Pragma("GCC unroll 4") for (int64_t j = 0; j < GC; j++)                                           \
             _Pragma("GCC unroll 8") for (int64_t c = 0; c < NV; c++) {                                         \
                 qv[j][c] = _mm512_mul_ps(ld16_##NAME(q + (s * H + h * g + c0 + j) * hd + 16 * c),              \
@@ -403,8 +402,7 @@ static inline __attribute__((always_inline)) void run_tile_##NAME(              
         const int64_t r = r0 + qi / g, n = ctx[r];                                                                    \
         const T *qr = q + (r * H + h * g + qi % g) * hd;                                                              \
         for (int64_t c = 0; c < NV; c++) {                                                                            \
-            if (!DPBF16_##NAME) /* VDPBF16PS reads the raw rows instead */                                           \
-                _mm512_storeu_ps(qf + qi * hd + 16 * c, _mm512_mul_ps(ld16_##NAME(qr + 16 * c), _mm512_set1_ps(scale))); \
+            _mm512_storeu_ps(qf + qi * hd + 16 * c, _mm512_mul_ps(ld16_##NAME(qr + 16 * c), _mm512_set1_ps(scale)));  \
             _mm512_storeu_ps(acc + qi * hd + 16 * c, _mm512_setzero_ps());                                            \
         }                                                                                                             \
         mx[qi] = -INFINITY, sm[qi] = 0.0f;                                                                            \
