@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.max_steps = int(max(20, min(5000, 0.92 * budget / step_s)))
         cfg.time_budget_s = budget
     cfg.eval_every = max(50, cfg.max_steps // 8)
+    cfg.warmup_steps = min(cfg.warmup_steps, cfg.max_steps // 10)  # a short run (--steps) still reaches its lr
     model_params = count_params(cfg.model)
     print(f"model: {model_params / 1e6:.2f}M parameters ({cfg.model.num_layers} layers, d={cfg.model.hidden_size}, "
           f"GQA {cfg.model.num_heads}/{cfg.model.num_kv_heads}); ~{step_s:.2f}s/step -> {cfg.max_steps} steps "
@@ -210,7 +211,7 @@ def _check_big_enough(corpus, shards: ShardInfo) -> None:
     from llmlab.train.config import PRESETS
 
     seq_len = PRESETS[PRESET]["seq_len"]
-    if shards.windows("val", seq_len) and shards.train_tokens > seq_len + 1:
+    if shards.windows("val", seq_len) and shards.train_tokens >= seq_len + 1:
         return
     bytes_per_token = corpus.num_bytes / max(1, shards.train_tokens + shards.val_tokens)
     need = math.ceil((seq_len + 2) / VAL_FRACTION * bytes_per_token / 1000)

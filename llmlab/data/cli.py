@@ -36,8 +36,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     corpus = resolve_corpus(args.input)
     tokenizer = load_tokenizer(artifacts.resolve(args.tokenizer))
     info = prepare_shards(corpus, tokenizer, args.out, val_fraction=args.val_fraction)
-    print(f"{info.documents} documents, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + "
-          f"{info.val_tokens:,} val tokens ({info.dtype}) in {info.path}")
+    docs = f"{info.documents} document{'' if info.documents == 1 else 's'}"
+    print(f"{docs}, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + {info.val_tokens:,} val tokens "
+          f"({info.dtype}) in {info.path}")
     warning = small_val_warning(info, args.val_fraction)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

@@ -71,8 +71,11 @@ def resolve_corpus(spec: str | Sequence[str | Path]) -> Corpus:
         unique.setdefault(f.resolve(), f)
     files = [f for f in unique.values() if f.stat().st_size > 0]
     if not files:
-        raise CorpusError(f"corpus {', '.join(map(str, items))} contains no non-empty text files; pass files (or "
-                          f"directories of {', '.join(TEXT_SUFFIXES)} files) that hold text.")
+        shadow = [str(i) for i in items if str(i) in BUILTIN]
+        hint = (f" ({shadow[0]} is read as the local path ./{shadow[0]}, not as the built-in corpus of that name; "
+                f"rename or move ./{shadow[0]} to use the built-in one)" if shadow else "")
+        raise CorpusError(f"corpus {', '.join(map(str, items))} contains no non-empty text files{hint}; pass files "
+                          f"(or directories of {', '.join(TEXT_SUFFIXES)} files) that hold text.")
     return Corpus(", ".join(map(str, items)), files)
 
 

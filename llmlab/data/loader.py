@@ -21,14 +21,15 @@ class TokenLoader:
     def __init__(self, shards: ShardInfo, *, batch_size: int, seq_len: int, seed: int = 0, split: str = "train"):
         self.data = shards.tokens(split)
         self.batch_size, self.seq_len, self.seed, self.split = batch_size, seq_len, seed, split
-        if len(self.data) <= seq_len + 1:
+        if len(self.data) < seq_len + 1:
             raise LlmlabError(f"the {split} split has {len(self.data)} tokens, too few for windows of "
                               f"{seq_len} + 1; use more text or a shorter seq_len.")
         self.step = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
-        starts = torch.randint(0, len(self.data) - self.seq_len - 1, (self.batch_size,), generator=g)
+        # a window is seq_len + 1 tokens: it starts anywhere in [0, len - seq_len - 1], the last token a target too
+        starts = torch.randint(0, len(self.data) - self.seq_len, (self.batch_size,), generator=g)
         self.step += 1
         return self._windows(starts.tolist())
 

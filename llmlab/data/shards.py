@@ -124,7 +124,7 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
         raise LlmlabError("the tokenizer has no EOS token to separate documents; train or load one that "
                           "defines an end-of-text special token.")
     if not 0 <= val_fraction < 1:
-        raise LlmlabError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+        raise LlmlabError(f"val_fraction (--val-fraction) must be in [0, 1), got {val_fraction}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32

@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     t.add_argument("--min-frequency", type=int, default=2,
                    help="stop when the best pair occurs fewer times than this, >= 1 (default: 2)")
     t.add_argument("--special-tokens", nargs="*", default=None, metavar="TOKEN",
-                   help="special tokens (default: <|endoftext|> <|im_start|> <|im_end|> for BPE, BERT's for WordPiece)")
+                   help="special tokens; for BPE the first is the end-of-text token (BOS, EOS and PAD; "
+                        "data prepare separates documents with it) (default: <|endoftext|> <|im_start|> "
+                        "<|im_end|> for BPE, BERT's for WordPiece)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("encode", help="encode stdin and print token ids, one line per input line",
@@ -70,6 +72,11 @@ def _train(args: argparse.Namespace) -> int:
     tok.save(args.out)
     print(f"trained {args.kind} vocab_size={tok.vocab_size} in {time.perf_counter() - t0:.1f}s -> {args.out}",
           file=sys.stderr)
+    if args.kind == "bpe":
+        eos = tok.eos_id
+        print(f"end-of-text token (BOS/EOS/PAD, the first of --special-tokens): {tok.eos_token} (id {eos})"
+              if eos is not None else "note: no special tokens, so no end-of-text token: `llmlab data prepare` "
+              "needs one to separate documents (pass --special-tokens '<|endoftext|>').", file=sys.stderr)
     if tok.vocab_size < args.vocab_size:
         print(f"note: stopped at {tok.vocab_size} of the {args.vocab_size} asked: no pair occurs >= "
               f"{args.min_frequency} times (--min-frequency) after the last merge; add text or lower --min-frequency.",

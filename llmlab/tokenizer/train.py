@@ -161,9 +161,9 @@ def _checked_options(special_tokens: Iterable[str], min_frequency: int) -> list[
 
 
 def _no_text(counts: Counter) -> None:
-    if not counts:
-        raise TokenizerError("the training input has no text (the files are empty, or hold only special tokens); "
-                             "pass non-empty UTF-8 text.")
+    if not counts or not any(piece.strip() for piece in counts):
+        raise TokenizerError("the training input has no text (the files are empty or blank, or hold only special "
+                             "tokens); pass non-empty UTF-8 text.")
 
 
 def _progress(total: int, progress: bool | None, desc: str) -> tqdm:

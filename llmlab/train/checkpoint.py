@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmlab.errors import CheckpointError
+
+_NAME = re.compile(r"step-\d+")  # what save_checkpoint names a checkpoint (step-000200)
 
 
 def save_checkpoint(root: str | Path, step: int, *, model, optimizer: torch.optim.Optimizer,
@@ -61,8 +64,17 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     root = Path(root)
     if not root.is_dir():
         return None
-    done = [d for d in root.glob("step-*") if (d / "trainer_state.json").is_file()]
-    return max(done, key=lambda d: int(d.name.split("-")[1]), default=None)
+    return max(_checkpoints(root), key=_step_of, default=None)
+
+
+def _step_of(d: Path) -> int:
+    return int(d.name[len("step-"):])
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoints under root: directories named exactly step-<digits> that hold a trainer state.
+    Anything else there (a user's copy such as step-000200.bak or step-best) is neither resumed from nor pruned."""
+    return [d for d in root.glob("step-*") if _NAME.fullmatch(d.name) and (d / "trainer_state.json").is_file()]
 
 
 def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -72,7 +84,11 @@ def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer
     path = Path(path)
     state = read_trainer_state(path)
     check_same_model(path, state, model.cfg.to_dict())
-    saved = from_pretrained(path)
+    try:
+        saved = from_pretrained(path)
+    except CheckpointError as e:  # e.g. a torn model.safetensors: the same way out as a torn optimizer file
+        raise CheckpointError(f"{str(e).rstrip('.')}; the checkpoint is damaged: delete {path} to resume from the "
+                              "one before, or start a fresh run.") from None
     model.load_state_dict(saved.state_dict())
     _restore_optimizer(optimizer, _load_tensors(path / "optimizer.safetensors"), state["optimizer_param_groups"])
     _restore_rng(_load_tensors(path / "rng.safetensors"))
@@ -88,22 +104,29 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
 
 
 def same_vocabulary(a: Path, b: Path) -> bool | None:
-    """Whether the tokenizers in directories a and b map every id they share to the same bytes (ids past the
-    smaller vocabulary are padding or added tokens; None: one has no byte-level tokenizer.json we can read, so
-    nothing can be said)."""
-    fa, fb = Path(a) / "tokenizer.json", Path(b) / "tokenizer.json"
-    if not (fa.is_file() and fb.is_file()):
+    """Whether the tokenizers of a and b map every id they share to the same bytes (ids past the smaller
+    vocabulary are padding or added tokens). Each is a directory with a tokenizer.json or a GGUF file (its
+    vocabulary). None: one has no byte-level tokenizer we can read, so nothing can be said."""
+    fa, fb = _tokenizer_source(Path(a)), _tokenizer_source(Path(b))
+    if fa is None or fb is None:
         return None
-    if fa.read_bytes() == fb.read_bytes():
+    if fa.name == fb.name == "tokenizer.json" and fa.read_bytes() == fb.read_bytes():
         return True
     from llmlab.errors import LlmlabError
     from llmlab.tokenizer import load_tokenizer
 
     try:
-        ta, tb = load_tokenizer(fa.parent), load_tokenizer(fb.parent)
+        ta, tb = load_tokenizer(fa), load_tokenizer(fb)
         return all(ta.token_bytes(i) == tb.token_bytes(i) for i in range(min(ta.vocab_size, tb.vocab_size)))
     except LlmlabError:  # e.g. WordPiece: no token bytes
         return None
+
+
+def _tokenizer_source(path: Path) -> Path | None:
+    """The tokenizer file of a model directory (tokenizer.json) or GGUF file; None where there is none."""
+    if path.is_dir():
+        return path / "tokenizer.json" if (path / "tokenizer.json").is_file() else None
+    return path if path.suffix == ".gguf" and path.is_file() else None
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
@@ -185,8 +208,7 @@ def _fsync(path: Path) -> None:
 
 
 def _prune(root: Path, keep_last: int) -> None:
-    done = sorted((d for d in root.glob("step-*") if (d / "trainer_state.json").is_file()),
-                  key=lambda d: int(d.name.split("-")[1]))
+    done = sorted(_checkpoints(root), key=_step_of)
     for old in done[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step-*"):

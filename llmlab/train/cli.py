@@ -24,25 +24,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                "example: llmlab train --preset tiny-cpu --data shards/ --out runs/tiny --max_steps 500")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file: run keys at top level, a [model] table")
     p.add_argument("--preset", metavar="NAME", help=f"one of: {', '.join(PRESETS)}")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in --out (a new run when --out has none, said "
+                        "in a note)")
     p.set_defaults(func=run, accepts_overrides=True)
 
 
 def parse_overrides(extra: list[str]) -> dict[str, str]:
+    """`--key value` / `--key=value` pairs; a yes/no key given bare (`--compile`) is true."""
+    from llmlab.train.config import is_bool_key
+
     out: dict[str, str] = {}
     i = 0
     while i < len(extra):
         tok = extra[i]
         if not tok.startswith("--"):
-            raise ConfigError(f"expected --key value, got {tok!r}.")
+            flag = " (--resume takes no value: write it alone)" if tok.lower() in ("true", "false", "1", "0") else ""
+            raise ConfigError(f"expected --key value, got {tok!r}{flag}.")
         if "=" in tok:
             key, value = tok[2:].split("=", 1)
             i += 1
-        elif i + 1 < len(extra):
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
             key, value = tok[2:], extra[i + 1]
             i += 2
+        elif is_bool_key(tok[2:]):
+            key, value = tok[2:], "true"
+            i += 1
         else:
-            raise ConfigError(f"{tok} needs a value.")
+            nxt = f" (the next argument is {extra[i + 1]})" if i + 1 < len(extra) else ""
+            raise ConfigError(f"{tok} needs a value{nxt}.")
         out[key] = value
     return out
 
@@ -65,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
     shards = ShardInfo.load(data)
     cfg = build_config(preset=args.preset, file=args.config, overrides=overrides, default_vocab_size=shards.vocab_size,
                        default_eos_token_id=shards.eos_id)
+    if not cfg.init_from and cfg.model.vocab_size > 2 * shards.vocab_size + 128:  # a preset's or file's vocab_size
+        print(f"note: model.vocab_size is {cfg.model.vocab_size:,} but the shards' tokenizer has "
+              f"{shards.vocab_size:,} tokens: the rows above are never trained, and the model can sample ids the "
+              f"tokenizer cannot decode; pass --model.vocab_size {shards.vocab_size} unless that is meant.",
+              file=sys.stderr)
     try:
         result = train(cfg, resume=args.resume)
     except KeyboardInterrupt:  # Ctrl-C: say what --resume would continue from
@@ -83,6 +98,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"already complete: {result.checkpoint} is at step {result.steps} = max_steps (train loss "
               f"{result.train_loss:.4f}, {val}); nothing written. Raise --max_steps to train further.")
         return 0
-    print(f"done: {result.steps} steps, train loss {result.train_loss:.4f}, {val}, "
+    print(f"done: {result.steps} step{'' if result.steps == 1 else 's'}, train loss {result.train_loss:.4f}, {val}, "
           f"{result.tokens_per_s:,.0f} tokens/s; checkpoint {result.checkpoint}")
     return 0

@@ -99,9 +99,10 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
         if self.seq_len > self.model.max_position_embeddings:
+            fix = (f"shorten seq_len to at most {self.model.max_position_embeddings} (init_from's checkpoint fixes "
+                   "the context)" if self.init_from else "shorten seq_len or enlarge the context")
             raise ConfigError(f"seq_len {self.seq_len} is above the model's context of "
-                              f"{self.model.max_position_embeddings} (model.max_position_embeddings); "
-                              "shorten seq_len or enlarge the context.")
+                              f"{self.model.max_position_embeddings} (model.max_position_embeddings); {fix}.")
         if self.attention_backend not in ATTENTION_CHOICES:
             raise ConfigError(f"attention_backend must be one of {', '.join(ATTENTION_CHOICES)}; "
                               f"got {self.attention_backend!r}.")
@@ -269,6 +270,10 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
     init_from = _checked("init_from", raw.get("init_from", ""), "str")
     default_model = file and not preset and not init_from and not set(model) & _SHAPE_KEYS
     if init_from:
+        if preset:  # the checkpoint fixes the model: a preset gives only its run keys (and its dropout) then
+            user = set(_model_keys_of(file)) | {k.replace("-", "_").removeprefix("model.") for k in overrides or {}
+                                                if k.replace("-", "_").startswith("model.")}
+            model = {k: v for k, v in model.items() if k in user or k == "dropout"}
         model = _from_checkpoint(init_from, model)
     else:
         if default_vocab_size is not None and "vocab_size" not in model:
@@ -281,6 +286,13 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
                           "it would be ModelConfig's 114M default; add a [model] table (hidden_size, num_layers, "
                           "num_heads, ...) or pass --preset NAME.")
     return cfg
+
+
+def _model_keys_of(file: str | Path | None) -> list[str]:
+    """The [model] keys a TOML config file sets (read again: build_config has checked it)."""
+    if not file:
+        return []
+    return list(tomllib.loads(Path(file).read_text(encoding="utf-8")).get("model", {}))
 
 
 def _from_checkpoint(init_from: str, model: dict[str, Any]) -> dict[str, Any]:
@@ -321,21 +333,26 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 def _check_keys(raw: dict) -> None:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; valid run keys are {sorted(known - {'model'})} "
-                          "and model.<ModelConfig field>.")
-    model_known = {f.name for f in dataclasses.fields(ModelConfig)}
-    bad = sorted(set(raw.get("model", {})) - model_known)
-    if bad:
-        raise ConfigError(f"unknown model key(s) {bad}; valid ones are {sorted(model_known)}.")
+    """Refuse unknown keys of a config file (or preset) as the flags are: naming close matches where there are."""
+    for key in sorted(raw):
+        if key != "model":
+            _field(key)
+    for key in sorted(raw.get("model", {})):
+        _field(f"model.{key}")
 
 
 def check_override_keys(keys) -> None:
     """Refuse a `--key` that names no TrainConfig / ModelConfig field, suggesting the close ones."""
     for key in keys:
         _field(key.replace("-", "_"))
+
+
+def is_bool_key(key: str) -> bool:
+    """Whether flag `key` ("compile", "model.tie_word_embeddings") names a yes/no field (unknown keys: False)."""
+    try:
+        return str(_field(key.replace("-", "_"))[2].type).startswith("bool")
+    except ConfigError:
+        return False
 
 
 def _field(key: str) -> tuple[type, str, dataclasses.Field]:

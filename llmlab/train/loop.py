@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from llmlab.data.loader import TokenLoader, eval_batches
 from llmlab.data.shards import ShardInfo
-from llmlab.errors import ConfigError, LlmlabError
+from llmlab.errors import CheckpointError, ConfigError, LlmlabError
 from llmlab.estimate.flops import flops_per_token as estimate_flops_per_token
 from llmlab.model.pretrained import resolve_device as checked_device
 from llmlab.model.transformer import Transformer
@@ -166,11 +167,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
                           f"it, or give another --out to start a new run (or delete {ckpt_root}).")
     if ckpt is not None:  # before any work: a run that is done, or past this max_steps, trains nothing
         saved = read_trainer_state(ckpt)
-        check_same_model(ckpt, saved, cfg.model.to_dict())
-        if same_vocabulary(ckpt, shards.path) is False:
+        if same_vocabulary(ckpt, shards.path) is False:  # first: the run's vocab_size/EOS default to the shards'
             raise ConfigError(f"the shards in {shards.path} were made with another tokenizer than the one {ckpt} "
                               "trained on (the same ids mean other text); resume with the run's own shards, or "
                               "start a fresh run in a new --out.")
+        check_same_model(ckpt, saved, cfg.model.to_dict())
         if saved["step"] > cfg.max_steps:
             raise ConfigError(f"the checkpoint {ckpt} is at step {saved['step']}, past max_steps {cfg.max_steps}; "
                               "raise --max_steps to train further.")
@@ -180,13 +181,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
         from llmlab import artifacts
 
         source = artifacts.resolve(cfg.init_from)
-        if source.is_dir() and same_vocabulary(source, shards.path) is False:
+        same = same_vocabulary(source, shards.path)
+        if same is False:
             raise ConfigError(f"the shards in {shards.path} were made with another tokenizer than init_from "
                               f"{cfg.init_from}'s (the same ids mean other text); prepare them with `llmlab data "
                               f"prepare --tokenizer {cfg.init_from}`.")
+        if same is None:
+            log(f"note: the shards' tokenizer could not be compared with init_from {cfg.init_from}'s (one of them has "
+                "no byte-level tokenizer.json or GGUF vocabulary to read); make sure the shards were prepared with "
+                f"`llmlab data prepare --tokenizer {cfg.init_from}`.")
     if cfg.warmup_steps >= cfg.max_steps:
         log(f"note: warmup_steps {cfg.warmup_steps} >= max_steps {cfg.max_steps}, so the learning rate never "
             f"reaches lr {cfg.lr:g} nor decays; lower --warmup_steps (e.g. to {max(cfg.max_steps // 10, 0)}).")
+    _check_writable(ckpt_root)  # before any work: a run that cannot save would train for nothing
     torch.manual_seed(cfg.seed)
     model = _init_model(cfg).to(device).train()
     if cfg.activation_checkpointing:
@@ -202,8 +209,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
         log(f"note: {no_val}, so this run has no validation loss; {fix} to get one.")
 
     start = 0
-    if resume and ckpt is None:
-        log(f"note: no checkpoint under {ckpt_root}; starting from scratch.")
+    if resume and ckpt is None:  # lenient, so that one command both starts a run and continues it
+        log(f"note: --resume found no checkpoint under {ckpt_root}, so this is a new run from step 0 (check --out "
+            "if you meant to continue one).")
     elif ckpt is not None:
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer)
         loader.load_state_dict(state["loader"])
@@ -226,15 +234,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     peak = _peak_flops(device, cfg.precision)
 
     def save(step: int, last_loss: float, val_loss: float | None) -> Path:
-        return save_checkpoint(ckpt_root, step, model=model, optimizer=optimizer, keep_last=cfg.keep_last,
-                               tokenizer_dir=shards.path,
-                               trainer_state={"loader": loader.state_dict(), "scaler": scaler.state_dict(),
-                                              "train_loss": last_loss, "val_loss": val_loss,
-                                              "config": cfg.to_dict()})
+        def save_in(root: Path) -> Path:
+            return save_checkpoint(root, step, model=model, optimizer=optimizer, keep_last=cfg.keep_last,
+                                   tokenizer_dir=shards.path,
+                                   trainer_state={"loader": loader.state_dict(), "scaler": scaler.state_dict(),
+                                                  "train_loss": last_loss, "val_loss": val_loss,
+                                                  "config": cfg.to_dict()})
+
+        try:
+            return save_in(ckpt_root)
+        except OSError as e:  # e.g. a disk that filled up during the run: the trained steps are kept elsewhere
+            return _rescue(save_in, step, ckpt_root, e)
 
     # Throughput counts the training steps only: the time of evals and checkpoints (`paused`) is left out.
     t_start = time.perf_counter()
     t_last, tokens_since, paused, paused_since_log = t_start, 0, 0.0, 0.0
+    first_step_s = 0.0
     loss = val = float("nan")
     step, stopped_early, tok_s = start, False, 0.0
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not cfg.progress,
@@ -253,6 +268,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
                                                  precision=cfg.precision, grad_clip=cfg.grad_clip, loss_fn=loss_fn)
             tokens_since += cfg.tokens_per_step
             done = step + 1
+            if done == start + 1:  # the first step compiles and warms up: the final tokens/s leaves it out
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                first_step_s = time.perf_counter() - t_start
             bar.update(1)
             out_of_time = 0 < cfg.time_budget_s < time.perf_counter() - t_start and done < cfg.max_steps
             if done % cfg.log_every == 0 or done == cfg.max_steps or out_of_time:
@@ -312,10 +331,39 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
         ckpt = save(final_step, loss, final_val)
     plot_loss_curves(metrics.read(), out / "loss.png", title=f"{out.name}: {cfg.model.model_type} "
                      f"{model.num_parameters() / 1e6:.2f}M params")
-    total_tokens = (final_step - start) * cfg.tokens_per_step  # trained by this process (a resume: since start)
+    # Tokens trained by this process (a resume: since start) over their time, the first step's left out where
+    # later steps were timed (its compile or warm-up is not the run's speed).
+    steps_run, seconds = final_step - start, train_seconds
+    if steps_run > 1:
+        steps_run, seconds = steps_run - 1, train_seconds - first_step_s
     return TrainResult(steps=final_step, train_loss=loss, val_loss=final_val,
-                       tokens_per_s=total_tokens / max(train_seconds, 1e-9), checkpoint=ckpt,
+                       tokens_per_s=steps_run * cfg.tokens_per_step / max(seconds, 1e-9), checkpoint=ckpt,
                        metrics=metrics.path, stopped_early=stopped_early)
+
+
+def _check_writable(root: Path) -> None:
+    """Refuse a checkpoint directory that cannot be written, before anything is trained."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=".probe-", dir=root)).rmdir()
+    except OSError as e:
+        raise ConfigError(f"checkpoints cannot be written under {root} ({e.strerror or e}); give an --out where "
+                          "files can be written.") from None
+
+
+def _rescue(save_in, step: int, root: Path, error: OSError) -> Path:
+    """A checkpoint that could not be written under `root`: write it to a new temporary directory instead, then
+    stop with an error that says where it is (so nothing trained is lost)."""
+    reason = error.strerror or str(error)
+    try:
+        rescue = Path(tempfile.mkdtemp(prefix="llmlab-rescue-"))
+        path = save_in(rescue)
+    except OSError as e2:
+        raise CheckpointError(f"the checkpoint of step {step} could not be written under {root} ({reason}), nor to "
+                              f"a temporary directory ({e2.strerror or e2}); free disk space and resume from the "
+                              "last checkpoint.") from None
+    raise CheckpointError(f"the checkpoint of step {step} could not be written under {root} ({reason}); it was "
+                          f"saved to {path} instead: move it into {root} once it can be written, then --resume.")
 
 
 def _already_complete(ckpt: Path, state: dict, metrics: Path) -> TrainResult:
@@ -336,6 +384,9 @@ def _already_complete(ckpt: Path, state: dict, metrics: Path) -> TrainResult:
 def _attention_order(cfg: TrainConfig, model: Transformer, device: torch.device, log) -> list | None:
     """The SDPA backend order for this run (attention_backend), timed at its attention shape when "auto"."""
     dtype = _AUTOCAST[cfg.precision] or next(model.parameters()).dtype
+    if device.type != "cuda" and cfg.attention_backend in ("flash", "cudnn", "efficient"):
+        log(f"note: attention_backend {cfg.attention_backend} is a CUDA kernel; on {device.type} attention runs "
+            "PyTorch's CPU kernels whatever the setting.")
     order, times = choose_backends(cfg.attention_backend, batch=cfg.batch_size, heads=model.cfg.num_heads,
                                    seq=cfg.seq_len, head_dim=model.cfg.head_dim, dtype=dtype, device=device)
     if times:
