@@ -184,11 +184,16 @@ class LLM:
             for rid, prompt, p, level in zip(ids, prompts, params, levels):
                 self.engine.add_request(rid, prompt, p, lora_request=lora_request, priority=level)
             while len(done) < len(ids):
+                others = []  # requests added to the engine by another caller: theirs to collect from step()
                 for out in self.engine.step(finished_only=True):
-                    if out.finished and out.request_id in mine:
+                    if out.request_id not in mine:
+                        others.append(out)
+                    elif out.finished:
                         done[out.request_id] = out
                         if bar is not None:
                             bar.update(1)
+                if others:
+                    self.engine.deliver_later(others)
         except BaseException:
             for rid in ids:  # all or nothing: the caller gets the error and a clean engine
                 self.engine.abort(rid)
@@ -238,6 +243,10 @@ class LLM:
 
         if isinstance(messages, dict):  # one message
             messages = [messages]
+        if isinstance(messages, tuple):  # any sequence, as generate() takes prompts
+            messages = list(messages)
+        if isinstance(messages, list):
+            messages = [list(c) if isinstance(c, tuple) else c for c in messages]
         conversations = [messages] if isinstance(messages, list) and messages and isinstance(messages[0], dict) \
             else messages
         if not isinstance(conversations, list) or not conversations or not all(

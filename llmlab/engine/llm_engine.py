@@ -36,6 +36,7 @@ Reference: vLLM `LLMEngine`; nano-vllm `engine/llm_engine.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -83,6 +84,9 @@ class LLMEngine:
             eos |= {tokenizer.eos_id}
         self.eos_token_ids = eos
         self.requests: dict[str, _Request] = {}
+        # Finished outputs of requests LLM.generate stepped past (another caller's, e.g. a streaming loop's on this
+        # engine): the next step() returns them first, so none is lost.
+        self._undelivered: list[RequestOutput] = []
         self.num_steps = 0
         self._params = [(p, p.is_inference()) for p in model.parameters()]  # inference tensors have no version
         self._weights = self._weights_signature()
@@ -147,6 +151,8 @@ class LLMEngine:
         if params.stop and self.tokenizer is None:
             raise RequestError("stop strings need the model's tokenizer (this engine has none); use stop_token_ids, "
                                "or load the model with its tokenizer.")
+        if params.logprobs == -1:  # vLLM's "every token's": the vocabulary the sampler picks from
+            params = dataclasses.replace(params, logprobs=self.runner.sample_vocab)
         if params.logprobs is not None and self.config.max_logprobs is not None \
                 and params.logprobs > self.config.max_logprobs:
             raise RequestError(f"logprobs={params.logprobs} is more than this engine's max_logprobs="
@@ -205,7 +211,22 @@ class LLMEngine:
         return True
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        """Whether a step() is still owed: requests running or waiting, or finished outputs not yet returned."""
+        return bool(self.requests) or bool(self._undelivered)
+
+    def get_num_unfinished_requests(self) -> int:
+        """vLLM's count of requests a step() still owes an output: running or waiting, or finished outputs not yet
+        returned."""
+        return len(self.requests) + len(self._undelivered)
+
+    def get_tokenizer(self):
+        """The engine's tokenizer (None: token-id prompts only), as vLLM's LLMEngine.get_tokenizer."""
+        return self.tokenizer
+
+    def deliver_later(self, outputs: list[RequestOutput]) -> None:
+        """Hand finished outputs that a caller stepped past (LLM.generate: requests it did not add) back to the
+        engine: the next step() returns them first."""
+        self._undelivered.extend(outputs)
 
     # ---- one step -------------------------------------------------------------------------------
 
@@ -214,7 +235,13 @@ class LLMEngine:
         `finished_only`, of those that finished: what a caller that does not stream needs, without building an
         output per running request and step). With async scheduling the outputs are those of the step launched by
         the call before, and a call that only launches a step returns none: call it while
-        has_unfinished_requests()."""
+        has_unfinished_requests(). Finished outputs handed back by deliver_later come first."""
+        outputs = self._step(finished_only)
+        if self._undelivered:
+            outputs, self._undelivered = self._undelivered + outputs, []
+        return outputs
+
+    def _step(self, finished_only: bool) -> list[RequestOutput]:
         t0 = time.perf_counter()
         if self._inflight is not None:
             return self._step_async(finished_only, t0)

@@ -68,7 +68,7 @@ class SamplingParams:
     stop: list[str] | str | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     seed: int | None = None  # None (or -1, as vLLM) = the engine's shared generator
-    logprobs: int | None = None  # return the sampled token's logprob and this many top alternatives
+    logprobs: int | None = None  # return the sampled token's logprob and this many top alternatives (-1: all)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
 
@@ -84,6 +84,11 @@ class SamplingParams:
                 fail(f"{name} must be an integer, got {getattr(self, name)!r}")
         if self.seed == -1 and is_int(self.seed):  # vLLM's "no seed"
             self.seed = None
+        for name in ("ignore_eos", "skip_special_tokens"):  # a string such as "false" would count as true
+            value = getattr(self, name)
+            if type(value).__name__ not in ("bool", "bool_"):  # bool, or numpy's
+                fail(f"{name} must be True or False, got {value!r}")
+            setattr(self, name, bool(value))
         for name in ("seed", "logprobs", "max_tokens"):
             if getattr(self, name) is not None and not is_int(getattr(self, name)):
                 fail(f"{name} must be None or an integer, got {getattr(self, name)!r}")
@@ -109,7 +114,8 @@ class SamplingParams:
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
             (all(is_int(t) and t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must be non-negative token ids, got {self.stop_token_ids!r}"),
-            (self.logprobs is None or self.logprobs >= 0, f"logprobs must be None or >= 0, got {self.logprobs}"),
+            (self.logprobs is None or self.logprobs >= -1,
+             f"logprobs must be None, >= 0, or -1 (the whole vocabulary), got {self.logprobs}"),
         ]
         for ok, message in checks:
             if not ok:

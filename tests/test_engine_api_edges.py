@@ -1,0 +1,78 @@
+"""Engine API edges a user audit met: LLM.generate stepping past another caller's requests (their finished
+outputs were dropped), yes/no SamplingParams fields given non-bools, logprobs=-1 (vLLM: the whole vocabulary),
+LLMEngine.get_tokenizer / get_num_unfinished_requests, and tuple conversations in chat()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_engine_robustness import clean, tiny
+
+from llmlab.engine import LLM, RequestError, SamplingParams
+from llmlab.tokenizer import DEFAULT_CHAT_TEMPLATE, train_bpe
+
+GREEDY = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+
+
+def test_generate_keeps_the_finished_outputs_of_requests_it_did_not_add():
+    llm = LLM(tiny())
+    engine = llm.llm_engine
+    engine.add_request("mine", [1, 2, 3], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+    outs = llm.generate([[4, 5, 6]], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
+    assert [o.request_id for o in outs] == ["gen-0"]
+    assert engine.has_unfinished_requests() and engine.get_num_unfinished_requests() == 1  # owed to its caller
+    got = []
+    while engine.has_unfinished_requests():
+        got += engine.step()
+    assert [(o.request_id, o.finished, len(o.outputs[0].token_ids)) for o in got] == [("mine", True, 2)]
+    alone = LLM(tiny()).generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+    assert got[0].outputs[0].token_ids == alone[0].outputs[0].token_ids
+    assert engine.step() == [] and clean(llm)
+
+
+def test_yes_no_sampling_fields_take_only_bools():
+    for name in ("ignore_eos", "skip_special_tokens"):
+        for bad in ("false", "no", 1, None):
+            with pytest.raises(RequestError, match=f"{name} must be True or False"):
+                SamplingParams(**{name: bad})
+        assert getattr(SamplingParams(**{name: np.bool_(False)}), name) is False
+
+
+def test_logprobs_minus_one_returns_every_tokens_logprob():
+    llm = LLM(tiny(vocab=101))
+    every = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=3, logprobs=-1))[0].outputs[0]
+    explicit = llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=3, logprobs=101))[0].outputs[0]
+    assert [len(d) for d in every.logprobs] == [101] * 3
+    assert every.token_ids == explicit.token_ids
+    assert [{i: lp.logprob for i, lp in d.items()} for d in every.logprobs] == \
+        [{i: lp.logprob for i, lp in d.items()} for d in explicit.logprobs]
+    with pytest.raises(RequestError, match=r"logprobs must be None, >= 0, or -1"):
+        SamplingParams(logprobs=-2)
+    capped = LLM(tiny(vocab=101), max_logprobs=20)
+    with pytest.raises(RequestError, match="logprobs=101 is more than this engine's max_logprobs=20"):
+        capped.generate([[5, 6, 7]], SamplingParams(logprobs=-1))
+    assert clean(llm) and clean(capped)
+
+
+def test_the_engine_has_vllms_tokenizer_and_count_methods():
+    tok = train_bpe(["hello there, how are you? fine thanks. " * 10], vocab_size=300, progress=False)
+    llm = LLM(tiny(vocab=tok.vocab_size, max_position_embeddings=256), tokenizer=tok)
+    engine = llm.llm_engine
+    assert engine.get_tokenizer() is tok and LLM(tiny()).llm_engine.get_tokenizer() is None
+    assert engine.get_num_unfinished_requests() == 0
+    engine.add_request("a", [1, 2], GREEDY)
+    engine.add_request("b", [3, 4], GREEDY)
+    assert engine.get_num_unfinished_requests() == 2
+    engine.abort("a")
+    assert engine.get_num_unfinished_requests() == 1
+
+
+def test_chat_takes_tuples_as_generate_does():
+    tok = train_bpe(["hello there, how are you? fine thanks. " * 10], vocab_size=300, progress=False)
+    tok.chat_template = DEFAULT_CHAT_TEMPLATE
+    llm = LLM(tiny(vocab=tok.vocab_size, max_position_embeddings=256), tokenizer=tok)
+    conv = [{"role": "user", "content": "hello"}]
+    want = llm.chat(conv, GREEDY)[0].outputs[0].token_ids
+    assert llm.chat(tuple(conv), GREEDY)[0].outputs[0].token_ids == want
+    assert [o.outputs[0].token_ids for o in llm.chat((tuple(conv), conv), GREEDY)] == [want, want]
+    assert clean(llm)
