@@ -160,6 +160,10 @@ class LLMEngine:
         if params.logprobs is not None and params.logprobs > self.runner.sample_vocab:
             raise RequestError(f"logprobs={params.logprobs} asks for more alternatives than the "
                                f"{self.runner.sample_vocab} tokens there are.")
+        for name, ids in (("logit_bias", params.logit_bias), ("allowed_token_ids", params.allowed_token_ids)):
+            if ids and max(ids) >= self.runner.sample_vocab:
+                raise RequestError(f"{name} names token {max(ids)}, outside this model's vocabulary "
+                                   f"(0..{self.runner.sample_vocab - 1}).")
         ids = self.encode_prompt(prompt)
         if isinstance(prompt, dict):
             prompt = prompt.get("prompt")

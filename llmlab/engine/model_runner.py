@@ -568,13 +568,21 @@ class ModelRunner:
         # then, unless penalties (they depend on the tokens so far) are on.
         key = (logits.shape[-1], *[s.seq_id for s in seqs])
         sb = self._last_sampling if self._last_sampling is not None and self._last_sampling[0] == key else None
+        short = None  # rows below their min_tokens (their stop ids masked): looked for where a row has min_tokens
+        if sb is None or sb[1].min_tokens_rows is not None:
+            if sb is not None or any(s.params.min_tokens for s in seqs):
+                short = [(i, s.stop_token_ids) for i, s in enumerate(seqs)
+                         if s.num_output_tokens < s.params.min_tokens]
+                if sb is not None and tuple(i for i, _ in short) != sb[1].min_tokens_rows:
+                    sb = None  # a row reached its min_tokens: its stop ids are sampled again
         if sb is None or sb[1].seen is not None:
             params = [s.params for s in seqs]
             tokens = []
             if any(p.has_penalties for p in params):
                 tokens = [s.token_ids[:-1] if s.token_ids[-1] == PLACEHOLDER else s.token_ids for s in seqs]
             sb = key, SamplingBatch.build(params, tokens, [s.num_prompt_tokens for s in seqs],
-                                          [self._generator(s) for s in seqs], logits.shape[-1], logits.device)
+                                          [self._generator(s) for s in seqs], logits.shape[-1], logits.device,
+                                          short)
             if last is not None and sb[1].seen is not None:  # the tokens known only on the device, counted there
                 sb[1].add_output_tokens(last[1], last[0])
             self._last_sampling = sb

@@ -7,7 +7,8 @@ The detokenizer turns one sequence's output ids into text as they arrive:
   holds the rest until the next token; nothing broken is ever shown. At the end, leftover
   bytes that never completed a character become U+FFFD, as `bytes.decode(errors="replace")` does.
 - Stop strings are searched in the text, not in tokens, so a stop string spread over several
-  tokens is found; the text is cut exactly before it (vLLM's default, `include_stop_str=False`).
+  tokens is found; the text is cut exactly before it (vLLM's default), or after it with
+  `include_stop_str_in_output`. With `min_tokens`, the search starts at that output token.
   Only the tail that can contain a new match is searched: the last (longest stop - 1) old
   characters plus the new piece.
 - Streaming: `visible()` withholds a trailing partial stop string ("Hel" when "Hello" stops
@@ -82,6 +83,8 @@ class Detokenizer:
         self.tokenizer = tokenizer
         self.stop = list(params.stop)
         self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.min_tokens, self.keep_stop = params.min_tokens, params.include_stop_str_in_output
+        self.count = 0  # output tokens added (stop strings are looked for from the min_tokens-th on, as vLLM)
         special = getattr(tokenizer, "special_tokens", {}) if params.skip_special_tokens else {}
         self.skip = frozenset(special.values())
         self.byte_level = getattr(tokenizer, "byte_level", True)
@@ -92,6 +95,7 @@ class Detokenizer:
 
     def add(self, token_id: int) -> str | None:
         """Append one output token; return the stop string it completed, if any (text is then cut)."""
+        self.count += 1
         if self.stopped or token_id in self.skip:
             return None
         old = len(self.text)
@@ -100,14 +104,14 @@ class Detokenizer:
         else:
             self.ids.append(token_id)
             self.text = self.tokenizer.decode(self.ids)
-        if not self.stop or len(self.text) == old:
+        if not self.stop or len(self.text) == old or self.count < self.min_tokens:
             return None
         start = max(0, old - self.hold)
         hits = [(i, s) for s in self.stop if (i := self.text.find(s, start)) >= 0]
         if not hits:
             return None
         cut, stop = min(hits)
-        self.text = self.text[:cut]
+        self.text = self.text[:cut + len(stop) if self.keep_stop else cut]  # text after the stop string goes
         self.stopped = True
         return stop
 

@@ -6,7 +6,8 @@ Every row carries its own parameters as (B,) tensors, so one pass of vectorised 
 batch that mixes greedy and sampled rows, different temperatures, top-k/top-p/min-p and penalties.
 The order follows transformers' `generate` (so the tests can use its processors as references):
 
-    penalties (repetition on prompt+output, presence/frequency on output)
+    allowed_token_ids, min_tokens (stop ids -inf), logit_bias (vLLM's order: these before penalties)
+    -> penalties (repetition on prompt+output, presence/frequency on output)
     -> greedy rows: argmax
     -> temperature -> top-k -> top-p -> min-p -> softmax -> sample
 
@@ -50,11 +51,17 @@ class SamplingBatch:
     all_greedy: bool
     num_logprobs: int  # max over rows; 0 with want_logprobs False means skip the work
     want_logprobs: bool
+    allowed: Tensor | None = None  # (B, V) bool: the ids a row may sample (allowed_token_ids); None: all, every row
+    suppress: tuple[Tensor, Tensor] | None = None  # (rows, ids) set to -inf: stop ids of rows short of min_tokens
+    bias: tuple[Tensor, Tensor, Tensor] | None = None  # (rows, ids, values) added: logit_bias
+    min_tokens_rows: tuple[int, ...] | None = None  # rows suppressed now (None: no row has min_tokens)
 
     @classmethod
     def build(cls, params: list[SamplingParams], token_ids: list[list[int]], num_prompt: list[int],
-              generators: list[torch.Generator | None], vocab_size: int, device: torch.device) -> SamplingBatch:
-        """Per-row tensors for a step; token_ids/num_prompt are only read when a row has penalties."""
+              generators: list[torch.Generator | None], vocab_size: int, device: torch.device,
+              short: list[tuple[int, frozenset[int]]] | None = None) -> SamplingBatch:
+        """Per-row tensors for a step; token_ids/num_prompt are only read when a row has penalties. `short`: the
+        rows below their min_tokens with their stop ids (None where no row has min_tokens)."""
         B, V = len(params), vocab_size
         if not B:
             raise ValueError("SamplingBatch.build needs at least one row.")
@@ -82,6 +89,21 @@ class SamplingBatch:
             counts = counts[:, :V]
         all_greedy = max(temperature) == 0.0  # temperatures are validated >= 0
         asked = [k for k in logprobs if k is not None]
+        allowed = bias = suppress = None
+        if any(p.allowed_token_ids for p in params):
+            allowed = torch.ones(B, V, dtype=torch.bool)
+            for i, p in enumerate(params):
+                if p.allowed_token_ids:
+                    allowed[i] = False
+                    allowed[i, p.allowed_token_ids] = True
+            allowed = to_device(allowed, device)
+        if any(p.logit_bias for p in params):
+            entries = [(i, t, b) for i, p in enumerate(params) if p.logit_bias for t, b in p.logit_bias.items()]
+            rows, ids, values = zip(*entries)
+            bias = col(rows, torch.long), col(ids, torch.long), col(values)
+        pairs = [(i, t) for i, stops in short or () for t in stops if t < V]
+        if pairs:
+            suppress = col([i for i, _ in pairs], torch.long), col([t for _, t in pairs], torch.long)
         return cls(
             temperature=None if all_greedy else col(temperature),
             top_k=col(top_k, torch.long) if min(top_k) < V else None,
@@ -94,6 +116,8 @@ class SamplingBatch:
             all_greedy=all_greedy,
             num_logprobs=max(asked, default=0),
             want_logprobs=bool(asked),
+            allowed=allowed, suppress=suppress, bias=bias,
+            min_tokens_rows=None if short is None else tuple(i for i, _ in short),
         )
 
 
@@ -109,6 +133,17 @@ class SamplingBatch:
             return
         self.seen = self.seen.scatter(1, tokens[:, None], True)
         self.counts = self.counts.scatter_add(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=torch.float))
+
+
+def apply_processors(logits: Tensor, sb: SamplingBatch) -> Tensor:
+    """allowed_token_ids, min_tokens and logit_bias, in vLLM's order (before the penalties)."""
+    if sb.allowed is not None:
+        logits = logits.masked_fill(~sb.allowed, float("-inf"))
+    if sb.suppress is not None:
+        logits = logits.index_put(sb.suppress, torch.tensor(float("-inf"), device=logits.device))
+    if sb.bias is not None:
+        logits = logits.index_put(sb.bias[:2], sb.bias[2], accumulate=True)
+    return logits
 
 
 def apply_penalties(logits: Tensor, sb: SamplingBatch) -> Tensor:
@@ -149,7 +184,7 @@ def sample(logits: Tensor, sb: SamplingBatch, shared: torch.Generator | None = N
     (B, k) or None). A rank counts the ids at least as likely as the chosen one (itself included), as vLLM's."""
     logits = logits.float()
     raw_logprobs = logits.log_softmax(-1) if sb.want_logprobs else None
-    logits = apply_penalties(logits, sb)
+    logits = apply_penalties(apply_processors(logits, sb), sb)
     greedy = argmax_rows(logits)  # torch.argmax; in C for CPU logits (4-5x faster there)
     if sb.all_greedy:
         tokens = greedy

@@ -177,7 +177,8 @@ class Scheduler:
 
     def _stops(self, seq: Sequence, token: int, length: int) -> bool:
         """End seq if `token`, which makes it `length` tokens long, is a stop token or reaches a length limit."""
-        if token in seq.stop_token_ids:  # stop_reason: the id of a stop_token_ids hit, None for EOS (as vLLM)
+        if token in seq.stop_token_ids and length - seq.num_prompt_tokens >= seq.params.min_tokens:
+            # stop_reason: the id of a stop_token_ids hit, None for EOS (as vLLM)
             self.finish(seq, "stop", token if token in seq.params.stop_token_ids else None)
         elif self._ends_by_length(seq, length):
             self.finish(seq, "length")

@@ -43,13 +43,12 @@ _OTHER_NAMES = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "num
 # vLLM settings llmlab does not have (a close name would be the wrong hint: min_tokens is not max_tokens), with the
 # value at which vLLM behaves as llmlab does: passing that value (a wrapper that spells out every setting) is fine.
 _OFF = object()  # no value matches: any use is refused
-_NOT_SUPPORTED = {"min_tokens": 0, "prompt_logprobs": None, "allowed_token_ids": None,
-                  "include_stop_str_in_output": False, "logit_bias": None, "detokenize": True, "bad_words": None,
+_NOT_SUPPORTED = {"prompt_logprobs": None, "detokenize": True, "bad_words": None,
                   "best_of": None, "use_beam_search": False, "length_penalty": 1.0, "guided_decoding": None,
                   "structured_outputs": None, "truncate_prompt_tokens": None, "spaces_between_special_tokens": True,
                   "output_kind": _OFF, "logits_processors": None, "extra_args": None}
 # Settings whose empty value asks for nothing, as None does (an empty allowed_token_ids would forbid every token).
-_EMPTY_IS_NONE = ("bad_words", "logit_bias", "logits_processors", "extra_args")
+_EMPTY_IS_NONE = ("bad_words", "logits_processors", "extra_args")
 # Temperatures below this sample as greedy (vLLM's _SAMPLING_EPS): dividing logits by ~1e-45 overflows to inf.
 GREEDY_BELOW = 1e-5
 
@@ -71,6 +70,10 @@ class SamplingParams:
     logprobs: int | None = None  # return the sampled token's logprob and this many top alternatives (-1: all)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    min_tokens: int = 0  # no EOS, stop token or stop string before this many output tokens (vLLM's)
+    include_stop_str_in_output: bool = False  # keep the stop string that ended the text (text after it is cut)
+    logit_bias: dict[int, float] | None = None  # {token id: added to its logit} before penalties and sampling
+    allowed_token_ids: list[int] | None = None  # sample only these ids (every other logit -inf)
 
     def __post_init__(self) -> None:
         def fail(message: str) -> None:
@@ -84,7 +87,7 @@ class SamplingParams:
                 fail(f"{name} must be an integer, got {getattr(self, name)!r}")
         if self.seed == -1 and is_int(self.seed):  # vLLM's "no seed"
             self.seed = None
-        for name in ("ignore_eos", "skip_special_tokens"):  # a string such as "false" would count as true
+        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):  # "false" would be true
             value = getattr(self, name)
             if type(value).__name__ not in ("bool", "bool_"):  # bool, or numpy's
                 fail(f"{name} must be True or False, got {value!r}")
@@ -100,6 +103,24 @@ class SamplingParams:
             fail(f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}")
         self.stop = list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        if not is_int(self.min_tokens):
+            fail(f"min_tokens must be an integer, got {self.min_tokens!r}")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                fail(f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}")
+            bad = [k for k, v in self.logit_bias.items() if not (_as_id(k) is not None and _is_number(v)
+                                                                 and abs(v) != float("inf"))]
+            if bad:
+                fail(f"logit_bias takes token ids (ints, or their strings as JSON gives) mapped to finite numbers; "
+                     f"got {bad[0]!r}: {self.logit_bias[bad[0]]!r}")
+            self.logit_bias = {_as_id(k): float(v) for k, v in self.logit_bias.items()} or None
+        if self.allowed_token_ids is not None:
+            if not isinstance(self.allowed_token_ids, (list, tuple, set, frozenset)) or not all(
+                    is_int(t) and t >= 0 for t in self.allowed_token_ids):
+                fail(f"allowed_token_ids must be a list of token ids, got {self.allowed_token_ids!r}")
+            if not self.allowed_token_ids:
+                fail("allowed_token_ids is empty, which forbids every token; leave it None to allow all")
+            self.allowed_token_ids = sorted({int(t) for t in self.allowed_token_ids})
         checks = [
             (self.n >= 1, f"n must be >= 1, got {self.n}"),
             (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
@@ -114,6 +135,9 @@ class SamplingParams:
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
             (all(is_int(t) and t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must be non-negative token ids, got {self.stop_token_ids!r}"),
+            (self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}"),
+            (self.max_tokens is None or self.min_tokens <= self.max_tokens,
+             f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})"),
             (self.logprobs is None or self.logprobs >= -1,
              f"logprobs must be None, >= 0, or -1 (the whole vocabulary), got {self.logprobs}"),
         ]
@@ -171,6 +195,15 @@ def _same(value, default) -> bool:
     if isinstance(default, bool):
         return value is default
     return is_number(value) and not isinstance(value, bool) and value == default
+
+
+def _as_id(key) -> int | None:
+    """A logit_bias key as a token id: an int >= 0, or its decimal string (JSON object keys are strings)."""
+    if is_int(key) and key >= 0:
+        return int(key)
+    if isinstance(key, str) and key.isdigit():
+        return int(key)
+    return None
 
 
 def _is_number(v) -> bool:
