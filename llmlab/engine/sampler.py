@@ -140,7 +140,7 @@ def apply_processors(logits: Tensor, sb: SamplingBatch) -> Tensor:
     if sb.allowed is not None:
         logits = logits.masked_fill(~sb.allowed, float("-inf"))
     if sb.suppress is not None:
-        logits = logits.index_put(sb.suppress, torch.tensor(float("-inf"), device=logits.device))
+        logits = logits.index_put(sb.suppress, logits.new_full((), float("-inf")))  # (a fill: no host copy)
     if sb.bias is not None:
         logits = logits.index_put(sb.bias[:2], sb.bias[2], accumulate=True)
     return logits
