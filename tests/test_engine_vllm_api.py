@@ -138,7 +138,7 @@ def test_sampling_params_at_vllms_defaults_are_accepted_other_values_refused():
                          logit_bias=None, best_of=None, spaces_between_special_tokens=True, length_penalty=1.0,
                          truncate_prompt_tokens=None, logits_processors=None, bad_words=None)
     assert SamplingParams(max_tokens=5, **vllm_defaults) == SamplingParams(max_tokens=5)
-    for name, value in (("detokenize", False), ("length_penalty", 2.0), ("prompt_logprobs", 1),
+    for name, value in (("detokenize", False), ("length_penalty", 2.0), ("best_of", 2),
                         ("output_kind", None)):
         with pytest.raises(UnknownParameterError, match=f"{name}={value!r} \\(a vLLM setting\\) is not supported"):
             SamplingParams(**{name: value})

@@ -107,7 +107,7 @@ def test_max_tokens_none_runs_to_the_end_of_the_context(llm):
 
 
 def test_vllm_settings_llmlab_lacks_are_named_not_misread():
-    for name in ("prompt_logprobs", "best_of", "bad_words"):
+    for name in ("best_of", "bad_words", "truncate_prompt_tokens"):
         with pytest.raises(UnknownParameterError, match=f"{name}=1 \\(a vLLM setting\\) is not supported"):
             SamplingParams(**{name: 1})
     with pytest.raises(UnknownParameterError, match="did you mean max_tokens"):

@@ -59,6 +59,7 @@ class _Request:
     seqs: list[Sequence]
     detoks: list[Detokenizer] | None
     metrics: dict[str, float]
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None  # RequestOutput's, once the prompt is done
 
 
 class LLMEngine:
@@ -151,15 +152,17 @@ class LLMEngine:
         if params.stop and self.tokenizer is None:
             raise RequestError("stop strings need the model's tokenizer (this engine has none); use stop_token_ids, "
                                "or load the model with its tokenizer.")
-        if params.logprobs == -1:  # vLLM's "every token's": the vocabulary the sampler picks from
-            params = dataclasses.replace(params, logprobs=self.runner.sample_vocab)
-        if params.logprobs is not None and self.config.max_logprobs is not None \
-                and params.logprobs > self.config.max_logprobs:
-            raise RequestError(f"logprobs={params.logprobs} is more than this engine's max_logprobs="
-                               f"{self.config.max_logprobs}; ask for fewer, or raise max_logprobs.")
-        if params.logprobs is not None and params.logprobs > self.runner.sample_vocab:
-            raise RequestError(f"logprobs={params.logprobs} asks for more alternatives than the "
-                               f"{self.runner.sample_vocab} tokens there are.")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(params, name)
+            if k == -1:  # vLLM's "every token's": the vocabulary the sampler picks from
+                k = self.runner.sample_vocab
+                params = dataclasses.replace(params, **{name: k})
+            if k is not None and self.config.max_logprobs is not None and k > self.config.max_logprobs:
+                raise RequestError(f"{name}={k} is more than this engine's max_logprobs={self.config.max_logprobs}; "
+                                   "ask for fewer, or raise max_logprobs.")
+            if k is not None and k > self.runner.sample_vocab:
+                raise RequestError(f"{name}={k} asks for more alternatives than the {self.runner.sample_vocab} "
+                                   "tokens there are.")
         for name, ids in (("logit_bias", params.logit_bias), ("allowed_token_ids", params.allowed_token_ids)):
             if ids and max(ids) >= self.runner.sample_vocab:
                 raise RequestError(f"{name} names token {max(ids)}, outside this model's vocabulary "
@@ -375,7 +378,18 @@ class LLMEngine:
                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason))
         return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, completions,
                              finished=all(s.is_finished for s in req.seqs),
-                             num_cached_tokens=max(s.num_cached_tokens for s in req.seqs), metrics=self._metrics(req))
+                             num_cached_tokens=max(s.num_cached_tokens for s in req.seqs), metrics=self._metrics(req),
+                             prompt_logprobs=self._prompt_logprobs(req))
+
+    def _prompt_logprobs(self, req: _Request) -> list[dict[int, Logprob] | None] | None:
+        """vLLM's RequestOutput.prompt_logprobs once the whole prompt is computed (None for the first token; the
+        first of the n samples' computation), None before or when not asked for."""
+        seq = req.seqs[0]
+        if seq.params.prompt_logprobs is None or len(seq.prompt_logprobs) < seq.num_prompt_tokens:
+            return None
+        if req.prompt_logprobs is None:  # converted once
+            req.prompt_logprobs = [None] + [self._logprobs(alts) for alts in seq.prompt_logprobs[1:]]
+        return req.prompt_logprobs
 
     def _metrics(self, req: _Request) -> RequestMetrics:
         """The request's perf_counter stamps as vLLM's RequestMetrics, on the time.time() clock."""

@@ -315,7 +315,7 @@ class ModelRunner:
             if len(sampling) < len(batch):  # every decode row samples: no copy of the (rows, vocab) logits
                 logits = logits[sampling]
         else:
-            logits = self._run_mixed(batch, sampling)
+            logits = self._run_mixed(batch, sampling, prompt_rows=self._prompt_rows(batch))
         if not sampling:
             return {}
         if logits.shape[-1] > self.sample_vocab:
@@ -360,7 +360,7 @@ class ModelRunner:
             if len(sampling) < len(seqs):
                 logits = logits[sampling]
         else:
-            logits = self._run_mixed(batch, sampling, pending)
+            logits = self._run_mixed(batch, sampling, pending, prompt_rows=self._prompt_rows(batch))
         if logits.shape[-1] > self.sample_vocab:
             logits = logits[:, :self.sample_vocab]
         sampled = [seqs[i] for i in sampling]
@@ -418,11 +418,13 @@ class ModelRunner:
         vec[3, :n] = pos + 1
         tables[:n] = self.table_rows.array[rows, :tables.shape[1]]
 
-    def _run_mixed(self, batch: ScheduledBatch, sampling: list[int], pending=None) -> Tensor:
+    def _run_mixed(self, batch: ScheduledBatch, sampling: list[int], pending=None,
+                   prompt_rows: list[int] | None = None) -> Tensor:
         """A step of prefill chunks and decode rows, flattened. `pending` (async scheduling): (batch rows whose
-        input is a placeholder, their ids on the device)."""
+        input is a placeholder, their ids on the device). `prompt_rows`: batch rows whose prompt chunk's logprobs
+        are asked for (SamplingParams.prompt_logprobs), written into their sequences."""
         if self.decode_kernel == "cpu":
-            return self._run_rows(batch, sampling, pending)
+            return self._run_rows(batch, sampling, pending, prompt_rows)
         bs, dev = self.block_size, self.device
         order = sorted(range(len(batch)), key=lambda i: batch.num_tokens[i] != 1)  # decode rows first
         ids: list[int] = []
@@ -457,10 +459,14 @@ class ModelRunner:
         ids_t = _with_pending(device_tensor([ids], torch.long, dev), pending, row_of)
         h = self.model.hidden_states(ids_t, position_ids=device_tensor([pos], torch.long, dev),
                                      cache=self.kv.with_meta(meta))  # (1, N, d)
+        if prompt_rows:
+            self._prompt_logprobs(batch, prompt_rows, h[0], {i: row_of[i] - batch.num_tokens[i] + 1
+                                                             for i in prompt_rows})
         rows = device_tensor([row_of[i] for i in sampling], torch.long, dev)
         return self.model.lm_head(h[0, rows]).float()  # (num sampling rows, V), in batch order
 
-    def _run_rows(self, batch: ScheduledBatch, sampling: list[int], pending=None) -> Tensor:
+    def _run_rows(self, batch: ScheduledBatch, sampling: list[int], pending=None,
+                  prompt_rows: list[int] | None = None) -> Tensor:
         """A step on CPU with the C paged kernel: every new token, prefill chunks included, is one query row over
         its own context (its sequence's block table, context = its position + 1), so one kernel call per layer
         covers the step, with no per-sequence gather or mask. Prefill attention of 16 x 128-token prompts with
@@ -490,7 +496,45 @@ class ModelRunner:
                              rope_kernel=self.rope_kernel)
         ids_t = _with_pending(torch.tensor([ids]), pending, last)
         h = self.model.hidden_states(ids_t, position_ids=positions[None], cache=self.kv.with_meta(meta))
+        if prompt_rows:
+            self._prompt_logprobs(batch, prompt_rows, h[0], {i: last[i] - batch.num_tokens[i] + 1
+                                                             for i in prompt_rows})
         return self.model.lm_head(h[0, [last[i] for i in sampling]]).float()
+
+    @staticmethod
+    def _prompt_rows(batch: ScheduledBatch) -> list[int] | None:
+        """Batch rows computing prompt tokens whose logprobs are asked for and not yet known (a sequence preempted
+        after its prompt recomputes it, but keeps its prompt logprobs)."""
+        rows = [i for i, s in enumerate(batch.seqs) if s.params.prompt_logprobs is not None
+                and len(s.prompt_logprobs) < s.num_prompt_tokens]
+        return rows or None
+
+    def _prompt_logprobs(self, batch: ScheduledBatch, rows: list[int], h: Tensor, first: dict[int, int],
+                         chunk: int = 256) -> None:
+        """Logprobs of the prompt tokens each chunk of `rows` predicts (hidden states h (N, d), `first`: the
+        chunk's first row in h): position p's logits give token p + 1's logprob, its rank and the top
+        prompt_logprobs alternatives, over the vocabulary the sampler uses; appended to seq.prompt_logprobs. The LM
+        head runs on `chunk` positions at a time, so a long prompt holds (chunk, V) logits, not (N, V)."""
+        for i in rows:
+            seq, c = batch.seqs[i], batch.seqs[i].num_computed_tokens
+            start = len(seq.prompt_logprobs) - 1  # the first position whose next token has no entry yet
+            stop = min(c + batch.num_tokens[i], seq.num_prompt_tokens - 1)  # positions < stop predict prompt tokens
+            k = seq.params.prompt_logprobs
+            for a in range(max(start, c), stop, chunk):
+                b = min(a + chunk, stop)
+                logits = self.model.lm_head(h[first[i] + a - c:first[i] + b - c]).float()[:, :self.sample_vocab]
+                lp = logits.log_softmax(-1)
+                target = torch.tensor(seq.token_ids[a + 1:b + 1], device=lp.device)[:, None]
+                chosen = lp.gather(-1, target)
+                rank = (lp >= chosen).sum(-1)
+                top = lp.topk(k, dim=-1) if k > 0 else None
+                chosen, rank = chosen[:, 0].tolist(), rank.tolist()
+                top_v, top_i = (top.values.tolist(), top.indices.tolist()) if top is not None else ([[]], [[]])
+                for r, t in enumerate(seq.token_ids[a + 1:b + 1]):
+                    alts = {t: (chosen[r], int(rank[r]))}
+                    for n, (j, v) in enumerate(zip(top_i[r] if k else [], top_v[r] if k else []), 1):
+                        alts.setdefault(j, (v, n))
+                    seq.prompt_logprobs.append(alts)
 
     def _decode_tables(self, seqs: list[Sequence], max_blocks: int | None) -> tuple[Tensor, Tensor]:
         """(B, max_blocks) block tables padded with the scratch block, and (B,) context lengths."""

@@ -75,7 +75,8 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (first admission)
     metrics: RequestMetrics | None = None
-    prompt_logprobs: None = None  # vLLM's attribute; llmlab does not compute prompt logprobs
+    # SamplingParams.prompt_logprobs: per prompt token (None for the first), its Logprob and its top alternatives
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
 
 class Detokenizer:

@@ -133,7 +133,8 @@ class Scheduler:
         """Waiting sequences into `batch` in arrival order, while the budget, max_num_seqs and free blocks allow."""
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            hits = self.bm.lookup(seq)
+            # prompt logprobs need every prompt position computed: no prefix-cache hits (as vLLM)
+            hits = self.bm.lookup(seq) if seq.params.prompt_logprobs is None else []
             uncomputed = len(seq) - len(hits) * self.bm.block_size
             n = min(uncomputed, budget)
             if n < uncomputed and not self.enable_chunked_prefill:

@@ -43,7 +43,7 @@ _OTHER_NAMES = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "num
 # vLLM settings llmlab does not have (a close name would be the wrong hint: min_tokens is not max_tokens), with the
 # value at which vLLM behaves as llmlab does: passing that value (a wrapper that spells out every setting) is fine.
 _OFF = object()  # no value matches: any use is refused
-_NOT_SUPPORTED = {"prompt_logprobs": None, "detokenize": True, "bad_words": None,
+_NOT_SUPPORTED = {"detokenize": True, "bad_words": None,
                   "best_of": None, "use_beam_search": False, "length_penalty": 1.0, "guided_decoding": None,
                   "structured_outputs": None, "truncate_prompt_tokens": None, "spaces_between_special_tokens": True,
                   "output_kind": _OFF, "logits_processors": None, "extra_args": None}
@@ -74,6 +74,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False  # keep the stop string that ended the text (text after it is cut)
     logit_bias: dict[int, float] | None = None  # {token id: added to its logit} before penalties and sampling
     allowed_token_ids: list[int] | None = None  # sample only these ids (every other logit -inf)
+    prompt_logprobs: int | None = None  # each prompt token's logprob and this many top alternatives (-1: all)
 
     def __post_init__(self) -> None:
         def fail(message: str) -> None:
@@ -92,7 +93,7 @@ class SamplingParams:
             if type(value).__name__ not in ("bool", "bool_"):  # bool, or numpy's
                 fail(f"{name} must be True or False, got {value!r}")
             setattr(self, name, bool(value))
-        for name in ("seed", "logprobs", "max_tokens"):
+        for name in ("seed", "logprobs", "max_tokens", "prompt_logprobs"):
             if getattr(self, name) is not None and not is_int(getattr(self, name)):
                 fail(f"{name} must be None or an integer, got {getattr(self, name)!r}")
         if isinstance(self.stop, str):
@@ -140,6 +141,8 @@ class SamplingParams:
              f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})"),
             (self.logprobs is None or self.logprobs >= -1,
              f"logprobs must be None, >= 0, or -1 (the whole vocabulary), got {self.logprobs}"),
+            (self.prompt_logprobs is None or self.prompt_logprobs >= -1,
+             f"prompt_logprobs must be None, >= 0, or -1 (the whole vocabulary), got {self.prompt_logprobs}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -225,7 +228,7 @@ class Sequence:
     __slots__ = ("seq_id", "request_id", "index", "token_ids", "num_prompt_tokens", "params", "status",
                  "stop_token_ids", "block_table", "num_computed_tokens", "num_cached_tokens", "block_hashes",
                  "finish_reason", "stop_reason", "logprobs", "cumulative_logprob", "num_preemptions",
-                 "first_scheduled")
+                 "first_scheduled", "prompt_logprobs")
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, *, index: int = 0,
                  eos_token_ids: frozenset[int] = frozenset()):
@@ -248,6 +251,9 @@ class Sequence:
         self.cumulative_logprob = 0.0
         self.num_preemptions = 0
         self.first_scheduled: float | None = None  # time.perf_counter() of its first admission (RequestMetrics)
+        # SamplingParams.prompt_logprobs: entry j for prompt token j (None for the first, which nothing predicts),
+        # {id: (logprob, rank)} of it and its top alternatives; filled by the model runner as chunks are computed
+        self.prompt_logprobs: list[dict[int, tuple[float, int]] | None] = [None]
 
     def __len__(self) -> int:
         return len(self.token_ids)
