@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmlab.errors import ConfigError
+from llmlab.errors import ConfigError, is_number
 
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "silu")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 HF_MODEL_TYPES = ("gpt2", "llama", "qwen2", "qwen3", "mistral")
 ROPE_TYPES = ("default", "llama3", "linear")
+_ROPE_KEYS = {"linear": ("factor",),
+              "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
 
 @dataclass(slots=True)
@@ -102,6 +104,15 @@ class ModelConfig:
             if self.rope_scaling is not None:
                 kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
                 _choice("rope_scaling.rope_type", kind, ROPE_TYPES)
+                for key in _ROPE_KEYS.get(kind, ()):  # the fields rope_inv_freq reads, as positive numbers
+                    value = self.rope_scaling.get(key)
+                    if not (is_number(value) and value > 0):
+                        raise ConfigError(f"rope_scaling of type {kind} needs {key} as a positive number, got "
+                                          f"{value!r}; set it (or drop the scaling).")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if not (is_number(value) and value > 0):
+                raise ConfigError(f"ModelConfig.{name} must be a positive number, got {value!r}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
         if self.sliding_window is not None and self.sliding_window <= 0:
@@ -186,7 +197,7 @@ class ModelConfig:
             head_dim = self.hidden_size // self.num_heads if self.hidden_size % self.num_heads == 0 else None
             needed = dict(norm="layernorm", norm_bias=True, norm_position="pre", final_norm=True,
                           position="learned", gated_ffn=False, qkv_bias=True, o_bias=True, mlp_bias=True,
-                          tie_word_embeddings=True, num_kv_heads=self.num_heads, head_dim=head_dim,
+                          num_kv_heads=self.num_heads, head_dim=head_dim,
                           embedding_scale=False, qk_norm=False, sliding_window=None)
         else:
             qkv_bias, o_bias = _bias_layout(kind, self.qkv_bias)
@@ -259,7 +270,8 @@ def _from_gpt2(d: dict[str, Any], source: str) -> ModelConfig:
         intermediate_size=d.get("n_inner") or 4 * d["n_embd"], max_position_embeddings=d["n_positions"],
         norm="layernorm", norm_bias=True, norm_eps=d.get("layer_norm_epsilon", 1e-5),
         activation=_hf_act(d.get("activation_function", "gelu_new"), source), gated_ffn=False,
-        position="learned", qkv_bias=True, o_bias=True, mlp_bias=True, tie_word_embeddings=True,
+        position="learned", qkv_bias=True, o_bias=True, mlp_bias=True,
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),  # transformers' GPT-2 default: tied
         dropout=0.0, initializer_range=d.get("initializer_range", 0.02), model_type="gpt2",
         **{k: d.get(k) for k in _TOKENS},
     )
@@ -273,7 +285,7 @@ def _to_gpt2(c: ModelConfig) -> dict[str, Any]:
         "layer_norm_epsilon": c.norm_eps,
         "activation_function": {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[c.activation],
         "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout,
-        "initializer_range": c.initializer_range, "tie_word_embeddings": True,
+        "initializer_range": c.initializer_range, "tie_word_embeddings": c.tie_word_embeddings,
         **{k: getattr(c, k) for k in _TOKENS},
     }
 
@@ -282,10 +294,10 @@ def _rope_from_hf(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     """(rope_theta, rope_scaling) from either transformers v4 or v5 keys."""
     params = d.get("rope_parameters")
     if params:  # v5: {"rope_type": ..., "rope_theta": ..., scaling fields}
-        theta = float(params.get("rope_theta", d.get("rope_theta", 10000.0)))
+        theta = params.get("rope_theta", d.get("rope_theta", 10000.0))
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     else:
-        theta = float(d.get("rope_theta", 10000.0))
+        theta = d.get("rope_theta", 10000.0)  # a number: ModelConfig checks it
         scaling = dict(d["rope_scaling"]) if d.get("rope_scaling") else {}
     if "type" in scaling and "rope_type" not in scaling:
         scaling["rope_type"] = scaling.pop("type")

@@ -311,13 +311,13 @@ def test_chat_cli_samples_with_the_models_recommended_settings_unless_flags_say_
 
     from llmlab.engine.cli import _sampling
 
-    flags = argparse.Namespace(temperature=None, top_p=None, max_tokens=8, seed=None)
+    flags = argparse.Namespace(temperature=None, top_p=None, max_tokens=8, seed=3)
     assert _sampling(LLM(str(model_dir), block_size=4), flags) == \
-        SamplingParams(temperature=0.7, top_p=0.95, max_tokens=8)  # no generation_config.json: the CLI's own
+        SamplingParams(temperature=0.7, top_p=0.95, max_tokens=8, seed=3)  # no generation_config.json: the CLI's
     d = tmp_path / "m"
     shutil.copytree(model_dir, d)
     (d / "generation_config.json").write_text(json.dumps({"temperature": 0.6, "top_k": 20, "max_new_tokens": 99}))
     llm = LLM(str(d), block_size=4)
-    assert _sampling(llm, flags) == SamplingParams(temperature=0.6, top_p=0.95, top_k=20, max_tokens=8)
+    assert _sampling(llm, flags) == SamplingParams(temperature=0.6, top_p=0.95, top_k=20, max_tokens=8, seed=3)
     flags.temperature, flags.top_p = 0.0, 0.5
-    assert _sampling(llm, flags) == SamplingParams(temperature=0.0, top_p=0.5, top_k=20, max_tokens=8)
+    assert _sampling(llm, flags) == SamplingParams(temperature=0.0, top_p=0.5, top_k=20, max_tokens=8, seed=3)

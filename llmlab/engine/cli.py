@@ -12,6 +12,7 @@ there (finish reason "length").
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 
 
@@ -30,9 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=None,
                    help="sample from the fewest tokens whose probabilities sum to this, in (0, 1] (default: the "
                         "model's generation_config.json, else 0.95)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the sampling, for repeatable replies")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of this chat's sampling (default: none, so each run samples differently)")
     p.add_argument("--dtype", default=None,
-                   help="float32 | bfloat16 | float16 | auto (default auto: bf16 on CUDA, fp32 on CPU)")
+                   help="float32 | bfloat16 | float16 | auto (default auto: fp32 on CPU; on CUDA the checkpoint's "
+                        "16-bit dtype, bf16 for an fp32 one, fp16 on GPUs without bf16)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: faster replies after a one-off compile at the first reply "
                         "(about a minute for SmolLM2-135M on two CPU cores)")
@@ -52,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise RequestError(f"--top-p must be in (0, 1], got {args.top_p}; 1 keeps every token.")
     if args.max_tokens < 1:
         raise RequestError(f"--max-tokens must be at least 1, got {args.max_tokens}.")
+    if args.message and not all(m.strip() for m in args.message):
+        raise RequestError("--message is empty; give the text to send (an empty line ends an interactive chat).")
     # Loading and starting the engine (weights, tokenizer, timing the CPU kernels) takes seconds to tens of
     # seconds on a CPU: say so on stderr, so the wait before the first prompt is not silence.
     print(f"loading {args.model} and starting the engine...", file=sys.stderr, flush=True)
@@ -96,16 +101,19 @@ def _sampling(llm, args: argparse.Namespace):
                    if k in given}
     chosen = {**{"temperature": 0.7, "top_p": 0.95}, **recommended,
               **{k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}}
-    return SamplingParams(**chosen, max_tokens=args.max_tokens, seed=args.seed)
+    seed = args.seed if args.seed is not None else random.randrange(2**31)  # a new chat, new samples (llama.cpp)
+    return SamplingParams(**chosen, max_tokens=args.max_tokens, seed=seed)
 
 
 def _fit_history(llm, messages: list[dict]) -> list[int]:
     """The rendered conversation, its oldest turns dropped (the system message kept) until it leaves room in the
-    model's context for a reply of at least a quarter of it; a note says how many were dropped."""
+    model's context for a reply of at least a quarter of it; a note says how many were dropped. A message that
+    does not fit even alone is refused with the conversation left as it was."""
     from llmlab.engine.sequence import RequestError
 
     context = llm.engine.max_model_len
     system = messages[:1] if messages[0]["role"] == "system" else []
+    whole, messages = messages, list(messages)  # dropped turns are written back only if the reply can be made
     dropped = 0
     while True:
         # the prompt as LLM.chat renders it (no assistant mask: that is for training, and history-rewriting
@@ -115,11 +123,12 @@ def _fit_history(llm, messages: list[dict]) -> list[int]:
             break
         del messages[len(system):len(system) + 2]  # the oldest user message and its reply
         dropped += 2
-    if dropped:
-        print(f"(dropped the {dropped} oldest messages to fit the model's {context}-token context)", file=sys.stderr)
     if len(ids) >= context:
         raise RequestError(f"this message makes a {len(ids)}-token prompt, and the model's context is {context} "
                            "tokens; send a shorter message.")
+    if dropped:
+        print(f"(dropped the {dropped} oldest messages to fit the model's {context}-token context)", file=sys.stderr)
+        whole[:] = messages
     return ids
 
 

@@ -31,7 +31,7 @@ _GPT2_LAYER = {"ln_1": "norm1", "ln_2": "norm2", "attn.c_proj": "attn.o", "mlp.c
                "mlp.c_proj": "ffn.down"}
 _GPT2_TOP = {"wte": "embed", "wpe": "pos_embed", "ln_f": "norm_f"}
 _GPT2_CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-_GPT2_IGNORED = re.compile(r"h\.\d+\.attn\.(masked_)?bias$|lm_head\.weight$")  # causal-mask buffers; tied head
+_GPT2_IGNORED = re.compile(r"h\.\d+\.attn\.(masked_)?bias$")  # causal-mask buffers
 
 
 def hf_to_llmlab(hf: dict[str, Tensor], cfg: ModelConfig) -> Iterator[tuple[str, str, Tensor]]:
@@ -40,6 +40,8 @@ def hf_to_llmlab(hf: dict[str, Tensor], cfg: ModelConfig) -> Iterator[tuple[str,
         yield from _gpt2_to_llmlab(hf, cfg)
         return
     for name, t in hf.items():
+        if name.endswith(".rotary_emb.inv_freq"):  # a buffer older transformers saved; derived from the config
+            continue
         yield _rename(name, _LLAMA_TOP, "model.layers.", _LLAMA_LAYER), name, t
 
 
@@ -69,6 +71,9 @@ def _gpt2_to_llmlab(hf: dict[str, Tensor], cfg: ModelConfig) -> Iterator[tuple[s
     for name, t in hf.items():
         short = name.removeprefix("transformer.")
         if _GPT2_IGNORED.search(short):
+            continue
+        if short == "lm_head.weight":  # stored by an untied model (and by some tied ones: the loader skips it)
+            yield "lm_head.weight", name, t
             continue
         stem, _, leaf = short.rpartition(".")
         m = re.fullmatch(r"h\.(\d+)\.(.+)", stem)
@@ -105,6 +110,8 @@ def _llmlab_to_gpt2(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Ten
             sub = layer[m.group(2)]
             out[f"transformer.h.{m.group(1)}.{sub}.{leaf}"] = (
                 t.t().contiguous() if leaf == "weight" and sub in _GPT2_CONV1D else t)
+    if not cfg.tie_word_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
     return out
 
 
@@ -144,8 +151,12 @@ def config_from_gguf(reader, source: str = "model.gguf") -> ModelConfig:
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
     scaling = None
-    if gguf_field(reader, "llama.rope.scaling.type") == "linear":
+    kind = gguf_field(reader, "llama.rope.scaling.type")
+    if kind == "linear":
         scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    elif kind not in (None, "none"):  # yarn, longrope, ...: llama.cpp applies them, so loading unscaled is wrong
+        raise ConfigError(f"{source}: RoPE scaling {kind!r} (llama.rope.scaling.type) is not supported by llmlab; "
+                          "it reads linear scaling only.")
     return ModelConfig(
         vocab_size=int(get("vocab_size", len(tokens) if tokens else None)), hidden_size=hidden,
         num_layers=int(get("block_count")), num_heads=heads, num_kv_heads=int(get("attention.head_count_kv", heads)),

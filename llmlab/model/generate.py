@@ -36,6 +36,14 @@ def sample_next(logits: Tensor, *, temperature: float = 0.0, top_k: int | None =
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+# transformers' generate keywords llmlab spells otherwise (Transformer.generate names the right one)
+HF_NAMES = {"do_sample": "temperature > 0 to sample (0, the default, is greedy)",
+            "max_length": "max_new_tokens (the new tokens, not prompt + new)",
+            "num_return_sequences": "the engine's SamplingParams(n=...) (llmlab.LLM), or repeat the prompt rows",
+            "num_beams": "greedy or sampling: llmlab has no beam search", "generation_config": "keyword arguments",
+            "streamer": "the engine (llmlab.LLM / LLMEngine.step) to stream"}
+
+
 @torch.no_grad()
 def generate(model, input_ids: Tensor | list[int] | list[list[int]], attention_mask: Tensor | None = None, *,
              max_new_tokens: int = 32, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,

@@ -97,9 +97,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def from_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
-                    attn_backend: str = "sdpa") -> Transformer:
-    """Build a Transformer from an HF directory, a .gguf file or a registry name such as 'smollm2-135m'."""
-    dtype, device = resolve_dtype(dtype), resolve_device(device)  # bad arguments fail before any reading
+                    attn_backend: str = "sdpa", **kwargs) -> Transformer:
+    """Build a Transformer from an HF directory, a .gguf file or a registry name such as 'smollm2-135m'. dtype: a
+    torch dtype or name; None is float32; "auto" is auto_dtype's choice (fp32 on a CPU, the checkpoint's 16-bit
+    dtype on a GPU)."""
+    if kwargs:
+        name = next(iter(kwargs))
+        hint = "pass dtype=... (transformers' torch_dtype)" if name == "torch_dtype" else \
+            "its keywords are dtype, device and attn_backend"
+        raise ConfigError(f"from_pretrained() got an unknown keyword {name!r}; {hint}.")
+    device = resolve_device(device)  # bad arguments fail before any reading
+    auto = dtype == "auto"
+    dtype = None if auto else resolve_dtype(dtype)
     path = artifacts.resolve(path)
     if not path.exists():
         known = ", ".join(artifacts.names("model"))
@@ -111,7 +120,7 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None,
     else:
         raise CheckpointError(f"{path} is neither a model directory nor a .gguf file.")
     model = _build(cfg, weights, attn_backend)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=auto_dtype(path, device) if auto else dtype).eval()
 
 
 def save_pretrained(model: Transformer, directory: str | Path, *, dtype: torch.dtype | str | None = None) -> Path:
@@ -130,6 +139,7 @@ def save_pretrained(model: Transformer, directory: str | Path, *, dtype: torch.d
     if dtype is not None:
         state = {n: t.to(dtype) for n, t in state.items()}
     hf = {n: t.contiguous().cpu() for n, t in llmlab_to_hf(state, cfg).items()}
+    _remove_shards(directory)  # a sharded checkpoint saved here before would be read instead of this one
     save_file(hf, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config = cfg.to_hf_dict()
     config["torch_dtype"] = str(next(iter(hf.values())).dtype).removeprefix("torch.")
@@ -214,7 +224,25 @@ def generation_defaults(source: str | Path) -> dict:
     return {ours: gen[key] for key, ours in _SAMPLING_KEYS.items() if gen.get(key) is not None}
 
 
+def _remove_shards(directory: Path) -> None:
+    """Delete a sharded checkpoint's index and the shards it lists (transformers' save_pretrained does too)."""
+    index = directory / "model.safetensors.index.json"
+    if not index.is_file():
+        return
+    try:
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        shards = set()
+    for name in shards | {p.name for p in directory.glob("model-*-of-*.safetensors")}:
+        if "/" not in name:
+            (directory / name).unlink(missing_ok=True)
+    index.unlink()
+
+
 def _safetensors_files(path: Path) -> list[Path]:
+    single = path / "model.safetensors"
+    if single.is_file():  # first, as transformers: the file a later save_pretrained wrote
+        return [single]
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -226,9 +254,6 @@ def _safetensors_files(path: Path) -> list[Path]:
             if not f.is_file():
                 raise CheckpointError(f"{f} is listed in {index.name} but missing.")
         return files
-    single = path / "model.safetensors"
-    if single.is_file():
-        return [single]
     if (path / "pytorch_model.bin").exists() or list(path.glob("pytorch_model*.bin")):
         raise CheckpointError(f"{path} holds only pickled pytorch_model*.bin weights, which llmlab never loads "
                               "(unpickling can run code); convert them to safetensors first.")
@@ -270,6 +295,11 @@ def _no_init():
             setattr(torch.nn.init, n, f)
 
 
+_GGUF_HINTS = {"rope_freqs.weight": " (Llama 3.x RoPE scaling stored as per-frequency factors, which llmlab does not "
+                                    "read from GGUF; load the model's HF directory, whose config.json gives the "
+                                    "llama3 scaling)"}
+
+
 def _build(cfg: ModelConfig, weights, attn_backend: str) -> Transformer:
     with torch.device("meta"), _no_init():
         model = Transformer(cfg, attn_backend=attn_backend)
@@ -281,6 +311,9 @@ def _build(cfg: ModelConfig, weights, attn_backend: str) -> Transformer:
         if name not in expected:
             if name == "lm_head.weight" and cfg.tie_word_embeddings:
                 continue  # some tied checkpoints store the head anyway
+            if str(file).endswith(".gguf"):
+                raise CheckpointError(f"{file}: tensor {src} has no place in a llama model as llmlab builds it "
+                                      f"from this GGUF's metadata{_GGUF_HINTS.get(src, '')}.")
             raise CheckpointError(f"{file}: tensor {src} has no place in a {cfg.model_type} model with this "
                                   "config.json; is the config for a different model?")
         if tuple(t.shape) != tuple(expected[name]):
@@ -289,8 +322,11 @@ def _build(cfg: ModelConfig, weights, attn_backend: str) -> Transformer:
         loaded[name] = t
     missing = sorted(set(expected) - set(loaded))
     if missing:
+        hint = ("; a checkpoint without its own LM head ties it to the embeddings: set tie_word_embeddings true "
+                "in config.json" if missing == ["lm_head.weight"] else
+                "; the file is incomplete or for a different architecture")
         raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s), first: {missing[0]} "
-                              "(llmlab name); the file is incomplete or for a different architecture.")
+                              f"(llmlab name){hint}.")
     model.load_state_dict(loaded, strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed.weight

@@ -290,8 +290,16 @@ class Transformer(nn.Module):
     def generate(self, input_ids: Tensor | list[int] | list[list[int]], attention_mask: Tensor | None = None,
                  **kwargs) -> Tensor:
         """Greedy (temperature=0) or sampled continuation; see llmlab.model.generate.generate."""
-        from llmlab.model.generate import generate
+        import inspect
 
+        from llmlab.model.generate import HF_NAMES, generate
+
+        known = [n for n, p in inspect.signature(generate).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        for name in kwargs:
+            if name in HF_NAMES:  # transformers' generate keywords: say what llmlab calls them
+                raise LlmlabError(f"generate() has no {name!r} (a transformers keyword); use {HF_NAMES[name]}.")
+            if name not in known:
+                raise LlmlabError(f"generate() has no keyword {name!r}; its keywords are {', '.join(known)}.")
         return generate(self, input_ids, attention_mask, **kwargs)
 
     def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | str | None = None) -> Path:
