@@ -99,14 +99,6 @@ def test_gguf_yarn_scaling_is_refused_not_ignored(tmp_path, monkeypatch):
         llmlab.from_pretrained(tmp_path / "yarn.gguf")
 
 
-def test_gguf_rope_freqs_says_what_it_is(tmp_path, monkeypatch):
-    _with_metadata(monkeypatch, lambda w: w.add_tensor("rope_freqs.weight", np.ones(4, dtype=np.float32)))
-    write_llama_gguf(tiny_hf_llama(), tmp_path / "l3.gguf", gguf.GGMLQuantizationType.F32)
-    with pytest.raises(CheckpointError, match=r"rope_freqs.weight has no place .* from this GGUF's metadata "
-                                              r"\(Llama 3.x RoPE scaling"):
-        llmlab.from_pretrained(tmp_path / "l3.gguf")
-
-
 def test_older_checkpoints_with_rotary_inv_freq_buffers_load(tmp_path):
     hf = tiny_hf_llama()
     hf.save_pretrained(tmp_path)
@@ -208,3 +200,65 @@ def test_chat_refuses_an_empty_message_and_seeds_each_chat(monkeypatch):
     seeds = {cli._sampling(Defaults(), args).seed for _ in range(4)}
     assert None not in seeds and len(seeds) > 1  # a new chat samples anew, as llama.cpp's
     assert cli._sampling(Defaults(), argparse.Namespace(**{**vars(args), "seed": 7})).seed == 7
+
+
+def llama_cpp_rope_freqs(scaling: dict, theta: float, head_dim: int) -> np.ndarray:
+    """What llama.cpp's convert_hf_to_gguf.py writes as rope_freqs.weight for HF's llama3 scaling."""
+    import math
+
+    f, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old = scaling["original_max_position_embeddings"]
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi * theta ** (i / head_dim)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(f)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / f + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 64},
+    {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+     "original_max_position_embeddings": 128}])
+def test_a_llama3_gguf_with_rope_freqs_matches_transformers(tmp_path, monkeypatch, scaling):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   rope_scaling=scaling, rope_theta=10000.0, bos_token_id=None, eos_token_id=None,
+                                   pad_token_id=0)
+    hf = randomize_(transformers.LlamaForCausalLM(cfg)).eval()
+    freqs = llama_cpp_rope_freqs(scaling, 10000.0, 32)
+    assert ((freqs > 1) & (freqs < scaling["factor"])).sum() >= 2  # frequencies in the blended band
+    _with_metadata(monkeypatch, lambda w: w.add_tensor("rope_freqs.weight", freqs))
+    write_llama_gguf(hf, tmp_path / "l3.gguf", gguf.GGMLQuantizationType.F32)
+    ours = llmlab.from_pretrained(tmp_path / "l3.gguf")
+    assert ours.cfg.rope_scaling["rope_type"] == "llama3"
+    ids = torch.randint(0, 64, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() < 1e-4
+    ours.save_pretrained(tmp_path / "hf")  # and written back as HF's llama3 scaling
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert (back(ids).logits - hf(ids).logits).abs().max().item() < 1e-4
+
+
+def test_rope_freqs_that_are_not_llama3_scaling_are_refused(tmp_path, monkeypatch):
+    _with_metadata(monkeypatch, lambda w: w.add_tensor("rope_freqs.weight", np.linspace(1, 3, 4, dtype=np.float32)
+                                                       [[0, 3, 1, 2]]))
+    write_llama_gguf(tiny_hf_llama(), tmp_path / "odd.gguf", gguf.GGMLQuantizationType.F32)
+    with pytest.raises(CheckpointError, match="rope_freqs.weight holds RoPE divisors that are not Llama 3's"):
+        llmlab.from_pretrained(tmp_path / "odd.gguf")
+
+
+def test_an_unknown_gguf_tensor_is_named_without_a_config_json(tmp_path, monkeypatch):
+    _with_metadata(monkeypatch, lambda w: w.add_tensor("blk.0.ffn_gate_exps.weight", np.ones((2, 4), np.float32)))
+    write_llama_gguf(tiny_hf_llama(), tmp_path / "moe.gguf", gguf.GGMLQuantizationType.F32)
+    with pytest.raises(CheckpointError, match="ffn_gate_exps.weight has no place in a llama model as llmlab builds it "
+                                              "from this GGUF's metadata"):
+        llmlab.from_pretrained(tmp_path / "moe.gguf")

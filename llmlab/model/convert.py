@@ -156,7 +156,12 @@ def config_from_gguf(reader, source: str = "model.gguf") -> ModelConfig:
         scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
     elif kind not in (None, "none"):  # yarn, longrope, ...: llama.cpp applies them, so loading unscaled is wrong
         raise ConfigError(f"{source}: RoPE scaling {kind!r} (llama.rope.scaling.type) is not supported by llmlab; "
-                          "it reads linear scaling only.")
+                          "it reads linear scaling and Llama 3's rope_freqs only.")
+    freqs = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    if freqs is not None:  # Llama 3.x: llama.cpp's converter stores the scaling as a divisor per frequency
+        head_dim = int(get("rope.dimension_count", hidden // heads))
+        scaling = llama3_from_factors([float(x) for x in freqs.data], float(get("rope.freq_base", 10000.0)),
+                                      head_dim, source)
     return ModelConfig(
         vocab_size=int(get("vocab_size", len(tokens) if tokens else None)), hidden_size=hidden,
         num_layers=int(get("block_count")), num_heads=heads, num_kv_heads=int(get("attention.head_count_kv", heads)),
@@ -172,6 +177,66 @@ def config_from_gguf(reader, source: str = "model.gguf") -> ModelConfig:
     )
 
 
+def llama3_from_factors(factors: list[float], theta: float, head_dim: int, source: str) -> dict | None:
+    """HF's llama3 rope_scaling that gives llama.cpp's per-frequency divisors (a GGUF's rope_freqs, written by
+    convert_hf_to_gguf.py from that scaling): 1 for short wavelengths, `factor` for long ones, and in between
+    1 / ((1 - s) / factor + s) with s = (old_ctx / wavelength - low) / (high - low). s is linear in 1 / wavelength,
+    so two in-between frequencies give old_ctx / (high - low) and low / (high - low); any (old_ctx, low, high) with
+    those ratios gives the same frequencies, so low = 1. Checked by recomputing every divisor."""
+    import math
+
+    from llmlab.errors import ConfigError
+
+    inv = [theta ** (-i / head_dim) for i in range(0, head_dim, 2)]
+    if len(factors) != len(inv):
+        raise ConfigError(f"{source}: rope_freqs.weight has {len(factors)} entries for {len(inv)} frequencies.")
+    factor = max(factors)
+    if all(abs(f - 1) < 1e-6 for f in factors):
+        return None
+    if all(abs(f - factor) < 1e-6 * factor for f in factors):
+        return {"rope_type": "linear", "factor": factor}
+    wave = [2 * math.pi / f for f in inv]
+    mid = [(1 / w, (1 / d - 1 / factor) / (1 - 1 / factor)) for w, d in zip(wave, factors, strict=True)
+           if 1 + 1e-6 < d < factor * (1 - 1e-6)]
+    if len(mid) >= 2:
+        (x0, s0), (x1, s1) = mid[0], mid[-1]
+        a = (s1 - s0) / (x1 - x0)  # s = a / wavelength + b
+        b = s0 - a * x0
+        high, old = 1 - 1 / b, -a / b
+        old = float(round(old)) if abs(old - round(old)) < 1e-3 * old else old  # (an int in HF's configs)
+        high = round(high, 6)
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": high,
+                   "original_max_position_embeddings": old}
+    elif not mid:  # a step from 1 to factor: any threshold between the two groups
+        short = max(w for w, d in zip(wave, factors, strict=True) if d < 1 + 1e-6)
+        long = min(w for w, d in zip(wave, factors, strict=True) if d > 1 + 1e-6)
+        old = math.sqrt(short * long)
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 1.0 + 1e-9,
+                   "original_max_position_embeddings": old}
+    else:
+        scaling = None
+    if scaling is None or not _same_factors(scaling, inv, wave, factors):
+        raise ConfigError(f"{source}: rope_freqs.weight holds RoPE divisors that are not Llama 3's scaling; llmlab "
+                          "cannot load them.")
+    return scaling
+
+
+def _same_factors(s: dict, inv: list[float], wave: list[float], factors: list[float]) -> bool:
+    """Whether HF's llama3 formula with `s` gives these divisors (to fp32 precision)."""
+    f, low, high, old = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
+    for w, d in zip(wave, factors, strict=True):
+        if w < old / high:
+            want = 1.0
+        elif w > old / low:
+            want = f
+        else:
+            smooth = (old / w - low) / (high - low)
+            want = 1 / ((1 - smooth) / f + smooth)
+        if abs(want - d) > 1e-4 * max(1.0, d):
+            return False
+    return True
+
+
 def unpermute_rope(w: Tensor, n_heads: int) -> Tensor:
     """Undo llama.cpp's per-head interleaving of rotary pairs (inverse of convert_hf_to_gguf's permute)."""
     rows = w.shape[0]
@@ -184,6 +249,8 @@ def gguf_to_llmlab(reader, cfg: ModelConfig,
     from llmlab.model.gguf_quants import dequantize
 
     for t in progress(reader.tensors):
+        if t.name == "rope_freqs.weight":  # the RoPE scaling, read into the config (config_from_gguf)
+            continue
         stem, _, leaf = t.name.rpartition(".")
         m = re.fullmatch(r"blk\.(\d+)\.(.+)", stem)
         if m and m.group(2) in _GGUF_LAYER:

@@ -295,11 +295,6 @@ def _no_init():
             setattr(torch.nn.init, n, f)
 
 
-_GGUF_HINTS = {"rope_freqs.weight": " (Llama 3.x RoPE scaling stored as per-frequency factors, which llmlab does not "
-                                    "read from GGUF; load the model's HF directory, whose config.json gives the "
-                                    "llama3 scaling)"}
-
-
 def _build(cfg: ModelConfig, weights, attn_backend: str) -> Transformer:
     with torch.device("meta"), _no_init():
         model = Transformer(cfg, attn_backend=attn_backend)
@@ -313,7 +308,8 @@ def _build(cfg: ModelConfig, weights, attn_backend: str) -> Transformer:
                 continue  # some tied checkpoints store the head anyway
             if str(file).endswith(".gguf"):
                 raise CheckpointError(f"{file}: tensor {src} has no place in a llama model as llmlab builds it "
-                                      f"from this GGUF's metadata{_GGUF_HINTS.get(src, '')}.")
+                                      "from this GGUF's metadata (a llama variant llmlab does not load, such as "
+                                      "mixture-of-experts layers).")
             raise CheckpointError(f"{file}: tensor {src} has no place in a {cfg.model_type} model with this "
                                   "config.json; is the config for a different model?")
         if tuple(t.shape) != tuple(expected[name]):
