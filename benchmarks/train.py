@@ -4,7 +4,7 @@ Same shape (GPT-2 small, 124M, vocab 50304, seq 1024), same random batch, same o
 (AdamW, lr 6e-4, betas (0.9, 0.95), wd 0.1, multi-tensor on GPU), same precision (bf16 autocast
 over fp32 master weights), same gradient clipping. Reports tokens/s and MFU against the measured
 bf16 matmul peak of the card (and the datasheet peak when the card is known), using
-`llmlab.estimate.flops_per_token(cfg, T).train` = 6·M + 12·L·H·hd·T FLOPs per token (M = the matmul
+`llmlab.estimate.flops_per_token(cfg, T).train` = 6·M + 12·L·H·hd·min(T, W) FLOPs per token (W: a sliding window; M = the matmul
 weights, LM head included, as in PaLM). llmlab's loop prefers the SDPA backend that its own start-up timing
 found fastest at this attention shape (TrainConfig.attention_backend = "auto"; `--attention` overrides);
 transformers keeps PyTorch's order. The timings and the choice are in the JSON ("attention").

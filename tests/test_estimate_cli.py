@@ -125,6 +125,8 @@ def _substituted(numbers: str) -> float | None:
     ["train-memory", "gpt3-175b", "--activations", "megatron", "--tp", "8", "--pp", "8", "--dp", "16", "--zero", "1"],
     ["infer-memory", "llama-7b", "--batch", "4", "--context", "2048", "--gpu", "A100-40GB"],
     ["time", "gpt3-175b", "--tokens", "300B", "--gpu", "A100", "--n-gpus", "1000", "--mfu", "0.3"],
+    ["flops", "mistral-7b", "--tokens", "1T"],  # the sliding window in every formula
+    ["time", "llama2-7b", "--tokens", "2T", "--gpu", "L4", "--batch", "4", "--context", "4096"],
 ])
 def test_explain_substitutions_equal_their_values(capsys, argv):
     code, out, _ = run(capsys, *argv, "--json")
@@ -132,3 +134,37 @@ def test_explain_substitutions_equal_their_values(capsys, argv):
     for step in json.loads(out)["steps"]:
         value = _substituted(step["numbers"])
         assert value is None or value == pytest.approx(step["value"], rel=1e-3), step
+
+
+@pytest.mark.parametrize("batch", [3, 4, 5, 6])
+def test_time_shows_a_decode_ceiling_only_for_a_batch_infer_memory_says_fits(capsys, batch):
+    """`time` showed 61.95 tok/s for llama2-7b at batch 5 on an L4, a batch that infer-memory says does not fit:
+    it tested weights + KV only. Both now use inference_memory's total + overhead."""
+    common = ["llama2-7b", "--gpu", "L4", "--batch", str(batch), "--context", "4096", "--json"]
+    code, out, _ = run(capsys, "infer-memory", *common)
+    fits = json.loads(out)["fits"]
+    code, out, err = run(capsys, "time", "--tokens", "2T", *common)
+    steps = {s["name"]: s for s in json.loads(out)["steps"]}
+    assert code == 0 and steps[f"decode batch {batch} at context 4096 fits L4 (24 GiB)?"]["value"] == float(fits)
+    assert (f"decode ceiling, batch {batch} at context 4096" in steps) == fits
+    assert ("does not fit one L4" in err) == (not fits)
+    assert json.loads(run(capsys, "infer-memory", *common[:-1], "--batch", "4", "--json")[1])["fits"]  # 4 fits, 5 not
+    assert not json.loads(run(capsys, "infer-memory", *common[:-1], "--batch", "5", "--json")[1])["fits"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["train-memory", "llama2-7b", "--gpu", "A100"], ["train-memory", "smollm2-135m", "--gpu", "A100"],
+    ["infer-memory", "llama2-7b", "--gpu", "T4"], ["infer-memory", "llama2-7b", "--gpu", "A100"],
+    ["time", "llama2-7b", "--tokens", "1T", "--gpu", "A100"],
+])
+def test_fits_rows_say_yes_or_no(capsys, argv):
+    code, out, _ = run(capsys, *argv)
+    rows = [line for line in out.splitlines() if line.startswith(("fits", "decode batch"))]
+    assert code == 0 and len(rows) == 1 and rows[0].split()[-1] in ("yes", "no"), rows
+
+
+def test_gpu_flag_takes_driver_reported_names(capsys):
+    code, out, _ = run(capsys, "infer-memory", "llama2-7b", "--gpu", "NVIDIA A100 80GB PCIe")
+    assert code == 0 and "fits A100-80GB-PCIe (80 GiB)" in out
+    code, _, err = run(capsys, "infer-memory", "llama2-7b", "--gpu", "NVIDIA H100 NVL")
+    assert code == 2 and "is none of the table's H100 entries (H100-SXM, H100-PCIe)" in err

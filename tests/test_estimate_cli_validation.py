@@ -134,7 +134,7 @@ def test_a_batch_that_does_not_fit_names_the_largest_that_does(capsys):
 def test_time_reports_no_single_gpu_decode_ceiling_for_a_model_it_cannot_hold(capsys):
     code, out, err = run(capsys, "time", "gpt3-175b", "--tokens", "300B", "--gpu", "A100", "--n-gpus", "1000")
     assert code == 0 and "training time" in out and "decode ceiling" not in out
-    assert "one A100-80GB cannot hold gpt3-175b" in err
+    assert "gpt3-175b at --batch 1 does not fit one A100-80GB" in err
     code, out, err = run(capsys, "time", "llama-7b", "--tokens", "1T", "--gpu", "A100")
     assert code == 0 and "decode ceiling" in out and err == ""
 

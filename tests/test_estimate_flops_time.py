@@ -69,3 +69,45 @@ def test_mfu_and_mbu_round_trip():
 def test_bad_time_inputs():
     with pytest.raises(ConfigError, match="mfu is a fraction"):
         estimate.training_time("gpt2", 1e9, gpu="A100", mfu=40)
+
+
+WINDOWED = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=48,
+                       max_position_embeddings=64, sliding_window=8)
+
+
+@pytest.mark.parametrize("s", [1, 5, 8, 9, 40])
+def test_sliding_window_flops_count_min_p_w_keys_per_query(s):
+    """mistral-7b's FLOPs ignored its window (attention over all 32,768 keys): the query at position p sees
+    min(p, W) keys (llmlab's mask keeps p - j < W). Checked against a sum over positions."""
+    cfg, w = WINDOWED, WINDOWED.sliding_window
+    m2, per_key = 2 * estimate.params.matmul_params(cfg), 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim
+    keys = [min(p, w) for p in range(1, s + 1)]  # brute force: one entry per query position
+    assert estimate.decode_flops(cfg, 2, s) == 2 * (m2 + per_key * keys[-1])
+    assert estimate.prefill_flops(cfg, 3, s) == 3 * (m2 * s + per_key * sum(keys))
+    assert estimate.training_flops(cfg, 1e6, seq_len=s, causal=True) == pytest.approx(
+        3 * 1e6 * (m2 + per_key * sum(keys) / s))
+    # training's MFU convention charges every query like the last one (no causal skipping), within the window
+    assert estimate.training_flops(cfg, 1e6, seq_len=s) == pytest.approx(3 * 1e6 * (m2 + per_key * keys[-1]))
+
+
+@pytest.mark.parametrize("s", [1, 8, 40])
+def test_a_window_no_shorter_than_the_sequence_changes_no_flops(s):
+    import dataclasses
+
+    plain = dataclasses.replace(WINDOWED, sliding_window=None)
+    for w in (s, s + 3):
+        cfg = dataclasses.replace(WINDOWED, sliding_window=w)
+        assert estimate.flops_per_token(cfg, s) == estimate.flops_per_token(plain, s)
+        assert estimate.prefill_flops(cfg, 2, s) == estimate.prefill_flops(plain, 2, s)
+        assert estimate.decode_flops(cfg, 2, s) == estimate.decode_flops(plain, 2, s)
+        for causal in (False, True):
+            assert (estimate.training_flops(cfg, 1e9, seq_len=s, causal=causal)
+                    == estimate.training_flops(plain, 1e9, seq_len=s, causal=causal))
+
+
+def test_mistral_flops_use_its_4096_window():
+    """The QA hand figures for mistral-7b at its 32,768 context with c = min(s, W): 1.637e10 and 5.32e14."""
+    assert estimate.flops_per_token("mistral-7b", 32768).forward == pytest.approx(1.637e10, rel=1e-3)
+    assert estimate.prefill_flops("mistral-7b", 1, 32768) == pytest.approx(5.32e14, rel=1e-3)
+    steps = {s.name: s for s in estimate.flops.flops_steps("mistral-7b")}
+    assert "forward attention per token (s=32768, window W=4096)" in steps

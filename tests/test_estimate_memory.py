@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -178,3 +180,66 @@ def test_activations_outside_layers_formula_matches_the_pipeline_stage(pp):
     r = estimate.training_memory("llama-7b", seq_len=2048, pp=pp)
     step = next(x for x in r.steps if x.name == "activations outside layers")
     assert (step.value == 0) == (pp > 1) and ("log-softmax" in step.formula) == (pp == 1)
+
+
+def test_fp8_keeps_embeddings_in_16_bits_like_int8():
+    """--weights fp8 counted every parameter at 1 byte, embeddings too, while int8 kept them in bf16. Rule: a format
+    below 16 bits applies to the layer matrices; the two then differ by int8's per-output-channel fp16 scales only."""
+    cfg = estimate.resolve("llama2-7b")
+    layers = [t for t in estimate.param_shapes(cfg) if t.matmul and t.per_layer]
+    layer_mats = sum(t.numel for t in layers) * cfg.num_layers
+    rest = estimate.count_params(cfg) - layer_mats
+    assert weight_bytes(cfg, "fp8") == layer_mats + 2 * rest
+    assert weight_bytes(cfg, "int8") - weight_bytes(cfg, "fp8") == 2 * sum(t.shape[0] for t in layers) * cfg.num_layers
+
+
+@pytest.mark.artifact
+def test_gguf_weights_are_the_files_tensor_bytes(capsys):
+    """`infer-memory SmolLM2.Q4_1.gguf --weights q4_1` counted bf16 embeddings (123,048,576 B); the file keeps
+    token_embd in Q8_0 and norms in F32: 96,576,768 B, which a .gguf MODEL now gets by default."""
+    import gguf
+
+    from llmlab.artifacts import fetch
+    from llmlab.cli import main
+
+    path = str(fetch("smollm2-135m"))
+    stored = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
+    assert weight_bytes(path, "gguf") == stored == 96_576_768
+    assert estimate.inference_memory(path, context=2048, weights="gguf").weights == stored
+    assert main(["estimate", "infer-memory", path, "--context", "2048", "--gpu", "T4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["weights"] == stored and data["max_batch"] == estimate.max_fitting(
+        path, estimate.get_gpu("T4").memory_bytes, vary="batch", context=2048, weights="gguf")
+    assert main(["estimate", "infer-memory", path, "--weights", "q4_1", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["weights"] == weight_bytes(path, "q4_1") and f"take {stored:,} B" in out.err
+    with pytest.raises(ConfigError, match="llama2-7b is not a .gguf file"):
+        weight_bytes("llama2-7b", "gguf")
+
+
+def test_megatron_fp32_error_names_the_cli_flag(capsys):
+    from llmlab.cli import main
+
+    code = main(["estimate", "train-memory", "llama2-7b", "--precision", "fp32", "--activations", "megatron"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--precision bf16-mixed" in err and "--activations llmlab" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name,table", [
+    ("NVIDIA A100 80GB PCIe", "A100-80GB-PCIe"), ("nvidia a100 80gb", "A100-80GB"), ("H100 80GB HBM3", "H100-SXM"),
+    ("NVIDIA A100-SXM4-80GB", "A100-80GB"), ("NVIDIA A100-PCIE-40GB", "A100-40GB"), ("NVIDIA H100 PCIe", "H100-PCIe"),
+    ("Tesla V100-PCIE-32GB", "V100-PCIe"), ("Tesla T4", "T4"), ("AMD Instinct MI300X", "MI300X"),
+    ("A100 40 GB", "A100-40GB"),
+])
+def test_driver_reported_gpu_names_resolve(name, table):
+    assert estimate.get_gpu(name).name == table
+
+
+@pytest.mark.parametrize("name", ["NVIDIA H100 NVL", "Tesla V100-SXM2-16GB", "NVIDIA GeForce RTX 3090 Ti"])
+def test_gpu_names_the_table_cannot_place_are_refused_with_the_known_ones(name):
+    from llmlab.estimate.hardware import gpu_from_device_name
+
+    with pytest.raises(ConfigError, match=r"is none of the table's .* entries .*another known GPU: A100-40GB, "):
+        estimate.get_gpu(name)
+    assert gpu_from_device_name(name) is None  # the training loop then reports no MFU rather than a wrong one

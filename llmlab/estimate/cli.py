@@ -92,7 +92,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = command("infer-memory", "inference memory: weights, KV cache, activations; what fits a GPU", _infer_memory)
     c.add_argument("--batch", type=int, default=1, help="concurrent sequences (default 1)")
     c.add_argument("--context", type=int, help="tokens per sequence held in the KV cache (default: model context)")
-    c.add_argument("--weights", default="bf16", choices=list(memory.WEIGHT_FORMATS), help="weight format")
+    c.add_argument("--weights", choices=[*memory.WEIGHT_FORMATS, "gguf"],
+                   help="weight format (default: a .gguf's own tensors as stored, bf16 for any other MODEL)")
     c.add_argument("--kv-dtype", default="bf16", choices=list(memory.DTYPE_BYTES), help="KV-cache dtype")
     c.add_argument("--no-flash", dest="flash", action="store_false", help="prefill without a fused attention kernel")
     c.add_argument("--gpu", help="report the largest batch and context that fit this GPU, and the decode ceiling")
@@ -244,9 +245,20 @@ def _train_memory(args) -> int:
     if args.gpu:
         gpu = hardware.get_gpu(args.gpu)
         steps.append(Step(f"fits {gpu.name} ({gpu.memory_gib:g} GiB)?", float(r.total_with_overhead <= gpu.memory_bytes),
-                          "", "1 = yes, 0 = no (total + overhead vs capacity)"))
+                          "yes/no", f"total + overhead ≤ {gpu.memory_gib:g} GiB"))
     data = {k: v for k, v in r.as_dict().items() if k != "steps"}
     return _emit(args, f"training memory per device for {args.model}", steps, data)
+
+
+def _weights(model: str, weights: str | None) -> str:
+    """The weight format: as given, else a .gguf's own tensors, else bf16. A format given for a .gguf is a what-if."""
+    if not memory.is_gguf(model):
+        return weights or "bf16"
+    if weights not in (None, "gguf"):
+        stored = memory.weight_bytes(model, "gguf")
+        _note(f"--weights {weights} estimates the weights re-stored as {weights}; the file's own tensors take "
+              f"{stored:,} B (omit --weights to use them).")
+    return weights or "gguf"
 
 
 def _infer_memory(args) -> int:
@@ -254,19 +266,23 @@ def _infer_memory(args) -> int:
     gpu = hardware.get_gpu(args.gpu) if args.gpu else None
     cfg = presets.resolve(args.model)
     _note_past_context(cfg, "--context", args.context)
-    kw = dict(weights=args.weights, kv_dtype=args.kv_dtype, flash=args.flash)
-    r = memory.inference_memory(cfg, batch=args.batch, context=args.context, **kw)
+    weights = _weights(args.model, args.weights)
+    ctx = cfg.max_position_embeddings if args.context is None else args.context
+    if cfg.sliding_window is not None and ctx > cfg.sliding_window:
+        _note(f"the KV cache counts all {ctx} positions, as llmlab's KVCache holds them; a rolling-buffer cache "
+              f"(Mistral's reference code) keeps only the {cfg.sliding_window}-token window.")
+    kw = dict(weights=weights, kv_dtype=args.kv_dtype, flash=args.flash)
+    r = memory.inference_memory(args.model, batch=args.batch, context=args.context, **kw)
     steps = list(r.steps)
     data = {k: v for k, v in r.as_dict().items() if k != "steps"}
     if gpu is None:
         return _emit(args, f"inference memory for {args.model}", steps, data)
-    ctx = cfg.max_position_embeddings if args.context is None else args.context
     cap = f"total + overhead ≤ {gpu.memory_gib:g} GiB"
     fits = r.total_with_overhead <= gpu.memory_bytes
-    max_b = memory.max_fitting(cfg, gpu.memory_bytes, vary="batch", context=ctx, **kw)
-    max_c = memory.max_fitting(cfg, gpu.memory_bytes, vary="context", batch=args.batch, **kw)
+    max_b = memory.max_fitting(args.model, gpu.memory_bytes, vary="batch", context=ctx, **kw)
+    max_c = memory.max_fitting(args.model, gpu.memory_bytes, vary="context", batch=args.batch, **kw)
     steps.append(Step(f"fits {gpu.name} ({gpu.memory_gib:g} GiB) at batch {args.batch}, context {ctx}?",
-                      float(fits), "", "1 = yes, 0 = no (" + cap + ")"))
+                      float(fits), "yes/no", cap))
     # A batch, context or speed is reported only for a setup that fits: "largest batch 0" or the decode
     # speed of a model the GPU cannot hold would be numbers about nothing.
     if max_b:
@@ -276,7 +292,7 @@ def _infer_memory(args) -> int:
                           f"{cap}, at most max_position_embeddings {cfg.max_position_embeddings}"))
     tps = None
     if fits:
-        tps = time.decode_tokens_per_s(cfg, gpu, batch=args.batch, context=ctx, weights=args.weights,
+        tps = time.decode_tokens_per_s(args.model, gpu, batch=args.batch, context=ctx, weights=weights,
                                        kv_dtype=args.kv_dtype)
         steps.append(Step("decode ceiling (bandwidth)", tps, "tok/s", "batch · bandwidth / (weights + KV)",
                           f"{args.batch} · {gpu.bandwidth:.4g} / ({r.weights:,} + {r.kv_cache:,})"))
@@ -284,7 +300,7 @@ def _infer_memory(args) -> int:
         gib = lambda b: f"{b / 2**30:,.1f} GiB"  # noqa: E731
         if not max_b:
             _note(f"{args.model} does not fit a {gpu.name} ({gpu.memory_gib:g} GiB) even at batch 1, context {ctx} "
-                  f"(the {args.weights} weights alone are {gib(r.weights)}): no decode speed is reported; try "
+                  f"(the {weights} weights alone are {gib(r.weights)}): no decode speed is reported; try "
                   "smaller --weights, a shorter --context or a larger GPU.")
         else:
             _note(f"batch {args.batch} at context {ctx} does not fit a {gpu.name} ({gib(r.total_with_overhead)} with "
@@ -300,11 +316,14 @@ def _time(args) -> int:
         raise ConfigError(f"--mfu is a fraction of the peak in (0, 1], got {args.mfu:g}; e.g. --mfu 0.4.")
     cfg = presets.resolve(args.model)
     _note_past_context(cfg, "--context", args.context)
-    steps = time.time_steps(cfg, args.tokens, gpu=args.gpu, n_gpus=args.n_gpus, mfu=args.mfu,
-                            dtype=args.dtype, batch=args.batch, context=args.context)
+    weights = _weights(args.model, None)
+    steps = time.time_steps(args.model, args.tokens, gpu=args.gpu, n_gpus=args.n_gpus, mfu=args.mfu,
+                            dtype=args.dtype, batch=args.batch, context=args.context, weights=weights)
     if not steps[-1].name.startswith("decode ceiling"):
-        _note(f"one {hardware.get_gpu(args.gpu).name} cannot hold {args.model}'s bf16 weights and KV cache at "
-              f"--batch {args.batch}, so no single-GPU decode ceiling is reported.")
+        gpu = hardware.get_gpu(args.gpu)
+        _note(f"{args.model} at --batch {args.batch} does not fit one {gpu.name} ({weights} weights + KV cache + "
+              f"activations + overhead > {gpu.memory_gib:g} GiB), so no decode ceiling is reported; `llmlab estimate "
+              "infer-memory ... --gpu` gives the largest batch that fits.")
     return _emit(args, f"training time for {args.model}", steps, {"seconds": steps[3].value})
 
 

@@ -20,7 +20,7 @@ GB, GiB = 1e9, 2**30
 class Step:
     name: str
     value: float
-    unit: str  # "B" (bytes), "params", "FLOP", "FLOP/s", "s", "tok/s", "" (a plain number)
+    unit: str  # "B" (bytes), "params", "FLOP", "FLOP/s", "s", "tok/s", "yes/no" (1 or 0), "" (a plain number)
     formula: str = ""
     numbers: str = ""  # the formula with this model's numbers substituted
 
@@ -43,6 +43,8 @@ def human(value: float, unit: str) -> str:
     if unit == "s":
         days = value / 86400
         return f"{value:,.0f} s = {value / 3600:,.1f} h = {days:,.1f} days" if value >= 3600 else f"{value:.4g} s"
+    if unit == "yes/no":
+        return "yes" if value else "no"
     if unit in ("FLOP", "FLOP/s"):
         return f"{value:.4g} {unit}"
     if unit == "":

@@ -30,6 +30,7 @@ GeForce cards are listed with FP32 accumulation (what training uses); FP16-accum
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from llmlab.errors import ConfigError
@@ -92,14 +93,27 @@ GPUS: dict[str, GPU] = {g.name: g for g in [
 _ALIASES = {"a100": "A100-80GB", "a10080gb": "A100-80GB", "a10040gb": "A100-40GB", "h100": "H100-SXM",
             "h100sxm5": "H100-SXM", "4090": "RTX-4090", "rtx4090": "RTX-4090", "3090": "RTX-3090",
             "v100": "V100-SXM2", "l40s": "L40S", "h200": "H200", "mi300x": "MI300X"}
+# Words of driver-reported names (torch.cuda.get_device_name, nvidia-smi): the vendor's, which say nothing,
+# and the form factor's (an H100's "HBM3" is the SXM part; the PCIe one has HBM2e).
+_VENDOR_WORDS = {"nvidia", "amd", "tesla", "geforce", "rtx", "instinct"}
+_FORM_WORDS = {"pcie": "pcie", "sxm": "sxm", "sxm2": "sxm", "sxm4": "sxm", "sxm5": "sxm", "hbm3": "sxm"}
 
 
 def _norm(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
+def _family(name: str) -> str:
+    """A table name's chip: 'A100-80GB-PCIe' -> 'a100', 'RTX-4090' -> '4090'."""
+    return name.lower().removeprefix("rtx-").split("-")[0]
+
+
 def get_gpu(name: str | GPU) -> GPU:
-    """The GPU called `name` (case and dashes ignored: "a100", "H100-SXM", "rtx 4090")."""
+    """The GPU called `name`: a table name or alias (case and dashes ignored: "a100", "H100-SXM", "rtx 4090"),
+    or a driver-reported name ("NVIDIA A100 80GB PCIe", "Tesla V100-SXM2-32GB", "NVIDIA H100 80GB HBM3").
+
+    A driver name is read as chip + memory + form factor; what it leaves open takes the chip's default (the
+    alias: an 80GB A100 is the SXM part), and a word it cannot place ("H100 NVL", "RTX 3090 Ti") is refused."""
     if isinstance(name, GPU):
         return name
     key = _norm(name)
@@ -108,7 +122,27 @@ def get_gpu(name: str | GPU) -> GPU:
             return gpu
     if key in _ALIASES:
         return GPUS[_ALIASES[key]]
-    raise ConfigError(f"unknown GPU {name!r}; known GPUs: {', '.join(GPUS)}.")
+    words = [w for w in re.findall(r"[a-z0-9]+", re.sub(r"(\d+)\s*gb\b", r"\1gb", name.lower()))
+             if w not in _VENDOR_WORDS]
+    chips = {_family(g.name) for g in GPUS.values()}
+    chip = next((w for w in words if w in chips), None)
+    if chip is None:
+        raise ConfigError(f"unknown GPU {name!r}; known GPUs: {', '.join(GPUS)} (driver names such as "
+                          "'NVIDIA A100 80GB PCIe' work too).")
+    sizes = [int(w[:-2]) for w in words if re.fullmatch(r"\d+gb", w)]
+    forms = [_FORM_WORDS[w] for w in words if w in _FORM_WORDS]
+    unplaced = len(words) - 1 - len(sizes) - len(forms)  # e.g. "NVL" of an H100 NVL, "Ti" of a 3090 Ti
+    found = [] if unplaced else [g for g in GPUS.values() if _family(g.name) == chip and
+                                 all(g.memory_gib == size for size in sizes)]
+    for form in forms:  # a part the table has in one form only (the A100 40GB) keeps its entry
+        found = [g for g in found if ("pcie" in g.name.lower()) == (form == "pcie")] or found
+    if len(found) > 1 and _ALIASES.get(chip) in {g.name for g in found}:
+        found = [GPUS[_ALIASES[chip]]]
+    if len(found) != 1:
+        same = ", ".join(g.name for g in GPUS.values() if _family(g.name) == chip)
+        raise ConfigError(f"GPU {name!r} is none of the table's {chip.upper()} entries ({same}); pass one of "
+                          f"those names, or another known GPU: {', '.join(GPUS)}.")
+    return found[0]
 
 
 def check_n_gpus(n_gpus: int) -> None:
@@ -117,19 +151,9 @@ def check_n_gpus(n_gpus: int) -> None:
         raise ConfigError(f"n_gpus must be at least 1, got {n_gpus}.")
 
 
-_DEVICE_NAME_KEYS = ("H200", "H100", "A100", "L40S", "L4", "A10", "4090", "3090", "V100", "T4", "MI300X")
-
-
 def gpu_from_device_name(name: str) -> GPU | None:
-    """The table entry for a driver-reported name such as 'NVIDIA H100 80GB HBM3' (None when unknown).
-
-    Keys are tried longest-prefix first (A100 before A10, L40S before L4)."""
-    upper = name.upper()
-    key = next((k for k in _DEVICE_NAME_KEYS if k in upper), None)
-    if key is None:
+    """The table entry for a driver-reported name such as 'NVIDIA H100 80GB HBM3' (None when unknown or ambiguous)."""
+    try:
+        return get_gpu(name)
+    except ConfigError:
         return None
-    if key == "H100" and "PCIE" in upper:
-        return GPUS["H100-PCIe"]
-    if key == "A100" and "40GB" in upper:
-        return GPUS["A100-40GB"]
-    return get_gpu(key)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from llmlab.config import ModelConfig
@@ -71,17 +72,42 @@ WEIGHT_FORMATS = {
 }
 
 
+def is_gguf(cfg: ConfigLike) -> bool:
+    return isinstance(cfg, (str, Path)) and Path(cfg).suffix == ".gguf"
+
+
+def gguf_tensor_bytes(path: str | Path) -> dict[str, int]:
+    """Bytes of a .gguf file's tensors by the type each is stored in ({"Q4_1": ..., "Q8_0": ..., "F32": ...})."""
+    from llmlab.gguf_file import open_gguf
+
+    resolve(path)  # the same one-line errors as every estimate for a missing or unreadable file
+    by_type: dict[str, int] = {}
+    for t in open_gguf(path).tensors:
+        by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + int(t.n_bytes)
+    return by_type
+
+
 def weight_bytes(cfg: ConfigLike, weights: str = "bf16", *, other: str = "bf16") -> int:
     """Bytes of all parameters when the layers' weight matrices use format `weights`.
 
-    Quantization (any non-float format) applies to the attention and FFN matrices, as llmlab's
-    module swap does; embeddings, an untied LM head, norms and biases stay in `other`.
+    The rule: a format narrower than 16 bits (fp8, int8, int4, q8_0, q4_0, q4_1) applies to the
+    attention and FFN matrices only, as llmlab's module swap and FP8 serving (vLLM, TensorRT-LLM)
+    do; embeddings, an untied LM head, norms and biases stay in `other`. fp32/bf16/fp16 apply to all.
+    weights="gguf" (for a .gguf `cfg` only) is the file's own tensors as stored: llama.cpp also
+    quantizes the embedding (SmolLM2's Q4_1 file keeps token_embd in Q8_0) and keeps norms in F32.
     """
+    if weights == "gguf":
+        if not is_gguf(cfg):
+            what = cfg if isinstance(cfg, (str, Path)) else f"a {type(cfg).__name__}"
+            raise ConfigError(f"weights 'gguf' are the tensors of a .gguf MODEL as stored, and {what} is not a "
+                              f".gguf file; choose one of {', '.join(WEIGHT_FORMATS)}.")
+        return sum(gguf_tensor_bytes(cfg).values())
     cfg = resolve(cfg)
     if weights not in WEIGHT_FORMATS:
-        raise ConfigError(f"unknown weight format {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}.")
+        raise ConfigError(f"unknown weight format {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}"
+                          " (or gguf for a .gguf MODEL).")
     fmt, plain = WEIGHT_FORMATS[weights], dtype_bytes(other)
-    quantized = weights not in DTYPE_BYTES or weights == "int8"
+    quantized = fmt.bits < 16
     total = 0
     for t in param_shapes(cfg):
         reps = cfg.num_layers if t.per_layer else 1
@@ -89,7 +115,7 @@ def weight_bytes(cfg: ConfigLike, weights: str = "bf16", *, other: str = "bf16")
             nbytes = t.numel * (fmt.bits // 8 if not quantized else plain)
         else:
             out_features, in_features = t.shape
-            group = in_features if fmt.group == 0 else fmt.group
+            group = in_features if fmt.group == 0 else (fmt.group or t.numel)
             nbytes = t.numel * fmt.bits // 8 + -(-t.numel // group) * fmt.meta_bytes
         total += nbytes * reps
     return total
@@ -167,8 +193,9 @@ def _check_tp(cfg: ModelConfig, tp: int) -> None:
 
 def _megatron(cfg, b, s, dtype, recompute, flash, t, p, sp) -> Activations:
     if dtype_bytes(dtype) != 2:
-        raise ConfigError("Korthikanti's activation formula assumes 16-bit activations; use dtype bf16/fp16 "
-                          "or the 'llmlab' formula for fp32.")
+        raise ConfigError("Korthikanti's activation formula assumes 16-bit activations; train in 16 bits "
+                          "(`--precision bf16-mixed` on the command line, dtype='bf16' in Python) or estimate fp32 "
+                          "with the 'llmlab' formula (`--activations llmlab`, formula='llmlab').")
     h, a, L, V = cfg.hidden_size, cfg.num_heads, cfg.num_layers, cfg.vocab_size
     hq, hkv, ffn = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
     widths = 4 if cfg.gated_ffn else 2  # FFN tensors of width `ffn`: act in/out (+ up output and product if gated)
@@ -418,8 +445,9 @@ def prefill_activation_bytes(cfg: ModelConfig, batch: int, tokens: int, dtype: s
 def inference_memory(cfg: ConfigLike, *, batch: int = 1, context: int | None = None, weights: str = "bf16",
                      kv_dtype: str = "bf16", prefill: int | None = None, flash: bool = True,
                      overhead: int = DEFAULT_OVERHEAD) -> InferenceMemory:
-    """Bytes to serve `batch` sequences of up to `context` tokens (prefill chunk defaults to the context)."""
-    cfg = resolve(cfg)
+    """Bytes to serve `batch` sequences of up to `context` tokens (prefill chunk defaults to the context).
+    weights="gguf": a .gguf MODEL's tensors as the file stores them (see `weight_bytes`)."""
+    model, cfg = cfg, resolve(cfg)
     context = cfg.max_position_embeddings if context is None else context
     if batch < 1 or context < 1:
         raise ConfigError(f"batch and context must be at least 1, got {batch} and {context}.")
@@ -427,16 +455,12 @@ def inference_memory(cfg: ConfigLike, *, batch: int = 1, context: int | None = N
         raise ConfigError(f"prefill must be at least 1 token, got {prefill}.")
     prefill = context if prefill is None else min(prefill, context)
     act_dtype = weights if weights in ("fp32", "fp16") else "bf16"
-    w = weight_bytes(cfg, weights, other=act_dtype)
+    w = weight_bytes(model, weights, other=act_dtype)
     kv = kv_cache_bytes(cfg, batch, context, kv_dtype)
     act = prefill_activation_bytes(cfg, batch, prefill, act_dtype, flash)
-    fmt = WEIGHT_FORMATS[weights]
-    w_formula = (f"N · {fmt.bits // 8} B" if weights in DTYPE_BYTES and weights != "int8"
-                 else f"layer matrices at {fmt.bits} bits + {fmt.note}; embeddings/norms in {act_dtype}")
     steps = [
         Step("parameters", count_params(cfg), "params"),
-        Step(f"weights ({weights})", w, "B", w_formula,
-             f"{num(count_params(cfg))} · {fmt.bits // 8}" if weights in DTYPE_BYTES and weights != "int8" else ""),
+        _weights_step(model, cfg, weights, w, act_dtype),
         _kv_step(cfg, batch, context, kv_dtype),
         Step("peak activations (prefill)", act, "B",
              "e·b·s·(h + max(attention, FFN)) + 4·b·vocab" + ("" if flash else " (+ 8·b·heads·s² fp32 scores)"),
@@ -448,17 +472,29 @@ def inference_memory(cfg: ConfigLike, *, batch: int = 1, context: int | None = N
     return InferenceMemory(w, kv, act, overhead, steps)
 
 
+def _weights_step(model: ConfigLike, cfg: ModelConfig, weights: str, w: int, other: str) -> Step:
+    if weights == "gguf":
+        by_type = gguf_tensor_bytes(model)
+        return Step("weights (the .gguf's tensors)", w, "B", f"Σ tensor bytes as stored: {' + '.join(by_type)}",
+                    " + ".join(f"{v:,}" for v in by_type.values()))
+    fmt, n = WEIGHT_FORMATS[weights], count_params(cfg)
+    if fmt.bits >= 16:
+        return Step(f"weights ({weights})", w, "B", f"N · {fmt.bits // 8} B", f"{num(n)} · {fmt.bits // 8}")
+    return Step(f"weights ({weights})", w, "B", f"layer matrices at {fmt.bits} bits + {fmt.note}; "
+                f"embeddings, LM head and norms in {other}")
+
+
 def max_fitting(cfg: ConfigLike, capacity: float, *, vary: str, batch: int = 1, context: int | None = None,
                 **kwargs: Any) -> int:
     """The largest batch (vary="batch") or context (vary="context") whose total + overhead fits `capacity` bytes.
 
     Contexts are capped at the model's max_position_embeddings. Returns 0 when not even one fits."""
-    cfg = resolve(cfg)
+    model, cfg = cfg, resolve(cfg)
     context = cfg.max_position_embeddings if context is None else context
 
     def fits(x: int) -> bool:
         b, c = (x, context) if vary == "batch" else (batch, x)
-        return inference_memory(cfg, batch=b, context=c, **kwargs).total_with_overhead <= capacity
+        return inference_memory(model, batch=b, context=c, **kwargs).total_with_overhead <= capacity
 
     if vary not in ("batch", "context"):
         raise ConfigError(f"vary must be 'batch' or 'context', got {vary!r}.")

@@ -13,7 +13,7 @@ from llmlab.errors import ConfigError
 from llmlab.estimate.explain import Step, num
 from llmlab.estimate.flops import training_flops
 from llmlab.estimate.hardware import GPU, check_n_gpus, get_gpu
-from llmlab.estimate.memory import kv_cache_bytes, weight_bytes
+from llmlab.estimate.memory import inference_memory, kv_cache_bytes, weight_bytes
 from llmlab.estimate.params import count_params
 from llmlab.estimate.presets import ConfigLike, resolve
 
@@ -44,16 +44,18 @@ def _check_decode(batch: int, context: int) -> None:
 
 def time_steps(cfg: ConfigLike, tokens: float, *, gpu: str, n_gpus: int, mfu: float, dtype: str = "bf16",
                batch: int = 1, context: int | None = None, weights: str = "bf16") -> list[Step]:
-    """Training FLOPs, peak, cluster throughput and time; then the decode ceiling, which is left out when
-    one GPU cannot hold the weights and the batch's KV cache (it would be the speed of a setup that cannot run)."""
-    cfg = resolve(cfg)
+    """Training FLOPs, peak, cluster throughput and time; whether the decode batch fits one GPU (the test of
+    `inference_memory`: weights + KV + activations + overhead); then the decode ceiling, only when it fits
+    (otherwise it would be the speed of a setup that cannot run)."""
+    model, cfg = cfg, resolve(cfg)
     g = get_gpu(gpu)
     context = cfg.max_position_embeddings if context is None else context
     _check_decode(batch, context)
     n, flops = count_params(cfg), training_flops(cfg, tokens)
     peak = g.peak_flops(dtype)
     seconds = training_time(cfg, tokens, gpu=g, n_gpus=n_gpus, mfu=mfu, dtype=dtype)
-    w, kv = weight_bytes(cfg, weights), kv_cache_bytes(cfg, batch, context)
+    mem = inference_memory(model, batch=batch, context=context, weights=weights)
+    w, kv, fits = mem.weights, mem.kv_cache, mem.total_with_overhead <= g.memory_bytes
     steps = [
         Step("training FLOPs", flops, "FLOP", "6·N·D", f"6 · {num(n)} · {tokens:.4g}"),
         Step(f"peak per {g.name} ({dtype}, dense)", peak, "FLOP/s", g.source),
@@ -61,8 +63,11 @@ def time_steps(cfg: ConfigLike, tokens: float, *, gpu: str, n_gpus: int, mfu: fl
              f"{n_gpus} · {peak:.4g} · {mfu}"),
         Step("training time", seconds, "s", "FLOPs / (n_gpus · peak · MFU)",
              f"{flops:.4g} / ({n_gpus} · {peak:.4g} · {mfu})"),
+        Step(f"decode batch {batch} at context {context} fits {g.name} ({g.memory_gib:g} GiB)?", float(fits),
+             "yes/no", f"weights + KV + activations + overhead ({mem.total_with_overhead / 2**30:,.1f} GiB) ≤ "
+             f"{g.memory_gib:g} GiB"),
     ]
-    if w + kv <= g.memory_bytes:
+    if fits:
         steps.append(Step(f"decode ceiling, batch {batch} at context {context}", batch * g.bandwidth / (w + kv),
                           "tok/s", "batch · bandwidth / (weight bytes + KV bytes)",
                           f"{batch} · {g.bandwidth:.4g} / ({num(w)} + {num(kv)})"))

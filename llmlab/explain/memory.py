@@ -67,6 +67,11 @@ def kv_cache_formula(ctx: Context) -> Result:
                       ["layout", "heads", "kv heads", "KVCache.nbytes()", "estimate", "notes' formula", "notes' short form"], rows)])
 
 
+# The notes' figures for LLaMA-7B at batch 4 × 2048 in fp16, read as GB = 1e9 bytes: weights 14, KV cache 2,
+# activations 1-2, total 17-18.
+NOTES_7B_GB = {"weights": 14, "kv": 2, "activations": (1, 2), "total": (17, 18)}
+
+
 @topic("kv-cache-7b", theme="memory",
        question_en="How much GPU memory does a 7B fp16 model need for inference at batch 4 × 2048?",
        question_zh="一个7B参数的FP16模型,batch_size=4,seq_len=2048,估算推理显存需求?",
@@ -74,8 +79,9 @@ def kv_cache_formula(ctx: Context) -> Result:
                Claim("kv", SEED_001, "KV缓存:2048 × 32层 × 4096维度 × 2 × 4 = 2GB", numeric=True),
                Claim("activations", SEED_001, "激活值:约1-2GB", numeric=True),
                Claim("total", SEED_001, "总计:约17-18GB", numeric=True)],
-       answer_en="KV cache 4 GiB (the notes forgot 2 bytes/element), weights 12.6 GiB (13.5 GB): ≈ 17 GiB + activations, not 17-18 GB with a 2 GB cache.",
-       answer_zh="KV cache 为 4 GiB(笔记漏乘每元素 2 字节),权重 12.6 GiB(13.5 GB):约 17 GiB 加激活,而不是 2 GB 缓存下的 17-18 GB。")
+       answer_en="The KV cache holds twice the bytes the notes count (they counted its elements, 2 bytes each in fp16), "
+                 "so the total lands above their 17-18 GB.",
+       answer_zh="KV cache 的字节数是笔记所算的 2 倍(笔记算的是元素个数,fp16 每个 2 字节),所以总量高于笔记的 17-18 GB。")
 def kv_cache_7b(ctx: Context) -> Result:
     cfg = "llama-7b"
     mem = inference_memory(cfg, batch=4, context=2048, weights="fp16", kv_dtype="fp16")
@@ -86,32 +92,59 @@ def kv_cache_7b(ctx: Context) -> Result:
     notes_kv = 2048 * 32 * 4096 * 2 * 4
     n = count_params(cfg)
     no_flash = inference_memory(cfg, batch=4, context=2048, weights="fp16", kv_dtype="fp16", flash=False)
+    # Everything in GB (1e9 B), as the notes write it: how far each of their lines is from the computed one.
+    w, kv, act, total = mem.weights / 1e9, mem.kv_cache / 1e9, mem.activations / 1e9, mem.total / 1e9
+    notes = NOTES_7B_GB
+    weights_up = notes["weights"] - w  # the notes round the weights up ...
+    act_lo, act_hi = (a - act for a in notes["activations"])  # ... and guess more activations than computed ...
+    kv_short = kv - notes["kv"]  # ... but leave half the cache out
+    short_lo, short_hi = (total - t for t in notes["total"])  # how far the notes' total falls below the computed one
+    L, kvh, hd = model_cfg.num_layers, model_cfg.num_kv_heads, model_cfg.head_dim
     rows = [["weights (fp16)", f"{n:,} × 2", mem.weights, mem.weights / GiB, "14 GB"],
-            ["KV cache (fp16)", "2·2·32·4·2048·32·128", mem.kv_cache, mem.kv_cache / GiB, "2 GB"],
+            ["KV cache (fp16)", f"2·2·{L}·4·2048·{kvh}·{hd}", mem.kv_cache, mem.kv_cache / GiB, "2 GB"],
             ["KVCache.allocate(meta).nbytes()", "", real, real / GiB, ""],
             ["peak prefill activations (fused attention)", "", mem.activations, mem.activations / GiB, "1-2 GB"],
             ["peak prefill activations (explicit n² scores)", "", no_flash.activations, no_flash.activations / GiB, ""],
             ["total (weights + KV + activations)", "", mem.total, mem.total / GiB, "17-18 GB"]]
+    in_range = notes["total"][0] <= total <= notes["total"][1]
+    if in_range:
+        where_en, where_zh = "the notes' 17-18 GB holds it", "在笔记的 17-18 GB 之内"
+    elif short_hi > 0:
+        where_en = f"the notes' 17-18 GB falls {short_hi:.2f}-{short_lo:.2f} GB short"
+        where_zh = f"笔记的 17-18 GB 少了 {short_hi:.2f}-{short_lo:.2f} GB"
+    else:
+        where_en = f"the notes' 17-18 GB overshoots by {-short_lo:.2f}-{-short_hi:.2f} GB"
+        where_zh = f"笔记的 17-18 GB 多了 {-short_lo:.2f}-{-short_hi:.2f} GB"
+    full = weights_up + act_hi >= kv_short  # can the notes' two over-estimates make up for the cache?
     return Result(
-        verdicts={"weights": "confirmed", "kv": "wrong", "activations": "incomplete", "total": "incomplete"},
+        verdicts={"weights": "confirmed", "kv": "wrong", "activations": "incomplete",
+                  "total": "incomplete" if in_range else "wrong"},
         numbers={"kv_bytes": mem.kv_cache, "kv_gib": mem.kv_cache / GiB, "kv_real_bytes": real,
-                 "notes_kv_elements": notes_kv, "weights_gb": mem.weights / 1e9, "total_gib": mem.total / GiB,
-                 "activations_gib": mem.activations / GiB, "activations_explicit_gib": no_flash.activations / GiB},
+                 "notes_kv_elements": notes_kv, "weights_gb": w, "kv_gb": kv, "activations_gb": act, "total_gb": total,
+                 "total_gib": mem.total / GiB, "activations_gib": mem.activations / GiB,
+                 "activations_explicit_gib": no_flash.activations / GiB, "weights_rounded_up_gb": weights_up,
+                 "kv_under_count_gb": kv_short, "notes_total_short_gb": short_hi},
         corrected_en=f"2048 × 32 × 4096 × 2 × 4 = {notes_kv:,} is the number of cached elements; at 2 bytes each (fp16) "
-                     f"the cache is {mem.kv_cache:,} B = {mem.kv_cache / GiB:.0f} GiB ({mem.kv_cache / 1e9:.2f} GB), not 2 GB. "
-                     f"Weights: LLaMA-7B has {n / 1e9:.2f} B parameters → {mem.weights / 1e9:.1f} GB "
+                     f"the cache is {mem.kv_cache:,} B = {mem.kv_cache / GiB:g} GiB ({kv:.2f} GB), not 2 GB. "
+                     f"Weights: LLaMA-7B has {n / 1e9:.2f} B parameters → {w:.2f} GB "
                      f"(14 GB for a round 7 B is fine). Activations depend on the attention kernel: "
-                     f"{mem.activations / GiB:.2f} GiB fused vs {no_flash.activations / GiB:.1f} GiB with explicit n² scores. "
-                     f"Total ≈ {mem.total / GiB:.1f} GiB ({mem.total / 1e9:.1f} GB) plus framework overhead: the notes' 17-18 GB "
-                     "lands close only because the 2 GB under-count of the cache is offset by rounding the weights up.",
+                     f"{act:.2f} GB fused vs {no_flash.activations / 1e9:.2f} GB with explicit n² scores. "
+                     f"Total = {w:.2f} + {kv:.2f} + {act:.2f} = {total:.2f} GB ({mem.total / GiB:.1f} GiB) plus "
+                     f"framework overhead, and {where_en}: rounding the weights up to 14 GB (+{weights_up:.2f} GB) "
+                     f"and guessing 1-2 GB of activations against {act:.2f} GB (+{act_lo:.2f} to +{act_hi:.2f} GB) "
+                     f"offset {'' if full else 'only part of '}the cache's {kv_short:.2f} GB under-count.",
         corrected_zh=f"2048 × 32 × 4096 × 2 × 4 = {notes_kv:,} 是缓存的元素个数;每个 fp16 元素 2 字节,缓存为 {mem.kv_cache:,} B = "
-                     f"{mem.kv_cache / GiB:.0f} GiB({mem.kv_cache / 1e9:.2f} GB),不是 2 GB。权重:LLaMA-7B 有 {n / 1e9:.2f} B 参数 → "
-                     f"{mem.weights / 1e9:.1f} GB(按整 7B 算 14 GB 可以)。激活取决于注意力实现:融合内核 {mem.activations / GiB:.2f} GiB,"
-                     f"显式 n² 分数 {no_flash.activations / GiB:.1f} GiB。合计约 {mem.total / GiB:.1f} GiB({mem.total / 1e9:.1f} GB)外加框架开销:"
-                     "笔记的 17-18 GB 之所以接近,只是因为缓存少算的 2 GB 被权重的向上取整抵消了。",
-        conclusion_en="The notes' KV-cache line multiplies the elements but forgets the bytes per element, so the cache is "
-                      "4 GiB, not 2 GB; llmlab's KVCache for this shape allocates exactly 4 GiB.",
-        conclusion_zh="笔记的 KV cache 计算乘了元素个数却忘了乘每元素字节数,所以缓存是 4 GiB 而不是 2 GB;llmlab 的 KVCache 对该形状正好分配 4 GiB。",
+                     f"{mem.kv_cache / GiB:g} GiB({kv:.2f} GB),不是 2 GB。权重:LLaMA-7B 有 {n / 1e9:.2f} B 参数 → "
+                     f"{w:.2f} GB(按整 7B 算 14 GB 可以)。激活取决于注意力实现:融合内核 {act:.2f} GB,"
+                     f"显式 n² 分数 {no_flash.activations / 1e9:.2f} GB。合计 {w:.2f} + {kv:.2f} + {act:.2f} = {total:.2f} GB"
+                     f"({mem.total / GiB:.1f} GiB)外加框架开销,{where_zh}:权重向上取整到 14 GB(+{weights_up:.2f} GB)"
+                     f"和把激活估成 1-2 GB(计算值 {act:.2f} GB,+{act_lo:.2f} 到 +{act_hi:.2f} GB)"
+                     f"{'抵消了' if full else '只抵消了'}缓存少算的 {kv_short:.2f} GB{'' if full else '中的一部分'}。",
+        conclusion_en=f"The notes' KV-cache line multiplies the elements but forgets the bytes per element, so the cache is "
+                      f"{mem.kv_cache / GiB:g} GiB, not 2 GB; llmlab's KVCache for this shape allocates exactly "
+                      f"{real / GiB:g} GiB.",
+        conclusion_zh=f"笔记的 KV cache 计算乘了元素个数却忘了乘每元素字节数,所以缓存是 {mem.kv_cache / GiB:g} GiB 而不是 2 GB;"
+                      f"llmlab 的 KVCache 对该形状正好分配 {real / GiB:g} GiB。",
         tables=[Table("LLaMA-7B, batch 4 × 2048, fp16", "LLaMA-7B,batch 4 × 2048,fp16",
                       ["part", "arithmetic", "bytes", "GiB", "notes"], rows)])
 

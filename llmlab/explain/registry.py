@@ -162,6 +162,8 @@ def topic(id: str, *, theme: str, question_en: str, question_zh: str, claims: li
     def register(fn: Callable[[Context], Result]) -> Callable[[Context], Result]:
         if id in _TOPICS:
             raise ValueError(f"topic {id!r} is registered twice")
+        if id != id.lower():
+            raise ValueError(f"topic {id!r}: ids are lower-case (get_topic matches them in any case)")
         if not claims:
             raise ValueError(f"topic {id!r} quotes no claim from the notes")
         _TOPICS[id] = Topic(id, theme, question_en, question_zh, tuple(claims), answer_en, answer_zh, fn)
@@ -229,11 +231,13 @@ def topic_index() -> list[TopicInfo]:
 
 
 def get_topic(id: str) -> Topic:
-    """The topic `id`, importing only the module that declares it; an unknown id is refused without importing any."""
+    """The topic `id` (any case: 'KV-Cache-7B'), importing only the module that declares it; an unknown id is
+    refused without importing any."""
     topics = {t.id: t for t in topic_index()}
-    if id in topics:
-        importlib.import_module(f"llmlab.explain.{topics[id].module}")
-        return _TOPICS[id]
-    close = difflib.get_close_matches(id, topics, n=3, cutoff=0.4) or [t for t in topics if id in t]
+    key = id.strip().lower()  # topic ids are lower-case (checked by @topic); estimate's preset names match the same way
+    if key in topics:
+        importlib.import_module(f"llmlab.explain.{topics[key].module}")
+        return _TOPICS[key]
+    close = difflib.get_close_matches(key, topics, n=3, cutoff=0.4) or [t for t in topics if key in t]
     hint = f"did you mean {', '.join(close)}?" if close else "run `llmlab explain` to list them."
     raise UnknownTopicError(f"no topic named {id!r}; {hint}")
