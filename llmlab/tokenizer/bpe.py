@@ -23,14 +23,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import regex
+
+from llmlab.errors import TokenizerError
 
 # Pre-split regexes. "gpt2" is the pattern of the original GPT-2 release (what Hugging Face's
 # ByteLevel pre-tokenizer uses); "cl100k" ("gpt4") and "o200k" are tiktoken's, with `$` written
 # as `\z`: Rust's `$` is end-of-text only, Python's also matches before a final newline and
 # Oniguruma's (used by tokenizers) at every line end; `\z` is end-of-text in all three engines.
+# cl100k's `\p{N}{1,3}+` is written `\p{N}{1,3}` (as in Hugging Face's own cl100k/o200k files):
+# Oniguruma reads `{n,m}+` as a repeated group, which would take a whole digit run; nothing follows
+# it in its branch, so dropping the possessive changes no match in `regex` or Rust.
 PATTERNS: dict[str, str] = {
     "gpt2": r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-    "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++\z|\s*[\r\n]|\s+(?!\S)|\s""",
+    "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++\z|\s*[\r\n]|\s+(?!\S)|\s""",
     "o200k": "|".join([
         r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
         r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
@@ -44,9 +50,21 @@ PATTERNS: dict[str, str] = {
 PATTERNS["gpt4"] = PATTERNS["cl100k"]
 
 
+# `X{n,m}+` is possessive in Python `regex` and Rust, a repeated group `(X{n,m})+` in Oniguruma.
+_POSSESSIVE_INTERVAL = regex.compile(r"(?<!\\|\\[a-zA-Z])\{(?:\d+,?\d*|,\d+)\}\+")
+
+
 def resolve_pattern(pattern: str) -> str:
     """A named pattern ('gpt2', 'gpt4'/'cl100k', 'o200k') or a regex, returned as a regex."""
     return PATTERNS.get(pattern, pattern)
+
+
+def check_portable(pattern: str) -> None:
+    """Refuse a split regex that `regex` (llmlab, tiktoken) and Oniguruma (tokenizers) read differently."""
+    if m := _POSSESSIVE_INTERVAL.search(pattern):
+        raise TokenizerError(f"split pattern {pattern[:60]!r} uses the possessive quantifier {m.group()!r}, which "
+                             "tokenizers (Oniguruma) reads as a repeated group, so llmlab and a saved tokenizer.json "
+                             f"would split differently; write {m.group()[:-1]!r} or an atomic group (?>...).")
 
 
 def bytes_to_unicode() -> dict[int, str]:

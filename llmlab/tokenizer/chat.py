@@ -213,7 +213,8 @@ def parts_content(message: dict) -> dict:
 def _template_of(tokenizer: Tokenizer, template: str | None) -> str:
     template = template if template is not None else tokenizer.chat_template
     if template is None:
-        raise TokenizerError("this tokenizer has no chat template; pass template=..., e.g. "
+        raise TokenizerError("this tokenizer has no chat template; pass one (chat_template=... to "
+                             "apply_chat_template, template=... to render_chat and chat_text), e.g. "
                              "llmlab.tokenizer.chat.DEFAULT_CHAT_TEMPLATE.")
     return template
 

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     t.add_argument("--vocab-size", type=int, required=True, help="total vocabulary incl. bytes and special tokens")
     t.add_argument("--out", type=Path, required=True, help="output directory")
     t.add_argument("--kind", choices=("bpe", "wordpiece"), default="bpe", help="algorithm (default: bpe)")
-    t.add_argument("--pattern", default="gpt2",
+    t.add_argument("--pattern", default=None,
                    help="BPE pre-split: 'gpt2', 'gpt4' (cl100k), 'o200k' or a regex (default: gpt2)")
     t.add_argument("--min-frequency", type=int, default=2,
                    help="stop when the best pair occurs fewer times than this, >= 1 (default: 2)")
@@ -60,13 +60,17 @@ def register(subparsers) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from llmlab.data.corpora import resolve_corpus
+    from llmlab.errors import TokenizerError
     from llmlab.tokenizer.train import train_bpe, train_wordpiece
 
+    if args.kind == "wordpiece" and args.pattern is not None:
+        raise TokenizerError("--pattern applies to --kind bpe; WordPiece always splits as BERT does: drop --pattern.")
     files = resolve_corpus(args.input).files  # as `data prepare`: files, directories or a built-in name
     kw = {} if args.special_tokens is None else {"special_tokens": args.special_tokens}
     t0 = time.perf_counter()
     if args.kind == "bpe":
-        tok = train_bpe(files, args.vocab_size, pattern=args.pattern, min_frequency=args.min_frequency, **kw)
+        pattern = "gpt2" if args.pattern is None else args.pattern
+        tok = train_bpe(files, args.vocab_size, pattern=pattern, min_frequency=args.min_frequency, **kw)
     else:
         tok = train_wordpiece(files, args.vocab_size, min_frequency=args.min_frequency, **kw)
     tok.save(args.out)
@@ -89,9 +93,11 @@ def _encode(args: argparse.Namespace) -> int:
     from llmlab.tokenizer.io import load_tokenizer
 
     tok = load_tokenizer(artifacts.resolve(args.tokenizer), pattern=args.pattern)
+    if args.allow_special and not tok.special_tokens:
+        print(f"note: {args.tokenizer} has no special tokens, so --allow-special changes nothing.", file=sys.stderr)
     allowed = "all" if args.allow_special else "none"
-    text = sys.stdin.read()
-    chunks = [text] if args.whole else text.splitlines()
+    text = _read_stdin()
+    chunks = [text] if args.whole else _lines(text)
     for chunk in chunks:
         print(" ".join(map(str, tok.encode(chunk, allowed_special=allowed))))
     return 0
@@ -103,7 +109,7 @@ def _decode(args: argparse.Namespace) -> int:
     from llmlab.tokenizer.io import load_tokenizer
 
     tok = load_tokenizer(artifacts.resolve(args.tokenizer), pattern=args.pattern)
-    for n, line in enumerate(sys.stdin.read().splitlines(), 1):
+    for n, line in enumerate(_lines(_read_stdin()), 1):
         ids = []
         for word in line.replace(",", " ").split():
             try:
@@ -117,3 +123,26 @@ def _decode(args: argparse.Namespace) -> int:
             raise TokenizerError(f"line {n}: {e}") from None
         print(text)
     return 0
+
+
+def _read_stdin() -> str:
+    """All of stdin, decoded as strict UTF-8 (a locale's error handler would turn bad bytes into U+FFFD silently)."""
+    from llmlab.errors import TokenizerError
+
+    if not hasattr(sys.stdin, "buffer"):  # a text stream (tests, embedding) holds decoded text already
+        return sys.stdin.read()
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"stdin is not valid UTF-8 at byte offset {e.start}; convert it (e.g. iconv -t UTF-8) "
+                             "first.") from None
+
+
+def _lines(text: str) -> list[str]:
+    """The lines of `text`, cut at line feeds only (a CRLF counts as one): str.splitlines also cuts at form feeds,
+    U+2028 and other separators, and drops them."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [ln.removesuffix("\r") for ln in lines]

@@ -6,9 +6,11 @@
   bos/eos/pad are read where transformers reads them (`tokenizer_config.json`, `chat_template.jinja`);
 - `*.json`: a Hugging Face `tokenizer.json` (byte-level BPE or WordPiece);
 - `*.tiktoken` / `*.tiktoken.gz`: tiktoken ranks (`base64 rank` lines). The file carries no split
-  pattern and no special tokens: pass `pattern="gpt2" | "cl100k" | "o200k"` (which also adds that
-  encoding's special tokens) or a regex; files under tiktoken's own names (gpt2, r50k_base,
-  cl100k_base, o200k_base: the registry's gpt2/cl100k/o200k-tiktoken) get their encoding's pattern;
+  pattern and no special tokens: pass `pattern="gpt2" | "cl100k" | "o200k"` or a regex. Files under
+  tiktoken's own names (gpt2, r50k_base, cl100k_base, o200k_base: the registry's
+  gpt2/cl100k/o200k-tiktoken) get their encoding's pattern and special tokens, whatever the pattern;
+  another file gets the special tokens of the named pattern's encoding if it has that encoding's
+  number of ranks, else none. A special id that is also an ordinary rank is refused;
 - `*.gguf`: the byte-level BPE vocabulary, merges, special tokens and chat template inside a
   llama.cpp GGUF model (`tokenizer.ggml.*` fields), read with the `gguf` package;
 - `vocab.txt`: one WordPiece token per line (BERT uncased normalization).
@@ -27,8 +29,8 @@ from pathlib import Path
 import regex
 
 from llmlab.errors import TokenizerError
-from llmlab.tokenizer.bpe import BYTE_TO_CHAR, PATTERNS, BPEModel, resolve_pattern, unicode_to_bytes
-from llmlab.tokenizer.tokenizer import Tokenizer
+from llmlab.tokenizer.bpe import BYTE_TO_CHAR, PATTERNS, BPEModel, check_portable, resolve_pattern, unicode_to_bytes
+from llmlab.tokenizer.tokenizer import TOKEN_OPTIONS, Tokenizer
 from llmlab.tokenizer.wordpiece import BertNormalizer, WordPieceModel
 
 TIKTOKEN_SPECIALS: dict[str, dict[str, int]] = {
@@ -37,9 +39,10 @@ TIKTOKEN_SPECIALS: dict[str, dict[str, int]] = {
                "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276},
     "o200k": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
 }
-# tiktoken's rank files by encoding name (openai_public.py) -> the split pattern of that encoding.
+# tiktoken's rank files by encoding name (openai_public.py) -> that encoding (its split pattern and special tokens).
 # (p50k_base is left out: it shares GPT-2's pattern but has other special tokens.)
-_TIKTOKEN_FILE_PATTERNS = {"gpt2": "gpt2", "r50k_base": "gpt2", "cl100k_base": "cl100k", "o200k_base": "o200k"}
+_TIKTOKEN_FILES = {"gpt2": "gpt2", "r50k_base": "gpt2", "cl100k_base": "cl100k", "o200k_base": "o200k"}
+_TIKTOKEN_SIZES = {"gpt2": 50256, "cl100k": 100256, "o200k": 199998}  # ordinary ranks of each encoding
 # llama.cpp `tokenizer.ggml.pre` names -> equivalent tokenizer.json pre-tokenizers.
 _BYTELEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 _BYTELEVEL_NOREGEX = {**_BYTELEVEL, "use_regex": False}
@@ -54,13 +57,22 @@ GGUF_PRE: dict[str, dict] = {
 GGUF_PRE["starcoder"] = GGUF_PRE["smollm"]
 
 
+# Every character from space to U+2FFF (Latin to CJK radicals): a split pattern finds some text in it.
+_PROBE = "".join(map(chr, range(0x20, 0x3000)))
+
+
 def compile_pattern(pattern: str) -> regex.Pattern:
     """The pre-split regex that `pattern` (a name in PATTERNS or a regex) stands for; one clear error if invalid."""
     try:
-        return regex.compile(resolve_pattern(pattern))
+        compiled = regex.compile(resolve_pattern(pattern))
     except regex.error as e:
         raise TokenizerError(f"pattern {pattern!r} is not a valid regex ({e}); use one of "
                              f"{', '.join(map(repr, PATTERNS))} or a valid regex.") from None
+    if not any(m.group() for m in compiled.finditer(_PROBE)) and (compiled.search(_PROBE) or compiled.fullmatch("")):
+        raise TokenizerError(f"pattern {pattern!r} matches only empty strings, so it splits text into nothing; use "
+                             f"one of {', '.join(map(repr, PATTERNS))} or a regex that matches the pieces.")
+    check_portable(compiled.pattern)
+    return compiled
 
 
 def split_pre_tokenizer(pattern: str) -> dict:
@@ -86,7 +98,7 @@ def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
     name = path.name.lower()
     if name.endswith((".tiktoken", ".tiktoken.gz")):
         if pattern is None:  # tiktoken's own file names say which encoding (and so which pattern) they hold
-            pattern = _TIKTOKEN_FILE_PATTERNS.get(name.removesuffix(".gz").removesuffix(".tiktoken"))
+            pattern = _TIKTOKEN_FILES.get(name.removesuffix(".gz").removesuffix(".tiktoken"))
         if pattern is None:
             raise TokenizerError(f"{path} is a tiktoken rank file, which carries no split pattern; pass "
                                  "pattern='gpt2', 'cl100k', 'o200k' or a regex (--pattern on the command line).")
@@ -124,6 +136,7 @@ def load_tokenizer_json(path: Path) -> Tokenizer:
     added = {t["content"]: t for t in spec.get("added_tokens") or []}
     special = {c: t["id"] for c, t in added.items() if t.get("special")}
     extra = {c: t["id"] for c, t in added.items() if not t.get("special")}
+    options = {c: {k: bool(t.get(k)) for k in TOKEN_OPTIONS} for c, t in added.items()}
     if kind == "BPE" or (kind is None and "merges" in model):
         merges_raw = _need(model, "merges", path, "model.")
         try:
@@ -145,7 +158,7 @@ def load_tokenizer_json(path: Path) -> Tokenizer:
     else:
         raise TokenizerError(f"{path} has model type {kind!r}; llmlab reads BPE (byte-level) and WordPiece.")
     return Tokenizer(m, normalizer=spec.get("normalizer"), pre_tokenizer=spec.get("pre_tokenizer"),
-                     special_tokens=special, added_tokens=extra,
+                     special_tokens=special, added_tokens=extra, token_options=options,
                      template=_read_template(spec.get("post_processor"), path))
 
 
@@ -215,6 +228,8 @@ def load_vocab_txt(path: Path, lowercase: bool = True) -> Tokenizer:
 
 
 def load_tiktoken(path: Path, pattern: str, special_tokens: dict[str, int] | None = None) -> Tokenizer:
+    """Ranks from a .tiktoken file, split with `pattern`. The special tokens are `special_tokens`, else those of the
+    encoding the file holds: known by its tiktoken name, or by a named pattern whose encoding has this many ranks."""
     compile_pattern(pattern)  # a bad regex is named before the file is read
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
@@ -228,7 +243,17 @@ def load_tiktoken(path: Path, pattern: str, special_tokens: dict[str, int] | Non
             ranks[base64.b64decode(tok, validate=True)] = int(rank)
         except ValueError:
             raise TokenizerError(f"{path} line {n} is not 'base64 rank'; the rank file is corrupt.") from None
-    specials = dict(TIKTOKEN_SPECIALS.get(pattern, {}) if special_tokens is None else special_tokens)
+    if special_tokens is None:
+        named = next((n for n in TIKTOKEN_SPECIALS if PATTERNS[n] == resolve_pattern(pattern)), None)
+        encoding = _TIKTOKEN_FILES.get(Path(path).name.lower().removesuffix(".gz").removesuffix(".tiktoken"),
+                                       named if len(ranks) == _TIKTOKEN_SIZES.get(named) else None)
+        special_tokens = TIKTOKEN_SPECIALS.get(encoding, {})
+    specials = dict(special_tokens)
+    taken = set(ranks.values())
+    for s, i in specials.items():
+        if i in taken:
+            raise TokenizerError(f"special token {s!r} has id {i}, which {Path(path).name} already gives an ordinary "
+                                 "token; pass special tokens whose ids the rank file leaves free.")
     eot = "<|endoftext|>" if "<|endoftext|>" in specials else None
     return Tokenizer(BPEModel(ranks), pre_tokenizer=split_pre_tokenizer(pattern), special_tokens=specials,
                      bos_token=eot, eos_token=eot)
@@ -287,8 +312,8 @@ def load_gguf(path: Path) -> Tokenizer:
 def tokenizer_json(tok: Tokenizer) -> dict:
     """The `tokenizer.json` dict for `tok` (loadable by `tokenizers.Tokenizer.from_str`)."""
     ids = {**tok.added_tokens, **tok.special_tokens}
-    added = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": c in tok.special_tokens} for c, i in sorted(ids.items(), key=lambda x: x[1])]
+    added = [{"id": i, "content": c, **{k: tok.token_options.get(c, {}).get(k, False) for k in TOKEN_OPTIONS},
+              "special": c in tok.special_tokens} for c, i in sorted(ids.items(), key=lambda x: x[1])]
     if tok.byte_level:
         m: BPEModel = tok.model
         enc = lambda b: "".join(BYTE_TO_CHAR[x] for x in b)  # noqa: E731
@@ -330,8 +355,10 @@ def save_tokenizer(tok: Tokenizer, path: str | Path) -> None:
     save_tokenizer(tok, path / "tokenizer.json")
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tok.bos_token,
            "eos_token": tok.eos_token, "pad_token": tok.pad_token, "clean_up_tokenization_spaces": False}
-    if isinstance(tok.model, WordPieceModel):
+    if isinstance(tok.model, WordPieceModel):  # BERT's roles, which MLM tooling (data collators, fill-mask) needs
         cfg["unk_token"] = tok.model.unk_token
+        cfg.update({f"{role}_token": t for role, t in (("cls", "[CLS]"), ("sep", "[SEP]"), ("mask", "[MASK]"))
+                    if t in tok.special_tokens})
     if tok.chat_template is not None:
         cfg["chat_template"] = tok.chat_template
     (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n",

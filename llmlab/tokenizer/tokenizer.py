@@ -11,15 +11,19 @@ regex `findall` plus one C-level dict lookup per piece.
 
 Special tokens are only recognised where the caller allows them (`allowed_special`); elsewhere
 their text is encoded as ordinary text, so user content cannot inject a control token. Non-special
-added tokens are always recognised, as in `tokenizers`. Lone surrogates (a `str` can hold them,
-UTF-8 cannot) are replaced by U+FFFD before encoding, exactly as tiktoken does, and decoding
-invalid UTF-8 (e.g. half a character) yields U+FFFD; use `decode_bytes`/`token_bytes` to stream.
+added tokens are always recognised, as in `tokenizers`, with its AddedToken options: `normalized`
+tokens are matched in the normalized text, the others in the raw text first; `lstrip`/`rstrip`
+swallow the whitespace on that side; a `single_word` token is not matched inside a word.
+Lone surrogates (a `str` can hold them, UTF-8 cannot) are replaced by U+FFFD before encoding,
+exactly as tiktoken does, and decoding invalid UTF-8 (e.g. half a character) yields U+FFFD; use
+`decode_bytes`/`token_bytes` to stream.
 
 Not here: file formats (`io.py`), training (`train.py`), chat templates (`chat.py`).
 """
 
 from __future__ import annotations
 
+import operator
 import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterable
@@ -30,7 +34,7 @@ from typing import Literal
 import regex
 
 from llmlab.errors import TokenizerError
-from llmlab.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, PATTERNS, BPEModel
+from llmlab.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, PATTERNS, BPEModel, check_portable
 from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceModel
 
 _CACHE_LIMIT = 1 << 20  # entries; the cache is cleared when it grows past this
@@ -43,6 +47,10 @@ _CACHE_LIMIT = 1 << 20  # entries; the cache is cleared when it grows past this
 # `re`'s `\s` (str.isspace) also takes U+001C..U+001F, so "\x1f's" was cut before "'s".
 _WS = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _GPT2_COARSE = re.compile(f" ?[^{_WS}]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+")
+# tokenizers' `\s` and `\w` (Rust regex, Unicode): for added tokens' lstrip/rstrip and single_word.
+_SPACE, _SPACES = re.compile(f"[{_WS}]"), re.compile(f"[{_WS}]*")
+_WORD = regex.compile(r"[\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}]")
+TOKEN_OPTIONS = ("single_word", "lstrip", "rstrip", "normalized")  # tokenizers' AddedToken flags
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,38 @@ class _Split:
         return out
 
 
+@dataclass(frozen=True)
+class _AddedSplit:
+    """Cuts added tokens out of a text as tokenizers' AddedVocabulary does: leftmost-longest matches, then
+    single_word, lstrip and rstrip. Returns the text between them and their ids, in order."""
+
+    pattern: re.Pattern
+    ids: dict[str, int]  # matched text -> id
+    options: dict[str, dict[str, bool]]  # matched text -> its AddedToken flags
+
+    def __call__(self, text: str) -> list[str | int]:
+        out: list[str | int] = []
+        pos = 0
+        for m in self.pattern.finditer(text):
+            start, stop = m.span()
+            opt = self.options.get(m.group(), {})
+            if start < pos or opt.get("single_word") and (start and _WORD.match(text, start - 1)
+                                                           or _WORD.match(text, stop)):
+                continue
+            if opt.get("lstrip"):
+                while start > pos and _SPACE.match(text, start - 1):
+                    start -= 1
+            if opt.get("rstrip"):
+                stop = _SPACES.match(text, stop).end()
+            if start > pos:
+                out.append(text[pos:start])
+            out.append(self.ids[m.group()])
+            pos = stop
+        if pos < len(text):
+            out.append(text[pos:])
+        return out
+
+
 def compile_pre_tokenizer(spec: dict | None) -> list[_Split]:
     """Pre-split stages for a `tokenizer.json` pre_tokenizer spec (the subset llmlab supports)."""
     if spec is None:
@@ -89,6 +129,8 @@ def compile_pre_tokenizer(spec: dict | None) -> list[_Split]:
             raise TokenizerError(f"Split pre-tokenizer with behavior {spec.get('behavior')!r} is not "
                                  "supported; llmlab reads only behavior 'Isolated' without invert.")
         pat = spec["pattern"]
+        if "Regex" in pat:
+            check_portable(pat["Regex"])
         return [_Split(regex.compile(pat["Regex"] if "Regex" in pat else regex.escape(pat["String"])))]
     if kind == "Digits":
         return [_Split(regex.compile(r"\p{N}" if spec.get("individual_digits") else r"\p{N}+"))]
@@ -146,7 +188,8 @@ class Tokenizer:
                  pre_tokenizer: dict | None = None, special_tokens: dict[str, int] | None = None,
                  added_tokens: dict[str, int] | None = None, bos_token: str | None = None,
                  eos_token: str | None = None, pad_token: str | None = None,
-                 template: tuple[list[str], list[str]] = ([], []), chat_template: str | None = None):
+                 template: tuple[list[str], list[str]] = ([], []), chat_template: str | None = None,
+                 token_options: dict[str, dict[str, bool]] | None = None):
         self.model = model
         self.normalizer, self.pre_tokenizer = normalizer, pre_tokenizer
         self.special_tokens = dict(special_tokens or {})
@@ -154,7 +197,13 @@ class Tokenizer:
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
         self.template = template  # (prefix, suffix) tokens added by add_special_tokens=True
         self.chat_template = chat_template
+        # tokenizers' AddedToken flags (TOKEN_OPTIONS) of special/added tokens; a token not listed has none set
+        self.token_options = {t: o for t, o in (token_options or {}).items() if any(o.values())}
         self.byte_level = isinstance(model, BPEModel)
+        for name, opt in self.token_options.items():
+            if name not in self.special_tokens and name not in self.added_tokens or set(opt) - set(TOKEN_OPTIONS):
+                raise TokenizerError(f"token options {opt} for {name!r}: options apply to special and added tokens "
+                                     f"only, and are {', '.join(TOKEN_OPTIONS)}.")
         for name in (bos_token, eos_token, pad_token, *template[0], *template[1]):
             if name is not None and self.token_to_id(name) is None:
                 raise TokenizerError(f"special token {name!r} is not in the vocabulary; add it to "
@@ -171,7 +220,7 @@ class Tokenizer:
             fine, pieces = self._stages[0].pattern.findall, self._cache
             self._chunks = _WordCache(lambda c: tuple(chain.from_iterable(map(pieces.__getitem__, fine(c)))))
         self._build_id_tables()
-        self._split_res: dict[frozenset[str], re.Pattern | None] = {}
+        self._splits: dict[frozenset[str], tuple[_AddedSplit | None, _AddedSplit | None]] = {}
 
     def _build_id_tables(self) -> None:
         extra = self._extra_ids = {**self.added_tokens, **self.special_tokens}
@@ -217,6 +266,7 @@ class Tokenizer:
 
     def id_to_token(self, i: int) -> str:
         """The token string of id `i` as tokenizer.json writes it."""
+        i = self._check_id(i, "id_to_token")
         t = self._id_to_token[i]
         if self.byte_level and i not in self._special_ids and i not in self.added_tokens.values():
             return "".join(BYTE_TO_CHAR[b] for b in t)
@@ -234,16 +284,22 @@ class Tokenizer:
             text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates -> U+FFFD; a split surrogate pair -> its char
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        split_re = self._special_re(allowed_special)
-        if split_re is None:
+        raw, normalized = self._added_splits(allowed_special)
+        if raw is None and normalized is None:
             ids = self.encode_ordinary(text)
-        else:
-            ids, table = [], self._extra_ids
-            for k, part in enumerate(split_re.split(text)):
-                if k % 2:
-                    ids.append(table[part])
-                elif part:
-                    ids += self.encode_ordinary(part)
+        else:  # as tokenizers: raw-text tokens out first, then normalize the rest and take out normalized ones
+            ids = []
+            for part in raw(text) if raw else [text]:
+                if isinstance(part, int):
+                    ids.append(part)
+                    continue
+                if self._normalize is not None:
+                    part = self._normalize(part)
+                for sub in normalized(part) if normalized else [part]:
+                    if isinstance(sub, int):
+                        ids.append(sub)
+                    else:
+                        ids += self._encode_normalized(sub)
         if add_special_tokens and (self.template[0] or self.template[1]):
             ids = [self.token_to_id(t) for t in self.template[0]] + ids + \
                   [self.token_to_id(t) for t in self.template[1]]
@@ -253,6 +309,9 @@ class Tokenizer:
         """Ids of `text` with no special-token handling at all (the hot path)."""
         if self._normalize is not None:
             text = self._normalize(text)
+        return self._encode_normalized(text)
+
+    def _encode_normalized(self, text: str) -> list[int]:
         if self._chunks is not None:  # two-level cache: coarse chunk -> GPT-2 pieces -> ids
             chunks = self._chunks
             if len(chunks) > _CACHE_LIMIT:
@@ -275,7 +334,11 @@ class Tokenizer:
     def encode_batch(self, texts: Iterable[str], **kw) -> list[list[int]]:
         return [self.encode(t, **kw) for t in texts]
 
-    def _special_re(self, allowed: Literal["all", "none"] | Collection[str]) -> re.Pattern | None:
+    def _added_splits(self, allowed: Literal["all", "none"] | Collection[str]
+                      ) -> tuple[_AddedSplit | None, _AddedSplit | None]:
+        """The (raw-text, normalized-text) splitters for the added tokens and the allowed special tokens."""
+        if isinstance(allowed, str) and allowed not in ("all", "none"):
+            allowed = {allowed}  # one token's name, not a collection of its characters
         if allowed == "all":
             names = frozenset(self.special_tokens)
         elif allowed == "none":
@@ -287,10 +350,19 @@ class Tokenizer:
                 raise TokenizerError(f"allowed_special names {sorted(unknown)} that are not special tokens "
                                      f"of this tokenizer; known: {sorted(self.special_tokens)}.")
         names |= frozenset(self.added_tokens)
-        if names not in self._split_res:
-            alt = "|".join(re.escape(t) for t in sorted(names, key=len, reverse=True))
-            self._split_res[names] = re.compile(f"({alt})") if names else None
-        return self._split_res[names]
+        if names not in self._splits:
+            norm = {t for t in names if self.token_options.get(t, {}).get("normalized")}
+            self._splits[names] = (self._added_split(names - norm, str),
+                                   self._added_split(norm, self._normalize or str))
+        return self._splits[names]
+
+    def _added_split(self, names: Collection[str], form: Callable[[str], str]) -> _AddedSplit | None:
+        """A splitter matching `form(token)` (normalized tokens are matched in their normalized form)."""
+        ids = {form(t): self._extra_ids[t] for t in names if form(t)}
+        if not ids:
+            return None
+        alt = "|".join(re.escape(t) for t in sorted(ids, key=len, reverse=True))  # longest first, as tokenizers
+        return _AddedSplit(re.compile(alt), ids, {form(t): o for t, o in self.token_options.items() if t in names})
 
     # ---- decode -----------------------------------------------------------------------------
     def token_bytes(self, i: int) -> bytes:
@@ -298,34 +370,46 @@ class Tokenizer:
         if not self.byte_level:
             raise TokenizerError("token_bytes() needs a byte-level BPE tokenizer; WordPiece tokens are "
                                  "not byte spans of the text, use decode() instead.")
-        return self._id_to_token[self._check_id(i)]
+        return self._id_to_token[self._check_id(i, "token_bytes")]
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         if not self.byte_level:
-            return self.decode(list(ids)).encode("utf-8")
-        ids = ids if isinstance(ids, list) else list(ids)
-        try:
-            if ids and min(ids) < 0:  # a list index would take -1 as the last token
-                raise IndexError
-            return b"".join(map(self._id_to_token.__getitem__, ids))
-        except (IndexError, TypeError):
-            raise TokenizerError(f"decode() got an id outside 0..{self.vocab_size - 1}; ids must come "
-                                 "from this tokenizer.") from None
+            return self.decode(ids).encode("utf-8")
+        return b"".join(map(self._id_to_token.__getitem__, self._ids(ids)))
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
-        """Text of `ids`; invalid UTF-8 (e.g. a cut multi-byte character) becomes U+FFFD."""
-        ids = list(ids)
+        """Text of `ids` (ints: a list, numpy array or tensor); invalid UTF-8 (e.g. a cut multi-byte character)
+        becomes U+FFFD."""
+        ids = self._ids(ids)
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special_ids]
         if self.byte_level:
-            return self.decode_bytes(ids).decode("utf-8", "replace")
-        return self.model.decode([self._id_to_token[self._check_id(i)] for i in ids])
+            return b"".join(map(self._id_to_token.__getitem__, ids)).decode("utf-8", "replace")
+        return self.model.decode([self._id_to_token[i] for i in ids])
 
-    def _check_id(self, i: int) -> int:
-        if not isinstance(i, int) or not 0 <= i < len(self._id_to_token):
-            raise TokenizerError(f"decode() got id {i!r} outside 0..{self.vocab_size - 1}; ids must come "
-                                 "from this tokenizer.")
-        return i
+    def _ids(self, ids: Iterable[int]) -> list[int]:
+        """`ids` as a list of checked Python ints; numpy and torch integers count, a bool or float does not."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids  # numpy array, tensor: their ints, in C
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise TokenizerError(f"decode() takes a sequence of int ids, got {type(ids).__name__} {ids!r:.40}; "
+                                 "pass a list, numpy array or tensor of ids.")
+        ids = ids if isinstance(ids, list) else list(ids)
+        if set(map(type, ids)) <= {int} and (not ids or min(ids) >= 0 and max(ids) < len(self._id_to_token)):
+            return ids  # the usual case, checked in C
+        return [self._check_id(i) for i in ids]  # numpy / torch scalars become ints; a bad id is named
+
+    def _check_id(self, i: int, caller: str = "decode") -> int:
+        try:
+            j = None if isinstance(i, bool) else operator.index(i)
+        except TypeError:
+            j = None
+        if j is None:
+            raise TokenizerError(f"{caller}() got {i!r} of type {type(i).__name__}, not an integer id; pass ints "
+                                 "(a list, numpy array or tensor of integers).")
+        if not 0 <= j < len(self._id_to_token):
+            raise TokenizerError(f"{caller}() got an id outside 0..{self.vocab_size - 1}: {j}; ids must come from "
+                                 "this tokenizer.")
+        return j
 
     # ---- files and chat ---------------------------------------------------------------------
     def save(self, path) -> None:
@@ -355,6 +439,9 @@ class Tokenizer:
         if unsupported:
             raise TokenizerError(f"apply_chat_template() does not take {', '.join(unsupported)} here; render one "
                                  "conversation at a time (render_chat gives the assistant mask).")
+        if "template" in kwargs:
+            raise TokenizerError("apply_chat_template() takes the template as chat_template=..., as transformers does; "
+                                 "template= is render_chat's and chat_text's name for it.")
         if return_tensors not in (None, "pt"):
             raise TokenizerError(f"return_tensors={return_tensors!r}: only 'pt' (torch) or None (lists) is supported.")
         variables = {**kwargs, **({"tools": tools} if tools is not None else {})}
