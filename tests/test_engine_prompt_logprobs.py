@@ -141,3 +141,27 @@ def test_a_request_preempted_mid_prompt_recomputes_but_records_each_token_once(m
     assert e.scheduler.num_preemptions > 0
     for rid, p in prompts.items():
         assert_close(plain(done[rid].prompt_logprobs), reference(model, p, 1))
+
+
+@pytest.mark.parametrize("mode", [dict(), dict(graphs=True), dict(graphs=True, async_on=True)])
+def test_one_token_prompt_chunks_in_decode_steps_keep_their_logprobs(model, mode):
+    """A prompt admitted beside a decoding request with one token of budget left gets 1-token chunks: steps of
+    1-token rows only, which the direct and graph decode paths run, without the chunk's hidden states."""
+    e = make_engine(model, mode.get("async_on", False), graphs=mode.get("graphs", False), max_num_batched_tokens=2)
+    e.add_request("a", [1, 2], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
+    e.step()
+    e.add_request("b", PROMPT[:6], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, prompt_logprobs=1))
+    got = {}
+    while e.has_unfinished_requests():
+        for o in e.step():
+            if o.finished:
+                got[o.request_id] = o
+    assert_close(plain(got["b"].prompt_logprobs), reference(model, PROMPT[:6], 1))
+
+
+def test_prompt_ids_outside_the_samplers_vocabulary_are_refused_for_them(model):
+    llm = LLM(model)
+    llm.llm_engine.runner.sample_vocab = 60  # a model vocabulary padded past its tokenizer's 60 ids
+    with pytest.raises(RequestError, match="prompt_logprobs needs prompt ids .* the prompt has 62"):
+        llm.generate([[3, 62, 5]], SamplingParams(max_tokens=2, prompt_logprobs=1))
+    assert len(llm.generate([[3, 62, 5]], SamplingParams(max_tokens=2))[0].outputs[0].token_ids) == 2

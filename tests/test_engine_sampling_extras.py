@@ -146,9 +146,10 @@ def test_stop_strings_from_min_tokens_on_and_kept_with_include_stop_str():
     assert run()[1] == "the "  # "cat" completes first: cut before it
     n, text = run(include_stop_str_in_output=True)
     assert text == "the cat" and n < first_hit
-    assert run(min_tokens=first_hit)[1] == "the cat sat on the "  # from the min_tokens-th token on: "mat"
-    n, text = run(min_tokens=first_hit + 1)  # "cat" and "mat" complete before min_tokens: the next "cat" stops
-    assert text == "the cat sat on the mat. the " and n == len(ids)
+    assert run(min_tokens=first_hit - 1)[1] == "the cat sat on the "  # "mat" ends at token min_tokens + 1
+    for m in (first_hit, first_hit + 1):  # "cat" and "mat" end within the first min_tokens: the next "cat" stops
+        n, text = run(min_tokens=m)
+        assert text == "the cat sat on the mat. the " and n == len(ids)
 
 
 def test_end_to_end_text_keeps_the_stop_string(model):
@@ -174,6 +175,8 @@ def test_bad_values_are_one_sentence_errors(model):
                         (dict(min_tokens=1.5), "min_tokens must be an integer"),
                         (dict(logit_bias={"x": 1}), "logit_bias takes token ids"),
                         (dict(logit_bias={1: float("inf")}), "logit_bias takes token ids"),
+                        (dict(logit_bias={1: 1e39}), r"numbers in \[-100, 100\]"),
+                        (dict(logit_bias={"²": 1}), "logit_bias takes token ids"),
                         (dict(logit_bias=[1, 2]), "logit_bias must be a dict"),
                         (dict(allowed_token_ids=[]), "allowed_token_ids is empty"),
                         (dict(allowed_token_ids=[-1]), "allowed_token_ids must be a list of token ids"),
@@ -217,3 +220,32 @@ def test_bias_comes_before_the_repetition_penalty_as_in_vllm():
     params = [SamplingParams(temperature=0, logit_bias={0: 1.0}, repetition_penalty=2.0)]
     sb = SamplingBatch.build(params, [[0]], [1], [None], 2, torch.device("cpu"))  # token 0 seen (the prompt)
     assert sample(logits, sb)[0].tolist() == [1]  # (1 + 1) / 2 = 1.0 < 1.2; penalty first would give 1.5
+
+
+def test_a_kept_stop_token_is_part_of_the_text_as_in_vllm():
+    tok = train_bpe(["hello there, how are you? fine thanks. " * 10], vocab_size=300, progress=False)
+    torch.manual_seed(1)
+    llm = LLM(Transformer(CFG.replace(vocab_size=tok.vocab_size)).eval(), tokenizer=tok)
+    plain = llm.generate("hello", SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0].outputs[0]
+    stop = plain.token_ids[3]
+    if stop in tok.special_tokens.values() or plain.token_ids[:3].count(stop):
+        pytest.skip("the random model's greedy ids do not make a clean stop token here")
+    outs = [llm.generate("hello", SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, stop_token_ids=[stop],
+                                                 include_stop_str_in_output=keep))[0].outputs[0] for keep in (False, True)]
+    assert [o.token_ids for o in outs] == [plain.token_ids[:4]] * 2
+    assert outs[0].text == tok.decode(plain.token_ids[:3]) and outs[1].text == tok.decode(plain.token_ids[:4])
+
+
+def test_a_stop_string_that_begins_in_the_first_min_tokens_tokens_does_not_stop():
+    class Pieces:  # a byte-level tokenizer of three tokens
+        special_tokens, byte_level = {}, True
+
+        def token_bytes(self, i):
+            return [b"ab", b"cd", b"bc"][i]
+
+    def run(min_tokens):
+        d = Detokenizer(Pieces(), SamplingParams(stop=["bc"], min_tokens=min_tokens))
+        return [d.add(t) for t in (0, 1, 2)], d.text
+
+    assert run(0) == (["bc" if i == 1 else None for i in range(2)] + [None], "a")  # "abcd": "bc" at token 2
+    assert run(1) == ([None, None, "bc"], "abcd")  # vLLM's v1: only text after the first token's is searched

@@ -168,6 +168,9 @@ class LLMEngine:
                 raise RequestError(f"{name} names token {max(ids)}, outside this model's vocabulary "
                                    f"(0..{self.runner.sample_vocab - 1}).")
         ids = self.encode_prompt(prompt)
+        if params.prompt_logprobs is not None and max(ids) >= self.runner.sample_vocab:
+            raise RequestError(f"prompt_logprobs needs prompt ids the sampler's vocabulary holds (0.."
+                               f"{self.runner.sample_vocab - 1}, the tokenizer's); the prompt has {max(ids)}.")
         if isinstance(prompt, dict):
             prompt = prompt.get("prompt")
         self.scheduler.check_fits(len(ids), params.max_tokens)
@@ -356,7 +359,10 @@ class LLMEngine:
         return {i: Logprob(v, rank, tok.decode([i]) if tok is not None else None) for i, (v, rank) in alts.items()}
 
     def _detokenize(self, seq: Sequence, detok: Detokenizer, token: int) -> None:
-        if not (seq.finish_reason == "stop" and seq.stop_reason in (token, None)):  # a stop token (EOS) is not text
+        if seq.finish_reason == "stop" and seq.stop_reason in (token, None):  # a stop token (EOS) is not text...
+            if seq.stop_reason == token and seq.params.include_stop_str_in_output:
+                detok.add(token, search=False)  # ...unless a stop_token_ids hit is to be kept (vLLM's v1)
+        else:
             hit = detok.add(token)
             if hit is not None:
                 if seq.is_finished:  # the same token also hit max_tokens: the stop string wins

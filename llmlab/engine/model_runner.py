@@ -306,6 +306,8 @@ class ModelRunner:
         nt = batch.num_tokens  # (batch.samples(i), inlined)
         sampling = [i for i, s in enumerate(batch.seqs) if s.num_computed_tokens + nt[i] == len(s.token_ids)]
         decode_only = max(nt) == 1  # every entry >= 1
+        if decode_only and len(sampling) < len(batch) and self._prompt_rows(batch):
+            decode_only = False  # a 1-token prompt chunk whose logprobs are asked for: the mixed path has them
         if decode_only and self.direct is not None and not self.pad_decode and len(batch) <= self.direct.max_rows:
             logits = self._run_direct(batch.seqs)
             if len(sampling) < len(batch):
@@ -349,7 +351,8 @@ class ModelRunner:
                 at = {s.seq_id: i for i, s in enumerate(prev.seqs)}
                 ids = ids[device_tensor([at[seqs[i].seq_id] for i in rows], torch.long, ids.device)]
             pending = rows, ids
-        if max(nt) == 1 and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
+        one_token = max(nt) == 1 and not (len(sampling) < len(seqs) and self._prompt_rows(batch))  # (as run())
+        if one_token and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
             ids = None
             if pending is not None:  # the rows' input ids on the device, in batch order
                 ids = pending[1]
@@ -505,8 +508,8 @@ class ModelRunner:
     def _prompt_rows(batch: ScheduledBatch) -> list[int] | None:
         """Batch rows computing prompt tokens whose logprobs are asked for and not yet known (a sequence preempted
         after its prompt recomputes it, but keeps its prompt logprobs)."""
-        rows = [i for i, s in enumerate(batch.seqs) if s.params.prompt_logprobs is not None
-                and len(s.prompt_logprobs) < s.num_prompt_tokens]
+        rows = [i for i, s in enumerate(batch.seqs) if s.params.prompt_logprobs is not None and s.index == 0
+                and len(s.prompt_logprobs) < s.num_prompt_tokens]  # (one of n samples: the request's first)
         return rows or None
 
     def _prompt_logprobs(self, batch: ScheduledBatch, rows: list[int], h: Tensor, first: dict[int, int],

@@ -8,7 +8,8 @@ The detokenizer turns one sequence's output ids into text as they arrive:
   bytes that never completed a character become U+FFFD, as `bytes.decode(errors="replace")` does.
 - Stop strings are searched in the text, not in tokens, so a stop string spread over several
   tokens is found; the text is cut exactly before it (vLLM's default), or after it with
-  `include_stop_str_in_output`. With `min_tokens`, the search starts at that output token.
+  `include_stop_str_in_output`. With `min_tokens`, only text after that of the first min_tokens
+  tokens is searched (as vLLM's v1: a stop string ends at token min_tokens + 1 at the earliest).
   Only the tail that can contain a new match is searched: the last (longest stop - 1) old
   characters plus the new piece.
 - Streaming: `visible()` withholds a trailing partial stop string ("Hel" when "Hello" stops
@@ -85,7 +86,8 @@ class Detokenizer:
         self.stop = list(params.stop)
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.min_tokens, self.keep_stop = params.min_tokens, params.include_stop_str_in_output
-        self.count = 0  # output tokens added (stop strings are looked for from the min_tokens-th on, as vLLM)
+        self.count = 0  # output tokens added
+        self.floor = 0  # stop strings are looked for after the text of the first min_tokens tokens (vLLM's v1)
         special = getattr(tokenizer, "special_tokens", {}) if params.skip_special_tokens else {}
         self.skip = frozenset(special.values())
         self.byte_level = getattr(tokenizer, "byte_level", True)
@@ -94,10 +96,13 @@ class Detokenizer:
         self.text = ""
         self.stopped = False
 
-    def add(self, token_id: int) -> str | None:
-        """Append one output token; return the stop string it completed, if any (text is then cut)."""
+    def add(self, token_id: int, search: bool = True) -> str | None:
+        """Append one output token; return the stop string it completed, if any (text is then cut). `search`
+        False: no stop string is looked for (a kept stop token's text)."""
         self.count += 1
         if self.stopped or token_id in self.skip:
+            if self.count <= self.min_tokens:
+                self.floor = len(self.text)
             return None
         old = len(self.text)
         if self.byte_level:
@@ -105,9 +110,12 @@ class Detokenizer:
         else:
             self.ids.append(token_id)
             self.text = self.tokenizer.decode(self.ids)
-        if not self.stop or len(self.text) == old or self.count < self.min_tokens:
+        if self.count <= self.min_tokens:
+            self.floor = len(self.text)
             return None
-        start = max(0, old - self.hold)
+        if not self.stop or len(self.text) == old or not search:
+            return None
+        start = max(self.floor, old - self.hold)
         hits = [(i, s) for s in self.stop if (i := self.text.find(s, start)) >= 0]
         if not hits:
             return None

@@ -118,7 +118,8 @@ class SamplingBatch:
             num_logprobs=max(asked, default=0),
             want_logprobs=bool(asked),
             allowed=allowed, suppress=suppress, bias=bias,
-            min_tokens_rows=None if short is None else tuple(i for i, _ in short),
+            # None once no row is short: its rows only move further past their min_tokens (no more checks)
+            min_tokens_rows=tuple(i for i, _ in short) if short else None,
         )
 
 

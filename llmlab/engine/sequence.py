@@ -110,10 +110,11 @@ class SamplingParams:
             if not isinstance(self.logit_bias, dict):
                 fail(f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}")
             bad = [k for k, v in self.logit_bias.items() if not (_as_id(k) is not None and _is_number(v)
-                                                                 and abs(v) != float("inf"))]
+                                                                 and -100 <= v <= 100)]
             if bad:
-                fail(f"logit_bias takes token ids (ints, or their strings as JSON gives) mapped to finite numbers; "
-                     f"got {bad[0]!r}: {self.logit_bias[bad[0]]!r}")
+                fail(f"logit_bias takes token ids (ints, or their strings as JSON gives) mapped to numbers in "
+                     f"[-100, 100] (OpenAI's range: 100 forces a token, -100 bans it); got {bad[0]!r}: "
+                     f"{self.logit_bias[bad[0]]!r}")
             self.logit_bias = {_as_id(k): float(v) for k, v in self.logit_bias.items()} or None
         if self.allowed_token_ids is not None:
             if not isinstance(self.allowed_token_ids, (list, tuple, set, frozenset)) or not all(
@@ -204,7 +205,7 @@ def _as_id(key) -> int | None:
     """A logit_bias key as a token id: an int >= 0, or its decimal string (JSON object keys are strings)."""
     if is_int(key) and key >= 0:
         return int(key)
-    if isinstance(key, str) and key.isdigit():
+    if isinstance(key, str) and key.isdecimal() and key.isascii():
         return int(key)
     return None
 
