@@ -38,6 +38,16 @@ def reference(model, prompt, k):
     return out
 
 
+def finished_outputs(e) -> dict:
+    """Step the engine until it is done; each request's final RequestOutput by id."""
+    done = {}
+    while e.has_unfinished_requests():
+        for o in e.step():
+            if o.finished:
+                done[o.request_id] = o
+    return done
+
+
 def plain(prompt_logprobs):
     return [None if d is None else {i: (lp.logprob, lp.rank) for i, lp in d.items()} for d in prompt_logprobs]
 
@@ -87,11 +97,7 @@ def test_a_preempted_request_keeps_its_prompt_logprobs_once(model):
     e.add_request("a", PROMPT, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, prompt_logprobs=2))
     e.add_request("b", PROMPT[::-1], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True,
                                                     prompt_logprobs=2))
-    done = {}
-    while e.has_unfinished_requests():
-        for o in e.step():
-            if o.finished:
-                done[o.request_id] = o
+    done = finished_outputs(e)
     assert e.scheduler.num_preemptions > 0
     assert_close(plain(done["a"].prompt_logprobs), reference(model, PROMPT, 2))
     assert_close(plain(done["b"].prompt_logprobs), reference(model, PROMPT[::-1], 2))
@@ -133,11 +139,7 @@ def test_a_request_preempted_mid_prompt_recomputes_but_records_each_token_once(m
     prompts = {"a": PROMPT, "b": PROMPT[::-1], "c": PROMPT[3:] + PROMPT[:3]}
     for rid, p in prompts.items():
         e.add_request(rid, p, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, prompt_logprobs=1))
-    done = {}
-    while e.has_unfinished_requests():
-        for o in e.step():
-            if o.finished:
-                done[o.request_id] = o
+    done = finished_outputs(e)
     assert e.scheduler.num_preemptions > 0
     for rid, p in prompts.items():
         assert_close(plain(done[rid].prompt_logprobs), reference(model, p, 1))
@@ -151,12 +153,7 @@ def test_one_token_prompt_chunks_in_decode_steps_keep_their_logprobs(model, mode
     e.add_request("a", [1, 2], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))
     e.step()
     e.add_request("b", PROMPT[:6], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, prompt_logprobs=1))
-    got = {}
-    while e.has_unfinished_requests():
-        for o in e.step():
-            if o.finished:
-                got[o.request_id] = o
-    assert_close(plain(got["b"].prompt_logprobs), reference(model, PROMPT[:6], 1))
+    assert_close(plain(finished_outputs(e)["b"].prompt_logprobs), reference(model, PROMPT[:6], 1))
 
 
 def test_prompt_ids_outside_the_samplers_vocabulary_are_refused_for_them(model):
