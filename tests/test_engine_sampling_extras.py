@@ -249,3 +249,13 @@ def test_a_stop_string_that_begins_in_the_first_min_tokens_tokens_does_not_stop(
 
     assert run(0) == (["bc" if i == 1 else None for i in range(2)] + [None], "a")  # "abcd": "bc" at token 2
     assert run(1) == ([None, None, "bc"], "abcd")  # vLLM's v1: only text after the first token's is searched
+
+
+def test_min_tokens_with_only_stop_tokens_allowed_is_refused(model):
+    llm = LLM(model)
+    with pytest.raises(RequestError, match=r"allowed_token_ids holds only stop tokens \(\[5, 9\]\), which min_tokens=2"):
+        llm.generate([PROMPT], SamplingParams(min_tokens=2, stop_token_ids=[5, 9], allowed_token_ids=[5, 9]))
+    out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=3, stop_token_ids=[5], logit_bias={5: 100},
+                                                allowed_token_ids=[5, 9], min_tokens=2))[0].outputs[0]
+    assert out.token_ids == [9, 9, 5] and out.finish_reason == "stop"
+    assert not llm.llm_engine.has_unfinished_requests()

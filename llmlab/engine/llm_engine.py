@@ -163,6 +163,11 @@ class LLMEngine:
             if k is not None and k > self.runner.sample_vocab:
                 raise RequestError(f"{name}={k} asks for more alternatives than the {self.runner.sample_vocab} "
                                    "tokens there are.")
+        stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_token_ids))
+        if params.min_tokens and params.allowed_token_ids and set(params.allowed_token_ids) <= stops:
+            raise RequestError(f"allowed_token_ids holds only stop tokens ({params.allowed_token_ids}), which "
+                               f"min_tokens={params.min_tokens} forbids at first, so no token could be sampled; "
+                               "allow other tokens, or drop min_tokens.")
         for name, ids in (("logit_bias", params.logit_bias), ("allowed_token_ids", params.allowed_token_ids)):
             if ids and max(ids) >= self.runner.sample_vocab:
                 raise RequestError(f"{name} names token {max(ids)}, outside this model's vocabulary "
