@@ -76,3 +76,16 @@ def test_chat_takes_tuples_as_generate_does():
     assert llm.chat(tuple(conv), GREEDY)[0].outputs[0].token_ids == want
     assert [o.outputs[0].token_ids for o in llm.chat((tuple(conv), conv), GREEDY)] == [want, want]
     assert clean(llm)
+
+
+def test_metrics_follow_a_step_of_the_wall_clock(monkeypatch):
+    """time.time() stepped (NTP) after the engine started: the stamps of a later request are on the new clock."""
+    import time
+
+    llm = LLM(tiny())
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 1000.0)
+    out = llm.generate([[1, 2, 3]], GREEDY)[0]
+    m = out.metrics
+    assert abs(m.finished_time - time.time()) < 5 and abs(m.first_token_time - time.time()) < 5
+    assert m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.finished_time

@@ -326,6 +326,8 @@ class LLMEngine:
         """A step's results into its sequences (of `seqs`, default all: logprobs, detokenized text, stops) and
         RequestOutputs."""
         now = time.perf_counter()
+        # metrics: the perf_counter -> time.time() offset of this step (a clock step, NTP's, moves it)
+        self._clock_offset = time.time() - now
         touched: dict[str, _Request] = {}  # requests that progressed (wanted unless finished_only)
         ended: dict[str, _Request] = {}  # requests one of whose sequences finished in this step
         requests = self.requests
