@@ -326,8 +326,10 @@ class LLMEngine:
         """A step's results into its sequences (of `seqs`, default all: logprobs, detokenized text, stops) and
         RequestOutputs."""
         now = time.perf_counter()
-        # metrics: the perf_counter -> time.time() offset of this step (a clock step, NTP's, moves it)
+        # metrics: the perf_counter -> time.time() offset of this step (a clock step, NTP's, moves it); each
+        # stamp is converted once, when it is taken
         self._clock_offset = time.time() - now
+        wall = now + self._clock_offset
         touched: dict[str, _Request] = {}  # requests that progressed (wanted unless finished_only)
         ended: dict[str, _Request] = {}  # requests one of whose sequences finished in this step
         requests = self.requests
@@ -341,8 +343,8 @@ class LLMEngine:
                 seq.cumulative_logprob += logprob
             req = requests[seq.request_id]
             if "first_token" not in req.metrics:
-                req.metrics["first_token"] = now
-            req.metrics["last_token"] = now
+                req.metrics["first_token"] = wall
+            req.metrics["last_token"] = wall
             if not finished_only:
                 touched[req.request_id] = req
             if req.detoks is not None:
@@ -354,7 +356,7 @@ class LLMEngine:
         for req in (ended if finished_only else touched).values():
             finished = req.request_id in ended and all(s.is_finished for s in req.seqs)
             if finished:
-                req.metrics["finished"] = now
+                req.metrics["finished"] = wall
                 del self.requests[req.request_id]
             if finished or not finished_only:
                 outputs.append(self._output(req))
@@ -405,16 +407,18 @@ class LLMEngine:
         return req.prompt_logprobs
 
     def _metrics(self, req: _Request) -> RequestMetrics:
-        """The request's perf_counter stamps as vLLM's RequestMetrics, on the time.time() clock."""
-        m, off = req.metrics, self._clock_offset
-        firsts = [s.first_scheduled for s in req.seqs if s.first_scheduled is not None]
-        sched = min(firsts) if firsts else None
+        """The request's stamps as vLLM's RequestMetrics, on the time.time() clock (the token stamps are taken on
+        it; the first admission, a perf_counter stamp of the scheduler's, is converted once with the offset of the
+        step that reports it)."""
+        m = req.metrics
+        if "scheduled" not in m:
+            firsts = [s.first_scheduled for s in req.seqs if s.first_scheduled is not None]
+            if firsts:  # the earliest admission of its n samples: fixed once one is admitted
+                m["scheduled"], m["queued"] = min(firsts) + self._clock_offset, min(firsts) - m["arrival"]
         return RequestMetrics(m["arrival_wall"],  # as given, or time.time() when it came
-                              m["last_token"] + off if "last_token" in m else None,
-                              None if sched is None else sched + off,
-                              m["first_token"] + off if "first_token" in m else None,
-                              None if sched is None else sched - m["arrival"],  # on one clock (perf_counter)
-                              m["finished"] + off if "finished" in m else None)
+                              m.get("last_token"), m.get("scheduled"), m.get("first_token"),
+                              m.get("queued"),  # time in the queue, on one clock (perf_counter)
+                              m.get("finished"))
 
     def stats(self) -> dict[str, float]:
         """Counters since the engine started. step_seconds: wall time in step(); sync_wait_seconds: the part of it
