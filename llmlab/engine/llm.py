@@ -177,6 +177,7 @@ class LLM:
         ids = [f"gen-{next(self._ids)}" for _ in prompts]
         mine = set(ids)
         done: dict[str, RequestOutput] = {}
+        others: list[RequestOutput] = []  # finished requests another caller added: theirs to collect from step()
         if use_tqdm is None:
             use_tqdm = len(ids) > 1 and sys.stderr.isatty()
         bar = _progress(len(ids)) if use_tqdm else None
@@ -184,7 +185,6 @@ class LLM:
             for rid, prompt, p, level in zip(ids, prompts, params, levels):
                 self.engine.add_request(rid, prompt, p, lora_request=lora_request, priority=level)
             while len(done) < len(ids):
-                others = []  # requests added to the engine by another caller: theirs to collect from step()
                 for out in self.engine.step(finished_only=True):
                     if out.request_id not in mine:
                         others.append(out)
@@ -192,8 +192,6 @@ class LLM:
                         done[out.request_id] = out
                         if bar is not None:
                             bar.update(1)
-                if others:
-                    self.engine.deliver_later(others)
         except BaseException:
             for rid in ids:  # all or nothing: the caller gets the error and a clean engine
                 self.engine.abort(rid)
@@ -201,6 +199,8 @@ class LLM:
         finally:
             if bar is not None:
                 bar.close()
+            if others:
+                self.engine.deliver_later(others)  # once, at the end: the next step() returns them first
         return [done[rid] for rid in ids]
 
     def reset_prefix_cache(self) -> None:

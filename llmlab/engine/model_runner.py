@@ -76,7 +76,7 @@ from torch import Tensor
 
 from llmlab.engine.block_tables import BlockTableRows
 from llmlab.engine.config import EngineConfig
-from llmlab.engine.sampler import SamplingBatch, sample
+from llmlab.engine.sampler import SamplingBatch, logprobs_of, sample
 from llmlab.engine.scheduler import PLACEHOLDER, ScheduledBatch
 from llmlab.engine.sequence import Sequence
 from llmlab.errors import ConfigError
@@ -306,7 +306,9 @@ class ModelRunner:
         nt = batch.num_tokens  # (batch.samples(i), inlined)
         sampling = [i for i, s in enumerate(batch.seqs) if s.num_computed_tokens + nt[i] == len(s.token_ids)]
         decode_only = max(nt) == 1  # every entry >= 1
-        if decode_only and len(sampling) < len(batch) and self._prompt_rows(batch):
+        # rows whose prompt logprobs are due (none in a step where every row samples and has one token)
+        prompt_rows = None if decode_only and len(sampling) == len(batch) else self._prompt_rows(batch)
+        if prompt_rows:
             decode_only = False  # a 1-token prompt chunk whose logprobs are asked for: the mixed path has them
         if decode_only and self.direct is not None and not self.pad_decode and len(batch) <= self.direct.max_rows:
             logits = self._run_direct(batch.seqs)
@@ -317,7 +319,7 @@ class ModelRunner:
             if len(sampling) < len(batch):  # every decode row samples: no copy of the (rows, vocab) logits
                 logits = logits[sampling]
         else:
-            logits = self._run_mixed(batch, sampling, prompt_rows=self._prompt_rows(batch))
+            logits = self._run_mixed(batch, sampling, prompt_rows=prompt_rows)
         if not sampling:
             return {}
         if logits.shape[-1] > self.sample_vocab:
@@ -351,8 +353,9 @@ class ModelRunner:
                 at = {s.seq_id: i for i, s in enumerate(prev.seqs)}
                 ids = ids[device_tensor([at[seqs[i].seq_id] for i in rows], torch.long, ids.device)]
             pending = rows, ids
-        one_token = max(nt) == 1 and not (len(sampling) < len(seqs) and self._prompt_rows(batch))  # (as run())
-        if one_token and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
+        one_token = max(nt) == 1
+        prompt_rows = None if one_token and len(sampling) == len(seqs) else self._prompt_rows(batch)  # (as run())
+        if one_token and not prompt_rows and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
             ids = None
             if pending is not None:  # the rows' input ids on the device, in batch order
                 ids = pending[1]
@@ -363,7 +366,7 @@ class ModelRunner:
             if len(sampling) < len(seqs):
                 logits = logits[sampling]
         else:
-            logits = self._run_mixed(batch, sampling, pending, prompt_rows=self._prompt_rows(batch))
+            logits = self._run_mixed(batch, sampling, pending, prompt_rows=prompt_rows)
         if logits.shape[-1] > self.sample_vocab:
             logits = logits[:, :self.sample_vocab]
         sampled = [seqs[i] for i in sampling]
@@ -526,18 +529,12 @@ class ModelRunner:
             for a in range(max(start, c), stop, chunk):
                 b = min(a + chunk, stop)
                 logits = self.model.lm_head(h[first[i] + a - c:first[i] + b - c]).float()[:, :self.sample_vocab]
-                lp = logits.log_softmax(-1)
-                target = torch.tensor(seq.token_ids[a + 1:b + 1], device=lp.device)[:, None]
-                chosen = lp.gather(-1, target)
-                rank = (lp >= chosen).sum(-1)
-                top = lp.topk(k, dim=-1) if k > 0 else None
-                chosen, rank = chosen[:, 0].tolist(), rank.tolist()
-                top_v, top_i = (top.values.tolist(), top.indices.tolist()) if top is not None else ([[]], [[]])
-                for r, t in enumerate(seq.token_ids[a + 1:b + 1]):
-                    alts = {t: (chosen[r], int(rank[r]))}
-                    for n, (j, v) in enumerate(zip(top_i[r] if k else [], top_v[r] if k else []), 1):
-                        alts.setdefault(j, (v, n))
-                    seq.prompt_logprobs.append(alts)
+                targets = seq.token_ids[a + 1:b + 1]
+                chosen, top = logprobs_of(logits.log_softmax(-1), torch.tensor(targets, device=logits.device), k)
+                chosen = chosen.tolist()
+                top_v, top_i = (top[0].tolist(), top[1].tolist()) if top is not None else ([[]] * len(targets),) * 2
+                seq.prompt_logprobs += [_alternatives(t, *chosen[r], top_i[r], top_v[r])
+                                        for r, t in enumerate(targets)]
 
     def _decode_tables(self, seqs: list[Sequence], max_blocks: int | None) -> tuple[Tensor, Tensor]:
         """(B, max_blocks) block tables padded with the scratch block, and (B,) context lengths."""
@@ -649,10 +646,7 @@ class ModelRunner:
                 out[s.seq_id] = (tokens[r], None, None)
                 continue
             lp, rank = chosen[r]
-            alts = {tokens[r]: (lp, int(rank))}  # the sampled id first, then the top k by rank, as vLLM's
-            for n, (i, v) in enumerate(zip(top_i[r][:k], top_v[r][:k]), 1):
-                alts.setdefault(i, (v, n))
-            out[s.seq_id] = (tokens[r], lp, alts)
+            out[s.seq_id] = (tokens[r], lp, _alternatives(tokens[r], lp, rank, top_i[r][:k], top_v[r][:k]))
         return out
 
     def _generator(self, seq: Sequence) -> torch.Generator | None:
@@ -669,6 +663,15 @@ class ModelRunner:
         """Forget per-sequence state (its generator, its block table row) once it has finished."""
         self.generators.pop(seq.seq_id, None)
         self.table_rows.release(seq.seq_id)
+
+
+def _alternatives(token: int, logprob: float, rank: float, top_ids: list[int], top_logprobs: list[float]
+                  ) -> dict[int, tuple[float, int]]:
+    """{id: (logprob, rank)}: the token first, then the top alternatives by rank (as vLLM's logprobs)."""
+    alts = {token: (logprob, int(rank))}
+    for n, (i, v) in enumerate(zip(top_ids, top_logprobs), 1):
+        alts.setdefault(i, (v, n))
+    return alts
 
 
 def _with_pending(ids: Tensor, pending: tuple[list[int], Tensor] | None, row_of) -> Tensor:

@@ -202,7 +202,13 @@ def sample(logits: Tensor, sb: SamplingBatch, shared: torch.Generator | None = N
         tokens = torch.where(sb.temperature == 0, greedy, argmax_rows(probs / noise))
     if raw_logprobs is None:
         return tokens, None, None
-    chosen = raw_logprobs.gather(-1, tokens[:, None])
-    chosen = torch.cat([chosen, (raw_logprobs >= chosen).sum(-1, keepdim=True).to(chosen.dtype)], -1)
-    top = raw_logprobs.topk(sb.num_logprobs, dim=-1) if sb.num_logprobs > 0 else None
-    return tokens, chosen, (top.values, top.indices) if top is not None else None
+    return tokens, *logprobs_of(raw_logprobs, tokens, sb.num_logprobs)
+
+
+def logprobs_of(logprobs: Tensor, tokens: Tensor, k: int) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """-> ((B, 2): each row's logprob of its token and that token's vocab rank (the ids at least as likely,
+    itself included, as vLLM's), (top k logprobs, their ids) (B, k) or None for k = 0), from logprobs (B, V)."""
+    chosen = logprobs.gather(-1, tokens[:, None])
+    chosen = torch.cat([chosen, (logprobs >= chosen).sum(-1, keepdim=True).to(chosen.dtype)], -1)
+    top = logprobs.topk(k, dim=-1) if k > 0 else None
+    return chosen, (top.values, top.indices) if top is not None else None
