@@ -355,7 +355,8 @@ class ModelRunner:
             pending = rows, ids
         one_token = max(nt) == 1
         prompt_rows = None if one_token and len(sampling) == len(seqs) else self._prompt_rows(batch)  # (as run())
-        if one_token and not prompt_rows and self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs):
+        graphable = self.pad_decode and (self.compile_cpu or len(batch) <= self.config.cuda_graph_max_bs)
+        if one_token and not prompt_rows and graphable:
             ids = None
             if pending is not None:  # the rows' input ids on the device, in batch order
                 ids = pending[1]
