@@ -108,6 +108,9 @@ def _family(name: str) -> str:
     return name.lower().removeprefix("rtx-").split("-")[0]
 
 
+_CHIPS = frozenset(_family(name) for name in GPUS)  # the table's chip names, as driver names are read
+
+
 def get_gpu(name: str | GPU) -> GPU:
     """The GPU called `name`: a table name or alias (case and dashes ignored: "a100", "H100-SXM", "rtx 4090"),
     or a driver-reported name ("NVIDIA A100 80GB PCIe", "Tesla V100-SXM2-32GB", "NVIDIA H100 80GB HBM3").
@@ -124,7 +127,7 @@ def get_gpu(name: str | GPU) -> GPU:
         return GPUS[_ALIASES[key]]
     words = [w for w in re.findall(r"[a-z0-9]+", re.sub(r"(\d+)\s*gb\b", r"\1gb", name.lower()))
              if w not in _VENDOR_WORDS]
-    chips = {_family(g.name) for g in GPUS.values()}
+    chips = _CHIPS
     chip = next((w for w in words if w in chips), None)
     if chip is None:
         raise ConfigError(f"unknown GPU {name!r}; known GPUs: {', '.join(GPUS)} (driver names such as "

@@ -25,6 +25,7 @@ Framework overhead (CUDA context, allocator slack) is reported separately, never
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +78,22 @@ def is_gguf(cfg: ConfigLike) -> bool:
 
 
 def gguf_tensor_bytes(path: str | Path) -> dict[str, int]:
-    """Bytes of a .gguf file's tensors by the type each is stored in ({"Q4_1": ..., "Q8_0": ..., "F32": ...})."""
+    """Bytes of a .gguf file's tensors by the type each is stored in ({"Q4_1": ..., "Q8_0": ..., "F32": ...}).
+    Remembered by path, size and modification time: an estimate asks for them at every step of its search."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        resolve(path)  # the same one-line error as every estimate for a missing file
+        raise
+    return dict(_gguf_tensor_bytes(str(p.resolve()), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_tensor_bytes(path: str, size: int, mtime_ns: int) -> dict[str, int]:
     from llmlab.gguf_file import open_gguf
 
-    resolve(path)  # the same one-line errors as every estimate for a missing or unreadable file
+    resolve(path)  # the same one-line errors as every estimate for an unreadable file
     by_type: dict[str, int] = {}
     for t in open_gguf(path).tensors:
         by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + int(t.n_bytes)
@@ -490,6 +503,8 @@ def max_fitting(cfg: ConfigLike, capacity: float, *, vary: str, batch: int = 1, 
 
     Contexts are capped at the model's max_position_embeddings. Returns 0 when not even one fits."""
     model, cfg = cfg, resolve(cfg)
+    if kwargs.get("weights") != "gguf":  # the file itself only where its tensors count: else resolved once
+        model = cfg
     context = cfg.max_position_embeddings if context is None else context
 
     def fits(x: int) -> bool:

@@ -71,7 +71,7 @@ def compile_pattern(pattern: str) -> regex.Pattern:
     if not any(m.group() for m in compiled.finditer(_PROBE)) and (compiled.search(_PROBE) or compiled.fullmatch("")):
         raise TokenizerError(f"pattern {pattern!r} matches only empty strings, so it splits text into nothing; use "
                              f"one of {', '.join(map(repr, PATTERNS))} or a regex that matches the pieces.")
-    check_portable(compiled.pattern)
+    check_portable(compiled.pattern)  # here too: a --pattern is refused before training or loading, not after
     return compiled
 
 
@@ -80,6 +80,11 @@ def split_pre_tokenizer(pattern: str) -> dict:
     return {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": resolve_pattern(pattern)}, "behavior": "Isolated", "invert": False},
         _BYTELEVEL_NOREGEX]}
+
+
+def _tiktoken_encoding(path: str | Path) -> str | None:
+    """The encoding a rank file holds by tiktoken's own file name ("cl100k_base.tiktoken" -> "cl100k"), else None."""
+    return _TIKTOKEN_FILES.get(Path(path).name.lower().removesuffix(".gz").removesuffix(".tiktoken"))
 
 
 def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
@@ -98,7 +103,7 @@ def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
     name = path.name.lower()
     if name.endswith((".tiktoken", ".tiktoken.gz")):
         if pattern is None:  # tiktoken's own file names say which encoding (and so which pattern) they hold
-            pattern = _TIKTOKEN_FILES.get(name.removesuffix(".gz").removesuffix(".tiktoken"))
+            pattern = _tiktoken_encoding(path)
         if pattern is None:
             raise TokenizerError(f"{path} is a tiktoken rank file, which carries no split pattern; pass "
                                  "pattern='gpt2', 'cl100k', 'o200k' or a regex (--pattern on the command line).")
@@ -245,8 +250,7 @@ def load_tiktoken(path: Path, pattern: str, special_tokens: dict[str, int] | Non
             raise TokenizerError(f"{path} line {n} is not 'base64 rank'; the rank file is corrupt.") from None
     if special_tokens is None:
         named = next((n for n in TIKTOKEN_SPECIALS if PATTERNS[n] == resolve_pattern(pattern)), None)
-        encoding = _TIKTOKEN_FILES.get(Path(path).name.lower().removesuffix(".gz").removesuffix(".tiktoken"),
-                                       named if len(ranks) == _TIKTOKEN_SIZES.get(named) else None)
+        encoding = _tiktoken_encoding(path) or (named if len(ranks) == _TIKTOKEN_SIZES.get(named) else None)
         special_tokens = TIKTOKEN_SPECIALS.get(encoding, {})
     specials = dict(special_tokens)
     taken = set(ranks.values())

@@ -375,7 +375,11 @@ class Tokenizer:
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         if not self.byte_level:
             return self.decode(ids).encode("utf-8")
-        return b"".join(map(self._id_to_token.__getitem__, self._ids(ids)))
+        return self._join(self._ids(ids))
+
+    def _join(self, ids: list[int]) -> bytes:
+        """The bytes of checked ids (byte-level BPE)."""
+        return b"".join(map(self._id_to_token.__getitem__, ids))
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
         """Text of `ids` (ints: a list, numpy array or tensor); invalid UTF-8 (e.g. a cut multi-byte character)
@@ -384,7 +388,7 @@ class Tokenizer:
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special_ids]
         if self.byte_level:
-            return b"".join(map(self._id_to_token.__getitem__, ids)).decode("utf-8", "replace")
+            return self._join(ids).decode("utf-8", "replace")
         return self.model.decode([self._id_to_token[i] for i in ids])
 
     def _ids(self, ids: Iterable[int]) -> list[int]:
