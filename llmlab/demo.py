@@ -211,7 +211,7 @@ def _check_big_enough(corpus, shards: ShardInfo) -> None:
     from llmlab.train.config import PRESETS
 
     seq_len = PRESETS[PRESET]["seq_len"]
-    if shards.windows("val", seq_len) and shards.train_tokens >= seq_len + 1:
+    if shards.windows("val", seq_len) and shards.windows("train", seq_len):
         return
     bytes_per_token = corpus.num_bytes / max(1, shards.train_tokens + shards.val_tokens)
     need = math.ceil((seq_len + 2) / VAL_FRACTION * bytes_per_token / 1000)

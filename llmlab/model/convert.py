@@ -72,9 +72,6 @@ def _gpt2_to_llmlab(hf: dict[str, Tensor], cfg: ModelConfig) -> Iterator[tuple[s
         short = name.removeprefix("transformer.")
         if _GPT2_IGNORED.search(short):
             continue
-        if short == "lm_head.weight":  # stored by an untied model (and by some tied ones: the loader skips it)
-            yield "lm_head.weight", name, t
-            continue
         stem, _, leaf = short.rpartition(".")
         m = re.fullmatch(r"h\.(\d+)\.(.+)", stem)
         sub = m.group(2) if m else None
@@ -157,18 +154,17 @@ def config_from_gguf(reader, source: str = "model.gguf") -> ModelConfig:
     elif kind not in (None, "none"):  # yarn, longrope, ...: llama.cpp applies them, so loading unscaled is wrong
         raise ConfigError(f"{source}: RoPE scaling {kind!r} (llama.rope.scaling.type) is not supported by llmlab; "
                           "it reads linear scaling and Llama 3's rope_freqs only.")
-    freqs = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)
-    if freqs is not None:  # Llama 3.x: llama.cpp's converter stores the scaling as a divisor per frequency
-        head_dim = int(get("rope.dimension_count", hidden // heads))
-        scaling = llama3_from_factors([float(x) for x in freqs.data], float(get("rope.freq_base", 10000.0)),
-                                      head_dim, source)
+    head_dim, theta = int(get("rope.dimension_count", hidden // heads)), float(get("rope.freq_base", 10000.0))
+    if "rope_freqs.weight" in names:  # Llama 3.x: llama.cpp's converter stores the scaling as a divisor per frequency
+        freqs = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+        scaling = llama3_from_factors([float(x) for x in freqs.data], theta, head_dim, source)
     return ModelConfig(
         vocab_size=int(get("vocab_size", len(tokens) if tokens else None)), hidden_size=hidden,
         num_layers=int(get("block_count")), num_heads=heads, num_kv_heads=int(get("attention.head_count_kv", heads)),
-        head_dim=int(get("rope.dimension_count", hidden // heads)), intermediate_size=int(get("feed_forward_length")),
+        head_dim=head_dim, intermediate_size=int(get("feed_forward_length")),
         max_position_embeddings=int(get("context_length")), norm="rmsnorm",
         norm_eps=float(get("attention.layer_norm_rms_epsilon")), activation="silu", gated_ffn=True,
-        position="rope", rope_theta=float(get("rope.freq_base", 10000.0)), rope_scaling=scaling,
+        position="rope", rope_theta=theta, rope_scaling=scaling,
         qk_norm=qk_norm, tie_word_embeddings="output.weight" not in names,
         bos_token_id=gguf_field(reader, "tokenizer.ggml.bos_token_id"),
         eos_token_id=gguf_field(reader, "tokenizer.ggml.eos_token_id"),

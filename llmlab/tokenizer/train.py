@@ -161,7 +161,7 @@ def _checked_options(special_tokens: Iterable[str], min_frequency: int) -> list[
 
 
 def _no_text(counts: Counter) -> None:
-    if not counts or not any(piece.strip() for piece in counts):
+    if not any(piece.strip() for piece in counts):
         raise TokenizerError("the training input has no text (the files are empty or blank, or hold only special "
                              "tokens); pass non-empty UTF-8 text.")
 
