@@ -178,12 +178,14 @@ def llama3_from_factors(factors: list[float], theta: float, head_dim: int, sourc
     convert_hf_to_gguf.py from that scaling): 1 for short wavelengths, `factor` for long ones, and in between
     1 / ((1 - s) / factor + s) with s = (old_ctx / wavelength - low) / (high - low). s is linear in 1 / wavelength,
     so two in-between frequencies give old_ctx / (high - low) and low / (high - low); any (old_ctx, low, high) with
-    those ratios gives the same frequencies, so low = 1. Checked by recomputing every divisor."""
+    those ratios gives the same frequencies, so low = 1. One in-between frequency (or none) leaves old_ctx free
+    within the gap to its longer neighbour. Checked by recomputing every divisor with the model's own formula."""
     import math
 
     from llmlab.errors import ConfigError
+    from llmlab.model.layers import rope_base_inv_freq
 
-    inv = [theta ** (-i / head_dim) for i in range(0, head_dim, 2)]
+    inv = rope_base_inv_freq(theta, head_dim)
     if len(factors) != len(inv):
         raise ConfigError(f"{source}: rope_freqs.weight has {len(factors)} entries for {len(inv)} frequencies.")
     factor = max(factors)
@@ -191,9 +193,10 @@ def llama3_from_factors(factors: list[float], theta: float, head_dim: int, sourc
         return None
     if all(abs(f - factor) < 1e-6 * factor for f in factors):
         return {"rope_type": "linear", "factor": factor}
-    wave = [2 * math.pi / f for f in inv]
+    wave = [2 * math.pi / f for f in inv.tolist()]
     mid = [(1 / w, (1 / d - 1 / factor) / (1 - 1 / factor)) for w, d in zip(wave, factors, strict=True)
            if 1 + 1e-6 < d < factor * (1 - 1e-6)]
+    longer = [w for w, d in zip(wave, factors, strict=True) if d >= factor * (1 - 1e-6)]
     if len(mid) >= 2:
         (x0, s0), (x1, s1) = mid[0], mid[-1]
         a = (s1 - s0) / (x1 - x0)  # s = a / wavelength + b
@@ -201,36 +204,28 @@ def llama3_from_factors(factors: list[float], theta: float, head_dim: int, sourc
         high, old = 1 - 1 / b, -a / b
         old = float(round(old)) if abs(old - round(old)) < 1e-3 * old else old  # (an int in HF's configs)
         high = round(high, 6)
-        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": high,
-                   "original_max_position_embeddings": old}
-    elif not mid:  # a step from 1 to factor: any threshold between the two groups
+    elif mid:  # s0 = (old / w0 - 1) / (high - 1) with old in (w0, the next longer wavelength): the nearer old is
+        w0, s0 = 1 / mid[0][0], mid[0][1]  # to w0, the more room below old / high for the shorter wavelengths
+        old = w0 * (min(longer) / w0) ** 0.05 if longer else w0 * 1.01
+        high = 1 + (old / w0 - 1) / s0
+    else:  # a step from 1 to factor: any threshold between the two groups
         short = max(w for w, d in zip(wave, factors, strict=True) if d < 1 + 1e-6)
-        long = min(w for w, d in zip(wave, factors, strict=True) if d > 1 + 1e-6)
-        old = math.sqrt(short * long)
-        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 1.0 + 1e-9,
-                   "original_max_position_embeddings": old}
-    else:
-        scaling = None
-    if scaling is None or not _same_factors(scaling, inv, wave, factors):
+        old, high = math.sqrt(short * min(longer)), 1.0 + 1e-9
+    scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": high,
+               "original_max_position_embeddings": old}
+    if not _same_factors(scaling, inv, factors):
         raise ConfigError(f"{source}: rope_freqs.weight holds RoPE divisors that are not Llama 3's scaling; llmlab "
                           "cannot load them.")
     return scaling
 
 
-def _same_factors(s: dict, inv: list[float], wave: list[float], factors: list[float]) -> bool:
-    """Whether HF's llama3 formula with `s` gives these divisors (to fp32 precision)."""
-    f, low, high, old = s["factor"], s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
-    for w, d in zip(wave, factors, strict=True):
-        if w < old / high:
-            want = 1.0
-        elif w > old / low:
-            want = f
-        else:
-            smooth = (old / w - low) / (high - low)
-            want = 1 / ((1 - smooth) / f + smooth)
-        if abs(want - d) > 1e-4 * max(1.0, d):
-            return False
-    return True
+def _same_factors(scaling: dict, inv: Tensor, factors: list[float]) -> bool:
+    """Whether HF's llama3 formula with `scaling` gives these divisors (to fp32 precision)."""
+    from llmlab.model.layers import llama3_inv_freq
+
+    want = inv / llama3_inv_freq(inv, scaling)
+    got = torch.tensor(factors, dtype=torch.float32)
+    return bool(((want - got).abs() <= 1e-4 * got.clamp(min=1.0)).all())
 
 
 def unpermute_rope(w: Tensor, n_heads: int) -> Tensor:
