@@ -95,7 +95,7 @@ def test_shape_mismatch_names_file_and_tensor(saved):
     cfg["intermediate_size"] = 64
     (saved / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError,
-                       match=r"model.safetensors: tensor model.layers.0.mlp.down_proj.weight has shape \(32, 48\) but the config expects \(32, 64\)"):
+                       match=r"model.safetensors: tensor model.layers.0.mlp.down_proj.weight has shape \(32, 48\) but config.json gives \(32, 64\)"):
         llmlab.from_pretrained(saved)
 
 

@@ -63,6 +63,20 @@ def test_model_safetensors_is_read_before_an_index_as_transformers_does(tmp_path
     assert max_diff(ours, tiny_hf_llama(seed=1)) < 1e-5
 
 
+@pytest.mark.parametrize("index", ['{"weight_map": ["a.safetensors"]}', '{"weight_map": {"w": 3}}', "[]",
+                                   '{"metadata": {}}', "{not json"])
+def test_a_malformed_shard_index_is_named_and_saving_over_it_replaces_it(tmp_path, index):
+    tiny_hf_llama().save_pretrained(tmp_path / "hf")
+    model = llmlab.from_pretrained(tmp_path / "hf")
+    tiny_hf_llama(seed=1).save_pretrained(tmp_path, max_shard_size="20KB")
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(CheckpointError, match="model.safetensors.index.json is not a valid safetensors index"):
+        llmlab.from_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("model-*-of-*.safetensors"))
+    assert torch.equal(llmlab.from_pretrained(tmp_path).embed.weight, model.embed.weight)
+
+
 def test_gpt2_with_an_untied_head(tmp_path):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=64,
@@ -263,6 +277,6 @@ def test_rope_freqs_that_are_not_llama3_scaling_are_refused(tmp_path, monkeypatc
 def test_an_unknown_gguf_tensor_is_named_without_a_config_json(tmp_path, monkeypatch):
     _with_metadata(monkeypatch, lambda w: w.add_tensor("blk.0.ffn_gate_exps.weight", np.ones((2, 4), np.float32)))
     write_llama_gguf(tiny_hf_llama(), tmp_path / "moe.gguf", gguf.GGMLQuantizationType.F32)
-    with pytest.raises(CheckpointError, match="ffn_gate_exps.weight has no place in a llama model as llmlab builds it "
-                                              "from this GGUF's metadata"):
+    with pytest.raises(CheckpointError, match="ffn_gate_exps.weight has no place in a llama model as this GGUF's "
+                                              "metadata describes it; a llama variant"):
         llmlab.from_pretrained(tmp_path / "moe.gguf")

@@ -113,13 +113,14 @@ def from_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None,
     if not path.exists():
         known = ", ".join(artifacts.names("model"))
         raise CheckpointError(f"{path} does not exist; pass an HF model directory, a .gguf file, or one of: {known}.")
-    if path.is_file() and path.suffix == ".gguf":
+    gguf = path.is_file() and path.suffix == ".gguf"
+    if gguf:
         cfg, weights = _read_gguf(path)
     elif path.is_dir():
         cfg, weights = _read_hf_dir(path)
     else:
         raise CheckpointError(f"{path} is neither a model directory nor a .gguf file.")
-    model = _build(cfg, weights, attn_backend)
+    model = _build(cfg, weights, attn_backend, from_gguf=gguf)
     return model.to(device=device, dtype=auto_dtype(path, device) if auto else dtype).eval()
 
 
@@ -229,14 +230,20 @@ def _remove_shards(directory: Path) -> None:
     index = directory / "model.safetensors.index.json"
     if not index.is_file():
         return
-    try:
-        shards = set(json.loads(index.read_text())["weight_map"].values())
-    except (ValueError, KeyError, TypeError, AttributeError):
-        shards = set()
-    for name in shards | {p.name for p in directory.glob("model-*-of-*.safetensors")}:
+    for name in set(_index_shards(index) or ()) | {p.name for p in directory.glob("model-*-of-*.safetensors")}:
         if "/" not in name:
             (directory / name).unlink(missing_ok=True)
     index.unlink()
+
+
+def _index_shards(index: Path) -> list[str] | None:
+    """The shard files a model.safetensors.index.json lists, in order, or None if it is not such an index."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        shards = list(dict.fromkeys(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    return shards if all(isinstance(name, str) for name in shards) else None
 
 
 def _safetensors_files(path: Path) -> list[Path]:
@@ -245,11 +252,11 @@ def _safetensors_files(path: Path) -> list[Path]:
         return [single]
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError):
-            raise CheckpointError(f"{index} is not a valid safetensors index (no 'weight_map').") from None
-        files = [path / name for name in dict.fromkeys(weight_map.values())]
+        shards = _index_shards(index)
+        if shards is None:
+            raise CheckpointError(f"{index} is not a valid safetensors index (no 'weight_map' of tensor names to "
+                                  "shard files).")
+        files = [path / name for name in shards]
         for f in files:
             if not f.is_file():
                 raise CheckpointError(f"{f} is listed in {index.name} but missing.")
@@ -295,7 +302,10 @@ def _no_init():
             setattr(torch.nn.init, n, f)
 
 
-def _build(cfg: ModelConfig, weights, attn_backend: str) -> Transformer:
+def _build(cfg: ModelConfig, weights, attn_backend: str, *, from_gguf: bool) -> Transformer:
+    """The model `cfg` (read from a GGUF's metadata or a config.json: named in errors) with `weights`: (llmlab
+    name, name in the file, file, tensor) tuples."""
+    config_source = "this GGUF's metadata" if from_gguf else "config.json"
     with torch.device("meta"), _no_init():
         model = Transformer(cfg, attn_backend=attn_backend)
     expected = {n: p.shape for n, p in model.state_dict().items()}
@@ -306,15 +316,13 @@ def _build(cfg: ModelConfig, weights, attn_backend: str) -> Transformer:
         if name not in expected:
             if name == "lm_head.weight" and cfg.tie_word_embeddings:
                 continue  # some tied checkpoints store the head anyway
-            if str(file).endswith(".gguf"):
-                raise CheckpointError(f"{file}: tensor {src} has no place in a llama model as llmlab builds it "
-                                      "from this GGUF's metadata (a llama variant llmlab does not load, such as "
-                                      "mixture-of-experts layers).")
-            raise CheckpointError(f"{file}: tensor {src} has no place in a {cfg.model_type} model with this "
-                                  "config.json; is the config for a different model?")
+            hint = ("a llama variant llmlab does not load, such as mixture-of-experts layers?" if from_gguf else
+                    "is the config for a different model?")
+            raise CheckpointError(f"{file}: tensor {src} has no place in a {cfg.model_type} model as "
+                                  f"{config_source} describes it; {hint}")
         if tuple(t.shape) != tuple(expected[name]):
-            raise CheckpointError(f"{file}: tensor {src} has shape {tuple(t.shape)} but the config expects "
-                                  f"{tuple(expected[name])}; config.json and weights disagree.")
+            raise CheckpointError(f"{file}: tensor {src} has shape {tuple(t.shape)} but {config_source} gives "
+                                  f"{tuple(expected[name])}; the metadata and the weights disagree.")
         loaded[name] = t
     missing = sorted(set(expected) - set(loaded))
     if missing:

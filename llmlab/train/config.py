@@ -245,13 +245,14 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
     stops `llmlab generate`, `Transformer.generate` and transformers' `generate` at the end of a document, as the
     engine (which also takes the tokenizer's EOS) already did."""
     raw: dict[str, Any] = {}
+    file_model_keys: set[str] = set()
     if preset:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
         raw = _merge(raw, PRESETS[preset])
     if file:
         try:
-            raw = _merge(raw, tomllib.loads(Path(file).read_text(encoding="utf-8")))
+            from_file = tomllib.loads(Path(file).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {file} does not exist; pass a TOML file to --config.") from None
         except IsADirectoryError:
@@ -261,8 +262,11 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
                 from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{file} is not valid TOML ({e}).") from None
-        if not isinstance(raw.get("model", {}), dict):
-            raise ConfigError(f"model in {file} must be a [model] table of ModelConfig fields, got {raw['model']!r}.")
+        if not isinstance(from_file.get("model", {}), dict):
+            raise ConfigError(f"model in {file} must be a [model] table of ModelConfig fields, got "
+                              f"{from_file['model']!r}.")
+        file_model_keys = set(from_file.get("model", {}))
+        raw = _merge(raw, from_file)
     for key, value in (overrides or {}).items():
         _set(raw, key, value)
     _check_keys(raw)
@@ -271,7 +275,7 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
     default_model = file and not preset and not init_from and not set(model) & _SHAPE_KEYS
     if init_from:
         if preset:  # the checkpoint fixes the model: a preset gives only its run keys (and its dropout) then
-            user = set(_model_keys_of(file)) | {k.replace("-", "_").removeprefix("model.") for k in overrides or {}
+            user = file_model_keys | {k.replace("-", "_").removeprefix("model.") for k in overrides or {}
                                                 if k.replace("-", "_").startswith("model.")}
             model = {k: v for k, v in model.items() if k in user or k == "dropout"}
         model = _from_checkpoint(init_from, model)
@@ -286,13 +290,6 @@ def build_config(*, preset: str | None = None, file: str | Path | None = None,
                           "it would be ModelConfig's 114M default; add a [model] table (hidden_size, num_layers, "
                           "num_heads, ...) or pass --preset NAME.")
     return cfg
-
-
-def _model_keys_of(file: str | Path | None) -> list[str]:
-    """The [model] keys a TOML config file sets (read again: build_config has checked it)."""
-    if not file:
-        return []
-    return list(tomllib.loads(Path(file).read_text(encoding="utf-8")).get("model", {}))
 
 
 def _from_checkpoint(init_from: str, model: dict[str, Any]) -> dict[str, Any]:
