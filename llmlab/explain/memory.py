@@ -72,6 +72,10 @@ def kv_cache_formula(ctx: Context) -> Result:
 NOTES_7B_GB = {"weights": 14, "kv": 2, "activations": (1, 2), "total": (17, 18)}
 
 
+def _notes_gb(value: int | tuple[int, int]) -> str:
+    return f"{value[0]}-{value[1]} GB" if isinstance(value, tuple) else f"{value} GB"
+
+
 @topic("kv-cache-7b", theme="memory",
        question_en="How much GPU memory does a 7B fp16 model need for inference at batch 4 × 2048?",
        question_zh="一个7B参数的FP16模型,batch_size=4,seq_len=2048,估算推理显存需求?",
@@ -95,26 +99,27 @@ def kv_cache_7b(ctx: Context) -> Result:
     # Everything in GB (1e9 B), as the notes write it: how far each of their lines is from the computed one.
     w, kv, act, total = mem.weights / 1e9, mem.kv_cache / 1e9, mem.activations / 1e9, mem.total / 1e9
     notes = NOTES_7B_GB
+    said = {k: _notes_gb(v) for k, v in notes.items()}  # "14 GB", "1-2 GB", ...
     weights_up = notes["weights"] - w  # the notes round the weights up ...
     act_lo, act_hi = (a - act for a in notes["activations"])  # ... and guess more activations than computed ...
     kv_short = kv - notes["kv"]  # ... but leave half the cache out
     short_lo, short_hi = (total - t for t in notes["total"])  # how far the notes' total falls below the computed one
     L, kvh, hd = model_cfg.num_layers, model_cfg.num_kv_heads, model_cfg.head_dim
-    rows = [["weights (fp16)", f"{n:,} × 2", mem.weights, mem.weights / GiB, "14 GB"],
-            ["KV cache (fp16)", f"2·2·{L}·4·2048·{kvh}·{hd}", mem.kv_cache, mem.kv_cache / GiB, "2 GB"],
+    rows = [["weights (fp16)", f"{n:,} × 2", mem.weights, mem.weights / GiB, said["weights"]],
+            ["KV cache (fp16)", f"2·2·{L}·4·2048·{kvh}·{hd}", mem.kv_cache, mem.kv_cache / GiB, said["kv"]],
             ["KVCache.allocate(meta).nbytes()", "", real, real / GiB, ""],
-            ["peak prefill activations (fused attention)", "", mem.activations, mem.activations / GiB, "1-2 GB"],
+            ["peak prefill activations (fused attention)", "", mem.activations, mem.activations / GiB, said["activations"]],
             ["peak prefill activations (explicit n² scores)", "", no_flash.activations, no_flash.activations / GiB, ""],
-            ["total (weights + KV + activations)", "", mem.total, mem.total / GiB, "17-18 GB"]]
+            ["total (weights + KV + activations)", "", mem.total, mem.total / GiB, said["total"]]]
     in_range = notes["total"][0] <= total <= notes["total"][1]
     if in_range:
-        where_en, where_zh = "the notes' 17-18 GB holds it", "在笔记的 17-18 GB 之内"
+        where_en, where_zh = f"the notes' {said['total']} holds it", f"在笔记的 {said['total']} 之内"
     elif short_hi > 0:
-        where_en = f"the notes' 17-18 GB falls {short_hi:.2f}-{short_lo:.2f} GB short"
-        where_zh = f"笔记的 17-18 GB 少了 {short_hi:.2f}-{short_lo:.2f} GB"
+        where_en = f"the notes' {said['total']} falls {short_hi:.2f}-{short_lo:.2f} GB short"
+        where_zh = f"笔记的 {said['total']} 少了 {short_hi:.2f}-{short_lo:.2f} GB"
     else:
-        where_en = f"the notes' 17-18 GB overshoots by {-short_lo:.2f}-{-short_hi:.2f} GB"
-        where_zh = f"笔记的 17-18 GB 多了 {-short_lo:.2f}-{-short_hi:.2f} GB"
+        where_en = f"the notes' {said['total']} overshoots by {-short_lo:.2f}-{-short_hi:.2f} GB"
+        where_zh = f"笔记的 {said['total']} 多了 {-short_lo:.2f}-{-short_hi:.2f} GB"
     full = weights_up + act_hi >= kv_short  # can the notes' two over-estimates make up for the cache?
     return Result(
         verdicts={"weights": "confirmed", "kv": "wrong", "activations": "incomplete",
@@ -125,25 +130,25 @@ def kv_cache_7b(ctx: Context) -> Result:
                  "activations_explicit_gib": no_flash.activations / GiB, "weights_rounded_up_gb": weights_up,
                  "kv_under_count_gb": kv_short, "notes_total_short_gb": short_hi},
         corrected_en=f"2048 × 32 × 4096 × 2 × 4 = {notes_kv:,} is the number of cached elements; at 2 bytes each (fp16) "
-                     f"the cache is {mem.kv_cache:,} B = {mem.kv_cache / GiB:g} GiB ({kv:.2f} GB), not 2 GB. "
+                     f"the cache is {mem.kv_cache:,} B = {mem.kv_cache / GiB:g} GiB ({kv:.2f} GB), not {said['kv']}. "
                      f"Weights: LLaMA-7B has {n / 1e9:.2f} B parameters → {w:.2f} GB "
-                     f"(14 GB for a round 7 B is fine). Activations depend on the attention kernel: "
+                     f"({said['weights']} for a round 7 B is fine). Activations depend on the attention kernel: "
                      f"{act:.2f} GB fused vs {no_flash.activations / 1e9:.2f} GB with explicit n² scores. "
                      f"Total = {w:.2f} + {kv:.2f} + {act:.2f} = {total:.2f} GB ({mem.total / GiB:.1f} GiB) plus "
-                     f"framework overhead, and {where_en}: rounding the weights up to 14 GB (+{weights_up:.2f} GB) "
-                     f"and guessing 1-2 GB of activations against {act:.2f} GB (+{act_lo:.2f} to +{act_hi:.2f} GB) "
+                     f"framework overhead, and {where_en}: rounding the weights up to {said['weights']} (+{weights_up:.2f} GB) "
+                     f"and guessing {said['activations']} of activations against {act:.2f} GB (+{act_lo:.2f} to +{act_hi:.2f} GB) "
                      f"offset {'' if full else 'only part of '}the cache's {kv_short:.2f} GB under-count.",
         corrected_zh=f"2048 × 32 × 4096 × 2 × 4 = {notes_kv:,} 是缓存的元素个数;每个 fp16 元素 2 字节,缓存为 {mem.kv_cache:,} B = "
-                     f"{mem.kv_cache / GiB:g} GiB({kv:.2f} GB),不是 2 GB。权重:LLaMA-7B 有 {n / 1e9:.2f} B 参数 → "
-                     f"{w:.2f} GB(按整 7B 算 14 GB 可以)。激活取决于注意力实现:融合内核 {act:.2f} GB,"
+                     f"{mem.kv_cache / GiB:g} GiB({kv:.2f} GB),不是 {said['kv']}。权重:LLaMA-7B 有 {n / 1e9:.2f} B 参数 → "
+                     f"{w:.2f} GB(按整 7B 算 {said['weights']} 可以)。激活取决于注意力实现:融合内核 {act:.2f} GB,"
                      f"显式 n² 分数 {no_flash.activations / 1e9:.2f} GB。合计 {w:.2f} + {kv:.2f} + {act:.2f} = {total:.2f} GB"
-                     f"({mem.total / GiB:.1f} GiB)外加框架开销,{where_zh}:权重向上取整到 14 GB(+{weights_up:.2f} GB)"
-                     f"和把激活估成 1-2 GB(计算值 {act:.2f} GB,+{act_lo:.2f} 到 +{act_hi:.2f} GB)"
+                     f"({mem.total / GiB:.1f} GiB)外加框架开销,{where_zh}:权重向上取整到 {said['weights']}(+{weights_up:.2f} GB)"
+                     f"和把激活估成 {said['activations']}(计算值 {act:.2f} GB,+{act_lo:.2f} 到 +{act_hi:.2f} GB)"
                      f"{'抵消了' if full else '只抵消了'}缓存少算的 {kv_short:.2f} GB{'' if full else '中的一部分'}。",
         conclusion_en=f"The notes' KV-cache line multiplies the elements but forgets the bytes per element, so the cache is "
-                      f"{mem.kv_cache / GiB:g} GiB, not 2 GB; llmlab's KVCache for this shape allocates exactly "
+                      f"{mem.kv_cache / GiB:g} GiB, not {said['kv']}; llmlab's KVCache for this shape allocates exactly "
                       f"{real / GiB:g} GiB.",
-        conclusion_zh=f"笔记的 KV cache 计算乘了元素个数却忘了乘每元素字节数,所以缓存是 {mem.kv_cache / GiB:g} GiB 而不是 2 GB;"
+        conclusion_zh=f"笔记的 KV cache 计算乘了元素个数却忘了乘每元素字节数,所以缓存是 {mem.kv_cache / GiB:g} GiB 而不是 {said['kv']};"
                       f"llmlab 的 KVCache 对该形状正好分配 {real / GiB:g} GiB。",
         tables=[Table("LLaMA-7B, batch 4 × 2048, fp16", "LLaMA-7B,batch 4 × 2048,fp16",
                       ["part", "arithmetic", "bytes", "GiB", "notes"], rows)])
