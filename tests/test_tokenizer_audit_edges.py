@@ -243,3 +243,13 @@ def test_train_refuses_options_it_would_ignore(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.artifact
+@pytest.mark.parametrize("name", ["gpt2-tiktoken", "smollm2-135m"])
+def test_load_tokenizer_takes_the_registry_names_its_error_lists(name):
+    """The Python API resolves a registry name as the CLI, from_pretrained and LLM do (it said the file
+    'gpt2-tiktoken' did not exist, and to use a registry name)."""
+    ref = load_tokenizer(artifacts.fetch(name))
+    tok = load_tokenizer(name)
+    assert tok.encode(MIXED) == ref.encode(MIXED) and tok.vocab_size == ref.vocab_size

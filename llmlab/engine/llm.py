@@ -92,10 +92,9 @@ class LLM:
         if dtype == "auto":  # vLLM's spelling of the default (pretrained.auto_dtype); a Transformer keeps its own
             dtype = None
         if isinstance(tokenizer, (str, Path)):  # a tokenizer.json, or a model directory / GGUF / name that has one
-            from llmlab import artifacts
             from llmlab.tokenizer import load_tokenizer
 
-            tokenizer = load_tokenizer(artifacts.resolve(tokenizer))
+            tokenizer = load_tokenizer(tokenizer)
         elif tokenizer is not None and not all(hasattr(tokenizer, a) for a in ("encode", "decode", "token_bytes")):
             raise ConfigError(f"LLM(tokenizer=...) takes an llmlab Tokenizer or the path of a tokenizer.json or model "
                               f"directory, got a {type(tokenizer).__name__}; pass the path its files are in.")

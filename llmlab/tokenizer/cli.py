@@ -89,10 +89,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    from llmlab import artifacts
     from llmlab.tokenizer.io import load_tokenizer
 
-    tok = load_tokenizer(artifacts.resolve(args.tokenizer), pattern=args.pattern)
+    tok = load_tokenizer(args.tokenizer, pattern=args.pattern)
     if args.allow_special and not tok.special_tokens:
         print(f"note: {args.tokenizer} has no special tokens, so --allow-special changes nothing.", file=sys.stderr)
     allowed = "all" if args.allow_special else "none"
@@ -104,11 +103,10 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from llmlab import artifacts
     from llmlab.errors import TokenizerError
     from llmlab.tokenizer.io import load_tokenizer
 
-    tok = load_tokenizer(artifacts.resolve(args.tokenizer), pattern=args.pattern)
+    tok = load_tokenizer(args.tokenizer, pattern=args.pattern)
     for n, line in enumerate(_lines(_read_stdin()), 1):
         ids = []
         for word in line.replace(",", " ").split():

@@ -88,8 +88,11 @@ def _tiktoken_encoding(path: str | Path) -> str | None:
 
 
 def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
-    """Load a tokenizer from a tokenizer.json, a directory, a .tiktoken file, a GGUF or vocab.txt."""
-    path = Path(path)
+    """Load a tokenizer from a tokenizer.json, a directory, a .tiktoken file, a GGUF or vocab.txt, or by a registry
+    name such as 'gpt2-tiktoken' or 'smollm2-135m' (fetched and verified the first time)."""
+    from llmlab import artifacts
+
+    path = artifacts.resolve(path)
     if path.is_dir():
         for name in ("tokenizer.json", "vocab.txt"):
             if (path / name).is_file():
