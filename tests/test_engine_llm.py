@@ -280,19 +280,19 @@ def test_generate_is_all_or_nothing(llama):
 
 
 def test_batch_buckets_cover_every_batch_size():
-    from llmlab.engine.model_runner import _bucket_batch, batch_buckets
+    from llmlab.engine.cuda_graphs import batch_buckets, bucket_batch
 
     assert batch_buckets(1) == [1]
     assert batch_buckets(5) == [8, 4, 2, 1]
     assert batch_buckets(256) == [256 - 16 * i for i in range(15)] + [16, 8, 4, 2, 1]
     for n in range(1, 300):  # every batch replays a graph captured at start-up: its bucket is in the list
-        assert _bucket_batch(n) in batch_buckets(max(n, 17))
+        assert bucket_batch(n) in batch_buckets(max(n, 17))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_decode_matches_eager(llama):
-    from llmlab.engine.model_runner import batch_buckets
+    from llmlab.engine.cuda_graphs import batch_buckets
 
     model = llama.to("cuda")
     try:

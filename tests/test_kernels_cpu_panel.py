@@ -181,10 +181,10 @@ def test_compiled_engine_traces_the_panel_op(monkeypatch):
 @pytest.mark.parametrize("widened", [False, True])
 def test_a_small_compiled_engine_traces_the_panel_op_only_for_widened_bf16(monkeypatch, widened):
     """Engines of at most 4 sequences keep Inductor's GEMM template, except in bf16 on a CPU without bf16
-    instructions, where the panel kernel was faster (model_runner._panel_beats_template); fp32 never."""
-    import llmlab.engine.model_runner as mr
+    instructions, where the panel kernel was faster (compiled_decode.panel_beats_template); fp32 never."""
+    import llmlab.engine.compiled_decode as cd
 
-    monkeypatch.setattr(mr, "bf16_widened", lambda: widened)
+    monkeypatch.setattr(cd, "bf16_widened", lambda: widened)
     for dtype, traced in ((torch.bfloat16, widened), (torch.float32, False)):
         llm = LLM(tiny_model().to(dtype), block_size=4, max_num_seqs=1, compile_decode=True)
         assert (llm.engine.runner.traced_panels == 2 * 4 + 1) == traced, dtype

@@ -1,6 +1,6 @@
 """The engine's CUDA-graph decode path on a CPU, with each graph replay emulated.
 
-On CUDA, decode steps replay graphs captured per batch bucket (model_runner._DecodeGraphs): static input
+On CUDA, decode steps replay graphs captured per batch bucket (cuda_graphs.DecodeGraphs): static input
 buffers, full-width block tables of which a step copies only the columns it uses, every bucket captured at
 start-up. That bookkeeping has no GPU in CI. `emulate_cuda_graphs(runner)` gives a CPU ModelRunner the same
 path, where a "capture" records the decode call and its static inputs and a "replay" runs the call again on
@@ -15,7 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from llmlab.engine.model_runner import ModelRunner, _DecodeGraphs
+from llmlab.engine.cuda_graphs import DecodeGraphs
+from llmlab.engine.model_runner import ModelRunner
 
 
 class ReplayGraph:
@@ -30,10 +31,10 @@ class ReplayGraph:
             self.out.copy_(self.run(*self.static))
 
 
-def emulate_cuda_graphs(runner: ModelRunner) -> _DecodeGraphs:
+def emulate_cuda_graphs(runner: ModelRunner) -> DecodeGraphs:
     """Switch a CPU runner's decode steps to the CUDA-graph path with emulated replays (captured as on CUDA:
     with a paged kernel, every batch bucket now); returns its graphs."""
-    graphs = _DecodeGraphs(runner)
+    graphs = DecodeGraphs(runner)
 
     def capture(static: list[Tensor]) -> tuple[ReplayGraph, Tensor]:
         graph = ReplayGraph(runner.decode_call(static[0].shape[0]), static)

@@ -33,29 +33,10 @@ With all of those, a decode-only step of up to 32 sequences skips the forward's 
 the same kernels directly, in the same order, into buffers allocated once (`cpu_direct_decode`; bitwise the
 forward's logits).
 
-CUDA graphs (decode only). A decode step's shapes depend on the batch size and the longest
-context; graphs are captured per batch bucket — batch padded up to 1, 2, 4, 8, 16, 32, 48, ... — into
-one shared memory pool, and replayed with the step's inputs copied into static buffers. With the paged
-kernel every graph takes the full table width (the kernel stops at each row's context, so only the
-columns in use are copied), and all of them are captured when the engine starts (largest first); on the
-gather path the context is also padded to a power-of-two number of blocks, and each (batch, width)
-bucket is captured when a step first needs it. Padded rows use the scratch block. The graphed function
-is the same `_decode_logits` the eager path runs, so CPU tests cover its maths; `pad_decode=True` makes
-the CPU take the padded (graph-shaped) path too, and engine/emulated_graphs.py the graph bookkeeping.
-With `cuda_fused_decode` the batch-1 graph captures kernels/cuda_decode.py's fused step instead (five
-launches a layer; `decode_call`), the other buckets the usual one.
-
-Compiled CPU decode (`compile_decode=True`). Eager decode of a small model on a CPU spends a third
-of each step dispatching ~2,000 small ops (norms, RoPE, residuals, cache writes). The decode step is
-then one Inductor graph with the weights frozen in (`_FrozenDecode`): Inductor packs the linears
-and fuses the rest into a few C++ loops; for engines of at most 4 sequences it also generates its
-own GEMM kernels, which stream the weights near the memory bandwidth where oneDNN reaches ~60% of
-it. One graph serves every batch size and context length (both symbolic, padded to at least 2); it
-compiles once per engine, in about a minute for SmolLM2-135M on two cores (Inductor's disk cache
-cannot hold frozen oneDNN weights); weights changed in place afterwards are refused with an error.
-Since the eager engine's decode steps became direct C calls (`cpu_direct_decode`), the compiled step is the slower
-one on the 2-core Zen 3 EPYC (SmolLM2-135M, bf16, end to end: 35.0 against 46.4 tok/s at one sequence, 170.0
-against 176.1 at 16; benchmarks/results/engine_cpu_zen3_bf16.json).
+CUDA graphs (decode only; cuda_graphs.py) per batch bucket, replaying the same `_decode_logits` the eager path
+runs; with `cuda_fused_decode` the batch-1 graph captures kernels/cuda_decode.py's fused step instead.
+Compiled CPU decode (`compile_decode=True`; compiled_decode.py): the decode step as one Inductor graph
+with the weights frozen in.
 
 Not here: which tokens to run (scheduler.py), stop rules (scheduler.py, llm_engine.py).
 Reference: nano-vllm `engine/model_runner.py`; vLLM `worker/gpu_model_runner.py`.
@@ -64,9 +45,7 @@ Reference: nano-vllm `engine/model_runner.py`; vLLM `worker/gpu_model_runner.py`
 from __future__ import annotations
 
 import gc
-import sys
 import time
-import types
 import warnings
 from typing import TYPE_CHECKING
 
@@ -75,7 +54,9 @@ import torch
 from torch import Tensor
 
 from llmlab.engine.block_tables import BlockTableRows
+from llmlab.engine.compiled_decode import CPU_GEMM_TEMPLATE_MAX_SEQS, FrozenDecode, own_code, panel_beats_template
 from llmlab.engine.config import EngineConfig
+from llmlab.engine.cuda_graphs import DecodeGraphs, bucket_batch, bucket_blocks
 from llmlab.engine.sampler import SamplingBatch, logprobs_of, sample
 from llmlab.engine.scheduler import PLACEHOLDER, ScheduledBatch
 from llmlab.engine.sequence import Sequence
@@ -85,12 +66,11 @@ from llmlab.kernels import cpu_paged_attention as cpu_paged
 from llmlab.kernels import cpu_rope_cache as cpu_rope
 from llmlab.kernels.cpu_linear import pack_linears, packed_layers, tune_packing
 from llmlab.kernels.cpu_norm import use_fast_norms
-from llmlab.kernels.cpu_panel_linear import bf16_widened
 from llmlab.kernels.cpu_swiglu import use_fast_swiglu
 from llmlab.model.attention import PagedMetadata, PagedSegment, causal_mask
 from llmlab.model.cache import PagedKVCache
 from llmlab.model.transformer import Transformer, fuse_projections
-from llmlab.transfer import copy_to_device, device_tensor, to_device
+from llmlab.transfer import device_tensor, to_device
 
 if TYPE_CHECKING:
     from llmlab.kernels import cuda_decode
@@ -132,13 +112,13 @@ class ModelRunner:
         # CPU_GEMM_TEMPLATE_MAX_SEQS sequences traces the panel kernel (where this CPU has it) as an opaque op and
         # Inductor fuses the rest around it; smaller ones keep Inductor's GEMM template, which was faster there
         # (SmolLM2-135M, one sequence, bf16, 2-core EPYC: 83.9 tok/s against 72.2 with the op), except in bf16 on
-        # CPUs without bf16 instructions (_panel_beats_template).
+        # CPUs without bf16 instructions (panel_beats_template).
         if self.device.type == "cpu" and config.cpu_pack_linears and pack_linears(model):
             decode = [r for r in (1, 2, 4, 8, 16, 32) if r <= config.max_num_seqs]
             rows = tuple(sorted({*decode, min(128, config.max_num_batched_tokens)}))
             self.packing_report = tune_packing(model, rows=rows, cache=True)
             if self.compile_cpu and (config.max_num_seqs > CPU_GEMM_TEMPLATE_MAX_SEQS
-                                     or _panel_beats_template(self.dtype)):
+                                     or panel_beats_template(self.dtype)):
                 self.traced_panels = sum(m.prepare_for_compile() for m in packed_layers(model))
         if self.device.type == "cpu" and config.cpu_fast_norms:
             # One C call per norm instead of ~8 small ops. A compiled engine's prefill stays eager and takes it too
@@ -184,7 +164,7 @@ class ModelRunner:
                                   f"{self.device.type}); drop cuda_fused_decode or move the model to the GPU.")
             self.fused = cuda_decode.FusedDecode(model, self.kv)
             if self.device.type == "cuda":  # its attention as the batch-1 graph's tables make it: full width
-                self.fused_report = self.fused.tune(table_width=_bucket_blocks(self.max_blocks_per_seq))
+                self.fused_report = self.fused.tune(table_width=bucket_blocks(self.max_blocks_per_seq))
         self.shared_generator = torch.Generator(self.device).manual_seed(config.seed)
         self.generators: dict[int, torch.Generator] = {}  # seq_id -> its own stream (seeded requests)
         self._last_sampling: tuple[tuple, SamplingBatch] | None = None  # the last step's rows and their tensors
@@ -200,9 +180,9 @@ class ModelRunner:
         self.decode_fn = self._decode_logits
         if self.compile_cpu:  # weights frozen into the graph: Inductor packs the linears, fuses the rest
             small = config.max_num_seqs <= CPU_GEMM_TEMPLATE_MAX_SEQS and not self.traced_panels
-            self.decode_fn = _FrozenDecode(_own_code(self._decode_logits), model, small_batch=small)
+            self.decode_fn = FrozenDecode(own_code(self._decode_logits), model, small_batch=small)
         elif config.compile_decode:
-            self.decode_fn = torch.compile(_own_code(self._decode_logits), dynamic=True)
+            self.decode_fn = torch.compile(own_code(self._decode_logits), dynamic=True)
         self.use_graphs = self.device.type == "cuda" and not config.enforce_eager
         # (off CUDA the fused step runs only in Triton's interpreter, for tests: through the padded path)
         self.pad_decode = pad_decode or self.use_graphs or self.compile_cpu or self.fused is not None
@@ -214,7 +194,7 @@ class ModelRunner:
             if self.fused is not None and self.fused.pdl:  # and the fused step's PDL variants
                 paged_warm_up(self.kv.k[0], self.kv.v[0], self.cfg.num_heads, self.block_size, self.scratch,
                               self.cfg.sliding_window, pdl=True)
-        self.graphs = _DecodeGraphs(self) if self.use_graphs else None
+        self.graphs = DecodeGraphs(self) if self.use_graphs else None
         if self.graphs is not None and self.decode_kernel:  # one graph per batch bucket: capture them all now
             self.graphs.capture_all(min(config.max_num_seqs, config.cuda_graph_max_bs))
 
@@ -560,7 +540,7 @@ class ModelRunner:
         if self.compile_cpu:
             b, nb = max(2, len(seqs)), max(2, nb)
         else:
-            b, nb = _bucket_batch(len(seqs)), min(_bucket_blocks(nb), self.max_blocks_per_seq)
+            b, nb = bucket_batch(len(seqs)), min(bucket_blocks(nb), self.max_blocks_per_seq)
         n, bs = len(seqs), self.block_size
         # ids, positions, slots and context lengths as the rows of one array (one copy to the device); padded rows
         # read and write only the scratch block (context 1)
@@ -723,154 +703,3 @@ def decode_segment(q_start: int, tables: Tensor, ctx: Tensor, block_size: int, w
         mask = mask & (offs[None, :] > ctx[:, None] - 1 - window)
     return PagedSegment(q_start, B, 1, key_slots, mask[:, None, None, :],  # mask (B, 1, 1, Lk)
                         block_tables=tables, context_lens=ctx, block_size=block_size, window=window)
-
-
-# Up to this many rows per decode step, Inductor's own C++ GEMM kernels (max-autotune, CPP template) beat
-# oneDNN on the CPU: they stream the weights at the memory bandwidth. On 2 EPYC cores, 16 frozen
-# 576x3072 + 3072x576 pairs took, at 2 / 4 / 8 / 16 rows, bf16 4.4 / 4.8 / 18.3 / 34.3 ms vs oneDNN
-# 6.5 / 6.6 / 8.4 / 9.2 ms, and fp32 7.2 / 7.4 / 15.0 / 26.5 vs 13.6 / 12.5 / 14.3 / 17.1 ms.
-CPU_GEMM_TEMPLATE_MAX_SEQS = 4
-
-
-def _panel_beats_template(dtype: torch.dtype) -> bool:
-    """Whether a small compiled engine should trace the panel kernel anyway: bf16 on a CPU without bf16
-    instructions, where Inductor's template widens bf16 less well than the panel kernel (2-core Ice Lake Xeon,
-    SmolLM2-135M, one sequence: 19.9-20.8 against 24.5-25.0 ms a decode step; fp32 there: the template, 27.9-29.4
-    against 31.4-32.9)."""
-    return dtype == torch.bfloat16 and bf16_widened()
-
-
-class _FrozenDecode:
-    """The CPU decode step compiled with Inductor's freezing: the weights become constants of the graph, so
-    Inductor packs the linears itself and fuses the rest. With `small_batch` (an engine of at most
-    CPU_GEMM_TEMPLATE_MAX_SEQS sequences) Inductor also autotunes its C++ GEMM template against oneDNN for
-    each linear. Dynamo reads these flags while tracing, so they are set around each call rather than passed
-    as compile options. Sizes are marked dynamic, not `dynamic=True`, which would also trace float
-    attributes (eps, dropout p) as inputs and restart the analysis. A weight changed in place after the
-    first compile would be silently ignored: that is refused."""
-
-    def __init__(self, fn, model: Transformer, small_batch: bool):
-        # No guards on the model's modules: ~270 parameter guards cost 0.76 ms of a 22.5 ms step (SmolLM2, 16
-        # rows, bf16); their weights are constants of the graph anyway, and changes to them are refused below.
-        skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
-        self.compiled = torch.compile(fn, options={"guard_filter_fn": skip} if skip else None)
-        self.model = model
-        self.params = list(model.parameters())
-        self.version: int | None = None
-        self.inductor = {"freezing": True}
-        if small_batch:
-            self.inductor |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
-
-    def __call__(self, *inputs: Tensor) -> Tensor:
-        version = sum(p._version for p in self.params)  # bumped by every in-place write (optimizer, load)
-        if self.version is not None and version != self.version:
-            raise ConfigError("the model's weights changed after compile_decode compiled them into the CPU decode "
-                              "step; build a new LLM after changing weights, or use compile_decode=False.")
-        first, self.version = self.version is None, version
-        for t in inputs:  # batch and block-table width symbolic from the first compile on (sizes >= 2)
-            torch._dynamo.mark_dynamic(t, tuple(range(t.dim())))
-        if first:
-            for m in packed_layers(self.model):  # weights changed since the engine started: the panel copies too
-                if m.traced == "panel":
-                    m.prepare_for_compile()
-            # a long silent pause otherwise; the frozen oneDNN weights keep it out of Inductor's disk cache
-            print("llmlab: compiling the decode step (once per engine; about a minute for a 135M model on 2 CPU "
-                  "cores) ...", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
-        with torch._inductor.config.patch(self.inductor):
-            out = self.compiled(*inputs)
-        if first:
-            print(f"llmlab: decode step compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        return out
-
-
-def _own_code(method):
-    """`method` bound to a copy of its function with a code object of its own. Dynamo keeps compiled graphs per
-    code object and, past `recompile_limit` (8) variants of one, runs it eagerly with only a log line: engines
-    sharing ModelRunner._decode_logits would silently stop compiling from the ninth in a process."""
-    fn = method.__func__
-    copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    copy.__kwdefaults__, copy.__qualname__ = fn.__kwdefaults__, fn.__qualname__
-    return types.MethodType(copy, method.__self__)
-
-
-def _bucket_batch(n: int) -> int:
-    if n <= 16:
-        return 1 << (n - 1).bit_length()  # 1, 2, 4, 8, 16
-    return -(-n // 16) * 16  # then multiples of 16
-
-
-def batch_buckets(max_batch: int) -> list[int]:
-    """The padded decode batch sizes that serve every batch of 1..max_batch sequences, largest first."""
-    return sorted({_bucket_batch(n) for n in range(1, max_batch + 1)}, reverse=True)
-
-
-def _bucket_blocks(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-class _DecodeGraphs:
-    """CUDA graphs for decode steps, one per (batch bucket, table width): with the paged kernel the width is
-    always the largest, one graph per batch bucket, all captured at start-up (`capture_all`); on the gather path
-    the width is the bucket of the longest row, each captured when a step first needs it."""
-
-    def __init__(self, runner: ModelRunner):
-        self.runner = runner
-        max_b = _bucket_batch(runner.config.cuda_graph_max_bs)
-        dev = runner.device
-        self.max_nb = max_nb = _bucket_blocks(runner.max_blocks_per_seq)
-        self.vec = torch.zeros(4, max_b, dtype=torch.long, device=dev)  # rows: ids, positions, slots, contexts
-        self.vec[3] = 1
-        self.tables = torch.zeros(max_b, max_nb, dtype=torch.long, device=dev)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
-        self.pool = None
-
-    def _static(self, b: int, nb: int) -> list[Tensor]:
-        """The decode step's inputs for batch `b` and table width `nb`: views of the static buffers."""
-        ids, pos, slot, ctx = self.vec[:, :b]
-        return [ids, pos, slot, self.tables[:b, :nb], ctx]
-
-    def replay(self, b: int, nb: int, vec: Tensor, tables: Tensor, ids: Tensor | None = None) -> Tensor:
-        """Run the graph of batch `b` and table width `nb` on `vec` (4, b) (ids, positions, slots, contexts) and
-        `tables` (b, <= nb): two copies to the device, then the replay. `ids` (on the device) replace the first
-        len(ids) ids of vec."""
-        copy_to_device(self.vec[:, :b], vec)  # (pinned: the host need not wait for the step before)
-        if ids is not None:
-            self.vec[0, :len(ids)].copy_(ids)
-        copy_to_device(self.tables[:b, :tables.shape[1]], tables)
-        if (b, nb) not in self.graphs:
-            self.graphs[(b, nb)] = self._capture(self._static(b, nb))
-        graph, out = self.graphs[(b, nb)]
-        graph.replay()
-        return out
-
-    def capture_all(self, max_batch: int) -> None:
-        """Capture the full-width graph of every batch bucket up to `max_batch` (the paged-kernel path), largest
-        first so the smaller ones fit in its memory pool — at start-up, as vLLM does, so no request waits for a
-        capture. The inputs point every row at the scratch block (context 1): nothing real is read or written.
-        Under inference mode, as a capture inside a step is: with gradients on, a compiled step would trace a
-        backward through the paged kernel's custom op (which has none: the engine failed to start) and the eager
-        one would record the unfused q/k/v and gate/up projections and keep activations for autograd."""
-        scratch = self.runner.scratch
-        with torch.inference_mode():
-            for b in batch_buckets(max_batch):
-                if (b, self.max_nb) in self.graphs:
-                    continue
-                static = self._static(b, self.max_nb)
-                for t, value in zip(static, (0, 0, scratch * self.runner.block_size, scratch, 1)):
-                    t.fill_(value)
-                self.graphs[(b, self.max_nb)] = self._capture(static)
-
-    def _capture(self, static: list[Tensor]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
-        run = self.runner.decode_call(static[0].shape[0])
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            run(*static)  # warm-up outside the graph (allocator, kernels' lazy init)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = run(*static)
-        if self.pool is None:
-            self.pool = graph.pool()
-        return graph, out
