@@ -55,8 +55,8 @@ def _close_choice(message: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="llmlab",
-        description="llmlab: tokenize, pretrain, fine-tune, align, quantize, evaluate, serve, estimate "
-                    "and explain LLMs, in one PyTorch codebase.",
+        description="llmlab: tokenize, pretrain (or continue training a checkpoint), generate and chat through a "
+                    "paged-KV engine, estimate and explain LLMs, in one PyTorch codebase.",
     )
     parser.add_argument("--version", action="version", version=f"llmlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
