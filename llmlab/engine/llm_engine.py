@@ -139,8 +139,9 @@ class LLMEngine:
         text, token ids, or vLLM's {"prompt": text} / {"prompt_token_ids": ids}; `arrival_time` a time.time()
         stamp of when it reached the caller (default now); scheduling is first come, first served."""
         if lora_request is not None:
-            raise RequestError("lora_request is not supported by this engine; merge the adapter into the model first "
-                               "(llmlab's LoRA merge), then serve the merged model.")
+            raise RequestError("lora_request is not supported by this engine; merge the adapter into the model's "
+                               "weights first (e.g. peft's merge_and_unload, then save_pretrained), then serve the "
+                               "merged model.")
         if priority != 0:
             raise RequestError(f"priority={priority!r}: this engine schedules first come, first served; leave "
                                "priority at 0.")
