@@ -3,13 +3,16 @@ system C compiler, into a cache keyed by the source, the flags and the CPU.
 
     lib = load("cpu_paged_attention.c")   # a CLibrary: .lib (ctypes.CDLL or None) and .error (why not)
 
-The compiler is `$CC`, else the first of cc / gcc / clang on PATH. Flags: -O3 -march=native, OpenMP when the
-compiler has it (the library then binds to the libgomp.so.1 torch has already loaded, so its threads are
-torch's), and reassociation so vector loops may sum their lanes as a tree — NaN and infinity semantics stay
-exact (no -ffinite-math-only). Flag sets are tried in turn until one builds. Output goes to
+The compiler is `$CC` (arguments allowed: "ccache gcc"), else the first of cc / gcc / clang on PATH. Flags: -O3
+-march=native, OpenMP when the compiler has it (the library then binds to the libgomp.so.1 torch has already loaded,
+so its threads are torch's), and reassociation so vector loops may sum their lanes as a tree — NaN and infinity
+semantics stay exact (no -ffinite-math-only). Flag sets are tried in turn until one builds; a library built before
+with a later set (a compiler without OpenMP) is used without retrying the earlier ones. Output goes to
 `$LLMLAB_CACHE/kernels/` (default ~/.cache/llmlab), written to a temporary file and renamed into place, so a
-concurrent or interrupted build never leaves a half-written library. A build takes 0.2-10 s (the paged attention
-kernel the longest); `prebuild()` builds the missing ones side by side and says so, as the CPU engine does at start.
+concurrent or interrupted build never leaves a half-written library; one found damaged all the same (truncated by a
+full disk or a copy cut short: mapping it would kill the process) is removed and built again. A build takes 0.2-10 s
+(the paged attention kernel the longest); `prebuild()` builds the missing ones side by side and says so, as the
+CPU engine does at start.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,6 +36,14 @@ from pathlib import Path
 
 _MATH = ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 FLAG_SETS = (["-O3", "-march=native", "-fopenmp", *_MATH], ["-O3", "-march=native", *_MATH], ["-O3", *_MATH])
+COMPILE_TIMEOUT_S = 120.0  # one compiler run; past it the build stops (later flag sets would hang the same way)
+_TIMED_OUT = "the compiler ran past"
+_CPUINFO = Path("/proc/cpuinfo")
+# The /proc/cpuinfo fields -march=native depends on, the first processor's: x86 ("model name", "flags"), Arm
+# ("Features" and the implementer / architecture / variant / part ids: no "model name" there), RISC-V ("isa",
+# "uarch"), POWER ("cpu").
+_CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU variant", "CPU part",
+               "isa", "uarch", "cpu")
 
 
 @dataclass
@@ -39,20 +53,31 @@ class CLibrary:
 
 
 def compiler() -> str | None:
-    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
-        if shutil.which(name):
+    """The compiler command: `$CC` where its program is found (it may carry arguments), else cc / gcc / clang."""
+    for name in filter(None, (os.environ.get("CC", "").strip(), "cc", "gcc", "clang")):
+        try:
+            program = shlex.split(name)[0]
+        except (ValueError, IndexError):  # unbalanced quotes in $CC
+            continue
+        if shutil.which(program):
             return name
     return None
 
 
 def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU's model and feature flags (Linux), else the platform."""
+    """What -march=native depends on: the CPU's model and feature flags (Linux; the first processor's lines of
+    _CPU_FIELDS, as they are written), else the platform."""
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        keep = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
-        return "\n".join(keep) or platform.processor()
+        lines = _CPUINFO.read_text().splitlines()
     except OSError:
         return platform.platform()
+    keep, seen = [], set()
+    for ln in lines:
+        key = ln.split(":", 1)[0].strip()
+        if ":" in ln and key in _CPU_FIELDS and key not in seen:
+            seen.add(key)
+            keep.append(ln)
+    return "\n".join(keep) or platform.processor()
 
 
 def _source_text(*source_names: str) -> bytes:
@@ -67,7 +92,9 @@ def signature(*source_names: str) -> dict[str, str]:
     feature flags) and a digest of the sources and the shared headers."""
     text = _source_text(*source_names)
     cpu = _cpu_signature()
-    name = cpu.splitlines()[0].split(":", 1)[-1].strip() if cpu else ""
+    lines = cpu.splitlines()
+    named = [ln for ln in lines if ln.startswith("model name")] or lines
+    name = named[0].split(":", 1)[-1].strip() if named else ""
     return {"cpu": name, "cpu_digest": hashlib.sha256(cpu.encode()).hexdigest()[:16],
             "sources_digest": hashlib.sha256(text).hexdigest()[:16]}
 
@@ -109,6 +136,11 @@ def prebuild(source_names: list[str] | None = None) -> list[str]:
         return []
     from llmlab.artifacts import cache_dir
 
+    unwritable = _unwritable(cache_dir() / "kernels")
+    if unwritable:  # one line, not a "building ... (once; kept in ...)" that keeps nothing, on every start
+        print(f"llmlab: the C kernels are not built: {unwritable}; the slower paths take over.", file=sys.stderr,
+              flush=True)
+        return []
     print(f"llmlab: building {len(missing)} C kernel{'s' * (len(missing) > 1)} for this CPU (once; kept in "
           f"{cache_dir() / 'kernels'}) ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -136,21 +168,101 @@ def load(source_name: str) -> CLibrary:
     if cc is None:
         return CLibrary(None, "no C compiler found (set $CC or install gcc/clang)")
     source = Path(__file__).with_name(source_name)
+    paths = _paths(cc, source_name)
     last = ""
-    for flags, path in zip(FLAG_SETS, _paths(cc, source_name), strict=True):
-        if not path.exists():
-            last = _compile(cc, flags, source, path)
-            if last:
-                continue
-        try:
-            return CLibrary(ctypes.CDLL(str(path)), None)
-        except OSError as e:
-            last = f"loading {path} failed: {e}"
+    # A library built before with any flag set is used first: a compiler that cannot build an earlier set (clang
+    # without libomp fails -fopenmp at the link, after the whole compile) would otherwise retry it on every start.
+    for path in paths:
+        if path.exists():
+            lib, last = _open(path)
+            if lib is not None:
+                return CLibrary(lib, None)
+    for flags, path in zip(FLAG_SETS, paths, strict=True):
+        if path.exists():  # tried above, and it would not load
+            continue
+        last = _compile(cc, flags, source, path)
+        if last.startswith(_TIMED_OUT):
+            break
+        if not last:
+            lib, last = _open(path)
+            if lib is not None:
+                return CLibrary(lib, None)
     return CLibrary(None, f"building {source_name} with {cc} failed: {last}")
 
 
+def _open(path: Path) -> tuple[ctypes.CDLL | None, str]:
+    """The library at `path`, or why not; a damaged file is removed (it is built again) rather than mapped."""
+    if not _intact(path):
+        try:
+            path.unlink()
+        except OSError as e:
+            return None, f"{path} is damaged and cannot be removed ({e.strerror}); delete it"
+        return None, f"{path} was damaged (removed)"
+    try:
+        return ctypes.CDLL(str(path)), ""
+    except OSError as e:
+        return None, f"loading {path} failed: {e}"
+
+
+def _intact(path: Path) -> bool:
+    """Whether the ELF file at `path` holds every byte its headers point to. A truncated library (a full disk, a
+    copy or sync cut short) passes dlopen's first checks, and mapping its missing pages then kills the process
+    (SIGBUS), past any `except`. Files that are not ELF are left to the loader off Linux (macOS: Mach-O)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(64)
+            if head[:4] != b"\x7fELF":
+                return platform.system() != "Linux"
+            wide, order = head[4] == 2, "<" if head[5] == 1 else ">"
+            if len(head) < (64 if wide else 52):
+                return False
+            if wide:
+                phoff, shoff = struct.unpack_from(order + "QQ", head, 0x20)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 0x36)
+            else:
+                phoff, shoff = struct.unpack_from(order + "II", head, 0x1C)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 0x2A)
+            if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size:
+                return False
+            f.seek(phoff)
+            table = f.read(phnum * phentsize)
+    except (OSError, struct.error):
+        return False
+    for i in range(phnum):
+        if wide:
+            offset, filesz = struct.unpack_from(order + "Q16xQ", table, i * phentsize + 8)
+        else:
+            offset, filesz = struct.unpack_from(order + "I8xI", table, i * phentsize + 4)
+        if offset + filesz > size:
+            return False
+    return True
+
+
+def _unwritable(directory: Path) -> str:
+    """'' where a library can be written into `directory`, else why not (and what to do)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".probe", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+        return ""
+    except OSError as e:
+        return f"cannot write to {directory} ({e.strerror or e}); set $LLMLAB_CACHE to a writable directory"
+
+
+def _cause(stderr: str) -> str:
+    """The line of a failed build's messages that says why: the first error, else the linker's own line, not the
+    driver's summary of it ("collect2: error: ld returned 1 exit status" hid "No space left on device", and clang's
+    "linker command failed" hid "cannot find -lomp"), else the last line."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if "collect2: error:" not in ln and "linker command failed" not in ln]
+    return next((ln for ln in useful if "error" in ln),
+                next((ln for ln in useful if "ld:" in ln and "warning" not in ln), lines[-1] if lines else ""))
+
+
 def _compile(cc: str, flags: list[str], source: Path, path: Path) -> str:
-    """Compile `source` to `path` atomically; '' on success, else the compiler's last line."""
+    """Compile `source` to `path` atomically; '' on success, else why not (_cause)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
@@ -158,14 +270,26 @@ def _compile(cc: str, flags: list[str], source: Path, path: Path) -> str:
     except OSError as e:  # a read-only cache: say where, keep serving through the slower paths
         return f"cannot write to {path.parent} ({e.strerror}); set $LLMLAB_CACHE to a writable directory"
     try:
-        proc = subprocess.run([cc, *flags, "-shared", "-fPIC", "-I", str(source.parent), "-o", tmp, str(source), "-lm"],
-                              capture_output=True, text=True, timeout=120)
+        # its own process group: a compiler that hangs is stopped with its children (cc1, as, ld), not just the driver
+        proc = subprocess.Popen([*shlex.split(cc), *flags, "-shared", "-fPIC", "-I", str(source.parent), "-o", tmp,
+                                 str(source), "-lm"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=COMPILE_TIMEOUT_S)
+        except BaseException as e:  # the timeout, or Ctrl-C (which the compiler's own session does not get)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # gone meanwhile
+                pass
+            proc.communicate()
+            if isinstance(e, subprocess.TimeoutExpired):
+                return f"{_TIMED_OUT} {COMPILE_TIMEOUT_S:g} s ({cc} {' '.join(flags)})"
+            raise
         if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines()
-            return next((ln for ln in lines if "error" in ln), lines[-1] if lines else f"exit status {proc.returncode}")
+            return _cause(stderr) or f"exit status {proc.returncode}"
         os.replace(tmp, path)
         return ""
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except (OSError, ValueError) as e:  # (ValueError: $CC that shlex cannot split)
         return str(e)
     finally:
         if os.path.exists(tmp):

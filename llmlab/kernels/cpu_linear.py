@@ -351,10 +351,15 @@ def _tuning_fields(layers: list[PackedLinear], rows: tuple[int, ...], repeats: i
 
 
 def _valid_table(table, rows: tuple[int, ...]) -> bool:
-    """Whether a table read back has an entry per row count, in order, each with a time for some known kernel."""
+    """Whether a table read back has an entry per row count, in order, each with a time for some known kernel and
+    every time a number (a null or a string, from a hand edit or another version, would fail tune_packing's min)."""
     kernels = {"f_linear_ms", "packed_ms", "panel_ms", "skinny_ms"}
+
+    def is_time(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v >= 0
+
     return (isinstance(table, list) and [e.get("rows") if isinstance(e, dict) else None for e in table] == sorted(rows)
-            and all(any(isinstance(e.get(k), (int, float)) for k in kernels)
+            and all(any(k in e for k in kernels) and all(is_time(e[k]) for k in kernels & set(e))
                     and set(e) <= kernels | {"rows", "layers_timed"} for e in table)
             and any(k != "skinny_ms" for k in table[-1] if k in kernels))
 

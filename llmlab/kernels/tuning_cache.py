@@ -8,9 +8,9 @@ Entries live in `$LLMLAB_CACHE/tuning/` (default ~/.cache/llmlab; `$LLMLAB_TUNIN
 the test suite does for every process it starts), one JSON file per key: the SHA-256 of the
 fields, which the file also holds so a person can read what was timed. Change any field (another CPU, thread
 count, torch build, kernel source, model shape) and the key changes, so nothing stale is read back; an entry
-that cannot be read or parsed counts as absent. `LLMLAB_RETUNE=1` ignores every entry (the timings are taken
-again and overwrite them), for a machine whose load changed since. Inductor keeps its autotuning results the
-same way (torch/_inductor/codecache.py).
+that cannot be read or parsed counts as absent. `LLMLAB_RETUNE=1` (any value but 0, false, no or off) ignores
+every entry (the timings are taken again and overwrite them), for a machine whose load changed since. Inductor keeps
+its autotuning results the same way (torch/_inductor/codecache.py).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def path_for(kind: str, fields: dict[str, Any]) -> Path:
 
 
 def retuning() -> bool:
-    return os.environ.get(RETUNE_ENV, "") not in ("", "0")
+    """Whether $LLMLAB_RETUNE asks to time again: set to anything but empty, 0, false, no or off."""
+    return os.environ.get(RETUNE_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def load(kind: str, fields: dict[str, Any]) -> Any | None:
