@@ -113,7 +113,8 @@ ARTIFACTS: dict[str, Artifact] = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LLMLAB_CACHE") or Path.home() / ".cache" / "llmlab")
+    """$LLMLAB_CACHE (a leading ~ expanded, as HF_HOME's is), else ~/.cache/llmlab."""
+    return Path(os.environ.get("LLMLAB_CACHE") or Path.home() / ".cache" / "llmlab").expanduser()
 
 
 def cached_path(name: str) -> Path:

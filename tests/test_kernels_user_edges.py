@@ -231,3 +231,15 @@ def test_a_failed_build_names_its_cause_not_the_drivers_summary(cache, tmp_path,
     monkeypatch.setenv("CC", str(script))
     built = cbuild.load(SMALL)
     assert built.lib is None and cause in built.error, built.error
+
+
+def test_cache_directories_expand_a_quoted_tilde(tmp_path, monkeypatch):
+    """LLMLAB_CACHE='~/c' (quoted, so the shell left the ~) made a directory named '~' in the working directory."""
+    from llmlab import artifacts
+    from llmlab.kernels import tuning_cache
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("LLMLAB_CACHE", "~/c")
+    monkeypatch.setenv(tuning_cache.DIR_ENV, "~/t")
+    assert artifacts.cache_dir() == tmp_path / "c"
+    assert tuning_cache.path_for("x", {"a": 1}).parent == tmp_path / "t"

@@ -29,7 +29,7 @@ DIR_ENV = "LLMLAB_TUNING_DIR"
 
 def directory() -> Path:
     if os.environ.get(DIR_ENV):
-        return Path(os.environ[DIR_ENV])
+        return Path(os.environ[DIR_ENV]).expanduser()
     from llmlab.artifacts import cache_dir
 
     return cache_dir() / "tuning"
