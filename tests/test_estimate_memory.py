@@ -243,3 +243,16 @@ def test_gpu_names_the_table_cannot_place_are_refused_with_the_known_ones(name):
     with pytest.raises(ConfigError, match=r"is none of the table's .* entries .*another known GPU: A100-40GB, "):
         estimate.get_gpu(name)
     assert gpu_from_device_name(name) is None  # the training loop then reports no MFU rather than a wrong one
+
+
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_every_substituted_training_memory_line_evaluates_to_its_value(recompute):
+    """--explain printed the per-layer activations' formula with nothing substituted; each line with numbers
+    must compute its value."""
+    r = estimate.training_memory("llama-7b", batch=2, seq_len=2048, recompute=recompute)
+    per_layer = next(x for x in r.steps if x.name.startswith("activations per layer"))
+    assert per_layer.numbers
+    for step in r.steps:
+        if step.numbers and "/" not in step.numbers:
+            expr = step.numbers.replace(",", "").replace("·", "*")
+            assert eval(expr, {"__builtins__": {}}) == pytest.approx(step.value), step.name
