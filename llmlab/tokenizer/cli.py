@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     t.add_argument("--out", type=Path, required=True, help="output directory")
     t.add_argument("--kind", choices=("bpe", "wordpiece"), default="bpe", help="algorithm (default: bpe)")
     t.add_argument("--pattern", default=None,
-                   help="BPE pre-split: 'gpt2', 'gpt4' (cl100k), 'o200k' or a regex (default: gpt2)")
+                   help="BPE pre-split: 'gpt2', 'cl100k' (alias 'gpt4'), 'o200k' or a regex (default: gpt2)")
     t.add_argument("--min-frequency", type=int, default=2,
                    help="stop when the best pair occurs fewer times than this, >= 1 (default: 2)")
     t.add_argument("--special-tokens", nargs="*", default=None, metavar="TOKEN",
@@ -44,7 +44,8 @@ def register(subparsers) -> None:
     e.add_argument("--tokenizer", required=True,
                    help="tokenizer.json, a directory with one, a .tiktoken file, a .gguf, vocab.txt, or a registry "
                         "name (e.g. smollm2-135m, cl100k-tiktoken)")
-    e.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: gpt2, cl100k, o200k or a regex")
+    e.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: 'gpt2', 'cl100k' (alias 'gpt4'), "
+                   "'o200k' or a regex (default: from tiktoken's file name)")
     e.add_argument("--allow-special", action="store_true", help="recognise special tokens written in the text")
     e.add_argument("--whole", action="store_true", help="encode all of stdin as one text (default: per line)")
     e.set_defaults(func=_encode)
@@ -53,7 +54,8 @@ def register(subparsers) -> None:
                        description="Read token ids from stdin (space- or comma-separated, one sequence per line, as "
                                    "`llmlab tokenizer encode` prints them) and print the text of each line.")
     d.add_argument("--tokenizer", required=True, help=e._option_string_actions["--tokenizer"].help)
-    d.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: gpt2, cl100k, o200k or a regex")
+    d.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: 'gpt2', 'cl100k' (alias 'gpt4'), "
+                   "'o200k' or a regex (default: from tiktoken's file name)")
     d.add_argument("--skip-special", action="store_true", help="leave special tokens out of the text")
     d.set_defaults(func=_decode)
 
