@@ -32,7 +32,7 @@ def prompts_for(corpus) -> list[str]:
     if corpus.name in PROMPTS:
         return PROMPTS[corpus.name]
     found = []
-    for _, text in corpus.documents():
+    for text in corpus.texts():
         line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
         if line:
             found.append(" ".join(line.split()[:3]))

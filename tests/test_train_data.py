@@ -129,7 +129,7 @@ def test_non_utf8_file_names_file_and_offset(tmp_path):
     bad.write_bytes("café".encode("latin-1"))
     corpus = resolve_corpus([bad])
     with pytest.raises(CorpusError, match=r"latin1.txt is not UTF-8 text \(invalid byte 0xe9 at byte offset 3\)"):
-        list(corpus.documents())
+        list(corpus.texts())
 
 
 def test_python_stdlib_corpus_needs_no_download():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmlab.data.corpora import TEXT_SUFFIXES
+from llmlab.data.corpora import RECORD_SUFFIXES, TEXT_SUFFIXES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,28 +13,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     prep = dsub.add_parser(
         "prepare", help="tokenize text into memmap shards",
-        description="Tokenize text files (or a built-in corpus: shakespeare, python-stdlib) into uint16/uint32 "
-                    "train.bin / val.bin shards with documents separated by EOS, plus meta.json.")
+        description="Tokenize text files, JSON Lines or Parquet records (or a built-in corpus: shakespeare, "
+                    "python-stdlib) into uint16/uint32 train.bin / val.bin shards with documents separated by EOS, "
+                    "plus meta.json.")
     prep.add_argument("--input", nargs="+", required=True, metavar="FILE|DIR|NAME",
-                      help=f"UTF-8 text files, directories (their {', '.join(TEXT_SUFFIXES)} files, any letter case, "
-                           "hidden ones skipped), or one built-in corpus name")
+                      help=f"UTF-8 text files (each one document), record files ({', '.join(RECORD_SUFFIXES)}: each "
+                           "record one document; Parquet needs pyarrow), directories (their "
+                           f"{', '.join(TEXT_SUFFIXES)} and record files, any letter case, hidden ones skipped), or "
+                           "one built-in corpus name")
+    prep.add_argument("--text-field", default="text", metavar="NAME",
+                      help="the field (Parquet: column) of each record that holds its text (default: text)")
     prep.add_argument("--tokenizer", required=True, metavar="PATH",
                       help="tokenizer.json, a directory holding one, a .tiktoken or .gguf file, or a registry name "
                            "(e.g. smollm2-135m)")
     prep.add_argument("--out", required=True, metavar="DIR", help="output directory for the shards")
     prep.add_argument("--val-fraction", type=float, default=0.05,
-                      help="tail fraction of every document held out for validation (default 0.05)")
+                      help="fraction held out for validation: the tail of every text file, and whole records of "
+                           "record files, spread evenly (default 0.05)")
     prep.set_defaults(func=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from llmlab import artifacts
     from llmlab.data.corpora import resolve_corpus
     from llmlab.data.shards import prepare_shards
     from llmlab.tokenizer import load_tokenizer
 
-    corpus = resolve_corpus(args.input)
-    tokenizer = load_tokenizer(artifacts.resolve(args.tokenizer))
+    corpus = resolve_corpus(args.input, text_field=args.text_field)
+    tokenizer = load_tokenizer(args.tokenizer)
     info = prepare_shards(corpus, tokenizer, args.out, val_fraction=args.val_fraction)
     docs = f"{info.documents} document{'' if info.documents == 1 else 's'}"
     print(f"{docs}, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + {info.val_tokens:,} val tokens "

@@ -7,14 +7,20 @@
       tokenizer.json, tokenizer_config.json   the tokenizer used (incl. special-token roles and chat
                   template), so the shards — and checkpoints trained on them — are self-describing
 
-The validation split is the tail `val_fraction` of every document (cut at a line break), so each
-work or module contributes to both splits and a one-file corpus still gets a validation set.
+The validation split is the tail `val_fraction` of every text file (cut at a line break), so each
+work or module contributes to both splits and a one-file corpus still gets a validation set; of record files
+(JSONL, Parquet: many short documents) whole records are held out instead, `val_fraction` of them spread evenly
+(record i when floor((i + 1) f) > floor(i f)), so no document is cut mid-sentence. Token ids are written as they
+are produced (memory stays flat whatever the corpus' size) into temporary files that replace the shards only when
+the whole corpus is done.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,32 +134,54 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
+    eos_ids = np.asarray([eos], dtype=dtype)
+    partial = {split: out / f".{split}.bin.partial" for split in ("train", "val")}
+    counts = {"train": 0, "val": 0}
     # Progress in bytes, and each document encoded in ~1M-character pieces that no pre-split piece crosses (the
     # same ids as the whole text): one large file moves the bar, and its ids never sit in one Python list.
     bar = tqdm(total=corpus.num_bytes, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
-    n_docs = 0
-    try:  # closed before any error, so the message starts on its own line
-        for _, text in corpus.documents():
-            if not text.strip():
-                bar.update(len(text.encode("utf-8")))
+    n_docs = records = 0
+    files = {split: open(path, "wb") for split, path in partial.items()}  # closed below, also on an error
+    try:  # the bar is closed before any error, so the message starts on its own line
+        for doc in corpus.documents():
+            if not doc.text.strip():
+                bar.update(doc.nbytes)
                 continue
             n_docs += 1
-            for split, part in zip(("train", "val"), split_document(text, val_fraction), strict=True):
+            if doc.record:  # whole records to validation, val_fraction of them spread evenly
+                held = math.floor((records + 1) * val_fraction) > math.floor(records * val_fraction)
+                parts = ("", doc.text) if held else (doc.text, "")
+                records += 1
+            else:
+                parts = split_document(doc.text, val_fraction)
+            left = doc.nbytes  # file bytes still to report for this document
+            for split, part in zip(("train", "val"), parts, strict=True):
                 for chunk in safe_chunks(part):
-                    splits[split].append(np.asarray(tokenizer.encode(chunk), dtype=dtype))
-                    bar.update(len(chunk.encode("utf-8")))
+                    ids = np.asarray(tokenizer.encode(chunk), dtype=dtype)
+                    files[split].write(ids.tobytes())
+                    counts[split] += ids.size
+                    if not doc.record:
+                        step = min(left, len(chunk.encode("utf-8")))
+                        bar.update(step)
+                        left -= step
                 if part:
-                    splits[split].append(np.asarray([eos], dtype=dtype))
+                    files[split].write(eos_ids.tobytes())
+                    counts[split] += 1
+            bar.update(left)
+        for f in files.values():
+            f.close()
+        if not counts["train"]:
+            raise CorpusError(f"corpus {corpus.name} has no text to train on; every file or record is empty or "
+                              "blank.")
+        (out / "meta.json").unlink(missing_ok=True)  # an older run's, which no longer describes the shards
+        for split, path in partial.items():
+            os.replace(path, out / f"{split}.bin")
     finally:
         bar.close()
-    if not splits["train"]:
-        raise CorpusError(f"corpus {corpus.name} has no text to train on; every file is empty or blank.")
-    counts = {}
-    for split, arrays in splits.items():
-        data = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
-        data.tofile(out / f"{split}.bin")
-        counts[split] = int(data.size)
+        for f in files.values():
+            f.close()
+        for path in partial.values():
+            path.unlink(missing_ok=True)
     tokenizer.save(out)  # a directory: tokenizer.json + tokenizer_config.json
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size, "eos_id": eos,
             "train_tokens": counts["train"], "val_tokens": counts["val"], "documents": n_docs,

@@ -24,8 +24,11 @@ def register(subparsers) -> None:
     t = sub.add_parser("train", help="train a tokenizer on UTF-8 text files and save it to a directory",
                        description="Train a tokenizer; writes tokenizer.json + tokenizer_config.json to --out.")
     t.add_argument("--input", nargs="+", required=True, metavar="FILE|DIR|NAME",
-                   help="UTF-8 text files, directories (their .txt, .md, .py, .rst and .text files), or one built-in "
-                        "corpus name (shakespeare, python-stdlib)")
+                   help="UTF-8 text files, record files (.jsonl, .jsonl.gz, .parquet: each record's --text-field), "
+                        "directories (their .txt, .md, .py, .rst, .text and record files), or one built-in corpus "
+                        "name (shakespeare, python-stdlib)")
+    t.add_argument("--text-field", default="text", metavar="NAME",
+                   help="the field (Parquet: column) of each record that holds its text (default: text)")
     t.add_argument("--vocab-size", type=int, required=True, help="total vocabulary incl. bytes and special tokens")
     t.add_argument("--out", type=Path, required=True, help="output directory")
     t.add_argument("--kind", choices=("bpe", "wordpiece"), default="bpe", help="algorithm (default: bpe)")
@@ -67,14 +70,15 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.kind == "wordpiece" and args.pattern is not None:
         raise TokenizerError("--pattern applies to --kind bpe; WordPiece always splits as BERT does: drop --pattern.")
-    files = resolve_corpus(args.input).files  # as `data prepare`: files, directories or a built-in name
+    # as `data prepare`: text or record files, directories or a built-in name, one document at a time
+    texts = resolve_corpus(args.input, text_field=args.text_field).texts()
     kw = {} if args.special_tokens is None else {"special_tokens": args.special_tokens}
     t0 = time.perf_counter()
     if args.kind == "bpe":
         pattern = "gpt2" if args.pattern is None else args.pattern
-        tok = train_bpe(files, args.vocab_size, pattern=pattern, min_frequency=args.min_frequency, **kw)
+        tok = train_bpe(texts, args.vocab_size, pattern=pattern, min_frequency=args.min_frequency, **kw)
     else:
-        tok = train_wordpiece(files, args.vocab_size, min_frequency=args.min_frequency, **kw)
+        tok = train_wordpiece(texts, args.vocab_size, min_frequency=args.min_frequency, **kw)
     tok.save(args.out)
     print(f"trained {args.kind} vocab_size={tok.vocab_size} in {time.perf_counter() - t0:.1f}s -> {args.out}",
           file=sys.stderr)
