@@ -167,3 +167,36 @@ def test_a_failed_prepare_leaves_the_previous_shards_as_they_were(tmp_path, tok)
         prepare_shards(resolve_corpus([bad]), tok, out, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == saved  # no partial files either
     assert ShardInfo.load(out).train_tokens == before.train_tokens
+
+
+def test_worker_processes_write_the_same_shards(records, tok, tmp_path):
+    """--workers N: pieces encoded in N processes, written in corpus order; a text file and records together, with
+    pieces small enough that one document spans several tasks."""
+    import llmlab.data.shards as shards
+
+    (records / "big.txt").write_text("\n".join(DOCS) * 3, encoding="utf-8")
+    try:
+        corpus = resolve_corpus([records])
+        one = prepare_shards(corpus, tok, tmp_path / "one", val_fraction=0.1, progress=False)
+        real = shards.safe_chunks
+        shards.safe_chunks = lambda text: real(text, 500)  # (forked workers see it too; the ids do not change)
+        try:
+            two = prepare_shards(corpus, tok, tmp_path / "two", val_fraction=0.1, progress=False, workers=2)
+        finally:
+            shards.safe_chunks = real
+    finally:
+        (records / "big.txt").unlink()
+    for split in ("train", "val"):
+        assert np.array_equal(one.tokens(split), two.tokens(split))
+    assert one.documents == two.documents == len(DOCS) + 1
+
+
+def test_worker_errors_and_bad_worker_counts(tmp_path, tok):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS) + "[1]\n")
+    with pytest.raises(CorpusError, match="line 91 is a JSON list"):
+        prepare_shards(resolve_corpus([bad]), tok, tmp_path / "s", progress=False, workers=2)
+    assert not (tmp_path / "s" / "train.bin").exists() and not list((tmp_path / "s").glob(".*partial"))
+    for workers in (0, -1, 1.5, True):
+        with pytest.raises(Exception, match=r"workers \(--workers\) must be a whole number >= 1"):
+            prepare_shards(resolve_corpus([bad]), tok, tmp_path / "s", progress=False, workers=workers)

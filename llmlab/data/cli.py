@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--val-fraction", type=float, default=0.05,
                       help="fraction held out for validation: the tail of every text file, and whole records of "
                            "record files, spread evenly (default 0.05)")
+    prep.add_argument("--workers", type=int, default=1, metavar="N",
+                      help="processes that tokenize, each with a word cache of its own: for corpora of many MB on "
+                           "many cores (the shards are the same for any number; default 1)")
     prep.set_defaults(func=run_prepare)
 
 
@@ -40,7 +43,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     corpus = resolve_corpus(args.input, text_field=args.text_field)
     tokenizer = load_tokenizer(args.tokenizer)
-    info = prepare_shards(corpus, tokenizer, args.out, val_fraction=args.val_fraction)
+    info = prepare_shards(corpus, tokenizer, args.out, val_fraction=args.val_fraction, workers=args.workers)
     docs = f"{info.documents} document{'' if info.documents == 1 else 's'}"
     print(f"{docs}, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + {info.val_tokens:,} val tokens "
           f"({info.dtype}) in {info.path}")

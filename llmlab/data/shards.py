@@ -17,10 +17,17 @@ the whole corpus is done.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import hashlib
 import json
 import math
+import multiprocessing
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,51 +130,44 @@ def split_document(text: str, val_fraction: float) -> tuple[str, str]:
 
 
 def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fraction: float = 0.05,
-                   progress: bool = True) -> ShardInfo:
-    """Tokenize `corpus` into train/val shards under `out_dir`."""
+                   progress: bool = True, workers: int = 1) -> ShardInfo:
+    """Tokenize `corpus` into train/val shards under `out_dir`. With `workers` > 1 that many processes encode
+    (each warms a word cache of its own: it pays on large corpora and many cores); the shards are the same."""
     eos = tokenizer.eos_id
     if eos is None:
         raise LlmlabError("the tokenizer has no EOS token to separate documents; train or load one that "
                           "defines an end-of-text special token.")
     if not 0 <= val_fraction < 1:
         raise LlmlabError(f"val_fraction (--val-fraction) must be in [0, 1), got {val_fraction}.")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise LlmlabError(f"workers (--workers) must be a whole number >= 1, got {workers!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    eos_ids = np.asarray([eos], dtype=dtype)
     partial = {split: out / f".{split}.bin.partial" for split in ("train", "val")}
     counts = {"train": 0, "val": 0}
+    docs = [0]
     # Progress in bytes, and each document encoded in ~1M-character pieces that no pre-split piece crosses (the
     # same ids as the whole text): one large file moves the bar, and its ids never sit in one Python list.
     bar = tqdm(total=corpus.num_bytes, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
-    n_docs = records = 0
     files = {split: open(path, "wb") for split, path in partial.items()}  # closed below, also on an error
     try:  # the bar is closed before any error, so the message starts on its own line
-        for doc in corpus.documents():
-            if not doc.text.strip():
-                bar.update(doc.nbytes)
-                continue
-            n_docs += 1
-            if doc.record:  # whole records to validation, val_fraction of them spread evenly
-                held = math.floor((records + 1) * val_fraction) > math.floor(records * val_fraction)
-                parts = ("", doc.text) if held else (doc.text, "")
-                records += 1
+        with contextlib.ExitStack() as stack:
+            pieces = _pieces(corpus, val_fraction, docs)
+            if workers > 1:  # each worker loads the tokenizer from a file: its caches hold functions, not picklable
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="llmlab-tokenizer-"))
+                tokenizer.save(tmp)
+                pool = stack.enter_context(_context().Pool(workers))  # (its exit terminates the workers)
+                encoded = _in_order(pool, functools.partial(_encode_batch, tmp, dtype), _batches(pieces), 4 * workers)
             else:
-                parts = split_document(doc.text, val_fraction)
-            left = doc.nbytes  # file bytes still to report for this document
-            for split, part in zip(("train", "val"), parts, strict=True):
-                for chunk in safe_chunks(part):
-                    ids = np.asarray(tokenizer.encode(chunk), dtype=dtype)
-                    files[split].write(ids.tobytes())
-                    counts[split] += ids.size
-                    if not doc.record:
-                        step = min(left, len(chunk.encode("utf-8")))
-                        bar.update(step)
-                        left -= step
-                if part:
-                    files[split].write(eos_ids.tobytes())
+                encoded = (_encode_with(tokenizer, dtype, piece) for piece in pieces)
+            for split, ids, ends_document, nbytes in encoded:
+                files[split].write(ids)
+                counts[split] += len(ids) // np.dtype(dtype).itemsize
+                if ends_document:
+                    files[split].write(np.asarray([eos], dtype=dtype).tobytes())
                     counts[split] += 1
-            bar.update(left)
+                bar.update(nbytes)
         for f in files.values():
             f.close()
         if not counts["train"]:
@@ -184,8 +184,84 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
             path.unlink(missing_ok=True)
     tokenizer.save(out)  # a directory: tokenizer.json + tokenizer_config.json
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size, "eos_id": eos,
-            "train_tokens": counts["train"], "val_tokens": counts["val"], "documents": n_docs,
+            "train_tokens": counts["train"], "val_tokens": counts["val"], "documents": docs[0],
             "tokenizer_sha256": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),
             "corpus": corpus.name, "bytes": corpus.num_bytes, "val_fraction": val_fraction}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return ShardInfo.load(out)
+
+
+def _pieces(corpus: Corpus, val_fraction: float, docs: list[int]) -> Iterator[tuple[str, str, bool, int]]:
+    """(split, text, ends a document, file bytes it accounts for) in shard order: each document's train part then
+    its validation part, in pieces of ~1M characters; counts the documents into docs[0]."""
+    records = 0
+    for doc in corpus.documents():
+        if not doc.text.strip():
+            yield "train", "", False, doc.nbytes
+            continue
+        docs[0] += 1
+        if doc.record:  # whole records to validation, val_fraction of them spread evenly
+            held = math.floor((records + 1) * val_fraction) > math.floor(records * val_fraction)
+            parts = ("", doc.text) if held else (doc.text, "")
+            records += 1
+        else:
+            parts = split_document(doc.text, val_fraction)
+        left = doc.nbytes  # file bytes still to report for this document
+        for split, part in zip(("train", "val"), parts, strict=True):
+            chunks = list(safe_chunks(part)) if part else []
+            for i, chunk in enumerate(chunks):
+                step = left if doc.record else min(left, len(chunk.encode("utf-8")))
+                left -= step
+                yield split, chunk, i == len(chunks) - 1, step
+        if left:
+            yield "train", "", False, left
+
+
+def _encode_with(tokenizer, dtype, piece: tuple[str, str, bool, int]) -> tuple[str, bytes, bool, int]:
+    split, text, ends_document, nbytes = piece
+    return split, np.asarray(tokenizer.encode(text), dtype=dtype).tobytes() if text else b"", ends_document, nbytes
+
+
+def _context():
+    """fork where there is one (Linux): a worker then starts in milliseconds and never re-runs the caller's script,
+    which spawn does unless it is guarded by `if __name__ == "__main__"`; the workers use no threads or torch."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+
+
+def _batches(pieces: Iterator[tuple], max_chars: int = 1 << 20, max_pieces: int = 256) -> Iterator[list[tuple]]:
+    """Pieces grouped into tasks of about a million characters (or 256 pieces: many short records)."""
+    batch, size = [], 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece[1])
+        if size >= max_chars or len(batch) >= max_pieces:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _in_order(pool, fn, tasks: Iterator, window: int) -> Iterator:
+    """fn over tasks in the pool, results in order, at most `window` tasks in flight (Pool.imap would read the whole
+    corpus into its queue ahead of the workers)."""
+    pending: collections.deque = collections.deque()
+    for task in tasks:
+        pending.append(pool.apply_async(fn, (task,)))
+        if len(pending) >= window:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_tokenizer(path: str):
+    from llmlab.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def _encode_batch(tokenizer_dir: str, dtype, batch: list[tuple]) -> list[tuple[str, bytes, bool, int]]:
+    """In a worker process: the pieces encoded with the tokenizer saved at `tokenizer_dir` (loaded once)."""
+    tokenizer = _worker_tokenizer(tokenizer_dir)
+    return [_encode_with(tokenizer, dtype, piece) for piece in batch]
