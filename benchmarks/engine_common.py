@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -280,16 +283,85 @@ def hardware() -> dict:
 def versions() -> dict:
     import transformers
 
+    here = Path(__file__).parent
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+                            cwd=here).stdout.strip()
+    # a run of an edited tree is not a run of the commit: say so (tracked files only)
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                             text=True, cwd=here).stdout.strip()
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "llmlab": llmlab.__version__, "git": commit}
+            "llmlab": llmlab.__version__, "git": commit, "git_uncommitted_changes": bool(commit and changed)}
+
+
+def command() -> str:
+    """The command line that produced a result, as a shell would take it back (script path as given)."""
+    return shlex.join([Path(sys.executable).name, *sys.argv])
+
+
+def result_path(name: str) -> Path:
+    """Where `--out NAME` goes: a bare name (`engine_cpu`, or `engine_cpu.json`) into RESULTS (LLMLAB_BENCH_RESULTS
+    when set); a relative path with folders under RESULTS too; an absolute path as given. `.json` is added once."""
+    path = Path(name)
+    if path.suffix != ".json":
+        path = path.with_name(path.name + ".json")
+    return path if path.is_absolute() else RESULTS / path
+
+
+def check_writable(parser: argparse.ArgumentParser, path: Path, flag: str = "--out") -> Path:
+    """Refuse, before a run of minutes, an output the run could not write at its end (argparse's one-line error,
+    exit 2): a directory given as the file, or a folder that cannot be created or written."""
+    if path.is_dir():
+        parser.error(f"{flag} {path} is a directory; give a file name, e.g. {path / 'result.json'}")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):  # the real test (permission bits say nothing to root, nor about /proc)
+            pass
+    except OSError as e:
+        parser.error(f"{flag} {path}: cannot write there ({e.strerror or e}); give another path")
+    if not existed:
+        path.unlink()
+    return path
+
+
+def at_least(low: int):
+    """An argparse type: an integer >= low, refused with argparse's one-line error otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_model(parser: argparse.ArgumentParser, name: str) -> str:
+    """Refuse a --model that load_model cannot build, before any timing: a registry name, a shape of SHAPES, an
+    llmlab preset or a config.json / model directory (random weights)."""
+    from llmlab import artifacts
+    from llmlab.errors import LlmlabError
+
+    if name in artifacts.ARTIFACTS or name in SHAPES:
+        return name
+    from llmlab.estimate.presets import resolve
+
+    try:
+        resolve(name)
+    except LlmlabError as e:
+        parser.error(f"--model {name}: {e} (or a shape of engine_common.SHAPES: {', '.join(SHAPES)})")
+    return name
 
 
 def write_result(name: str, result: dict) -> Path:
-    result = {**result, "hardware": hardware(), "versions": versions()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    result = {**result, "command": command(), "hardware": hardware(), "versions": versions()}
+    path = result_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return path

@@ -31,27 +31,55 @@ import os
 import time
 
 import torch
-from engine_common import (cpu_peak_flops, hf_twin, load_model, peak_bandwidth, random_prompts, roofline_seconds,
-                           run_hf_generate, run_hf_generate_batch, run_llmlab, same_fraction, table, write_result)
+from engine_common import (
+    DTYPES,
+    at_least,
+    check_model,
+    check_writable,
+    cpu_peak_flops,
+    hf_twin,
+    load_model,
+    peak_bandwidth,
+    random_prompts,
+    result_path,
+    roofline_seconds,
+    run_hf_generate,
+    run_hf_generate_batch,
+    run_llmlab,
+    same_fraction,
+    table,
+    write_result,
+)
 
 from llmlab import LLM
 
 VARIANTS = {"default": {}, "compiled": {"compile_decode": True}}
 
 
+def fastest(runs: list) -> tuple | str:
+    """The fastest of a reference's repeats ((seconds, ids) tuples); a repeat that failed or did not finish (a string
+    saying why) counts only if none ran: one failed repeat must not hide a timed one."""
+    timed = [r for r in runs if isinstance(r, tuple)]
+    return min(timed, key=lambda r: r[0]) if timed else runs[0]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--dtypes", nargs="+", default=["float32"], help="e.g. float32 bfloat16")
+    ap.add_argument("--prompt-len", type=at_least(1), default=128)
+    ap.add_argument("--new-tokens", type=at_least(1), default=128)
+    ap.add_argument("--batches", type=at_least(1), nargs="+", default=[1, 16])
+    ap.add_argument("--dtypes", nargs="+", default=["float32"], choices=DTYPES, help="e.g. float32 bfloat16")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                     help="llmlab engine variants to run (default: all)")
-    ap.add_argument("--repeats", type=int, default=2, help="alternating runs per engine; the best counts")
+    ap.add_argument("--repeats", type=at_least(1), default=2, help="alternating runs per engine; the best counts")
     ap.add_argument("--skip-generate-batch", action="store_true", help="do not try transformers' generate_batch")
-    ap.add_argument("--out", default="engine_cpu")
+    ap.add_argument("--out", default="engine_cpu",
+                    help="result name under benchmarks/results/ (LLMLAB_BENCH_RESULTS when set), or a path ending in "
+                         ".json (default: engine_cpu)")
     args = ap.parse_args()
+    check_model(ap, args.model)
+    check_writable(ap, result_path(args.out))
 
     rows, runs, limits = [], [], {}
     load_before = os.getloadavg()
@@ -86,8 +114,7 @@ def main() -> int:
                 best["hf"] = min(best["hf"], t)
             cb = None
             if B > 1 and not args.skip_generate_batch:
-                cb = min((run_hf_generate_batch(hf, prompts, args.new_tokens) for _ in range(args.repeats)),
-                         key=lambda r: r[0] if isinstance(r, tuple) else 0.0)
+                cb = fastest([run_hf_generate_batch(hf, prompts, args.new_tokens) for _ in range(args.repeats)])
             timed.append((B, best, ids, cb, warm_s))
             del engines
             bandwidth, peak = max(bandwidth, peak_bandwidth("cpu")[0]), max(peak, cpu_peak_flops(dtype))

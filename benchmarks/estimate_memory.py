@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
-from engine_common import RESULTS
+from engine_common import RESULTS, command, hardware, versions
 
 from llmlab import estimate
 from llmlab.config import ModelConfig
@@ -107,13 +106,19 @@ def adamw_row() -> dict:
     return {"config": "llama-gqa", "precision": "fp32", "held": held, "estimate": est}
 
 
-def reestimate(path: Path) -> int:
+def reestimate(path: Path, parser: argparse.ArgumentParser | None = None) -> int:
     """Recompute the estimates of a results file's measured rows with the current formulas (pure arithmetic:
     no device needed) and write <name>_reestimated.json beside the results; the measurements are copied."""
-    data = json.loads(path.read_text())
-    device, rows = data["device"], []
-    for r in data["activations"]:
-        est = estimate.activation_bytes(ModelConfig(**CONFIGS[r["config"]]), data["batch"], data["seq_len"],
+    try:
+        data = json.loads(path.read_text())
+        device, rows = data["device"], []
+        recorded = [(r, CONFIGS[r["config"]]) for r in data["activations"]]
+        batch, seq_len = data["batch"], data["seq_len"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        why = e.strerror if isinstance(e, OSError) else f"not an estimate_memory results file ({type(e).__name__}: {e})"
+        (parser or argparse.ArgumentParser(prog="estimate_memory.py")).error(f"--reestimate {path}: {why}")
+    for r, config in recorded:
+        est = estimate.activation_bytes(ModelConfig(**config), batch, seq_len,
                                         formula="llmlab", dtype=r["dtype"], flash=r["backend"] == "sdpa",
                                         recompute=r["recompute"], device=device)
         row = {k: r[k] for k in ("config", "dtype", "backend", "recompute", "measured_saved")}
@@ -125,8 +130,8 @@ def reestimate(path: Path) -> int:
         print(f"{row['config']:<16} {row['dtype']:<5} {row['backend']:<8} {row['recompute']:<6} "
               f"saved {row['ratio_llmlab']:.4f}  peak {row.get('ratio_llmlab_vs_peak', float('nan')):.4f}")
     out = {"benchmark": "estimate_memory (re-estimated)", "measured_in": path.name, "device": device,
-           "hardware": data["hardware"], "measured_versions": data["versions"], "batch": data["batch"],
-           "seq_len": data["seq_len"], "activations": rows,
+           "hardware": data.get("hardware"), "measured_versions": data.get("versions", data.get("measured_versions")),
+           "command": command(), "batch": batch, "seq_len": seq_len, "activations": rows,
            "llmlab_ratio_min": min(r["ratio_llmlab"] for r in rows),
            "llmlab_ratio_max": max(r["ratio_llmlab"] for r in rows)}
     peaks = [r["ratio_llmlab_vs_peak"] for r in rows if "ratio_llmlab_vs_peak" in r]
@@ -146,7 +151,7 @@ def main() -> int:
                     help="instead of measuring, apply today's formulas to the measurements recorded in this file")
     args = ap.parse_args()
     if args.reestimate is not None:
-        return reestimate(args.reestimate)
+        return reestimate(args.reestimate, ap)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     act = activation_rows(device)
@@ -169,8 +174,9 @@ def main() -> int:
     ratios = [r["ratio_llmlab"] for r in act]
     summary = {
         "benchmark": "estimate_memory", "device": device,
-        "hardware": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+        # the card's name on CUDA; the CPU by name (platform.processor() said only "x86_64")
+        "hardware": torch.cuda.get_device_name() if device == "cuda" else hardware()["cpu"],
+        "host": hardware(), "versions": versions(), "command": command(),
         "batch": BATCH, "seq_len": SEQ, "configs": CONFIGS, "activations": act, "kv_cache": kv, "adamw": opt,
         "llmlab_ratio_min": min(ratios), "llmlab_ratio_max": max(ratios),
     }

@@ -28,8 +28,24 @@ import os
 import time
 
 import torch
-from engine_common import (hf_twin, kv_bytes_per_token, load_model, peak_bandwidth, random_prompts, read_bandwidth,
-                           replay_ms, sync, table, weight_bytes, write_result)
+from engine_common import (
+    DTYPES,
+    at_least,
+    check_model,
+    check_writable,
+    hf_twin,
+    kv_bytes_per_token,
+    load_model,
+    peak_bandwidth,
+    random_prompts,
+    read_bandwidth,
+    replay_ms,
+    result_path,
+    sync,
+    table,
+    weight_bytes,
+    write_result,
+)
 
 from llmlab import LLM
 from llmlab.artifacts import ARTIFACTS
@@ -66,11 +82,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama-3.2-1b" if cuda else "smollm2-135m",
                     help="a shape in engine_common.SHAPES, an llmlab preset, or a registry model")
-    ap.add_argument("--dtype", default="bfloat16" if cuda else "float32")
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--dtype", default="bfloat16" if cuda else "float32", choices=DTYPES)
+    ap.add_argument("--prompt-len", type=at_least(1), default=128)
+    ap.add_argument("--new-tokens", type=at_least(2), default=256,
+                    help="new tokens per run, >= 2: the decode rate is over the tokens after the first (default 256)")
     ap.add_argument("--skip-hf", action="store_true")
-    ap.add_argument("--repeats", type=int, default=2, help="alternating runs per engine; the fastest counts")
+    ap.add_argument("--repeats", type=at_least(1), default=2, help="alternating runs per engine; the fastest counts")
     ap.add_argument("--compile-decode", action="store_true", help="torch.compile the engine's decode step")
     ap.add_argument("--cuda-gemv", action="store_true",
                     help="CUDA: batch-1 matmuls through llmlab's Triton GEMV where it beats cuBLAS (EngineConfig.cuda_gemv)")
@@ -79,8 +96,12 @@ def main() -> int:
     ap.add_argument("--async-scheduling", choices=["auto", "on", "off"], default="auto",
                     help="EngineConfig.async_scheduling (auto: where decode steps replay CUDA graphs); when on, the "
                          "engine also runs without it, alternating")
-    ap.add_argument("--out", default=f"engine_latency_{'cuda' if cuda else 'cpu'}")
+    ap.add_argument("--out", default=f"engine_latency_{'cuda' if cuda else 'cpu'}",
+                    help="result name under benchmarks/results/ (LLMLAB_BENCH_RESULTS when set), or a path ending in "
+                         ".json (default: engine_latency_<device>)")
     args = ap.parse_args()
+    check_model(ap, args.model)
+    check_writable(ap, result_path(args.out))
     device = "cuda" if cuda else "cpu"
     dtype = getattr(torch, args.dtype)
 

@@ -33,8 +33,25 @@ import signal
 import time
 
 import torch
-from engine_common import (fill_decode_step, hf_twin, kv_bytes_per_token, load_model, peak_bandwidth, replay_ms,
-                           run_hf_generate, run_hf_generate_batch, sync, table, weight_bytes, write_result)
+from engine_common import (
+    DTYPES,
+    at_least,
+    check_model,
+    check_writable,
+    fill_decode_step,
+    hf_twin,
+    kv_bytes_per_token,
+    load_model,
+    peak_bandwidth,
+    replay_ms,
+    result_path,
+    run_hf_generate,
+    run_hf_generate_batch,
+    sync,
+    table,
+    weight_bytes,
+    write_result,
+)
 
 from llmlab import LLM
 from llmlab.artifacts import ARTIFACTS
@@ -107,21 +124,27 @@ def main() -> int:
     cuda = torch.cuda.is_available()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="qwen3-0.6b" if cuda else "tiny")
-    ap.add_argument("--dtype", default="bfloat16" if cuda else "float32")
-    ap.add_argument("--num-seqs", type=int, default=256 if cuda else 32)
-    ap.add_argument("--min-len", type=int, default=100 if cuda else 16)
-    ap.add_argument("--max-len", type=int, default=1024 if cuda else 128)
-    ap.add_argument("--max-num-seqs", type=int, default=256)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=16384 if cuda else 2048)
+    ap.add_argument("--dtype", default="bfloat16" if cuda else "float32", choices=DTYPES)
+    ap.add_argument("--num-seqs", type=at_least(1), default=256 if cuda else 32)
+    ap.add_argument("--min-len", type=at_least(1), default=100 if cuda else 16)
+    ap.add_argument("--max-len", type=at_least(1), default=1024 if cuda else 128)
+    ap.add_argument("--max-num-seqs", type=at_least(1), default=256)
+    ap.add_argument("--max-num-batched-tokens", type=at_least(1), default=16384 if cuda else 2048)
     ap.add_argument("--hf", nargs="*", choices=["generate_batch", "generate"], default=["generate_batch", "generate"],
                     help="transformers references to run (none: pass the flag with no value)")
-    ap.add_argument("--hf-batch-size", type=int, default=64 if cuda else 32)
-    ap.add_argument("--hf-timeout", type=int, default=0,
+    ap.add_argument("--hf-batch-size", type=at_least(1), default=64 if cuda else 32)
+    ap.add_argument("--hf-timeout", type=at_least(0), default=0,
                     help="seconds each transformers reference may take before it is stopped and recorded as "
                          "unfinished (0: no limit)")
     ap.add_argument("--compile-decode", action="store_true", help="torch.compile the engine's decode step")
-    ap.add_argument("--out", default=f"engine_throughput_{'cuda' if cuda else 'cpu'}")
+    ap.add_argument("--out", default=f"engine_throughput_{'cuda' if cuda else 'cpu'}",
+                    help="result name under benchmarks/results/ (LLMLAB_BENCH_RESULTS when set), or a path ending in "
+                         ".json (default: engine_throughput_<device>)")
     args = ap.parse_args()
+    if args.min_len > args.max_len:
+        ap.error(f"--min-len {args.min_len} is above --max-len {args.max_len}")
+    check_model(ap, args.model)
+    check_writable(ap, result_path(args.out))
     device = "cuda" if cuda else "cpu"
     dtype = getattr(torch, args.dtype)
 

@@ -12,7 +12,8 @@ files in sorted order: the first >= 10 MB train, the next ~1 MB is held out.
    All ids are checked to be identical.
 
 Targets (issue 4): encode >= 0.5x tiktoken; training <= 5x tokenizers; compression within 1%.
-Prints a table and ends with one JSON line; writes benchmarks/results/tokenizer.json.
+Prints a table and ends with one JSON line; writes benchmarks/results/tokenizer.json (in
+LLMLAB_BENCH_RESULTS when set; --out to choose).
 
     .venv/bin/python benchmarks/tokenizer.py [--vocab-size 8192] [--mb 10]
 """
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import sysconfig
 import tempfile
@@ -31,6 +33,10 @@ from pathlib import Path
 
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # single-thread comparison; must precede the import
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# as engine_common.RESULTS (not imported: it brings torch): LLMLAB_BENCH_RESULTS keeps smoke runs off the
+# committed results
+RESULTS = Path(os.environ.get("LLMLAB_BENCH_RESULTS") or Path(__file__).parent / "results")
 
 
 def load_corpus(mb: float) -> tuple[list[str], list[str]]:
@@ -51,6 +57,13 @@ def load_corpus(mb: float) -> tuple[list[str], list[str]]:
     return train, held
 
 
+def _git_commit() -> str:
+    import subprocess
+
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+
+
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -60,12 +73,34 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:
     return best, out
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--vocab-size", type=int, default=8192)
-    ap.add_argument("--mb", type=float, default=10.0, help="training/encoding corpus size in MB")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "tokenizer.json")
+    ap.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary to train, >= 257 (default 8192)")
+    ap.add_argument("--mb", type=float, default=10.0, help="training/encoding corpus size in MB, > 0 (default 10)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "tokenizer.json",
+                    help="results JSON (default: tokenizer.json in benchmarks/results/, or in LLMLAB_BENCH_RESULTS "
+                         "when set)")
+    return ap
+
+
+def main() -> int:
+    ap = build_parser()
     args = ap.parse_args()
+    if args.vocab_size < 257:  # 256 bytes + <|endoftext|>
+        ap.error(f"--vocab-size must be at least 257 (256 bytes + <|endoftext|>), got {args.vocab_size}")
+    if not args.mb > 0:
+        ap.error(f"--mb must be above 0, got {args.mb}")
+    if args.out.is_dir():
+        ap.error(f"--out {args.out} is a directory; give a file name, e.g. {args.out / 'tokenizer.json'}")
+    existed = args.out.exists()
+    try:  # before the run, not after it (as engine_common.check_writable, which would import torch)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a"):
+            pass
+    except OSError as e:
+        ap.error(f"--out {args.out}: cannot write there ({e.strerror or e}); give another path")
+    if not existed:
+        args.out.unlink()
 
     import regex
     import tiktoken
@@ -143,13 +178,13 @@ def main() -> int:
         "encode_ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
         "ids_identical": identical, "gpt2_tokens": n_tokens,
         "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
-        "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__, "git": _git_commit(),
                      "tiktoken": tiktoken.__version__, "tokenizers": tokenizers.__version__,
                      "regex": regex.__version__},
         "notes": "one thread everywhere: RAYON_NUM_THREADS=1 also limits tokenizers' training; llmlab "
                  "is pure Python. Cold = fresh word cache, first pass over the corpus.",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0 if identical else 1

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
-from engine_common import RESULTS
+from engine_common import RESULTS, at_least, check_writable, command, hardware, versions
 
 from llmlab import ModelConfig, Transformer
 from llmlab.estimate import flops_per_token
@@ -127,18 +126,28 @@ def _time(step, cfg, batch, steps, warmup, device) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=list(SHAPES), default="gpt2-small")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=at_least(1), default=16)
+    ap.add_argument("--steps", type=at_least(1), default=30)
+    ap.add_argument("--warmup", type=at_least(0), default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cuda, cuda:N or cpu (default: cuda when present, else cpu)")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    ap.add_argument("--no-compile", action="store_true", help="run llmlab eagerly (default: torch.compile)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="run llmlab eagerly (default: torch.compile on CUDA; on the CPU llmlab always runs eagerly)")
     ap.add_argument("--recompute", action="store_true", help="activation checkpointing in llmlab")
     ap.add_argument("--attention", choices=CHOICES, default="auto",
                     help="SDPA backend llmlab prefers (as TrainConfig.attention_backend; transformers keeps PyTorch's)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/train_<device>.json)")
     args = ap.parse_args()
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        ap.error(f"--device {args.device}: not a device; use cuda, cuda:N or cpu")
+    if device.type not in ("cpu", "cuda"):
+        ap.error(f"--device {args.device}: this benchmark runs on cuda or cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA device here (torch {torch.__version__}); use --device cpu")
+    out = check_writable(ap, Path(args.out) if args.out else RESULTS / f"train_{device.type}.json")
     cfg = ModelConfig(**SHAPES[args.shape], **GPT2)
     seq = cfg.max_position_embeddings
     fpt = flops_per_token(cfg, seq).train
@@ -161,9 +170,11 @@ def main() -> None:
         "measured_peak_tflops": peak, "llmlab_tokens_per_s": ours, "transformers_tokens_per_s": ref,
         "speedup_vs_transformers": ours / ref, "llmlab_mfu": ours * fpt / (peak * 1e12),
         "transformers_mfu": ref * fpt / (peak * 1e12),
-        "hardware": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "transformers": __import__("transformers").__version__},
+        "device": str(device), "measured_peak_dtype": "bf16" if device.type == "cuda" else "fp32",
+        "command": command(),
+        # the card's name on CUDA (as before); the CPU by name (platform.processor() said only "x86_64")
+        "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else hardware()["cpu"],
+        "host": hardware(), "versions": versions(),
     }
     if device.type == "cuda":
         from llmlab.estimate.hardware import gpu_from_device_name
@@ -173,8 +184,6 @@ def main() -> None:
             datasheet = gpu.peak_flops("bf16") / 1e12
             result["datasheet_peak_tflops"] = datasheet
             result["llmlab_mfu_datasheet"] = ours * fpt / (datasheet * 1e12)
-    out = Path(args.out or RESULTS / f"train_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
