@@ -146,18 +146,26 @@ def test_cli_chat_one_turn(tok, model, tmp_path, capsys, monkeypatch, flags):
     import llmlab.engine.llm as llm_module
     from llmlab.cli import main
 
-    options, real = [], llm_module.LLM
+    options, real, warm_ups = [], llm_module.LLM, []
 
     def llm(*args, **kwargs):
         options.append(kwargs.pop("compile_decode"))
-        return real(*args, **kwargs)
+        engine = real(*args, **kwargs)
+        generate = engine.generate
+
+        def before_the_first_prompt(*a, **kw):  # the CLI's warm-up: the compile's notice must not land in a reply
+            warm_ups.append("ready in" not in capsys.readouterr().err)
+            return generate(*a, **kw)
+
+        engine.generate = before_the_first_prompt
+        return engine
 
     monkeypatch.setattr(llm_module, "LLM", llm)
     model.save_pretrained(tmp_path)
     tok.save(tmp_path)
     assert main(["chat", "--model", str(tmp_path), "--message", "你好", "--max-tokens", "6", "--temperature", "0",
                  *flags]) == 0
-    assert options == [bool(flags)]
+    assert options == [bool(flags)] and warm_ups == [True] * bool(flags)
     reply = capsys.readouterr().out
     ids, _ = render_chat(tok, [{"role": "user", "content": "你好"}], add_generation_prompt=True)
     expected = LLM(model, tokenizer=tok).generate([ids], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0].text

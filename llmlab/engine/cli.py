@@ -6,14 +6,18 @@
 
 When the conversation outgrows the model's context, its oldest turns are dropped (the system message
 stays) so that a reply has at least a quarter of the context; a reply that reaches the context ends
-there (finish reason "length").
+there (finish reason "length"). In an interactive chat, Ctrl-C during a reply stops that reply (what was
+shown stays in the conversation) and the prompt comes back; Ctrl-C at the prompt ends the chat.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
+import signal
 import sys
+import threading
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="float32 | bfloat16 | float16 | auto (default auto: fp32 on CPU; on CUDA the checkpoint's "
                         "16-bit dtype, bf16 for an fp32 one, fp16 on GPUs without bf16)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: faster replies after a one-off compile at the first reply "
-                        "(about a minute for SmolLM2-135M on two CPU cores)")
+                   help="torch.compile the decode step: faster replies after a one-off compile before the first "
+                        "prompt (about a minute for SmolLM2-135M on two CPU cores)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     from llmlab.engine.llm import LLM
     from llmlab.engine.sequence import RequestError
+    from llmlab.errors import TokenizerError
 
     # Bad settings are refused before the model loads (seconds), named by their flags.
     if args.temperature is not None and not args.temperature >= 0:
@@ -72,6 +77,20 @@ def run(args: argparse.Namespace) -> int:
         raise RequestError(f"--max-tokens {args.max_tokens} leaves no room for a prompt in the model's "
                            f"{llm.engine.max_model_len}-token context; lower it.")
     messages = [{"role": "system", "content": args.system}] if args.system else []
+    if messages:  # a system message that fills the context alone would refuse every message, each blamed in turn
+        try:
+            alone = len(llm.tokenizer.apply_chat_template([*messages, {"role": "user", "content": ""}],
+                                                          add_generation_prompt=True))
+        except TokenizerError:  # a template that refuses an empty message: the first turn shows what it refuses
+            alone = 0
+        if alone >= llm.engine.max_model_len:
+            raise RequestError(f"--system makes a {alone}-token prompt by itself, and the model's context is "
+                               f"{llm.engine.max_model_len} tokens; give a shorter system message.")
+    if args.compile:  # the one-off compile now, not in the middle of the first reply's text
+        from llmlab.engine.sequence import SamplingParams
+
+        llm.generate([llm.tokenizer.encode("Hello") or [0]], SamplingParams(temperature=0, max_tokens=2,
+                                                                              ignore_eos=True), use_tqdm=False)
     interactive = not args.message
     print(f"ready in {time.perf_counter() - t0:.0f}s" + (
         "; type a message (an empty line, /exit or Ctrl-D ends)" if interactive else ""), file=sys.stderr, flush=True)
@@ -80,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": user})
         try:
             ids = _fit_history(llm, messages)
-            reply = _stream_reply(llm, ids, params)
+            reply = _stream_reply(llm, ids, params, interruptible=interactive)
         except RequestError as e:
             if not interactive:
                 raise
@@ -149,15 +168,46 @@ def _read_turns():
         yield line
 
 
-def _stream_reply(llm, ids: list[int], params) -> str:
+def _stream_reply(llm, ids: list[int], params, *, interruptible: bool = False) -> str:
+    """Stream one reply to stdout; return its text. `interruptible`: Ctrl-C stops this reply after the engine's
+    current step (the request is aborted, its blocks freed) and returns what was shown, instead of ending the
+    chat; a KeyboardInterrupt raised inside a step could leave the engine's bookkeeping half done."""
     engine = llm.engine
     engine.add_request("chat", ids, params)
     shown = ""
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            text = out.outputs[0].text
-            sys.stdout.write(text[len(shown):])
-            sys.stdout.flush()
-            shown = text
+    with _ctrl_c_stops() if interruptible else contextlib.nullcontext(threading.Event()) as stop:
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                text = out.outputs[0].text
+                sys.stdout.write(text[len(shown):])
+                sys.stdout.flush()
+                shown = text
+            if stop.is_set():
+                engine.abort("chat")
+                break
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if stop.is_set():
+        print("(reply stopped; Ctrl-C at the prompt ends the chat)", file=sys.stderr)
     return shown
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops():
+    """While inside: the first SIGINT sets the yielded event (the caller stops at its next check); a second one
+    interrupts as usual. Outside the main thread (no signal handlers there) Ctrl-C keeps its usual meaning."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
