@@ -115,6 +115,7 @@ def test_logprobs_are_the_raw_model_distribution():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=float("inf")), "temperature must be a finite number"),
     (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.5), "top_p"),
     (dict(max_tokens=0), "max_tokens"),

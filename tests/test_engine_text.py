@@ -166,10 +166,12 @@ def test_cli_chat_one_turn(tok, model, tmp_path, capsys, monkeypatch, flags):
     assert main(["chat", "--model", str(tmp_path), "--message", "你好", "--max-tokens", "6", "--temperature", "0",
                  *flags]) == 0
     assert options == [bool(flags)] and warm_ups == [True] * bool(flags)
-    reply = capsys.readouterr().out
+    captured = capsys.readouterr()
+    reply = captured.out
     ids, _ = render_chat(tok, [{"role": "user", "content": "你好"}], add_generation_prompt=True)
-    expected = LLM(model, tokenizer=tok).generate([ids], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0].text
-    assert reply == expected + "\n"
+    expected = LLM(model, tokenizer=tok).generate([ids], SamplingParams(temperature=0, max_tokens=6))[0].outputs[0]
+    assert reply == expected.text + "\n"
+    assert expected.finish_reason == "length" and "(reply cut at --max-tokens 6; raise it" in captured.err
 
 
 def test_cli_chat_without_template_says_what_to_do(tok, model, tmp_path, capsys):
@@ -187,7 +189,8 @@ def test_cli_chat_without_template_says_what_to_do(tok, model, tmp_path, capsys)
 @pytest.mark.parametrize("flags,message", [
     (["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
     (["--top-p", "0"], "--top-p must be in (0, 1], got 0.0"),
-    (["--temperature", "-0.5"], "--temperature must be at least 0 (0 is greedy), got -0.5"),
+    (["--temperature", "-0.5"], "--temperature must be a finite number >= 0 (0 is greedy), got -0.5"),
+    (["--temperature", "inf"], "--temperature must be a finite number >= 0 (0 is greedy), got inf"),
     (["--max-tokens", "0"], "--max-tokens must be at least 1, got 0"),
 ])
 def test_cli_chat_refuses_bad_sampling_flags_before_loading(flags, message, capsys, monkeypatch):

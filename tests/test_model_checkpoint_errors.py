@@ -142,7 +142,8 @@ def test_cli_prints_one_line_error(tmp_path):
     (["--ids", ","], "--ids holds no token ids"),
     (["--ids", "1", "--temperature", "1", "--top-p", "0"], "top_p must be in"),
     (["--ids", "1", "--temperature", "1", "--top-k", "0"], "--top-k must be at least 1"),
-    (["--ids", "1", "--temperature", "-0.5"], "--temperature must be at least 0 (0 is greedy), got -0.5"),
+    (["--ids", "1", "--temperature", "-0.5"], "--temperature must be a finite number >= 0 (0 is greedy), got -0.5"),
+    (["--ids", "1", "--temperature", "inf"], "--temperature must be a finite number >= 0 (0 is greedy), got inf"),
     (["--ids", "1,2", "--max-new-tokens", "100000"], "a prompt of 2 tokens plus 100000 new ones is beyond the model's"),
     (["--ids", "1,99"], "prompt token 99 is not an id in this model's vocabulary (0..49)"),
 ])
@@ -176,10 +177,17 @@ def test_cli_generate_prints_text_without_the_eos_token_and_says_it_stopped(tmp_
     model.save_pretrained(tmp_path / "m")
     tok.save(tmp_path / "m")
     assert main(["generate", "--model", str(tmp_path / "m"), "--prompt", "the"]) == 0
-    text, stats = capsys.readouterr().out.splitlines()
+    text, stats = out_and_stats(capsys)
     assert text == "" and stats.startswith("[1 tokens in") and stats.endswith("; stopped at EOS]")
     assert main(["generate", "--model", str(tmp_path / "m"), "--ids", str(first)]) == 0
     assert capsys.readouterr().out.splitlines()[0] == str(tok.eos_id)  # ids show every token
+
+
+def out_and_stats(capsys) -> tuple[str, str]:
+    """generate's text (stdout, alone: `> out.txt` keeps only it) and its stats line (stderr)."""
+    captured = capsys.readouterr()
+    (text,) = captured.out.splitlines() or [""]
+    return text, captured.err.strip().splitlines()[-1]
 
 
 def test_cli_generate_runs_the_engine_with_the_models_greedy_tokens(tmp_path, capsys, monkeypatch):
@@ -202,7 +210,7 @@ def test_cli_generate_runs_the_engine_with_the_models_greedy_tokens(tmp_path, ca
     model.save_pretrained(tmp_path / "rope")
     want = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=12)[0, 3:].tolist()
     assert main(["generate", "--model", str(tmp_path / "rope"), "--ids", "1,2,3", "--max-new-tokens", "12"]) == 0
-    ids, stats = capsys.readouterr().out.splitlines()
+    ids, stats = out_and_stats(capsys)
     assert [int(i) for i in ids.split(",")] == want
     assert stats.startswith("[12 tokens in") and "own generate" not in stats
     assert len(engines) == 1 and engines[0]["max_num_seqs"] == 1 and engines[0]["max_model_len"] == 15
@@ -217,7 +225,7 @@ def test_cli_generate_runs_the_engine_with_the_models_greedy_tokens(tmp_path, ca
     alibi.save_pretrained(tmp_path / "alibi")
     want = alibi.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5)[0, 3:].tolist()
     assert main(["generate", "--model", str(tmp_path / "alibi"), "--ids", "1,2,3", "--max-new-tokens", "5"]) == 0
-    ids, stats = capsys.readouterr().out.splitlines()
+    ids, stats = out_and_stats(capsys)
     assert [int(i) for i in ids.split(",")] == want and "the model's own generate (the engine has no ALiBi)" in stats
     assert len(engines) == 4
 

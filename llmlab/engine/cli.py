@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.errors import TokenizerError
 
     # Bad settings are refused before the model loads (seconds), named by their flags.
-    if args.temperature is not None and not args.temperature >= 0:
-        raise RequestError(f"--temperature must be at least 0 (0 is greedy), got {args.temperature}.")
+    if args.temperature is not None and not 0 <= args.temperature < float("inf"):
+        raise RequestError(f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise RequestError(f"--top-p must be in (0, 1], got {args.top_p}; 1 keeps every token.")
     if args.max_tokens < 1:
@@ -174,14 +174,14 @@ def _stream_reply(llm, ids: list[int], params, *, interruptible: bool = False) -
     chat; a KeyboardInterrupt raised inside a step could leave the engine's bookkeeping half done."""
     engine = llm.engine
     engine.add_request("chat", ids, params)
-    shown = ""
+    shown, last = "", None
     with _ctrl_c_stops() if interruptible else contextlib.nullcontext(threading.Event()) as stop:
         while engine.has_unfinished_requests():
             for out in engine.step():
                 text = out.outputs[0].text
                 sys.stdout.write(text[len(shown):])
                 sys.stdout.flush()
-                shown = text
+                shown, last = text, out.outputs[0]
             if stop.is_set():
                 engine.abort("chat")
                 break
@@ -189,6 +189,10 @@ def _stream_reply(llm, ids: list[int], params, *, interruptible: bool = False) -
     sys.stdout.flush()
     if stop.is_set():
         print("(reply stopped; Ctrl-C at the prompt ends the chat)", file=sys.stderr)
+    elif last is not None and last.finish_reason == "length":  # cut, not finished: say by what
+        print(f"(reply cut at --max-tokens {params.max_tokens}; raise it for longer replies)"
+              if len(last.token_ids) >= params.max_tokens else
+              "(reply cut at the end of the model's context; start a new chat for more room)", file=sys.stderr)
     return shown
 
 

@@ -125,7 +125,8 @@ class SamplingParams:
             self.allowed_token_ids = sorted({int(t) for t in self.allowed_token_ids})
         checks = [
             (self.n >= 1, f"n must be >= 1, got {self.n}"),
-            (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
+            (0 <= self.temperature < float("inf"), f"temperature must be a finite number >= 0 (0 = greedy), got "
+                                                    f"{self.temperature}"),
             (self.top_k >= -1, f"top_k must be -1, 0 (off) or positive, got {self.top_k}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),

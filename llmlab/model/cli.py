@@ -9,6 +9,7 @@ engine's paged attention does not implement, run through the model's `generate`,
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 
@@ -42,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise LlmlabError("pass exactly one of --prompt TEXT or --ids 1,2,3.")
     if args.max_new_tokens < 1:
         raise LlmlabError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
-    if not args.temperature >= 0:
-        raise LlmlabError(f"--temperature must be at least 0 (0 is greedy), got {args.temperature}.")
+    if not 0 <= args.temperature < float("inf"):
+        raise LlmlabError(f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}.")
     if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
         raise LlmlabError("--top-k and --top-p shape sampling, and --temperature 0 (the default) is greedy; set "
                           "--temperature > 0 to sample, or drop them.")
@@ -77,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         how = ""
     # special tokens (the EOS that ended it) are not text, as in the engine and `llmlab chat`; ids show them all
     print(tok.decode(new, skip_special_tokens=True) if tok is not None else ",".join(map(str, new)))
-    print(f"[{len(new)} tokens in {dt:.2f}s, {len(new) / dt:.1f} tok/s{'; stopped at EOS' if ended else ''}{how}]")
+    # on stderr: `llmlab generate ... > out.txt` keeps only the text
+    print(f"[{len(new)} tokens in {dt:.2f}s, {len(new) / dt:.1f} tok/s{'; stopped at EOS' if ended else ''}{how}]",
+          file=sys.stderr)
     return 0
 
 
