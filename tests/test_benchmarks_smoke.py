@@ -93,8 +93,9 @@ def test_engine_cpu_benchmark_smoke(tmp_path):
     (its compiles took ~50 of this test's ~65 s; test_engine_decode_paths.py covers that engine's tokens)."""
     run(tmp_path, "engine_cpu.py", "--model", "tiny", "--batches", "1", "3", "--prompt-len", "16", "--new-tokens", "6",
         "--repeats", "1", "--skip-generate-batch", "--variants", "default", "--out", "ecpu")
-    runs = result(tmp_path, "ecpu")["runs"]
-    assert [r["batch"] for r in runs] == [1, 3]
+    res = result(tmp_path, "ecpu")
+    runs = res["runs"]
+    assert res["random_weights"] is True and [r["batch"] for r in runs] == [1, 3]
     for r in runs:
         assert set(r["llmlab"]) == {"default"}
         assert all(e["greedy_identical_vs_hf"] == 1.0 and e["ratio_vs_hf_generate"] > 0 for e in r["llmlab"].values())
