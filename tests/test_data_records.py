@@ -85,6 +85,31 @@ def test_the_progress_bar_counts_every_file_byte(records, tok, tmp_path, monkeyp
     assert seen and seen[0][0] == seen[0][1]
 
 
+def test_trailing_blank_lines_and_empty_files_move_the_bar_to_the_end(tmp_path, tok, monkeypatch):
+    import llmlab.data.shards as shards
+
+    write_jsonl(tmp_path / "a.jsonl", DOCS[:5])
+    with open(tmp_path / "a.jsonl", "a") as f:
+        f.write("\n\n   \n")
+    (tmp_path / "blank.jsonl").write_text("\n \n")
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    seen = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.total, self.n = total, 0
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            seen.append((self.n, self.total))
+
+    monkeypatch.setattr(shards, "tqdm", Bar)
+    prepare_shards(resolve_corpus([tmp_path]), tok, tmp_path / "s", progress=False)
+    assert seen[0][0] == seen[0][1]
+
+
 def test_tokenizer_train_reads_the_records_text_not_their_json(records, tmp_path):
     assert main(["tokenizer", "train", "--input", str(records), "--vocab-size", "300", "--out", str(tmp_path)]) == 0
     from llmlab import load_tokenizer
@@ -112,6 +137,8 @@ def test_text_field_names_another_field_on_both_commands(tmp_path, capsys):
     ('{"text": "ok"}\n\n["a list"]\n', r"line 3 is a JSON list, not an object with a 'text' field"),
     ('{"text": "ok"}\n{"text": "cut\n', r"line 2 is not JSON \(Invalid control character"),
     (b'{"text": "caf\xe9"}\n', r"line 1 is not UTF-8"),
+    ('{"text": "ok"}\n{"text": "a \\ud83d b"}\n', r"line 2: field 'text' holds an unpaired surrogate \(U\+D83D\)"),
+    (b'{"text": "a \xed\xa0\xbd b"}\n', r"line 1: field 'text' holds an unpaired surrogate"),  # CESU-8 bytes
 ])
 def test_a_broken_record_names_its_file_and_line(tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
@@ -141,6 +168,8 @@ def test_parquet_column_errors(tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match=r"column 'n' holds int64, not text"):
         list(resolve_corpus([tmp_path / "p.parquet"], text_field="n").texts())
     assert list(resolve_corpus([tmp_path / "p.parquet"], text_field="body").texts()) == ["a", "b"]
+    pq.write_table(pa.table({"text": pa.array(["x", None, "x"]).dictionary_encode()}), tmp_path / "cat.parquet")
+    assert list(resolve_corpus([tmp_path / "cat.parquet"]).texts()) == ["x", "", "x"]  # pandas' Categorical
     (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(CorpusError, match=r"junk\.parquet is not a readable Parquet file"):
         list(resolve_corpus([tmp_path / "junk.parquet"]).texts())
@@ -189,6 +218,42 @@ def test_worker_processes_write_the_same_shards(records, tok, tmp_path):
     for split in ("train", "val"):
         assert np.array_equal(one.tokens(split), two.tokens(split))
     assert one.documents == two.documents == len(DOCS) + 1
+
+
+def test_ctrl_c_with_workers_prints_no_worker_tracebacks(tmp_path):
+    """Ctrl-C reaches every process of the group: each forked worker printed its own KeyboardInterrupt traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    write_jsonl(tmp_path / "r.jsonl", DOCS)
+    train_bpe(DOCS, vocab_size=300, progress=False).save(tmp_path / "tok")
+    code = f"""
+import os, signal, sys, time
+import llmlab.data.shards as shards
+real = shards._encode_batch
+def interrupted(*args):
+    os.killpg(0, signal.SIGINT)  # a terminal's Ctrl-C: the whole process group
+    time.sleep(1)
+    return real(*args)
+shards._encode_batch = interrupted
+from llmlab.cli import main
+sys.exit(main(["data", "prepare", "--input", {str(tmp_path / "r.jsonl")!r}, "--tokenizer", {str(tmp_path / "tok")!r},
+               "--out", {str(tmp_path / "s")!r}, "--workers", "2"]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert done.returncode == 130 and "interrupted" in done.stderr, done.stderr[-800:]
+    assert "Traceback" not in done.stderr and not os.path.exists(tmp_path / "s" / "train.bin")
+
+
+def test_a_small_record_corpus_says_why_nothing_was_held_out(tmp_path, capsys):
+    write_jsonl(tmp_path / "one.jsonl", DOCS[:3])
+    train_bpe(DOCS, vocab_size=300, progress=False).save(tmp_path / "tok")
+    assert main(["data", "prepare", "--input", str(tmp_path / "one.jsonl"), "--tokenizer", str(tmp_path / "tok"),
+                 "--out", str(tmp_path / "s")]) == 0
+    assert "fewer than 1 / 0.05 = 20 records, so none is held out" in capsys.readouterr().err
 
 
 def test_worker_errors_and_bad_worker_counts(tmp_path, tok):

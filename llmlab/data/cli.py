@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from llmlab.data.corpora import resolve_corpus
+    from llmlab.data.corpora import is_record_file, resolve_corpus
     from llmlab.data.shards import prepare_shards
     from llmlab.tokenizer import load_tokenizer
 
@@ -47,19 +47,22 @@ def run_prepare(args: argparse.Namespace) -> int:
     docs = f"{info.documents} document{'' if info.documents == 1 else 's'}"
     print(f"{docs}, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + {info.val_tokens:,} val tokens "
           f"({info.dtype}) in {info.path}")
-    warning = small_val_warning(info, args.val_fraction)
+    warning = small_val_warning(info, args.val_fraction, records=all(map(is_record_file, corpus.files)))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def small_val_warning(info, val_fraction: float) -> str | None:
-    """A warning when the validation split is empty or shorter than one sequence of the smallest preset."""
+def small_val_warning(info, val_fraction: float, records: bool = False) -> str | None:
+    """A warning when the validation split is empty or shorter than one sequence of the smallest preset; `records`:
+    the corpus is record files (whole records are held out, not tails)."""
     from llmlab.train.config import PRESETS
 
     preset, seq_len = min(((name, p["seq_len"]) for name, p in PRESETS.items()), key=lambda np_: np_[1])
     if info.val_tokens <= 1:
-        why = "--val-fraction is 0" if val_fraction == 0 else "the text is too short for a tail to hold out"
+        why = ("--val-fraction is 0" if val_fraction == 0 else
+               f"fewer than 1 / {val_fraction:g} = {1 / val_fraction:.0f} records, so none is held out" if records else
+               "the text is too short for a tail to hold out")
         return (f"the validation split is {'empty' if info.val_tokens == 0 else 'one token'} ({why}), so "
                 "`llmlab train` on these shards reports no validation loss; raise --val-fraction or add text.")
     if info.windows("val", seq_len) == 0:

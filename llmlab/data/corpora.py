@@ -166,6 +166,9 @@ def _jsonl_records(path: Path, field: str) -> Iterator[Document]:
         except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             raise CorpusError(f"{path} cannot be read past line {line_no} ({e}); is it a complete "
                               f"{'gzip-compressed ' if stream is not raw else ''}JSON Lines file?") from None
+        size = path.stat().st_size
+        if size > done:  # blank lines at the end (or only blank lines): their bytes still move the progress bar
+            yield Document(path, "", size - done, True)
 
 
 def _parquet_records(path: Path, field: str) -> Iterator[Document]:
@@ -185,7 +188,9 @@ def _parquet_records(path: Path, field: str) -> Iterator[Document]:
         raise CorpusError(f"{path} has no column {field!r} (its columns: {', '.join(columns)}); pass --text-field "
                           "NAME to read another one.")
     kind = pf.schema_arrow.field(field).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    value = kind.value_type if pa.types.is_dictionary(kind) else kind  # (pandas' Categorical: dictionary-encoded)
+    if not any(check(value) for check in (pa.types.is_string, pa.types.is_large_string,
+                                           getattr(pa.types, "is_string_view", lambda _: False))):
         raise CorpusError(f"{path}: column {field!r} holds {kind}, not text; pass --text-field NAME for the text "
                           "column.")
     size, rows, row = path.stat().st_size, max(1, pf.metadata.num_rows), 0
@@ -196,6 +201,8 @@ def _parquet_records(path: Path, field: str) -> Iterator[Document]:
             pos = size * row // rows
             yield Document(path, text or "", pos - done, True)  # a null is an empty document
             done = pos
+    if size > done:  # a file of no rows
+        yield Document(path, "", size - done, True)
 
 
 def _field_text(record, field: str, where: str) -> str:
@@ -212,4 +219,9 @@ def _field_text(record, field: str, where: str) -> str:
     if not isinstance(text, str):
         raise CorpusError(f"{where}: field {field!r} holds a JSON {type(text).__name__}, not text; pass "
                           "--text-field NAME for the text field.")
+    try:  # json.loads lets unpaired surrogates through ("\\ud83d", or CESU-8 bytes): they are not UTF-8 text
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise CorpusError(f"{where}: field {field!r} holds an unpaired surrogate (U+{ord(text[e.start]):04X}) at "
+                          f"character {e.start}, which is not valid text; repair or drop that record.") from None
     return text

@@ -25,6 +25,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -157,7 +158,8 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
             if workers > 1:  # each worker loads the tokenizer from a file: its caches hold functions, not picklable
                 tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="llmlab-tokenizer-"))
                 tokenizer.save(tmp)
-                pool = stack.enter_context(_context().Pool(workers))  # (its exit terminates the workers)
+                # Ctrl-C reaches the workers too: they ignore it (no traceback each) and this process ends the pool
+                pool = stack.enter_context(_context().Pool(workers, initializer=_ignore_sigint))
                 encoded = _in_order(pool, functools.partial(_encode_batch, tmp, dtype), _batches(pieces), 4 * workers)
             else:
                 encoded = (_encode_with(tokenizer, dtype, piece) for piece in pieces)
@@ -227,6 +229,10 @@ def _context():
     which spawn does unless it is guarded by `if __name__ == "__main__"`; the workers use no threads or torch."""
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _batches(pieces: Iterator[tuple], max_chars: int = 1 << 20, max_pieces: int = 256) -> Iterator[list[tuple]]:
