@@ -60,6 +60,18 @@ def test_a_truncated_cached_library_is_built_again_not_mapped(built, cache):
 
 
 @needs_cc
+def test_every_truncation_of_a_library_is_found(built, tmp_path):
+    """_intact read the ELF class and byte order before checking the length: 4 or 5 bytes raised IndexError."""
+    data = built.read_bytes()
+    cut = tmp_path / "cut.so"
+    for n in sorted({*range(0, 80), *range(80, len(data), max(1, len(data) // 300))}):
+        cut.write_bytes(data[:n])
+        assert not cbuild._intact(cut), n
+    cut.write_bytes(data)
+    assert cbuild._intact(cut)
+
+
+@needs_cc
 def test_a_garbled_cached_library_is_rebuilt_with_its_own_flags(cache):
     """A file that is no library at all used to be skipped for the next flag set: the kernel then ran without OpenMP
     (one thread) for good, next to the bad file."""

@@ -280,3 +280,29 @@ def test_an_unknown_gguf_tensor_is_named_without_a_config_json(tmp_path, monkeyp
     with pytest.raises(CheckpointError, match="ffn_gate_exps.weight has no place in a llama model as this GGUF's "
                                               "metadata describes it; a llama variant"):
         llmlab.from_pretrained(tmp_path / "moe.gguf")
+
+
+def test_every_llama3_scaling_with_one_blended_frequency_is_fitted():
+    """One in-between frequency leaves old_ctx free; the first choice of it refused some valid scalings (theta 1e6,
+    head_dim 128, factor 4, high 1.1, old 4096: old / high fell below the longest unscaled wavelength)."""
+    import random
+
+    from llmlab.model.convert import llama3_from_factors
+    from llmlab.model.layers import llama3_inv_freq, rope_base_inv_freq
+
+    rng, fitted = random.Random(0), 0
+    cases = [(1e6, 128, 4.0, 1.0, 1.1, 4096)] + [
+        (rng.choice([1e4, 5e5, 1e6]), rng.choice([64, 128]), rng.choice([2.0, 4.0, 8.0, 32.0]),
+         low := rng.choice([1.0, 2.0]), low + rng.uniform(0.05, 4.0), rng.choice([2048, 4096, 8192]))
+        for _ in range(600)]
+    for theta, head_dim, factor, low, high, old in cases:
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                   "original_max_position_embeddings": old}
+        inv = rope_base_inv_freq(theta, head_dim)
+        factors = (inv / llama3_inv_freq(inv, scaling)).tolist()
+        if sum(1 + 1e-6 < d < factor * (1 - 1e-6) for d in factors) != 1:
+            continue
+        fit = llama3_from_factors(factors, theta, head_dim, "x.gguf")
+        torch.testing.assert_close(inv / llama3_inv_freq(inv, fit), torch.tensor(factors), rtol=1e-4, atol=0)
+        fitted += 1
+    assert fitted > 40

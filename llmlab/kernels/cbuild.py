@@ -214,6 +214,8 @@ def _intact(path: Path) -> bool:
             head = f.read(64)
             if head[:4] != b"\x7fELF":
                 return platform.system() != "Linux"
+            if len(head) < 52:  # shorter than the smallest (32-bit) ELF header
+                return False
             wide, order = head[4] == 2, "<" if head[5] == 1 else ">"
             if len(head) < (64 if wide else 52):
                 return False

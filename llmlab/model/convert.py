@@ -197,26 +197,30 @@ def llama3_from_factors(factors: list[float], theta: float, head_dim: int, sourc
     mid = [(1 / w, (1 / d - 1 / factor) / (1 - 1 / factor)) for w, d in zip(wave, factors, strict=True)
            if 1 + 1e-6 < d < factor * (1 - 1e-6)]
     longer = [w for w, d in zip(wave, factors, strict=True) if d >= factor * (1 - 1e-6)]
+    candidates = []  # (old, high) pairs; the first whose divisors match is the scaling
     if len(mid) >= 2:
         (x0, s0), (x1, s1) = mid[0], mid[-1]
         a = (s1 - s0) / (x1 - x0)  # s = a / wavelength + b
         b = s0 - a * x0
         high, old = 1 - 1 / b, -a / b
         old = float(round(old)) if abs(old - round(old)) < 1e-3 * old else old  # (an int in HF's configs)
-        high = round(high, 6)
-    elif mid:  # s0 = (old / w0 - 1) / (high - 1) with old in (w0, the next longer wavelength): the nearer old is
-        w0, s0 = 1 / mid[0][0], mid[0][1]  # to w0, the more room below old / high for the shorter wavelengths
-        old = w0 * (min(longer) / w0) ** 0.05 if longer else w0 * 1.01
-        high = 1 + (old / w0 - 1) / s0
+        candidates.append((old, round(high, 6)))
+    elif mid:  # s0 = (old / w0 - 1) / (high - 1) with old in (w0, the next longer wavelength): the nearer old is to
+        w0, s0 = 1 / mid[0][0], mid[0][1]  # w0, the more room below old / high for the shorter wavelengths, and the
+        gap = min(longer) / w0 if longer else 1.1  # fewer digits fp32 keeps of s: try a few distances
+        for power in (0.05, 0.01, 0.002, 0.0005):
+            old = w0 * gap ** power
+            candidates.append((old, 1 + (old / w0 - 1) / s0))
     else:  # a step from 1 to factor: any threshold between the two groups
         short = max(w for w, d in zip(wave, factors, strict=True) if d < 1 + 1e-6)
-        old, high = math.sqrt(short * min(longer)), 1.0 + 1e-9
-    scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": high,
-               "original_max_position_embeddings": old}
-    if not _same_factors(scaling, inv, factors):
-        raise ConfigError(f"{source}: rope_freqs.weight holds RoPE divisors that are not Llama 3's scaling; llmlab "
-                          "cannot load them.")
-    return scaling
+        candidates.append((math.sqrt(short * min(longer)), 1.0 + 1e-9))
+    for old, high in candidates:
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": high,
+                   "original_max_position_embeddings": old}
+        if _same_factors(scaling, inv, factors):
+            return scaling
+    raise ConfigError(f"{source}: rope_freqs.weight holds RoPE divisors that are not Llama 3's scaling; llmlab "
+                      "cannot load them.")
 
 
 def _same_factors(scaling: dict, inv: Tensor, factors: list[float]) -> bool:
