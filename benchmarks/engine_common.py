@@ -287,7 +287,9 @@ def versions() -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=here).stdout.strip()
     # a run of an edited tree is not a run of the commit: say so (tracked files only)
-    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+    # (results files left out: the scripts write their default --out there, so one run would mark the next)
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                              ":(top,exclude)benchmarks/results"], capture_output=True,
                              text=True, cwd=here).stdout.strip()
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "llmlab": llmlab.__version__, "git": commit, "git_uncommitted_changes": bool(commit and changed)}
@@ -300,11 +302,12 @@ def command() -> str:
 
 def result_path(name: str) -> Path:
     """Where `--out NAME` goes: a bare name (`engine_cpu`, or `engine_cpu.json`) into RESULTS (LLMLAB_BENCH_RESULTS
-    when set); a relative path with folders under RESULTS too; an absolute path as given. `.json` is added once."""
+    when set); a path with a folder (`runs/lat.json`, `/tmp/x`) as given, from the working directory as train.py and
+    tokenizer.py take theirs. `.json` is added once."""
     path = Path(name)
     if path.suffix != ".json":
         path = path.with_name(path.name + ".json")
-    return path if path.is_absolute() else RESULTS / path
+    return path if len(path.parts) > 1 else RESULTS / path
 
 
 def check_writable(parser: argparse.ArgumentParser, path: Path, flag: str = "--out") -> Path:

@@ -76,8 +76,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=at_least(1), default=2, help="alternating runs per engine; the best counts")
     ap.add_argument("--skip-generate-batch", action="store_true", help="do not try transformers' generate_batch")
     ap.add_argument("--out", default="engine_cpu",
-                    help="result name under benchmarks/results/ (LLMLAB_BENCH_RESULTS when set), or a path ending in "
-                         ".json (default: engine_cpu)")
+                    help="result name under benchmarks/results/ (LLMLAB_BENCH_RESULTS when set), or a path with a "
+                         "folder, from the working directory (default: engine_cpu)")
     args = ap.parse_args()
     check_model(ap, args.model)
     check_writable(ap, result_path(args.out))

@@ -97,8 +97,8 @@ def main() -> int:
                     help="EngineConfig.async_scheduling (auto: where decode steps replay CUDA graphs); when on, the "
                          "engine also runs without it, alternating")
     ap.add_argument("--out", default=f"engine_latency_{'cuda' if cuda else 'cpu'}",
-                    help="result name under benchmarks/results/ (LLMLAB_BENCH_RESULTS when set), or a path ending in "
-                         ".json (default: engine_latency_<device>)")
+                    help="result name under benchmarks/results/ (LLMLAB_BENCH_RESULTS when set), or a path with a "
+                         "folder, from the working directory (default: engine_latency_<device>)")
     args = ap.parse_args()
     check_model(ap, args.model)
     check_writable(ap, result_path(args.out))

@@ -138,8 +138,8 @@ def main() -> int:
                          "unfinished (0: no limit)")
     ap.add_argument("--compile-decode", action="store_true", help="torch.compile the engine's decode step")
     ap.add_argument("--out", default=f"engine_throughput_{'cuda' if cuda else 'cpu'}",
-                    help="result name under benchmarks/results/ (LLMLAB_BENCH_RESULTS when set), or a path ending in "
-                         ".json (default: engine_throughput_<device>)")
+                    help="result name under benchmarks/results/ (LLMLAB_BENCH_RESULTS when set), or a path with a "
+                         "folder, from the working directory (default: engine_throughput_<device>)")
     args = ap.parse_args()
     if args.min_len > args.max_len:
         ap.error(f"--min-len {args.min_len} is above --max-len {args.max_len}")

@@ -181,10 +181,11 @@ def names(*kinds: str) -> list[str]:
     return sorted(n for n, a in ARTIFACTS.items() if a.kind in kinds)
 
 
-def resolve(name_or_path: str | Path) -> Path:
-    """A path as given, or, for a registry name (e.g. 'smollm2-135m') that is not also a local path, the
-    verified artifact's cached path (fetched the first time)."""
-    if str(name_or_path) in ARTIFACTS and not Path(name_or_path).exists():
+def resolve(name_or_path: str | Path, kinds: tuple[str, ...] | None = None) -> Path:
+    """A path as given, or, for a registry name (e.g. 'smollm2-135m'; of `kinds` when given) that is not also a
+    local path, the verified artifact's cached path (fetched the first time)."""
+    art = ARTIFACTS.get(str(name_or_path))
+    if art is not None and (kinds is None or art.kind in kinds) and not Path(name_or_path).exists():
         return fetch(str(name_or_path))
     return Path(name_or_path)
 

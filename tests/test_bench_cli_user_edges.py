@@ -196,11 +196,13 @@ def test_result_names_and_paths_and_what_a_result_records(tmp_path, monkeypatch)
 
     monkeypatch.setattr(engine_common, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(sys, "argv", ["benchmarks/latency.py", "--model", "tiny", "--out", "lat.json"])
+    monkeypatch.chdir(tmp_path)
     assert engine_common.result_path("lat.json") == tmp_path / "results" / "lat.json"
     assert engine_common.result_path("lat") == tmp_path / "results" / "lat.json"
     assert engine_common.result_path(str(tmp_path / "x.json")) == tmp_path / "x.json"
-    path = engine_common.write_result("sub/deeper/lat", {"benchmark": "t"})
-    assert path == tmp_path / "results" / "sub" / "deeper" / "lat.json"
+    assert engine_common.result_path("runs/lat") == Path("runs/lat.json")  # a folder: from the working directory
+    path = engine_common.write_result("sub/deeper/lat", {"benchmark": "t"})  # its folders made
+    assert path.resolve() == tmp_path / "sub" / "deeper" / "lat.json"
     r = json.loads(path.read_text())
     assert r["command"].endswith("benchmarks/latency.py --model tiny --out lat.json")
     assert r["versions"]["git"] and isinstance(r["versions"]["git_uncommitted_changes"], bool)

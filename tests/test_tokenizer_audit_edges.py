@@ -253,3 +253,12 @@ def test_load_tokenizer_takes_the_registry_names_its_error_lists(name):
     ref = load_tokenizer(artifacts.fetch(name))
     tok = load_tokenizer(name)
     assert tok.encode(MIXED) == ref.encode(MIXED) and tok.vocab_size == ref.vocab_size
+
+
+def test_load_tokenizer_does_not_fetch_a_corpus_of_that_name(monkeypatch, tmp_path):
+    """Only tokenizer and model names resolve: 'shakespeare' (a corpus) fetched the plays, then failed on them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(artifacts, "fetch", lambda name, **kw: pytest.fail(f"fetched {name}"))
+    with pytest.raises(TokenizerError, match="tokenizer file shakespeare does not exist; check the path, or use a "
+                                             "registry name: cl100k-tiktoken"):
+        load_tokenizer("shakespeare")

@@ -92,7 +92,7 @@ def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
     name such as 'gpt2-tiktoken' or 'smollm2-135m' (fetched and verified the first time)."""
     from llmlab import artifacts
 
-    path = artifacts.resolve(path)
+    path = artifacts.resolve(path, kinds=("tokenizer", "model"))  # (not a corpus: 'shakespeare' is a path then)
     if path.is_dir():
         for name in ("tokenizer.json", "vocab.txt"):
             if (path / name).is_file():
