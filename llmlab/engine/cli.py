@@ -187,7 +187,7 @@ def _stream_reply(llm, ids: list[int], params, *, interruptible: bool = False) -
                 break
     sys.stdout.write("\n")
     sys.stdout.flush()
-    if stop.is_set():
+    if stop.is_set() and (last is None or last.finish_reason is None):  # (Ctrl-C in its last step: it was done)
         print("(reply stopped; Ctrl-C at the prompt ends the chat)", file=sys.stderr)
     elif last is not None and last.finish_reason == "length":  # cut, not finished: say by what
         print(f"(reply cut at --max-tokens {params.max_tokens}; raise it for longer replies)"
