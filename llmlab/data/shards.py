@@ -148,9 +148,7 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
     partial = {split: out / f".{split}.bin.partial" for split in ("train", "val")}
     counts = {"train": 0, "val": 0}
     docs = [0]
-    # Progress in bytes, and each document encoded in ~1M-character pieces that no pre-split piece crosses (the
-    # same ids as the whole text): one large file moves the bar, and its ids never sit in one Python list.
-    bar = tqdm(total=corpus.num_bytes, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
+    bar = None
     files = {split: open(path, "wb") for split, path in partial.items()}  # closed below, also on an error
     try:  # the bar is closed before any error, so the message starts on its own line
         with contextlib.ExitStack() as stack:
@@ -163,6 +161,10 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
                 encoded = _in_order(pool, functools.partial(_encode_batch, tmp, dtype), _batches(pieces), 4 * workers)
             else:
                 encoded = (_encode_with(tokenizer, dtype, piece) for piece in pieces)
+            # Progress in bytes, and each document encoded in ~1M-character pieces that no pre-split piece crosses
+            # (the same ids as the whole text): one large file moves the bar, and its ids never sit in one Python
+            # list. (Made after the workers fork: tqdm starts a monitor thread, and a fork should copy no threads.)
+            bar = tqdm(total=corpus.num_bytes, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
             for split, ids, ends_document, nbytes in encoded:
                 files[split].write(ids)
                 counts[split] += len(ids) // np.dtype(dtype).itemsize
@@ -179,7 +181,8 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
         for split, path in partial.items():
             os.replace(path, out / f"{split}.bin")
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         for f in files.values():
             f.close()
         for path in partial.values():
