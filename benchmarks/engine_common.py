@@ -13,21 +13,17 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from results_io import at_least, check_writable, command, git_state, results_dir  # noqa: F401 (re-exported)
 
 import llmlab
 from llmlab import ModelConfig, Transformer
 
-# Where results go; tests point LLMLAB_BENCH_RESULTS at a temporary directory so smoke runs leave the
-# committed results alone.
-RESULTS = Path(os.environ.get("LLMLAB_BENCH_RESULTS") or Path(__file__).parent / "results")
+RESULTS = results_dir()
 
 # Shapes from the issue that are not llmlab presets (random weights: speed depends only on shape).
 SHAPES = {
@@ -283,21 +279,8 @@ def hardware() -> dict:
 def versions() -> dict:
     import transformers
 
-    here = Path(__file__).parent
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=here).stdout.strip()
-    # a run of an edited tree is not a run of the commit: say so (tracked files only)
-    # (results files left out: the scripts write their default --out there, so one run would mark the next)
-    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                              ":(top,exclude)benchmarks/results"], capture_output=True,
-                             text=True, cwd=here).stdout.strip()
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "llmlab": llmlab.__version__, "git": commit, "git_uncommitted_changes": bool(commit and changed)}
-
-
-def command() -> str:
-    """The command line that produced a result, as a shell would take it back (script path as given)."""
-    return shlex.join([Path(sys.executable).name, *sys.argv])
+            "llmlab": llmlab.__version__, **git_state()}
 
 
 def result_path(name: str) -> Path:
@@ -308,37 +291,6 @@ def result_path(name: str) -> Path:
     if path.suffix != ".json":
         path = path.with_name(path.name + ".json")
     return path if len(path.parts) > 1 else RESULTS / path
-
-
-def check_writable(parser: argparse.ArgumentParser, path: Path, flag: str = "--out") -> Path:
-    """Refuse, before a run of minutes, an output the run could not write at its end (argparse's one-line error,
-    exit 2): a directory given as the file, or a folder that cannot be created or written."""
-    if path.is_dir():
-        parser.error(f"{flag} {path} is a directory; give a file name, e.g. {path / 'result.json'}")
-    existed = path.exists()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a"):  # the real test (permission bits say nothing to root, nor about /proc)
-            pass
-    except OSError as e:
-        parser.error(f"{flag} {path}: cannot write there ({e.strerror or e}); give another path")
-    if not existed:
-        path.unlink()
-    return path
-
-
-def at_least(low: int):
-    """An argparse type: an integer >= low, refused with argparse's one-line error otherwise."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-    parse.__name__ = f"integer >= {low}"
-    return parse
 
 
 DTYPES = ("float32", "bfloat16", "float16")

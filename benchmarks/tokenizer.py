@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import sys
 import sysconfig
 import tempfile
@@ -34,9 +33,7 @@ from pathlib import Path
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # single-thread comparison; must precede the import
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# as engine_common.RESULTS (not imported: it brings torch): LLMLAB_BENCH_RESULTS keeps smoke runs off the
-# committed results
-RESULTS = Path(os.environ.get("LLMLAB_BENCH_RESULTS") or Path(__file__).parent / "results")
+from results_io import check_writable, command, git_state, results_dir  # noqa: E402 (after the thread settings)
 
 
 def load_corpus(mb: float) -> tuple[list[str], list[str]]:
@@ -57,13 +54,6 @@ def load_corpus(mb: float) -> tuple[list[str], list[str]]:
     return train, held
 
 
-def _git_commit() -> str:
-    import subprocess
-
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parent).stdout.strip()
-
-
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -77,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary to train, >= 257 (default 8192)")
     ap.add_argument("--mb", type=float, default=10.0, help="training/encoding corpus size in MB, > 0 (default 10)")
-    ap.add_argument("--out", type=Path, default=RESULTS / "tokenizer.json",
+    ap.add_argument("--out", type=Path, default=results_dir() / "tokenizer.json",
                     help="results JSON (default: tokenizer.json in benchmarks/results/, or in LLMLAB_BENCH_RESULTS "
                          "when set)")
     return ap
@@ -90,17 +80,7 @@ def main() -> int:
         ap.error(f"--vocab-size must be at least 257 (256 bytes + <|endoftext|>), got {args.vocab_size}")
     if not args.mb > 0:
         ap.error(f"--mb must be above 0, got {args.mb}")
-    if args.out.is_dir():
-        ap.error(f"--out {args.out} is a directory; give a file name, e.g. {args.out / 'tokenizer.json'}")
-    existed = args.out.exists()
-    try:  # before the run, not after it (as engine_common.check_writable, which would import torch)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a"):
-            pass
-    except OSError as e:
-        ap.error(f"--out {args.out}: cannot write there ({e.strerror or e}); give another path")
-    if not existed:
-        args.out.unlink()
+    check_writable(ap, args.out)  # before the run, not after it
 
     import regex
     import tiktoken
@@ -178,8 +158,8 @@ def main() -> int:
         "encode_ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
         "ids_identical": identical, "gpt2_tokens": n_tokens,
         "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__, "git": _git_commit(),
+        "command": command(),
+        "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__, "git": git_state()["git"],
                      "tiktoken": tiktoken.__version__, "tokenizers": tokenizers.__version__,
                      "regex": regex.__version__},
         "notes": "one thread everywhere: RAYON_NUM_THREADS=1 also limits tokenizers' training; llmlab "

@@ -144,7 +144,8 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
         raise LlmlabError(f"workers (--workers) must be a whole number >= 1, got {workers!r}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
+    eos_bytes, total = np.asarray([eos], dtype=dtype).tobytes(), corpus.num_bytes  # (num_bytes stats every file)
     partial = {split: out / f".{split}.bin.partial" for split in ("train", "val")}
     counts = {"train": 0, "val": 0}
     docs = [0]
@@ -164,12 +165,12 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
             # Progress in bytes, and each document encoded in ~1M-character pieces that no pre-split piece crosses
             # (the same ids as the whole text): one large file moves the bar, and its ids never sit in one Python
             # list. (Made after the workers fork: tqdm starts a monitor thread, and a fork should copy no threads.)
-            bar = tqdm(total=corpus.num_bytes, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
+            bar = tqdm(total=total, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
             for split, ids, ends_document, nbytes in encoded:
                 files[split].write(ids)
-                counts[split] += len(ids) // np.dtype(dtype).itemsize
+                counts[split] += len(ids) // dtype.itemsize
                 if ends_document:
-                    files[split].write(np.asarray([eos], dtype=dtype).tobytes())
+                    files[split].write(eos_bytes)
                     counts[split] += 1
                 bar.update(nbytes)
         for f in files.values():
@@ -188,10 +189,10 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
         for path in partial.values():
             path.unlink(missing_ok=True)
     tokenizer.save(out)  # a directory: tokenizer.json + tokenizer_config.json
-    meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size, "eos_id": eos,
+    meta = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": eos,
             "train_tokens": counts["train"], "val_tokens": counts["val"], "documents": docs[0],
             "tokenizer_sha256": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),
-            "corpus": corpus.name, "bytes": corpus.num_bytes, "val_fraction": val_fraction}
+            "corpus": corpus.name, "bytes": total, "val_fraction": val_fraction}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return ShardInfo.load(out)
 

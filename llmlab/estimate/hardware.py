@@ -127,8 +127,7 @@ def get_gpu(name: str | GPU) -> GPU:
         return GPUS[_ALIASES[key]]
     words = [w for w in re.findall(r"[a-z0-9]+", re.sub(r"(\d+)\s*gb\b", r"\1gb", name.lower()))
              if w not in _VENDOR_WORDS]
-    chips = _CHIPS
-    chip = next((w for w in words if w in chips), None)
+    chip = next((w for w in words if w in _CHIPS), None)
     if chip is None:
         raise ConfigError(f"unknown GPU {name!r}; known GPUs: {', '.join(GPUS)} (driver names such as "
                           "'NVIDIA A100 80GB PCIe' work too).")

@@ -99,10 +99,8 @@ def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
                 return load_tokenizer(path / name, pattern)
         raise TokenizerError(f"{path} has neither tokenizer.json nor vocab.txt; point at a tokenizer file.")
     if not path.is_file():
-        from llmlab.artifacts import names
-
         raise TokenizerError(f"tokenizer file {path} does not exist; check the path, or use a registry name: "
-                             f"{', '.join(names('tokenizer', 'model'))}.")
+                             f"{', '.join(artifacts.names('tokenizer', 'model'))}.")
     name = path.name.lower()
     if name.endswith((".tiktoken", ".tiktoken.gz")):
         if pattern is None:  # tiktoken's own file names say which encoding (and so which pattern) they hold
