@@ -10,6 +10,9 @@ files in sorted order: the first >= 10 MB train, the next ~1 MB is held out.
    single thread: tiktoken `encode_ordinary`, tokenizers (the same vocabulary written by llmlab as
    tokenizer.json, RAYON_NUM_THREADS=1), llmlab cold (fresh word cache, first pass) and warm.
    All ids are checked to be identical.
+3. SentencePiece BPE (Mistral 7B's tokenizer.model, fetched through llmlab.artifacts): llmlab cold and warm vs
+   `sentencepiece` on the same file and `tokenizers` on the tokenizer.json llmlab writes from it (Llama 2's layout:
+   no pre-tokenizer, so tokenizers merges each file as one word). Skipped, and said so, without sentencepiece.
 
 Targets (issue 4): encode >= 0.5x tiktoken; training <= 5x tokenizers; compression within 1%.
 Prints a table and ends with one JSON line; writes benchmarks/results/tokenizer.json (in
@@ -61,6 +64,37 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def sentencepiece_section(train: list[str], train_bytes: int) -> dict | None:
+    """Encoding with Mistral 7B's SentencePiece BPE: llmlab (cold, warm) vs sentencepiece vs tokenizers."""
+    try:
+        import sentencepiece
+    except ImportError:
+        print("sentencepiece is not installed: the SentencePiece BPE comparison is skipped (pip install sentencepiece)")
+        return None
+    import tokenizers
+
+    from llmlab import artifacts, load_tokenizer
+
+    path = artifacts.fetch("mistral-7b-tokenizer")
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    t_sp, ids_sp = timed(lambda: [sp.encode(t) for t in train], repeat=2)
+    ours = load_tokenizer(path)
+    with tempfile.TemporaryDirectory() as d:
+        ours.save(Path(d) / "tokenizer.json")
+        hf = tokenizers.Tokenizer.from_file(str(Path(d) / "tokenizer.json"))
+    hf.encode_special_tokens = True  # "<s>" in the text is text, as for sentencepiece and llmlab's encode
+    t_hf, ids_hf = timed(lambda: [hf.encode(t, add_special_tokens=False).ids for t in train])
+    t_cold, ids_cold = timed(lambda: [ours.encode(t) for t in train])  # a fresh word cache: the first pass
+    t_warm, ids_warm = timed(lambda: [ours.encode(t) for t in train], repeat=2)
+    mbs = lambda t: round(train_bytes / 1e6 / t, 3)  # noqa: E731
+    return {"file": "mistral-7b-tokenizer (tokenizer.model.v1, 32,000 pieces)",
+            "encode_mb_s": {"llmlab_cold": mbs(t_cold), "llmlab_warm": mbs(t_warm), "sentencepiece": mbs(t_sp),
+                            "tokenizers": mbs(t_hf)},
+            "ratio_vs_sentencepiece": {"cold": round(t_sp / t_cold, 3), "warm": round(t_sp / t_warm, 3)},
+            "ids_identical": ids_sp == ids_hf == ids_cold == ids_warm, "tokens": sum(map(len, ids_sp)),
+            "sentencepiece_version": sentencepiece.__version__}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +162,8 @@ def main() -> int:
     t_warm, ids_warm = timed(lambda: [fresh.encode(t) for t in train], repeat=2)
     identical = ids_tk == ids_hf == ids_cold == ids_warm
     n_tokens = sum(map(len, ids_tk))
+    spm = sentencepiece_section(train, train_bytes)
+    identical = identical and (spm is None or spm["ids_identical"])
 
     mbs = lambda t: train_bytes / 1e6 / t  # noqa: E731
     rows = [
@@ -142,7 +178,16 @@ def main() -> int:
     print(f"\n{'':26}{'llmlab':>10}{'tiktoken':>10}{'tokenizers':>12}   ratio")
     for name, a, b, c, r in rows:
         print(f"{name:26}{a:>10}{b:>10}{c:>12}   {r}")
-    print(f"GPT-2 ids identical across tiktoken / tokenizers / llmlab: {identical} ({n_tokens} tokens)")
+    print(f"GPT-2 ids identical across tiktoken / tokenizers / llmlab: {ids_tk == ids_hf == ids_cold == ids_warm} "
+          f"({n_tokens} tokens)")
+    if spm is not None:
+        m, r = spm["encode_mb_s"], spm["ratio_vs_sentencepiece"]
+        print(f"\n{'Mistral 7B tokenizer.model':26}{'llmlab':>10}{'sentencepiece':>15}{'tokenizers':>12}   ratio")
+        for kind in ("cold", "warm"):
+            print(f"{'encode MB/s, ' + kind:26}{m['llmlab_' + kind]:>10.2f}{m['sentencepiece']:>15.2f}"
+                  f"{m['tokenizers']:>12.2f}   {r[kind]:.2f}x sentencepiece")
+        print(f"SentencePiece ids identical across sentencepiece / tokenizers / llmlab: {spm['ids_identical']} "
+              f"({spm['tokens']} tokens)")
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
@@ -157,11 +202,12 @@ def main() -> int:
                         "tiktoken": round(mbs(t_tk), 3), "tokenizers": round(mbs(t_hfe), 3)},
         "encode_ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
         "ids_identical": identical, "gpt2_tokens": n_tokens,
+        "sentencepiece_bpe": spm if spm is not None else "skipped: sentencepiece is not installed",
         "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
         "command": command(),
         "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__, "git": git_state()["git"],
                      "tiktoken": tiktoken.__version__, "tokenizers": tokenizers.__version__,
-                     "regex": regex.__version__},
+                     "regex": regex.__version__, "sentencepiece": spm["sentencepiece_version"] if spm else None},
         "notes": "one thread everywhere: RAYON_NUM_THREADS=1 also limits tokenizers' training; llmlab "
                  "is pure Python. Cold = fresh word cache, first pass over the corpus.",
     }

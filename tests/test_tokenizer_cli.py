@@ -85,7 +85,7 @@ def test_other_user_errors(tmp_path):
         load_tokenizer(tmp_path / "bad.tiktoken", pattern="gpt2")
     with pytest.raises(TokenizerError, match="does not exist"):
         load_tokenizer(tmp_path / "missing.json")
-    with pytest.raises(TokenizerError, match="neither tokenizer.json nor vocab.txt"):
+    with pytest.raises(TokenizerError, match="no tokenizer.json, tokenizer.model or vocab.txt"):
         load_tokenizer(tmp_path)
     with pytest.raises(TokenizerError, match="not a valid regex"):
         train_bpe([MIXED], 300, pattern="(unclosed")

@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--text-field", default="text", metavar="NAME",
                       help="the field (Parquet: column) of each record that holds its text (default: text)")
     prep.add_argument("--tokenizer", required=True, metavar="PATH",
-                      help="tokenizer.json, a directory holding one, a .tiktoken or .gguf file, or a registry name "
-                           "(e.g. smollm2-135m)")
+                      help="tokenizer.json, a directory holding one, a SentencePiece tokenizer.model, a .tiktoken or "
+                           ".gguf file, or a registry name (e.g. smollm2-135m, mistral-7b-tokenizer)")
     prep.add_argument("--out", required=True, metavar="DIR", help="output directory for the shards")
     prep.add_argument("--val-fraction", type=float, default=0.05,
                       help="fraction held out for validation: the tail of every text file, and whole records of "

@@ -45,8 +45,8 @@ def register(subparsers) -> None:
     e = sub.add_parser("encode", help="encode stdin and print token ids, one line per input line",
                        description="Read text from stdin and print its token ids (space-separated).")
     e.add_argument("--tokenizer", required=True,
-                   help="tokenizer.json, a directory with one, a .tiktoken file, a .gguf, vocab.txt, or a registry "
-                        "name (e.g. smollm2-135m, cl100k-tiktoken)")
+                   help="tokenizer.json, a directory with one, a SentencePiece tokenizer.model, a .tiktoken file, a "
+                        ".gguf, vocab.txt, or a registry name (e.g. smollm2-135m, cl100k-tiktoken, mistral-7b-tokenizer)")
     e.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: 'gpt2', 'cl100k' (alias 'gpt4'), "
                    "'o200k' or a regex (default: from tiktoken's file name)")
     e.add_argument("--allow-special", action="store_true", help="recognise special tokens written in the text")

@@ -30,6 +30,8 @@ import regex
 
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.bpe import BYTE_TO_CHAR, PATTERNS, BPEModel, check_portable, resolve_pattern, unicode_to_bytes
+from llmlab.tokenizer.spm import PieceBPEModel
+from llmlab.tokenizer.spm_file import decoder_spec, is_sentencepiece_name, load_sentencepiece, normalizer_spec
 from llmlab.tokenizer.tokenizer import TOKEN_OPTIONS, Tokenizer
 from llmlab.tokenizer.wordpiece import BertNormalizer, WordPieceModel
 
@@ -94,10 +96,10 @@ def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
 
     path = artifacts.resolve(path, kinds=("tokenizer", "model"))  # (not a corpus: 'shakespeare' is a path then)
     if path.is_dir():
-        for name in ("tokenizer.json", "vocab.txt"):
+        for name in ("tokenizer.json", "tokenizer.model", "vocab.txt"):
             if (path / name).is_file():
                 return load_tokenizer(path / name, pattern)
-        raise TokenizerError(f"{path} has neither tokenizer.json nor vocab.txt; point at a tokenizer file.")
+        raise TokenizerError(f"{path} has no tokenizer.json, tokenizer.model or vocab.txt; point at a tokenizer file.")
     if not path.is_file():
         raise TokenizerError(f"tokenizer file {path} does not exist; check the path, or use a registry name: "
                              f"{', '.join(artifacts.names('tokenizer', 'model'))}.")
@@ -117,9 +119,11 @@ def load_tokenizer(path: str | Path, pattern: str | None = None) -> Tokenizer:
         tok = load_tokenizer_json(path)
     elif name.endswith(".txt"):
         tok = load_vocab_txt(path)
+    elif is_sentencepiece_name(name):
+        tok = load_sentencepiece(path)
     else:
-        raise TokenizerError(f"{path} is not a tokenizer file llmlab reads; use tokenizer.json, a "
-                             "directory with one, .tiktoken, .gguf or vocab.txt.")
+        raise TokenizerError(f"{path} is not a tokenizer file llmlab reads; use tokenizer.json, a directory with "
+                             "one, tokenizer.model (SentencePiece BPE), .tiktoken, .gguf or vocab.txt.")
     _read_hf_config(tok, path.parent)
     return tok
 
@@ -143,7 +147,9 @@ def load_tokenizer_json(path: Path) -> Tokenizer:
     special = {c: t["id"] for c, t in added.items() if t.get("special")}
     extra = {c: t["id"] for c, t in added.items() if not t.get("special")}
     options = {c: {k: bool(t.get(k)) for k in TOKEN_OPTIONS} for c, t in added.items()}
-    if kind == "BPE" or (kind is None and "merges" in model):
+    if (kind == "BPE" or (kind is None and "merges" in model)) and not _byte_level(spec):
+        m = _piece_bpe(model, vocab, added, path)
+    elif kind == "BPE" or (kind is None and "merges" in model):
         merges_raw = _need(model, "merges", path, "model.")
         try:
             merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges_raw]
@@ -165,7 +171,37 @@ def load_tokenizer_json(path: Path) -> Tokenizer:
         raise TokenizerError(f"{path} has model type {kind!r}; llmlab reads BPE (byte-level) and WordPiece.")
     return Tokenizer(m, normalizer=spec.get("normalizer"), pre_tokenizer=spec.get("pre_tokenizer"),
                      special_tokens=special, added_tokens=extra, token_options=options,
-                     template=_read_template(spec.get("post_processor"), path))
+                     template=_read_template(spec.get("post_processor"), path),
+                     decoder=spec.get("decoder") if isinstance(m, PieceBPEModel) else None)
+
+
+def _byte_level(spec: dict) -> bool:
+    """A BPE tokenizer.json is byte-level (GPT-2's alphabet) when a ByteLevel step pre-tokenizes or decodes;
+    otherwise it is SentencePiece-style (characters, "▁", byte fallback), as Llama's and Mistral's."""
+    def has(node) -> bool:
+        if isinstance(node, dict):
+            return node.get("type") == "ByteLevel" or any(has(v) for v in node.values())
+        return isinstance(node, list) and any(has(v) for v in node)
+    return has(spec.get("pre_tokenizer")) or has(spec.get("decoder"))
+
+
+def _piece_bpe(model: dict, vocab: dict, added: dict, path: Path) -> PieceBPEModel:
+    merges_raw = _need(model, "merges", path, "model.")
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise TokenizerError(f"{path} is a BPE tokenizer with a subword prefix or word suffix, which llmlab does not "
+                             "read; it reads byte-level BPE and SentencePiece-style BPE (Llama, Mistral).")
+    try:
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges_raw]
+        if any(len(m) != 2 for m in merges):
+            raise ValueError
+        unk = model.get("unk_token")
+        return PieceBPEModel({t: i for t, i in vocab.items() if t not in added or t == unk}, merges,
+                             unk_token=unk, byte_fallback=bool(model.get("byte_fallback")),
+                             fuse_unk=bool(model.get("fuse_unk")), ignore_merges=bool(model.get("ignore_merges")))
+    except KeyError as e:
+        raise TokenizerError(f"{path}: {e.args[0]}; the file is corrupt: re-export it.") from None
+    except (ValueError, TypeError):
+        raise TokenizerError(f"{path} has a malformed 'model.merges' entry; each must be 'a b' or [a, b].") from None
 
 
 def _read_template(post: dict | None, path: Path) -> tuple[list[str], list[str]]:
@@ -284,11 +320,16 @@ def load_gguf(path: Path) -> Tokenizer:
         if len(field.types) > 1 and field.types[0] == gguf.GGUFValueType.ARRAY:
             if field.types[1] == gguf.GGUFValueType.STRING:
                 return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+            if field.types[1] in (gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.FLOAT64):
+                return [float(field.parts[i][0]) for i in field.data]
             return [int(field.parts[i][0]) for i in field.data]
         return field.contents()
 
-    if (kind := get("tokenizer.ggml.model")) != "gpt2":
-        raise TokenizerError(f"{path} has a '{kind}' tokenizer; llmlab reads GGUF byte-level BPE ('gpt2') only.")
+    if (kind := get("tokenizer.ggml.model")) == "llama":
+        return _gguf_sentencepiece(get)
+    if kind != "gpt2":
+        raise TokenizerError(f"{path} has a '{kind}' tokenizer; llmlab reads GGUF byte-level BPE ('gpt2') and "
+                             "SentencePiece BPE ('llama').")
     pre_name = get("tokenizer.ggml.pre", "default")
     if pre_name not in GGUF_PRE:
         raise TokenizerError(f"{path} uses pre-tokenizer '{pre_name}', which llmlab does not map yet; "
@@ -313,13 +354,59 @@ def load_gguf(path: Path) -> Tokenizer:
                      chat_template=get("tokenizer.chat_template", None), template=template)
 
 
+def _gguf_sentencepiece(get) -> Tokenizer:
+    """A GGUF 'llama' vocabulary: SentencePiece BPE pieces with scores and types (llama.cpp's SPM tokenizer)."""
+    tokens, types = get("tokenizer.ggml.tokens"), get("tokenizer.ggml.token_type")
+    scores = get("tokenizer.ggml.scores", None) or [0.0] * len(tokens)
+    vocab, scored, special = {}, {}, {}
+    for i, (t, ty, sc) in enumerate(zip(tokens, types, scores)):
+        if ty == 3:  # CONTROL
+            special[t] = i
+        else:
+            vocab[t] = i
+            if ty in (1, 5):  # NORMAL, UNUSED: made by merges
+                scored[t] = sc
+    unk_i = get("tokenizer.ggml.unknown_token_id", None)
+    unk = next((t for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 2 and (unk_i is None or i == unk_i)), None)
+    if unk is not None:
+        special[unk] = vocab[unk]
+    dummy = bool(get("tokenizer.ggml.add_space_prefix", True))
+    extra_ws = bool(get("tokenizer.ggml.remove_extra_whitespaces", False))
+    unused = frozenset(t for t, ty in zip(tokens, types) if ty == 5)
+    user = frozenset(t for t, ty in zip(tokens, types) if ty == 4)  # USER_DEFINED: matched whole, as SentencePiece
+    m = PieceBPEModel(vocab, scores=scored, unk_token=unk, byte_fallback=any(ty == 6 for ty in types), unused=unused,
+                      user_defined=user, spm_decode=(dummy, extra_ws))
+
+    def role(key: str) -> str | None:
+        i = get(key, None)
+        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
+
+    bos, eos = role("tokenizer.ggml.bos_token_id"), role("tokenizer.ggml.eos_token_id")
+    template = ([bos] if bos and get("tokenizer.ggml.add_bos_token", True) else [],
+                [eos] if eos and get("tokenizer.ggml.add_eos_token", False) else [])
+    return Tokenizer(m, normalizer=normalizer_spec(dummy, extra_ws),
+                     special_tokens=special, bos_token=bos, eos_token=eos,
+                     pad_token=role("tokenizer.ggml.padding_token_id"), decoder=decoder_spec(dummy, extra_ws),
+                     chat_template=get("tokenizer.chat_template", None), template=template)
+
+
 # ---- save ---------------------------------------------------------------------------------------
 def tokenizer_json(tok: Tokenizer) -> dict:
     """The `tokenizer.json` dict for `tok` (loadable by `tokenizers.Tokenizer.from_str`)."""
     ids = {**tok.added_tokens, **tok.special_tokens}
+    if isinstance(tok.model, PieceBPEModel):  # SentencePiece's user-defined pieces: added tokens, as transformers has
+        ids.update({p: tok.model.vocab[p] for p in tok.model.user_defined})
     added = [{"id": i, "content": c, **{k: tok.token_options.get(c, {}).get(k, False) for k in TOKEN_OPTIONS},
               "special": c in tok.special_tokens} for c, i in sorted(ids.items(), key=lambda x: x[1])]
-    if tok.byte_level:
+    if isinstance(tok.model, PieceBPEModel):
+        pm: PieceBPEModel = tok.model
+        vocab = {**pm.vocab, **ids}
+        model = {"type": "BPE", "dropout": None, "unk_token": pm.unk_token, "continuing_subword_prefix": None,
+                 "end_of_word_suffix": None, "fuse_unk": pm.fuse_unk, "byte_fallback": pm.byte_fallback,
+                 "ignore_merges": pm.ignore_merges, "vocab": dict(sorted(vocab.items(), key=lambda kv: kv[1])),
+                 "merges": [[a, b] for a, b in pm.derive_merges()]}
+        decoder = tok.decoder or decoder_spec(True)
+    elif tok.byte_level:
         m: BPEModel = tok.model
         enc = lambda b: "".join(BYTE_TO_CHAR[x] for x in b)  # noqa: E731
         vocab = {enc(b): i for b, i in m.vocab.items()}

@@ -2,7 +2,7 @@
 
     text ─ split out special/added tokens ─ normalize ─ pre-split (regex stages) ─┐
          ┌────────────────────────────────────────────────────────────────────────┘
-         └─ per piece: word cache ─ miss → model (byte-level BPE merges | WordPiece) ─► ids
+         └─ per piece: word cache ─ miss → model (byte-level BPE | SentencePiece-style BPE | WordPiece) ─► ids
 
 The normalizer and pre-tokenizer are kept as their Hugging Face `tokenizer.json` specs (the single
 source of truth, written back by `save`) and compiled here into plain functions. The word cache is
@@ -35,9 +35,11 @@ import regex
 
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, PATTERNS, BPEModel, check_portable
+from llmlab.tokenizer.spm import SPACE, PieceBPEModel
 from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceModel
 
 _CACHE_LIMIT = 1 << 20  # entries; the cache is cleared when it grows past this
+_CACHED_LEN = 256  # characters: a longer piece (a whole text no pre-split cut) is not kept in the word cache
 # A cheap stdlib-`re` pre-split whose chunks no GPT-2 piece ever crosses: a chunk is a maximal
 # non-space run with at most one leading space, or a whitespace run split exactly as the GPT-2
 # pattern splits it. GPT-2 pieces hold whitespace only as one leading space or as a
@@ -46,6 +48,7 @@ _CACHE_LIMIT = 1 << 20  # entries; the cache is cleared when it grows past this
 # Whitespace here must be exactly the pattern's `\s` (Unicode White_Space), spelled out: stdlib
 # `re`'s `\s` (str.isspace) also takes U+001C..U+001F, so "\x1f's" was cut before "'s".
 _WS = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_WS_CHARS = "".join(c for c in map(chr, range(0x3001)) if re.fullmatch(f"[{_WS}]", c))
 _GPT2_COARSE = re.compile(f" ?[^{_WS}]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+")
 # tokenizers' `\s` and `\w` (Rust regex, Unicode): for added tokens' lstrip/rstrip and single_word.
 _SPACE, _SPACES = re.compile(f"[{_WS}]"), re.compile(f"[{_WS}]*")
@@ -61,7 +64,7 @@ class _Split:
     keep_gaps: bool = True
     prefix_space: bool = False  # ByteLevel(add_prefix_space=True)
 
-    def __call__(self, text: str) -> list[str]:
+    def __call__(self, text: str, first: bool = True) -> list[str]:
         if self.prefix_space and not text.startswith(" "):
             text = " " + text
         pieces = self.pattern.findall(text)
@@ -77,6 +80,26 @@ class _Split:
         if pos < len(text):
             out.append(text[pos:])
         return out
+
+
+@dataclass(frozen=True)
+class _Metaspace:
+    """tokenizers' Metaspace pre-tokenizer: spaces become the replacement ("▁"), which is prepended to the text
+    (prepend_scheme "always"; "first": only to the text at the start of the input; "never") unless it is there
+    already; with `split`, the text is cut before every replacement character."""
+
+    replacement: str = SPACE
+    prepend: Literal["always", "first", "never"] = "always"
+    split: bool = True
+
+    def __call__(self, text: str, first: bool = True) -> list[str]:
+        rep = self.replacement
+        text = text.replace(" ", rep)
+        if (self.prepend == "always" or self.prepend == "first" and first) and text and not text.startswith(rep):
+            text = rep + text
+        if not self.split:
+            return [text] if text else []
+        return [w for w in re.split(f"(?={re.escape(rep)})", text) if w]
 
 
 @dataclass(frozen=True)
@@ -140,8 +163,15 @@ def compile_pre_tokenizer(spec: dict | None) -> list[_Split]:
         return [_Split(regex.compile(r"\w+|[^\w\s]+"), keep_gaps=False)]
     if kind == "WhitespaceSplit":
         return [_Split(regex.compile(r"\S+"), keep_gaps=False)]
-    raise TokenizerError(f"pre-tokenizer type {kind!r} is not supported; supported: ByteLevel, Split, "
-                         "Digits, BertPreTokenizer, Whitespace, WhitespaceSplit and Sequence of them.")
+    if kind == "Metaspace":
+        scheme = spec.get("prepend_scheme")
+        if scheme is None:  # tokenizers before 0.14: a bool
+            scheme = "always" if spec.get("add_prefix_space", True) else "never"
+        if scheme not in ("always", "first", "never"):
+            raise TokenizerError(f"Metaspace prepend_scheme {scheme!r} is not one of always, first, never.")
+        return [_Metaspace(spec.get("replacement", SPACE), scheme, bool(spec.get("split", True)))]
+    raise TokenizerError(f"pre-tokenizer type {kind!r} is not supported; supported: ByteLevel, Split, Digits, "
+                         "BertPreTokenizer, Whitespace, WhitespaceSplit, Metaspace and Sequence of them.")
 
 
 def compile_normalizer(spec: dict | None) -> Callable[[str], str] | None:
@@ -156,11 +186,47 @@ def compile_normalizer(spec: dict | None) -> Callable[[str], str] | None:
     if kind == "BertNormalizer":
         return BertNormalizer(spec.get("clean_text", True), spec.get("handle_chinese_chars", True),
                               spec.get("strip_accents"), spec.get("lowercase", True))
+    if kind == "Prepend":
+        pre = spec["prepend"]
+        return lambda s: pre + s if s else s
+    if kind == "Replace":
+        pat, content = spec["pattern"], spec["content"]
+        if "Regex" in pat:
+            rx = regex.compile(pat["Regex"])
+            return lambda s: rx.sub(lambda m: content, s)
+        old = pat["String"]
+        return lambda s: s.replace(old, content)
+    if kind == "Strip":
+        left, right = spec.get("strip_left", True), spec.get("strip_right", True)
+        return lambda s: _strip(s, left, right)
     if kind == "Sequence":
         fns = [f for f in map(compile_normalizer, spec["normalizers"]) if f is not None]
         return lambda s: _apply_all(fns, s)
-    raise TokenizerError(f"normalizer type {kind!r} is not supported; supported: NFC, NFD, NFKC, NFKD, "
-                         "Lowercase, BertNormalizer and Sequence of them.")
+    raise TokenizerError(f"normalizer type {kind!r} is not supported; supported: NFC, NFD, NFKC, NFKD, Lowercase, "
+                         "BertNormalizer, Prepend, Replace, Strip and Sequence of them.")
+
+
+def _strip(s: str, left: bool, right: bool) -> str:
+    """tokenizers' Strip: Unicode White_Space (Rust's char::is_whitespace), not str.isspace()."""
+    if left:
+        s = s.lstrip(_WS_CHARS)
+    return s.rstrip(_WS_CHARS) if right else s
+
+
+def _decoder_lstrip(spec: dict | None) -> list[tuple[str, int]]:
+    """How a tokenizer.json decoder removes the dummy space: ("metaspace", 1) for a Metaspace decoder that prepends
+    (every "▁" of the first token goes), ("strip", n) for Strip(" ", start=n) (up to n leading spaces of the text)."""
+    if not spec:
+        return []
+    kind = spec.get("type")
+    if kind == "Sequence":
+        return [step for sub in spec.get("decoders", []) for step in _decoder_lstrip(sub)]
+    if kind == "Strip" and spec.get("content") == " " and spec.get("start", 0) > 0:
+        return [("strip", int(spec["start"]))]
+    if kind == "Metaspace":
+        scheme = spec.get("prepend_scheme") or ("always" if spec.get("add_prefix_space", True) else "never")
+        return [("metaspace", 1)] if scheme != "never" else []
+    return []
 
 
 def _apply_all(fns: list[Callable[[str], str]], s: str) -> str:
@@ -182,15 +248,17 @@ class _WordCache(dict):
 
 
 class Tokenizer:
-    """A byte-level BPE or WordPiece tokenizer; build one with `load_tokenizer` or a trainer."""
+    """A byte-level BPE, SentencePiece-style BPE or WordPiece tokenizer; build one with `load_tokenizer` or a
+    trainer."""
 
-    def __init__(self, model: BPEModel | WordPieceModel, *, normalizer: dict | None = None,
+    def __init__(self, model: BPEModel | PieceBPEModel | WordPieceModel, *, normalizer: dict | None = None,
                  pre_tokenizer: dict | None = None, special_tokens: dict[str, int] | None = None,
                  added_tokens: dict[str, int] | None = None, bos_token: str | None = None,
                  eos_token: str | None = None, pad_token: str | None = None,
                  template: tuple[list[str], list[str]] = ([], []), chat_template: str | None = None,
-                 token_options: dict[str, dict[str, bool]] | None = None):
+                 token_options: dict[str, dict[str, bool]] | None = None, decoder: dict | None = None):
         self.model = model
+        self.decoder = decoder  # tokenizer.json's decoder spec, kept for SentencePiece-style models (save writes it)
         self.normalizer, self.pre_tokenizer = normalizer, pre_tokenizer
         self.special_tokens = dict(special_tokens or {})
         self.added_tokens = dict(added_tokens or {})  # non-special: always recognised
@@ -199,7 +267,10 @@ class Tokenizer:
         self.chat_template = chat_template
         # tokenizers' AddedToken flags (TOKEN_OPTIONS) of special/added tokens; a token not listed has none set
         self.token_options = {t: o for t, o in (token_options or {}).items() if any(o.values())}
-        self.byte_level = isinstance(model, BPEModel)
+        # byte_level: every token is an exact byte span of the text (token_bytes streams it), as in byte-level BPE
+        # and SentencePiece-style BPE with byte fallback
+        self.byte_level = isinstance(model, (BPEModel, PieceBPEModel))
+        self._gpt2_alphabet = isinstance(model, BPEModel)  # tokenizer.json spells its tokens in GPT-2's byte alphabet
         for name, opt in self.token_options.items():
             if name not in self.special_tokens and name not in self.added_tokens or set(opt) - set(TOKEN_OPTIONS):
                 raise TokenizerError(f"token options {opt} for {name!r}: options apply to special and added tokens "
@@ -210,7 +281,13 @@ class Tokenizer:
                                      "special_tokens or fix the tokenizer's configuration.")
         self._normalize = compile_normalizer(normalizer)
         self._stages = compile_pre_tokenizer(pre_tokenizer)
-        if self.byte_level:
+        self._lstrip = _decoder_lstrip(decoder) if isinstance(model, PieceBPEModel) else []
+        if isinstance(model, PieceBPEModel):
+            self._cache = _WordCache(model.encode_word)
+            if model.can_split_words():  # no merge crosses into a "▁": cut there, so words repeat and cache
+                rep = re.escape(model.replacement)
+                self._stages.append(_Split(regex.compile(f"{rep}*[^{rep}]+|{rep}+")))
+        elif self.byte_level:
             self._cache = _WordCache(lambda p: model.encode_piece(p.encode("utf-8")))
         else:
             self._cache = _WordCache(model.encode_word)
@@ -224,7 +301,11 @@ class Tokenizer:
 
     def _build_id_tables(self) -> None:
         extra = self._extra_ids = {**self.added_tokens, **self.special_tokens}
-        if self.byte_level:
+        self._extra_text = {i: t for t, i in extra.items()}
+        if isinstance(self.model, PieceBPEModel):
+            table = {i: self.model.piece_bytes(t) for t, i in self.model.vocab.items()}
+            table.update({i: s.encode("utf-8") for s, i in extra.items()})
+        elif self.byte_level:
             table = {i: t for t, i in self.model.vocab.items()}
             table.update({i: s.encode("utf-8") for s, i in extra.items()})
         else:
@@ -258,7 +339,7 @@ class Tokenizer:
             return self.special_tokens[token]
         if token in self.added_tokens:
             return self.added_tokens[token]
-        if self.byte_level:
+        if self._gpt2_alphabet:
             if all(c in CHAR_TO_BYTE for c in token):
                 return self.model.vocab.get(bytes(CHAR_TO_BYTE[c] for c in token))
             return None
@@ -268,7 +349,10 @@ class Tokenizer:
         """The token string of id `i` as tokenizer.json writes it."""
         i = self._check_id(i, "id_to_token")
         t = self._id_to_token[i]
-        if self.byte_level and i not in self._special_ids and i not in self.added_tokens.values():
+        ordinary = i not in self._special_ids and i not in self.added_tokens.values()
+        if ordinary and isinstance(self.model, PieceBPEModel):
+            return self.model.piece(i)
+        if ordinary and self._gpt2_alphabet:
             return "".join(BYTE_TO_CHAR[b] for b in t)
         return t if isinstance(t, str) else t.decode("utf-8", "replace")
 
@@ -289,17 +373,17 @@ class Tokenizer:
             ids = self.encode_ordinary(text)
         else:  # as tokenizers: raw-text tokens out first, then normalize the rest and take out normalized ones
             ids = []
-            for part in raw(text) if raw else [text]:
+            for k, part in enumerate(raw(text) if raw else [text]):
                 if isinstance(part, int):
                     ids.append(part)
                     continue
                 if self._normalize is not None:
                     part = self._normalize(part)
-                for sub in normalized(part) if normalized else [part]:
+                for j, sub in enumerate(normalized(part) if normalized else [part]):
                     if isinstance(sub, int):
                         ids.append(sub)
-                    else:
-                        ids += self._encode_normalized(sub)
+                    else:  # first: this text starts the input (Metaspace's prepend_scheme "first")
+                        ids += self._encode_normalized(sub, first=k == 0 and j == 0)
         if add_special_tokens and (self.template[0] or self.template[1]):
             ids = [self.token_to_id(t) for t in self.template[0]] + ids + \
                   [self.token_to_id(t) for t in self.template[1]]
@@ -311,7 +395,7 @@ class Tokenizer:
             text = self._normalize(text)
         return self._encode_normalized(text)
 
-    def _encode_normalized(self, text: str) -> list[int]:
+    def _encode_normalized(self, text: str, first: bool = True) -> list[int]:
         if self._chunks is not None:  # two-level cache: coarse chunk -> GPT-2 pieces -> ids
             chunks = self._chunks
             if len(chunks) > _CACHE_LIMIT:
@@ -319,17 +403,20 @@ class Tokenizer:
             return list(chain.from_iterable(map(chunks.__getitem__, _GPT2_COARSE.findall(text))))
         stages = self._stages
         if len(stages) == 1:
-            pieces = stages[0](text)
+            pieces = stages[0](text, first)
         elif not stages:
             pieces = [text] if text else []
         else:
             pieces = [text]
             for st in stages:
-                pieces = [q for p in pieces for q in st(p)]
+                pieces = [q for n, p in enumerate(pieces) for q in st(p, first and n == 0)]
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
-        return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        if self._gpt2_alphabet or not any(len(p) > _CACHED_LEN for p in pieces):
+            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        fn = cache.fn  # a text that no pre-split cut (a SentencePiece model without one): encoded, not cached
+        return list(chain.from_iterable(cache[p] if len(p) <= _CACHED_LEN else fn(p) for p in pieces))
 
     def encode_batch(self, texts: Iterable[str], **kw) -> list[list[int]]:
         return [self.encode(t, **kw) for t in texts]
@@ -387,9 +474,47 @@ class Tokenizer:
         ids = self._ids(ids)
         if skip_special_tokens:
             ids = [i for i in ids if i not in self._special_ids]
+        if isinstance(self.model, PieceBPEModel):
+            return self._decode_pieces(ids)
         if self.byte_level:
             return self._join(ids).decode("utf-8", "replace")
         return self.model.decode([self._id_to_token[i] for i in ids])
+
+    def _decode_pieces(self, ids: list[int]) -> str:
+        """SentencePiece-style text: pieces with "▁" as spaces, runs of byte pieces decoded together, the dummy space
+        removed as SentencePiece does (a .model or GGUF) or as the tokenizer.json's decoder chain says."""
+        m, extra, spm = self.model, self._extra_text, self.model.spm_decode
+        parts: list[str] = []
+        run = bytearray()
+        at_start = True  # SentencePiece: the leading "▁" of the text is still to be removed
+        for n, i in enumerate(ids):
+            b = None if i in extra else m.byte_value(i)
+            if b is not None:
+                run.append(b)
+                at_start = False
+                continue
+            if run:
+                parts.append(m.decode_bytes(bytes(run)))
+                run.clear()
+            if i in extra:  # special and added tokens: their text (SentencePiece's control pieces leave the start)
+                parts.append(extra[i])
+                continue
+            text = m.piece_text(i)
+            if spm is not None:
+                if at_start and (spm[0] or spm[1]) and text.startswith(" "):
+                    text = text[1:]
+                at_start = at_start and spm[1] and not text  # remove_extra_whitespaces: until a piece keeps text
+            elif n == 0 and any(kind == "metaspace" for kind, _ in self._lstrip):
+                text = m.piece(i).replace(m.replacement, "")  # tokenizers' Metaspace decoder: no "▁" in token 0
+            parts.append(text)
+        if run:
+            parts.append(m.decode_bytes(bytes(run)))
+        text = "".join(parts)
+        if spm is None:
+            for kind, k in self._lstrip:  # tokenizers' Strip(" ", start=k) after Fuse: up to k leading spaces
+                if kind == "strip":
+                    text = text[min(k, len(text) - len(text.lstrip(" "))):]
+        return text
 
     def _ids(self, ids: Iterable[int]) -> list[int]:
         """`ids` as a list of checked Python ints; numpy and torch integers count, a bool or float does not."""
@@ -469,5 +594,6 @@ class Tokenizer:
     pad_token_id = pad_id
 
     def __repr__(self) -> str:
-        kind = "BPE" if self.byte_level else "WordPiece"
+        kind = "SentencePiece BPE" if isinstance(self.model, PieceBPEModel) else \
+            "BPE" if self.byte_level else "WordPiece"
         return f"Tokenizer({kind}, vocab_size={self.vocab_size}, special={list(self.special_tokens)[:4]})"

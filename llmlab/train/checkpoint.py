@@ -123,9 +123,10 @@ def same_vocabulary(a: Path, b: Path) -> bool | None:
 
 
 def _tokenizer_source(path: Path) -> Path | None:
-    """The tokenizer file of a model directory (tokenizer.json) or GGUF file; None where there is none."""
+    """The tokenizer file of a model directory (tokenizer.json, else a SentencePiece tokenizer.model) or GGUF file;
+    None where there is none."""
     if path.is_dir():
-        return path / "tokenizer.json" if (path / "tokenizer.json").is_file() else None
+        return next((path / n for n in ("tokenizer.json", "tokenizer.model") if (path / n).is_file()), None)
     return path if path.suffix == ".gguf" and path.is_file() else None
 
 
