@@ -11,6 +11,10 @@ exist in the wild and both are implemented exactly:
   token merges, ranked by that token's rank (= its id); a piece that is itself a token is
   returned directly, as tiktoken does.
 
+In merges mode, once a long encode has done a few thousand merges in Python, the same loop runs in C over an
+id-pair table (`cmerge.py`); without a C compiler the Python loop keeps going, with the same ids. (Ranks mode stays
+in Python: its pair table, every split of every token, took as long to build as it saved on 10 MB of text.)
+
 Training lives in `train.py`; the text pipeline (special tokens, pre-split, word cache) in
 `tokenizer.py`. This module is not a tokenizer by itself.
 
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 import regex
 
 from llmlab.errors import TokenizerError
+from llmlab.tokenizer.cmerge import CMerger
 
 # Pre-split regexes. "gpt2" is the pattern of the original GPT-2 release (what Hugging Face's
 # ByteLevel pre-tokenizer uses); "cl100k" ("gpt4") and "o200k" are tiktoken's, with `$` written
@@ -108,6 +113,7 @@ class BPEModel:
     _pair_rank: dict[tuple[int, int], int] = field(init=False, repr=False)
     _merged_id: list[int] = field(init=False, repr=False)
     _byte_id: list[int | None] = field(init=False, repr=False)
+    _c: CMerger | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._byte_id = [self.vocab.get(bytes([b])) for b in range(256)]
@@ -120,6 +126,11 @@ class BPEModel:
                     raise KeyError(f"merge {a!r} + {b!r} refers to a token missing from the vocabulary")
                 self._pair_rank.setdefault((ia, ib), rank)  # first listing wins, like tokenizers
                 self._merged_id.append(iab)
+        self._c = CMerger(self._c_pairs) if self.merges is not None else None
+
+    def _c_pairs(self):
+        """The merge rules as (left id, right id, rank, merged id) for the C loop."""
+        return ((a, b, r, self._merged_id[r]) for (a, b), r in self._pair_rank.items())
 
     @property
     def ranks_mode(self) -> bool:
@@ -156,6 +167,8 @@ class BPEModel:
             return (self.vocab[piece],)
         # A byte missing from the vocabulary is dropped, as tokenizers does without an unk token.
         ids = [i for i in map(self._byte_id.__getitem__, piece) if i is not None]
+        if len(ids) > 1 and self._c is not None and (out := self._c(ids)) is not None:
+            return tuple(out)
         pr, merged = self._pair_rank, self._merged_id
         rk = [pr.get((ids[i], ids[i + 1]), _INF) for i in range(len(ids) - 1)]
         while rk:

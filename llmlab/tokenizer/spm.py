@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from itertools import chain
 
+from llmlab.tokenizer.cmerge import CMerger, dense_ranks
+
 SPACE = "\u2581"  # "▁", SentencePiece's escaped space
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SMALL = 48  # symbols: below this a list scan beats the heap
@@ -75,6 +77,7 @@ class PieceBPEModel:
     _unused_ids: frozenset[int] = field(init=False, repr=False)
     _user: re.Pattern | None = field(init=False, repr=False)
     _byte_value: dict[int, int] = field(init=False, repr=False)
+    _c: CMerger | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if (self.merges is None) == (self.scores is None):
@@ -110,6 +113,12 @@ class PieceBPEModel:
         self._pair = pair
         self._rank = {k: r for k, (r, _) in pair.items()}
         self._merged = {k: m for k, (_, m) in pair.items()}
+        self._c = None if self._unused_ids else CMerger(self._c_pairs)  # (unused pieces: the Python loop splits back)
+
+    def _c_pairs(self):
+        """The merge rules as (left id, right id, integer rank, merged id) for the C loop."""
+        dense = dense_ranks(r for r, _ in self._pair.values())
+        return ((a, b, dense[r], m) for (a, b), (r, m) in self._pair.items())
 
     # ---- encode ------------------------------------------------------------------------------
     def encode_word(self, word: str) -> tuple[int, ...]:
@@ -129,6 +138,8 @@ class PieceBPEModel:
             ids = self._fallback(word)
         if len(ids) < 2:
             return tuple(ids)
+        if self._c is not None and (out := self._c(ids)) is not None:
+            return tuple(out)
         rev: dict[int, tuple[int, int]] = {}
         ids = self._merge_small(ids, rev) if len(ids) < _SMALL else self._merge_heap(ids, rev)
         if self._unused_ids:

@@ -1,0 +1,100 @@
+// BPE merges of one piece in C: the inner loop of llmlab's tokenizers (byte-level BPE and SentencePiece-style BPE).
+//
+// A pair table maps (left id, right id) to (rank, merged id): open addressing, linear probing, 2^bits slots, keys
+// (left << 32 | right) with ~0 for an empty slot, values (rank << 32 | merged). bpe_merge repeatedly merges the
+// adjacent pair of lowest rank, the leftmost among equal ranks, until no adjacent pair is in the table: a min-heap of
+// (rank << 32 | left position) over a linked list of symbols. A heap entry is checked when it is popped (the pair now
+// at that position must still have that rank); every pair present has an entry, so the first valid pop is always the
+// best pair. Called through ctypes from llmlab/tokenizer/cmerge.py, which keeps the Python loop as the fallback.
+#include <stdint.h>
+#include <stdlib.h>
+
+#define EMPTY UINT64_MAX
+
+static inline uint64_t slot(uint64_t key, int bits) { return (key * 0x9E3779B97F4A7C15ULL) >> (64 - bits); }
+
+// Build the table: keys[] must hold 2^bits slots set to EMPTY; a pair listed twice keeps its first value.
+void bpe_table_build(uint64_t *keys, int64_t *vals, int bits, const uint64_t *pair_keys, const int64_t *pair_vals,
+                     int64_t n) {
+    uint64_t mask = (1ULL << bits) - 1;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t s = slot(pair_keys[i], bits);
+        while (keys[s] != EMPTY && keys[s] != pair_keys[i]) s = (s + 1) & mask;
+        if (keys[s] == EMPTY) {
+            keys[s] = pair_keys[i];
+            vals[s] = pair_vals[i];
+        }
+    }
+}
+
+static inline int64_t lookup(const uint64_t *keys, const int64_t *vals, int bits, int32_t a, int32_t b) {
+    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b, mask = (1ULL << bits) - 1;
+    for (uint64_t s = slot(key, bits);; s = (s + 1) & mask) {
+        if (keys[s] == key) return vals[s];
+        if (keys[s] == EMPTY) return -1;
+    }
+}
+
+static void push(int64_t *heap, int64_t *len, int64_t x) {
+    int64_t i = (*len)++;
+    while (i > 0) {
+        int64_t p = (i - 1) / 2;
+        if (heap[p] <= x) break;
+        heap[i] = heap[p];
+        i = p;
+    }
+    heap[i] = x;
+}
+
+static int64_t pop(int64_t *heap, int64_t *len) {
+    int64_t top = heap[0], x = heap[--(*len)], n = *len, i = 0;
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && heap[c + 1] < heap[c]) c++;
+        if (x <= heap[c]) break;
+        heap[i] = heap[c];
+        i = c;
+    }
+    if (n) heap[i] = x;
+    return top;
+}
+
+// Merge ids[0..n) in place; returns the new length, or -1 when memory runs out (the caller falls back).
+int64_t bpe_merge(const uint64_t *keys, const int64_t *vals, int bits, int32_t *ids, int64_t n) {
+    if (n < 2) return n;
+    int32_t *nxt = malloc(sizeof(int32_t) * n), *prv = malloc(sizeof(int32_t) * n);
+    int64_t *heap = malloc(sizeof(int64_t) * 3 * n), len = 0;  // n - 1 pairs at first, at most 2 pushes a merge
+    if (!nxt || !prv || !heap) {
+        free(nxt), free(prv), free(heap);
+        return -1;
+    }
+    for (int64_t i = 0; i < n; i++) nxt[i] = (int32_t)(i + 1 < n ? i + 1 : -1), prv[i] = (int32_t)(i - 1);
+    for (int64_t i = 0; i + 1 < n; i++) {
+        int64_t v = lookup(keys, vals, bits, ids[i], ids[i + 1]);
+        if (v >= 0) push(heap, &len, (v & ~0xFFFFFFFFLL) | i);
+    }
+    while (len) {
+        int64_t top = pop(heap, &len), i = top & 0xFFFFFFFF, j = nxt[i];
+        if (ids[i] < 0 || j < 0) continue;
+        int64_t v = lookup(keys, vals, bits, ids[i], ids[j]);
+        if (v < 0 || (v >> 32) != (top >> 32)) continue;  // stale: that pair has merged since
+        int32_t m = (int32_t)(v & 0xFFFFFFFF);
+        ids[i] = m, ids[j] = -1;
+        int32_t k = nxt[i] = nxt[j];
+        if (k >= 0) {
+            prv[k] = (int32_t)i;
+            int64_t w = lookup(keys, vals, bits, m, ids[k]);
+            if (w >= 0) push(heap, &len, (w & ~0xFFFFFFFFLL) | i);
+        }
+        int32_t p = prv[i];
+        if (p >= 0) {
+            int64_t w = lookup(keys, vals, bits, ids[p], m);
+            if (w >= 0) push(heap, &len, (w & ~0xFFFFFFFFLL) | p);
+        }
+    }
+    int64_t out = 0;
+    for (int64_t i = 0; i >= 0 && i < n; i = nxt[i]) ids[out++] = ids[i];
+    free(nxt), free(prv), free(heap);
+    return out;
+}
