@@ -340,18 +340,22 @@ def load_gguf(path: Path) -> Tokenizer:
     added = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 4}  # USER_DEFINED
     vocab = {unicode_to_bytes(t): i for i, t in enumerate(tokens) if t not in special and t not in added}
     bpe = BPEModel(vocab, [(unicode_to_bytes(a), unicode_to_bytes(b)) for a, b in merges])
+    return Tokenizer(bpe, pre_tokenizer=GGUF_PRE[pre_name], special_tokens=special, added_tokens=added,
+                     **_gguf_roles(get, tokens, add_bos=False))
 
+
+def _gguf_roles(get, tokens: list[str], add_bos: bool) -> dict:
+    """bos/eos/pad, the add_special_tokens template (as llama.cpp's add_bos/add_eos flags, `add_bos` when unset) and
+    the chat template of a GGUF vocabulary, as Tokenizer keywords."""
     def role(key: str) -> str | None:
         i = get(key, None)
         return tokens[i] if i is not None and 0 <= i < len(tokens) else None
 
     bos, eos = role("tokenizer.ggml.bos_token_id"), role("tokenizer.ggml.eos_token_id")
-    # add_special_tokens=True puts these around a text, as llama.cpp does with the same flags
-    template = ([bos] if bos and get("tokenizer.ggml.add_bos_token", False) else [],
+    template = ([bos] if bos and get("tokenizer.ggml.add_bos_token", add_bos) else [],
                 [eos] if eos and get("tokenizer.ggml.add_eos_token", False) else [])
-    return Tokenizer(bpe, pre_tokenizer=GGUF_PRE[pre_name], special_tokens=special, added_tokens=added,
-                     bos_token=bos, eos_token=eos, pad_token=role("tokenizer.ggml.padding_token_id"),
-                     chat_template=get("tokenizer.chat_template", None), template=template)
+    return {"bos_token": bos, "eos_token": eos, "pad_token": role("tokenizer.ggml.padding_token_id"),
+            "template": template, "chat_template": get("tokenizer.chat_template", None)}
 
 
 def _gguf_sentencepiece(get) -> Tokenizer:
@@ -376,18 +380,8 @@ def _gguf_sentencepiece(get) -> Tokenizer:
     user = frozenset(t for t, ty in zip(tokens, types) if ty == 4)  # USER_DEFINED: matched whole, as SentencePiece
     m = PieceBPEModel(vocab, scores=scored, unk_token=unk, byte_fallback=any(ty == 6 for ty in types), unused=unused,
                       user_defined=user, spm_decode=(dummy, extra_ws))
-
-    def role(key: str) -> str | None:
-        i = get(key, None)
-        return tokens[i] if i is not None and 0 <= i < len(tokens) else None
-
-    bos, eos = role("tokenizer.ggml.bos_token_id"), role("tokenizer.ggml.eos_token_id")
-    template = ([bos] if bos and get("tokenizer.ggml.add_bos_token", True) else [],
-                [eos] if eos and get("tokenizer.ggml.add_eos_token", False) else [])
-    return Tokenizer(m, normalizer=normalizer_spec(dummy, extra_ws),
-                     special_tokens=special, bos_token=bos, eos_token=eos,
-                     pad_token=role("tokenizer.ggml.padding_token_id"), decoder=decoder_spec(dummy, extra_ws),
-                     chat_template=get("tokenizer.chat_template", None), template=template)
+    return Tokenizer(m, normalizer=normalizer_spec(dummy, extra_ws), special_tokens=special,
+                     decoder=decoder_spec(dummy, extra_ws), **_gguf_roles(get, tokens, add_bos=True))  # SPM: BOS on
 
 
 # ---- save ---------------------------------------------------------------------------------------
