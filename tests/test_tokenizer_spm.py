@@ -499,6 +499,38 @@ def test_detokenizer_streams_byte_fallback(models):
         assert d.text == " " + text == " " + sp.decode(ids)
 
 
+def _random_texts(n: int, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    alphabet = [" ", "  ", "    ", "\t", "\n", "a", "the", "The", "x", "▁", "ᚠ", "你好", "🙂", "1", "23", "é", "ing",
+                "\u3000", "[REF]", "<tool>", "<s>", "▁▁", "def", "(", ":"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(n)]
+
+
+def test_c_merge_loop_encodes_as_sentencepiece(models, monkeypatch):
+    """llmlab's C merge loop (used once a tokenizer has done cmerge.WARMUP merges in Python) against the
+    references directly, from the first merge: .model and GGUF as sentencepiece, tokenizer.json as tokenizers."""
+    from llmlab.kernels import cbuild
+    from llmlab.tokenizer import cmerge
+
+    if cbuild.compiler() is None:
+        pytest.skip("no C compiler: llmlab runs the Python merge loop only")
+    monkeypatch.setattr(cmerge, "WARMUP", 0)
+    texts = CASES + SPECIAL_CASES + USER_CASES + _random_texts(300)
+    for name in ("bpe", "llama_ws", "collapse"):
+        path = models[name] / "tokenizer.model"
+        for src in (path, write_gguf(path, models[name].parent / f"{name}_c.gguf")):
+            tok = load_tokenizer(src)
+            _check_against_sp(tok, _sp(path), texts)
+            assert tok.model._c._table is not None, "the C merge loop did not run"
+    for layout in ("a", "b"):
+        path = json_files(models["llama_ws"])[layout]
+        tok = load_tokenizer(path)
+        _check_against_tokenizers(tok, _ref_json(path), texts)
+        assert tok.model._c._table is not None, "the C merge loop did not run"
+
+
 # ---- errors -------------------------------------------------------------------------------------------------------
 
 def test_unigram_model_is_refused(models):

@@ -168,7 +168,7 @@ def load_tokenizer_json(path: Path) -> Tokenizer:
         m = WordPieceModel(dict(vocab), unk, model.get("continuing_subword_prefix", "##"),
                            model.get("max_input_chars_per_word", 100), dec.get("cleanup", True))
     else:
-        raise TokenizerError(f"{path} has model type {kind!r}; llmlab reads BPE (byte-level) and WordPiece.")
+        raise TokenizerError(f"{path} has model type {kind!r}; llmlab reads BPE (byte-level or SentencePiece-style) and WordPiece.")
     return Tokenizer(m, normalizer=spec.get("normalizer"), pre_tokenizer=spec.get("pre_tokenizer"),
                      special_tokens=special, added_tokens=extra, token_options=options,
                      template=_read_template(spec.get("post_processor"), path),
