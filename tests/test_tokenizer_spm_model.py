@@ -150,3 +150,18 @@ def test_cli_encodes_with_a_sentencepiece_tokenizer(tmp_path):
                          input="ab cde", capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert [int(x) for x in run.stdout.split()] == tok.encode("ab cde")
+
+
+def test_saving_user_defined_pieces_warns(tmp_path):
+    vocab = tiny_vocab(MERGED + ["[REF]"])
+    scores = {p: -float(i) for p, i in vocab.items() if p in CHARS or p in MERGED}
+    from llmlab.tokenizer.spm_file import decoder_spec, normalizer_spec
+    from llmlab.tokenizer.tokenizer import Tokenizer
+
+    tok = Tokenizer(PieceBPEModel(vocab, scores=scores, user_defined=frozenset({"[REF]"}), spm_decode=(True, False)),
+                    normalizer=normalizer_spec(True, False), decoder=decoder_spec(True))
+    assert tok.encode("[REF]x") == [vocab["▁"], vocab["[REF]"], vocab["x"] if "x" in vocab else vocab["<0x78>"]]
+    with pytest.warns(UserWarning, match="user-defined pieces"):
+        tok.save(tmp_path / "t.json")
+    spec = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
+    assert {"[REF]"} == {t["content"] for t in spec["added_tokens"] if not t["special"]}

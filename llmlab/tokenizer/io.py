@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import warnings
 from pathlib import Path
 
 import regex
@@ -388,8 +389,12 @@ def _gguf_sentencepiece(get) -> Tokenizer:
 def tokenizer_json(tok: Tokenizer) -> dict:
     """The `tokenizer.json` dict for `tok` (loadable by `tokenizers.Tokenizer.from_str`)."""
     ids = {**tok.added_tokens, **tok.special_tokens}
-    if isinstance(tok.model, PieceBPEModel):  # SentencePiece's user-defined pieces: added tokens, as transformers has
+    if isinstance(tok.model, PieceBPEModel) and tok.model.user_defined:  # added tokens, as transformers has them
         ids.update({p: tok.model.vocab[p] for p in tok.model.user_defined})
+        warnings.warn(f"this tokenizer has {len(tok.model.user_defined)} SentencePiece user-defined pieces (e.g. "
+                      f"{min(tok.model.user_defined)!r}); tokenizer.json can only list them as added tokens, so text "
+                      "around them can encode with one '▁' more or less than the .model/GGUF does (as transformers' "
+                      "own conversion).", stacklevel=3)
     added = [{"id": i, "content": c, **{k: tok.token_options.get(c, {}).get(k, False) for k in TOKEN_OPTIONS},
               "special": c in tok.special_tokens} for c, i in sorted(ids.items(), key=lambda x: x[1])]
     if isinstance(tok.model, PieceBPEModel):
