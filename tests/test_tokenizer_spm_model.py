@@ -165,3 +165,25 @@ def test_saving_user_defined_pieces_warns(tmp_path):
         tok.save(tmp_path / "t.json")
     spec = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
     assert {"[REF]"} == {t["content"] for t in spec["added_tokens"] if not t["special"]}
+
+
+def test_generate_prints_the_continuation_with_its_space(tmp_path):
+    from llmlab.model.cli import continuation_text
+
+    tok = _tokenizer_json(tmp_path, tiny_model())
+    new = [tok.token_to_id("▁ab"), tok.token_to_id("cd"), tok.token_to_id("</s>")]
+    assert tok.decode(new, skip_special_tokens=True) == "abcd"  # a text of its own: no dummy space
+    assert continuation_text(tok, new) == " abcd"  # after "Hi": "Hi abcd", as the engine streams it
+
+
+def test_tokenizer_config_flags_set_bos_and_eos(tmp_path):
+    tok = _tokenizer_json(tmp_path, tiny_model())
+    tok.save(tmp_path / "d")
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    assert load_tokenizer(tmp_path / "d").encode("ab", add_special_tokens=True)[0] == bos  # the template's BOS
+    cfg_path = tmp_path / "d" / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg.update(bos_token="<s>", eos_token="</s>", add_bos_token=False, add_eos_token=True)
+    cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
+    ids = load_tokenizer(tmp_path / "d").encode("ab", add_special_tokens=True)
+    assert bos not in ids and ids[-1] == eos  # as transformers' Llama tokenizer reads add_bos_token / add_eos_token

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         new, ended, dt = _engine_generate(model, tok, ids, args)
         how = ""
     # special tokens (the EOS that ended it) are not text, as in the engine and `llmlab chat`; ids show them all
-    print(tok.decode(new, skip_special_tokens=True) if tok is not None else ",".join(map(str, new)))
+    print(continuation_text(tok, new) if tok is not None else ",".join(map(str, new)))
     # on stderr: `llmlab generate ... > out.txt` keeps only the text
     print(f"[{len(new)} tokens in {dt:.2f}s, {len(new) / dt:.1f} tok/s{'; stopped at EOS' if ended else ''}{how}]",
           file=sys.stderr)
@@ -111,6 +111,15 @@ def _model_generate(model, ids: list[int], args: argparse.Namespace) -> tuple[li
     dt = time.perf_counter() - t0
     new = out[0, len(ids):].tolist()
     return new, bool(new) and new[-1] in model.cfg.eos_ids, dt
+
+
+def continuation_text(tok, new: list[int]) -> str:
+    """The text of generated ids as it continues the prompt (as the engine streams it): a SentencePiece tokenizer's
+    decode() drops the leading space of a text's first token, which here is the space after the prompt."""
+    if not tok.byte_level:
+        return tok.decode(new, skip_special_tokens=True)
+    special = set(tok.special_tokens.values())
+    return tok.decode_bytes([i for i in new if i not in special]).decode("utf-8", "replace")
 
 
 def _load_tokenizer(model: str):

@@ -246,6 +246,13 @@ def _read_hf_config(tok: Tokenizer, folder: Path) -> None:
         name = _token_name(cfg.get(f"{role}_token"))
         if name is not None and tok.token_to_id(name) is not None:
             setattr(tok, f"{role}_token", name)
+    if isinstance(tok.model, PieceBPEModel):  # Llama's flags for add_special_tokens=True, as transformers reads them
+        pre, suf = tok.template
+        if isinstance(cfg.get("add_bos_token"), bool):
+            pre = [tok.bos_token] if cfg["add_bos_token"] and tok.bos_token else []
+        if isinstance(cfg.get("add_eos_token"), bool):
+            suf = [tok.eos_token] if cfg["add_eos_token"] and tok.eos_token else []
+        tok.template = (pre, suf)
     tpl = cfg.get("chat_template")
     if isinstance(tpl, list):  # [{"name": "default", "template": ...}, ...]
         tpl = next((t["template"] for t in tpl if t.get("name") == "default"), None)

@@ -129,7 +129,7 @@ def load_sentencepiece(path: str | Path):
     kind = _MODEL_TYPES.get(_last(trainer, 3, 1), "unknown")
     if kind != "bpe":
         raise TokenizerError(f"{path} is a SentencePiece {kind} model; llmlab reads SentencePiece BPE models "
-                             "(Llama, Mistral), not unigram ones (T5, ALBERT, XLNet).")
+                             "(Llama, Mistral), not unigram (T5, ALBERT, XLNet), char or word ones.")
     name = _last(norm, 1, b"").decode("utf-8", "replace")
     if _last(norm, 2, b"") or name not in ("", "identity"):
         raise TokenizerError(f"{path} normalizes text with SentencePiece's '{name or 'precompiled'}' rules, which "
