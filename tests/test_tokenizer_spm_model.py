@@ -187,3 +187,24 @@ def test_tokenizer_config_flags_set_bos_and_eos(tmp_path):
     cfg_path.write_text(json.dumps(cfg), encoding="utf-8")
     ids = load_tokenizer(tmp_path / "d").encode("ab", add_special_tokens=True)
     assert bos not in ids and ids[-1] == eos  # as transformers' Llama tokenizer reads add_bos_token / add_eos_token
+
+
+def test_data_prepare_starts_every_document_with_bos(tmp_path):
+    import numpy as np
+
+    from llmlab.data.corpora import resolve_corpus
+    from llmlab.data.shards import prepare_shards
+
+    tok = _tokenizer_json(tmp_path, tiny_model())
+    tok.bos_token, tok.eos_token = "<s>", "</s>"  # (what a Llama tokenizer_config.json names)
+    (tmp_path / "c").mkdir()
+    for name, text in (("a.txt", "ab cd ab\n" * 30), ("b.txt", "cde ab\n" * 30)):
+        (tmp_path / "c" / name).write_text(text, encoding="utf-8")
+    info = prepare_shards(resolve_corpus(str(tmp_path / "c")), tok, tmp_path / "s", val_fraction=0.2, progress=False)
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    assert json.loads((tmp_path / "s" / "meta.json").read_text(encoding="utf-8"))["bos_id"] == bos
+    for split in ("train", "val"):
+        ids = np.fromfile(tmp_path / "s" / f"{split}.bin", dtype=info.dtype).tolist()
+        assert ids[0] == bos and ids[-1] == eos
+        assert ids.count(bos) == ids.count(eos) == 2  # two documents, each <s> ... </s>
+        assert all(ids[i + 1] == bos for i, t in enumerate(ids[:-1]) if t == eos)

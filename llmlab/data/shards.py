@@ -1,7 +1,8 @@
 """Token shards: a corpus tokenized once into flat memmap files that training reads by window.
 
     out/
-      train.bin   uint16 (vocab <= 65,536) or uint32 token ids, documents separated by EOS
+      train.bin   uint16 (vocab <= 65,536) or uint32 token ids, documents separated by EOS (and each started by
+                  BOS where the tokenizer adds one, as Llama's and Mistral's do)
       val.bin     the validation split, same layout
       meta.json   dtype, vocab size, EOS id, token counts, documents, the tokenizer's fingerprint
       tokenizer.json, tokenizer_config.json   the tokenizer used (incl. special-token roles and chat
@@ -146,6 +147,11 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
     out.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     eos_bytes, total = np.asarray([eos], dtype=dtype).tobytes(), corpus.num_bytes  # (num_bytes stats every file)
+    # A tokenizer whose add_special_tokens puts a BOS first (Llama, Mistral) gets one at the start of every document,
+    # as its models were trained and as the engine encodes prompts; llmlab's own and GPT-2-style ones add none.
+    bos = tokenizer.bos_id if tokenizer.template[0] == [tokenizer.bos_token] else None
+    bos_bytes = np.asarray([bos], dtype=dtype).tobytes() if bos is not None else b""
+    starts = {"train": True, "val": True}
     partial = {split: out / f".{split}.bin.partial" for split in ("train", "val")}
     counts = {"train": 0, "val": 0}
     docs = [0]
@@ -167,6 +173,10 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
             # list. (Made after the workers fork: tqdm starts a monitor thread, and a fork should copy no threads.)
             bar = tqdm(total=total, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
             for split, ids, ends_document, nbytes in encoded:
+                if starts[split] and bos_bytes:
+                    files[split].write(bos_bytes)
+                    counts[split] += 1
+                starts[split] = ends_document
                 files[split].write(ids)
                 counts[split] += len(ids) // dtype.itemsize
                 if ends_document:
@@ -189,7 +199,7 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
         for path in partial.values():
             path.unlink(missing_ok=True)
     tokenizer.save(out)  # a directory: tokenizer.json + tokenizer_config.json
-    meta = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": eos,
+    meta = {"dtype": dtype.name, "vocab_size": tokenizer.vocab_size, "eos_id": eos, "bos_id": bos,
             "train_tokens": counts["train"], "val_tokens": counts["val"], "documents": docs[0],
             "tokenizer_sha256": hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),
             "corpus": corpus.name, "bytes": total, "val_fraction": val_fraction}
