@@ -208,3 +208,21 @@ def test_data_prepare_starts_every_document_with_bos(tmp_path):
         assert ids[0] == bos and ids[-1] == eos
         assert ids.count(bos) == ids.count(eos) == 2  # two documents, each <s> ... </s>
         assert all(ids[i + 1] == bos for i, t in enumerate(ids[:-1]) if t == eos)
+
+
+def test_chat_without_a_template_names_the_fix(tmp_path):
+    pytest.importorskip("torch")
+    from llmlab import ModelConfig, Transformer
+    from llmlab.engine import LLM
+    from llmlab.engine.sequence import RequestError
+    from llmlab.model.pretrained import save_pretrained
+
+    tok = _tokenizer_json(tmp_path, tiny_model())
+    save_pretrained(Transformer(ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, num_layers=1, num_heads=2,
+                                            max_position_embeddings=64, model_type="llama")), tmp_path / "m")
+    tok.save(tmp_path / "m")
+    llm = LLM(str(tmp_path / "m"), dtype="float32")
+    with pytest.raises(RequestError, match=r"no chat template .*LLM\.chat\(\.\.\., chat_template=\.\.\.\)"):
+        llm.chat([{"role": "user", "content": "hi"}])
+    out = llm.chat([{"role": "user", "content": "hi"}], chat_template="{{ messages[0]['content'] }}")
+    assert out[0].prompt == "hi"

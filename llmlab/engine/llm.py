@@ -252,6 +252,10 @@ class LLM:
                 isinstance(c, list) and c for c in conversations):
             raise RequestError("chat() needs a conversation: a non-empty list of {'role': ..., 'content': ...} "
                                "messages, or a list of such conversations.")
+        if chat_template is None and self.tokenizer.chat_template is None:
+            raise RequestError("this model's tokenizer has no chat template (a base model, or a tokenizer.model "
+                               "without its tokenizer_config.json); pass one as LLM.chat(..., chat_template=...), or "
+                               "prompt it with LLM.generate.")
         if chat_template_content_format == "auto":
             template = chat_template if chat_template is not None else self.tokenizer.chat_template
             chat_template_content_format = "openai" if template and takes_content_parts(template) else "string"
