@@ -32,7 +32,7 @@ import regex
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.bpe import BYTE_TO_CHAR, PATTERNS, BPEModel, check_portable, resolve_pattern, unicode_to_bytes
 from llmlab.tokenizer.spm import PieceBPEModel
-from llmlab.tokenizer.spm_file import decoder_spec, is_sentencepiece_name, load_sentencepiece, normalizer_spec
+from llmlab.tokenizer.spm_file import decoder_spec, is_sentencepiece_name, load_sentencepiece, sentencepiece_tokenizer
 from llmlab.tokenizer.tokenizer import TOKEN_OPTIONS, Tokenizer
 from llmlab.tokenizer.wordpiece import BertNormalizer, WordPieceModel
 
@@ -148,28 +148,18 @@ def load_tokenizer_json(path: Path) -> Tokenizer:
     special = {c: t["id"] for c, t in added.items() if t.get("special")}
     extra = {c: t["id"] for c, t in added.items() if not t.get("special")}
     options = {c: {k: bool(t.get(k)) for k in TOKEN_OPTIONS} for c, t in added.items()}
-    if (kind == "BPE" or (kind is None and "merges" in model)) and not _byte_level(spec):
-        m = _piece_bpe(model, vocab, added, path)
-    elif kind == "BPE" or (kind is None and "merges" in model):
-        merges_raw = _need(model, "merges", path, "model.")
-        try:
-            merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges_raw]
-            byte_vocab = {unicode_to_bytes(t): i for t, i in vocab.items() if t not in added}
-            bmerges = [(unicode_to_bytes(a), unicode_to_bytes(b)) for a, b in merges]
-            bpe = BPEModel(byte_vocab, bmerges, ignore_merges=bool(model.get("ignore_merges")))
-        except KeyError as e:
-            raise TokenizerError(f"{path} is a BPE tokenizer that is not byte-level ({e.args[0]}); llmlab "
-                                 "reads byte-level BPE (GPT-2 alphabet) only.") from None
-        except ValueError:
-            raise TokenizerError(f"{path} has a malformed 'model.merges' entry; each must be 'a b' or [a, b].") from None
-        m = bpe
+    if kind == "BPE" or (kind is None and "merges" in model):
+        merges = _read_merges(model, path)
+        m = _byte_bpe(model, vocab, added, merges, path) if _byte_level(spec) else \
+            _piece_bpe(model, vocab, added, merges, path)
     elif kind == "WordPiece":
         unk = model.get("unk_token", "[UNK]")
         dec = spec.get("decoder") or {}
         m = WordPieceModel(dict(vocab), unk, model.get("continuing_subword_prefix", "##"),
                            model.get("max_input_chars_per_word", 100), dec.get("cleanup", True))
     else:
-        raise TokenizerError(f"{path} has model type {kind!r}; llmlab reads BPE (byte-level or SentencePiece-style) and WordPiece.")
+        raise TokenizerError(f"{path} has model type {kind!r}; llmlab reads BPE (byte-level or SentencePiece-style) "
+                             "and WordPiece.")
     return Tokenizer(m, normalizer=spec.get("normalizer"), pre_tokenizer=spec.get("pre_tokenizer"),
                      special_tokens=special, added_tokens=extra, token_options=options,
                      template=_read_template(spec.get("post_processor"), path),
@@ -186,23 +176,39 @@ def _byte_level(spec: dict) -> bool:
     return has(spec.get("pre_tokenizer")) or has(spec.get("decoder"))
 
 
-def _piece_bpe(model: dict, vocab: dict, added: dict, path: Path) -> PieceBPEModel:
-    merges_raw = _need(model, "merges", path, "model.")
+def _read_merges(model: dict, path: Path) -> list[tuple[str, str]]:
+    """model.merges as pairs: "a b" strings (older files) or [a, b] lists."""
+    raw = _need(model, "merges", path, "model.")
+    try:
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in raw]
+    except TypeError:  # an entry (or the field) that is no string or list
+        merges = [()]
+    if any(len(m) != 2 for m in merges):
+        raise TokenizerError(f"{path} has a malformed 'model.merges' entry; each must be 'a b' or [a, b].")
+    return merges
+
+
+def _byte_bpe(model: dict, vocab: dict, added: dict, merges: list[tuple[str, str]], path: Path) -> BPEModel:
+    try:
+        return BPEModel({unicode_to_bytes(t): i for t, i in vocab.items() if t not in added},
+                        [(unicode_to_bytes(a), unicode_to_bytes(b)) for a, b in merges],
+                        ignore_merges=bool(model.get("ignore_merges")))
+    except KeyError as e:
+        raise TokenizerError(f"{path} is a BPE tokenizer that is not byte-level ({e.args[0]}); llmlab "
+                             "reads byte-level BPE (GPT-2 alphabet) only.") from None
+
+
+def _piece_bpe(model: dict, vocab: dict, added: dict, merges: list[tuple[str, str]], path: Path) -> PieceBPEModel:
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise TokenizerError(f"{path} is a BPE tokenizer with a subword prefix or word suffix, which llmlab does not "
                              "read; it reads byte-level BPE and SentencePiece-style BPE (Llama, Mistral).")
+    unk = model.get("unk_token")
     try:
-        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges_raw]
-        if any(len(m) != 2 for m in merges):
-            raise ValueError
-        unk = model.get("unk_token")
         return PieceBPEModel({t: i for t, i in vocab.items() if t not in added or t == unk}, merges,
                              unk_token=unk, byte_fallback=bool(model.get("byte_fallback")),
                              fuse_unk=bool(model.get("fuse_unk")), ignore_merges=bool(model.get("ignore_merges")))
     except KeyError as e:
         raise TokenizerError(f"{path}: {e.args[0]}; the file is corrupt: re-export it.") from None
-    except (ValueError, TypeError):
-        raise TokenizerError(f"{path} has a malformed 'model.merges' entry; each must be 'a b' or [a, b].") from None
 
 
 def _read_template(post: dict | None, path: Path) -> tuple[list[str], list[str]]:
@@ -370,26 +376,14 @@ def _gguf_sentencepiece(get) -> Tokenizer:
     """A GGUF 'llama' vocabulary: SentencePiece BPE pieces with scores and types (llama.cpp's SPM tokenizer)."""
     tokens, types = get("tokenizer.ggml.tokens"), get("tokenizer.ggml.token_type")
     scores = get("tokenizer.ggml.scores", None) or [0.0] * len(tokens)
-    vocab, scored, special = {}, {}, {}
-    for i, (t, ty, sc) in enumerate(zip(tokens, types, scores)):
-        if ty == 3:  # CONTROL
-            special[t] = i
-        else:
-            vocab[t] = i
-            if ty in (1, 5):  # NORMAL, UNUSED: made by merges
-                scored[t] = sc
-    unk_i = get("tokenizer.ggml.unknown_token_id", None)
-    unk = next((t for i, (t, ty) in enumerate(zip(tokens, types)) if ty == 2 and (unk_i is None or i == unk_i)), None)
-    if unk is not None:
-        special[unk] = vocab[unk]
-    dummy = bool(get("tokenizer.ggml.add_space_prefix", True))
-    extra_ws = bool(get("tokenizer.ggml.remove_extra_whitespaces", False))
-    unused = frozenset(t for t, ty in zip(tokens, types) if ty == 5)
-    user = frozenset(t for t, ty in zip(tokens, types) if ty == 4)  # USER_DEFINED: matched whole, as SentencePiece
-    m = PieceBPEModel(vocab, scores=scored, unk_token=unk, byte_fallback=any(ty == 6 for ty in types), unused=unused,
-                      user_defined=user, spm_decode=(dummy, extra_ws))
-    return Tokenizer(m, normalizer=normalizer_spec(dummy, extra_ws), special_tokens=special,
-                     decoder=decoder_spec(dummy, extra_ws), **_gguf_roles(get, tokens, add_bos=True))  # SPM: BOS on
+    unk_id = get("tokenizer.ggml.unknown_token_id", None)
+    if unk_id is None:  # the first UNKNOWN piece
+        unk_id = next((i for i, ty in enumerate(types) if ty == 2), None)
+    return sentencepiece_tokenizer(list(zip(tokens, scores, types)), unk_id=unk_id,
+                                   byte_fallback=any(ty == 6 for ty in types),  # BYTE pieces
+                                   add_dummy_prefix=bool(get("tokenizer.ggml.add_space_prefix", True)),
+                                   remove_extra_whitespaces=bool(get("tokenizer.ggml.remove_extra_whitespaces", False)),
+                                   **_gguf_roles(get, tokens, add_bos=True))  # SPM: BOS on unless said otherwise
 
 
 # ---- save ---------------------------------------------------------------------------------------

@@ -68,9 +68,8 @@ class PieceBPEModel:
     # one U+FFFD each. None: as the tokenizer.json's decoder chain says (tokenizers: U+FFFD for every byte of a run
     # of byte pieces that is not valid UTF-8 as a whole).
     spm_decode: tuple[bool, bool] | None = None
-    _pair: dict[tuple[int, int], tuple[float, int]] = field(init=False, repr=False)
-    _rank: dict[tuple[int, int], float] = field(init=False, repr=False)  # _pair split in two for the list scan
-    _merged: dict[tuple[int, int], int] = field(init=False, repr=False)
+    _rank: dict[tuple[int, int], float] = field(init=False, repr=False)  # (left id, right id) -> rank
+    _merged: dict[tuple[int, int], int] = field(init=False, repr=False)  # (left id, right id) -> merged id
     _pieces: dict[int, str] = field(init=False, repr=False)
     _byte_ids: list[int] | None = field(init=False, repr=False)
     _unk_id: int | None = field(init=False, repr=False)
@@ -94,13 +93,15 @@ class PieceBPEModel:
             raise KeyError(f"user-defined piece {missing[0]!r} is missing from the vocabulary")
         self._user = re.compile("|".join(map(re.escape, sorted(self.user_defined, key=len, reverse=True)))) \
             if self.user_defined else None
-        pair: dict[tuple[int, int], tuple[float, int]] = {}
+        rank: dict[tuple[int, int], float] = {}
+        merged: dict[tuple[int, int], int] = {}
         if self.merges is not None:
-            for rank, (a, b) in enumerate(self.merges):
+            for r, (a, b) in enumerate(self.merges):
                 ia, ib, iab = v.get(a), v.get(b), v.get(a + b)
                 if ia is None or ib is None or iab is None:
                     raise KeyError(f"merge {a!r} + {b!r} refers to a piece missing from the vocabulary")
-                pair.setdefault((ia, ib), (rank, iab))  # the first listing wins, as in tokenizers
+                if (ia, ib) not in rank:  # the first listing wins, as in tokenizers
+                    rank[ia, ib], merged[ia, ib] = r, iab
         else:  # every split of a mergeable piece into two mergeable pieces is a merge; its rank is -score
             for p, score in self.scores.items():
                 ip = v.get(p)
@@ -109,16 +110,14 @@ class PieceBPEModel:
                 for k in range(1, len(p)):
                     a, b = p[:k], p[k:]
                     if a in self.scores and b in self.scores:
-                        pair[(v[a], v[b])] = (-score, ip)
-        self._pair = pair
-        self._rank = {k: r for k, (r, _) in pair.items()}
-        self._merged = {k: m for k, (_, m) in pair.items()}
+                        rank[v[a], v[b]], merged[v[a], v[b]] = -score, ip
+        self._rank, self._merged = rank, merged
         self._c = None if self._unused_ids else CMerger(self._c_pairs)  # (unused pieces: the Python loop splits back)
 
     def _c_pairs(self):
         """The merge rules as (left id, right id, integer rank, merged id) for the C loop."""
-        dense = dense_ranks(r for r, _ in self._pair.values())
-        return ((a, b, dense[r], m) for (a, b), (r, m) in self._pair.items())
+        dense = dense_ranks(self._rank.values())
+        return ((a, b, dense[r], self._merged[a, b]) for (a, b), r in self._rank.items())
 
     # ---- encode ------------------------------------------------------------------------------
     def encode_word(self, word: str) -> tuple[int, ...]:
@@ -187,31 +186,31 @@ class PieceBPEModel:
 
     def _merge_heap(self, ids: list[int], rev: dict[int, tuple[int, int]]) -> list[int]:
         """The same merges through a heap of (rank, left position) over a linked list; merged-away slots are -1."""
-        pair, n = self._pair, len(ids)
+        ranks, n = self._rank, len(ids)
         if n < 2:
             return ids
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
         prv = list(range(-1, n - 1))
-        heap = [(t[0], i, ids[i], ids[i + 1], t[1]) for i in range(n - 1)
-                if (t := pair.get((ids[i], ids[i + 1]))) is not None]
+        heap = [(r, i, ids[i], ids[i + 1]) for i in range(n - 1) if (r := ranks.get((ids[i], ids[i + 1]))) is not None]
         heapq.heapify(heap)
         while heap:
-            _, i, a, b, m = heapq.heappop(heap)
+            _, i, a, b = heapq.heappop(heap)
             j = nxt[i]
             if ids[i] != a or j < 0 or ids[j] != b:
                 continue  # stale: a symbol of this pair has merged since (a merge changes its id)
+            m = self._merged[a, b]
             if m in self._unused_ids:
                 rev[m] = (a, b)
             ids[i], ids[j] = m, -1
             k = nxt[i] = nxt[j]
             if k >= 0:
                 prv[k] = i
-                if (t := pair.get((m, ids[k]))) is not None:
-                    heapq.heappush(heap, (t[0], i, m, ids[k], t[1]))
+                if (r := ranks.get((m, ids[k]))) is not None:
+                    heapq.heappush(heap, (r, i, m, ids[k]))
             p = prv[i]
-            if p >= 0 and (t := pair.get((ids[p], m))) is not None:
-                heapq.heappush(heap, (t[0], p, ids[p], m, t[1]))
+            if p >= 0 and (r := ranks.get((ids[p], m))) is not None:
+                heapq.heappush(heap, (r, p, ids[p], m))
         return [i for i in ids if i >= 0]
 
     def _resegment(self, ids: list[int], rev: dict[int, tuple[int, int]]) -> list[int]:
@@ -265,6 +264,6 @@ class PieceBPEModel:
         """The merge list, best first (to write a tokenizer.json); ties keep the lower merged id first."""
         if self.merges is not None:
             return list(self.merges)
-        order = sorted(self._pair.items(), key=lambda kv: (kv[1][0], kv[1][1], kv[0]))
-        return [(self._pieces[a], self._pieces[b]) for (a, b), _ in order]
+        order = sorted(self._rank, key=lambda k: (self._rank[k], self._merged[k], k))
+        return [(self._pieces[a], self._pieces[b]) for a, b in order]
 

@@ -109,8 +109,6 @@ def decoder_spec(add_dummy_prefix: bool, remove_extra_whitespaces: bool = False)
 
 def load_sentencepiece(path: str | Path):
     """A `Tokenizer` from a SentencePiece BPE model file."""
-    from llmlab.tokenizer.tokenizer import Tokenizer
-
     path = Path(path)
     try:
         model = _fields(path.read_bytes(), "ModelProto")
@@ -138,34 +136,39 @@ def load_sentencepiece(path: str | Path):
     if _last(trainer, 24, 0) or not _last(norm, 5, 1):
         raise TokenizerError(f"{path} puts '▁' after words or does not escape spaces; llmlab reads the usual layout "
                              "(spaces as a leading '▁').")
-    dummy, extra_ws = bool(_last(norm, 3, 1)), bool(_last(norm, 4, 1))
-    byte_fallback = bool(_last(trainer, 35, 0))
-    vocab, scores, specials, unused = {}, {}, {}, set()
-    for i, (piece, score, ty) in enumerate(pieces):
-        if ty == CONTROL:
-            specials[piece] = i
-        else:
-            vocab[piece] = i
-            if ty in (NORMAL, UNUSED):
-                scores[piece] = score
-            if ty == UNUSED:
-                unused.add(piece)
-    unk_id = _int32(_last(trainer, 40, 0))
-    unk = pieces[unk_id][0] if 0 <= unk_id < len(pieces) and pieces[unk_id][2] == UNKNOWN else None
 
     def role(num: int, default: int) -> str | None:
         i = _int32(_last(trainer, num, default))
-        return pieces[i][0] if 0 <= i < len(pieces) and pieces[i][0] in specials else None
+        return pieces[i][0] if 0 <= i < len(pieces) and pieces[i][2] == CONTROL else None
 
-    bos, eos, pad = role(41, 1), role(42, 2), role(43, -1)
+    bos = role(41, 1)
+    return sentencepiece_tokenizer(pieces, unk_id=_int32(_last(trainer, 40, 0)),
+                                   byte_fallback=bool(_last(trainer, 35, 0)), add_dummy_prefix=bool(_last(norm, 3, 1)),
+                                   remove_extra_whitespaces=bool(_last(norm, 4, 1)), bos_token=bos,
+                                   eos_token=role(42, 2), pad_token=role(43, -1),
+                                   template=([bos] if bos else [], []))  # add_special_tokens: BOS first, as Llama's
+
+
+def sentencepiece_tokenizer(pieces: list[tuple[str, float, int]], *, unk_id: int | None, byte_fallback: bool,
+                            add_dummy_prefix: bool, remove_extra_whitespaces: bool, **roles):
+    """The Tokenizer of SentencePiece pieces (piece, score, type), from a .model file or a GGUF 'llama' vocabulary:
+    control pieces become special tokens, normal and unused ones are made by merges, user-defined ones are matched
+    whole; `roles` are Tokenizer keywords (bos/eos/pad token, template, chat template)."""
+    from llmlab.tokenizer.tokenizer import Tokenizer
+
+    vocab = {p: i for i, (p, _, ty) in enumerate(pieces) if ty != CONTROL}
+    specials = {p: i for i, (p, _, ty) in enumerate(pieces) if ty == CONTROL}
+    scores = {p: sc for p, sc, ty in pieces if ty in (NORMAL, UNUSED)}
+    unk = pieces[unk_id][0] if unk_id is not None and 0 <= unk_id < len(pieces) and pieces[unk_id][2] == UNKNOWN \
+        else None
     if unk is not None:  # tokenizers keeps the unknown piece among the special added tokens
         specials[unk] = vocab[unk]
-    user = frozenset(p for p, _, ty in pieces if ty == USER_DEFINED)
-    m = PieceBPEModel(vocab, scores=scores, unk_token=unk, byte_fallback=byte_fallback, unused=frozenset(unused),
-                      user_defined=user, spm_decode=(dummy, extra_ws))
+    dummy, extra_ws = add_dummy_prefix, remove_extra_whitespaces
+    m = PieceBPEModel(vocab, scores=scores, unk_token=unk, byte_fallback=byte_fallback,
+                      unused=frozenset(p for p, _, ty in pieces if ty == UNUSED),
+                      user_defined=frozenset(p for p, _, ty in pieces if ty == USER_DEFINED), spm_decode=(dummy, extra_ws))
     return Tokenizer(m, normalizer=normalizer_spec(dummy, extra_ws), special_tokens=specials,
-                     bos_token=bos, eos_token=eos, pad_token=pad, decoder=decoder_spec(dummy, extra_ws),
-                     template=([bos] if bos else [], []))  # add_special_tokens=True: BOS first, as Llama's
+                     decoder=decoder_spec(dummy, extra_ws), **roles)
 
 
 def is_sentencepiece_name(name: str) -> bool:

@@ -47,8 +47,7 @@ _CACHED_LEN = 256  # characters: a longer piece (a whole text no pre-split cut) 
 # space) repeat often enough to cache. It runs ~5x faster than the `regex` module's \p{L} split.
 # Whitespace here must be exactly the pattern's `\s` (Unicode White_Space), spelled out: stdlib
 # `re`'s `\s` (str.isspace) also takes U+001C..U+001F, so "\x1f's" was cut before "'s".
-_WS = "\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_WS_CHARS = "".join(c for c in map(chr, range(0x3001)) if re.fullmatch(f"[{_WS}]", c))
+_WS = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200b))) + "\u2028\u2029\u202f\u205f\u3000"
 _GPT2_COARSE = re.compile(f" ?[^{_WS}]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+")
 # tokenizers' `\s` and `\w` (Rust regex, Unicode): for added tokens' lstrip/rstrip and single_word.
 _SPACE, _SPACES = re.compile(f"[{_WS}]"), re.compile(f"[{_WS}]*")
@@ -209,8 +208,8 @@ def compile_normalizer(spec: dict | None) -> Callable[[str], str] | None:
 def _strip(s: str, left: bool, right: bool) -> str:
     """tokenizers' Strip: Unicode White_Space (Rust's char::is_whitespace), not str.isspace()."""
     if left:
-        s = s.lstrip(_WS_CHARS)
-    return s.rstrip(_WS_CHARS) if right else s
+        s = s.lstrip(_WS)
+    return s.rstrip(_WS) if right else s
 
 
 def _decoder_lstrip(spec: dict | None) -> list[tuple[str, int]]:
@@ -243,6 +242,8 @@ class _WordCache(dict):
         self.fn = fn
 
     def __missing__(self, piece: str) -> tuple[int, ...]:
+        if len(piece) > _CACHED_LEN:  # a whole text no pre-split cut (a SentencePiece model without one): not kept
+            return self.fn(piece)
         ids = self[piece] = self.fn(piece)
         return ids
 
@@ -302,15 +303,9 @@ class Tokenizer:
     def _build_id_tables(self) -> None:
         extra = self._extra_ids = {**self.added_tokens, **self.special_tokens}
         self._extra_text = {i: t for t, i in extra.items()}
-        if isinstance(self.model, PieceBPEModel):
-            table = {i: self.model.piece_bytes(t) for t, i in self.model.vocab.items()}
-            table.update({i: s.encode("utf-8") for s, i in extra.items()})
-        elif self.byte_level:
-            table = {i: t for t, i in self.model.vocab.items()}
-            table.update({i: s.encode("utf-8") for s, i in extra.items()})
-        else:
-            table = {i: t for t, i in self.model.vocab.items()}
-            table.update({i: s for s, i in extra.items()})
+        piece = self.model.piece_bytes if isinstance(self.model, PieceBPEModel) else lambda t: t
+        table = {i: piece(t) for t, i in self.model.vocab.items()}
+        table.update({i: s.encode("utf-8") if self.byte_level else s for s, i in extra.items()})
         n = max(table, default=-1) + 1
         self._id_to_token: list = [table.get(i, b"" if self.byte_level else "") for i in range(n)]
         self._special_ids = frozenset(self.special_tokens.values())
@@ -413,10 +408,7 @@ class Tokenizer:
         cache = self._cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
-        if self._gpt2_alphabet or not any(len(p) > _CACHED_LEN for p in pieces):
-            return list(chain.from_iterable(map(cache.__getitem__, pieces)))
-        fn = cache.fn  # a text that no pre-split cut (a SentencePiece model without one): encoded, not cached
-        return list(chain.from_iterable(cache[p] if len(p) <= _CACHED_LEN else fn(p) for p in pieces))
+        return list(chain.from_iterable(map(cache.__getitem__, pieces)))
 
     def encode_batch(self, texts: Iterable[str], **kw) -> list[list[int]]:
         return [self.encode(t, **kw) for t in texts]
