@@ -198,7 +198,7 @@ def test_data_prepare_starts_every_document_with_bos(tmp_path):
     tok = _tokenizer_json(tmp_path, tiny_model())
     tok.bos_token, tok.eos_token = "<s>", "</s>"  # (what a Llama tokenizer_config.json names)
     (tmp_path / "c").mkdir()
-    for name, text in (("a.txt", "ab cd ab\n" * 30), ("b.txt", "cde ab\n" * 30)):
+    for name, text in (("a.txt", "ab cd ab\n" * 30), ("b.txt", "cde ab\n" * 30), ("c.txt", " \n\n")):  # c: blank
         (tmp_path / "c" / name).write_text(text, encoding="utf-8")
     info = prepare_shards(resolve_corpus(str(tmp_path / "c")), tok, tmp_path / "s", val_fraction=0.2, progress=False)
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")

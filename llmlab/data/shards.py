@@ -173,10 +173,11 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
             # list. (Made after the workers fork: tqdm starts a monitor thread, and a fork should copy no threads.)
             bar = tqdm(total=total, desc="tokenize", unit="B", unit_scale=True, disable=not progress)
             for split, ids, ends_document, nbytes in encoded:
-                if starts[split] and bos_bytes:
-                    files[split].write(bos_bytes)
-                    counts[split] += 1
-                starts[split] = ends_document
+                if ids:  # (blank documents and byte-count remainders come as empty pieces: no BOS for those)
+                    if starts[split] and bos_bytes:
+                        files[split].write(bos_bytes)
+                        counts[split] += 1
+                    starts[split] = ends_document
                 files[split].write(ids)
                 counts[split] += len(ids) // dtype.itemsize
                 if ends_document:
