@@ -57,8 +57,7 @@ def register(subparsers) -> None:
                        description="Read token ids from stdin (space- or comma-separated, one sequence per line, as "
                                    "`llmlab tokenizer encode` prints them) and print the text of each line.")
     d.add_argument("--tokenizer", required=True, help=e._option_string_actions["--tokenizer"].help)
-    d.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: 'gpt2', 'cl100k' (alias 'gpt4'), "
-                   "'o200k' or a regex (default: from tiktoken's file name)")
+    d.add_argument("--pattern", default=None, help=e._option_string_actions["--pattern"].help)
     d.add_argument("--skip-special", action="store_true", help="leave special tokens out of the text")
     d.set_defaults(func=_decode)
 
