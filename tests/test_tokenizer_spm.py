@@ -513,7 +513,7 @@ def _random_texts(n: int, seed: int = 0) -> list[str]:
 
 
 def test_c_merge_loop_encodes_as_sentencepiece(models, monkeypatch):
-    """llmlab's C merge loop (used once a tokenizer has done cmerge.WARMUP merges in Python) against the
+    """llmlab's C merge loop (used once a tokenizer has done cmerge.WARMUP merge work in Python) against the
     references directly, from the first merge: .model and GGUF as sentencepiece, tokenizer.json as tokenizers."""
     from llmlab.kernels import cbuild
     from llmlab.tokenizer import cmerge

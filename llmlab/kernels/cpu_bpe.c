@@ -98,3 +98,94 @@ int64_t bpe_merge(const uint64_t *keys, const int64_t *vals, int bits, int32_t *
     free(nxt), free(prv), free(heap);
     return out;
 }
+
+// ---- ranks mode (tiktoken files): any adjacent pair whose bytes are a token merges, the lowest rank first ----------
+//
+// A byte-string table: open addressing over 2^bits int32 slots holding a token's index (or -1); token i is
+// blob[offs[i]..offs[i+1]) with rank ranks[i]. bpe_ranks_merge runs tiktoken's byte_pair_merge on one piece with the
+// same heap as bpe_merge, a symbol being a byte span: the pair at symbol i is the span from i to the end of the symbol
+// after it, looked up by its bytes.
+
+static inline uint64_t hash_bytes(const uint8_t *s, int64_t n) {  // FNV-1a, then murmur3's finalizer (the table
+    uint64_t h = 0xcbf29ce484222325ULL;                            // takes the top bits, which FNV mixes poorly)
+    for (int64_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ULL;
+    h ^= h >> 33, h *= 0xff51afd7ed558ccdULL, h ^= h >> 33, h *= 0xc4ceb9fe1a85ec53ULL, h ^= h >> 33;
+    return h;
+}
+
+void bpe_bytes_table_build(int32_t *slots, int bits, const uint8_t *blob, const int64_t *offs, int64_t n) {
+    uint64_t mask = (1ULL << bits) - 1;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t s = hash_bytes(blob + offs[i], offs[i + 1] - offs[i]) >> (64 - bits);
+        while (slots[s] >= 0) s = (s + 1) & mask;  // token byte strings are distinct
+        slots[s] = (int32_t)i;
+    }
+}
+
+static inline int64_t rank_of(const int32_t *slots, int bits, const uint8_t *blob, const int64_t *offs,
+                              const int32_t *ranks, const uint8_t *s, int64_t n) {
+    uint64_t mask = (1ULL << bits) - 1;
+    for (uint64_t k = hash_bytes(s, n) >> (64 - bits);; k = (k + 1) & mask) {
+        int32_t t = slots[k];
+        if (t < 0) return -1;
+        if (offs[t + 1] - offs[t] == n) {
+            const uint8_t *u = blob + offs[t];
+            int64_t j = 0;
+            while (j < n && u[j] == s[j]) j++;
+            if (j == n) return ranks[t];
+        }
+    }
+}
+
+// The ranks of `piece` (n bytes) into out[0..); returns their count, -1 when memory runs out or a byte is not a
+// token (the caller falls back to Python).
+int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, const int64_t *offs, const int32_t *ranks,
+                        const uint8_t *piece, int64_t n, int32_t *out) {
+#define RANK(a, b) rank_of(slots, bits, blob, offs, ranks, piece + (a), (b) - (a))
+    if (n == 0) return 0;
+    int64_t whole = RANK(0, n);
+    if (whole >= 0) {  // a piece that is itself a token is returned as is, as tiktoken does
+        out[0] = (int32_t)whole;
+        return 1;
+    }
+    int32_t *nxt = malloc(sizeof(int32_t) * n), *prv = malloc(sizeof(int32_t) * n);
+    int64_t *heap = malloc(sizeof(int64_t) * 3 * n), len = 0;
+    if (!nxt || !prv || !heap) {
+        free(nxt), free(prv), free(heap);
+        return -1;
+    }
+    for (int64_t i = 0; i < n; i++) nxt[i] = (int32_t)(i + 1 < n ? i + 1 : -1), prv[i] = (int32_t)(i - 1);
+    for (int64_t i = 0; i + 1 < n; i++) {
+        int64_t r = RANK(i, i + 2);
+        if (r >= 0) push(heap, &len, r << 32 | i);
+    }
+#define END(i) (nxt[i] < 0 ? n : nxt[i])
+    while (len) {
+        int64_t top = pop(heap, &len), i = top & 0xFFFFFFFF, j = nxt[i];
+        if (prv[i] == -2 || j < 0 || RANK(i, END(j)) != (top >> 32)) continue;  // stale: merged since
+        nxt[i] = nxt[j], prv[j] = -2;  // j joins i
+        if (nxt[i] >= 0) {
+            prv[nxt[i]] = (int32_t)i;
+            int64_t r = RANK(i, END(nxt[i]));
+            if (r >= 0) push(heap, &len, r << 32 | i);
+        }
+        int32_t p = prv[i];
+        if (p >= 0) {
+            int64_t r = RANK(p, END(i));
+            if (r >= 0) push(heap, &len, r << 32 | p);
+        }
+    }
+    int64_t m = 0;
+    for (int64_t i = 0; i >= 0 && i < n; i = nxt[i]) {
+        int64_t r = RANK(i, END(i));
+        if (r < 0) {
+            m = -1;
+            break;
+        }
+        out[m++] = (int32_t)r;
+    }
+#undef END
+#undef RANK
+    free(nxt), free(prv), free(heap);
+    return m;
+}

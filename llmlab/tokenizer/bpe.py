@@ -11,9 +11,9 @@ exist in the wild and both are implemented exactly:
   token merges, ranked by that token's rank (= its id); a piece that is itself a token is
   returned directly, as tiktoken does.
 
-In merges mode, once a long encode has done a few thousand merges in Python, the same loop runs in C over an
-id-pair table (`cmerge.py`); without a C compiler the Python loop keeps going, with the same ids. (Ranks mode stays
-in Python: its pair table, every split of every token, took as long to build as it saved on 10 MB of text.)
+Once an encode has done some merge work in Python (a few thousand short pieces, or one long one), the same loop
+runs in C (`cmerge.py`): over an id-pair table in merges mode, over a table of the tokens' bytes in ranks mode.
+Without a C compiler the Python loop keeps going, with the same ids.
 
 Training lives in `train.py`; the text pipeline (special tokens, pre-split, word cache) in
 `tokenizer.py`. This module is not a tokenizer by itself.
@@ -53,6 +53,9 @@ PATTERNS: dict[str, str] = {
     ]),
 }
 PATTERNS["gpt4"] = PATTERNS["cl100k"]
+# As Hugging Face tokenizer.json files spell them: Llama 3's (cl100k written for Oniguruma) and Qwen2's (one digit a piece).
+PATTERNS["llama3"] = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+PATTERNS["qwen2"] = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 
 # `X{n,m}+` is possessive in Python `regex` and Rust, a repeated group `(X{n,m})+` in Oniguruma.
@@ -113,7 +116,7 @@ class BPEModel:
     _pair_rank: dict[tuple[int, int], int] = field(init=False, repr=False)
     _merged_id: list[int] = field(init=False, repr=False)
     _byte_id: list[int | None] = field(init=False, repr=False)
-    _c: CMerger | None = field(init=False, repr=False)
+    _c: CMerger = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._byte_id = [self.vocab.get(bytes([b])) for b in range(256)]
@@ -126,7 +129,7 @@ class BPEModel:
                     raise KeyError(f"merge {a!r} + {b!r} refers to a token missing from the vocabulary")
                 self._pair_rank.setdefault((ia, ib), rank)  # first listing wins, like tokenizers
                 self._merged_id.append(iab)
-        self._c = CMerger(self._c_pairs) if self.merges is not None else None
+        self._c = CMerger(self._c_pairs) if self.merges is not None else CMerger(ranks=self.vocab)
 
     def _c_pairs(self):
         """The merge rules as (left id, right id, rank, merged id) for the C loop."""
@@ -147,6 +150,8 @@ class BPEModel:
         tok = ranks.get(piece)
         if tok is not None:  # tiktoken's shortcut: a whole-token piece is returned as is
             return (tok,)
+        if (out := self._c(piece)) is not None:
+            return tuple(out)
         parts = [piece[i:i + 1] for i in range(len(piece))]
         rk = [ranks.get(parts[i] + parts[i + 1], _INF) for i in range(len(parts) - 1)]
         while rk:
@@ -167,7 +172,7 @@ class BPEModel:
             return (self.vocab[piece],)
         # A byte missing from the vocabulary is dropped, as tokenizers does without an unk token.
         ids = [i for i in map(self._byte_id.__getitem__, piece) if i is not None]
-        if len(ids) > 1 and self._c is not None and (out := self._c(ids)) is not None:
+        if len(ids) > 1 and (out := self._c(ids)) is not None:
             return tuple(out)
         pr, merged = self._pair_rank, self._merged_id
         rk = [pr.get((ids[i], ids[i + 1]), _INF) for i in range(len(ids) - 1)]

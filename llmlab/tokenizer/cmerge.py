@@ -1,15 +1,20 @@
-"""The BPE merge loop in C (llmlab/kernels/cpu_bpe.c), for the word-cache misses of a long encode.
+"""The BPE merge loop in C (llmlab/kernels/cpu_bpe.c), for the word-cache misses of an encode.
 
-    merger = CMerger(pairs)        # pairs(): iterable of (left id, right id, rank, merged id)
+    merger = CMerger(pairs)          # pairs(): iterable of (left id, right id, rank, merged id)
     merger(ids) -> list[int] | None  # the merged ids, or None: use the Python loop
+    merger = CMerger(ranks=vocab)    # ranks mode (tiktoken files): token bytes -> rank
+    merger(piece_bytes) -> list[int] | None
 
 Both tokenizer models (byte-level BPE in merges mode, SentencePiece-style BPE) give their merge rules as id pairs
-with an integer rank (lower merges first, the leftmost of equal ranks first: the rule both Python loops follow). The
-C table is built only after `WARMUP` merges have run in Python, so loading a tokenizer and encoding a prompt never
-waits for a compiler or for the table (Mistral 7B: 59k pairs, SmolLM2: 49k); a corpus encode builds it within its first
-second. Without a C compiler, or if the build fails, every call returns None and the Python loop does the work, with
-the same ids. On 10.4 MB of Python source (one process, 2-core Zen 4 VM, three alternating runs each) a cold encode
-with Mistral 7B's tokenizer went from 1.47-1.49 to 3.04-3.42 MB/s, with SmolLM2's from 2.76-3.48 to 3.22-3.86 MB/s.
+with an integer rank (lower merges first, the leftmost of equal ranks first: the rule both Python loops follow);
+ranks mode gives its vocabulary, and C looks up each pair's bytes as tiktoken does. The C table is built once the
+Python loop has done `WARMUP` work (a piece of n symbols counts n^2, what that loop costs): loading a tokenizer and
+encoding a short prompt never wait for a compiler or a table (Mistral 7B: 59k pairs, SmolLM2: 49k, o200k: 200k
+tokens in 39 ms), while one long piece, such as a run of Chinese characters that the pre-split keeps whole, starts
+C at once (with cl100k, 300 such texts ran at 0.1 MB/s in Python). Without a C compiler, or if the build fails,
+every call returns None and the Python loop does the work, with the same ids. On 10.4 MB of Python source (one
+process, 2-core Zen 4 VM, three alternating runs each) a cold encode with Mistral 7B's tokenizer went from 1.47-1.49
+to 3.04-3.42 MB/s, with SmolLM2's from 2.76-3.48 to 3.22-3.86 MB/s.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import ctypes
 import functools
 from array import array
 from collections.abc import Callable, Iterable
+from itertools import accumulate
 
-WARMUP = 2048  # merges done in Python before the C table is built
+WARMUP = 2048 * 36  # Python merge work (a piece of n symbols: n^2) before the C table is built
 _EMPTY = (1 << 64) - 1
 
 
@@ -35,6 +41,10 @@ def _library() -> ctypes.CDLL | None:
     lib.bpe_table_build.restype = None
     lib.bpe_merge.argtypes = [p, p, ctypes.c_int, p, ctypes.c_int64]
     lib.bpe_merge.restype = ctypes.c_int64
+    lib.bpe_bytes_table_build.argtypes = [p, ctypes.c_int, p, p, ctypes.c_int64]
+    lib.bpe_bytes_table_build.restype = None
+    lib.bpe_ranks_merge.argtypes = [p, ctypes.c_int, p, p, p, ctypes.c_char_p, ctypes.c_int64, p]
+    lib.bpe_ranks_merge.restype = ctypes.c_int64
     return lib
 
 
@@ -59,28 +69,56 @@ class PairTable:
         return None if n < 0 else buf[:n].tolist()
 
 
-class CMerger:
-    """Calls the C merge once a model has done WARMUP merges in Python; None wherever C is not available."""
+class RankTable:
+    """Ranks mode: token bytes -> rank in C memory (tokens in one buffer, a hash table of their indices), and
+    tiktoken's merge of one piece over it."""
 
-    def __init__(self, pairs: Callable[[], Iterable[tuple[int, int, int, int]]]):
-        self._pairs = pairs
-        self._calls = 0
-        self._table: PairTable | None = None
+    def __init__(self, lib: ctypes.CDLL, ranks: dict[bytes, int]):
+        tokens = list(ranks)
+        self.blob = b"".join(tokens)
+        self.offs = array("q", [0])
+        self.offs.extend(accumulate(map(len, tokens)))
+        self.ranks = array("i", ranks.values())
+        bits = max(8, (2 * len(tokens)).bit_length())
+        self.slots = array("i", [-1]) * (1 << bits)
+        addr = lambda a: a.buffer_info()[0]  # noqa: E731
+        blob = ctypes.c_char_p(self.blob)
+        lib.bpe_bytes_table_build(addr(self.slots), bits, blob, addr(self.offs), len(tokens))
+        self._merge = functools.partial(lib.bpe_ranks_merge, addr(self.slots), bits, blob, addr(self.offs),
+                                        addr(self.ranks))
+
+    def merge(self, piece: bytes) -> list[int] | None:
+        buf = array("i", [0]) * len(piece)
+        n = self._merge(piece, len(piece), buf.buffer_info()[0])
+        return None if n < 0 else buf[:n].tolist()
+
+
+class CMerger:
+    """Calls the C merge once a model has done WARMUP work in Python; None wherever C is not available.
+
+    `pairs` gives the merge rules (id pairs); `ranks`, for ranks mode, the token bytes -> rank map instead."""
+
+    def __init__(self, pairs: Callable[[], Iterable[tuple[int, int, int, int]]] | None = None,
+                 ranks: dict[bytes, int] | None = None):
+        self._pairs, self._ranks = pairs, ranks
+        self._work = 0
+        self._table: PairTable | RankTable | None = None
         self._off = False
 
-    def __call__(self, ids: list[int]) -> list[int] | None:
+    def __call__(self, ids: list[int] | bytes) -> list[int] | None:
+        """The merged ids of `ids` (merge rules) or the ranks of a piece's bytes (ranks mode); None: use Python."""
         table = self._table
         if table is None:
             if self._off:
                 return None
-            self._calls += 1
-            if self._calls < WARMUP:
+            self._work += len(ids) ** 2
+            if self._work < WARMUP:
                 return None
             lib = _library()
             if lib is None:
                 self._off = True
                 return None
-            table = self._table = PairTable(lib, self._pairs())
+            table = self._table = PairTable(lib, self._pairs()) if self._ranks is None else RankTable(lib, self._ranks)
         return table.merge(ids)
 
 
