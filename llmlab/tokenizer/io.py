@@ -49,7 +49,7 @@ _TIKTOKEN_SIZES = {"gpt2": 50256, "cl100k": 100256, "o200k": 199998}  # ordinary
 # llama.cpp `tokenizer.ggml.pre` names -> equivalent tokenizer.json pre-tokenizers.
 _BYTELEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 _BYTELEVEL_NOREGEX = {**_BYTELEVEL, "use_regex": False}
-_LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+_LLAMA3 = PATTERNS["llama3"]
 GGUF_PRE: dict[str, dict] = {
     "default": _BYTELEVEL, "gpt-2": _BYTELEVEL,
     "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, _BYTELEVEL]},

@@ -29,10 +29,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llmlab.errors import TokenizerError
-from llmlab.tokenizer.bpe import PATTERNS, BPEModel, resolve_pattern
+from llmlab.tokenizer.ascii_split import fast_findall
+from llmlab.tokenizer.bpe import BPEModel
 from llmlab.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
 from llmlab.tokenizer.io import compile_pattern, split_pre_tokenizer
-from llmlab.tokenizer.tokenizer import _GPT2_COARSE, Tokenizer
+from llmlab.tokenizer.tokenizer import Tokenizer, coarse_split
 from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceModel
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
@@ -78,7 +79,7 @@ def iter_texts(texts_or_files: str | Path | Iterable[str | Path]) -> Iterable[st
 def count_words(texts_or_files, split, specials: Iterable[str] = (), coarse=None) -> Counter:
     """Frequency of each pre-split piece; special tokens are cut out and not counted.
 
-    With `coarse` (a cheap split whose chunks no piece crosses, see tokenizer._GPT2_COARSE) the
+    With `coarse` (a cheap split whose chunks no piece crosses, see tokenizer.coarse_split) the
     text is counted in chunks first and only the unique chunks go through the slow `split`."""
     if coarse is not None:
         pieces: Counter = Counter()
@@ -180,8 +181,10 @@ def train_bpe(texts_or_files, vocab_size: int, *, special_tokens: Iterable[str] 
     if n_merges < 0:
         raise TokenizerError(f"vocab_size {vocab_size} is below 256 bytes + {len(special_tokens)} special "
                              f"tokens; use at least {256 + len(special_tokens)}.")
-    split = compile_pattern(pattern).findall
-    coarse = _GPT2_COARSE.findall if resolve_pattern(pattern) == PATTERNS["gpt2"] else None
+    compiled = compile_pattern(pattern)
+    split = fast_findall(compiled.pattern, compiled)
+    coarse = coarse_split(compiled.pattern)
+    coarse = coarse.findall if coarse is not None else None
     counts = count_words(texts_or_files, split, special_tokens, coarse)
     _no_text(counts)
     words, freqs = [], []

@@ -1,0 +1,144 @@
+"""ASCII twins of split patterns (stdlib `re` on ASCII text) and the line cutting of mixed text: the same pieces as
+the `regex` module gives, for every pattern llmlab ships and for hand-written edge cases."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmlab.tokenizer.ascii_split import ascii_twin, line_safe, split_mixed
+from llmlab.tokenizer.bpe import PATTERNS
+from llmlab.tokenizer.io import GGUF_PRE
+from llmlab.tokenizer.tokenizer import compile_pre_tokenizer
+
+ASCII = st.text(alphabet=st.sampled_from(list("aAbzZ09 \t\n\r\x0b\x0c\x1c\x1f\x00\x7f'sdmtlvrSDMTLVRE.,;!?(){}[]_-/\\~"
+                                              "#")), max_size=40)
+MIXED = st.text(alphabet=st.sampled_from(list("aAz09 \t\n\n\n\r's.,(\x0b") + [
+    "é", "中", "\xa0", "\u2028", "\u0663", "\x85", "\u2163", "\u3000", "\U0001F600", "\u0301", "\u00b2"]), max_size=40)
+
+SHIPPED = {**PATTERNS,
+           **{f"gguf {k}": st["pattern"]["Regex"] for k, v in GGUF_PRE.items()
+              for st in v.get("pretokenizers", [v]) if st.get("type") == "Split"},
+           "Digits": r"\p{N}", "Digits run": r"\p{N}+", "Whitespace": r"\w+|[^\w\s]+", "WhitespaceSplit": r"\S+",
+           "ByteLevel without regex": r"[\s\S]+"}
+EDGE = [r"[\p{M}]+|x", r"[^\p{Lt}]", r"\P{L}+", r"\P{Lo}", r"[]a]+|[^]b]+", r"\p{Lu}\p{Ll}*", r"[\p{L}\p{N}_]+",
+        r"(?i:ab)+", r"\pL+|\pN", r"a{2,}|b{,2}|c{3}", r"(?>a+)b|a", r"\s++\z|\s", r"\x41+|\x2e", r"(?=a)\w|.",
+        r"[^\r\n\p{L}]?+\p{L}++", r"\p{N}{1,3}+", r"\p{Nd}|\p{No}|\p{Nl}|\p{LC}"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(ASCII)
+def test_every_shipped_pattern_has_a_twin_that_splits_ascii_alike(text):
+    for name, pattern in SHIPPED.items():
+        twin = ascii_twin(pattern)
+        assert twin is not None, name
+        assert twin.findall(text) == regex.findall(pattern, text), name
+
+
+@settings(max_examples=150, deadline=None)
+@given(ASCII)
+def test_edge_case_twins(text):
+    for pattern in EDGE:
+        twin = ascii_twin(pattern)
+        assert twin is not None, pattern
+        assert twin.findall(text) == regex.findall(pattern, text), pattern
+
+
+def test_what_has_no_twin():
+    for pattern in [r"\p{Han}+", r"\p{White_Space}", r"[[:alpha:]]+", r"(?P<w>a)(?P=w)", r"(?:ab){e<=1}", r"\X",
+                    r"(?x) a # \p{L}", r"[\P{L}]", r"(a)\1", r"\p{^L}", r"[[a-z]--[aeiou]]", r"(?V1)a", r"a{1", "[a",
+                    r"\m", r"\N{BULLET}", "a\\"]:
+        assert ascii_twin(pattern) is None, pattern
+
+
+@settings(max_examples=300, deadline=None)
+@given(MIXED)
+def test_line_cut_mixed_text_splits_alike(text):
+    for name in ("cl100k", "o200k", "llama3", "qwen2"):
+        pattern = PATTERNS[name]
+        assert line_safe(pattern)
+        compiled = regex.compile(pattern)
+        assert split_mixed(text, compiled.findall, ascii_twin(pattern).findall) == compiled.findall(text), name
+
+
+def test_gpt2_is_not_line_safe():
+    """Its `\\s+(?!\\S)` takes a run's final line break at the end of a text, not before a word: no cutting there."""
+    assert not line_safe(PATTERNS["gpt2"])
+    gpt2 = regex.compile(PATTERNS["gpt2"])
+    text = "x  \nyé"
+    assert split_mixed(text, gpt2.findall, ascii_twin(PATTERNS["gpt2"]).findall) != gpt2.findall(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(MIXED)
+def test_pre_tokenizer_stages_use_the_twins_and_split_alike(text):
+    """Whole stages (twin on ASCII text, line cutting, gaps kept) against the same stage with `regex` alone."""
+    for spec in ({"type": "Split", "pattern": {"Regex": PATTERNS["llama3"]}, "behavior": "Isolated", "invert": False},
+                 {"type": "ByteLevel", "add_prefix_space": True, "use_regex": True},
+                 {"type": "Digits", "individual_digits": True}, {"type": "Whitespace"}):
+        (stage,) = compile_pre_tokenizer(spec)
+        assert ascii_twin(stage.pattern.pattern) is not None
+        plain = dataclasses.replace(stage, findall=None)
+        for t in (text, text.encode("ascii", "ignore").decode()):
+            assert stage(t) == plain(t), spec
+
+
+@settings(max_examples=300, deadline=None)
+@given(MIXED)
+def test_space_chunks_cut_no_piece_of_the_cl100k_family(text):
+    """tokenizer._SPACE_COARSE (cut before a space that follows a non-space): chunk by chunk, the pieces of the text."""
+    from llmlab.tokenizer.tokenizer import _SPACE_COARSE, coarse_split
+
+    chunks = _SPACE_COARSE.findall(text)
+    assert "".join(chunks) == text
+    for name in ("cl100k", "o200k", "llama3", "qwen2"):
+        assert coarse_split(PATTERNS[name]) is _SPACE_COARSE
+        compiled = regex.compile(PATTERNS[name])
+        assert [p for c in chunks for p in compiled.findall(c)] == compiled.findall(text), name
+
+
+def test_space_chunks_break_only_after_the_patterns_non_space():
+    from llmlab.tokenizer.tokenizer import _SPACE_COARSE
+
+    every = "".join(map(chr, range(0xD800))) + "".join(map(chr, range(0xE000, 0x110000)))
+    ws = set(regex.findall(r"\s", every)) - {" "}  # (a space before the space: the cut comes before both)
+    assert {c for c in every if c != " " and len([x for x in _SPACE_COARSE.findall(f"x{c} y") if x]) == 1} == ws
+
+
+def test_cl100k_tokenizer_encodes_by_chunks_as_by_pieces():
+    from llmlab import artifacts, load_tokenizer
+
+    tok = load_tokenizer(artifacts.fetch("cl100k-tiktoken"), pattern="cl100k")
+    assert tok._chunks is not None
+    split = regex.compile(PATTERNS["cl100k"]).findall
+    for text in ("def f(x):\n    return x  \n\n\tpass ", " \n\n  a\u00a0b  c\r\n", "x \x1c\x1d\x1e y", "Grüße  мир 🙂\n z",
+                 "a.\n/b  ", "  lead", "trail  ", ""):
+        assert tok.encode(text) == [i for p in split(text) for i in tok.model.encode_piece(p.encode())], repr(text)
+
+
+WORDY = st.lists(st.sampled_from(["foo", " foo", "Bar", " 's", "'s", "12", " 345", ".", " (", "\n", "\n\n", "  ", "\t",
+                                  "é", " 中文", "\xa0", "\u2028", " 🙂", "x\r\n", " ", "\n    ", "a"]),
+                 max_size=30).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(WORDY, min_size=1, max_size=4))
+def test_chunk_cache_gives_the_ids_of_splitting_by_pieces(texts):
+    """Cold (every chunk missing) and warm encodes: the ids of splitting each text piece by piece, for GPT-2's chunks
+    and the cl100k family's."""
+    from llmlab import artifacts, load_tokenizer
+
+    for name in ("gpt2", "cl100k"):
+        tok = TOKENIZERS.get(name) or TOKENIZERS.setdefault(
+            name, load_tokenizer(artifacts.fetch(f"{name}-tiktoken"), pattern=name))
+        tok._chunks.clear()
+        split = regex.compile(PATTERNS[name]).findall
+        expected = [[i for p in split(t) for i in tok.model.encode_piece(p.encode())] for t in texts]
+        assert [tok.encode(t) for t in texts] == expected, name
+        assert [tok.encode(t) for t in texts] == expected, name
+
+
+TOKENIZERS: dict = {}
