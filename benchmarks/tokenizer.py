@@ -13,6 +13,8 @@ files in sorted order: the first >= 10 MB train, the next ~1 MB is held out.
 3. SentencePiece BPE (Mistral 7B's tokenizer.model, fetched through llmlab.artifacts): llmlab cold and warm vs
    `sentencepiece` on the same file and `tokenizers` on the tokenizer.json llmlab writes from it (Llama 2's layout:
    no pre-tokenizer, so tokenizers merges each file as one word). Skipped, and said so, without sentencepiece.
+4. The cl100k and o200k ranks (GPT-4 / GPT-4o; Llama 3 and Qwen2 split text as cl100k does): llmlab cold and warm
+   vs tiktoken, ids checked identical.
 
 Targets (issue 4): encode >= 0.5x tiktoken; training <= 5x tokenizers; compression within 1%.
 Prints a table and ends with one JSON line; writes benchmarks/results/tokenizer.json (in
@@ -97,6 +99,28 @@ def sentencepiece_section(train: list[str], train_bytes: int) -> dict | None:
             "sentencepiece_version": sentencepiece.__version__}
 
 
+def ranks_section(train: list[str], train_bytes: int) -> dict:
+    """Encoding with the cl100k and o200k ranks: llmlab (cold, warm) vs tiktoken, per encoding."""
+    import tiktoken
+
+    from llmlab import artifacts, load_tokenizer
+    from llmlab.tokenizer import PATTERNS
+
+    out = {}
+    for name in ("cl100k", "o200k"):
+        path = artifacts.fetch(f"{name}-tiktoken")
+        ours = load_tokenizer(path, pattern=name)
+        enc = tiktoken.Encoding(name, pat_str=PATTERNS[name], mergeable_ranks=ours.model.vocab, special_tokens={})
+        t_tk, ids_tk = timed(lambda e=enc: [e.encode_ordinary(t) for t in train], repeat=2)
+        t_cold, ids_cold = timed(lambda o=ours: [o.encode(t) for t in train])
+        t_warm, ids_warm = timed(lambda o=ours: [o.encode(t) for t in train], repeat=2)
+        mbs = lambda t: round(train_bytes / 1e6 / t, 3)  # noqa: E731
+        out[name] = {"encode_mb_s": {"llmlab_cold": mbs(t_cold), "llmlab_warm": mbs(t_warm), "tiktoken": mbs(t_tk)},
+                     "ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
+                     "ids_identical": ids_tk == ids_cold == ids_warm, "tokens": sum(map(len, ids_tk))}
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary to train, >= 257 (default 8192)")
@@ -164,6 +188,8 @@ def main() -> int:
     n_tokens = sum(map(len, ids_tk))
     spm = sentencepiece_section(train, train_bytes)
     identical = identical and (spm is None or spm["ids_identical"])
+    more = ranks_section(train, train_bytes)
+    identical = identical and all(r["ids_identical"] for r in more.values())
 
     mbs = lambda t: train_bytes / 1e6 / t  # noqa: E731
     rows = [
@@ -188,6 +214,12 @@ def main() -> int:
                   f"{m['tokenizers']:>12.2f}   {r[kind]:.2f}x sentencepiece")
         print(f"SentencePiece ids identical across sentencepiece / tokenizers / llmlab: {spm['ids_identical']} "
               f"({spm['tokens']} tokens)")
+    print(f"\n{'ranks':26}{'llmlab':>10}{'tiktoken':>10}   ratio")
+    for name, r in more.items():
+        for kind in ("cold", "warm"):
+            print(f"{f'encode {name} MB/s, {kind}':26}{r['encode_mb_s']['llmlab_' + kind]:>10.2f}"
+                  f"{r['encode_mb_s']['tiktoken']:>10.2f}   {r['ratio_vs_tiktoken'][kind]:.2f}x tiktoken")
+        print(f"{name} ids identical across tiktoken / llmlab: {r['ids_identical']} ({r['tokens']} tokens)")
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
@@ -203,13 +235,15 @@ def main() -> int:
         "encode_ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
         "ids_identical": identical, "gpt2_tokens": n_tokens,
         "sentencepiece_bpe": spm if spm is not None else "skipped: sentencepiece is not installed",
+        "ranks": more,
         "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
         "command": command(),
         "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__, "git": git_state()["git"],
                      "tiktoken": tiktoken.__version__, "tokenizers": tokenizers.__version__,
                      "regex": regex.__version__, "sentencepiece": spm["sentencepiece_version"] if spm else None},
         "notes": "one thread everywhere: RAYON_NUM_THREADS=1 also limits tokenizers' training; llmlab "
-                 "is pure Python. Cold = fresh word cache, first pass over the corpus.",
+                 "is Python with a C merge loop for word-cache misses (kernels/cpu_bpe.c). Cold = fresh word cache, "
+                 "first pass over the corpus.",
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
