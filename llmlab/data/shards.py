@@ -28,7 +28,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,12 +159,9 @@ def prepare_shards(corpus: Corpus, tokenizer, out_dir: str | Path, *, val_fracti
     try:  # the bar is closed before any error, so the message starts on its own line
         with contextlib.ExitStack() as stack:
             pieces = _pieces(corpus, val_fraction, docs)
-            if workers > 1:  # each worker loads the tokenizer from a file: its caches hold functions, not picklable
-                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="llmlab-tokenizer-"))
-                tokenizer.save(tmp)
-                # Ctrl-C reaches the workers too: they ignore it (no traceback each) and this process ends the pool
-                pool = stack.enter_context(_context().Pool(workers, initializer=_ignore_sigint))
-                encoded = _in_order(pool, functools.partial(_encode_batch, tmp, dtype), _batches(pieces), 4 * workers)
+            if workers > 1:  # each worker gets the tokenizer once (inherited by fork; spawn pickles its arguments)
+                pool = stack.enter_context(_context().Pool(workers, initializer=_start_worker, initargs=(tokenizer,)))
+                encoded = _in_order(pool, functools.partial(_encode_batch, dtype), _batches(pieces), 4 * workers)
             else:
                 encoded = (_encode_with(tokenizer, dtype, piece) for piece in pieces)
             # Progress in bytes, and each document encoded in ~1M-character pieces that no pre-split piece crosses
@@ -246,10 +242,6 @@ def _context():
     return multiprocessing.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _batches(pieces: Iterator[tuple], max_chars: int = 1 << 20, max_pieces: int = 256) -> Iterator[list[tuple]]:
     """Pieces grouped into tasks of about a million characters (or 256 pieces: many short records)."""
     batch, size = [], 0
@@ -275,14 +267,16 @@ def _in_order(pool, fn, tasks: Iterator, window: int) -> Iterator:
         yield from pending.popleft().get()
 
 
-@functools.lru_cache(maxsize=1)
-def _worker_tokenizer(path: str):
-    from llmlab.tokenizer import load_tokenizer
-
-    return load_tokenizer(path)
+_WORKER: dict = {}  # a worker process's tokenizer, set once by _start_worker
 
 
-def _encode_batch(tokenizer_dir: str, dtype, batch: list[tuple]) -> list[tuple[str, bytes, bool, int]]:
-    """In a worker process: the pieces encoded with the tokenizer saved at `tokenizer_dir` (loaded once)."""
-    tokenizer = _worker_tokenizer(tokenizer_dir)
+def _start_worker(tokenizer) -> None:
+    # Ctrl-C reaches the workers too: they ignore it (no traceback each) and the parent ends the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER["tokenizer"] = tokenizer
+
+
+def _encode_batch(dtype, batch: list[tuple]) -> list[tuple[str, bytes, bool, int]]:
+    """In a worker process: the pieces encoded with the tokenizer it started with."""
+    tokenizer = _WORKER["tokenizer"]
     return [_encode_with(tokenizer, dtype, piece) for piece in batch]

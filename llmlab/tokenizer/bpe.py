@@ -31,6 +31,7 @@ import regex
 
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.cmerge import CMerger
+from llmlab.tokenizer.rebuild import Rebuilt
 
 # Pre-split regexes. "gpt2" is the pattern of the original GPT-2 release (what Hugging Face's
 # ByteLevel pre-tokenizer uses); "cl100k" ("gpt4") and "o200k" are tiktoken's, with `$` written
@@ -103,7 +104,7 @@ def unicode_to_bytes(token: str) -> bytes:
 
 
 @dataclass
-class BPEModel:
+class BPEModel(Rebuilt):
     """Byte-level BPE vocabulary and merge rule (see module docstring for the two modes).
 
     `vocab` maps token bytes to ids (ordinary tokens only, no special tokens). `merges` lists

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 from llmlab.tokenizer.cmerge import CMerger, dense_ranks
+from llmlab.tokenizer.rebuild import Rebuilt
 
 SPACE = "\u2581"  # "▁", SentencePiece's escaped space
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -49,7 +50,7 @@ def byte_piece(b: int) -> str:
 
 
 @dataclass
-class PieceBPEModel:
+class PieceBPEModel(Rebuilt):
     """BPE over characters with byte fallback. Give `merges` (rank order, a tokenizer.json) or `scores`
     (piece -> score, a SentencePiece model or GGUF: only these pieces are made by merges, higher first)."""
 

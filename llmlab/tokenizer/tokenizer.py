@@ -36,6 +36,7 @@ import regex
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.ascii_split import WHITE_SPACE, fast_findall, line_safe
 from llmlab.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, PATTERNS, BPEModel, check_portable
+from llmlab.tokenizer.rebuild import rebuild
 from llmlab.tokenizer.spm import SPACE, PieceBPEModel
 from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceModel
 
@@ -606,6 +607,14 @@ class Tokenizer:
     bos_token_id = bos_id
     eos_token_id = eos_id
     pad_token_id = pad_id
+
+    def __reduce__(self):
+        """Pickled as its arguments (rebuild.py): the caches and compiled patterns are built again on load."""
+        return rebuild, (type(self), dict(
+            model=self.model, normalizer=self.normalizer, pre_tokenizer=self.pre_tokenizer,
+            special_tokens=self.special_tokens, added_tokens=self.added_tokens, bos_token=self.bos_token,
+            eos_token=self.eos_token, pad_token=self.pad_token, template=self.template,
+            chat_template=self.chat_template, token_options=self.token_options, decoder=self.decoder))
 
     def __repr__(self) -> str:
         kind = "SentencePiece BPE" if isinstance(self.model, PieceBPEModel) else \

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import regex
 
+from llmlab.tokenizer.rebuild import Rebuilt
+
 # Rust's char::is_whitespace (the Unicode White_Space property) and tokenizers' BERT punctuation:
 # ASCII punctuation (which includes symbols such as $ + < = > ^ ` |) or Unicode category P*.
 _PUNCT = r"\p{P}!-/:-@\[-`{-~"
@@ -66,7 +68,7 @@ class BertNormalizer:
 
 
 @dataclass
-class WordPieceModel:
+class WordPieceModel(Rebuilt):
     """Greedy longest-match-first WordPiece over a `{token: id}` vocabulary."""
 
     vocab: dict[str, int]
