@@ -14,7 +14,11 @@ outside), a class left with no ASCII member, and \\z (end of text in `regex`, \\
 because on ASCII text under re.ASCII they mean what `regex` means: literals, escaped punctuation, \\s \\S \\d \\D
 \\w \\W \\b \\B \\A \\Z, control escapes, quantifiers (greedy, lazy, possessive), groups, lookarounds, atomic
 groups, inline i/m/s flags. Anything else (other properties, POSIX classes, named groups, `regex`-only syntax such as
-fuzzy matching or set operations) gives None.
+fuzzy matching or set operations) gives None, as do \\p{Lu} / \\p{Ll} / \\p{Lt} under (?i) (which `regex` reads one way
+alone and another inside a set) and non-ASCII characters in a pattern with (?i) (`regex` folds "\\u017f" to "s").
+Found by fuzzing random patterns against `regex` (tests/test_tokenizer_ascii_split.py): `regex` 2026.11 itself
+misreads some patterns with a scoped (?i:...) group (after one, [^\\p{Ll}] skips "Z"; beside one, [^.a] may skip "A");
+the twin keeps their written meaning there (no shipped pattern is affected).
 
 Text with some non-ASCII characters is cut into lines for the patterns where that is safe (`line_safe`: the cl100k
 family): the lines around each non-ASCII run go to `regex`, the ASCII stretches between them to the twin. The tests
@@ -33,6 +37,9 @@ _CATEGORIES = {
     "N": "0-9", "Nd": "0-9", "Nl": "", "No": "",
 }
 _CATEGORIES.update({name.upper(): v for name, v in _CATEGORIES.items()})
+# Under (?i) `regex` reads these differently alone and inside a set ((?i)\p{Lt} and (?i)[\p{Lt}] match "a",
+# (?i)[\p{Lt} ] does not): not carried over there.
+_CASED = {"Lu", "Ll", "Lt", "LU", "LL", "LT"}
 # Escapes whose meaning on ASCII text is the same in `regex` (Unicode) and `re` (re.ASCII).
 _SAME_ESCAPES = set("sSdDwWbBAZtnrfva0")
 _GROUP_OPENERS = ("(?:", "(?=", "(?!", "(?<=", "(?<!", "(?>")
@@ -45,6 +52,9 @@ def ascii_twin(pattern: str) -> re.Pattern | None:
     """`pattern` rewritten for stdlib `re` on ASCII-only text, or None when it cannot be carried over exactly."""
     out: list[str] = []
     i, n, in_class, class_at, class_out = 0, len(pattern), False, 0, 0
+    ci, scopes = False, []  # case-insensitive here; the enclosing groups' settings
+    if re.search(r"\(\?[ims]*i", pattern) and not pattern.isascii():
+        return None  # under (?i) `regex` folds some non-ASCII letters to ASCII ones ("\u017f" matches "s"); re.ASCII not
     while i < n:
         c = pattern[i]
         if c == "\\":
@@ -55,7 +65,8 @@ def ascii_twin(pattern: str) -> re.Pattern | None:
                 m = _PROPERTY.match(pattern, i)
                 if m is None or "^" in m.group():
                     return None
-                members = _CATEGORIES.get((m.group(2) or m.group(3)).replace(" ", "").replace("_", ""))
+                name = (m.group(2) or m.group(3)).replace(" ", "").replace("_", "")
+                members = None if ci and name in _CASED else _CATEGORIES.get(name)
                 if members is None or e == "P" and in_class:
                     return None
                 if in_class:
@@ -106,9 +117,24 @@ def ascii_twin(pattern: str) -> re.Pattern | None:
             if opener is None and m is None:
                 return None  # named groups, conditionals, (?V1), (?|...), comments, ...
             opener = opener or m.group()
+            if opener.endswith(")"):  # (?i): flags for the whole pattern, where re allows them (its start)
+                if i:
+                    return None
+                ci = "i" in opener.split("-")[0]
+            else:
+                scopes.append(ci)
+                if m is not None:
+                    on, _, off = opener[2:-1].partition("-")
+                    ci = "i" in on or ci and "i" not in off
             out.append(opener)
             i += len(opener)
             continue
+        if c == "(":
+            scopes.append(ci)
+        elif c == ")":
+            if not scopes:
+                return None
+            ci = scopes.pop()
         if c == "{":
             m = _QUANTIFIER.match(pattern, i)
             if m is None or not (m.group(1) or m.group(3)):
