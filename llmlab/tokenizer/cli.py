@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     t.add_argument("--out", type=Path, required=True, help="output directory")
     t.add_argument("--kind", choices=("bpe", "wordpiece"), default="bpe", help="algorithm (default: bpe)")
     t.add_argument("--pattern", default=None,
-                   help="BPE pre-split: 'gpt2', 'cl100k' (alias 'gpt4'), 'o200k' or a regex (default: gpt2)")
+                   help="BPE pre-split: 'gpt2', 'cl100k' (alias 'gpt4'), 'o200k', 'llama3', 'qwen2' or a regex "
+                        "(default: gpt2)")
     t.add_argument("--min-frequency", type=int, default=2,
                    help="stop when the best pair occurs fewer times than this, >= 1 (default: 2)")
     t.add_argument("--special-tokens", nargs="*", default=None, metavar="TOKEN",
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
                    help="tokenizer.json, a directory with one, a SentencePiece tokenizer.model, a .tiktoken file, a "
                         ".gguf, vocab.txt, or a registry name (e.g. smollm2-135m, cl100k-tiktoken, mistral-7b-tokenizer)")
     e.add_argument("--pattern", default=None, help="split pattern for .tiktoken files: 'gpt2', 'cl100k' (alias 'gpt4'), "
-                   "'o200k' or a regex (default: from tiktoken's file name)")
+                   "'o200k', 'llama3', 'qwen2' or a regex (default: from tiktoken's file name)")
     e.add_argument("--allow-special", action="store_true", help="recognise special tokens written in the text")
     e.add_argument("--whole", action="store_true", help="encode all of stdin as one text (default: per line)")
     e.set_defaults(func=_encode)
