@@ -4,6 +4,7 @@ the `regex` module gives, for every pattern llmlab ships and for hand-written ed
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import regex
 from hypothesis import given, settings
@@ -20,8 +21,8 @@ MIXED = st.text(alphabet=st.sampled_from(list("aAz09 \t\n\n\n\r's.,(\x0b") + [
     "é", "中", "\xa0", "\u2028", "\u0663", "\x85", "\u2163", "\u3000", "\U0001F600", "\u0301", "\u00b2"]), max_size=40)
 
 SHIPPED = {**PATTERNS,
-           **{f"gguf {k}": st["pattern"]["Regex"] for k, v in GGUF_PRE.items()
-              for st in v.get("pretokenizers", [v]) if st.get("type") == "Split"},
+           **{f"gguf {k}": stage["pattern"]["Regex"] for k, v in GGUF_PRE.items()
+              for stage in v.get("pretokenizers", [v]) if stage.get("type") == "Split"},
            "Digits": r"\p{N}", "Digits run": r"\p{N}+", "Whitespace": r"\w+|[^\w\s]+", "WhitespaceSplit": r"\S+",
            "ByteLevel without regex": r"[\s\S]+"}
 EDGE = [r"[\p{M}]+|x", r"[^\p{Lt}]", r"\P{L}+", r"\P{Lo}", r"[]a]+|[^]b]+", r"\p{Lu}\p{Ll}*", r"[\p{L}\p{N}_]+",
@@ -130,11 +131,8 @@ WORDY = st.lists(st.sampled_from(["foo", " foo", "Bar", " 's", "'s", "12", " 345
 def test_chunk_cache_gives_the_ids_of_splitting_by_pieces(texts):
     """Cold (every chunk missing) and warm encodes: the ids of splitting each text piece by piece, for GPT-2's chunks
     and the cl100k family's."""
-    from llmlab import artifacts, load_tokenizer
-
     for name in ("gpt2", "cl100k"):
-        tok = TOKENIZERS.get(name) or TOKENIZERS.setdefault(
-            name, load_tokenizer(artifacts.fetch(f"{name}-tiktoken"), pattern=name))
+        tok = ranks_tokenizer(name)
         tok._chunks.clear()
         split = regex.compile(PATTERNS[name]).findall
         expected = [[i for p in split(t) for i in tok.model.encode_piece(p.encode())] for t in texts]
@@ -142,7 +140,12 @@ def test_chunk_cache_gives_the_ids_of_splitting_by_pieces(texts):
         assert [tok.encode(t) for t in texts] == expected, name
 
 
-TOKENIZERS: dict = {}
+
+@functools.cache
+def ranks_tokenizer(name: str):
+    from llmlab import artifacts, load_tokenizer
+
+    return load_tokenizer(artifacts.fetch(f"{name}-tiktoken"), pattern=name)
 
 
 def random_pattern(rng) -> str:

@@ -50,6 +50,14 @@ _PARAGRAPH = (
     "naïve café façades, Ελληνικά, русский текст, 日本語の文章, 中文句子，以及 emoji 🙂🚀 without trouble.\n"
 )
 LONG = _PARAGRAPH * 8  # ~4 KB in one string: merges on long inputs
+# Hypothesis runs that repeat exactly (derandomized, no example database): a failure is the same failure next time.
+REPRODUCIBLE = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+
+
+def texts(pieces: list[str], max_size: int, **characters):
+    """Random text: any characters but lone surrogates (sentencepiece cannot take them), mixed with `pieces`."""
+    return st.lists(st.one_of(st.characters(blacklist_categories=("Cs",), **characters), st.sampled_from(pieces)),
+                    max_size=max_size).map("".join)
 
 CASES = [
     "", " ", "Hello world", "  leading spaces", "trailing  ", "tabs\tand\nnewlines\n\n", "multiple    spaces",
@@ -320,7 +328,7 @@ def _byte(sp, b: int) -> int:
     return sp.piece_to_id(f"<0x{b:02X}>")
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, **REPRODUCIBLE)
 @given(data=st.data())
 def test_model_file_decodes_any_ids_as_sentencepiece(models, data):
     """Any ordinary ids (what a model may generate: normal, user-defined and byte pieces in any order, a character
@@ -399,10 +407,8 @@ def test_model_file_remove_extra_whitespaces(models):
     assert tok.encode("   ") == []
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-@given(text=st.lists(st.one_of(st.characters(blacklist_categories=("Cs",)),
-                               st.sampled_from(list(" ▁\t\nab你🙂ᚠ1") + ["<s>", "the", "  ", "\u2581\u2581"])),
-                     max_size=40).map("".join))
+@settings(max_examples=200, **REPRODUCIBLE)
+@given(text=texts(list(" ▁\t\nab你🙂ᚠ1") + ["<s>", "the", "  ", "\u2581\u2581"], 40))
 def test_random_text_encodes_as_sentencepiece(models, text):
     """Random text (no lone surrogates: llmlab replaces those with U+FFFD, sentencepiece cannot take them)."""
     for name in ("bpe", "llama_ws"):
@@ -416,10 +422,8 @@ def _loaded(path: Path):
     return load_tokenizer(path)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-@given(text=st.lists(st.one_of(st.characters(blacklist_categories=("Cs",), blacklist_characters="\u2581"),
-                               st.sampled_from([" ", "  ", "\t", "\n", "a", "the", "\u3000", "\xa0"])),
-                     max_size=30).map("".join))
+@settings(max_examples=150, **REPRODUCIBLE)
+@given(text=texts([" ", "  ", "\t", "\n", "a", "the", "\u3000", "\xa0"], 30, blacklist_characters="\u2581"))
 def test_random_text_encodes_as_sentencepiece_removing_extra_whitespace(models, text):
     """remove_extra_whitespaces=True on random text (without a literal "▁", which sentencepiece strips at the end
     only: see CASES)."""
@@ -428,7 +432,7 @@ def test_random_text_encodes_as_sentencepiece_removing_extra_whitespace(models, 
     assert got == want, f"{text!r}: {_diff(got, want, _sp(path))}"
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, **REPRODUCIBLE)
 @given(text=st.lists(st.sampled_from(["[REF]", "<tool>", " ", "  ", "a", "the", "x", "▁", "\n", "ᚠ", "[RE", "F]"]),
                      max_size=12).map("".join))
 def test_random_text_with_user_defined_symbols_encodes_as_sentencepiece(models, text):
@@ -594,7 +598,7 @@ def test_json_layouts_decode_as_tokenizers(models, layout):
             assert tok.decode(ids, skip_special_tokens=skip) == ref.decode(ids, skip_special_tokens=skip), ids
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, **REPRODUCIBLE)
 @given(data=st.data())
 def test_json_decodes_any_ids_as_tokenizers(models, data):
     """Any ids, special and byte pieces included (tokenizers' ByteFallback turns each byte of an invalid run into
@@ -621,10 +625,8 @@ def test_json_layout_b_follows_tokenizers_not_sentencepiece(models):
         assert tok.encode(t) == ref.encode(t, add_special_tokens=False).ids, t
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-@given(text=st.lists(st.one_of(st.characters(blacklist_categories=("Cs",)),
-                               st.sampled_from(list(" ▁\t\nab你🙂ᚠ1") + ["<s>", "</s>", "[REF]", "  "])),
-                     max_size=30).map("".join))
+@settings(max_examples=100, **REPRODUCIBLE)
+@given(text=texts(list(" ▁\t\nab你🙂ᚠ1") + ["<s>", "</s>", "[REF]", "  "], 30))
 def test_random_text_encodes_as_tokenizers(models, text):
     for layout in ("a", "b"):
         path = json_files(models["llama_ws"])[layout]

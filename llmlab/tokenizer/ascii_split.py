@@ -30,6 +30,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from llmlab.tokenizer.bpe import PATTERNS
+
 # The ASCII members of Unicode general categories, as character-class contents ("" when there are none).
 _CATEGORIES = {
     "L": "A-Za-z", "Lu": "A-Z", "Ll": "a-z", "Lt": "", "Lm": "", "Lo": "", "LC": "A-Za-z", "L&": "A-Za-z",
@@ -44,7 +46,7 @@ _CASED = {"Lu", "Ll", "Lt", "LU", "LL", "LT"}
 _SAME_ESCAPES = set("sSdDwWbBAZtnrfva0")
 _GROUP_OPENERS = ("(?:", "(?=", "(?!", "(?<=", "(?<!", "(?>")
 _FLAG_GROUP = re.compile(r"\(\?[ims]*(?:-[ims]+)?[:)]")  # not x: its comments would be read as pattern
-_QUANTIFIER = re.compile(r"\{(\d*)(,?)(\d*)\}")
+_QUANTIFIER = re.compile(r"\{(\d*),?(\d*)\}")
 _PROPERTY = re.compile(r"\\([pP])(?:\{\^?([A-Za-z&_ ]+)\}|([A-Za-z]))")
 
 
@@ -137,7 +139,7 @@ def ascii_twin(pattern: str) -> re.Pattern | None:
             ci = scopes.pop()
         if c == "{":
             m = _QUANTIFIER.match(pattern, i)
-            if m is None or not (m.group(1) or m.group(3)):
+            if m is None or not (m.group(1) or m.group(2)):
                 return None  # a brace that is not a plain quantifier: literal in one engine, fuzzy in the other
             out.append(m.group())
             i = m.end()
@@ -156,6 +158,7 @@ def ascii_twin(pattern: str) -> re.Pattern | None:
 WHITE_SPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
                         + "".join(map(chr, range(0x2000, 0x200b))))
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_LINE_SAFE = frozenset(PATTERNS[k] for k in ("cl100k", "o200k", "llama3", "qwen2"))
 
 
 def line_safe(pattern: str) -> bool:
@@ -167,9 +170,7 @@ def line_safe(pattern: str) -> bool:
     `\\s+(?!\\S)`), whatever follows it. GPT-2's pattern is not: there `\\s+(?!\\S)` would end such a run one character
     earlier than at the end of a text (GPT-2 tokenizers cut text their own way, see `tokenizer.py`).
     """
-    from llmlab.tokenizer.bpe import PATTERNS
-
-    return pattern in {PATTERNS[k] for k in ("cl100k", "o200k", "llama3", "qwen2")}
+    return pattern in _LINE_SAFE
 
 
 def split_mixed(text: str, findall, findall_ascii) -> list[str]:
