@@ -110,3 +110,16 @@ def test_without_a_compiler_the_python_loop_runs(monkeypatch):
     word = "▁ab▁abc▁▁▁▁cde" * 3
     assert [m.piece(i) for i in m.encode_word(word)] == brute(m, word)
     assert m._c._off and m._c._table is None
+
+
+@needs_cc
+def test_a_table_past_int32_leaves_the_python_loop(monkeypatch):
+    """Offsets, ranks and ids are int32 in C: a vocabulary past that turns C off instead of failing the encode."""
+    def too_big(*args):
+        raise OverflowError("past int32")
+
+    monkeypatch.setattr(cmerge, "WARMUP", 0)
+    monkeypatch.setattr(cmerge, "RankTable", too_big)
+    tok = load_tokenizer(artifacts.fetch("gpt2-tiktoken"), pattern="gpt2")
+    assert tok.encode("hello worldlessnesses") == [31373, 995, 17587, 274]
+    assert tok.model._c._off and tok.model._c._table is None

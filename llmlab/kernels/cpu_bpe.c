@@ -8,6 +8,7 @@
 // best pair. Called through ctypes from llmlab/tokenizer/cmerge.py, which keeps the Python loop as the fallback.
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define EMPTY UINT64_MAX
 
@@ -101,47 +102,60 @@ int64_t bpe_merge(const uint64_t *keys, const int64_t *vals, int bits, int32_t *
 
 // ---- ranks mode (tiktoken files): any adjacent pair whose bytes are a token merges, the lowest rank first ----------
 //
-// A byte-string table: open addressing over 2^bits int32 slots holding a token's index (or -1); token i is
-// blob[offs[i]..offs[i+1]) with rank ranks[i]. bpe_ranks_merge runs tiktoken's byte_pair_merge on one piece with the
-// same heap as bpe_merge, a symbol being a byte span: the pair at symbol i is the span from i to the end of the symbol
-// after it, looked up by its bytes.
+// A byte-string table: open addressing over 2^bits slots of four int32 (tag, rank, offset, length), rank -1 for an
+// empty slot; the token is blob[offset..offset + length), tag the low 32 bits of its hash, so a probe reads one slot
+// and touches the blob only when the tags agree. bpe_ranks_merge runs tiktoken's byte_pair_merge on one piece with
+// the heap of bpe_merge, a symbol being a byte span: the pair at symbol i is the span from i to the end of the symbol
+// after it, looked up by its bytes. cur[i] holds the rank of the pair now at i, so a popped entry is checked without
+// a second lookup (a pair at i that changes covers other bytes, hence another token and another rank).
 
-static inline uint64_t hash_bytes(const uint8_t *s, int64_t n) {  // FNV-1a, then murmur3's finalizer (the table
-    uint64_t h = 0xcbf29ce484222325ULL;                            // takes the top bits, which FNV mixes poorly)
-    for (int64_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ULL;
+static inline uint64_t load_short(const uint8_t *s, int64_t n) {  // n <= 8 bytes as one word (overlapping loads)
+    uint32_t a, b;
+    if (n >= 4) {
+        memcpy(&a, s, 4), memcpy(&b, s + n - 4, 4);
+        return (uint64_t)a << 32 | b;
+    }
+    return n ? (uint64_t)s[0] << 16 | (uint64_t)s[n >> 1] << 8 | s[n - 1] : 0;
+}
+
+static inline uint64_t hash_bytes(const uint8_t *s, int64_t n) {  // a word at a time, then murmur3's finalizer
+    uint64_t h = (uint64_t)n * 0x9E3779B97F4A7C15ULL, w;
+    for (; n > 8; s += 8, n -= 8) {
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 29;
+    }
+    h = (h ^ load_short(s, n)) * 0x94d049bb133111ebULL;
     h ^= h >> 33, h *= 0xff51afd7ed558ccdULL, h ^= h >> 33, h *= 0xc4ceb9fe1a85ec53ULL, h ^= h >> 33;
     return h;
 }
 
-void bpe_bytes_table_build(int32_t *slots, int bits, const uint8_t *blob, const int64_t *offs, int64_t n) {
+void bpe_bytes_table_build(int32_t *slots, int bits, const uint8_t *blob, const int64_t *offs, const int32_t *ranks,
+                           int64_t n) {
     uint64_t mask = (1ULL << bits) - 1;
     for (int64_t i = 0; i < n; i++) {
-        uint64_t s = hash_bytes(blob + offs[i], offs[i + 1] - offs[i]) >> (64 - bits);
-        while (slots[s] >= 0) s = (s + 1) & mask;  // token byte strings are distinct
-        slots[s] = (int32_t)i;
+        uint64_t h = hash_bytes(blob + offs[i], offs[i + 1] - offs[i]), s = h >> (64 - bits);
+        while (slots[4 * s + 1] >= 0) s = (s + 1) & mask;  // token byte strings are distinct
+        int32_t *e = slots + 4 * s;
+        e[0] = (int32_t)(uint32_t)h, e[1] = ranks[i], e[2] = (int32_t)offs[i], e[3] = (int32_t)(offs[i + 1] - offs[i]);
     }
 }
 
-static inline int64_t rank_of(const int32_t *slots, int bits, const uint8_t *blob, const int64_t *offs,
-                              const int32_t *ranks, const uint8_t *s, int64_t n) {
-    uint64_t mask = (1ULL << bits) - 1;
-    for (uint64_t k = hash_bytes(s, n) >> (64 - bits);; k = (k + 1) & mask) {
-        int32_t t = slots[k];
-        if (t < 0) return -1;
-        if (offs[t + 1] - offs[t] == n) {
-            const uint8_t *u = blob + offs[t];
-            int64_t j = 0;
-            while (j < n && u[j] == s[j]) j++;
-            if (j == n) return ranks[t];
-        }
+static inline int64_t rank_of(const int32_t *slots, int bits, const uint8_t *blob, const uint8_t *s, int64_t n) {
+    uint64_t mask = (1ULL << bits) - 1, h = hash_bytes(s, n);
+    int32_t tag = (int32_t)(uint32_t)h;
+    for (uint64_t k = h >> (64 - bits);; k = (k + 1) & mask) {
+        const int32_t *e = slots + 4 * k;
+        if (e[1] < 0) return -1;
+        if (e[0] == tag && e[3] == n && memcmp(blob + (uint32_t)e[2], s, n) == 0) return e[1];
     }
 }
 
 // The ranks of `piece` (n bytes) into out[0..); returns their count, -1 when memory runs out or a byte is not a
 // token (the caller falls back to Python).
-int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, const int64_t *offs, const int32_t *ranks,
-                        const uint8_t *piece, int64_t n, int32_t *out) {
-#define RANK(a, b) rank_of(slots, bits, blob, offs, ranks, piece + (a), (b) - (a))
+int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, const uint8_t *piece, int64_t n,
+                        int32_t *out) {
+#define RANK(a, b) rank_of(slots, bits, blob, piece + (a), (b) - (a))
     if (n == 0) return 0;
     int64_t whole = RANK(0, n);
     if (whole >= 0) {  // a piece that is itself a token is returned as is, as tiktoken does
@@ -149,35 +163,39 @@ int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, con
         return 1;
     }
     int32_t *nxt = malloc(sizeof(int32_t) * n), *prv = malloc(sizeof(int32_t) * n);
-    int64_t *heap = malloc(sizeof(int64_t) * 3 * n), len = 0;
-    if (!nxt || !prv || !heap) {
-        free(nxt), free(prv), free(heap);
+    int32_t *tok = malloc(sizeof(int32_t) * n);  // the rank of symbol i's bytes once it is a merge, else -1
+    int64_t *cur = malloc(sizeof(int64_t) * n), *heap = malloc(sizeof(int64_t) * 3 * n), len = 0;
+    if (!nxt || !prv || !tok || !cur || !heap) {
+        free(nxt), free(prv), free(tok), free(cur), free(heap);
         return -1;
     }
-    for (int64_t i = 0; i < n; i++) nxt[i] = (int32_t)(i + 1 < n ? i + 1 : -1), prv[i] = (int32_t)(i - 1);
+    for (int64_t i = 0; i < n; i++)
+        nxt[i] = (int32_t)(i + 1 < n ? i + 1 : -1), prv[i] = (int32_t)(i - 1), tok[i] = -1;
+    cur[n - 1] = -1;
     for (int64_t i = 0; i + 1 < n; i++) {
-        int64_t r = RANK(i, i + 2);
+        int64_t r = cur[i] = RANK(i, i + 2);
         if (r >= 0) push(heap, &len, r << 32 | i);
     }
 #define END(i) (nxt[i] < 0 ? n : nxt[i])
     while (len) {
         int64_t top = pop(heap, &len), i = top & 0xFFFFFFFF, j = nxt[i];
-        if (prv[i] == -2 || j < 0 || RANK(i, END(j)) != (top >> 32)) continue;  // stale: merged since
+        if (prv[i] == -2 || cur[i] != (top >> 32)) continue;  // stale: merged since
         nxt[i] = nxt[j], prv[j] = -2;  // j joins i
+        tok[i] = (int32_t)(top >> 32), cur[i] = -1;
         if (nxt[i] >= 0) {
             prv[nxt[i]] = (int32_t)i;
-            int64_t r = RANK(i, END(nxt[i]));
+            int64_t r = cur[i] = RANK(i, END(nxt[i]));
             if (r >= 0) push(heap, &len, r << 32 | i);
         }
         int32_t p = prv[i];
         if (p >= 0) {
-            int64_t r = RANK(p, END(i));
+            int64_t r = cur[p] = RANK(p, END(i));
             if (r >= 0) push(heap, &len, r << 32 | p);
         }
     }
     int64_t m = 0;
     for (int64_t i = 0; i >= 0 && i < n; i = nxt[i]) {
-        int64_t r = RANK(i, END(i));
+        int64_t r = tok[i] >= 0 ? tok[i] : RANK(i, i + 1);
         if (r < 0) {
             m = -1;
             break;
@@ -186,6 +204,6 @@ int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, con
     }
 #undef END
 #undef RANK
-    free(nxt), free(prv), free(heap);
+    free(nxt), free(prv), free(tok), free(cur), free(heap);
     return m;
 }

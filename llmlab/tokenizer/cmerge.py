@@ -41,9 +41,9 @@ def _library() -> ctypes.CDLL | None:
     lib.bpe_table_build.restype = None
     lib.bpe_merge.argtypes = [p, p, ctypes.c_int, p, ctypes.c_int64]
     lib.bpe_merge.restype = ctypes.c_int64
-    lib.bpe_bytes_table_build.argtypes = [p, ctypes.c_int, p, p, ctypes.c_int64]
+    lib.bpe_bytes_table_build.argtypes = [p, ctypes.c_int, p, p, p, ctypes.c_int64]
     lib.bpe_bytes_table_build.restype = None
-    lib.bpe_ranks_merge.argtypes = [p, ctypes.c_int, p, p, p, ctypes.c_char_p, ctypes.c_int64, p]
+    lib.bpe_ranks_merge.argtypes = [p, ctypes.c_int, p, ctypes.c_char_p, ctypes.c_int64, p]
     lib.bpe_ranks_merge.restype = ctypes.c_int64
     return lib
 
@@ -70,22 +70,22 @@ class PairTable:
 
 
 class RankTable:
-    """Ranks mode: token bytes -> rank in C memory (tokens in one buffer, a hash table of their indices), and
-    tiktoken's merge of one piece over it."""
+    """Ranks mode: token bytes -> rank in C memory (tokens in one buffer, a hash table of (tag, rank, offset,
+    length) slots), and tiktoken's merge of one piece over it."""
 
     def __init__(self, lib: ctypes.CDLL, ranks: dict[bytes, int]):
         tokens = list(ranks)
         self.blob = b"".join(tokens)
-        self.offs = array("q", [0])
-        self.offs.extend(accumulate(map(len, tokens)))
-        self.ranks = array("i", ranks.values())
+        if len(self.blob) >= 1 << 31:
+            raise OverflowError("tokens too long for the C table's int32 offsets")
+        offs, values = array("q", [0]), array("i", ranks.values())
+        offs.extend(accumulate(map(len, tokens)))
         bits = max(8, (2 * len(tokens)).bit_length())
-        self.slots = array("i", [-1]) * (1 << bits)
+        self.slots = array("i", [-1]) * (4 << bits)
         addr = lambda a: a.buffer_info()[0]  # noqa: E731
         blob = ctypes.c_char_p(self.blob)
-        lib.bpe_bytes_table_build(addr(self.slots), bits, blob, addr(self.offs), len(tokens))
-        self._merge = functools.partial(lib.bpe_ranks_merge, addr(self.slots), bits, blob, addr(self.offs),
-                                        addr(self.ranks))
+        lib.bpe_bytes_table_build(addr(self.slots), bits, blob, addr(offs), addr(values), len(tokens))
+        self._merge = functools.partial(lib.bpe_ranks_merge, addr(self.slots), bits, blob)
 
     def merge(self, piece: bytes) -> list[int] | None:
         buf = array("i", [0]) * len(piece)
@@ -118,7 +118,12 @@ class CMerger:
             if lib is None:
                 self._off = True
                 return None
-            table = self._table = PairTable(lib, self._pairs()) if self._ranks is None else RankTable(lib, self._ranks)
+            try:
+                table = PairTable(lib, self._pairs()) if self._ranks is None else RankTable(lib, self._ranks)
+            except OverflowError:  # ids, ranks or offsets past int32: the Python loop does the work
+                self._off = True
+                return None
+            self._table = table
         return table.merge(ids)
 
 
