@@ -10,14 +10,14 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmlab.tokenizer.ascii_split import ascii_twin, line_safe, split_mixed
+from llmlab.tokenizer.ascii_split import ascii_twin, line_safe, segments, split_mixed
 from llmlab.tokenizer.bpe import PATTERNS
 from llmlab.tokenizer.io import GGUF_PRE
 from llmlab.tokenizer.tokenizer import compile_pre_tokenizer
 
 ASCII = st.text(alphabet=st.sampled_from(list("aAbzZ09 \t\n\r\x0b\x0c\x1c\x1f\x00\x7f'sdmtlvrSDMTLVRE.,;!?(){}[]_-/\\~"
                                               "#")), max_size=40)
-MIXED = st.text(alphabet=st.sampled_from(list("aAz09 \t\n\n\n\r's.,(\x0b") + [
+MIXED = st.text(alphabet=st.sampled_from(list("aAz09 \t\n\n\n\r's.,(\x0b//") + [
     "é", "中", "\xa0", "\u2028", "\u0663", "\x85", "\u2163", "\u3000", "\U0001F600", "\u0301", "\u00b2"]), max_size=40)
 
 SHIPPED = {**PATTERNS,
@@ -58,20 +58,41 @@ def test_what_has_no_twin():
 
 @settings(max_examples=300, deadline=None)
 @given(MIXED)
-def test_line_cut_mixed_text_splits_alike(text):
-    for name in ("cl100k", "o200k", "llama3", "qwen2"):
+def test_cut_mixed_text_splits_alike(text):
+    """Lines for the cl100k family, spaces after non-spaces for GPT-2: the parts split as the whole text does."""
+    for name in ("cl100k", "o200k", "llama3", "qwen2", "gpt2"):
         pattern = PATTERNS[name]
-        assert line_safe(pattern)
+        assert line_safe(pattern) == (name != "gpt2")
         compiled = regex.compile(pattern)
-        assert split_mixed(text, compiled.findall, ascii_twin(pattern).findall) == compiled.findall(text), name
+        cuts = segments(text, pattern)
+        assert [a for a, _, _ in cuts] == [0, *[b for _, b, _ in cuts]][:len(cuts)] and all(a < b for a, b, _ in cuts)
+        assert not text or cuts[-1][1] == len(text)
+        assert all(text[a:b].isascii() for a, b, ascii in cuts if ascii)
+        assert split_mixed(text, pattern, compiled.findall, ascii_twin(pattern).findall) == compiled.findall(text), name
 
 
 def test_gpt2_is_not_line_safe():
-    """Its `\\s+(?!\\S)` takes a run's final line break at the end of a text, not before a word: no cutting there."""
+    """Its `\\s+(?!\\S)` takes a run's final line break at the end of a text, not before a word: no cutting at lines
+    (its own cut, before a space after a non-space, holds)."""
     assert not line_safe(PATTERNS["gpt2"])
     gpt2 = regex.compile(PATTERNS["gpt2"])
     text = "x  \nyé"
-    assert split_mixed(text, gpt2.findall, ascii_twin(PATTERNS["gpt2"]).findall) != gpt2.findall(text)
+    assert gpt2.findall("x  \n") + gpt2.findall("yé") != gpt2.findall(text)
+    assert split_mixed(text, PATTERNS["gpt2"], gpt2.findall, ascii_twin(PATTERNS["gpt2"]).findall) == gpt2.findall(text)
+
+
+def test_o200k_does_not_cut_before_a_slash_line():
+    """o200k's punctuation takes [\\r\\n/]*: ".\\n/" is one piece, so a line starting with "/" is not a cut (it was,
+    and "é;\\n// note" encoded differently from tiktoken)."""
+    o200k = regex.compile(PATTERNS["o200k"])
+    for text in ("é.\n/x", "é;\n// note", "é;\n  // note"):
+        assert split_mixed(text, PATTERNS["o200k"], o200k.findall, ascii_twin(PATTERNS["o200k"]).findall) == \
+            o200k.findall(text)
+    assert o200k.findall("é.\n/x") == ["é", ".\n/", "x"]
+
+
+def test_a_pattern_without_cuts_has_no_segments():
+    assert segments("é x", r"\p{L}+|\s") is None
 
 
 @settings(max_examples=100, deadline=None)

@@ -207,3 +207,259 @@ int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, con
     free(nxt), free(prv), free(tok), free(cur), free(heap);
     return m;
 }
+
+// ---- pre-split of ASCII text: the split patterns of llmlab.tokenizer.PATTERNS, each alternative as written ------
+//
+// bpe_split writes the end of each piece (pieces are contiguous) and returns their count. On ASCII text these
+// patterns reduce to four character classes: letters, digits, whitespace (Unicode White_Space: \t \n \v \f \r and
+// space; not \x1c-\x1f, which str.isspace() takes) and the rest. Alternatives are tried in the pattern's order with
+// its backtracking worked out by hand, e.g. `\s*[\r\n]+` ends after the run's last line break and `\s+(?!\S)`
+// leaves the run's last whitespace to the next piece. tests/test_tokenizer_cencode.py fuzzes each against `regex`.
+
+enum { SPLIT_GPT2, SPLIT_CL100K, SPLIT_O200K, SPLIT_LLAMA3, SPLIT_QWEN2, SPLIT_DIGITS_GPT2 };
+enum { C_LETTER = 1, C_UPPER = 2, C_DIGIT = 4, C_SPACE = 8, C_NEWLINE = 16 };
+
+static inline int char_class(uint8_t c) {
+    if (c >= 'a' && c <= 'z') return C_LETTER;
+    if (c >= 'A' && c <= 'Z') return C_LETTER | C_UPPER;
+    if (c >= '0' && c <= '9') return C_DIGIT;
+    if (c == '\r' || c == '\n') return C_SPACE | C_NEWLINE;
+    if (c == ' ' || c == '\t' || c == '\v' || c == '\f') return C_SPACE;
+    return 0;
+}
+
+// The end of a contraction ('s 't 'm 'd 're 've 'll; case-insensitive unless `exact`) at i, or -1.
+static inline int64_t contraction(const uint8_t *s, int64_t n, int64_t i, int exact) {
+    if (i + 1 >= n || s[i] != '\'') return -1;
+    int a = exact ? s[i + 1] : s[i + 1] | 0x20;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
+    if (i + 2 >= n) return -1;
+    int b = exact ? s[i + 2] : s[i + 2] | 0x20;
+    return (a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l') ? i + 3 : -1;
+}
+
+static inline int64_t run_of(const uint8_t *s, int64_t n, int64_t i, int cls) {  // end of the run of `cls` at i
+    while (i < n && (char_class(s[i]) & cls)) i++;
+    return i;
+}
+
+static inline int is_other(const uint8_t *s, int64_t n, int64_t i) { return i < n && char_class(s[i]) == 0; }
+
+static int64_t split_one(int kind, const uint8_t *s, int64_t n, int64_t i) {
+    int c = char_class(s[i]);
+    int64_t j;
+    if (kind == SPLIT_GPT2) {  // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+        if ((j = contraction(s, n, i, 1)) >= 0) return j;
+        int64_t k = s[i] == ' ' && i + 1 < n ? i + 1 : i;  // the optional space: kept where the run follows it
+        int ck = char_class(s[k]);
+        if (ck & C_LETTER) return run_of(s, n, k, C_LETTER);
+        if (ck & C_DIGIT) return run_of(s, n, k, C_DIGIT);
+        if (is_other(s, n, k)) {
+            while (is_other(s, n, k)) k++;
+            return k;
+        }
+    } else if (kind == SPLIT_O200K) {
+        // [^\r\n\p{L}\p{N}]?[Lu]*[Ll]+C?|[^\r\n\p{L}\p{N}]?[Lu]+[Ll]*C?  (C: (?i:'s|'t|'re|'ve|'m|'ll|'d)), on ASCII:
+        // an uppercase run, then a lowercase run, one of them not empty. The prefix and a letter exclude each other,
+        // so of "with" and "without the prefix" only one can match.
+        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : i + 1, u = k;
+        while (u < n && (char_class(s[u]) & C_UPPER)) u++;
+        int64_t l = u;
+        while (l < n && char_class(s[l]) == C_LETTER) l++;
+        if (l > k) {
+            int64_t t = contraction(s, n, l, 0);
+            return t >= 0 ? t : l;
+        }
+        if (c & C_DIGIT) {  // \p{N}{1,3}
+            int64_t e = run_of(s, n, i, C_DIGIT);
+            return e - i > 3 ? i + 3 : e;
+        }
+        k = s[i] == ' ' && is_other(s, n, i + 1) ? i + 1 : i;  //  ?[^\s\p{L}\p{N}]+[\r\n/]*
+        if (is_other(s, n, k)) {
+            while (is_other(s, n, k)) k++;
+            while (k < n && (s[k] == '\r' || s[k] == '\n' || s[k] == '/')) k++;
+            return k;
+        }
+    } else {  // cl100k, Llama 3, Qwen2
+        if ((j = contraction(s, n, i, 0)) >= 0) return j;
+        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : i + 1;  // [^\r\n\p{L}\p{N}]?\p{L}+
+        if (k < n && (char_class(s[k]) & C_LETTER)) return run_of(s, n, k, C_LETTER);
+        if (c & C_DIGIT) {  // \p{N}{1,3} (Qwen2: \p{N})
+            int64_t most = kind == SPLIT_QWEN2 ? 1 : 3, e = run_of(s, n, i, C_DIGIT);
+            return e - i > most ? i + most : e;
+        }
+        k = s[i] == ' ' && is_other(s, n, i + 1) ? i + 1 : i;  //  ?[^\s\p{L}\p{N}]+[\r\n]*
+        if (is_other(s, n, k)) {
+            while (is_other(s, n, k)) k++;
+            return run_of(s, n, k, C_NEWLINE);
+        }
+    }
+    if (!(c & C_SPACE)) return -1;
+    int64_t e = i, last = -1;  // the whitespace run [i, e) and its last line break
+    for (; e < n && (char_class(s[e]) & C_SPACE); e++)
+        if (s[e] == '\r' || s[e] == '\n') last = e;
+    if (kind == SPLIT_CL100K && e == n) return n;  // \s++\z
+    if (kind != SPLIT_GPT2 && last >= 0) return last + 1;  // \s*[\r\n] (cl100k), \s*[\r\n]+
+    return e == n || e - i == 1 ? e : e - 1;  // \s+(?!\S), else \s+ (cl100k: \s) takes one character
+}
+
+// The end of the piece at i. SPLIT_DIGITS_GPT2 is SmolLM2's two stages: each digit alone (Digits with
+// individual_digits), then GPT-2's pattern over the text between digits, which ends there as a text would
+// (*stop caches the next digit's position).
+static inline int64_t next_piece(int kind, const uint8_t *s, int64_t n, int64_t i, int64_t *stop) {
+    if (kind != SPLIT_DIGITS_GPT2) return split_one(kind, s, n, i);
+    if (char_class(s[i]) & C_DIGIT) return i + 1;
+    if (*stop <= i)
+        for (*stop = i; *stop < n && !(char_class(s[*stop]) & C_DIGIT); (*stop)++) {}
+    return split_one(SPLIT_GPT2, s, *stop, i);
+}
+
+int64_t bpe_split(int kind, const uint8_t *s, int64_t n, int32_t *ends) {
+    int64_t i = 0, m = 0, stop = 0;
+    while (i < n) {
+        int64_t j = next_piece(kind, s, n, i, &stop);
+        if (j <= i) return -1;  // no alternative matches (not ASCII text): the caller uses the regex
+        ends[m++] = (int32_t)j;
+        i = j;
+    }
+    return m;
+}
+
+// ---- the encoder: pre-split ASCII text, look each piece up in a cache of its ids, merge only the misses ----------
+//
+// The cache is a table of pieces (bytes kept in one arena) -> ids (in another), open addressing, doubled at half
+// full, emptied when it reaches `limit` pieces; a piece longer than CACHED_LEN bytes is merged every time, as in
+// Python.
+// A miss merges as the model does: ranks mode (a bytes table of ranks) through bpe_ranks_merge, merges mode
+// through bpe_merge on the piece's byte ids (a byte without an id is dropped), after the whole-piece lookup of
+// ignore_merges when the encoder has a vocabulary table. Ids are written straight into the caller's buffer: a piece
+// never has more ids than bytes, so n ids always fit.
+
+#define CACHED_LEN 256
+
+typedef struct {
+    uint32_t tag, key, len, ids, count;  // len 0: an empty slot (pieces are never empty)
+} CacheSlot;
+
+typedef struct {
+    int kind;
+    const int32_t *bslots;  // bytes table: token ranks (ranks mode) or ids (merges mode with ignore_merges), or NULL
+    int bbits;
+    const uint8_t *blob;
+    const uint64_t *pkeys;  // pair table (merges mode), or NULL for ranks mode
+    const int64_t *pvals;
+    int pbits;
+    int32_t byte_id[256];
+    CacheSlot *slots;
+    int bits;
+    int64_t used, limit, nkeys, capkeys, nids, capids;
+    uint8_t *keys;
+    int32_t *ids;
+} Encoder;
+
+void bpe_encoder_free(Encoder *e) {
+    if (e) free(e->slots), free(e->keys), free(e->ids), free(e);
+}
+
+Encoder *bpe_encoder_new(int kind, const int32_t *bslots, int bbits, const uint8_t *blob, const uint64_t *pkeys,
+                         const int64_t *pvals, int pbits, const int32_t *byte_id, int64_t limit) {
+    Encoder *e = calloc(1, sizeof(Encoder));
+    if (!e) return NULL;
+    e->kind = kind, e->bslots = bslots, e->bbits = bbits, e->blob = blob, e->pkeys = pkeys, e->pvals = pvals;
+    e->pbits = pbits, e->limit = limit, e->bits = 12, e->capkeys = 1 << 16, e->capids = 1 << 14;
+    for (int b = 0; b < 256; b++) e->byte_id[b] = byte_id ? byte_id[b] : -1;
+    e->slots = calloc((size_t)1 << e->bits, sizeof(CacheSlot));
+    e->keys = malloc(e->capkeys), e->ids = malloc(sizeof(int32_t) * e->capids);
+    if (!e->slots || !e->keys || !e->ids) {
+        bpe_encoder_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+int64_t bpe_encoder_size(const Encoder *e) { return e->used; }
+
+static CacheSlot *find(const Encoder *e, const uint8_t *s, int64_t len, uint64_t h) {
+    uint64_t mask = ((uint64_t)1 << e->bits) - 1;
+    for (uint64_t k = h >> (64 - e->bits);; k = (k + 1) & mask) {
+        CacheSlot *c = e->slots + k;
+        if (!c->len || (c->tag == (uint32_t)h && c->len == len && memcmp(e->keys + c->key, s, len) == 0)) return c;
+    }
+}
+
+static int grow(Encoder *e) {  // double the table; 0 when memory runs out (the table is left as it was)
+    int bits = e->bits + 1;
+    CacheSlot *old = e->slots, *slots = calloc((size_t)1 << bits, sizeof(CacheSlot));
+    if (!slots) return 0;
+    uint64_t mask = ((uint64_t)1 << bits) - 1;
+    for (int64_t k = 0; k < ((int64_t)1 << e->bits); k++) {
+        if (!old[k].len) continue;
+        uint64_t s = hash_bytes(e->keys + old[k].key, old[k].len) >> (64 - bits);
+        while (slots[s].len) s = (s + 1) & mask;
+        slots[s] = old[k];
+    }
+    e->slots = slots, e->bits = bits;
+    free(old);
+    return 1;
+}
+
+static int reserve(void **buf, int64_t *cap, int64_t need, size_t item) {  // 0 when memory runs out
+    if (need <= *cap) return 1;
+    int64_t cap2 = *cap;
+    while (cap2 < need) cap2 *= 2;
+    void *p = realloc(*buf, cap2 * item);
+    if (!p) return 0;
+    *buf = p, *cap = cap2;
+    return 1;
+}
+
+static int64_t merge_piece(const Encoder *e, const uint8_t *s, int64_t len, int32_t *out) {
+    if (!e->pkeys) return bpe_ranks_merge(e->bslots, e->bbits, e->blob, s, len, out);
+    if (e->bslots) {  // ignore_merges: a piece that is a whole token is that token
+        int64_t r = rank_of(e->bslots, e->bbits, e->blob, s, len);
+        if (r >= 0) {
+            out[0] = (int32_t)r;
+            return 1;
+        }
+    }
+    int64_t m = 0;
+    for (int64_t i = 0; i < len; i++)
+        if (e->byte_id[s[i]] >= 0) out[m++] = e->byte_id[s[i]];
+    return bpe_merge(e->pkeys, e->pvals, e->pbits, out, m);
+}
+
+// The ids of text[0..n) (ASCII) into out[0..n); returns their count, or -1 (memory, or a character no alternative
+// of the pattern matches): the caller then encodes the text in Python.
+int64_t bpe_encode(Encoder *e, const uint8_t *text, int64_t n, int32_t *out) {
+    int64_t m = 0, stop = 0;
+    for (int64_t i = 0; i < n;) {
+        int64_t j = next_piece(e->kind, text, n, i, &stop), len = j - i;
+        if (j <= i) return -1;
+        const uint8_t *s = text + i;
+        i = j;
+        uint64_t h = hash_bytes(s, len);
+        CacheSlot *c = len <= CACHED_LEN ? find(e, s, len, h) : NULL;
+        if (c && c->len) {
+            memcpy(out + m, e->ids + c->ids, sizeof(int32_t) * c->count);
+            m += c->count;
+            continue;
+        }
+        int64_t k = merge_piece(e, s, len, out + m);
+        if (k < 0) return -1;
+        if (c) {  // keep it: the arenas first, so that a failure leaves the table as it was
+            if (!reserve((void **)&e->keys, &e->capkeys, e->nkeys + len, 1) ||
+                !reserve((void **)&e->ids, &e->capids, e->nids + k, sizeof(int32_t)))
+                return -1;
+            memcpy(e->keys + e->nkeys, s, len), memcpy(e->ids + e->nids, out + m, sizeof(int32_t) * k);
+            *c = (CacheSlot){(uint32_t)h, (uint32_t)e->nkeys, (uint32_t)len, (uint32_t)e->nids, (uint32_t)k};
+            e->nkeys += len, e->nids += k;
+            // past the limit, or with no memory to grow: start again (the Python word cache is cleared the same way)
+            if (++e->used >= e->limit || (2 * e->used > ((int64_t)1 << e->bits) && !grow(e))) {
+                memset(e->slots, 0, sizeof(CacheSlot) << e->bits);
+                e->used = e->nkeys = e->nids = 0;
+            }
+        }
+        m += k;
+    }
+    return m;
+}

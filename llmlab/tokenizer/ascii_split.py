@@ -20,13 +20,15 @@ Found by fuzzing random patterns against `regex` (tests/test_tokenizer_ascii_spl
 misreads some patterns with a scoped (?i:...) group (after one, [^\\p{Ll}] skips "Z"; beside one, [^.a] may skip "A");
 the twin keeps their written meaning there (no shipped pattern is affected).
 
-Text with some non-ASCII characters is cut into lines for the patterns where that is safe (`line_safe`: the cl100k
-family): the lines around each non-ASCII run go to `regex`, the ASCII stretches between them to the twin. The tests
+Text with some non-ASCII characters is cut where no piece can cross (`segments`): after a line break followed by a
+non-space for the cl100k family (`line_safe`), before a space that follows a non-space for GPT-2. The part around
+each non-ASCII run goes to `regex`, the ASCII stretches between them to the twin (and to C, cencode.py). The tests
 check every shipped pattern's twin, and the cutting, against `regex` on random text.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -162,40 +164,83 @@ _LINE_SAFE = frozenset(PATTERNS[k] for k in ("cl100k", "o200k", "llama3", "qwen2
 
 
 def line_safe(pattern: str) -> bool:
-    """Whether no piece of `pattern` crosses a line break followed by a non-space, so that text may be cut there.
+    """Whether `pattern` may be cut at line starts (`segments`): after a line break whose line goes on, past any
+    indentation, to a non-space (for o200k: not a "/" right after the line break).
 
-    True for the cl100k family as written here (cl100k, o200k, Llama 3, Qwen2): in each, only whitespace-only
-    alternatives and a trailing `[\\r\\n]*` after punctuation hold a line break, the optional character before a word
-    excludes \\r and \\n, and a whitespace run ending in a line break matches `\\s*[\\r\\n]` (listed before
-    `\\s+(?!\\S)`), whatever follows it. GPT-2's pattern is not: there `\\s+(?!\\S)` would end such a run one character
-    earlier than at the end of a text (GPT-2 tokenizers cut text their own way, see `tokenizer.py`).
+    True for the cl100k family as written here (cl100k, o200k, Llama 3, Qwen2). In each, the optional character
+    before a word excludes \\r and \\n, so only two kinds of piece hold a line break: whitespace, where a run with a
+    line break matches `\\s*[\\r\\n]` (cl100k) or `\\s*[\\r\\n]+` (listed before `\\s+(?!\\S)`) and so ends after
+    its last line break, or at the end of the text by `\\s++\\z`, the same place when the run goes on to a non-space;
+    and punctuation followed by `[\\r\\n]*`, which stops where the line breaks do, except that o200k's `[\\r\\n/]*` also
+    takes a "/" (".\\n/" is one o200k piece: cut there, "// comment" lines would encode differently). GPT-2's
+    pattern is not: there `\\s+(?!\\S)` would end such a run one character earlier than at the end of a text; it is
+    cut before a space that follows a non-space instead.
     """
     return pattern in _LINE_SAFE
 
 
-def split_mixed(text: str, findall, findall_ascii) -> list[str]:
-    """`findall(text)` for a line-safe pattern (see `line_safe`) on text that is not all ASCII: the lines around
-    each non-ASCII run go to `findall`, the ASCII stretches between them to `findall_ascii` (the twin)."""
-    out: list[str] = []
-    start, n = 0, len(text)
+_WS = "".join(sorted(WHITE_SPACE))
+_INDENT = re.compile("[" + "".join(sorted(WHITE_SPACE - {"\r", "\n"})) + "]*")
+_SPACE_CUT = re.compile(f"(?<=[^{_WS}])[{_WS}]")  # a space after a non-space: GPT-2's pieces never cross it
+_SPACE_CUT_BACK = re.compile(f"[{_WS}](?=[^{_WS}])")  # the same, searched in reversed text
+
+
+def _line_start(text: str, p: int, slash: bool) -> bool:
+    """Whether p (just after a "\\n") is a cut of line_safe: indentation without line breaks, then a non-space."""
+    q = _INDENT.match(text, p).end()
+    return q < len(text) and text[q] not in WHITE_SPACE and not (slash and q == p and text[q] == "/")
+
+
+def _line_cuts(text: str, lo: int, a: int, b: int, slash: bool = False) -> tuple[int, int]:
+    """The last cut at or before a (not before lo) and the first at or after b, at line starts (line_safe);
+    `slash`: o200k, where a line starting with "/" continues the piece before it."""
+    j = text.rfind("\n", lo, a)
+    while j >= 0 and not _line_start(text, j + 1, slash):
+        j = text.rfind("\n", lo, j)
+    k = text.find("\n", b)
+    while k >= 0 and not _line_start(text, k + 1, slash):
+        k = text.find("\n", k + 1)
+    return (j + 1 if j >= 0 else lo), (k + 1 if k >= 0 else len(text))
+
+
+def _space_cuts(text: str, lo: int, a: int, b: int) -> tuple[int, int]:
+    """The same for GPT-2's pattern: before a space that follows a non-space. Its pieces hold whitespace only as one
+    leading space or as a whitespace-only piece, and only \\s+(?!\\S) looks ahead, from whitespace."""
+    m = _SPACE_CUT_BACK.search(text[lo:a + 1][::-1])
+    k = _SPACE_CUT.search(text, b)
+    return (a - m.start() if m else lo), (k.start() if k else len(text))
+
+
+def segments(text: str, pattern: str) -> list[tuple[int, int, bool]] | None:
+    """Spans (start, end, all ASCII) covering `text`, cut where no piece of `pattern` crosses: the ASCII stretches
+    and, around each non-ASCII run, the part that holds it. None for a pattern without such cuts."""
+    if line_safe(pattern):
+        cuts = functools.partial(_line_cuts, slash=pattern == PATTERNS["o200k"])
+    elif pattern == PATTERNS["gpt2"]:
+        cuts = _space_cuts
+    else:
+        return None
+    out: list[tuple[int, int, bool]] = []
+    start = 0
     for m in _NON_ASCII.finditer(text):
-        a = m.start()
-        if a < start:  # inside the stretch just given to `findall`
+        if m.end() <= start:  # inside the part just cut out (GPT-2's cut may fall inside a run: before U+3000)
             continue
-        j = text.rfind("\n", start, a)  # the last cut before the run: a line break followed by a non-space
-        while j >= 0 and text[j + 1] in WHITE_SPACE:
-            j = text.rfind("\n", start, j)
-        cut = j + 1 if j >= 0 else start
-        k = text.find("\n", m.end())  # the first cut after it
-        while k >= 0 and (k + 1 == n or text[k + 1] in WHITE_SPACE):
-            k = text.find("\n", k + 1)
-        end = k + 1 if k >= 0 else n
+        cut, end = cuts(text, start, max(m.start(), start), m.end())
         if cut > start:
-            out += findall_ascii(text[start:cut])
-        out += findall(text[cut:end])
+            out.append((start, cut, True))
+        out.append((cut, end, False))
         start = end
-    if start < n:
-        out += findall_ascii(text[start:])
+    if start < len(text):
+        out.append((start, len(text), True))
+    return out
+
+
+def split_mixed(text: str, pattern: str, findall, findall_ascii) -> list[str]:
+    """`findall(text)` on text that is not all ASCII, for a pattern with `segments`: the parts around each
+    non-ASCII run go to `findall`, the ASCII stretches between them to `findall_ascii` (the twin)."""
+    out: list[str] = []
+    for a, b, ascii in segments(text, pattern):
+        out += (findall_ascii if ascii else findall)(text[a:b])
     return out
 
 
@@ -205,6 +250,6 @@ def fast_findall(pattern: str, compiled) -> Callable[[str], list[str]]:
     if twin is None:
         return compiled.findall
     slow, fast = compiled.findall, twin.findall
-    if line_safe(pattern):
-        return lambda text: fast(text) if text.isascii() else split_mixed(text, slow, fast)
+    if line_safe(pattern) or pattern == PATTERNS["gpt2"]:
+        return lambda text: fast(text) if text.isascii() else split_mixed(text, pattern, slow, fast)
     return lambda text: fast(text) if text.isascii() else slow(text)

@@ -80,7 +80,7 @@ class RankTable:
             raise OverflowError("tokens too long for the C table's int32 offsets")
         offs, values = array("q", [0]), array("i", ranks.values())
         offs.extend(accumulate(map(len, tokens)))
-        bits = max(8, (2 * len(tokens)).bit_length())
+        bits = self.bits = max(8, (2 * len(tokens)).bit_length())
         self.slots = array("i", [-1]) * (4 << bits)
         addr = lambda a: a.buffer_info()[0]  # noqa: E731
         blob = ctypes.c_char_p(self.blob)

@@ -7,7 +7,9 @@
 The normalizer and pre-tokenizer are kept as their Hugging Face `tokenizer.json` specs (the single
 source of truth, written back by `save`) and compiled here into plain functions. The word cache is
 where the speed comes from: in real text most pieces repeat, so after warm-up encoding is one
-regex `findall` plus one C-level dict lookup per piece.
+regex `findall` plus one C-level dict lookup per piece. For byte-level BPE with a known pre-split (GPT-2, cl100k,
+o200k, Llama 3, Qwen2, SmolLM2) the ASCII stretches of a text go to C whole once a corpus is under way (cencode.py):
+split, cache and merges there, the rest of the text through the path above.
 
 Special tokens are only recognised where the caller allows them (`allowed_special`); elsewhere
 their text is encoded as ordinary text, so user content cannot inject a control token. Non-special
@@ -36,6 +38,7 @@ import regex
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.ascii_split import WHITE_SPACE, fast_findall, line_safe
 from llmlab.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, PATTERNS, BPEModel, check_portable
+from llmlab.tokenizer.cencode import CEncoder
 from llmlab.tokenizer.rebuild import rebuild
 from llmlab.tokenizer.spm import SPACE, PieceBPEModel
 from llmlab.tokenizer.wordpiece import BERT_SPLIT, BertNormalizer, WordPieceModel
@@ -314,8 +317,10 @@ class Tokenizer:
             self._cache = _WordCache(lambda p: model.encode_piece(p.encode("utf-8")))
         else:
             self._cache = _WordCache(model.encode_word)
-        coarse = coarse_split(self._stages[0].pattern.pattern) if len(self._stages) == 1 \
-            and isinstance(self._stages[0], _Split) and not self._stages[0].prefix_space else None
+        plain = all(isinstance(st, _Split) and not st.prefix_space and st.keep_gaps for st in self._stages)
+        coarse = coarse_split(self._stages[0].pattern.pattern) if plain and len(self._stages) == 1 else None
+        # ASCII text in C, start to end (cencode.py), for byte-level BPE with a pre-split it knows
+        self._fast = CEncoder.of(model, tuple(st.pattern.pattern for st in self._stages)) if plain else None
         self._coarse, self._chunks = coarse, None  # two-level cache: coarse chunk -> pre-split pieces -> ids
         if coarse is not None:  # (splitting a text's missing chunks in one call instead: no faster, measured)
             fine, pieces = self._stages[0].findall, self._cache
@@ -414,6 +419,11 @@ class Tokenizer:
         return self._encode_normalized(text)
 
     def _encode_normalized(self, text: str, first: bool = True) -> list[int]:
+        if self._fast is not None and (ids := self._fast(text, self._encode_python)) is not None:
+            return ids
+        return self._encode_python(text, first)
+
+    def _encode_python(self, text: str, first: bool = True) -> list[int]:
         if self._chunks is not None:
             chunks = self._chunks
             if len(chunks) > _CACHE_LIMIT:

@@ -1,0 +1,196 @@
+"""The C encoder (kernels/cpu_bpe.c via tokenizer/cencode.py): its pre-split is the `regex` module's on ASCII text
+for every pre-split it knows, and its ids are the Python encode's (and tiktoken's) in ranks mode, in merges mode with
+and without ignore_merges and with bytes missing from the vocabulary, for SmolLM2's two stages, on mixed text, with a
+small cache and from several threads; without a compiler Python encodes alone."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_tokenizer_cmerge import stdlib_text
+
+from llmlab import artifacts, load_tokenizer
+from llmlab.kernels import cbuild
+from llmlab.tokenizer import BPEModel, PATTERNS, Tokenizer, cencode, train_bpe
+from llmlab.tokenizer.tokenizer import _Split
+
+needs_cc = pytest.mark.skipif(cbuild.compiler() is None, reason="no C compiler: Python encodes alone")
+
+ASCII = st.text(alphabet=st.sampled_from(list("aAbzZsdmtlvrSDMTLVRE019 \t\n\r\x0b\x0c\x1c\x1f\x00\x7f'.,;!?(){}_-/\\#")),
+                max_size=60)
+MIXED = ["x = 1;\n// é note\n", "é.\n/x", "Grüße, мир!  🙂🙃 \n\n  done", "中文 text 123 ٣ and\u3000more\xa0words",
+         "tab\t\u2028line\n   é  ", "a" * 300 + "é" + " b" * 200, "no accents at all, but after others"]
+
+
+def stages_split(patterns: tuple[str, ...], text: str) -> list[str]:
+    """The pre-split as the Python tokenizer runs it: each stage over the pieces of the one before."""
+    pieces = [text]
+    for p in patterns:
+        stage = _Split(regex.compile(p))
+        pieces = [q for piece in pieces for q in stage(piece)]
+    return pieces
+
+
+@needs_cc
+@settings(max_examples=300, deadline=None)
+@given(ASCII)
+def test_c_split_is_the_regex_split(text):
+    for patterns in cencode.KINDS:
+        assert cencode.split(patterns, text) == stages_split(patterns, text), patterns
+
+
+# Where the alternatives differ: a whitespace run with line breaks at the end of a text (cl100k's \\s++\\z), a run
+# before a word (\\s+(?!\\S)), o200k's [\\r\\n/]*, cased runs and contractions, digit groups, \\x1c (not \\s)
+EDGE = ["a\n  ", "x  \n\t", "a \n b", "  x", " \n\n y", "\t\tx", ".\n/x", ".\n\n//y", "!!\r\n", "HTTPServer's",
+        "'S 'LL 're 've 'd 'm 't 'x", "it's", "ABCdef", "abcDEF", "A", "12345678", " 123", "x1y22", "\x1c \x1fa",
+        " !", "  !", "a\x0b\x0cb", "", " ", "\n", "'", "x'", "\x7f\x00z"]
+
+
+@needs_cc
+def test_c_split_of_edge_cases():
+    for patterns in cencode.KINDS:
+        for text in EDGE:
+            assert cencode.split(patterns, text) == stages_split(patterns, text), (patterns, text)
+
+
+@needs_cc
+def test_c_split_of_source_text():
+    texts = stdlib_text(300_000)
+    for patterns in cencode.KINDS:
+        assert [cencode.split(patterns, t) for t in texts if t.isascii()] == \
+            [stages_split(patterns, t) for t in texts if t.isascii()], patterns
+
+
+def fast_and_slow(monkeypatch, load, texts: list[str]) -> list[list[int]]:
+    """Encode with C from the first text and with Python alone: the same ids, and C really ran."""
+    monkeypatch.setattr(cencode, "WARMUP", 0)
+    fast = load()
+    ids = [fast.encode(t) for t in texts]
+    assert fast._fast._enc is not None, "the C encoder was not built"
+    slow = load()
+    slow._fast = None
+    assert ids == [slow.encode(t) for t in texts]
+    assert ids == [fast.encode(t) for t in texts]  # again, from the C cache
+    return ids
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["gpt2", "cl100k", "o200k"])
+def test_ranks_mode_is_tiktoken(monkeypatch, name):
+    tiktoken = pytest.importorskip("tiktoken")
+    path = artifacts.fetch(f"{name}-tiktoken")
+    texts = stdlib_text(200_000) + MIXED
+    ids = fast_and_slow(monkeypatch, lambda: load_tokenizer(path, pattern=name), texts)
+    vocab = load_tokenizer(path, pattern=name).model.vocab
+    enc = tiktoken.Encoding(name, pat_str=PATTERNS[name], mergeable_ranks=vocab, special_tokens={})
+    assert ids == [enc.encode_ordinary(t) for t in texts]
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["gpt2", "cl100k", "o200k", "llama3", "qwen2"])
+@pytest.mark.parametrize("ignore_merges", [False, True])
+def test_merges_mode(monkeypatch, tmp_path, name, ignore_merges):
+    texts = stdlib_text(60_000)
+    train_bpe(texts, 700, pattern=name, progress=False).save(tmp_path / "tok")
+
+    def load():
+        tok = load_tokenizer(tmp_path / "tok")
+        tok.model.ignore_merges = ignore_merges
+        return tok
+
+    fast_and_slow(monkeypatch, load, stdlib_text(150_000) + MIXED)
+
+
+@needs_cc
+def test_smollm2_digits_then_gpt2(monkeypatch):
+    path = artifacts.fetch("smollm2-135m")
+    fast_and_slow(monkeypatch, lambda: load_tokenizer(path), stdlib_text(150_000) + MIXED + ["x12345 6 7.5e-3 0x1F"])
+
+
+@needs_cc
+def test_bytes_missing_from_the_vocabulary_are_dropped(monkeypatch):
+    """Merges mode without an unknown token drops a byte it has no id for, in C as in Python (and tokenizers)."""
+    vocab = {bytes([b]): i for i, b in enumerate(b"abcdehlorw ")}
+    vocab.update({b"he": len(vocab), b"ll": len(vocab) + 1, b"hell": len(vocab) + 2, b" w": len(vocab) + 3})
+    merges = [(b"h", b"e"), (b"l", b"l"), (b"he", b"ll"), (b" ", b"w")]
+    spec = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    ids = fast_and_slow(monkeypatch, lambda: Tokenizer(BPEModel(vocab, merges), pre_tokenizer=spec),
+                        ["hello, world! 42", "hell\n\nhello", "?!"])
+    assert ids[2] == []
+
+
+@needs_cc
+@pytest.mark.parametrize("ignore_merges", [False, True])
+def test_ignore_merges_takes_a_whole_token_the_merges_miss(monkeypatch, ignore_merges):
+    """Merges make "abc" into a + bc; with ignore_merges (Llama 3's tokenizer.json) the piece is its own token."""
+    vocab = {bytes([b]): i for i, b in enumerate(b"abc ")}
+    vocab.update({b"bc": 4, b"ab": 5, b"abc": 6})
+    merges = [(b"b", b"c"), (b"a", b"b")]
+    spec = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    ids = fast_and_slow(monkeypatch, lambda: Tokenizer(BPEModel(vocab, merges, ignore_merges=ignore_merges),
+                                                        pre_tokenizer=spec), ["abc abcab"])
+    assert ids == ([[6, 3, 0, 4, 5]] if ignore_merges else [[0, 4, 3, 0, 4, 5]])
+
+
+@needs_cc
+def test_a_full_cache_starts_again(monkeypatch):
+    tok = load_tokenizer(artifacts.fetch("gpt2-tiktoken"), pattern="gpt2")
+    slow = load_tokenizer(artifacts.fetch("gpt2-tiktoken"), pattern="gpt2")
+    slow._fast = None
+    enc = cencode._Encoder(cencode._functions(), 0, tok.model, limit=50)
+    texts = stdlib_text(50_000)
+    for t in texts + texts:
+        if t.isascii():
+            assert enc(t) == slow.encode(t)
+            assert cencode._functions().bpe_encoder_size(enc.handle) < 50
+
+
+@needs_cc
+def test_threads_share_one_encoder(monkeypatch):
+    monkeypatch.setattr(cencode, "WARMUP", 0)
+    tok = load_tokenizer(artifacts.fetch("cl100k-tiktoken"), pattern="cl100k")
+    texts = stdlib_text(100_000)
+    slow = load_tokenizer(artifacts.fetch("cl100k-tiktoken"), pattern="cl100k")
+    slow._fast = None
+    expected = [slow.encode(t) for t in texts]
+    results: dict[int, list] = {}
+
+    def work(k: int) -> None:
+        order = texts[k:] + texts[:k]  # each thread starts elsewhere, so misses meet
+        results[k] = [tok.encode(t) for t in order]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k, got in results.items():
+        assert got == expected[k:] + expected[:k]
+
+
+def test_c_starts_after_the_warm_up():
+    """Loading a tokenizer and encoding a prompt never build the C tables; a corpus does."""
+    tok = load_tokenizer(artifacts.fetch("gpt2-tiktoken"), pattern="gpt2")
+    tok.encode("a short prompt")
+    assert tok._fast._enc is None
+    tok.encode("x " * cencode.WARMUP)
+    assert tok._fast._enc is not None or cbuild.compiler() is None
+
+
+def test_without_a_compiler_python_encodes(monkeypatch):
+    monkeypatch.setattr(cencode, "WARMUP", 0)
+    monkeypatch.setattr(cencode, "_functions", lambda: None)
+    tok = load_tokenizer(artifacts.fetch("gpt2-tiktoken"), pattern="gpt2")
+    assert tok.encode("hello world") == [31373, 995]
+    assert tok._fast._off and tok._fast._enc is None
+
+
+def test_only_known_pre_splits_get_c():
+    path = artifacts.fetch("gpt2-tiktoken")
+    assert load_tokenizer(path, pattern="gpt2")._fast is not None
+    assert load_tokenizer(path, pattern=r"\w+|\s+|[^\w\s]+")._fast is None
+    assert load_tokenizer(artifacts.fetch("mistral-7b-tokenizer"))._fast is None  # SentencePiece
