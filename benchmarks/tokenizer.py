@@ -241,9 +241,11 @@ def main() -> int:
         "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__, "git": git_state()["git"],
                      "tiktoken": tiktoken.__version__, "tokenizers": tokenizers.__version__,
                      "regex": regex.__version__, "sentencepiece": spm["sentencepiece_version"] if spm else None},
-        "notes": "one thread everywhere: RAYON_NUM_THREADS=1 also limits tokenizers' training; llmlab "
-                 "is Python with a C merge loop for word-cache misses (kernels/cpu_bpe.c). Cold = fresh word cache, "
-                 "first pass over the corpus.",
+        "notes": "one thread everywhere: RAYON_NUM_THREADS=1 also limits tokenizers' training; llmlab's byte-level "
+                 "BPE encodes ASCII text in C after its first 64 KB (split, piece cache and merges, "
+                 "tokenizer/cencode.py), the rest in Python with a C merge loop for word-cache misses "
+                 "(kernels/cpu_bpe.c); SentencePiece-style BPE is the latter. Cold = fresh caches (C's and Python's), "
+                 "first pass over the corpus; the compiled C library is cached per machine, like the torch kernels.",
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
