@@ -6,6 +6,8 @@
 // (rank << 32 | left position) over a linked list of symbols. A heap entry is checked when it is popped (the pair now
 // at that position must still have that rank); every pair present has an entry, so the first valid pop is always the
 // best pair. Called through ctypes from llmlab/tokenizer/cmerge.py, which keeps the Python loop as the fallback.
+// Below: the same in ranks mode (tiktoken files), and a whole-text encoder of ASCII text (pre-split, a cache of
+// piece ids, these merges) for llmlab/tokenizer/cencode.py.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
