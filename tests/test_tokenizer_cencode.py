@@ -5,6 +5,7 @@ small cache and from several threads; without a compiler Python encodes alone.""
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
@@ -15,7 +16,7 @@ from test_tokenizer_cmerge import stdlib_text
 
 from llmlab import artifacts, load_tokenizer
 from llmlab.kernels import cbuild
-from llmlab.tokenizer import BPEModel, PATTERNS, Tokenizer, cencode, train_bpe
+from llmlab.tokenizer import PATTERNS, BPEModel, Tokenizer, cencode, train_bpe
 from llmlab.tokenizer.tokenizer import _Split
 
 needs_cc = pytest.mark.skipif(cbuild.compiler() is None, reason="no C compiler: Python encodes alone")
@@ -134,6 +135,38 @@ def test_ignore_merges_takes_a_whole_token_the_merges_miss(monkeypatch, ignore_m
     ids = fast_and_slow(monkeypatch, lambda: Tokenizer(BPEModel(vocab, merges, ignore_merges=ignore_merges),
                                                         pre_tokenizer=spec), ["abc abcab"])
     assert ids == ([[6, 3, 0, 4, 5]] if ignore_merges else [[0, 4, 3, 0, 4, 5]])
+
+
+TEXT = st.text(alphabet=st.sampled_from(list("aAsStT019 \t\n\n\r\x0b'.,;!/") + [
+    "é", "中", "\xa0", "\u2028", "\u0663", "\x85", "\u3000", "\U0001F600", "\u0301", "\u00b2"]), max_size=50)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> dict[str, tuple[Tokenizer, Tokenizer]]:
+    """name -> (C from the first text, Python only), for a tokenizer of each pre-split C knows."""
+    out = {}
+    for name in ("gpt2", "cl100k", "o200k", "llama3", "qwen2", "smollm2"):
+        if name == "smollm2":
+            load = functools.partial(load_tokenizer, artifacts.fetch("smollm2-135m"))
+        elif name in ("llama3", "qwen2"):
+            path = tmp_path_factory.mktemp(name) / "tok"
+            train_bpe(stdlib_text(30_000), 500, pattern=name, progress=False).save(path)
+            load = functools.partial(load_tokenizer, path)
+        else:
+            load = functools.partial(load_tokenizer, artifacts.fetch(f"{name}-tiktoken"), pattern=name)
+        fast, slow = load(), load()
+        fast._fast._work, slow._fast = cencode.WARMUP, None
+        out[name] = fast, slow
+    return out
+
+
+@needs_cc
+@settings(max_examples=200, deadline=None)
+@given(text=TEXT)
+def test_random_mixed_text_encodes_alike(pairs, text):
+    for name, (fast, slow) in pairs.items():
+        assert fast.encode(text) == slow.encode(text), name
+        assert fast._fast._enc is not None
 
 
 @needs_cc
