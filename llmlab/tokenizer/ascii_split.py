@@ -20,8 +20,8 @@ Found by fuzzing random patterns against `regex` (tests/test_tokenizer_ascii_spl
 misreads some patterns with a scoped (?i:...) group (after one, [^\\p{Ll}] skips "Z"; beside one, [^.a] may skip "A");
 the twin keeps their written meaning there (no shipped pattern is affected).
 
-Text with some non-ASCII characters is cut where no piece can cross (`segments`): after a line break followed by a
-non-space for the cl100k family (`line_safe`), before a space that follows a non-space for GPT-2. The part around
+Text with some non-ASCII characters is cut where no piece can cross (`segments`): at the start of a line that goes
+on to a non-space for the cl100k family (`line_safe`), before a space that follows a non-space for GPT-2. The part around
 each non-ASCII run goes to `regex`, the ASCII stretches between them to the twin (and to C, cencode.py). The tests
 check every shipped pattern's twin, and the cutting, against `regex` on random text.
 """
