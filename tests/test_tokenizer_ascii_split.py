@@ -56,6 +56,14 @@ def test_what_has_no_twin():
         assert ascii_twin(pattern) is None, pattern
 
 
+def cut_split(text: str, pattern: str) -> list[str]:
+    """The pieces of `text` split part by part at every cut `segments` finds (however dense), the ASCII parts by
+    the twin."""
+    compiled, twin = regex.compile(pattern), ascii_twin(pattern)
+    return [p for a, b, ascii in segments(text, pattern, most=len(text) + 1)
+            for p in (twin if ascii else compiled).findall(text[a:b])]
+
+
 @settings(max_examples=300, deadline=None)
 @given(MIXED)
 def test_cut_mixed_text_splits_alike(text):
@@ -64,11 +72,11 @@ def test_cut_mixed_text_splits_alike(text):
         pattern = PATTERNS[name]
         assert line_safe(pattern) == (name != "gpt2")
         compiled = regex.compile(pattern)
-        cuts = segments(text, pattern)
+        cuts = segments(text, pattern, most=len(text) + 1)  # every cut, however dense
         assert [a for a, _, _ in cuts] == [0, *[b for _, b, _ in cuts]][:len(cuts)] and all(a < b for a, b, _ in cuts)
         assert not text or cuts[-1][1] == len(text)
         assert all(text[a:b].isascii() for a, b, ascii in cuts if ascii)
-        assert split_mixed(text, pattern, compiled.findall, ascii_twin(pattern).findall) == compiled.findall(text), name
+        assert cut_split(text, pattern) == compiled.findall(text), name
 
 
 def test_gpt2_is_not_line_safe():
@@ -78,7 +86,7 @@ def test_gpt2_is_not_line_safe():
     gpt2 = regex.compile(PATTERNS["gpt2"])
     text = "x  \nyé"
     assert gpt2.findall("x  \n") + gpt2.findall("yé") != gpt2.findall(text)
-    assert split_mixed(text, PATTERNS["gpt2"], gpt2.findall, ascii_twin(PATTERNS["gpt2"]).findall) == gpt2.findall(text)
+    assert cut_split(text, PATTERNS["gpt2"]) == gpt2.findall(text)
 
 
 def test_o200k_does_not_cut_before_a_slash_line():
@@ -86,9 +94,22 @@ def test_o200k_does_not_cut_before_a_slash_line():
     and "é;\\n// note" encoded differently from tiktoken)."""
     o200k = regex.compile(PATTERNS["o200k"])
     for text in ("é.\n/x", "é;\n// note", "é;\n  // note"):
-        assert split_mixed(text, PATTERNS["o200k"], o200k.findall, ascii_twin(PATTERNS["o200k"]).findall) == \
-            o200k.findall(text)
+        assert cut_split(text, PATTERNS["o200k"]) == o200k.findall(text)
     assert o200k.findall("é.\n/x") == ["é", ".\n/", "x"]
+
+
+def test_text_dense_in_non_ascii_is_not_cut():
+    """Past one part per 256 characters (French or Russian prose) the text goes to the regex whole: faster."""
+    prose = "le café était très bon à Paris " * 40
+    assert segments(prose, PATTERNS["gpt2"]) is None and segments(prose, PATTERNS["cl100k"]) is None
+    lines = "x" * 2000 + " é\n" + "y é\n" * 200  # sparse at first, then past the allowance (a part per 256 characters)
+    assert segments(lines, PATTERNS["cl100k"]) is None
+    assert segments(lines[:2012], PATTERNS["cl100k"]) == [(0, 2003, False), (2003, 2007, False), (2007, 2011, False),
+                                                         (2011, 2012, True)]
+    assert segments("x" * 2000 + " é", PATTERNS["gpt2"]) == [(0, 2000, True), (2000, 2002, False)]
+    gpt2 = regex.compile(PATTERNS["gpt2"])
+    assert split_mixed(prose, PATTERNS["gpt2"], gpt2.findall, ascii_twin(PATTERNS["gpt2"]).findall) == \
+        gpt2.findall(prose)
 
 
 def test_a_pattern_without_cuts_has_no_segments():

@@ -160,6 +160,7 @@ def ascii_twin(pattern: str) -> re.Pattern | None:
 WHITE_SPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
                         + "".join(map(chr, range(0x2000, 0x200b))))
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+PART_CHARS = 256  # characters per part, on average, past which `segments` leaves a text whole
 _LINE_SAFE = frozenset(PATTERNS[k] for k in ("cl100k", "o200k", "llama3", "qwen2"))
 
 
@@ -211,9 +212,11 @@ def _space_cuts(text: str, lo: int, a: int, b: int) -> tuple[int, int]:
     return (a - m.start() if m else lo), (k.start() if k else len(text))
 
 
-def segments(text: str, pattern: str) -> list[tuple[int, int, bool]] | None:
+def segments(text: str, pattern: str, most: int | None = None) -> list[tuple[int, int, bool]] | None:
     """Spans (start, end, all ASCII) covering `text`, cut where no piece of `pattern` crosses: the ASCII stretches
-    and, around each non-ASCII run, the part that holds it. None for a pattern without such cuts."""
+    and, around each non-ASCII run, the part that holds it. None for a pattern without such cuts, and for text
+    whose non-ASCII characters are too dense to be worth it (past `most` parts, by default one per PART_CHARS:
+    French or Russian prose, where a regex over the whole text is faster than the parts one by one)."""
     if line_safe(pattern):
         cuts = functools.partial(_line_cuts, slash=pattern == PATTERNS["o200k"])
     elif pattern == PATTERNS["gpt2"]:
@@ -221,25 +224,35 @@ def segments(text: str, pattern: str) -> list[tuple[int, int, bool]] | None:
     else:
         return None
     out: list[tuple[int, int, bool]] = []
-    start = 0
-    for m in _NON_ASCII.finditer(text):
-        if m.end() <= start:  # inside the part just cut out (GPT-2's cut may fall inside a run: before U+3000)
-            continue
-        cut, end = cuts(text, start, max(m.start(), start), m.end())
+    start, n = 0, len(text)
+    if most is None:  # dense all through (UTF-8's extra bytes, counted in C): not worth a try
+        if len(text.encode("utf-8", "surrogatepass")) - n > 2 * (n // PART_CHARS) + 8:
+            return None
+        most = n // PART_CHARS + 4
+    m = _NON_ASCII.search(text)
+    while m is not None:  # (GPT-2's cut may fall inside a run, before U+3000: the search then starts there)
+        cut, end = cuts(text, start, m.start(), m.end())
         if cut > start:
             out.append((start, cut, True))
         out.append((cut, end, False))
+        if len(out) > most:
+            return None
         start = end
-    if start < len(text):
-        out.append((start, len(text), True))
+        m = _NON_ASCII.search(text, start)
+    if start < n:
+        out.append((start, n, True))
     return out
 
 
 def split_mixed(text: str, pattern: str, findall, findall_ascii) -> list[str]:
     """`findall(text)` on text that is not all ASCII, for a pattern with `segments`: the parts around each
-    non-ASCII run go to `findall`, the ASCII stretches between them to `findall_ascii` (the twin)."""
+    non-ASCII run go to `findall`, the ASCII stretches between them to `findall_ascii` (the twin); text too dense
+    in non-ASCII characters to cut goes to `findall` whole."""
+    cuts = segments(text, pattern)
+    if cuts is None:
+        return findall(text)
     out: list[str] = []
-    for a, b, ascii in segments(text, pattern):
+    for a, b, ascii in cuts:
         out += (findall_ascii if ascii else findall)(text[a:b])
     return out
 

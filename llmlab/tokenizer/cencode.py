@@ -118,11 +118,17 @@ class CEncoder:
 
     def __call__(self, text: str, slow: Callable[[str], list[int]]) -> list[int] | None:
         """The ids of `text`: its ASCII stretches through C, the parts around non-ASCII characters (ascii_split's
-        segments) through `slow`; None while C is warming up or unavailable."""
+        segments) through `slow`; None for text mostly not ASCII, and while C is warming up or unavailable. Only
+        text C would take counts towards the warm-up, so French or Russian prose never builds the tables."""
+        if self._off or len(text) >= 1 << 31:
+            return None
+        cuts = None
+        if not text.isascii():
+            cuts = segments(text, self._cut)
+            if cuts is None or sum(b - a for a, b, ascii in cuts if ascii) * 2 < len(text):
+                return None  # non-ASCII characters all through, or C would get under half the text: Python, whole
         enc = self._enc
         if enc is None:
-            if self._off:
-                return None
             self._work += len(text)
             if self._work < WARMUP:
                 return None
@@ -134,12 +140,10 @@ class CEncoder:
             if enc is None:
                 self._off = True
                 return None
-        if len(text) >= 1 << 31:
-            return None
-        if text.isascii():
+        if cuts is None:
             return enc(text)
         out: list[int] = []
-        for a, b, ascii in segments(text, self._cut):
+        for a, b, ascii in cuts:
             part = text[a:b]
             ids = enc(part) if ascii else None
             out += slow(part) if ids is None else ids
