@@ -247,6 +247,12 @@ static inline int64_t run_of(const uint8_t *s, int64_t n, int64_t i, int cls) { 
 
 static inline int is_other(const uint8_t *s, int64_t n, int64_t i) { return i < n && char_class(s[i]) == 0; }
 
+// The bytes of the character at s[i]: text reaching the splitter is ASCII, or UTF-8 whose other characters are all
+// of the pattern's "other" class ([^\s\p{L}\p{N}]: punctuation and symbols, checked by known_others), so every
+// byte of such a character classes as "other" and only a one-character step (the optional character before a
+// word) needs its length.
+static inline int64_t char_len(uint8_t c) { return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4; }
+
 static int64_t split_one(int kind, const uint8_t *s, int64_t n, int64_t i) {
     int c = char_class(s[i]);
     int64_t j;
@@ -264,7 +270,7 @@ static int64_t split_one(int kind, const uint8_t *s, int64_t n, int64_t i) {
         // [^\r\n\p{L}\p{N}]?[Lu]*[Ll]+C?|[^\r\n\p{L}\p{N}]?[Lu]+[Ll]*C?  (C: (?i:'s|'t|'re|'ve|'m|'ll|'d)), on ASCII:
         // an uppercase run, then a lowercase run, one of them not empty. The prefix and a letter exclude each other,
         // so of "with" and "without the prefix" only one can match.
-        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : i + 1, u = k;
+        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : i + char_len(s[i]), u = k;
         while (u < n && (char_class(s[u]) & C_UPPER)) u++;
         int64_t l = u;
         while (l < n && char_class(s[l]) == C_LETTER) l++;
@@ -284,7 +290,7 @@ static int64_t split_one(int kind, const uint8_t *s, int64_t n, int64_t i) {
         }
     } else {  // cl100k, Llama 3, Qwen2
         if ((j = contraction(s, n, i, 0)) >= 0) return j;
-        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : i + 1;  // [^\r\n\p{L}\p{N}]?\p{L}+
+        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : i + char_len(s[i]);  // [^\r\n\p{L}\p{N}]?\p{L}+
         if (k < n && (char_class(s[k]) & C_LETTER)) return run_of(s, n, k, C_LETTER);
         if (c & C_DIGIT) {  // \p{N}{1,3} (Qwen2: \p{N})
             int64_t most = kind == SPLIT_QWEN2 ? 1 : 3, e = run_of(s, n, i, C_DIGIT);
@@ -316,7 +322,26 @@ static inline int64_t next_piece(int kind, const uint8_t *s, int64_t n, int64_t 
     return split_one(SPLIT_GPT2, s, *stop, i);
 }
 
-int64_t bpe_split(int kind, const uint8_t *s, int64_t n, int32_t *ends) {
+// Whether every non-ASCII character of s[0..n) (valid UTF-8) is below 0x3000 and marked in `others` (one byte a code
+// point: 1 for the pattern's "other" class); NULL: ASCII only.
+static int known_others(const uint8_t *others, const uint8_t *s, int64_t n) {
+    for (int64_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (!others || c >= 0xF0) return 0;
+        uint32_t cp = c < 0xE0 ? (uint32_t)(c & 0x1F) << 6 | (s[i + 1] & 0x3F)
+                               : (uint32_t)(c & 0x0F) << 12 | (uint32_t)(s[i + 1] & 0x3F) << 6 | (s[i + 2] & 0x3F);
+        if (cp >= 0x3000 || !others[cp]) return 0;
+        i += char_len(c);
+    }
+    return 1;
+}
+
+int64_t bpe_split(int kind, const uint8_t *others, const uint8_t *s, int64_t n, int32_t *ends) {
+    if (!known_others(others, s, n)) return -1;
     int64_t i = 0, m = 0, stop = 0;
     while (i < n) {
         int64_t j = next_piece(kind, s, n, i, &stop);
@@ -352,6 +377,7 @@ typedef struct {
     const int64_t *pvals;
     int pbits;
     int32_t byte_id[256];
+    const uint8_t *others;  // the pattern's "other" characters below 0x3000 (known_others), or NULL
     CacheSlot *slots;
     int bits;
     int64_t used, limit, nkeys, capkeys, nids, capids;
@@ -364,11 +390,12 @@ void bpe_encoder_free(Encoder *e) {
 }
 
 Encoder *bpe_encoder_new(int kind, const int32_t *bslots, int bbits, const uint8_t *blob, const uint64_t *pkeys,
-                         const int64_t *pvals, int pbits, const int32_t *byte_id, int64_t limit) {
+                         const int64_t *pvals, int pbits, const int32_t *byte_id, const uint8_t *others,
+                         int64_t limit) {
     Encoder *e = calloc(1, sizeof(Encoder));
     if (!e) return NULL;
     e->kind = kind, e->bslots = bslots, e->bbits = bbits, e->blob = blob, e->pkeys = pkeys, e->pvals = pvals;
-    e->pbits = pbits, e->limit = limit, e->bits = 12, e->capkeys = 1 << 16, e->capids = 1 << 14;
+    e->pbits = pbits, e->others = others, e->limit = limit, e->bits = 12, e->capkeys = 1 << 16, e->capids = 1 << 14;
     for (int b = 0; b < 256; b++) e->byte_id[b] = byte_id ? byte_id[b] : -1;
     e->slots = calloc((size_t)1 << e->bits, sizeof(CacheSlot));
     e->keys = malloc(e->capkeys), e->ids = malloc(sizeof(int32_t) * e->capids);
@@ -430,9 +457,10 @@ static int64_t merge_piece(const Encoder *e, const uint8_t *s, int64_t len, int3
     return bpe_merge(e->pkeys, e->pvals, e->pbits, out, m);
 }
 
-// The ids of text[0..n) (ASCII) into out[0..n); returns their count, or -1 (memory, or a character no alternative
-// of the pattern matches): the caller then encodes the text in Python.
+// The ids of text[0..n) (UTF-8: ASCII and known "other" characters) into out[0..n); returns their count, or -1 (a
+// character C does not know, memory): the caller then encodes the text in Python.
 int64_t bpe_encode(Encoder *e, const uint8_t *text, int64_t n, int32_t *out) {
+    if (!known_others(e->others, text, n)) return -1;  // a letter, digit or space outside ASCII: Python's regex
     int64_t m = 0, stop = 0;
     for (int64_t i = 0; i < n;) {
         int64_t j = next_piece(e->kind, text, n, i, &stop), len = j - i;

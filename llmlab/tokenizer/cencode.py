@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 import weakref
 from array import array
 from collections.abc import Callable
 
-from llmlab.tokenizer.ascii_split import segments
+import regex
+
+from llmlab.tokenizer import ascii_split
 from llmlab.tokenizer.bpe import PATTERNS, BPEModel
 from llmlab.tokenizer.cmerge import PairTable, RankTable, _library
 
@@ -43,29 +46,43 @@ def _functions() -> ctypes.PyDLL | None:
     if lib is None:
         return None
     fns, p = ctypes.PyDLL(lib._name), ctypes.c_void_p
-    fns.bpe_encoder_new.argtypes = [ctypes.c_int, p, ctypes.c_int, p, p, p, ctypes.c_int, p, ctypes.c_int64]
+    fns.bpe_encoder_new.argtypes = [ctypes.c_int, p, ctypes.c_int, p, p, p, ctypes.c_int, p, ctypes.c_char_p,
+                                    ctypes.c_int64]
     fns.bpe_encoder_new.restype = p
     fns.bpe_encoder_free.argtypes, fns.bpe_encoder_free.restype = [p], None
     fns.bpe_encode.argtypes = [p, ctypes.c_char_p, ctypes.c_int64, p]
     fns.bpe_encode.restype = ctypes.c_int64
     fns.bpe_encoder_size.argtypes, fns.bpe_encoder_size.restype = [p], ctypes.c_int64
-    fns.bpe_split.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int64, p]
+    fns.bpe_split.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int64, p]
     fns.bpe_split.restype = ctypes.c_int64
     return fns
 
 
+@functools.cache
+def others(kind: int) -> bytes:
+    """One byte a code point below 0x3000: 1 where the character is of the pre-split's "other" class
+    ([^\\s\\p{L}\\p{N}], as `regex` reads it: punctuation and symbols such as ’ “ ” — … © €), which C treats
+    like ASCII punctuation; o200k leaves out the marks (\\p{M}), which its letter classes take."""
+    other = r"[^\s\p{L}\p{N}\p{M}]" if kind == KINDS[(PATTERNS["o200k"],)][0] else r"[^\s\p{L}\p{N}]"
+    table = bytearray(0x3000)
+    for m in regex.finditer(other, "".join(map(chr, range(0x80, 0x3000)))):
+        table[0x80 + m.start()] = 1
+    return bytes(table)
+
+
 def split(patterns: tuple[str, ...], text: str) -> list[str] | None:
-    """C's pre-split of an ASCII `text` with stages of KINDS (for tests), or None where C does not run."""
+    """C's pre-split of `text` with stages of KINDS (for tests), or None where C does not run (no C; a character
+    outside ASCII and the "other" class)."""
     fns = _functions()
-    if fns is None or patterns not in KINDS or not text.isascii():
+    if fns is None or patterns not in KINDS:
         return None
-    raw = text.encode("ascii")
+    kind, raw = KINDS[patterns][0], text.encode("utf-8")
     ends = array("i", [0]) * len(raw)
-    n = fns.bpe_split(KINDS[patterns][0], raw, len(raw), ends.buffer_info()[0])
+    n = fns.bpe_split(kind, others(kind), raw, len(raw), ends.buffer_info()[0])
     if n < 0:
         return None
     starts = [0, *ends[:n - 1]] if n else []
-    return [text[a:b] for a, b in zip(starts, ends[:n], strict=True)]
+    return [raw[a:b].decode("utf-8") for a, b in zip(starts, ends[:n], strict=True)]
 
 
 class _Encoder:
@@ -88,16 +105,20 @@ class _Encoder:
             kind, addr(vocab.slots) if vocab else None, vocab.bits if vocab else 0,
             ctypes.cast(ctypes.c_char_p(vocab.blob), ctypes.c_void_p) if vocab else None,
             addr(pairs.keys) if pairs else None, addr(pairs.vals) if pairs else None, pairs.bits if pairs else 0,
-            addr(byte_ids), limit)
+            addr(byte_ids), others(kind), limit)
         if not handle:
             raise MemoryError("the C encoder could not allocate its cache")
         self.handle = handle
         self._encode = functools.partial(fns.bpe_encode, handle)
+        self._local = threading.local()
         weakref.finalize(self, fns.bpe_encoder_free, handle)
 
-    def __call__(self, text: str) -> list[int] | None:
-        raw = text.encode("ascii")
-        out = array("i", [0]) * len(raw)
+    def __call__(self, text: str, raw: bytes | None = None) -> list[int] | None:
+        """The ids of `text` (`raw`: its UTF-8, when the caller has it), or None for a character C leaves to Python."""
+        raw = text.encode("utf-8") if raw is None else raw
+        out = getattr(self._local, "out", None)  # one output buffer per thread, grown as needed
+        if out is None or len(out) < len(raw):
+            out = self._local.out = array("i", [0]) * max(len(raw), 1 << 12)
         n = self._encode(raw, len(raw), out.buffer_info()[0])
         return None if n < 0 else out[:n].tolist()
 
@@ -117,16 +138,13 @@ class CEncoder:
         return cls(model, patterns) if isinstance(model, BPEModel) and patterns in KINDS else None
 
     def __call__(self, text: str, slow: Callable[[str], list[int]]) -> list[int] | None:
-        """The ids of `text`: its ASCII stretches through C, the parts around non-ASCII characters (ascii_split's
-        segments) through `slow`; None for text mostly not ASCII, and while C is warming up or unavailable. Only
-        text C would take counts towards the warm-up, so French or Russian prose never builds the tables."""
+        """The ids of `text` through C, whole when its characters are ASCII or of the pattern's "other" class
+        (`others`: ’ “ ” — …), else its ASCII stretches through C and the parts around the other non-ASCII
+        characters (ascii_split's segments) through `slow`; None for text mostly not ASCII (French or Russian
+        prose: Python, whole), and while C is warming up or unavailable."""
         if self._off or len(text) >= 1 << 31:
             return None
-        cuts = None
-        if not text.isascii():
-            cuts = segments(text, self._cut)
-            if cuts is None or sum(b - a for a, b, ascii in cuts if ascii) * 2 < len(text):
-                return None  # non-ASCII characters all through, or C would get under half the text: Python, whole
+        plain = text.isascii()
         enc = self._enc
         if enc is None:
             self._work += len(text)
@@ -140,8 +158,19 @@ class CEncoder:
             if enc is None:
                 self._off = True
                 return None
-        if cuts is None:
+        if plain:
             return enc(text)
+        raw = text.encode("utf-8")
+        ids = enc(text, raw)  # whole, when its other characters are all of the "other" class
+        if ids is not None:
+            return ids
+        n = len(text)
+        part = ascii_split.PART_CHARS
+        if len(raw) - n > 2 * (n // part) + 8:  # as segments() would judge it, without encoding it again
+            return None
+        cuts = ascii_split.segments(text, self._cut, most=n // part + 4)
+        if cuts is None or sum(b - a for a, b, ascii in cuts if ascii) * 2 < n:
+            return None  # non-ASCII characters all through, or C would get under half the text: Python, whole
         out: list[int] = []
         for a, b, ascii in cuts:
             part = text[a:b]
