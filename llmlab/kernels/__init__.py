@@ -9,7 +9,7 @@
     cpu_rope_cache       - RoPE on q and k and the paged KV write in one C call per layer (the engine's CPU default)
     cpu_argmax           - argmax over the last dimension of CPU fp32 rows in C (the sampler's greedy and sampled picks)
     cpu_decode           - the CPU decode step as one loop of direct C calls (the engine's CPU default)
-    cpu_bpe.c            - the tokenizers' BPE merge loops (cmerge.py) and whole-text encoder of ASCII text (cencode.py)
+    cpu_bpe.c            - the tokenizers' BPE merge loops (cmerge.py) and whole-text encoder (cencode.py)
     paged_attention      - paged decode attention for CUDA in Triton
     gemv, cuda_linear    - batch-1 GEMV in Triton, and routing each weight shape to it or cuBLAS
     cuda_decode          - the batch-1 decode step on CUDA in five Triton launches a layer (cuda_fused_decode)

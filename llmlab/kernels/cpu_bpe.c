@@ -6,8 +6,8 @@
 // (rank << 32 | left position) over a linked list of symbols. A heap entry is checked when it is popped (the pair now
 // at that position must still have that rank); every pair present has an entry, so the first valid pop is always the
 // best pair. Called through ctypes from llmlab/tokenizer/cmerge.py, which keeps the Python loop as the fallback.
-// Below: the same in ranks mode (tiktoken files), and a whole-text encoder of ASCII text (pre-split, a cache of
-// piece ids, these merges) for llmlab/tokenizer/cencode.py.
+// Below: the same in ranks mode (tiktoken files), and a whole-text encoder (pre-split, a cache of piece ids, these
+// merges) for llmlab/tokenizer/cencode.py.
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,11 +210,12 @@ int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, con
     return m;
 }
 
-// ---- pre-split of ASCII text: the split patterns of llmlab.tokenizer.PATTERNS, each alternative as written ------
+// ---- pre-split: the split patterns of llmlab.tokenizer.PATTERNS, each alternative as written ---------------------
 //
 // bpe_split writes the end of each piece (pieces are contiguous) and returns their count. On ASCII text these
 // patterns reduce to four character classes: letters, digits, whitespace (Unicode White_Space: \t \n \v \f \r and
-// space; not \x1c-\x1f, which str.isspace() takes) and the rest. Alternatives are tried in the pattern's order with
+// space; not \x1c-\x1f, which str.isspace() takes) and the rest, which non-ASCII characters of the "other" class
+// (punctuation, symbols: known_others) join byte by byte. Alternatives are tried in the pattern's order with
 // its backtracking worked out by hand, e.g. `\s*[\r\n]+` ends after the run's last line break and `\s+(?!\S)`
 // leaves the run's last whitespace to the next piece. tests/test_tokenizer_cencode.py fuzzes each against `regex`.
 
@@ -352,7 +353,7 @@ int64_t bpe_split(int kind, const uint8_t *others, const uint8_t *s, int64_t n, 
     return m;
 }
 
-// ---- the encoder: pre-split ASCII text, look each piece up in a cache of its ids, merge only the misses ----------
+// ---- the encoder: pre-split the text, look each piece up in a cache of its ids, merge only the misses -----------
 //
 // The cache is a table of pieces (bytes kept in one arena) -> ids (in another), open addressing, doubled at half
 // full, emptied when it reaches `limit` pieces; a piece longer than CACHED_LEN bytes is merged every time, as in

@@ -1,4 +1,5 @@
-"""Byte-level BPE encoding of ASCII text in C (llmlab/kernels/cpu_bpe.c): pre-split, word cache and merges.
+"""Byte-level BPE encoding in C (llmlab/kernels/cpu_bpe.c) of text that is ASCII but for punctuation and symbols:
+pre-split, word cache and merges.
 
     fast = CEncoder.of(model, patterns)  # None unless the pre-split is PATTERNS' gpt2, cl100k, o200k, llama3, qwen2
                                          # or SmolLM2's single digits + gpt2
@@ -7,8 +8,10 @@
 The Python encode spends its time making a str per piece and looking it up (a chunk cache takes most of that away
 once warm, not on first sight); C splits the text with each pattern's alternatives written out for ASCII's four
 character classes, keeps its own cache of piece bytes -> ids and merges the misses with the loops of cmerge.py, so
-a text costs one call. Around non-ASCII characters the text is cut where no piece crosses (ascii_split.segments)
-and those parts go to Python (Unicode categories are the regex module's). Like CMerger, the C side starts only
+a text costs one call. Non-ASCII characters of the pattern's "other" class (’ “ ” — …, `others`) pass through C
+as punctuation; around any other non-ASCII character the text is cut where no piece crosses (ascii_split.segments)
+and those parts go to Python (Unicode categories are the regex module's); prose in other scripts goes to Python
+whole. Like CMerger, the C side starts only
 after WARMUP bytes were encoded in Python, so loading a tokenizer and encoding a prompt never wait for tables;
 without a C compiler every call returns None.
 

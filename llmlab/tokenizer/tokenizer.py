@@ -8,8 +8,8 @@ The normalizer and pre-tokenizer are kept as their Hugging Face `tokenizer.json`
 source of truth, written back by `save`) and compiled here into plain functions. The word cache is
 where the speed comes from: in real text most pieces repeat, so after warm-up encoding is one
 regex `findall` plus one C-level dict lookup per piece. For byte-level BPE with a known pre-split (GPT-2, cl100k,
-o200k, Llama 3, Qwen2, SmolLM2) the ASCII stretches of a text go to C whole once a corpus is under way (cencode.py):
-split, cache and merges there, the rest of the text through the path above.
+o200k, Llama 3, Qwen2, SmolLM2) text that is ASCII but for punctuation goes to C whole once a corpus is under way
+(cencode.py): split, cache and merges there; other text through the path above, or in parts.
 
 Special tokens are only recognised where the caller allows them (`allowed_special`); elsewhere
 their text is encoded as ordinary text, so user content cannot inject a control token. Non-special
