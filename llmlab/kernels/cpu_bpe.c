@@ -248,6 +248,19 @@ static inline int64_t run_of(const uint8_t *s, int64_t n, int64_t i, int cls) { 
 
 static inline int is_other(const uint8_t *s, int64_t n, int64_t i) { return i < n && char_class(s[i]) == 0; }
 
+// The end of ` ?[^\s\p{L}\p{N}]+` at i (the space kept only where the run follows it), or -1.
+static inline int64_t spaced_other(const uint8_t *s, int64_t n, int64_t i) {
+    int64_t k = s[i] == ' ' && is_other(s, n, i + 1) ? i + 1 : i;
+    if (!is_other(s, n, k)) return -1;
+    while (is_other(s, n, k)) k++;
+    return k;
+}
+
+static inline int64_t digit_group(const uint8_t *s, int64_t n, int64_t i, int64_t most) {  // \p{N}{1,most} at i
+    int64_t e = run_of(s, n, i, C_DIGIT);
+    return e - i > most ? i + most : e;
+}
+
 // The bytes of the character at s[i]: text reaching the splitter is ASCII, or UTF-8 whose other characters are all
 // of the pattern's "other" class ([^\s\p{L}\p{N}]: punctuation and symbols, checked by known_others), so every
 // byte of such a character classes as "other" and only a one-character step (the optional character before a
@@ -263,10 +276,7 @@ static int64_t split_one(int kind, const uint8_t *s, int64_t n, int64_t i) {
         int ck = char_class(s[k]);
         if (ck & C_LETTER) return run_of(s, n, k, C_LETTER);
         if (ck & C_DIGIT) return run_of(s, n, k, C_DIGIT);
-        if (is_other(s, n, k)) {
-            while (is_other(s, n, k)) k++;
-            return k;
-        }
+        if ((j = spaced_other(s, n, i)) >= 0) return j;
     } else if (kind == SPLIT_O200K) {
         // [^\r\n\p{L}\p{N}]?[Lu]*[Ll]+C?|[^\r\n\p{L}\p{N}]?[Lu]+[Ll]*C?  (C: (?i:'s|'t|'re|'ve|'m|'ll|'d)), on ASCII:
         // an uppercase run, then a lowercase run, one of them not empty. The prefix and a letter exclude each other,
@@ -279,13 +289,8 @@ static int64_t split_one(int kind, const uint8_t *s, int64_t n, int64_t i) {
             int64_t t = contraction(s, n, l, 0);
             return t >= 0 ? t : l;
         }
-        if (c & C_DIGIT) {  // \p{N}{1,3}
-            int64_t e = run_of(s, n, i, C_DIGIT);
-            return e - i > 3 ? i + 3 : e;
-        }
-        k = s[i] == ' ' && is_other(s, n, i + 1) ? i + 1 : i;  //  ?[^\s\p{L}\p{N}]+[\r\n/]*
-        if (is_other(s, n, k)) {
-            while (is_other(s, n, k)) k++;
+        if (c & C_DIGIT) return digit_group(s, n, i, 3);
+        if ((k = spaced_other(s, n, i)) >= 0) {  //  ?[^\s\p{L}\p{N}]+[\r\n/]*
             while (k < n && (s[k] == '\r' || s[k] == '\n' || s[k] == '/')) k++;
             return k;
         }
@@ -293,15 +298,8 @@ static int64_t split_one(int kind, const uint8_t *s, int64_t n, int64_t i) {
         if ((j = contraction(s, n, i, 0)) >= 0) return j;
         int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : i + char_len(s[i]);  // [^\r\n\p{L}\p{N}]?\p{L}+
         if (k < n && (char_class(s[k]) & C_LETTER)) return run_of(s, n, k, C_LETTER);
-        if (c & C_DIGIT) {  // \p{N}{1,3} (Qwen2: \p{N})
-            int64_t most = kind == SPLIT_QWEN2 ? 1 : 3, e = run_of(s, n, i, C_DIGIT);
-            return e - i > most ? i + most : e;
-        }
-        k = s[i] == ' ' && is_other(s, n, i + 1) ? i + 1 : i;  //  ?[^\s\p{L}\p{N}]+[\r\n]*
-        if (is_other(s, n, k)) {
-            while (is_other(s, n, k)) k++;
-            return run_of(s, n, k, C_NEWLINE);
-        }
+        if (c & C_DIGIT) return digit_group(s, n, i, kind == SPLIT_QWEN2 ? 1 : 3);  // \p{N}{1,3} (Qwen2: \p{N})
+        if ((k = spaced_other(s, n, i)) >= 0) return run_of(s, n, k, C_NEWLINE);  //  ?[^\s\p{L}\p{N}]+[\r\n]*
     }
     if (!(c & C_SPACE)) return -1;
     int64_t e = i, last = -1;  // the whitespace run [i, e) and its last line break
@@ -468,7 +466,7 @@ int64_t bpe_encode(Encoder *e, const uint8_t *text, int64_t n, int32_t *out) {
         if (j <= i) return -1;
         const uint8_t *s = text + i;
         i = j;
-        uint64_t h = hash_bytes(s, len);
+        uint64_t h = len <= CACHED_LEN ? hash_bytes(s, len) : 0;  // a longer piece is merged, not kept
         CacheSlot *c = len <= CACHED_LEN ? find(e, s, len, h) : NULL;
         if (c && c->len) {
             memcpy(out + m, e->ids + c->ids, sizeof(int32_t) * c->count);

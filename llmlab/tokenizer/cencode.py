@@ -167,12 +167,8 @@ class CEncoder:
         ids = enc(text, raw)  # whole, when its other characters are all of the "other" class
         if ids is not None:
             return ids
-        n = len(text)
-        part = ascii_split.PART_CHARS
-        if len(raw) - n > 2 * (n // part) + 8:  # as segments() would judge it, without encoding it again
-            return None
-        cuts = ascii_split.segments(text, self._cut, most=n // part + 4)
-        if cuts is None or sum(b - a for a, b, ascii in cuts if ascii) * 2 < n:
+        cuts = ascii_split.segments(text, self._cut, utf8_len=len(raw))
+        if cuts is None or sum(b - a for a, b, ascii in cuts if ascii) * 2 < len(text):
             return None  # non-ASCII characters all through, or C would get under half the text: Python, whole
         out: list[int] = []
         for a, b, ascii in cuts:

@@ -36,7 +36,8 @@ from typing import Literal
 import regex
 
 from llmlab.errors import TokenizerError
-from llmlab.tokenizer.ascii_split import WHITE_SPACE, fast_findall, line_safe
+from llmlab.tokenizer.ascii_split import WS_CLASS as _WS
+from llmlab.tokenizer.ascii_split import fast_findall, line_safe
 from llmlab.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, PATTERNS, BPEModel, check_portable
 from llmlab.tokenizer.cencode import CEncoder
 from llmlab.tokenizer.rebuild import rebuild
@@ -52,7 +53,6 @@ _CACHED_LEN = 256  # characters: a longer piece (a whole text no pre-split cut) 
 # space) repeat often enough to cache. It runs ~5x faster than the `regex` module's \p{L} split.
 # Whitespace here must be exactly the pattern's `\s` (Unicode White_Space), spelled out: stdlib
 # `re`'s `\s` (str.isspace) also takes U+001C..U+001F, so "\x1f's" was cut before "'s".
-_WS = "".join(sorted(WHITE_SPACE))
 _GPT2_COARSE = re.compile(f" ?[^{_WS}]+|[{_WS}]+(?![^{_WS}])|[{_WS}]+")
 # The same for the cl100k family (ascii_split.line_safe: cl100k, o200k, Llama 3, Qwen2): cut before each space that
 # follows a non-space. No piece of those patterns holds a non-space followed by a space (a word's leading space is the
