@@ -1,7 +1,7 @@
-"""The C encoder (kernels/cpu_bpe.c via tokenizer/cencode.py): its pre-split is the `regex` module's on ASCII text
-for every pre-split it knows, and its ids are the Python encode's (and tiktoken's) in ranks mode, in merges mode with
-and without ignore_merges and with bytes missing from the vocabulary, for SmolLM2's two stages, on mixed text, with a
-small cache and from several threads; without a compiler Python encodes alone."""
+"""The C encoder (kernels/cpu_bpe.c via tokenizer/cencode.py): its pre-split is the `regex` module's for every
+pre-split it knows, on ASCII and on text from every Unicode category, and its ids are the Python encode's (and tiktoken's) in ranks mode, in merges mode with
+and without ignore_merges and with bytes missing from the vocabulary, for SmolLM2's two stages, on text in any script,
+with a small cache and from several threads; without a compiler Python encodes alone."""
 
 from __future__ import annotations
 
@@ -16,19 +16,38 @@ from test_tokenizer_cmerge import stdlib_text
 
 from llmlab import artifacts, load_tokenizer
 from llmlab.kernels import cbuild
-from llmlab.tokenizer import PATTERNS, BPEModel, Tokenizer, ascii_split, cencode, train_bpe
+from llmlab.tokenizer import PATTERNS, BPEModel, Tokenizer, cencode, train_bpe
 from llmlab.tokenizer.tokenizer import _Split
 
 needs_cc = pytest.mark.skipif(cbuild.compiler() is None, reason="no C compiler: Python encodes alone")
 
 ASCII = st.text(alphabet=st.sampled_from(list("aAbzZsdmtlvrSDMTLVRE019 \t\n\r\x0b\x0c\x1c\x1f\x00\x7f'.,;!?(){}_-/\\#")),
                 max_size=60)
-# ASCII with non-ASCII punctuation and symbols (C takes them as "other") and characters it leaves to Python: a letter,
-# a mark (o200k's letters take it), a digit, spaces
-TEXT_PUNCT = st.text(alphabet=st.sampled_from(list("aAsStT09 \t\n\r'.,/") + list("’“”—…©€«»·¿×") + [
-    "\u0301", "é", "²", "\xa0", "\u2028", "\u3000"]), max_size=40)
-MIXED = ["x = 1;\n// é note\n", "He said “don’t” — fine…\n  ‘quoted’ ©2024 «x»", "“Hello\u0301” x\u0301", "é.\n/x", "Grüße, мир!  🙂🙃 \n\n  done", "中文 text 123 ٣ and\u3000more\xa0words",
-         "tab\t\u2028line\n   é  ", "a" * 300 + "é" + " b" * 200, "no accents at all, but after others"]
+
+@functools.cache
+def category_samples() -> list[str]:
+    """Up to 40 characters of each general category the patterns tell apart, and of White_Space: uppercase,
+    lowercase, titlecase, modifier and other letters, marks, each kind of number, punctuation, symbols, controls,
+    private use, unassigned, astral letters and digits."""
+    every = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
+    out = []
+    for p in (r"\p{Lu}", r"\p{Ll}", r"\p{Lt}", r"\p{Lm}", r"\p{Lo}", r"\p{Mn}", r"\p{Mc}", r"\p{Me}", r"\p{Nd}",
+              r"\p{Nl}", r"\p{No}", r"\s", r"\p{P}", r"\p{S}", r"\p{Cc}", r"\p{Cf}", r"\p{Co}", r"\p{Cn}",
+              r"[\U00010000-\U0010FFFF&&\p{L}]", r"[\U00010000-\U0010FFFF&&\p{N}]"):
+        found = regex.findall(r"(?V1)" + p, every)
+        out += found[:: max(1, len(found) // 40)]
+    return out
+
+
+# Text from every category, with the ASCII that the alternatives turn on (contractions, "ſ" which (?i) folds to s,
+# line breaks, o200k's "/")
+UNICODE = st.text(alphabet=st.one_of(st.sampled_from(list("aAsStTlLdD09 \t\n\r'./ſ")),
+                                     st.sampled_from(category_samples())), max_size=40)
+MIXED = ["x = 1;\n// é note\n", "He said “don’t” — fine…\n  ‘quoted’ ©2024 «x»", "“Hello\u0301” x\u0301", "é.\n/x",
+         "Grüße, мир!  🙂🙃 \n\n  done", "中文 text 123 ٣ and\u3000more\xa0words", "tab\t\u2028line\n   é  ",
+         "a" * 300 + "é" + " b" * 200, "no accents at all, but after others", "le café était très bon à Paris. " * 30,
+         "Привет, мир! Как дела? " * 30, "北京是中华人民共和国的首都，也是全国的政治、文化中心。" * 10,
+         "नमस्ते दुनिया, यह एक परीक्षण है। ", "مرحبا بالعالم ١٢٣٤", "ὈΔΥΣΣΕΎΣ ǅemal ʰa IT'ſ ΆΛΦΑ", "emoji 👩‍👩‍👧 ok 🇫🇷!"]
 
 
 def stages_split(patterns: tuple[str, ...], text: str) -> list[str]:
@@ -49,17 +68,23 @@ def test_c_split_is_the_regex_split(text):
 
 
 @needs_cc
-@settings(max_examples=300, deadline=None)
-@given(TEXT_PUNCT)
-def test_c_split_of_text_with_punctuation_is_the_regex_split(text):
-    """Non-ASCII punctuation splits as `regex` splits it; a character outside ASCII and the "other" class leaves the
-    text to Python."""
+@settings(max_examples=500, deadline=None)
+@given(UNICODE)
+def test_c_split_of_unicode_text_is_the_regex_split(text):
     for patterns in cencode.KINDS:
-        kind = cencode.KINDS[patterns][0]
-        known = all(ord(c) < 0x80 or ord(c) < 0x3000 and cencode.others(kind)[ord(c)] for c in text)
-        got = cencode.split(patterns, text)
-        assert (got is not None) == known, (patterns, text)
-        assert got is None or got == stages_split(patterns, text), (patterns, text)
+        assert cencode.split(patterns, text) == stages_split(patterns, text), patterns
+
+
+def test_character_classes_are_the_patterns_classes():
+    """Each class bit holds exactly the code points of the class it stands for in the patterns (as `regex` reads
+    them): a category given two bits, or White_Space overlapping a letter, would show here."""
+    every = "".join(map(chr, range(0x110000)))
+    table = cencode.classes()
+    for bit, cls in ((cencode.LETTER, r"\p{L}"), (cencode.UPPER, r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"),
+                     (cencode.LOWER, r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"), (cencode.DIGIT, r"\p{N}"), (cencode.SPACE, r"\s"),
+                     (cencode.NEWLINE, r"[\r\n]")):
+        members = {m.start() for m in regex.finditer(cls, every)}
+        assert members == {c for c in range(0x110000) if table[c] & bit}, cls
 
 
 # Where the alternatives differ: a whitespace run with line breaks at the end of a text (cl100k's \\s++\\z), a run
@@ -67,23 +92,24 @@ def test_c_split_of_text_with_punctuation_is_the_regex_split(text):
 EDGE = ["a\n  ", "x  \n\t", "a \n b", "  x", " \n\n y", "\t\tx", ".\n/x", ".\n\n//y", "!!\r\n", "HTTPServer's",
         "'S 'LL 're 've 'd 'm 't 'x", "it's", "ABCdef", "abcDEF", "A", "12345678", " 123", "x1y22", "\x1c \x1fa",
         " !", "  !", "a\x0b\x0cb", "", " ", "\n", "'", "x'", "\x7f\x00z", "“Hello”", "don’t", " —x", "a…\n\n b",
-        "«x» ©2024 €5", "\u0301abc", " ’s", "—\nx", "“\n/”"]
+        "«x» ©2024 €5", "\u0301abc", " ’s", "—\nx", "“\n/”", "\u0301AB", "\u0301\u0301AB", "x\u0301AB", "ʰA", "Aʰ", "AʰB",
+        "AʰBc", "ǅemal", "ΣΑΣ'ſ", "it'ſ", "IT'ſ", "'ſ", "中文字", "\u3000\u3000x", "x\u2028\u2028y", "\u3000", "a\xa0\n b",
+        "٣٤٥٦٧", "²³¼", "Ⅻ1", "𝐀𝐚𝐀", "👍🏽!\n/", "é́", "\x85x", "\u0301\n"]
 
 
 @needs_cc
 def test_c_split_of_edge_cases():
     for patterns in cencode.KINDS:
         for text in EDGE:
-            got = cencode.split(patterns, text)
-            assert got == stages_split(patterns, text) or got is None and "\u0301" in text, (patterns, text)
+            assert cencode.split(patterns, text) == stages_split(patterns, text), (patterns, text)
 
 
 @needs_cc
 def test_c_split_of_source_text():
     texts = stdlib_text(300_000)
     for patterns in cencode.KINDS:
-        assert [cencode.split(patterns, t) for t in texts if t.isascii()] == \
-            [stages_split(patterns, t) for t in texts if t.isascii()], patterns
+        assert [cencode.split(patterns, t) for t in texts + MIXED] == \
+            [stages_split(patterns, t) for t in texts + MIXED], patterns
 
 
 def fast_and_slow(monkeypatch, load, texts: list[str]) -> list[list[int]]:
@@ -157,8 +183,8 @@ def test_ignore_merges_takes_a_whole_token_the_merges_miss(monkeypatch, ignore_m
     assert ids == ([[6, 3, 0, 4, 5]] if ignore_merges else [[0, 4, 3, 0, 4, 5]])
 
 
-TEXT = st.text(alphabet=st.sampled_from(list("aAsStT019 \t\n\n\r\x0b'.,;!/’“—…") + [
-    "é", "中", "\xa0", "\u2028", "\u0663", "\x85", "\u3000", "\U0001F600", "\u0301", "\u00b2"]), max_size=50)
+TEXT = st.text(alphabet=st.sampled_from(list("aAsStT019 \t\n\n\r\x0b'.,;!/’“—…ſ") + [
+    "é", "É", "中", "ʰ", "\xa0", "\u2028", "\u0663", "\x85", "\u3000", "\U0001F600", "\u0301", "\u00b2"]), max_size=50)
 
 
 @pytest.fixture(scope="module")
@@ -184,13 +210,8 @@ def pairs(tmp_path_factory) -> dict[str, tuple[Tokenizer, Tokenizer]]:
 @settings(max_examples=200, deadline=None)
 @given(text=TEXT)
 def test_random_mixed_text_encodes_alike(pairs, text):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ascii_split, "PART_CHARS", 1)  # cut however dense the non-ASCII characters, so C takes part
-        for name, (fast, slow) in pairs.items():
-            assert fast.encode(text) == slow.encode(text), name
-            assert fast._fast._enc is not None
-    for name, (fast, slow) in pairs.items():  # and as it runs: dense text whole in Python
-        assert fast.encode(text) == slow.encode(text), name
+    for name, (fast, slow) in pairs.items():
+        assert fast._fast(text) == slow.encode(text), name
 
 
 @needs_cc
@@ -200,10 +221,9 @@ def test_a_full_cache_starts_again(monkeypatch):
     slow._fast = None
     enc = cencode._Encoder(cencode._functions(), 0, tok.model, limit=50)
     texts = stdlib_text(50_000)
-    for t in texts + texts:
-        if t.isascii():
-            assert enc(t) == slow.encode(t)
-            assert cencode._functions().bpe_encoder_size(enc.handle) < 50
+    for t in texts + MIXED + texts:
+        assert enc(t) == slow.encode(t)
+        assert cencode._functions().bpe_encoder_size(enc.handle) < 50
 
 
 @needs_cc
@@ -238,14 +258,14 @@ def test_c_starts_after_the_warm_up():
     assert tok._fast._enc is not None or cbuild.compiler() is None
 
 
-def test_prose_in_other_scripts_stays_in_python(monkeypatch):
-    """Text with letters outside ASCII all through goes to Python whole, C takes none of it."""
+@needs_cc
+def test_a_lone_surrogate_is_a_replacement_character(monkeypatch):
+    """A str that is not UTF-8 (a lone surrogate) encodes as U+FFFD through encode and encode_ordinary alike."""
     monkeypatch.setattr(cencode, "WARMUP", 0)
     tok = load_tokenizer(artifacts.fetch("cl100k-tiktoken"), pattern="cl100k")
-    for text in ("le café était très bon à Paris. " * 300, "привет, мир! " * 600):
-        assert tok._fast(text, tok._encode_python) is None
-        assert tok.encode(text) == tok._encode_python(text)
-    assert cencode._functions().bpe_encoder_size(tok._fast._enc.handle) == 0
+    want = tok._encode_python("a\ufffdb")
+    assert tok.encode("a\ud800b") == tok.encode_ordinary("a\ud800b") == tok._fast("a\ufffdb") == want
+    assert tok.encode("\ud83d\ude00") == tok.encode("\U0001F600")  # a pair split in two surrogates
 
 
 def test_without_a_compiler_python_encodes(monkeypatch):

@@ -212,18 +212,29 @@ int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, con
 
 // ---- pre-split: the split patterns of llmlab.tokenizer.PATTERNS, each alternative as written ---------------------
 //
-// bpe_split writes the end of each piece (pieces are contiguous) and returns their count. On ASCII text these
-// patterns reduce to four character classes: letters, digits, whitespace (Unicode White_Space: \t \n \v \f \r and
-// space; not \x1c-\x1f, which str.isspace() takes) and the rest, which non-ASCII characters of the "other" class
-// (punctuation, symbols: known_others) join byte by byte. Alternatives are tried in the pattern's order with
-// its backtracking worked out by hand, e.g. `\s*[\r\n]+` ends after the run's last line break and `\s+(?!\S)`
-// leaves the run's last whitespace to the next piece. tests/test_tokenizer_cencode.py fuzzes each against `regex`.
+// bpe_split writes the end of each piece (pieces are contiguous) and returns their count. The text is UTF-8 (from a
+// Python str: valid, no surrogates); each character's class comes from a table of all code points built from the
+// `regex` module's own Unicode properties (cencode.classes): letter (\p{L}), digit (\p{N}), whitespace (Unicode
+// White_Space: on ASCII \t \n \v \f \r and space, not \x1c-\x1f, which str.isspace() takes), line break (\r \n), and
+// o200k's two letter classes; the rest is "other" ([^\s\p{L}\p{N}], marks included). Alternatives are tried in the
+// pattern's order with its backtracking worked out by hand, e.g. `\s*[\r\n]+` ends after the run's last line break
+// and `\s+(?!\S)` leaves the run's last whitespace character to the next piece. tests/test_tokenizer_cencode.py
+// fuzzes each against `regex`.
 
 enum { SPLIT_GPT2, SPLIT_CL100K, SPLIT_O200K, SPLIT_LLAMA3, SPLIT_QWEN2, SPLIT_DIGITS_GPT2 };
-enum { C_LETTER = 1, C_UPPER = 2, C_DIGIT = 4, C_SPACE = 8, C_NEWLINE = 16 };
+// C_UPPER and C_LOWER are o200k's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}]: a mark has both
+// without C_LETTER, as do Lm and Lo with it.
+enum { C_LETTER = 1, C_UPPER = 2, C_LOWER = 4, C_DIGIT = 8, C_SPACE = 16, C_NEWLINE = 32 };
+#define C_WORDLIKE (C_LETTER | C_DIGIT | C_SPACE)  // none of these: the "other" class
 
-static inline int char_class(uint8_t c) {
-    if (c >= 'a' && c <= 'z') return C_LETTER;
+typedef struct {
+    const uint8_t *s;
+    int64_t n;
+    const uint8_t *table;  // the class of each code point, 0x110000 bytes
+} Text;
+
+static inline int ascii_class(uint8_t c) {
+    if (c >= 'a' && c <= 'z') return C_LETTER | C_LOWER;
     if (c >= 'A' && c <= 'Z') return C_LETTER | C_UPPER;
     if (c >= '0' && c <= '9') return C_DIGIT;
     if (c == '\r' || c == '\n') return C_SPACE | C_NEWLINE;
@@ -231,9 +242,35 @@ static inline int char_class(uint8_t c) {
     return 0;
 }
 
-// The end of a contraction ('s 't 'm 'd 're 've 'll; case-insensitive unless `exact`) at i, or -1.
-static inline int64_t contraction(const uint8_t *s, int64_t n, int64_t i, int exact) {
+static inline int cls(const Text *t, int64_t i) {  // the class of the character starting at byte i < n
+    const uint8_t *p = t->s + i;
+    if (p[0] < 0x80) return ascii_class(p[0]);
+    if (p[0] < 0xE0) return t->table[(p[0] & 0x1F) << 6 | (p[1] & 0x3F)];
+    if (p[0] < 0xF0) return t->table[(p[0] & 0x0F) << 12 | (p[1] & 0x3F) << 6 | (p[2] & 0x3F)];
+    return t->table[(p[0] & 0x07) << 18 | (p[1] & 0x3F) << 12 | (p[2] & 0x3F) << 6 | (p[3] & 0x3F)];
+}
+
+static inline int64_t step(const Text *t, int64_t i) {  // the start of the next character
+    uint8_t c = t->s[i];
+    return i + (c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4);
+}
+
+static inline int has(const Text *t, int64_t i, int mask) { return i < t->n && (cls(t, i) & mask); }
+
+static inline int64_t run_of(const Text *t, int64_t i, int mask) {  // the end of the run of `mask` at i
+    while (has(t, i, mask)) i = step(t, i);
+    return i;
+}
+
+static inline int is_other(const Text *t, int64_t i) { return i < t->n && !(cls(t, i) & C_WORDLIKE); }
+
+// The end of a contraction ('s 't 'm 'd 're 've 'll; case-insensitive unless `exact`, where `regex` also folds
+// "ſ" (U+017F) to s) at i, or -1.
+static inline int64_t contraction(const Text *t, int64_t i, int exact) {
+    const uint8_t *s = t->s;
+    int64_t n = t->n;
     if (i + 1 >= n || s[i] != '\'') return -1;
+    if (!exact && s[i + 1] == 0xC5 && s[i + 2] == 0xBF) return i + 3;
     int a = exact ? s[i + 1] : s[i + 1] | 0x20;
     if (a == 's' || a == 't' || a == 'm' || a == 'd') return i + 2;
     if (i + 2 >= n) return -1;
@@ -241,110 +278,94 @@ static inline int64_t contraction(const uint8_t *s, int64_t n, int64_t i, int ex
     return (a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l') ? i + 3 : -1;
 }
 
-static inline int64_t run_of(const uint8_t *s, int64_t n, int64_t i, int cls) {  // end of the run of `cls` at i
-    while (i < n && (char_class(s[i]) & cls)) i++;
-    return i;
-}
-
-static inline int is_other(const uint8_t *s, int64_t n, int64_t i) { return i < n && char_class(s[i]) == 0; }
-
 // The end of ` ?[^\s\p{L}\p{N}]+` at i (the space kept only where the run follows it), or -1.
-static inline int64_t spaced_other(const uint8_t *s, int64_t n, int64_t i) {
-    int64_t k = s[i] == ' ' && is_other(s, n, i + 1) ? i + 1 : i;
-    if (!is_other(s, n, k)) return -1;
-    while (is_other(s, n, k)) k++;
+static inline int64_t spaced_other(const Text *t, int64_t i) {
+    int64_t k = t->s[i] == ' ' && is_other(t, i + 1) ? i + 1 : i;
+    if (!is_other(t, k)) return -1;
+    while (is_other(t, k)) k = step(t, k);
     return k;
 }
 
-static inline int64_t digit_group(const uint8_t *s, int64_t n, int64_t i, int64_t most) {  // \p{N}{1,most} at i
-    int64_t e = run_of(s, n, i, C_DIGIT);
-    return e - i > most ? i + most : e;
+static inline int64_t digit_group(const Text *t, int64_t i, int most) {  // \p{N}{1,most} at i
+    for (int c = 0; c < most && has(t, i, C_DIGIT); c++) i = step(t, i);
+    return i;
 }
 
-// The bytes of the character at s[i]: text reaching the splitter is ASCII, or UTF-8 whose other characters are all
-// of the pattern's "other" class ([^\s\p{L}\p{N}]: punctuation and symbols, checked by known_others), so every
-// byte of such a character classes as "other" and only a one-character step (the optional character before a
-// word) needs its length.
-static inline int64_t char_len(uint8_t c) { return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4; }
+// The end of o200k's [U]*[L]+ at k (U, L: C_UPPER, C_LOWER), or -1. The greedy [U]* gives characters back until
+// [L]+ can start: at the end of the run when a lowercase letter follows it, else at the run's last character that
+// both classes take (Lm, Lo, a mark), from where [L]+ runs to the next uppercase-only letter.
+static int64_t o200k_lower(const Text *t, int64_t k) {
+    int64_t u = k, both = -1;
+    for (int c; u < t->n && ((c = cls(t, u)) & C_UPPER); u = step(t, u))
+        if (c & C_LOWER) both = u;
+    if (has(t, u, C_LOWER)) return run_of(t, u, C_LOWER);
+    return both >= 0 ? run_of(t, both, C_LOWER) : -1;
+}
 
-static int64_t split_one(int kind, const uint8_t *s, int64_t n, int64_t i) {
-    int c = char_class(s[i]);
-    int64_t j;
+static int64_t split_one(int kind, const Text *t, int64_t i) {
+    const uint8_t *s = t->s;
+    int64_t n = t->n, j;
+    int c = cls(t, i);
     if (kind == SPLIT_GPT2) {  // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-        if ((j = contraction(s, n, i, 1)) >= 0) return j;
+        if ((j = contraction(t, i, 1)) >= 0) return j;
         int64_t k = s[i] == ' ' && i + 1 < n ? i + 1 : i;  // the optional space: kept where the run follows it
-        int ck = char_class(s[k]);
-        if (ck & C_LETTER) return run_of(s, n, k, C_LETTER);
-        if (ck & C_DIGIT) return run_of(s, n, k, C_DIGIT);
-        if ((j = spaced_other(s, n, i)) >= 0) return j;
+        int ck = cls(t, k);
+        if (ck & C_LETTER) return run_of(t, k, C_LETTER);
+        if (ck & C_DIGIT) return run_of(t, k, C_DIGIT);
+        if ((j = spaced_other(t, i)) >= 0) return j;
     } else if (kind == SPLIT_O200K) {
-        // [^\r\n\p{L}\p{N}]?[Lu]*[Ll]+C?|[^\r\n\p{L}\p{N}]?[Lu]+[Ll]*C?  (C: (?i:'s|'t|'re|'ve|'m|'ll|'d)), on ASCII:
-        // an uppercase run, then a lowercase run, one of them not empty. The prefix and a letter exclude each other,
-        // so of "with" and "without the prefix" only one can match.
-        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : i + char_len(s[i]), u = k;
-        while (u < n && (char_class(s[u]) & C_UPPER)) u++;
-        int64_t l = u;
-        while (l < n && char_class(s[l]) == C_LETTER) l++;
-        if (l > k) {
-            int64_t t = contraction(s, n, l, 0);
-            return t >= 0 ? t : l;
+        // P?[U]*[L]+C?|P?[U]+[L]*C? with P = [^\r\n\p{L}\p{N}], C = (?i:'s|'t|'re|'ve|'m|'ll|'d). Each alternative
+        // tries with the prefix first, then without: that matters only for a mark at i, which P and both letter
+        // classes take (a mark before "AB" is a piece alone, by the first alternative without P).
+        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : step(t, i);
+        if ((j = o200k_lower(t, k)) < 0 && k > i) j = o200k_lower(t, i);
+        // [U]+[L]*, where [L]* is empty: a character of [L] after the run would have made the first alternative match
+        if (j < 0 && has(t, k, C_UPPER)) j = run_of(t, k, C_UPPER);
+        if (j >= 0) {
+            int64_t e = contraction(t, j, 0);
+            return e >= 0 ? e : j;
         }
-        if (c & C_DIGIT) return digit_group(s, n, i, 3);
-        if ((k = spaced_other(s, n, i)) >= 0) {  //  ?[^\s\p{L}\p{N}]+[\r\n/]*
+        if (c & C_DIGIT) return digit_group(t, i, 3);
+        if ((k = spaced_other(t, i)) >= 0) {  //  ?[^\s\p{L}\p{N}]+[\r\n/]*
             while (k < n && (s[k] == '\r' || s[k] == '\n' || s[k] == '/')) k++;
             return k;
         }
     } else {  // cl100k, Llama 3, Qwen2
-        if ((j = contraction(s, n, i, 0)) >= 0) return j;
-        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : i + char_len(s[i]);  // [^\r\n\p{L}\p{N}]?\p{L}+
-        if (k < n && (char_class(s[k]) & C_LETTER)) return run_of(s, n, k, C_LETTER);
-        if (c & C_DIGIT) return digit_group(s, n, i, kind == SPLIT_QWEN2 ? 1 : 3);  // \p{N}{1,3} (Qwen2: \p{N})
-        if ((k = spaced_other(s, n, i)) >= 0) return run_of(s, n, k, C_NEWLINE);  //  ?[^\s\p{L}\p{N}]+[\r\n]*
+        if ((j = contraction(t, i, 0)) >= 0) return j;
+        int64_t k = c & (C_NEWLINE | C_LETTER | C_DIGIT) ? i : step(t, i);  // [^\r\n\p{L}\p{N}]?\p{L}+
+        if (has(t, k, C_LETTER)) return run_of(t, k, C_LETTER);
+        if (c & C_DIGIT) return digit_group(t, i, kind == SPLIT_QWEN2 ? 1 : 3);  // \p{N}{1,3} (Qwen2: \p{N})
+        if ((k = spaced_other(t, i)) >= 0) return run_of(t, k, C_NEWLINE);  //  ?[^\s\p{L}\p{N}]+[\r\n]*
     }
     if (!(c & C_SPACE)) return -1;
-    int64_t e = i, last = -1;  // the whitespace run [i, e) and its last line break
-    for (; e < n && (char_class(s[e]) & C_SPACE); e++)
-        if (s[e] == '\r' || s[e] == '\n') last = e;
+    int64_t e = i, last = i, brk = -1;  // the whitespace run [i, e), its last character and its last line break
+    for (; has(t, e, C_SPACE); e = step(t, e)) {
+        last = e;
+        if (s[e] == '\r' || s[e] == '\n') brk = e;
+    }
     if (kind == SPLIT_CL100K && e == n) return n;  // \s++\z
-    if (kind != SPLIT_GPT2 && last >= 0) return last + 1;  // \s*[\r\n] (cl100k), \s*[\r\n]+
-    return e == n || e - i == 1 ? e : e - 1;  // \s+(?!\S), else \s+ (cl100k: \s) takes one character
+    if (kind != SPLIT_GPT2 && brk >= 0) return brk + 1;  // \s*[\r\n] (cl100k), \s*[\r\n]+
+    return e == n || last == i ? e : last;  // \s+(?!\S), else \s+ (cl100k: \s) takes one character
 }
 
 // The end of the piece at i. SPLIT_DIGITS_GPT2 is SmolLM2's two stages: each digit alone (Digits with
-// individual_digits), then GPT-2's pattern over the text between digits, which ends there as a text would
+// individual_digits, as \p{N}), then GPT-2's pattern over the text between digits, which ends there as a text would
 // (*stop caches the next digit's position).
-static inline int64_t next_piece(int kind, const uint8_t *s, int64_t n, int64_t i, int64_t *stop) {
-    if (kind != SPLIT_DIGITS_GPT2) return split_one(kind, s, n, i);
-    if (char_class(s[i]) & C_DIGIT) return i + 1;
+static inline int64_t next_piece(int kind, const Text *t, int64_t i, int64_t *stop) {
+    if (kind != SPLIT_DIGITS_GPT2) return split_one(kind, t, i);
+    if (has(t, i, C_DIGIT)) return step(t, i);
     if (*stop <= i)
-        for (*stop = i; *stop < n && !(char_class(s[*stop]) & C_DIGIT); (*stop)++) {}
-    return split_one(SPLIT_GPT2, s, *stop, i);
+        for (*stop = i; *stop < t->n && !has(t, *stop, C_DIGIT); *stop = step(t, *stop)) {}
+    Text head = {t->s, *stop, t->table};
+    return split_one(SPLIT_GPT2, &head, i);
 }
 
-// Whether every non-ASCII character of s[0..n) (valid UTF-8) is below 0x3000 and marked in `others` (one byte a code
-// point: 1 for the pattern's "other" class); NULL: ASCII only.
-static int known_others(const uint8_t *others, const uint8_t *s, int64_t n) {
-    for (int64_t i = 0; i < n;) {
-        uint8_t c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (!others || c >= 0xF0) return 0;
-        uint32_t cp = c < 0xE0 ? (uint32_t)(c & 0x1F) << 6 | (s[i + 1] & 0x3F)
-                               : (uint32_t)(c & 0x0F) << 12 | (uint32_t)(s[i + 1] & 0x3F) << 6 | (s[i + 2] & 0x3F);
-        if (cp >= 0x3000 || !others[cp]) return 0;
-        i += char_len(c);
-    }
-    return 1;
-}
-
-int64_t bpe_split(int kind, const uint8_t *others, const uint8_t *s, int64_t n, int32_t *ends) {
-    if (!known_others(others, s, n)) return -1;
+int64_t bpe_split(int kind, const uint8_t *table, const uint8_t *s, int64_t n, int32_t *ends) {
+    Text t = {s, n, table};
     int64_t i = 0, m = 0, stop = 0;
     while (i < n) {
-        int64_t j = next_piece(kind, s, n, i, &stop);
-        if (j <= i) return -1;  // no alternative matches (not ASCII text): the caller uses the regex
+        int64_t j = next_piece(kind, &t, i, &stop);
+        if (j <= i) return -1;  // no alternative matched: a bug, which the caller reports
         ends[m++] = (int32_t)j;
         i = j;
     }
@@ -376,7 +397,7 @@ typedef struct {
     const int64_t *pvals;
     int pbits;
     int32_t byte_id[256];
-    const uint8_t *others;  // the pattern's "other" characters below 0x3000 (known_others), or NULL
+    const uint8_t *table;  // the class of each code point (Text)
     CacheSlot *slots;
     int bits;
     int64_t used, limit, nkeys, capkeys, nids, capids;
@@ -389,12 +410,12 @@ void bpe_encoder_free(Encoder *e) {
 }
 
 Encoder *bpe_encoder_new(int kind, const int32_t *bslots, int bbits, const uint8_t *blob, const uint64_t *pkeys,
-                         const int64_t *pvals, int pbits, const int32_t *byte_id, const uint8_t *others,
+                         const int64_t *pvals, int pbits, const int32_t *byte_id, const uint8_t *table,
                          int64_t limit) {
     Encoder *e = calloc(1, sizeof(Encoder));
     if (!e) return NULL;
     e->kind = kind, e->bslots = bslots, e->bbits = bbits, e->blob = blob, e->pkeys = pkeys, e->pvals = pvals;
-    e->pbits = pbits, e->others = others, e->limit = limit, e->bits = 12, e->capkeys = 1 << 16, e->capids = 1 << 14;
+    e->pbits = pbits, e->table = table, e->limit = limit, e->bits = 12, e->capkeys = 1 << 16, e->capids = 1 << 14;
     for (int b = 0; b < 256; b++) e->byte_id[b] = byte_id ? byte_id[b] : -1;
     e->slots = calloc((size_t)1 << e->bits, sizeof(CacheSlot));
     e->keys = malloc(e->capkeys), e->ids = malloc(sizeof(int32_t) * e->capids);
@@ -456,13 +477,13 @@ static int64_t merge_piece(const Encoder *e, const uint8_t *s, int64_t len, int3
     return bpe_merge(e->pkeys, e->pvals, e->pbits, out, m);
 }
 
-// The ids of text[0..n) (UTF-8: ASCII and known "other" characters) into out[0..n); returns their count, or -1 (a
-// character C does not know, memory): the caller then encodes the text in Python.
+// The ids of text[0..n) (valid UTF-8) into out[0..n); returns their count, or -1 (out of memory, or a piece no
+// alternative matched): the caller then encodes the text in Python.
 int64_t bpe_encode(Encoder *e, const uint8_t *text, int64_t n, int32_t *out) {
-    if (!known_others(e->others, text, n)) return -1;  // a letter, digit or space outside ASCII: Python's regex
+    Text t = {text, n, e->table};
     int64_t m = 0, stop = 0;
     for (int64_t i = 0; i < n;) {
-        int64_t j = next_piece(e->kind, text, n, i, &stop), len = j - i;
+        int64_t j = next_piece(e->kind, &t, i, &stop), len = j - i;
         if (j <= i) return -1;
         const uint8_t *s = text + i;
         i = j;

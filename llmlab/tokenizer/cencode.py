@@ -1,19 +1,16 @@
-"""Byte-level BPE encoding in C (llmlab/kernels/cpu_bpe.c) of text that is ASCII but for punctuation and symbols:
-pre-split, word cache and merges.
+"""Byte-level BPE encoding in C (llmlab/kernels/cpu_bpe.c): pre-split, word cache and merges, one call a text.
 
     fast = CEncoder.of(model, patterns)  # None unless the pre-split is PATTERNS' gpt2, cl100k, o200k, llama3, qwen2
                                          # or SmolLM2's single digits + gpt2
-    fast(text, slow) -> list[int] | None  # the ids of text (slow: Python's encode of a non-ASCII part), or None
+    fast(text) -> list[int] | None       # the ids of text, or None: encode it in Python
 
 The Python encode spends its time making a str per piece and looking it up (a chunk cache takes most of that away
-once warm, not on first sight); C splits the text with each pattern's alternatives written out for ASCII's four
-character classes, keeps its own cache of piece bytes -> ids and merges the misses with the loops of cmerge.py, so
-a text costs one call. Non-ASCII characters of the pattern's "other" class (’ “ ” — …, `others`) pass through C
-as punctuation; around any other non-ASCII character the text is cut where no piece crosses (ascii_split.segments)
-and those parts go to Python (Unicode categories are the regex module's); prose in other scripts goes to Python
-whole. Like CMerger, the C side starts only
-after WARMUP bytes were encoded in Python, so loading a tokenizer and encoding a prompt never wait for tables;
-without a C compiler every call returns None.
+once warm, not on first sight); C splits the text with each pattern's alternatives written out over character
+classes, keeps its own cache of piece bytes -> ids and merges the misses with the loops of cmerge.py, so a text
+costs one call, in any script. The classes of all code points come from the `regex` module's Unicode properties
+(`classes`: the ones the Python path's split uses), built once a process. Like CMerger, the C side starts only after
+WARMUP bytes were encoded in Python, so loading a tokenizer and encoding a prompt never wait for tables; without a C
+compiler every call returns None.
 
 Calls hold the GIL (ctypes.PyDLL): the cache is the encoder's own, and two threads must not fill it at once.
 """
@@ -25,21 +22,19 @@ import functools
 import threading
 import weakref
 from array import array
-from collections.abc import Callable
 
+import numpy as np
 import regex
 
-from llmlab.tokenizer import ascii_split
 from llmlab.tokenizer.bpe import PATTERNS, BPEModel
 from llmlab.tokenizer.cmerge import PairTable, RankTable, _library
 
 WARMUP = 1 << 16  # bytes encoded in Python before the C encoder is built
 CACHE_LIMIT = 1 << 20  # pieces in the C cache before it is emptied (the Python word cache's limit)
-# The pre-splits C knows (the patterns of its stages, in order) -> (its number in cpu_bpe.c, the pattern whose cuts
-# `segments` uses); the last is SmolLM2's: single digits, then GPT-2's pattern
-KINDS = {**{(PATTERNS[name],): (kind, PATTERNS[name])
-            for kind, name in enumerate(("gpt2", "cl100k", "o200k", "llama3", "qwen2"))},
-         (r"\p{N}", PATTERNS["gpt2"]): (5, PATTERNS["gpt2"])}
+# The pre-splits C knows (the patterns of its stages, in order) -> their number in cpu_bpe.c; the last is SmolLM2's:
+# single digits, then GPT-2's pattern
+KINDS = {**{(PATTERNS[name],): kind for kind, name in enumerate(("gpt2", "cl100k", "o200k", "llama3", "qwen2"))},
+         (r"\p{N}", PATTERNS["gpt2"]): 5}
 
 
 @functools.cache
@@ -61,29 +56,35 @@ def _functions() -> ctypes.PyDLL | None:
     return fns
 
 
+# cpu_bpe.c's character classes: C_UPPER and C_LOWER are o200k's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and
+# [\p{Ll}\p{Lm}\p{Lo}\p{M}]; a character without LETTER, DIGIT or SPACE is "other" ([^\s\p{L}\p{N}])
+LETTER, UPPER, LOWER, DIGIT, SPACE, NEWLINE = 1, 2, 4, 8, 16, 32
+_CLASSES = ((r"[\p{Lu}\p{Lt}]", LETTER | UPPER), (r"\p{Ll}", LETTER | LOWER), (r"[\p{Lm}\p{Lo}]", LETTER | UPPER | LOWER),
+            (r"\p{M}", UPPER | LOWER), (r"\p{N}", DIGIT), (r"\s", SPACE), (r"[\r\n]", SPACE | NEWLINE))
+
+
 @functools.cache
-def others(kind: int) -> bytes:
-    """One byte a code point below 0x3000: 1 where the character is of the pre-split's "other" class
-    ([^\\s\\p{L}\\p{N}], as `regex` reads it: punctuation and symbols such as ’ “ ” — … © €), which C treats
-    like ASCII punctuation; o200k leaves out the marks (\\p{M}), which its letter classes take."""
-    other = r"[^\s\p{L}\p{N}\p{M}]" if kind == KINDS[(PATTERNS["o200k"],)][0] else r"[^\s\p{L}\p{N}]"
-    table = bytearray(0x3000)
-    for m in regex.finditer(other, "".join(map(chr, range(0x80, 0x3000)))):
-        table[0x80 + m.start()] = 1
-    return bytes(table)
+def classes() -> bytes:
+    """One byte a code point (0x110000): its class bits, from `regex`'s reading of each property (the general
+    categories are disjoint, and no White_Space character is a letter, mark or digit). About 0.1 s, once."""
+    every = np.arange(0x110000, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
+    table = np.zeros(0x110000, np.uint8)
+    for pattern, bits in _CLASSES:
+        for m in regex.finditer(pattern + "+", every):
+            table[m.start():m.end()] = bits
+    return table.tobytes()
 
 
 def split(patterns: tuple[str, ...], text: str) -> list[str] | None:
-    """C's pre-split of `text` with stages of KINDS (for tests), or None where C does not run (no C; a character
-    outside ASCII and the "other" class)."""
+    """C's pre-split of `text` with stages of KINDS (for tests), or None without C."""
     fns = _functions()
     if fns is None or patterns not in KINDS:
         return None
-    kind, raw = KINDS[patterns][0], text.encode("utf-8")
+    kind, raw = KINDS[patterns], text.encode("utf-8")
     ends = array("i", [0]) * len(raw)
-    n = fns.bpe_split(kind, others(kind), raw, len(raw), ends.buffer_info()[0])
+    n = fns.bpe_split(kind, classes(), raw, len(raw), ends.buffer_info()[0])
     if n < 0:
-        return None
+        raise AssertionError(f"the C split found no alternative in {text!r}")
     starts = [0, *ends[:n - 1]] if n else []
     return [raw[a:b].decode("utf-8") for a, b in zip(starts, ends[:n], strict=True)]
 
@@ -108,7 +109,7 @@ class _Encoder:
             kind, addr(vocab.slots) if vocab else None, vocab.bits if vocab else 0,
             ctypes.cast(ctypes.c_char_p(vocab.blob), ctypes.c_void_p) if vocab else None,
             addr(pairs.keys) if pairs else None, addr(pairs.vals) if pairs else None, pairs.bits if pairs else 0,
-            addr(byte_ids), others(kind), limit)
+            addr(byte_ids), classes(), limit)
         if not handle:
             raise MemoryError("the C encoder could not allocate its cache")
         self.handle = handle
@@ -116,9 +117,9 @@ class _Encoder:
         self._local = threading.local()
         weakref.finalize(self, fns.bpe_encoder_free, handle)
 
-    def __call__(self, text: str, raw: bytes | None = None) -> list[int] | None:
-        """The ids of `text` (`raw`: its UTF-8, when the caller has it), or None for a character C leaves to Python."""
-        raw = text.encode("utf-8") if raw is None else raw
+    def __call__(self, text: str) -> list[int] | None:
+        """The ids of `text`, or None where C failed (out of memory)."""
+        raw = text.encode("utf-8")
         out = getattr(self._local, "out", None)  # one output buffer per thread, grown as needed
         if out is None or len(out) < len(raw):
             out = self._local.out = array("i", [0]) * max(len(raw), 1 << 12)
@@ -130,7 +131,7 @@ class CEncoder:
     """Builds the C encoder once WARMUP bytes went through Python; returns None wherever Python must encode."""
 
     def __init__(self, model: BPEModel, patterns: tuple[str, ...]):
-        self._model, (self._kind, self._cut) = model, KINDS[patterns]
+        self._model, self._kind = model, KINDS[patterns]
         self._work = 0
         self._enc: _Encoder | None = None
         self._off = False
@@ -140,14 +141,10 @@ class CEncoder:
         """An encoder for byte-level BPE whose pre-split stages (their patterns) are in KINDS, else None."""
         return cls(model, patterns) if isinstance(model, BPEModel) and patterns in KINDS else None
 
-    def __call__(self, text: str, slow: Callable[[str], list[int]]) -> list[int] | None:
-        """The ids of `text` through C, whole when its characters are ASCII or of the pattern's "other" class
-        (`others`: ’ “ ” — …), else its ASCII stretches through C and the parts around the other non-ASCII
-        characters (ascii_split's segments) through `slow`; None for text mostly not ASCII (French or Russian
-        prose: Python, whole), and while C is warming up or unavailable."""
-        if self._off or len(text) >= 1 << 31:
+    def __call__(self, text: str) -> list[int] | None:
+        """The ids of `text` (well-formed: no lone surrogate) through C; None while C is warming up or unavailable."""
+        if self._off or len(text) >= 1 << 29:
             return None
-        plain = text.isascii()
         enc = self._enc
         if enc is None:
             self._work += len(text)
@@ -161,18 +158,4 @@ class CEncoder:
             if enc is None:
                 self._off = True
                 return None
-        if plain:
-            return enc(text)
-        raw = text.encode("utf-8")
-        ids = enc(text, raw)  # whole, when its other characters are all of the "other" class
-        if ids is not None:
-            return ids
-        cuts = ascii_split.segments(text, self._cut, utf8_len=len(raw))
-        if cuts is None or sum(b - a for a, b, ascii in cuts if ascii) * 2 < len(text):
-            return None  # non-ASCII characters all through, or C would get under half the text: Python, whole
-        out: list[int] = []
-        for a, b, ascii in cuts:
-            part = text[a:b]
-            ids = enc(part) if ascii else None
-            out += slow(part) if ids is None else ids
-        return out
+        return enc(text)

@@ -8,8 +8,8 @@ The normalizer and pre-tokenizer are kept as their Hugging Face `tokenizer.json`
 source of truth, written back by `save`) and compiled here into plain functions. The word cache is
 where the speed comes from: in real text most pieces repeat, so after warm-up encoding is one
 regex `findall` plus one C-level dict lookup per piece. For byte-level BPE with a known pre-split (GPT-2, cl100k,
-o200k, Llama 3, Qwen2, SmolLM2) text that is ASCII but for punctuation goes to C whole once a corpus is under way
-(cencode.py): split, cache and merges there; other text through the path above, or in parts.
+o200k, Llama 3, Qwen2, SmolLM2) text in any script goes to C whole once a corpus is under way (cencode.py): split,
+cache and merges there; the path above takes the first 64 KB and every other tokenizer.
 
 Special tokens are only recognised where the caller allows them (`allowed_special`); elsewhere
 their text is encoded as ordinary text, so user content cannot inject a control token. Non-special
@@ -259,6 +259,18 @@ def _apply_all(fns: list[Callable[[str], str]], s: str) -> str:
     return s
 
 
+def _well_formed(text: str) -> str:
+    """`text` as UTF-8 can hold it: a lone surrogate (a str may hold one) becomes U+FFFD, a pair split in two
+    surrogates becomes its character."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 class _WordCache(dict):
     """piece -> ids; a miss computes through `fn` (dict.__missing__ keeps hits in C)."""
 
@@ -319,7 +331,7 @@ class Tokenizer:
             self._cache = _WordCache(model.encode_word)
         plain = all(isinstance(st, _Split) and not st.prefix_space and st.keep_gaps for st in self._stages)
         coarse = coarse_split(self._stages[0].pattern.pattern) if plain and len(self._stages) == 1 else None
-        # ASCII text in C, start to end (cencode.py), for byte-level BPE with a pre-split it knows
+        # text in C, start to end (cencode.py), for byte-level BPE with a pre-split it knows
         self._fast = CEncoder.of(model, tuple(st.pattern.pattern for st in self._stages)) if plain else None
         self._coarse, self._chunks = coarse, None  # two-level cache: coarse chunk -> pre-split pieces -> ids
         if coarse is not None:  # (splitting a text's missing chunks in one call instead: no faster, measured)
@@ -387,15 +399,11 @@ class Tokenizer:
         template (e.g. BERT's [CLS] ... [SEP])."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode() takes a str, got {type(text).__name__}; decode bytes first.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates -> U+FFFD; a split surrogate pair -> its char
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         raw, normalized = self._added_splits(allowed_special)
         if raw is None and normalized is None:
             ids = self.encode_ordinary(text)
         else:  # as tokenizers: raw-text tokens out first, then normalize the rest and take out normalized ones
-            ids = []
+            text, ids = _well_formed(text), []
             for k, part in enumerate(raw(text) if raw else [text]):
                 if isinstance(part, int):
                     ids.append(part)
@@ -414,12 +422,15 @@ class Tokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text` with no special-token handling at all (the hot path)."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode_ordinary() takes a str, got {type(text).__name__}; decode bytes first.")
+        text = _well_formed(text)
         if self._normalize is not None:
             text = self._normalize(text)
         return self._encode_normalized(text)
 
     def _encode_normalized(self, text: str, first: bool = True) -> list[int]:
-        if self._fast is not None and (ids := self._fast(text, self._encode_python)) is not None:
+        if self._fast is not None and (ids := self._fast(text)) is not None:
             return ids
         return self._encode_python(text, first)
 
