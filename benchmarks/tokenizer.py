@@ -15,6 +15,11 @@ files in sorted order: the first >= 10 MB train, the next ~1 MB is held out.
    no pre-tokenizer, so tokenizers merges each file as one word). Skipped, and said so, without sentencepiece.
 4. The cl100k and o200k ranks (GPT-4 / GPT-4o; Llama 3 and Qwen2 split text as cl100k does): llmlab cold and warm
    vs tiktoken, ids checked identical.
+5. Text in other scripts: the translated strings of Django's 1,130 .po files (99 languages, 3.1 MB; fetched through
+   llmlab.artifacts as `django-locale`), one call per file, all languages and five scripts alone (CJK, Cyrillic,
+   Latin with accents, Arabic, Indic), with the GPT-2, cl100k and o200k ranks: llmlab cold and warm vs tiktoken, ids
+   checked identical. Each llmlab tokenizer first encodes the held-out Python source, so its C encoder is built
+   (it starts after 64 KB): cold is a fresh piece cache's first pass over the language.
 
 Targets (issue 4): encode >= 0.5x tiktoken; training <= 5x tokenizers; compression within 1%.
 Prints a table and ends with one JSON line; writes benchmarks/results/tokenizer.json (in
@@ -26,6 +31,7 @@ LLMLAB_BENCH_RESULTS when set; --out to choose).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -121,6 +127,65 @@ def ranks_section(train: list[str], train_bytes: int) -> dict:
     return out
 
 
+# Django's locale folders by script (languages in none of these count in "all" only)
+SCRIPTS = {"CJK": ("zh_Hans", "zh_Hant", "ja", "ko"),
+           "Cyrillic": ("ru", "uk", "be", "bg", "sr", "mk", "mn", "ky", "kk", "tt", "udm", "os", "tg"),
+           "Latin, accented": ("fr", "de", "es", "pt", "pt_BR", "it", "pl", "cs", "sk", "tr", "vi", "hu", "ro", "is"),
+           "Arabic": ("ar", "ar_DZ", "fa", "ur", "ckb", "ug"),
+           "Indic": ("hi", "mr", "ml", "bn", "ta", "te", "kn", "pa", "ne")}
+
+
+def po_strings(text: str) -> list[str]:
+    """The translations (msgstr, msgstr[n], with their continuation lines) of a .po file."""
+    out, cur = [], None
+    for line in text.splitlines():
+        if line.startswith("msgstr"):
+            cur = [line.split(" ", 1)[1]] if " " in line else []
+            out.append(cur)
+        elif line.startswith('"') and cur is not None:
+            cur.append(line)
+        else:
+            cur = None
+    return [s for s in ("".join(ast.literal_eval(part) for part in parts) for parts in out) if s]
+
+
+def scripts_section(warm_up: list[str]) -> dict:
+    """Encoding text in other scripts (Django's translations): llmlab (cold, warm) vs tiktoken, per script."""
+    import tiktoken
+
+    from llmlab import artifacts, load_tokenizer
+    from llmlab.tokenizer import PATTERNS
+
+    root = artifacts.fetch("django-locale")
+    docs: dict[str, list[str]] = {"all": []}
+    for f in sorted(root.rglob("django.po")):
+        lang, text = f.parts[-3], "\n".join(po_strings(f.read_text(encoding="utf-8")))
+        docs["all"].append(text)
+        for script, langs in SCRIPTS.items():
+            if lang in langs:
+                docs.setdefault(script, []).append(text)
+    out = {"corpus": f"django-locale: msgstr of {len(docs['all'])} .po files, one call a file", "encodings": {}}
+    for name in ("gpt2", "cl100k", "o200k"):
+        path = artifacts.fetch(f"{name}-tiktoken")
+        vocab = load_tokenizer(path, pattern=name).model.vocab
+        enc = tiktoken.Encoding(name, pat_str=PATTERNS[name], mergeable_ranks=vocab, special_tokens={})
+        rows = out["encodings"][name] = {}
+        for script, texts in docs.items():
+            mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+            ours = load_tokenizer(path, pattern=name)
+            for t in warm_up:
+                ours.encode(t)
+            t_tk, ids_tk = timed(lambda e=enc, ts=texts: [e.encode_ordinary(t) for t in ts], repeat=2)
+            t_cold, ids_cold = timed(lambda o=ours, ts=texts: [o.encode(t) for t in ts])
+            t_warm, ids_warm = timed(lambda o=ours, ts=texts: [o.encode(t) for t in ts], repeat=2)
+            rows[script] = {"mb": round(mb, 3), "files": len(texts),
+                            "encode_mb_s": {"llmlab_cold": round(mb / t_cold, 3), "llmlab_warm": round(mb / t_warm, 3),
+                                            "tiktoken": round(mb / t_tk, 3)},
+                            "ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
+                            "ids_identical": ids_tk == ids_cold == ids_warm, "tokens": sum(map(len, ids_tk))}
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary to train, >= 257 (default 8192)")
@@ -190,6 +255,8 @@ def main() -> int:
     identical = identical and (spm is None or spm["ids_identical"])
     more = ranks_section(train, train_bytes)
     identical = identical and all(r["ids_identical"] for r in more.values())
+    scripts = scripts_section(held)
+    identical = identical and all(r["ids_identical"] for rows in scripts["encodings"].values() for r in rows.values())
 
     mbs = lambda t: train_bytes / 1e6 / t  # noqa: E731
     rows = [
@@ -220,6 +287,15 @@ def main() -> int:
             print(f"{f'encode {name} MB/s, {kind}':26}{r['encode_mb_s']['llmlab_' + kind]:>10.2f}"
                   f"{r['encode_mb_s']['tiktoken']:>10.2f}   {r['ratio_vs_tiktoken'][kind]:.2f}x tiktoken")
         print(f"{name} ids identical across tiktoken / llmlab: {r['ids_identical']} ({r['tokens']} tokens)")
+    print(f"\nother scripts ({scripts['corpus']}): MB/s, llmlab cold / warm vs tiktoken")
+    print(f"{'':18}" + "".join(f"{name:>30}" for name in scripts["encodings"]))
+    for script in scripts["encodings"]["gpt2"]:
+        cells = [scripts["encodings"][name][script] for name in scripts["encodings"]]
+        print(f"{script + ' (' + str(cells[0]['mb']) + ' MB)':18}" + "".join(
+            f"{c['encode_mb_s']['llmlab_cold']:>7.1f} /{c['encode_mb_s']['llmlab_warm']:>5.1f} vs"
+            f"{c['encode_mb_s']['tiktoken']:>5.1f} ({c['ratio_vs_tiktoken']['cold']:.1f}x)" for c in cells))
+    print("other scripts: ids identical across tiktoken / llmlab: "
+          f"{all(r['ids_identical'] for rows in scripts['encodings'].values() for r in rows.values())}")
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
@@ -236,13 +312,14 @@ def main() -> int:
         "ids_identical": identical, "gpt2_tokens": n_tokens,
         "sentencepiece_bpe": spm if spm is not None else "skipped: sentencepiece is not installed",
         "ranks": more,
+        "other_scripts": scripts,
         "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
         "command": command(),
         "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__, "git": git_state()["git"],
                      "tiktoken": tiktoken.__version__, "tokenizers": tokenizers.__version__,
                      "regex": regex.__version__, "sentencepiece": spm["sentencepiece_version"] if spm else None},
         "notes": "one thread everywhere: RAYON_NUM_THREADS=1 also limits tokenizers' training; llmlab's byte-level "
-                 "BPE encodes ASCII text in C after its first 64 KB (split, piece cache and merges, "
+                 "BPE encodes text in C after its first 64 KB (split, piece cache and merges, "
                  "tokenizer/cencode.py), the rest in Python with a C merge loop for word-cache misses "
                  "(kernels/cpu_bpe.c); SentencePiece-style BPE is the latter. Cold = fresh caches (C's and Python's), "
                  "first pass over the corpus; the compiled C library is cached per machine, like the torch kernels.",

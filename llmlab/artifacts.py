@@ -13,17 +13,20 @@ entry in `ARTIFACTS`.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import importlib.metadata
 import os
+import posixpath
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from llmlab.errors import ArtifactError
 
@@ -36,7 +39,8 @@ class Artifact:
     member: str  # path inside the archive; a glob (with '*') extracts every match into a directory
     sha256: str  # of the extracted member ("" for a glob: the archive's sha256 covers its files)
     description: str = ""
-    kind: str = "model"  # "model" | "tokenizer" | "corpus": what a command that takes a name can use it as
+    kind: str = "model"  # "model" | "tokenizer" | "corpus": what a command that takes a name can use it as;
+    # "benchmark": data only the benchmarks read
 
     @property
     def is_directory(self) -> bool:
@@ -125,6 +129,16 @@ ARTIFACTS: dict[str, Artifact] = {
             sha256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
             description="all-MiniLM-L6-v2 vocab.txt (BERT uncased WordPiece, 30,522 entries)",
             kind="tokenizer",
+        ),
+        Artifact(
+            name="django-locale",
+            requirement="django==5.2.19",
+            archive_sha256="5965d974a5218a2b68a11dd1276434707f23886525c23f0598eccedaf4f4ca00",
+            member="django/*locale/*/LC_MESSAGES/django.po",
+            sha256="",
+            description="Django 5.2's translations: 1,130 .po files in 99 languages, 3.1 MB of translated text "
+                        "(benchmarks/tokenizer.py's text in other scripts)",
+            kind="benchmark",
         ),
     ]
 }
@@ -257,18 +271,31 @@ def _extract(archive: Path, member: str, out: Path) -> None:
 
 
 def _extract_glob(archive: Path, pattern: str, out_dir: Path) -> None:
-    """Extract every member matching `pattern` (flattened: base names only) into out_dir."""
+    """Extract every member matching `pattern` into out_dir, at its path below the members' common folder (one
+    folder: base names only; Django's locale/<language>/LC_MESSAGES/django.po files keep their folders)."""
     out_dir.mkdir()
     if archive.suffix in (".whl", ".zip"):
         with zipfile.ZipFile(archive) as z:
-            names = [n for n in z.namelist() if fnmatch.fnmatch(n, pattern)]
-            for n in names:
-                (out_dir / Path(n).name).write_bytes(z.read(n))
+            files = {n: functools.partial(z.read, n) for n in z.namelist() if fnmatch.fnmatch(n, pattern)}
+            _write_below_common_folder(files, out_dir)
     else:
         with tarfile.open(archive) as t:
-            members = [m for m in t.getmembers() if m.isfile() and fnmatch.fnmatch(m.name, pattern)]
-            names = [m.name for m in members]
-            for m in members:
-                (out_dir / Path(m.name).name).write_bytes(t.extractfile(m).read())
-    if not names:
+            files = {m.name: functools.partial(lambda m: t.extractfile(m).read(), m)
+                     for m in t.getmembers() if m.isfile() and fnmatch.fnmatch(m.name, pattern)}
+            _write_below_common_folder(files, out_dir)
+    if not files:
         raise ArtifactError(f"{archive.name} has no member matching {pattern}; the artifact entry is wrong.")
+
+
+def _write_below_common_folder(files: dict[str, Callable[[], bytes]], out_dir: Path) -> None:
+    """Write each member (name -> its bytes) at its path below the members' common folder."""
+    if not files:
+        return
+    common = posixpath.dirname(next(iter(files))) if len(files) == 1 else posixpath.commonpath(list(files))
+    for name, read in files.items():
+        rel = PurePosixPath(name).relative_to(common)
+        if ".." in rel.parts:
+            raise ArtifactError(f"{name} in the archive leaves its folder; the artifact entry is wrong.")
+        dest = out_dir.joinpath(*rel.parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(read())
