@@ -288,10 +288,10 @@ def main() -> int:
                   f"{r['encode_mb_s']['tiktoken']:>10.2f}   {r['ratio_vs_tiktoken'][kind]:.2f}x tiktoken")
         print(f"{name} ids identical across tiktoken / llmlab: {r['ids_identical']} ({r['tokens']} tokens)")
     print(f"\nother scripts ({scripts['corpus']}): MB/s, llmlab cold / warm vs tiktoken")
-    print(f"{'':18}" + "".join(f"{name:>30}" for name in scripts["encodings"]))
+    print(f"{'':28}" + "".join(f"{name:>30}" for name in scripts["encodings"]))
     for script in scripts["encodings"]["gpt2"]:
         cells = [scripts["encodings"][name][script] for name in scripts["encodings"]]
-        print(f"{script + ' (' + str(cells[0]['mb']) + ' MB)':18}" + "".join(
+        print(f"{script + ' (' + str(cells[0]['mb']) + ' MB)':28}" + "".join(
             f"{c['encode_mb_s']['llmlab_cold']:>7.1f} /{c['encode_mb_s']['llmlab_warm']:>5.1f} vs"
             f"{c['encode_mb_s']['tiktoken']:>5.1f} ({c['ratio_vs_tiktoken']['cold']:.1f}x)" for c in cells))
     print("other scripts: ids identical across tiktoken / llmlab: "
