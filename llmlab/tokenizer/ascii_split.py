@@ -22,7 +22,8 @@ the twin keeps their written meaning there (no shipped pattern is affected).
 
 Text with some non-ASCII characters is cut where no piece can cross (`segments`): at the start of a line that goes
 on to a non-space for the cl100k family (`line_safe`), before a space that follows a non-space for GPT-2. The part around
-each non-ASCII run goes to `regex`, the ASCII stretches between them to the twin (and to C, cencode.py). The tests
+each non-ASCII run goes to `regex`, the ASCII stretches between them to the twin (the Python path: C, cencode.py, takes
+whole texts in any script once a corpus is under way). The tests
 check every shipped pattern's twin, and the cutting, against `regex` on random text.
 """
 
