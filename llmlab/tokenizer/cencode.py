@@ -23,7 +23,6 @@ import threading
 import weakref
 from array import array
 
-import numpy as np
 import regex
 
 from llmlab.tokenizer.bpe import PATTERNS, BPEModel
@@ -67,6 +66,8 @@ _CLASSES = ((r"[\p{Lu}\p{Lt}]", LETTER | UPPER), (r"\p{Ll}", LETTER | LOWER), (r
 def classes() -> bytes:
     """One byte a code point (0x110000): its class bits, from `regex`'s reading of each property (the general
     categories are disjoint, and no White_Space character is a letter, mark or digit). About 0.1 s, once."""
+    import numpy as np  # here: `llmlab --help` builds its parser (and imports this module) without numpy
+
     every = np.arange(0x110000, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
     table = np.zeros(0x110000, np.uint8)
     for pattern, bits in _CLASSES:
