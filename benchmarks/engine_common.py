@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from results_io import at_least, check_writable, command, git_state, results_dir  # noqa: F401 (re-exported)
+from results_io import at_least, check_writable, command, cpu_name, git_state, results_dir  # noqa: F401 (re-exported)
 
 import llmlab
 from llmlab import ModelConfig, Transformer
@@ -264,11 +264,7 @@ def roofline_seconds(model: Transformer, batch: int, prompt_len: int, new_tokens
 
 
 def hardware() -> dict:
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    hw = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+    hw = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         hw["gpu"] = props.name

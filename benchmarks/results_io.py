@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -28,6 +29,23 @@ def git_state() -> dict:
                               ":(top,exclude)benchmarks/results"], capture_output=True,
                              text=True, cwd=here).stdout.strip()
     return {"git": commit, "git_uncommitted_changes": bool(commit and changed)}
+
+
+def cpu_name() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family and model and whether it has AVX-512 (a VM's "AMD EPYC"
+    alone does not say Zen 3 from Zen 4), else platform.processor()."""
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        return platform.processor()
+    fields: dict[str, str] = {}
+    for line in info.read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return platform.processor()
+    flags = fields.get("flags", "").split()
+    wide = "avx512f" if "avx512f" in flags else "avx2" if "avx2" in flags else "no avx2"
+    return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}, {wide})"
 
 
 def command() -> str:

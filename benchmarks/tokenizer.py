@@ -44,7 +44,7 @@ from pathlib import Path
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # single-thread comparison; must precede the import
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from results_io import check_writable, command, git_state, results_dir  # noqa: E402 (after the thread settings)
+from results_io import check_writable, command, cpu_name, git_state, results_dir  # noqa: E402 (after the thread settings)
 
 
 def load_corpus(mb: float) -> tuple[list[str], list[str]]:
@@ -297,8 +297,7 @@ def main() -> int:
     print("other scripts: ids identical across tiktoken / llmlab: "
           f"{all(r['ids_identical'] for rows in scripts['encodings'].values() for r in rows.values())}")
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = cpu_name()
     result = {
         "benchmark": "tokenizer", "corpus": "python stdlib *.py (sorted)", "train_mb": round(train_bytes / 1e6, 3),
         "heldout_mb": round(held_bytes / 1e6, 3), "vocab_size": args.vocab_size,
