@@ -1,7 +1,8 @@
 """The C encoder (kernels/cpu_bpe.c via tokenizer/cencode.py): its pre-split is the `regex` module's for every
 pre-split it knows, on ASCII and on text from every Unicode category, and its ids are the Python encode's (and tiktoken's) in ranks mode, in merges mode with
 and without ignore_merges and with bytes missing from the vocabulary, for SmolLM2's two stages, on text in any script,
-with a small cache and from several threads; without a compiler Python encodes alone."""
+with a small cache and from several threads; SentencePiece-style BPE's ids are Python's and sentencepiece's; without
+a compiler Python encodes alone."""
 
 from __future__ import annotations
 
@@ -80,9 +81,9 @@ def test_character_classes_are_the_patterns_classes():
     them): a category given two bits, or White_Space overlapping a letter, would show here."""
     every = "".join(map(chr, range(0x110000)))
     table = cencode.classes()
-    for bit, cls in ((cencode.LETTER, r"\p{L}"), (cencode.UPPER, r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"),
-                     (cencode.LOWER, r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"), (cencode.DIGIT, r"\p{N}"), (cencode.SPACE, r"\s"),
-                     (cencode.NEWLINE, r"[\r\n]")):
+    for bit, cls in ((cencode.C_LETTER, r"\p{L}"), (cencode.C_UPPER, r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"),
+                     (cencode.C_LOWER, r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"), (cencode.C_DIGIT, r"\p{N}"), (cencode.C_SPACE, r"\s"),
+                     (cencode.C_NEWLINE, r"[\r\n]")):
         members = {m.start() for m in regex.finditer(cls, every)}
         assert members == {c for c in range(0x110000) if table[c] & bit}, cls
 
@@ -280,4 +281,55 @@ def test_only_known_pre_splits_get_c():
     path = artifacts.fetch("gpt2-tiktoken")
     assert load_tokenizer(path, pattern="gpt2")._fast is not None
     assert load_tokenizer(path, pattern=r"\w+|\s+|[^\w\s]+")._fast is None
-    assert load_tokenizer(artifacts.fetch("mistral-7b-tokenizer"))._fast is None  # SentencePiece
+    assert load_tokenizer(artifacts.fetch("mistral-7b-tokenizer"))._fast is not None  # SentencePiece-style BPE
+    assert load_tokenizer(artifacts.fetch("minilm-tokenizer"))._fast is None  # WordPiece
+
+
+# ---- SentencePiece-style BPE (Llama 2, Mistral): "▁" words, characters merged, byte fallback ------------------------
+
+SPM_TEXT = st.text(alphabet=st.sampled_from(list("▁ab ▁▁x\n中") + ["\U0001F600", "é"]), max_size=30)
+
+
+@needs_cc
+@settings(max_examples=300, deadline=None)
+@given(SPM_TEXT)
+def test_c_split_of_sentencepiece_words_is_the_regex_split(text):
+    assert cencode.split((cencode.SPM_WORDS,), text) == regex.findall(cencode.SPM_WORDS, text)
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["mistral-7b-tokenizer", "mistral-7b-v3-tokenizer"])
+def test_sentencepiece_bpe_is_sentencepiece(monkeypatch, name):
+    """Mistral's tokenizer.model (v3: 20 user-defined pieces, whose texts Python encodes) in C, as in Python and
+    sentencepiece: words of every script, byte fallback (emoji, rare CJK), runs of spaces."""
+    path = artifacts.fetch(name)
+    texts = stdlib_text(100_000) + MIXED + ["[INST] hi [/INST] x", "a  b   c    d", "▁▁x", " ", "\n\n", "𠀋 🙂"]
+    ids = fast_and_slow(monkeypatch, lambda: load_tokenizer(path), texts)
+    sentencepiece = pytest.importorskip("sentencepiece")
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    assert ids == [sp.encode(t) for t in texts]
+
+
+def test_sentencepiece_bpe_gets_c_only_where_its_merge_is_plain():
+    """C takes byte fallback and plain merges; a model without byte pieces (unknown characters fuse into <unk>),
+    with SentencePiece's unused pieces, or with ignore_merges stays in Python, as does text holding a user-defined
+    piece."""
+    from test_tokenizer_spm_model import CHARS, MERGED, tiny_model, tiny_vocab
+
+    from llmlab.tokenizer.spm import PieceBPEModel
+    from llmlab.tokenizer.spm_file import normalizer_spec
+
+    def fast(model):
+        return Tokenizer(model, normalizer=normalizer_spec(True, False))._fast
+
+    m = tiny_model()
+    assert fast(m) is not None
+    no_bytes = {p: i for p, i in m.vocab.items() if not p.startswith("<0x")}
+    assert fast(PieceBPEModel(no_bytes, scores=m.scores)) is None
+    vocab = tiny_vocab(MERGED + ["[REF]"])
+    scores = {p: -float(i) for p, i in vocab.items() if p in CHARS or p in MERGED}
+    assert fast(PieceBPEModel(vocab, scores=scores, unused=frozenset({"ab"}))) is None
+    assert fast(PieceBPEModel(vocab, merges=m.derive_merges(), ignore_merges=True)) is None
+    user = fast(PieceBPEModel(vocab, scores=scores, user_defined=frozenset({"[REF]"})))
+    user._work = cencode.WARMUP
+    assert user("▁see▁[REF]") is None and user("▁see▁REF") is not None

@@ -35,6 +35,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from llmlab import artifacts, load_tokenizer  # noqa: E402
 from llmlab.errors import TokenizerError  # noqa: E402
+from llmlab.kernels import cbuild  # noqa: E402
+from llmlab.tokenizer import cencode  # noqa: E402
 
 # saving a vocabulary with user-defined pieces warns that tokenizer.json lists them as added tokens (a format limit,
 # tested in test_tokenizer_spm_model.py); the round trips here leave those texts out
@@ -410,16 +412,29 @@ def test_model_file_remove_extra_whitespaces(models):
 @settings(max_examples=200, **REPRODUCIBLE)
 @given(text=texts(list(" ▁\t\nab你🙂ᚠ1") + ["<s>", "the", "  ", "\u2581\u2581"], 40))
 def test_random_text_encodes_as_sentencepiece(models, text):
-    """Random text (no lone surrogates: llmlab replaces those with U+FFFD, sentencepiece cannot take them)."""
+    """Random text (no lone surrogates: llmlab replaces those with U+FFFD, sentencepiece cannot take them), in
+    Python and through the C encoder."""
     for name in ("bpe", "llama_ws"):
         path = models[name] / "tokenizer.model"
-        got, want = _loaded(path).encode(text), _sp(path).encode(text)
-        assert got == want, f"{name}: {text!r}: {_diff(got, want, _sp(path))}"
+        want = _sp(path).encode(text)
+        for tok in (_loaded(path), _loaded_c(path)):
+            got = tok.encode(text)
+            assert got == want, f"{name}, C {tok is _loaded_c(path)}: {text!r}: {_diff(got, want, _sp(path))}"
 
 
 @cache
 def _loaded(path: Path):
     return load_tokenizer(path)
+
+
+@cache
+def _loaded_c(path: Path):
+    """The tokenizer with its C encoder on from the first text (cencode.py; it starts after 64 KB otherwise)."""
+    tok = load_tokenizer(path)
+    if cbuild.compiler() is not None:
+        assert tok._fast is not None, "SentencePiece-style BPE with byte fallback should get the C encoder"
+        tok._fast._work = cencode.WARMUP
+    return tok
 
 
 @settings(max_examples=150, **REPRODUCIBLE)
@@ -428,8 +443,10 @@ def test_random_text_encodes_as_sentencepiece_removing_extra_whitespace(models, 
     """remove_extra_whitespaces=True on random text (without a literal "▁", which sentencepiece strips at the end
     only: see CASES)."""
     path = models["collapse"] / "tokenizer.model"
-    got, want = _loaded(path).encode(text), _sp(path).encode(text)
-    assert got == want, f"{text!r}: {_diff(got, want, _sp(path))}"
+    want = _sp(path).encode(text)
+    for tok in (_loaded(path), _loaded_c(path)):
+        got = tok.encode(text)
+        assert got == want, f"C {tok is _loaded_c(path)}: {text!r}: {_diff(got, want, _sp(path))}"
 
 
 @settings(max_examples=100, **REPRODUCIBLE)
@@ -437,8 +454,10 @@ def test_random_text_encodes_as_sentencepiece_removing_extra_whitespace(models, 
                      max_size=12).map("".join))
 def test_random_text_with_user_defined_symbols_encodes_as_sentencepiece(models, text):
     path = models["llama_ws"] / "tokenizer.model"
-    got, want = _loaded(path).encode(text), _sp(path).encode(text)
-    assert got == want, f"{text!r}: {_diff(got, want, _sp(path))}"
+    want = _sp(path).encode(text)
+    for tok in (_loaded(path), _loaded_c(path)):
+        got = tok.encode(text)
+        assert got == want, f"C {tok is _loaded_c(path)}: {text!r}: {_diff(got, want, _sp(path))}"
 
 
 def test_lone_surrogates_become_replacement_character(models):
@@ -630,9 +649,10 @@ def test_json_layout_b_follows_tokenizers_not_sentencepiece(models):
 def test_random_text_encodes_as_tokenizers(models, text):
     for layout in ("a", "b"):
         path = json_files(models["llama_ws"])[layout]
-        got = _loaded(path).encode(text, allowed_special="all")
         want = _ref_json(path).encode(text, add_special_tokens=False).ids
-        assert got == want, f"layout {layout}: {text!r}: {_diff(got, want, _Pieces(_ref_json(path)))}"
+        for tok in (_loaded(path), _loaded_c(path)) if layout == "a" else (_loaded(path),):  # b: Metaspace, no C
+            got = tok.encode(text, allowed_special="all")
+            assert got == want, f"layout {layout}: {text!r}: {_diff(got, want, _Pieces(_ref_json(path)))}"
 
 
 @cache

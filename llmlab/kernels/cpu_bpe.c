@@ -221,7 +221,7 @@ int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, con
 // and `\s+(?!\S)` leaves the run's last whitespace character to the next piece. tests/test_tokenizer_cencode.py
 // fuzzes each against `regex`.
 
-enum { SPLIT_GPT2, SPLIT_CL100K, SPLIT_O200K, SPLIT_LLAMA3, SPLIT_QWEN2, SPLIT_DIGITS_GPT2 };
+enum { SPLIT_GPT2, SPLIT_CL100K, SPLIT_O200K, SPLIT_LLAMA3, SPLIT_QWEN2, SPLIT_DIGITS_GPT2, SPLIT_SPM };
 // C_UPPER and C_LOWER are o200k's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}]: a mark has both
 // without C_LETTER, as do Lm and Lo with it.
 enum { C_LETTER = 1, C_UPPER = 2, C_LOWER = 4, C_DIGIT = 8, C_SPACE = 16, C_NEWLINE = 32 };
@@ -361,10 +361,24 @@ static int64_t split_one(int kind, const Text *t, int64_t i) {
     return e == n || last == i ? e : last;  // \s+(?!\S), else \s+ (cl100k: \s) takes one character
 }
 
+// SentencePiece-style BPE's words (Llama 2, Mistral: the text already has "▁", U+2581, for spaces): ▁*[^▁]+|▁+, a run
+// of "▁" with the word after it, or alone at the end. UTF-8's E2 96 81 never occurs inside another character.
+static inline int is_meta(const uint8_t *s, int64_t n, int64_t i) {
+    return i + 2 < n && s[i] == 0xE2 && s[i + 1] == 0x96 && s[i + 2] == 0x81;
+}
+
+static int64_t spm_word(const uint8_t *s, int64_t n, int64_t i) {
+    int64_t j = i;
+    while (is_meta(s, n, j)) j += 3;
+    while (j < n && !is_meta(s, n, j)) j++;
+    return j;
+}
+
 // The end of the piece at i. SPLIT_DIGITS_GPT2 is SmolLM2's two stages: each digit alone (Digits with
 // individual_digits, as \p{N}), then GPT-2's pattern over the text between digits, which ends there as a text would
 // (*stop caches the next digit's position).
 static inline int64_t next_piece(int kind, const Text *t, int64_t i, int64_t *stop) {
+    if (kind == SPLIT_SPM) return spm_word(t->s, t->n, i);
     if (kind != SPLIT_DIGITS_GPT2) return split_one(kind, t, i);
     if (has(t, i, C_DIGIT)) return step(t, i);
     if (*stop <= i)
@@ -392,7 +406,8 @@ int64_t bpe_split(int kind, const uint8_t *table, const uint8_t *s, int64_t n, i
 // Python.
 // A miss merges as the model does: ranks mode (a bytes table of ranks) through bpe_ranks_merge, merges mode
 // through bpe_merge on the piece's byte ids (a byte without an id is dropped), after the whole-piece lookup of
-// ignore_merges when the encoder has a vocabulary table. Ids are written straight into the caller's buffer: a piece
+// ignore_merges when the encoder has a vocabulary table; SentencePiece-style BPE (SPLIT_SPM) through bpe_merge on
+// the piece's characters, each its id in the vocabulary table or, without one, the ids of its bytes (byte fallback). Ids are written straight into the caller's buffer: a piece
 // never has more ids than bytes, so n ids always fit.
 
 #define CACHED_LEN 256
@@ -410,7 +425,7 @@ typedef struct {
     const int64_t *pvals;
     int pbits;
     int32_t byte_id[256];
-    const uint8_t *table;  // the class of each code point (Text)
+    const uint8_t *table;  // the class of each code point (Text); NULL for SPLIT_SPM, which needs none
     CacheSlot *slots;
     int bits;
     int64_t used, limit, nkeys, capkeys, nids, capids;
@@ -475,7 +490,22 @@ static int reserve(void **buf, int64_t *cap, int64_t need, size_t item) {  // 0 
     return 1;
 }
 
+static int64_t merge_chars(const Encoder *e, const uint8_t *s, int64_t len, int32_t *out) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < len;) {
+        int64_t l = s[i] < 0x80 ? 1 : s[i] < 0xE0 ? 2 : s[i] < 0xF0 ? 3 : 4;
+        int64_t r = rank_of(e->bslots, e->bbits, e->blob, s + i, l);
+        if (r >= 0)
+            out[m++] = (int32_t)r;
+        else
+            for (int64_t k = 0; k < l; k++) out[m++] = e->byte_id[s[i + k]];  // every byte has an id (cencode checks)
+        i += l;
+    }
+    return m < 2 ? m : bpe_merge(e->pkeys, e->pvals, e->pbits, out, m);
+}
+
 static int64_t merge_piece(const Encoder *e, const uint8_t *s, int64_t len, int32_t *out) {
+    if (e->kind == SPLIT_SPM) return merge_chars(e, s, len, out);
     if (!e->pkeys) return bpe_ranks_merge(e->bslots, e->bbits, e->blob, s, len, out);
     if (e->bslots) {  // ignore_merges: a piece that is a whole token is that token
         int64_t r = rank_of(e->bslots, e->bbits, e->blob, s, len);

@@ -1,13 +1,16 @@
-"""Byte-level BPE encoding in C (llmlab/kernels/cpu_bpe.c): pre-split, word cache and merges, one call a text.
+"""BPE encoding in C (llmlab/kernels/cpu_bpe.c): pre-split, word cache and merges, one call a text.
 
-    fast = CEncoder.of(model, patterns)  # None unless the pre-split is PATTERNS' gpt2, cl100k, o200k, llama3, qwen2
-                                         # or SmolLM2's single digits + gpt2
+    fast = CEncoder.of(model, patterns)  # byte-level BPE whose pre-split is PATTERNS' gpt2, cl100k, o200k, llama3,
+                                         # qwen2 or SmolLM2's single digits + gpt2; SentencePiece-style BPE (Llama 2,
+                                         # Mistral) split into "▁" words; else None
     fast(text) -> list[int] | None       # the ids of text, or None: encode it in Python
 
 The Python encode spends its time making a str per piece and looking it up (a chunk cache takes most of that away
 once warm, not on first sight); C splits the text with each pattern's alternatives written out over character
 classes, keeps its own cache of piece bytes -> ids and merges the misses with the loops of cmerge.py, so a text
-costs one call, in any script. The classes of all code points come from the `regex` module's Unicode properties
+costs one call, in any script. SentencePiece-style BPE (text normalized with "▁" for spaces, cut into words before
+each "▁", PieceBPEModel.can_split_words) starts each word's merge from its characters' ids, with byte fallback. The
+classes of all code points come from the `regex` module's Unicode properties
 (`classes`: the ones the Python path's split uses), built once a process. Like CMerger, the C side starts only after
 WARMUP bytes were encoded in Python, so loading a tokenizer and encoding a prompt never wait for tables; without a C
 compiler every call returns None.
@@ -27,6 +30,7 @@ import regex
 
 from llmlab.tokenizer.bpe import PATTERNS, BPEModel
 from llmlab.tokenizer.cmerge import PairTable, RankTable, _library
+from llmlab.tokenizer.spm import SPACE, PieceBPEModel
 
 WARMUP = 1 << 16  # bytes encoded in Python before the C encoder is built
 CACHE_LIMIT = 1 << 20  # pieces in the C cache before it is emptied (the Python word cache's limit)
@@ -34,6 +38,8 @@ CACHE_LIMIT = 1 << 20  # pieces in the C cache before it is emptied (the Python 
 # single digits, then GPT-2's pattern
 KINDS = {**{(PATTERNS[name],): kind for kind, name in enumerate(("gpt2", "cl100k", "o200k", "llama3", "qwen2"))},
          (r"\p{N}", PATTERNS["gpt2"]): 5}
+SPM_WORDS = f"{SPACE}*[^{SPACE}]+|{SPACE}+"  # the words a Tokenizer cuts SentencePiece-style text into
+SPM = 6  # its number in cpu_bpe.c
 
 
 @functools.cache
@@ -55,11 +61,12 @@ def _functions() -> ctypes.PyDLL | None:
     return fns
 
 
-# cpu_bpe.c's character classes: C_UPPER and C_LOWER are o200k's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and
-# [\p{Ll}\p{Lm}\p{Lo}\p{M}]; a character without LETTER, DIGIT or SPACE is "other" ([^\s\p{L}\p{N}])
-LETTER, UPPER, LOWER, DIGIT, SPACE, NEWLINE = 1, 2, 4, 8, 16, 32
-_CLASSES = ((r"[\p{Lu}\p{Lt}]", LETTER | UPPER), (r"\p{Ll}", LETTER | LOWER), (r"[\p{Lm}\p{Lo}]", LETTER | UPPER | LOWER),
-            (r"\p{M}", UPPER | LOWER), (r"\p{N}", DIGIT), (r"\s", SPACE), (r"[\r\n]", SPACE | NEWLINE))
+# cpu_bpe.c's character classes (its C_* bits): C_UPPER and C_LOWER are o200k's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and
+# [\p{Ll}\p{Lm}\p{Lo}\p{M}]; a character without C_LETTER, C_DIGIT or C_SPACE is "other" ([^\s\p{L}\p{N}])
+C_LETTER, C_UPPER, C_LOWER, C_DIGIT, C_SPACE, C_NEWLINE = 1, 2, 4, 8, 16, 32
+_CLASSES = ((r"[\p{Lu}\p{Lt}]", C_LETTER | C_UPPER), (r"\p{Ll}", C_LETTER | C_LOWER),
+            (r"[\p{Lm}\p{Lo}]", C_LETTER | C_UPPER | C_LOWER),
+            (r"\p{M}", C_UPPER | C_LOWER), (r"\p{N}", C_DIGIT), (r"\s", C_SPACE), (r"[\r\n]", C_SPACE | C_NEWLINE))
 
 
 @functools.cache
@@ -77,11 +84,12 @@ def classes() -> bytes:
 
 
 def split(patterns: tuple[str, ...], text: str) -> list[str] | None:
-    """C's pre-split of `text` with stages of KINDS (for tests), or None without C."""
+    """C's pre-split of `text` with stages of KINDS or SPM_WORDS (for tests), or None without C."""
     fns = _functions()
-    if fns is None or patterns not in KINDS:
+    kind = SPM if patterns == (SPM_WORDS,) else KINDS.get(patterns)
+    if fns is None or kind is None:
         return None
-    kind, raw = KINDS[patterns], text.encode("utf-8")
+    raw = text.encode("utf-8")
     ends = array("i", [0]) * len(raw)
     n = fns.bpe_split(kind, classes(), raw, len(raw), ends.buffer_info()[0])
     if n < 0:
@@ -93,10 +101,15 @@ def split(patterns: tuple[str, ...], text: str) -> list[str] | None:
 class _Encoder:
     """One C encoder: its handle, and the tables its pointers refer to (kept alive with it)."""
 
-    def __init__(self, fns: ctypes.PyDLL, kind: int, model: BPEModel, limit: int = CACHE_LIMIT):
+    def __init__(self, fns: ctypes.PyDLL, kind: int, model: BPEModel | PieceBPEModel, limit: int = CACHE_LIMIT):
         addr = lambda a: a.buffer_info()[0] if a is not None else None  # noqa: E731
         c = model._c
-        if model.ranks_mode:
+        if kind == SPM:  # characters -> ids (a bytes table of the vocabulary), the merge rules, the byte pieces
+            pairs = c._table if isinstance(c._table, PairTable) else PairTable(_library(), model._c_pairs())
+            c._table = pairs
+            vocab = RankTable(_library(), {p.encode("utf-8"): i for p, i in model.vocab.items()})
+            byte_ids = array("i", model._byte_ids)
+        elif model.ranks_mode:
             table = c._table if isinstance(c._table, RankTable) else RankTable(_library(), model.vocab)
             c._table = table  # the Python path's misses share it
             vocab, pairs, byte_ids = table, None, None
@@ -110,7 +123,7 @@ class _Encoder:
             kind, addr(vocab.slots) if vocab else None, vocab.bits if vocab else 0,
             ctypes.cast(ctypes.c_char_p(vocab.blob), ctypes.c_void_p) if vocab else None,
             addr(pairs.keys) if pairs else None, addr(pairs.vals) if pairs else None, pairs.bits if pairs else 0,
-            addr(byte_ids), classes(), limit)
+            addr(byte_ids), classes() if kind != SPM else None, limit)  # (SentencePiece's words need no classes)
         if not handle:
             raise MemoryError("the C encoder could not allocate its cache")
         self.handle = handle
@@ -131,20 +144,28 @@ class _Encoder:
 class CEncoder:
     """Builds the C encoder once WARMUP bytes went through Python; returns None wherever Python must encode."""
 
-    def __init__(self, model: BPEModel, patterns: tuple[str, ...]):
-        self._model, self._kind = model, KINDS[patterns]
+    def __init__(self, model: BPEModel | PieceBPEModel, kind: int):
+        self._model, self._kind = model, kind
+        self._user = model._user if kind == SPM else None  # SentencePiece's user-defined pieces: Python matches them
         self._work = 0
         self._enc: _Encoder | None = None
         self._off = False
 
     @classmethod
     def of(cls, model, patterns: tuple[str, ...]) -> CEncoder | None:
-        """An encoder for byte-level BPE whose pre-split stages (their patterns) are in KINDS, else None."""
-        return cls(model, patterns) if isinstance(model, BPEModel) and patterns in KINDS else None
+        """An encoder for byte-level BPE whose pre-split stages (their patterns) are in KINDS, or for
+        SentencePiece-style BPE cut into words (SPM_WORDS) with byte fallback and plain merges; else None."""
+        if isinstance(model, BPEModel) and patterns in KINDS:
+            return cls(model, KINDS[patterns])
+        if isinstance(model, PieceBPEModel) and patterns == (SPM_WORDS,) and model.replacement == SPACE \
+                and model.byte_fallback and model._byte_ids is not None and model._c is not None \
+                and not model.ignore_merges:  # (_c is None with SentencePiece's unused pieces)
+            return cls(model, SPM)
+        return None
 
     def __call__(self, text: str) -> list[int] | None:
         """The ids of `text` (well-formed: no lone surrogate) through C; None while C is warming up or unavailable."""
-        if self._off or len(text) >= 1 << 29:
+        if self._off or len(text) >= 1 << 29 or self._user is not None and self._user.search(text):
             return None
         enc = self._enc
         if enc is None:

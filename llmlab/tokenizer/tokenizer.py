@@ -8,8 +8,9 @@ The normalizer and pre-tokenizer are kept as their Hugging Face `tokenizer.json`
 source of truth, written back by `save`) and compiled here into plain functions. The word cache is
 where the speed comes from: in real text most pieces repeat, so after warm-up encoding is one
 regex `findall` plus one C-level dict lookup per piece. For byte-level BPE with a known pre-split (GPT-2, cl100k,
-o200k, Llama 3, Qwen2, SmolLM2) text in any script goes to C whole once a corpus is under way (cencode.py): split,
-cache and merges there; the path above takes the first 64 KB and every other tokenizer.
+o200k, Llama 3, Qwen2, SmolLM2), and for SentencePiece-style BPE with byte fallback (Llama 2, Mistral), text in any
+script goes to C whole once a corpus is under way (cencode.py): split, cache and merges there; the path above takes the
+first 64 KB and every other tokenizer.
 
 Special tokens are only recognised where the caller allows them (`allowed_special`); elsewhere
 their text is encoded as ordinary text, so user content cannot inject a control token. Non-special
@@ -331,7 +332,7 @@ class Tokenizer:
             self._cache = _WordCache(model.encode_word)
         plain = all(isinstance(st, _Split) and not st.prefix_space and st.keep_gaps for st in self._stages)
         coarse = coarse_split(self._stages[0].pattern.pattern) if plain and len(self._stages) == 1 else None
-        # text in C, start to end (cencode.py), for byte-level BPE with a pre-split it knows
+        # text in C, start to end (cencode.py), for byte-level BPE with a pre-split it knows and SentencePiece's words
         self._fast = CEncoder.of(model, tuple(st.pattern.pattern for st in self._stages)) if plain else None
         self._coarse, self._chunks = coarse, None  # two-level cache: coarse chunk -> pre-split pieces -> ids
         if coarse is not None:  # (splitting a text's missing chunks in one call instead: no faster, measured)
