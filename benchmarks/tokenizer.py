@@ -17,9 +17,10 @@ files in sorted order: the first >= 10 MB train, the next ~1 MB is held out.
    vs tiktoken, ids checked identical.
 5. Text in other scripts: the translated strings of Django's 1,130 .po files (99 languages, 3.1 MB; fetched through
    llmlab.artifacts as `django-locale`), one call per file, all languages and five scripts alone (CJK, Cyrillic,
-   Latin with accents, Arabic, Indic), with the GPT-2, cl100k and o200k ranks: llmlab cold and warm vs tiktoken, ids
-   checked identical. Each llmlab tokenizer first encodes the held-out Python source, so its C encoder is built
-   (it starts after 64 KB): cold is a fresh piece cache's first pass over the language.
+   Latin with accents, Arabic, Indic), with the GPT-2, cl100k and o200k ranks: llmlab cold and warm vs tiktoken, and
+   with Mistral 7B's tokenizer.model vs sentencepiece; ids checked identical. Each llmlab tokenizer first encodes the
+   held-out Python source, so its C encoder is built (it starts after 64 KB): cold is a fresh piece cache's first pass
+   over the language.
 
 Targets (issue 4): encode >= 0.5x tiktoken; training <= 5x tokenizers; compression within 1%.
 Prints a table and ends with one JSON line; writes benchmarks/results/tokenizer.json (in
@@ -150,7 +151,8 @@ def po_strings(text: str) -> list[str]:
 
 
 def scripts_section(warm_up: list[str]) -> dict:
-    """Encoding text in other scripts (Django's translations): llmlab (cold, warm) vs tiktoken, per script."""
+    """Encoding text in other scripts (Django's translations): llmlab (cold, warm) vs tiktoken with the GPT-2, cl100k
+    and o200k ranks, and vs sentencepiece with Mistral 7B's tokenizer.model (when sentencepiece is installed)."""
     import tiktoken
 
     from llmlab import artifacts, load_tokenizer
@@ -164,25 +166,36 @@ def scripts_section(warm_up: list[str]) -> dict:
         for script, langs in SCRIPTS.items():
             if lang in langs:
                 docs.setdefault(script, []).append(text)
-    out = {"corpus": f"django-locale: msgstr of {len(docs['all'])} .po files, one call a file", "encodings": {}}
+    refs = []  # (name, our tokenizer's loader, reference name, its encode)
     for name in ("gpt2", "cl100k", "o200k"):
         path = artifacts.fetch(f"{name}-tiktoken")
         vocab = load_tokenizer(path, pattern=name).model.vocab
         enc = tiktoken.Encoding(name, pat_str=PATTERNS[name], mergeable_ranks=vocab, special_tokens={})
+        refs.append((name, lambda p=path, n=name: load_tokenizer(p, pattern=n), "tiktoken", enc.encode_ordinary))
+    try:
+        import sentencepiece
+    except ImportError:
+        print("sentencepiece is not installed: Mistral's tokenizer.model is left out of the other scripts")
+    else:
+        path = artifacts.fetch("mistral-7b-tokenizer")
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        refs.append(("mistral", lambda p=path: load_tokenizer(p), "sentencepiece", sp.encode))
+    out = {"corpus": f"django-locale: msgstr of {len(docs['all'])} .po files, one call a file", "encodings": {}}
+    for name, load, ref_name, ref in refs:
         rows = out["encodings"][name] = {}
         for script, texts in docs.items():
             mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-            ours = load_tokenizer(path, pattern=name)
+            ours = load()
             for t in warm_up:
                 ours.encode(t)
-            t_tk, ids_tk = timed(lambda e=enc, ts=texts: [e.encode_ordinary(t) for t in ts], repeat=2)
+            t_ref, ids_ref = timed(lambda ts=texts, r=ref: [r(t) for t in ts], repeat=2)
             t_cold, ids_cold = timed(lambda o=ours, ts=texts: [o.encode(t) for t in ts])
             t_warm, ids_warm = timed(lambda o=ours, ts=texts: [o.encode(t) for t in ts], repeat=2)
-            rows[script] = {"mb": round(mb, 3), "files": len(texts),
+            rows[script] = {"mb": round(mb, 3), "files": len(texts), "reference": ref_name,
                             "encode_mb_s": {"llmlab_cold": round(mb / t_cold, 3), "llmlab_warm": round(mb / t_warm, 3),
-                                            "tiktoken": round(mb / t_tk, 3)},
-                            "ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
-                            "ids_identical": ids_tk == ids_cold == ids_warm, "tokens": sum(map(len, ids_tk))}
+                                            ref_name: round(mb / t_ref, 3)},
+                            "ratio_vs_reference": {"cold": round(t_ref / t_cold, 3), "warm": round(t_ref / t_warm, 3)},
+                            "ids_identical": ids_ref == ids_cold == ids_warm, "tokens": sum(map(len, ids_ref))}
     return out
 
 
@@ -287,14 +300,15 @@ def main() -> int:
             print(f"{f'encode {name} MB/s, {kind}':26}{r['encode_mb_s']['llmlab_' + kind]:>10.2f}"
                   f"{r['encode_mb_s']['tiktoken']:>10.2f}   {r['ratio_vs_tiktoken'][kind]:.2f}x tiktoken")
         print(f"{name} ids identical across tiktoken / llmlab: {r['ids_identical']} ({r['tokens']} tokens)")
-    print(f"\nother scripts ({scripts['corpus']}): MB/s, llmlab cold / warm vs tiktoken")
+    print(f"\nother scripts ({scripts['corpus']}): MB/s, llmlab cold / warm vs the reference (tiktoken; sentencepiece "
+          "for mistral), cold ratio")
     print(f"{'':28}" + "".join(f"{name:>30}" for name in scripts["encodings"]))
     for script in scripts["encodings"]["gpt2"]:
         cells = [scripts["encodings"][name][script] for name in scripts["encodings"]]
         print(f"{script + ' (' + str(cells[0]['mb']) + ' MB)':28}" + "".join(
             f"{c['encode_mb_s']['llmlab_cold']:>7.1f} /{c['encode_mb_s']['llmlab_warm']:>5.1f} vs"
-            f"{c['encode_mb_s']['tiktoken']:>5.1f} ({c['ratio_vs_tiktoken']['cold']:.1f}x)" for c in cells))
-    print("other scripts: ids identical across tiktoken / llmlab: "
+            f"{c['encode_mb_s'][c['reference']]:>5.1f} ({c['ratio_vs_reference']['cold']:.1f}x)" for c in cells))
+    print("other scripts: ids identical across the references / llmlab: "
           f"{all(r['ids_identical'] for rows in scripts['encodings'].values() for r in rows.values())}")
 
     cpu = cpu_name()
@@ -318,10 +332,10 @@ def main() -> int:
                      "tiktoken": tiktoken.__version__, "tokenizers": tokenizers.__version__,
                      "regex": regex.__version__, "sentencepiece": spm["sentencepiece_version"] if spm else None},
         "notes": "one thread everywhere: RAYON_NUM_THREADS=1 also limits tokenizers' training; llmlab's byte-level "
-                 "BPE encodes text in C after its first 64 KB (split, piece cache and merges, "
-                 "tokenizer/cencode.py), the rest in Python with a C merge loop for word-cache misses "
-                 "(kernels/cpu_bpe.c); SentencePiece-style BPE is the latter. Cold = fresh caches (C's and Python's), "
-                 "first pass over the corpus; the compiled C library is cached per machine, like the torch kernels.",
+                 "BPE and SentencePiece-style BPE encode text in C after their first 64 KB (split, piece cache and "
+                 "merges, tokenizer/cencode.py), the first 64 KB in Python with a C merge loop for word-cache misses "
+                 "(kernels/cpu_bpe.c). Cold = fresh caches (C's and Python's), first pass over the corpus; the "
+                 "compiled C library is cached per machine, like the torch kernels.",
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
