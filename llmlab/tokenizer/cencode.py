@@ -8,12 +8,12 @@
 The Python encode spends its time making a str per piece and looking it up (a chunk cache takes most of that away
 once warm, not on first sight); C splits the text with each pattern's alternatives written out over character
 classes, keeps its own cache of piece bytes -> ids and merges the misses with the loops of cmerge.py, so a text
-costs one call, in any script. SentencePiece-style BPE (text normalized with "▁" for spaces, cut into words before
-each "▁", PieceBPEModel.can_split_words) starts each word's merge from its characters' ids, with byte fallback. The
-classes of all code points come from the `regex` module's Unicode properties
-(`classes`: the ones the Python path's split uses), built once a process. Like CMerger, the C side starts only after
-WARMUP bytes were encoded in Python, so loading a tokenizer and encoding a prompt never wait for tables; without a C
-compiler every call returns None.
+costs one call, in any script. The classes of all code points come from the `regex` module's Unicode properties
+(`classes`: the ones the Python path's split uses), built once a process. SentencePiece-style BPE (text normalized
+with "▁" for spaces, cut into words before each "▁": PieceBPEModel.can_split_words) starts each word's merge from
+its characters' ids, with byte fallback. Like CMerger, the C side starts only after WARMUP bytes were encoded in
+Python, so loading a tokenizer and encoding a prompt never wait for tables; without a C compiler every call returns
+None.
 
 Calls hold the GIL (ctypes.PyDLL): the cache is the encoder's own, and two threads must not fill it at once.
 """
@@ -105,8 +105,7 @@ class _Encoder:
         addr = lambda a: a.buffer_info()[0] if a is not None else None  # noqa: E731
         c = model._c
         if kind == SPM:  # characters -> ids (a bytes table of the vocabulary), the merge rules, the byte pieces
-            pairs = c._table if isinstance(c._table, PairTable) else PairTable(_library(), model._c_pairs())
-            c._table = pairs
+            pairs = c._table = c._table if isinstance(c._table, PairTable) else PairTable(_library(), model._c_pairs())
             vocab = RankTable(_library(), {p.encode("utf-8"): i for p, i in model.vocab.items()})
             byte_ids = array("i", model._byte_ids)
         elif model.ranks_mode:
@@ -114,8 +113,7 @@ class _Encoder:
             c._table = table  # the Python path's misses share it
             vocab, pairs, byte_ids = table, None, None
         else:
-            pairs = c._table if isinstance(c._table, PairTable) else PairTable(_library(), model._c_pairs())
-            c._table = pairs
+            pairs = c._table = c._table if isinstance(c._table, PairTable) else PairTable(_library(), model._c_pairs())
             vocab = RankTable(_library(), model.vocab) if model.ignore_merges else None
             byte_ids = array("i", (-1 if i is None else i for i in model._byte_id))
         self._keep = (vocab, pairs, byte_ids)
