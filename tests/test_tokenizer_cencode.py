@@ -333,3 +333,26 @@ def test_sentencepiece_bpe_gets_c_only_where_its_merge_is_plain():
     user = fast(PieceBPEModel(vocab, scores=scores, user_defined=frozenset({"[REF]"})))
     user._work = cencode.WARMUP
     assert user("▁see▁[REF]") is None and user("▁see▁REF") is not None
+
+
+@needs_cc
+def test_sentencepiece_bpe_after_metaspace(monkeypatch):
+    """transformers' tokenizer.json for a tokenizer.model has no normalizer and a Metaspace pre-tokenizer that does
+    not split (prepend_scheme "first"): C takes the text as Metaspace leaves it, "▁" prepended only at the start of
+    the input (not after a special token); a Metaspace that splits before every "▁" stays in Python."""
+    from test_tokenizer_spm_model import tiny_model
+
+    monkeypatch.setattr(cencode, "WARMUP", 0)
+
+    def load(split):
+        spec = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": split}
+        return Tokenizer(tiny_model(), pre_tokenizer=spec, special_tokens={"</s>": tiny_model().vocab["</s>"]})
+
+    assert load(True)._fast is None
+    texts = ["ab cde", " ab", "a  b   c", "", " ", "abc</s>abc</s> ab"]
+    fast, slow = load(False), load(False)
+    slow._fast = None
+    for text in texts:
+        assert fast.encode(text, allowed_special="all") == slow.encode(text, allowed_special="all"), text
+    assert fast._fast._enc is not None
+    assert fast._fast("ab", first=False) == slow._encode_python("ab", first=False) != fast._fast("ab")

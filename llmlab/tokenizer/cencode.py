@@ -25,6 +25,7 @@ import functools
 import threading
 import weakref
 from array import array
+from collections.abc import Callable
 
 import regex
 
@@ -142,28 +143,35 @@ class _Encoder:
 class CEncoder:
     """Builds the C encoder once WARMUP bytes went through Python; returns None wherever Python must encode."""
 
-    def __init__(self, model: BPEModel | PieceBPEModel, kind: int):
-        self._model, self._kind = model, kind
+    def __init__(self, model: BPEModel | PieceBPEModel, kind: int, prepare: Callable[[str, bool], list[str]] | None = None):
+        self._model, self._kind, self._prepare = model, kind, prepare
         self._user = model._user if kind == SPM else None  # SentencePiece's user-defined pieces: Python matches them
         self._work = 0
         self._enc: _Encoder | None = None
         self._off = False
 
     @classmethod
-    def of(cls, model, patterns: tuple[str, ...]) -> CEncoder | None:
+    def of(cls, model, patterns: tuple[str, ...], metaspace=None) -> CEncoder | None:
         """An encoder for byte-level BPE whose pre-split stages (their patterns) are in KINDS, or for
-        SentencePiece-style BPE cut into words (SPM_WORDS) with byte fallback and plain merges; else None."""
-        if isinstance(model, BPEModel) and patterns in KINDS:
+        SentencePiece-style BPE cut into words (SPM_WORDS) with byte fallback and plain merges, after a `metaspace`
+        stage (tokenizer.py's _Metaspace) that does not split, if any; else None."""
+        if isinstance(model, BPEModel) and patterns in KINDS and metaspace is None:
             return cls(model, KINDS[patterns])
         if isinstance(model, PieceBPEModel) and patterns == (SPM_WORDS,) and model.replacement == SPACE \
                 and model.byte_fallback and model._byte_ids is not None and model._c is not None \
-                and not model.ignore_merges:  # (_c is None with SentencePiece's unused pieces)
-            return cls(model, SPM)
+                and not model.ignore_merges and (metaspace is None or  # (_c is None with SentencePiece's unused pieces)
+                                                 metaspace.replacement == SPACE and not metaspace.split):
+            return cls(model, SPM, metaspace)
         return None
 
-    def __call__(self, text: str) -> list[int] | None:
-        """The ids of `text` (well-formed: no lone surrogate) through C; None while C is warming up or unavailable."""
-        if self._off or len(text) >= 1 << 29 or self._user is not None and self._user.search(text):
+    def __call__(self, text: str, first: bool = True) -> list[int] | None:
+        """The ids of `text` (well-formed: no lone surrogate; `first`: it starts the input, for Metaspace's
+        prepend_scheme "first") through C; None while C is warming up or unavailable."""
+        if self._off or len(text) >= 1 << 28:
+            return None
+        if self._prepare is not None:  # Metaspace without split: one text, spaces as "▁", the "▁" prepended
+            text = "".join(self._prepare(text, first))
+        if self._user is not None and self._user.search(text):
             return None
         enc = self._enc
         if enc is None:

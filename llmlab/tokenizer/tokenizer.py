@@ -333,7 +333,13 @@ class Tokenizer:
         plain = all(isinstance(st, _Split) and not st.prefix_space and st.keep_gaps for st in self._stages)
         coarse = coarse_split(self._stages[0].pattern.pattern) if plain and len(self._stages) == 1 else None
         # text in C, start to end (cencode.py), for byte-level BPE with a pre-split it knows and SentencePiece's words
-        self._fast = CEncoder.of(model, tuple(st.pattern.pattern for st in self._stages)) if plain else None
+        # (after a Metaspace that does not split: transformers' tokenizer.json for a tokenizer.model)
+        meta = self._stages[0] if self._stages and isinstance(self._stages[0], _Metaspace) else None
+        rest = self._stages[1:] if meta is not None else self._stages
+        if all(isinstance(st, _Split) and not st.prefix_space and st.keep_gaps for st in rest):
+            self._fast = CEncoder.of(model, tuple(st.pattern.pattern for st in rest), meta)
+        else:
+            self._fast = None
         self._coarse, self._chunks = coarse, None  # two-level cache: coarse chunk -> pre-split pieces -> ids
         if coarse is not None:  # (splitting a text's missing chunks in one call instead: no faster, measured)
             fine, pieces = self._stages[0].findall, self._cache
@@ -431,7 +437,7 @@ class Tokenizer:
         return self._encode_normalized(text)
 
     def _encode_normalized(self, text: str, first: bool = True) -> list[int]:
-        if self._fast is not None and (ids := self._fast(text)) is not None:
+        if self._fast is not None and (ids := self._fast(text, first)) is not None:
             return ids
         return self._encode_python(text, first)
 
