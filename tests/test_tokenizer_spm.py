@@ -326,6 +326,20 @@ def test_model_file_decodes_as_sentencepiece(models, name):
             assert tok.decode([i]) == sp.decode([i]), f"id {i} {sp.id_to_piece(i)!r}"
 
 
+@pytest.mark.parametrize("name", ["bpe", "llama_ws"])
+def test_model_file_prints_special_tokens_as_transformers_does(models, name):
+    """A special token kept in the text (skip_special_tokens=False) is followed by the next word's space, as in
+    transformers' and llama.cpp's decode ("<s> Hello"); sentencepiece itself never prints a control piece."""
+    path = models[name] / "tokenizer.model"
+    tok, sp, ref = load_tokenizer(path), _sp(path), _ref_json(json_files(models[name])["b"])
+    bos, eos = sp.bos_id(), sp.eos_id()
+    for text in ("Hello world", " two  spaces", "ᚠ bytes", "x"):
+        ids = [bos, *sp.encode(text), eos, *sp.encode(text)]
+        assert tok.decode(ids) == ref.decode(ids, skip_special_tokens=False), text
+        assert tok.decode(ids, skip_special_tokens=True) == sp.decode(ids), text
+    assert tok.decode([bos, *sp.encode("Hello")]) == "<s> Hello"
+
+
 def _byte(sp, b: int) -> int:
     return sp.piece_to_id(f"<0x{b:02X}>")
 

@@ -539,8 +539,9 @@ class Tokenizer:
             if run:
                 parts.append(m.decode_bytes(bytes(run)))
                 run.clear()
-            if i in extra:  # special and added tokens: their text (SentencePiece's control pieces leave the start)
-                parts.append(extra[i])
+            if i in extra:  # special and added tokens: their text, after which a piece's "▁" is a space, as
+                parts.append(extra[i])  # transformers and llama.cpp print "<s> Hello" (sentencepiece hides "<s>")
+                at_start = at_start and not extra[i]
                 continue
             text = m.piece_text(i)
             if spm is not None:
