@@ -280,7 +280,7 @@ def _extract_glob(archive: Path, pattern: str, out_dir: Path) -> None:
             _write_below_common_folder(files, out_dir)
     else:
         with tarfile.open(archive) as t:
-            files = {m.name: functools.partial(lambda m: t.extractfile(m).read(), m)
+            files = {m.name: lambda m=m: t.extractfile(m).read()
                      for m in t.getmembers() if m.isfile() and fnmatch.fnmatch(m.name, pattern)}
             _write_below_common_folder(files, out_dir)
     if not files:

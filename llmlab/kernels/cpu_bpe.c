@@ -259,10 +259,9 @@ static inline int cls(const Text *t, int64_t i) {
     return cls_next(t, i, &next);
 }
 
-static inline int64_t step(const Text *t, int64_t i) {  // the start of the next character
-    uint8_t c = t->s[i];
-    return i + (c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4);
-}
+static inline int64_t utf8_len(uint8_t lead) { return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4; }
+
+static inline int64_t step(const Text *t, int64_t i) { return i + utf8_len(t->s[i]); }  // the next character
 
 static inline int has(const Text *t, int64_t i, int mask) { return i < t->n && (cls(t, i) & mask); }
 
@@ -407,8 +406,8 @@ int64_t bpe_split(int kind, const uint8_t *table, const uint8_t *s, int64_t n, i
 // A miss merges as the model does: ranks mode (a bytes table of ranks) through bpe_ranks_merge, merges mode
 // through bpe_merge on the piece's byte ids (a byte without an id is dropped), after the whole-piece lookup of
 // ignore_merges when the encoder has a vocabulary table; SentencePiece-style BPE (SPLIT_SPM) through bpe_merge on
-// the piece's characters, each its id in the vocabulary table or, without one, the ids of its bytes (byte fallback). Ids are written straight into the caller's buffer: a piece
-// never has more ids than bytes, so n ids always fit.
+// the piece's characters, each its id in the vocabulary table or, without one, the ids of its bytes (byte fallback).
+// Ids are written straight into the caller's buffer: a piece never has more ids than bytes, so n ids always fit.
 
 #define CACHED_LEN 256
 
@@ -493,8 +492,7 @@ static int reserve(void **buf, int64_t *cap, int64_t need, size_t item) {  // 0 
 static int64_t merge_chars(const Encoder *e, const uint8_t *s, int64_t len, int32_t *out) {
     int64_t m = 0;
     for (int64_t i = 0; i < len;) {
-        int64_t l = s[i] < 0x80 ? 1 : s[i] < 0xE0 ? 2 : s[i] < 0xF0 ? 3 : 4;
-        int64_t r = rank_of(e->bslots, e->bbits, e->blob, s + i, l);
+        int64_t l = utf8_len(s[i]), r = rank_of(e->bslots, e->bbits, e->blob, s + i, l);
         if (r >= 0)
             out[m++] = (int32_t)r;
         else

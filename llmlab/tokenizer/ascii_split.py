@@ -213,8 +213,7 @@ def _space_cuts(text: str, lo: int, a: int, b: int) -> tuple[int, int]:
     return (a - m.start() if m else lo), (k.start() if k else len(text))
 
 
-def segments(text: str, pattern: str, most: int | None = None,
-             utf8_len: int | None = None) -> list[tuple[int, int, bool]] | None:
+def segments(text: str, pattern: str, most: int | None = None) -> list[tuple[int, int, bool]] | None:
     """Spans (start, end, all ASCII) covering `text`, cut where no piece of `pattern` crosses: the ASCII stretches
     and, around each non-ASCII run, the part that holds it. None for a pattern without such cuts, and for text
     whose non-ASCII characters are too dense to be worth it (past `most` parts, by default one per PART_CHARS:
@@ -227,10 +226,8 @@ def segments(text: str, pattern: str, most: int | None = None,
         return None
     out: list[tuple[int, int, bool]] = []
     start, n = 0, len(text)
-    if most is None:  # dense all through (UTF-8's extra bytes, counted in C; `utf8_len` if the caller has it): no try
-        if utf8_len is None:
-            utf8_len = len(text.encode("utf-8", "surrogatepass"))
-        if utf8_len - n > 2 * (n // PART_CHARS) + 8:
+    if most is None:  # dense all through (UTF-8's extra bytes, counted in C): no try
+        if len(text.encode("utf-8", "surrogatepass")) - n > 2 * (n // PART_CHARS) + 8:
             return None
         most = n // PART_CHARS + 4
     m = _NON_ASCII.search(text)
