@@ -34,11 +34,11 @@ def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
     return max(1, n)
 
 
-def available_memory(cgroup: str = "/sys/fs/cgroup") -> int | None:
+def available_memory(cgroup: str = "/sys/fs/cgroup", meminfo: str = "/proc/meminfo") -> int | None:
     """Bytes of memory free for new work (MemAvailable, page cache included), capped by a cgroup v2 memory limit."""
     found = []
     try:
-        with open("/proc/meminfo") as f:
+        with open(meminfo) as f:
             found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass

@@ -34,9 +34,14 @@ def test_a_quota_above_the_affinity_changes_nothing(tmp_path):
 def test_available_memory_is_capped_by_a_cgroup_limit(tmp_path):
     from conftest import available_memory
 
-    free = available_memory(str(tmp_path))  # no limit file: MemAvailable
-    assert free is not None and free > 1 << 20
+    assert available_memory(str(tmp_path)) > 1 << 20  # this machine's own /proc/meminfo is read
+    meminfo = tmp_path / "meminfo"  # a fixed one, since the real MemAvailable moves between two reads
+    meminfo.write_text("MemTotal:       32000000 kB\nMemAvailable:    2000000 kB\n")
+    free = 2000000 * 1024
+    assert available_memory(str(tmp_path), str(meminfo)) == free  # no limit file: MemAvailable
     (tmp_path / "memory.max").write_text("max\n")
-    assert available_memory(str(tmp_path)) == free
+    assert available_memory(str(tmp_path), str(meminfo)) == free
     (tmp_path / "memory.max").write_text(f"{1 << 30}\n")
-    assert available_memory(str(tmp_path)) == 1 << 30
+    assert available_memory(str(tmp_path), str(meminfo)) == 1 << 30
+    (tmp_path / "memory.max").write_text(f"{1 << 40}\n")  # a limit above what is free changes nothing
+    assert available_memory(str(tmp_path), str(meminfo)) == free
