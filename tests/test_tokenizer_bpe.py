@@ -185,3 +185,31 @@ def test_decode_of_a_negative_id_is_an_error_not_the_last_token():
             tok.decode(ids)
         with pytest.raises(TokenizerError, match=f"outside 0..{tok.vocab_size - 1}"):
             tok.decode_bytes(iter(ids))
+
+
+def test_the_byte_alphabet_both_ways_and_what_is_outside_it(tmp_path):
+    """unicode_to_bytes / bytes_to_alphabet / alphabet_strings (str.translate tables) agree with the alphabet's own dicts on every byte and
+    on random tokens; a character outside the alphabet is a KeyError naming it, and a tokenizer.json with one is a
+    clear TokenizerError."""
+    import json
+    import random
+
+    from llmlab.tokenizer import load_tokenizer
+    from llmlab.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, alphabet_strings, bytes_to_alphabet, unicode_to_bytes
+
+    rng = random.Random(0)
+    tokens = [bytes([b]) for b in range(256)] + [rng.randbytes(rng.randint(0, 12)) for _ in range(3000)]
+    for b in tokens:
+        s = "".join(BYTE_TO_CHAR[x] for x in b)
+        assert bytes_to_alphabet(b) == s and unicode_to_bytes(s) == b
+    assert alphabet_strings(tokens) == {t: "".join(BYTE_TO_CHAR[x] for x in t) for t in tokens}
+    outside = [chr(c) for c in [*range(0x145), 0x200, 0xFFFF, 0x10FFFF] if chr(c) not in CHAR_TO_BYTE]
+    assert len(outside) == 68 + 4  # the 68 bytes the alphabet moves, U+0144 and three more
+    for c in outside:
+        with pytest.raises(KeyError, match="U\\+%04X" % ord(c)):
+            unicode_to_bytes("Ġa" + c)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "a b": 2}, "merges": []},
+                                "pre_tokenizer": {"type": "ByteLevel"}, "decoder": {"type": "ByteLevel"}}))
+    with pytest.raises(TokenizerError, match=r"not byte-level \(' ' \(U\+0020\)"):
+        load_tokenizer(path)

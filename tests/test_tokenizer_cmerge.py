@@ -123,3 +123,34 @@ def test_a_table_past_int32_leaves_the_python_loop(monkeypatch):
     tok = load_tokenizer(artifacts.fetch("gpt2-tiktoken"), pattern="gpt2")
     assert tok.encode("hello worldlessnesses") == [31373, 995, 17587, 274]
     assert tok.model._c._off and tok.model._c._table is None
+
+
+def python_derive_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    m = BPEModel(ranks)
+    m._rank_table = lambda: None  # the Python loop
+    return m.derive_merges()
+
+
+@needs_cc
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=2, max_size=5).map(lambda b: bytes(c % 3 + 97 for c in b)), max_size=40,
+                unique=True), st.booleans())
+def test_c_derives_the_merges_python_does(tokens, drop_a_byte):
+    """A ranks-mode vocabulary's merges (to write tokenizer.json) in one C call: Python's, tokens no merge makes
+    left out (e.g. 'abc' with neither 'ab' nor 'bc'); a byte that is no token (a vocabulary only Python reads)
+    leaves the work to the Python loop."""
+    ranks = {bytes([i]): i for i in range(256) if not (drop_a_byte and i == 99)}
+    for t in tokens:
+        ranks.setdefault(t, 256 + len(ranks))
+    m = BPEModel(ranks)
+    expected = python_derive_merges(ranks)
+    assert m.derive_merges() == expected
+    table = m._rank_table()
+    assert table is not None and (table.derive_merges() is None) == (drop_a_byte and any(99 in t for t in ranks))
+
+
+@needs_cc
+def test_c_derives_cl100k_merges_as_python():
+    tok = load_tokenizer(artifacts.fetch("cl100k-tiktoken"), pattern="cl100k")
+    c = tok.model.derive_merges()
+    assert len(c) == len(tok.model.vocab) - 256 == 100_000 and c == python_derive_merges(tok.model.vocab)

@@ -143,6 +143,8 @@ void bpe_bytes_table_build(int32_t *slots, int bits, const uint8_t *blob, const 
     }
 }
 
+static inline int64_t below(int64_t rank, int64_t limit) { return rank < limit ? rank : -1; }
+
 static inline int64_t rank_of(const int32_t *slots, int bits, const uint8_t *blob, const uint8_t *s, int64_t n) {
     uint64_t mask = (1ULL << bits) - 1, h = hash_bytes(s, n);
     int32_t tag = (int32_t)(uint32_t)h;
@@ -153,13 +155,14 @@ static inline int64_t rank_of(const int32_t *slots, int bits, const uint8_t *blo
     }
 }
 
-// The ranks of `piece` (n bytes) into out[0..); returns their count, -1 when memory runs out or a byte is not a
-// token (the caller falls back to Python).
-int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, const uint8_t *piece, int64_t n,
-                        int32_t *out) {
+// The ranks of `piece` (n bytes) into out[0..), merging only pairs of a rank below `limit`; returns their count, -1
+// when memory runs out or a byte is not a token (the caller falls back to Python).
+static int64_t ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, const uint8_t *piece, int64_t n,
+                           int64_t limit, int32_t *out) {
 #define RANK(a, b) rank_of(slots, bits, blob, piece + (a), (b) - (a))
+#define PAIR(a, b) below(RANK(a, b), limit)
     if (n == 0) return 0;
-    int64_t whole = RANK(0, n);
+    int64_t whole = limit == INT64_MAX ? RANK(0, n) : -1;
     if (whole >= 0) {  // a piece that is itself a token is returned as is, as tiktoken does
         out[0] = (int32_t)whole;
         return 1;
@@ -175,7 +178,7 @@ int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, con
         nxt[i] = (int32_t)(i + 1 < n ? i + 1 : -1), prv[i] = (int32_t)(i - 1), tok[i] = -1;
     cur[n - 1] = -1;
     for (int64_t i = 0; i + 1 < n; i++) {
-        int64_t r = cur[i] = RANK(i, i + 2);
+        int64_t r = cur[i] = PAIR(i, i + 2);
         if (r >= 0) push(heap, &len, r << 32 | i);
     }
 #define END(i) (nxt[i] < 0 ? n : nxt[i])
@@ -186,12 +189,12 @@ int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, con
         tok[i] = (int32_t)(top >> 32), cur[i] = -1;
         if (nxt[i] >= 0) {
             prv[nxt[i]] = (int32_t)i;
-            int64_t r = cur[i] = RANK(i, END(nxt[i]));
+            int64_t r = cur[i] = PAIR(i, END(nxt[i]));
             if (r >= 0) push(heap, &len, r << 32 | i);
         }
         int32_t p = prv[i];
         if (p >= 0) {
-            int64_t r = cur[p] = RANK(p, END(i));
+            int64_t r = cur[p] = PAIR(p, END(i));
             if (r >= 0) push(heap, &len, r << 32 | p);
         }
     }
@@ -205,9 +208,36 @@ int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, con
         out[m++] = (int32_t)r;
     }
 #undef END
+#undef PAIR
 #undef RANK
     free(nxt), free(prv), free(tok), free(cur), free(heap);
     return m;
+}
+
+int64_t bpe_ranks_merge(const int32_t *slots, int bits, const uint8_t *blob, const uint8_t *piece, int64_t n,
+                        int32_t *out) {
+    return ranks_merge(slots, bits, blob, piece, n, INT64_MAX, out);
+}
+
+// The merge that makes each of n tokens (token i: blob[offs[i]..offs[i + 1]), rank ranks[i]), found as minbpe's
+// recover_merges finds it: BPE on its bytes with only lower ranks, which stops at two parts for a token BPE can make.
+// pairs[2i], pairs[2i + 1] get those two parts' ranks, or -1 (a single byte, or a token no merge makes). Returns 0, or
+// -1 when memory runs out or a byte is no token (the caller falls back to Python). BPEModel.derive_merges writes a
+// ranks-mode vocabulary's tokenizer.json with it.
+int64_t bpe_derive_merges(const int32_t *slots, int bits, const uint8_t *blob, const int64_t *offs,
+                          const int32_t *ranks, int64_t n, int32_t *pairs) {
+    int64_t longest = 1, failed = 0;
+    for (int64_t i = 0; i < n; i++) longest = offs[i + 1] - offs[i] > longest ? offs[i + 1] - offs[i] : longest;
+    int32_t *parts = malloc(sizeof(int32_t) * longest);
+    if (!parts) return -1;
+    for (int64_t i = 0; i < n && !failed; i++) {
+        int64_t len = offs[i + 1] - offs[i];
+        int64_t m = len < 2 ? 0 : ranks_merge(slots, bits, blob, blob + offs[i], len, ranks[i], parts);
+        failed = m < 0;
+        pairs[2 * i] = m == 2 ? parts[0] : -1, pairs[2 * i + 1] = m == 2 ? parts[1] : -1;
+    }
+    free(parts);
+    return failed ? -1 : 0;
 }
 
 // ---- pre-split: the split patterns of llmlab.tokenizer.PATTERNS, each alternative as written ---------------------

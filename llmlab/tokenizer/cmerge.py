@@ -45,6 +45,8 @@ def _library() -> ctypes.CDLL | None:
     lib.bpe_bytes_table_build.restype = None
     lib.bpe_ranks_merge.argtypes = [p, ctypes.c_int, p, ctypes.c_char_p, ctypes.c_int64, p]
     lib.bpe_ranks_merge.restype = ctypes.c_int64
+    lib.bpe_derive_merges.argtypes = [p, ctypes.c_int, p, p, p, ctypes.c_int64, p]
+    lib.bpe_derive_merges.restype = ctypes.c_int64
     return lib
 
 
@@ -86,11 +88,20 @@ class RankTable:
         blob = ctypes.c_char_p(self.blob)
         lib.bpe_bytes_table_build(addr(self.slots), bits, blob, addr(offs), addr(values), len(tokens))
         self._merge = functools.partial(lib.bpe_ranks_merge, addr(self.slots), bits, blob)
+        self._derive = functools.partial(lib.bpe_derive_merges, addr(self.slots), bits, blob, addr(offs),
+                                         addr(values), len(tokens))
+        self._offs, self._values = offs, values  # (the derive call's arrays)
 
     def merge(self, piece: bytes) -> list[int] | None:
         buf = array("i", [0]) * len(piece)
         n = self._merge(piece, len(piece), buf.buffer_info()[0])
         return None if n < 0 else buf[:n].tolist()
+
+    def derive_merges(self) -> array | None:
+        """For each token in the table's order, the ranks of the two parts whose merge makes it (-1, -1 where none
+        does), flat; None when a byte is no token or memory runs out."""
+        pairs = array("i", [0]) * (2 * len(self._values))
+        return None if self._derive(pairs.buffer_info()[0]) < 0 else pairs
 
 
 class CMerger:

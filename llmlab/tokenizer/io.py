@@ -30,7 +30,14 @@ from pathlib import Path
 import regex
 
 from llmlab.errors import TokenizerError
-from llmlab.tokenizer.bpe import BYTE_TO_CHAR, PATTERNS, BPEModel, check_portable, resolve_pattern, unicode_to_bytes
+from llmlab.tokenizer.bpe import (
+    PATTERNS,
+    BPEModel,
+    alphabet_strings,
+    check_portable,
+    resolve_pattern,
+    unicode_to_bytes,
+)
 from llmlab.tokenizer.spm import PieceBPEModel
 from llmlab.tokenizer.spm_file import decoder_spec, is_sentencepiece_name, load_sentencepiece, sentencepiece_tokenizer
 from llmlab.tokenizer.tokenizer import TOKEN_OPTIONS, Tokenizer
@@ -408,14 +415,14 @@ def tokenizer_json(tok: Tokenizer) -> dict:
         decoder = tok.decoder or decoder_spec(True)
     elif tok.byte_level:
         m: BPEModel = tok.model
-        enc = lambda b: "".join(BYTE_TO_CHAR[x] for x in b)  # noqa: E731
-        vocab = {enc(b): i for b, i in m.vocab.items()}
+        alpha = alphabet_strings(list(m.vocab))  # (merge parts are tokens too: BPEModel checks its merges)
+        vocab = {alpha[b]: i for b, i in m.vocab.items()}
         vocab.update(ids)  # tokenizers renumbers added tokens that are missing from the model vocab
         model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
                  # ranks mode returns a whole-token piece directly: tokenizers' ignore_merges
                  "ignore_merges": m.ranks_mode or m.ignore_merges, "vocab": vocab,
-                 "merges": [[enc(a), enc(b)] for a, b in m.derive_merges()]}
+                 "merges": [[alpha[a], alpha[b]] for a, b in m.derive_merges()]}
         decoder = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
     else:
         wp: WordPieceModel = tok.model
