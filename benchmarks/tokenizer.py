@@ -21,6 +21,9 @@ files in sorted order: the first >= 10 MB train, the next ~1 MB is held out.
    with Mistral 7B's tokenizer.model vs sentencepiece; ids checked identical. Each llmlab tokenizer first encodes the
    held-out Python source, so its C encoder is built (it starts after 64 KB): cold is a fresh piece cache's first pass
    over the language.
+6. Many documents at once: each library's batch call on threads (one per usable core), cold and warm, and one
+   document's ids as a NumPy array (`encode_to_numpy`, what `data prepare` writes), GPT-2 / cl100k / o200k ranks,
+   llmlab vs tiktoken; ids checked identical.
 
 Targets (issue 4): encode >= 0.5x tiktoken; training <= 5x tokenizers; compression within 1%.
 Prints a table and ends with one JSON line; writes benchmarks/results/tokenizer.json (in
@@ -125,6 +128,38 @@ def ranks_section(train: list[str], train_bytes: int) -> dict:
         out[name] = {"encode_mb_s": {"llmlab_cold": mbs(t_cold), "llmlab_warm": mbs(t_warm), "tiktoken": mbs(t_tk)},
                      "ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
                      "ids_identical": ids_tk == ids_cold == ids_warm, "tokens": sum(map(len, ids_tk))}
+    return out
+
+
+def batch_section(train: list[str], train_bytes: int) -> dict:
+    """Many documents at once on the usable cores (threads: each library's batch call), and one document's ids as a
+    NumPy array (what `data prepare` writes), with the GPT-2, cl100k and o200k ranks: llmlab vs tiktoken."""
+    import numpy as np
+    import tiktoken
+
+    from llmlab import artifacts, load_tokenizer
+    from llmlab.tokenizer import PATTERNS
+
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    out = {"threads": threads}
+    for name in ("gpt2", "cl100k", "o200k"):
+        path = artifacts.fetch(f"{name}-tiktoken")
+        ours = load_tokenizer(path, pattern=name)
+        enc = tiktoken.Encoding(name, pat_str=PATTERNS[name], mergeable_ranks=ours.model.vocab, special_tokens={})
+        t_tk, ids_tk = timed(lambda e=enc: e.encode_ordinary_batch(train, num_threads=threads), repeat=2)
+        t_cold, ids_cold = timed(lambda o=ours: o.encode_ordinary_batch(train, num_threads=threads))
+        t_warm, ids_warm = timed(lambda o=ours: o.encode_ordinary_batch(train, num_threads=threads), repeat=2)
+        t_np_tk, np_tk = timed(lambda e=enc: [e.encode_to_numpy(t) for t in train], repeat=2)
+        t_np, np_ours = timed(lambda o=ours: [o.encode_to_numpy(t) for t in train], repeat=2)  # warm
+        t_list, _ = timed(lambda o=ours: [o.encode_ordinary(t) for t in train], repeat=2)  # warm, one thread
+        mbs = lambda t: round(train_bytes / 1e6 / t, 3)  # noqa: E731
+        out[name] = {
+            "batch_mb_s": {"llmlab_cold": mbs(t_cold), "llmlab_warm": mbs(t_warm), "tiktoken": mbs(t_tk)},
+            "batch_ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
+            "to_numpy_mb_s": {"llmlab_warm": mbs(t_np), "tiktoken": mbs(t_np_tk), "llmlab_list_warm": mbs(t_list)},
+            "to_numpy_ratio_vs_tiktoken": round(t_np_tk / t_np, 3),
+            "ids_identical": ids_tk == ids_cold == ids_warm and all(
+                np.array_equal(a, b) for a, b in zip(np_tk, np_ours, strict=True))}
     return out
 
 
@@ -270,6 +305,8 @@ def main() -> int:
     identical = identical and all(r["ids_identical"] for r in more.values())
     scripts = scripts_section(held)
     identical = identical and all(r["ids_identical"] for rows in scripts["encodings"].values() for r in rows.values())
+    batch = batch_section(train, train_bytes)
+    identical = identical and all(r["ids_identical"] for k, r in batch.items() if k != "threads")
 
     mbs = lambda t: train_bytes / 1e6 / t  # noqa: E731
     rows = [
@@ -310,6 +347,15 @@ def main() -> int:
             f"{c['encode_mb_s'][c['reference']]:>5.1f} ({c['ratio_vs_reference']['cold']:.1f}x)" for c in cells))
     print("other scripts: ids identical across the references / llmlab: "
           f"{all(r['ids_identical'] for rows in scripts['encodings'].values() for r in rows.values())}")
+    print(f"\n{'batch, ' + str(batch['threads']) + ' threads':26}{'llmlab':>10}{'tiktoken':>10}   ratio")
+    for name in ("gpt2", "cl100k", "o200k"):
+        r = batch[name]
+        for kind in ("cold", "warm"):
+            print(f"{f'{name} batch MB/s, {kind}':26}{r['batch_mb_s']['llmlab_' + kind]:>10.2f}"
+                  f"{r['batch_mb_s']['tiktoken']:>10.2f}   {r['batch_ratio_vs_tiktoken'][kind]:.2f}x tiktoken")
+        print(f"{f'{name} to_numpy MB/s, warm':26}{r['to_numpy_mb_s']['llmlab_warm']:>10.2f}"
+              f"{r['to_numpy_mb_s']['tiktoken']:>10.2f}   {r['to_numpy_ratio_vs_tiktoken']:.2f}x tiktoken "
+              f"(llmlab as a list: {r['to_numpy_mb_s']['llmlab_list_warm']:.2f})")
 
     cpu = cpu_name()
     result = {
@@ -326,6 +372,7 @@ def main() -> int:
         "sentencepiece_bpe": spm if spm is not None else "skipped: sentencepiece is not installed",
         "ranks": more,
         "other_scripts": scripts,
+        "batch": batch,
         "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
         "command": command(),
         "versions": {"python": platform.python_version(), "llmlab": llmlab.__version__, "git": git_state()["git"],

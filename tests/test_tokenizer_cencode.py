@@ -7,7 +7,9 @@ a compiler Python encodes alone."""
 from __future__ import annotations
 
 import functools
+import os
 import threading
+import time
 
 import pytest
 import regex
@@ -212,7 +214,7 @@ def pairs(tmp_path_factory) -> dict[str, tuple[Tokenizer, Tokenizer]]:
 @given(text=TEXT)
 def test_random_mixed_text_encodes_alike(pairs, text):
     for name, (fast, slow) in pairs.items():
-        assert fast._fast(text) == slow.encode(text), name
+        assert fast._fast(text).tolist() == slow.encode(text), name
 
 
 @needs_cc
@@ -223,23 +225,34 @@ def test_a_full_cache_starts_again(monkeypatch):
     enc = cencode._Encoder(cencode._functions(), 0, tok.model, limit=50)
     texts = stdlib_text(50_000)
     for t in texts + MIXED + texts:
-        assert enc(t) == slow.encode(t)
+        assert enc(t).tolist() == slow.encode(t)
         assert cencode._functions().bpe_encoder_size(enc.handle) < 50
 
 
 @needs_cc
-def test_threads_share_one_encoder(monkeypatch):
+def test_threads_encode_alike_each_with_a_cache_of_its_own(monkeypatch):
+    """The C call releases the GIL (ctypes.CDLL), so each thread has its own encoder (cache) over shared tables: the
+    ids are Python's, every thread's handle differs, one set of tables was built, and a finished thread's encoder is
+    freed."""
+    import ctypes
+    import gc
+    import weakref
+
     monkeypatch.setattr(cencode, "WARMUP", 0)
+    assert type(cencode._functions()) is ctypes.CDLL  # (PyDLL would hold the GIL through each call)
     tok = load_tokenizer(artifacts.fetch("cl100k-tiktoken"), pattern="cl100k")
     texts = stdlib_text(100_000)
     slow = load_tokenizer(artifacts.fetch("cl100k-tiktoken"), pattern="cl100k")
     slow._fast = None
     expected = [slow.encode(t) for t in texts]
     results: dict[int, list] = {}
+    encoders, handles = set(), {}
 
     def work(k: int) -> None:
         order = texts[k:] + texts[:k]  # each thread starts elsewhere, so misses meet
         results[k] = [tok.encode(t) for t in order]
+        encoders.add(id(tok._fast._enc))
+        handles[k] = (tok._fast._enc.handle, weakref.ref(tok._fast._enc._local.mine))
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for th in threads:
@@ -248,6 +261,9 @@ def test_threads_share_one_encoder(monkeypatch):
         th.join()
     for k, got in results.items():
         assert got == expected[k:] + expected[:k]
+    assert len(encoders) == 1 and len({h for h, _ in handles.values()}) == 4
+    gc.collect()
+    assert all(mine() is None for _, mine in handles.values()), "a finished thread's C encoder was not freed"
 
 
 def test_c_starts_after_the_warm_up():
@@ -265,7 +281,7 @@ def test_a_lone_surrogate_is_a_replacement_character(monkeypatch):
     monkeypatch.setattr(cencode, "WARMUP", 0)
     tok = load_tokenizer(artifacts.fetch("cl100k-tiktoken"), pattern="cl100k")
     want = tok._encode_python("a\ufffdb")
-    assert tok.encode("a\ud800b") == tok.encode_ordinary("a\ud800b") == tok._fast("a\ufffdb") == want
+    assert tok.encode("a\ud800b") == tok.encode_ordinary("a\ud800b") == tok._fast("a\ufffdb").tolist() == want
     assert tok.encode("\ud83d\ude00") == tok.encode("\U0001F600")  # a pair split in two surrogates
 
 
@@ -355,4 +371,88 @@ def test_sentencepiece_bpe_after_metaspace(monkeypatch):
     for text in texts:
         assert fast.encode(text, allowed_special="all") == slow.encode(text, allowed_special="all"), text
     assert fast._fast._enc is not None
-    assert fast._fast("ab", first=False) == slow._encode_python("ab", first=False) != fast._fast("ab")
+    assert fast._fast("ab", first=False).tolist() == slow._encode_python("ab", first=False) != fast._fast("ab").tolist()
+
+
+@pytest.mark.parametrize("name, pattern", [("gpt2-tiktoken", "gpt2"), ("smollm2-135m", None),
+                                           ("mistral-7b-tokenizer", None), ("minilm-tokenizer", None)])
+def test_encode_batch_on_threads_is_encode_in_order(monkeypatch, name, pattern):
+    """encode_batch / encode_ordinary_batch on any number of threads: each text's encode(), in order, with its
+    keywords; C (byte-level and SentencePiece-style BPE) and Python (WordPiece) alike. The pool stays for the next
+    batch (warm caches) unless the thread count changes. Bad arguments are one clear error."""
+    from llmlab.errors import TokenizerError
+
+    monkeypatch.setattr(cencode, "WARMUP", 0)
+    load = lambda: load_tokenizer(artifacts.fetch(name), **({"pattern": pattern} if pattern else {}))  # noqa: E731
+    tok, ref = load(), load()
+    texts = stdlib_text(60_000) + MIXED + ["", "<|endoftext|> and <s> [CLS] inside"]
+    special = "all"
+    expected = [ref.encode(t, allowed_special=special) for t in texts]
+    for threads in (1, 2, 3, 3):
+        assert tok.encode_batch(texts, num_threads=threads, allowed_special=special) == expected, threads
+        assert tok.encode_ordinary_batch(iter(texts), num_threads=threads) == [ref.encode_ordinary(t) for t in texts]
+        if threads > 1:
+            assert tok._pool[0] == threads
+    pool = tok._pool[2]
+    tok.encode_batch(texts[:4], num_threads=3)
+    assert tok._pool[2] is pool  # the same threads, their caches warm
+    assert tok.encode_batch(texts) == [ref.encode(t) for t in texts]  # the default: the usable cores
+    assert tok.encode_batch([]) == []
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(TokenizerError, match="num_threads must be a whole number >= 1"):
+            tok.encode_batch(texts, num_threads=bad)
+    with pytest.raises(TokenizerError, match="one str"):
+        tok.encode_batch("a text")
+    with pytest.raises(TokenizerError, match="not special tokens"):
+        tok.encode_batch(texts, num_threads=2, allowed_special={"<nope>"})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_encode_batch_in_a_forked_process_starts_threads_of_its_own():
+    """A fork copies the tokenizer but not its pool's threads: encode_batch there would wait forever on the copy."""
+    tok = load_tokenizer(artifacts.fetch("gpt2-tiktoken"), pattern="gpt2")
+    texts = ["hello world", "a b c", "x"]
+    expected = tok.encode_batch(texts, num_threads=2)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the batch comes back right
+        ok = False
+        try:
+            ok = tok.encode_batch(texts, num_threads=2) == expected
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("encode_batch in the forked process hung on its parent's pool")
+
+
+@pytest.mark.parametrize("name, pattern", [("o200k-tiktoken", "o200k"), ("smollm2-135m", None),
+                                           ("mistral-7b-v3-tokenizer", None), ("minilm-tokenizer", None)])
+def test_encode_to_numpy_is_encode(monkeypatch, name, pattern):
+    """encode_to_numpy: encode()'s ids in an array of the dtype asked for, through C (the ids never a list) and
+    Python alike, before and after the warm-up, with special tokens allowed or not."""
+    import numpy as np
+
+    from llmlab.errors import TokenizerError
+
+    monkeypatch.setattr(cencode, "WARMUP", 1000)
+    tok = load_tokenizer(artifacts.fetch(name), **({"pattern": pattern} if pattern else {}))
+    texts = MIXED + stdlib_text(20_000) + ["", "x\ud800y", "<|endoftext|> <s> [INST] [CLS] <|im_start|>"]
+    for t in texts:
+        for special in ("none", "all"):
+            want = tok.encode(t, allowed_special=special)
+            for dtype in ("uint32", np.int64) + ((np.dtype(np.uint16),) if tok.vocab_size <= 1 << 16 else ()):
+                got = tok.encode_to_numpy(t, allowed_special=special, dtype=dtype)
+                assert got.dtype == np.dtype(dtype) and got.tolist() == want
+    assert tok._fast is None or tok._fast._enc is not None  # C ran where it can
+    with pytest.raises(TokenizerError, match="takes a str"):
+        tok.encode_to_numpy(b"bytes")
+    for small in ("int8", np.float32) + (("uint16",) if tok.vocab_size > 1 << 16 else ()):
+        with pytest.raises(TokenizerError, match=f"dtype {np.dtype(small)} cannot hold ids up to"):
+            tok.encode_to_numpy("hello", dtype=small)

@@ -232,7 +232,7 @@ def _pieces(corpus: Corpus, val_fraction: float, docs: list[int]) -> Iterator[tu
 
 def _encode_with(tokenizer, dtype, piece: tuple[str, str, bool, int]) -> tuple[str, bytes, bool, int]:
     split, text, ends_document, nbytes = piece
-    return split, np.asarray(tokenizer.encode(text), dtype=dtype).tobytes() if text else b"", ends_document, nbytes
+    return split, tokenizer.encode_to_numpy(text, dtype=dtype).tobytes() if text else b"", ends_document, nbytes
 
 
 def _context():

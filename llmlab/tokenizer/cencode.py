@@ -3,7 +3,7 @@
     fast = CEncoder.of(model, patterns)  # byte-level BPE whose pre-split is PATTERNS' gpt2, cl100k, o200k, llama3,
                                          # qwen2 or SmolLM2's single digits + gpt2; SentencePiece-style BPE (Llama 2,
                                          # Mistral) split into "▁" words; else None
-    fast(text) -> list[int] | None       # the ids of text, or None: encode it in Python
+    fast(text) -> array("i") | None      # the ids of text, or None: encode it in Python
 
 The Python encode spends its time making a str per piece and looking it up (a chunk cache takes most of that away
 once warm, not on first sight); C splits the text with each pattern's alternatives written out over character
@@ -15,7 +15,8 @@ its characters' ids, with byte fallback. Like CMerger, the C side starts only af
 Python, so loading a tokenizer and encoding a prompt never wait for tables; without a C compiler every call returns
 None.
 
-Calls hold the GIL (ctypes.PyDLL): the cache is the encoder's own, and two threads must not fill it at once.
+Each thread encodes with a C encoder of its own (its own cache, over tables all threads share), and the call that
+splits and merges a text releases the GIL: threads encode in parallel (Tokenizer.encode_batch).
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ SPM = 6  # its number in cpu_bpe.c
 
 
 @functools.cache
-def _functions() -> ctypes.PyDLL | None:
-    """The encoder's entry points, called with the GIL held (PyDLL), or None without a C library."""
+def _functions() -> ctypes.CDLL | None:
+    """The encoder's entry points, or None without a C library. ctypes.CDLL releases the GIL for each call: only
+    bpe_encode runs long enough for that to matter, and it touches no Python object."""
     lib = _library()
     if lib is None:
         return None
-    fns, p = ctypes.PyDLL(lib._name), ctypes.c_void_p
+    fns, p = ctypes.CDLL(lib._name), ctypes.c_void_p
     fns.bpe_encoder_new.argtypes = [ctypes.c_int, p, ctypes.c_int, p, p, p, ctypes.c_int, p, ctypes.c_char_p,
                                     ctypes.c_int64]
     fns.bpe_encoder_new.restype = p
@@ -99,10 +101,19 @@ def split(patterns: tuple[str, ...], text: str) -> list[str] | None:
     return [raw[a:b].decode("utf-8") for a, b in zip(starts, ends[:n], strict=True)]
 
 
-class _Encoder:
-    """One C encoder: its handle, and the tables its pointers refer to (kept alive with it)."""
+class _Handle:
+    """One thread's C encoder; freed when the thread ends (or the _Encoder goes), before the tables it reads."""
 
-    def __init__(self, fns: ctypes.PyDLL, kind: int, model: BPEModel | PieceBPEModel, limit: int = CACHE_LIMIT):
+    def __init__(self, handle: int, free: Callable[[int], None], tables: tuple) -> None:
+        self.handle, self._tables = handle, tables
+        weakref.finalize(self, free, handle)
+
+
+class _Encoder:
+    """C encoders of one model: the tables their pointers refer to, and one encoder (a cache) for each thread that
+    calls it."""
+
+    def __init__(self, fns: ctypes.CDLL, kind: int, model: BPEModel | PieceBPEModel, limit: int = CACHE_LIMIT):
         addr = lambda a: a.buffer_info()[0] if a is not None else None  # noqa: E731
         c = model._c
         if kind == SPM:  # characters -> ids (a bytes table of the vocabulary), the merge rules, the byte pieces
@@ -118,26 +129,39 @@ class _Encoder:
             vocab = RankTable(_library(), model.vocab) if model.ignore_merges else None
             byte_ids = array("i", (-1 if i is None else i for i in model._byte_id))
         self._keep = (vocab, pairs, byte_ids)
-        handle = fns.bpe_encoder_new(
-            kind, addr(vocab.slots) if vocab else None, vocab.bits if vocab else 0,
+        self._new = functools.partial(
+            fns.bpe_encoder_new, kind, addr(vocab.slots) if vocab else None, vocab.bits if vocab else 0,
             ctypes.cast(ctypes.c_char_p(vocab.blob), ctypes.c_void_p) if vocab else None,
             addr(pairs.keys) if pairs else None, addr(pairs.vals) if pairs else None, pairs.bits if pairs else 0,
             addr(byte_ids), classes() if kind != SPM else None, limit)  # (SentencePiece's words need no classes)
-        if not handle:
-            raise MemoryError("the C encoder could not allocate its cache")
-        self.handle = handle
-        self._encode = functools.partial(fns.bpe_encode, handle)
+        self._free, self._encode = fns.bpe_encoder_free, fns.bpe_encode
         self._local = threading.local()
-        weakref.finalize(self, fns.bpe_encoder_free, handle)
+        _ = self.handle  # this thread's now: no memory for it raises here, and the model stays in Python
 
-    def __call__(self, text: str) -> list[int] | None:
-        """The ids of `text`, or None where C failed (out of memory)."""
+    @property
+    def handle(self) -> int:
+        """The calling thread's C encoder, made on its first call; MemoryError when it cannot be."""
+        mine = getattr(self._local, "mine", None)
+        if mine is None:
+            handle = self._new()
+            if not handle:
+                raise MemoryError("the C encoder could not allocate its cache")
+            mine = self._local.mine = _Handle(handle, self._free, self._keep)
+        return mine.handle
+
+    def __call__(self, text: str) -> array | None:
+        """The ids of `text` (an int32 array: a list of Python ints costs more than the encoding, where a caller
+        needs none), or None where C failed (out of memory)."""
+        try:
+            handle = self.handle
+        except MemoryError:
+            return None
         raw = text.encode("utf-8")
         out = getattr(self._local, "out", None)  # one output buffer per thread, grown as needed
         if out is None or len(out) < len(raw):
             out = self._local.out = array("i", [0]) * max(len(raw), 1 << 12)
-        n = self._encode(raw, len(raw), out.buffer_info()[0])
-        return None if n < 0 else out[:n].tolist()
+        n = self._encode(handle, raw, len(raw), out.buffer_info()[0])  # the GIL released: threads run at once
+        return None if n < 0 else out[:n]
 
 
 class CEncoder:
@@ -149,6 +173,7 @@ class CEncoder:
         self._work = 0
         self._enc: _Encoder | None = None
         self._off = False
+        self._building = threading.Lock()  # the first threads past WARMUP build one set of tables, not one each
 
     @classmethod
     def of(cls, model, patterns: tuple[str, ...], metaspace=None) -> CEncoder | None:
@@ -164,9 +189,9 @@ class CEncoder:
             return cls(model, SPM, metaspace)
         return None
 
-    def __call__(self, text: str, first: bool = True) -> list[int] | None:
+    def __call__(self, text: str, first: bool = True) -> array | None:
         """The ids of `text` (well-formed: no lone surrogate; `first`: it starts the input, for Metaspace's
-        prepend_scheme "first") through C; None while C is warming up or unavailable."""
+        prepend_scheme "first") through C, as an int32 array; None while C is warming up or unavailable."""
         if self._off or len(text) >= 1 << 28:
             return None
         if self._prepare is not None:  # Metaspace without split: one text, spaces as "▁", the "▁" prepended
@@ -178,12 +203,16 @@ class CEncoder:
             self._work += len(text)
             if self._work < WARMUP:
                 return None
-            fns = _functions()
-            try:
-                enc = self._enc = _Encoder(fns, self._kind, self._model) if fns is not None else None
-            except (OverflowError, MemoryError):  # ids, ranks or offsets past int32; no memory for the cache
-                enc = None
-            if enc is None:
-                self._off = True
-                return None
+            with self._building:
+                if self._off:
+                    return None
+                if (enc := self._enc) is None:
+                    fns = _functions()
+                    try:
+                        enc = self._enc = _Encoder(fns, self._kind, self._model) if fns is not None else None
+                    except (OverflowError, MemoryError):  # ids, ranks or offsets past int32; no memory for a cache
+                        enc = None
+                    if enc is None:
+                        self._off = True
+                        return None
         return enc(text)

@@ -26,10 +26,14 @@ Not here: file formats (`io.py`), training (`train.py`), chat templates (`chat.p
 
 from __future__ import annotations
 
+import functools
 import operator
+import os
 import re
+import threading
 import unicodedata
 from collections.abc import Callable, Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Literal
@@ -39,7 +43,7 @@ import regex
 from llmlab.errors import TokenizerError
 from llmlab.tokenizer.ascii_split import WS_CLASS as _WS
 from llmlab.tokenizer.ascii_split import fast_findall, line_safe
-from llmlab.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, PATTERNS, BPEModel, check_portable
+from llmlab.tokenizer.bpe import PATTERNS, BPEModel, bytes_to_alphabet, check_portable, unicode_to_bytes
 from llmlab.tokenizer.cencode import CEncoder
 from llmlab.tokenizer.rebuild import rebuild
 from llmlab.tokenizer.spm import SPACE, PieceBPEModel
@@ -346,6 +350,8 @@ class Tokenizer:
             self._chunks = _WordCache(lambda c: tuple(chain.from_iterable(map(pieces.__getitem__, fine(c)))))
         self._build_id_tables()
         self._splits: dict[frozenset[str], tuple[_AddedSplit | None, _AddedSplit | None]] = {}
+        self._pool: tuple[int, int, ThreadPoolExecutor] | None = None  # encode_batch's: (threads, process, pool)
+        self._pool_lock = threading.Lock()
 
     def _build_id_tables(self) -> None:
         extra = self._extra_ids = {**self.added_tokens, **self.special_tokens}
@@ -382,9 +388,10 @@ class Tokenizer:
         if token in self.added_tokens:
             return self.added_tokens[token]
         if self._gpt2_alphabet:
-            if all(c in CHAR_TO_BYTE for c in token):
-                return self.model.vocab.get(bytes(CHAR_TO_BYTE[c] for c in token))
-            return None
+            try:
+                return self.model.vocab.get(unicode_to_bytes(token))
+            except KeyError:  # a character outside the alphabet: no such token
+                return None
         return self.model.vocab.get(token)
 
     def id_to_token(self, i: int) -> str:
@@ -395,7 +402,7 @@ class Tokenizer:
         if ordinary and isinstance(self.model, PieceBPEModel):
             return self.model.piece(i)
         if ordinary and self._gpt2_alphabet:
-            return "".join(BYTE_TO_CHAR[b] for b in t)
+            return bytes_to_alphabet(t)
         return t if isinstance(t, str) else t.decode("utf-8", "replace")
 
     # ---- encode -----------------------------------------------------------------------------
@@ -436,9 +443,32 @@ class Tokenizer:
             text = self._normalize(text)
         return self._encode_normalized(text)
 
+    def encode_to_numpy(self, text: str, *, allowed_special: Literal["all", "none"] | Collection[str] = "none",
+                        dtype="uint32"):
+        """encode(text, allowed_special=...) as a NumPy array of `dtype` (tiktoken's encode_to_numpy): where C
+        encodes the text, its ids go into the array with no Python int made for each (`data prepare` writes its
+        shards this way)."""
+        import numpy as np
+
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode_to_numpy() takes a str, got {type(text).__name__}; decode bytes first.")
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "iu" or np.iinfo(dtype).max < self.vocab_size - 1:
+            raise TokenizerError(f"encode_to_numpy() dtype {dtype} cannot hold ids up to {self.vocab_size - 1}; use "
+                                 "uint32 (the default).")
+        raw, normalized = self._added_splits(allowed_special)
+        if raw is not None or normalized is not None:
+            return np.asarray(self.encode(text, allowed_special=allowed_special), dtype=dtype)
+        text = _well_formed(text)
+        if self._normalize is not None:
+            text = self._normalize(text)
+        if self._fast is not None and (ids := self._fast(text)) is not None:
+            return np.frombuffer(ids, dtype=np.int32).astype(dtype)
+        return np.asarray(self._encode_python(text), dtype=dtype)
+
     def _encode_normalized(self, text: str, first: bool = True) -> list[int]:
         if self._fast is not None and (ids := self._fast(text, first)) is not None:
-            return ids
+            return ids.tolist()
         return self._encode_python(text, first)
 
     def _encode_python(self, text: str, first: bool = True) -> list[int]:
@@ -461,8 +491,36 @@ class Tokenizer:
             cache.clear()
         return list(chain.from_iterable(map(cache.__getitem__, pieces)))
 
-    def encode_batch(self, texts: Iterable[str], **kw) -> list[list[int]]:
-        return [self.encode(t, **kw) for t in texts]
+    def encode_batch(self, texts: Iterable[str], *, num_threads: int | None = None, **kw) -> list[list[int]]:
+        """encode(text, **kw) of each text, in order, on `num_threads` threads (default: the usable cores, at most 8;
+        tiktoken's encode_batch uses 8). Where the C encoder runs (cencode.py) it releases the GIL, each thread with
+        a cache of its own; the threads stay for the next batch, so their caches stay warm."""
+        return self._batch(self.encode, texts, num_threads, kw)
+
+    def encode_ordinary_batch(self, texts: Iterable[str], *, num_threads: int | None = None) -> list[list[int]]:
+        """encode_ordinary of each text, in order, on threads as encode_batch."""
+        return self._batch(self.encode_ordinary, texts, num_threads, {})
+
+    def _batch(self, fn: Callable[..., list[int]], texts: Iterable[str], num_threads: int | None,
+               kw: dict) -> list[list[int]]:
+        if isinstance(texts, str):
+            raise TokenizerError("encode_batch() takes a list of str, got one str; pass [text], or call encode().")
+        texts = list(texts)
+        if num_threads is None:
+            usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+            num_threads = min(8, len(usable))
+        elif isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise TokenizerError(f"num_threads must be a whole number >= 1, got {num_threads!r}.")
+        if num_threads == 1 or len(texts) < 2:
+            return [fn(t, **kw) for t in texts]
+        with self._pool_lock:  # (a process forked from this one has none of these threads: it starts its own)
+            if self._pool is None or self._pool[:2] != (num_threads, os.getpid()):
+                if self._pool is not None and self._pool[1] == os.getpid():
+                    self._pool[2].shutdown(wait=False)
+                pool = ThreadPoolExecutor(num_threads, thread_name_prefix="llmlab-encode")
+                self._pool = (num_threads, os.getpid(), pool)
+            pool = self._pool[2]
+        return list(pool.map(functools.partial(fn, **kw), texts))
 
     def _added_splits(self, allowed: Literal["all", "none"] | Collection[str]
                       ) -> tuple[_AddedSplit | None, _AddedSplit | None]:
