@@ -214,7 +214,7 @@ def pairs(tmp_path_factory) -> dict[str, tuple[Tokenizer, Tokenizer]]:
 @given(text=TEXT)
 def test_random_mixed_text_encodes_alike(pairs, text):
     for name, (fast, slow) in pairs.items():
-        assert fast._fast(text).tolist() == slow.encode(text), name
+        assert fast._fast(text) == slow.encode(text), name
 
 
 @needs_cc
@@ -225,7 +225,7 @@ def test_a_full_cache_starts_again(monkeypatch):
     enc = cencode._Encoder(cencode._functions(), 0, tok.model, limit=50)
     texts = stdlib_text(50_000)
     for t in texts + MIXED + texts:
-        assert enc(t).tolist() == slow.encode(t)
+        assert enc(t).tolist() == enc.ids(t) == slow.encode(t)
         assert cencode._functions().bpe_encoder_size(enc.handle) < 50
 
 
@@ -281,7 +281,7 @@ def test_a_lone_surrogate_is_a_replacement_character(monkeypatch):
     monkeypatch.setattr(cencode, "WARMUP", 0)
     tok = load_tokenizer(artifacts.fetch("cl100k-tiktoken"), pattern="cl100k")
     want = tok._encode_python("a\ufffdb")
-    assert tok.encode("a\ud800b") == tok.encode_ordinary("a\ud800b") == tok._fast("a\ufffdb").tolist() == want
+    assert tok.encode("a\ud800b") == tok.encode_ordinary("a\ud800b") == tok._fast("a\ufffdb") == want
     assert tok.encode("\ud83d\ude00") == tok.encode("\U0001F600")  # a pair split in two surrogates
 
 
@@ -371,7 +371,7 @@ def test_sentencepiece_bpe_after_metaspace(monkeypatch):
     for text in texts:
         assert fast.encode(text, allowed_special="all") == slow.encode(text, allowed_special="all"), text
     assert fast._fast._enc is not None
-    assert fast._fast("ab", first=False).tolist() == slow._encode_python("ab", first=False) != fast._fast("ab").tolist()
+    assert fast._fast("ab", first=False) == slow._encode_python("ab", first=False) != fast._fast("ab")
 
 
 @pytest.mark.parametrize("name, pattern", [("gpt2-tiktoken", "gpt2"), ("smollm2-135m", None),
@@ -456,3 +456,56 @@ def test_encode_to_numpy_is_encode(monkeypatch, name, pattern):
     for small in ("int8", np.float32) + (("uint16",) if tok.vocab_size > 1 << 16 else ()):
         with pytest.raises(TokenizerError, match=f"dtype {np.dtype(small)} cannot hold ids up to"):
             tok.encode_to_numpy("hello", dtype=small)
+
+
+@needs_cc
+def test_lists_made_in_c_hold_the_same_ints_and_count_their_references():
+    """cpu_pylist.c's ids_to_list: the list array.tolist makes, from shared int objects, each one reference more
+    while the list lives; an id outside the table is an IndexError, not a read past it."""
+    import random
+    import sys
+    from array import array
+
+    make = cencode._list_maker()
+    if make is None:
+        pytest.skip(cbuild.load("cpu_pylist.c").error)
+    ints = list(range(300, 1300))  # (past the small ints Python shares anyway)
+    rng = random.Random(0)
+    ids = array("i", [rng.randrange(1000) for _ in range(5000)] + [999, 0])
+    before, times = sys.getrefcount(ints[999]), ids.tolist().count(999)
+    got = make(ints, ids.buffer_info()[0], len(ids))
+    same = all(a is ints[i] for a, i in zip(got, ids, strict=True))  # (outside the assert: pytest keeps its parts)
+    assert same and len(got) == len(ids) and times >= 2
+    during = sys.getrefcount(ints[999])  # (not inside an assert: pytest's rewrite holds ints[999] once more there)
+    del got
+    after = sys.getrefcount(ints[999])
+    assert during == before + times and after == before
+    assert make(ints, ids.buffer_info()[0], 0) == []
+    for bad in (-1, 1000):
+        out = array("i", [1, bad])
+        with pytest.raises(IndexError, match=f"token id {bad} is outside the table of 1000 ids"):
+            make(ints, out.buffer_info()[0], 2)
+    with pytest.raises(TypeError, match="list of ints"):
+        make(tuple(ints), ids.buffer_info()[0], 1)
+
+
+def test_without_python_headers_lists_come_from_tolist(monkeypatch, tmp_path):
+    """A Python without its C headers: cpu_pylist.c is not built (no compiler run, no line at every engine start),
+    and the C encoder's ids still come back as lists."""
+    import sysconfig
+
+    real = sysconfig.get_paths
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: {**real(*a, **k), "include": str(tmp_path)})
+    monkeypatch.setattr(cencode, "WARMUP", 0)
+    cbuild.load.cache_clear()
+    cencode._list_maker.cache_clear()
+    try:
+        assert "cpu_pylist.c" not in cbuild.sources()
+        lib = cbuild.load("cpu_pylist.c")
+        assert lib.lib is None and "no C headers" in lib.error and "Python.h is missing" in lib.error
+        tok = load_tokenizer(artifacts.fetch("gpt2-tiktoken"), pattern="gpt2")
+        assert tok.encode("hello world, hello") == [31373, 995, 11, 23748]
+        assert tok._fast._enc is None or tok._fast._enc._to_list is None
+    finally:
+        cbuild.load.cache_clear()
+        cencode._list_maker.cache_clear()

@@ -36,6 +36,10 @@ from pathlib import Path
 
 _MATH = ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 FLAG_SETS = (["-O3", "-march=native", "-fopenmp", *_MATH], ["-O3", "-march=native", *_MATH], ["-O3", *_MATH])
+# Sources that call Python's C API (loaded with ctypes.PyDLL, the GIL held): built against this interpreter's headers,
+# so the path (hence the version) is in their cache key; without the headers (a Python without its -dev package) the
+# build fails and their callers keep the pure-Python route.
+PYTHON_API = frozenset({"cpu_pylist.c"})
 COMPILE_TIMEOUT_S = 120.0  # one compiler run; past it the build stops (later flag sets would hang the same way)
 _TIMED_OUT = "the compiler ran past"
 _CPUINFO = Path("/proc/cpuinfo")
@@ -118,8 +122,20 @@ def dtype_functions(source_name: str, prefix: str, argtypes: list, has_f16: str)
 
 
 def sources() -> list[str]:
-    """The file names of every C kernel in llmlab/kernels."""
-    return sorted(p.name for p in Path(__file__).parent.glob("*.c"))
+    """The file names of every C kernel in llmlab/kernels that can build here (a PYTHON_API one needs Python.h)."""
+    return sorted(p.name for p in Path(__file__).parent.glob("*.c") if _no_headers(p.name) is None)
+
+
+def _no_headers(source_name: str) -> str | None:
+    """Why a PYTHON_API source cannot build here (this Python has no Python.h), else None."""
+    if source_name not in PYTHON_API:
+        return None
+    import sysconfig
+
+    include = Path(sysconfig.get_paths()["include"])
+    if (include / "Python.h").exists():
+        return None
+    return f"this Python has no C headers ({include / 'Python.h'} is missing: its -dev package)"
 
 
 def prebuild(source_names: list[str] | None = None) -> list[str]:
@@ -157,7 +173,8 @@ def _paths(cc: str, source_name: str) -> list[Path]:
     from llmlab.artifacts import cache_dir
 
     text, cpu = _source_text(source_name), _cpu_signature().encode()
-    keys = [hashlib.sha256(text + " ".join([cc, *flags]).encode() + cpu).hexdigest() for flags in FLAG_SETS]
+    extra = _extra_flags(source_name)
+    keys = [hashlib.sha256(text + " ".join([cc, *flags, *extra]).encode() + cpu).hexdigest() for flags in FLAG_SETS]
     return [cache_dir() / "kernels" / f"{Path(source_name).stem}-{key[:16]}.so" for key in keys]
 
 
@@ -167,6 +184,8 @@ def load(source_name: str) -> CLibrary:
     cc = compiler()
     if cc is None:
         return CLibrary(None, "no C compiler found (set $CC or install gcc/clang)")
+    if (why := _no_headers(source_name)) is not None:
+        return CLibrary(None, why)
     source = Path(__file__).with_name(source_name)
     paths = _paths(cc, source_name)
     last = ""
@@ -263,6 +282,13 @@ def _cause(stderr: str) -> str:
                 next((ln for ln in useful if "ld:" in ln and "warning" not in ln), lines[-1] if lines else ""))
 
 
+def _extra_flags(source_name: str) -> list[str]:
+    """The Python headers' folder for a source of PYTHON_API, else nothing."""
+    import sysconfig
+
+    return ["-I", sysconfig.get_paths()["include"]] if source_name in PYTHON_API else []
+
+
 def _compile(cc: str, flags: list[str], source: Path, path: Path) -> str:
     """Compile `source` to `path` atomically; '' on success, else why not (_cause)."""
     try:
@@ -273,9 +299,9 @@ def _compile(cc: str, flags: list[str], source: Path, path: Path) -> str:
         return f"cannot write to {path.parent} ({e.strerror}); set $LLMLAB_CACHE to a writable directory"
     try:
         # its own process group: a compiler that hangs is stopped with its children (cc1, as, ld), not just the driver
-        proc = subprocess.Popen([*shlex.split(cc), *flags, "-shared", "-fPIC", "-I", str(source.parent), "-o", tmp,
-                                 str(source), "-lm"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen([*shlex.split(cc), *flags, "-shared", "-fPIC", "-I", str(source.parent),
+                                 *_extra_flags(source.name), "-o", tmp, str(source), "-lm"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             _, stderr = proc.communicate(timeout=COMPILE_TIMEOUT_S)
         except BaseException as e:  # the timeout, or Ctrl-C (which the compiler's own session does not get)

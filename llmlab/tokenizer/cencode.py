@@ -64,6 +64,20 @@ def _functions() -> ctypes.CDLL | None:
     return fns
 
 
+@functools.cache
+def _list_maker() -> Callable | None:
+    """cpu_pylist.c's ids_to_list(ints, ids pointer, n) -> list (the GIL held: PyDLL), or None where it cannot build
+    (no Python.h): then array.tolist makes the list."""
+    from llmlab.kernels import cbuild
+
+    lib = cbuild.load("cpu_pylist.c").lib
+    if lib is None:
+        return None
+    fn = ctypes.PyDLL(lib._name).ids_to_list
+    fn.argtypes, fn.restype = [ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t], ctypes.py_object
+    return fn
+
+
 # cpu_bpe.c's character classes (its C_* bits): C_UPPER and C_LOWER are o200k's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and
 # [\p{Ll}\p{Lm}\p{Lo}\p{M}]; a character without C_LETTER, C_DIGIT or C_SPACE is "other" ([^\s\p{L}\p{N}])
 C_LETTER, C_UPPER, C_LOWER, C_DIGIT, C_SPACE, C_NEWLINE = 1, 2, 4, 8, 16, 32
@@ -136,6 +150,9 @@ class _Encoder:
             addr(byte_ids), classes() if kind != SPM else None, limit)  # (SentencePiece's words need no classes)
         self._free, self._encode = fns.bpe_encoder_free, fns.bpe_encode
         self._local = threading.local()
+        # every id C can give, as int objects, for lists made in C (_list_maker): 28 + 8 bytes an id (o200k: 7 MB)
+        self._to_list = _list_maker()
+        self._ints = list(range(max(model.vocab.values(), default=0) + 1)) if self._to_list is not None else None
         _ = self.handle  # this thread's now: no memory for it raises here, and the model stays in Python
 
     @property
@@ -148,6 +165,13 @@ class _Encoder:
                 raise MemoryError("the C encoder could not allocate its cache")
             mine = self._local.mine = _Handle(handle, self._free, self._keep)
         return mine.handle
+
+    def ids(self, text: str) -> list[int] | None:
+        """The ids of `text` as a list, or None where C failed."""
+        out = self(text)
+        if out is None or self._to_list is None:
+            return None if out is None else out.tolist()
+        return self._to_list(self._ints, out.buffer_info()[0], len(out))
 
     def __call__(self, text: str) -> array | None:
         """The ids of `text` (an int32 array: a list of Python ints costs more than the encoding, where a caller
@@ -189,23 +213,33 @@ class CEncoder:
             return cls(model, SPM, metaspace)
         return None
 
-    def __call__(self, text: str, first: bool = True) -> array | None:
+    def __call__(self, text: str, first: bool = True) -> list[int] | None:
         """The ids of `text` (well-formed: no lone surrogate; `first`: it starts the input, for Metaspace's
-        prepend_scheme "first") through C, as an int32 array; None while C is warming up or unavailable."""
+        prepend_scheme "first") through C; None while C is warming up or unavailable."""
+        enc, text = self._ready(text, first)
+        return enc.ids(text) if enc is not None else None
+
+    def array(self, text: str, first: bool = True) -> array | None:
+        """The same ids as an int32 array (no Python int made for each: Tokenizer.encode_to_numpy)."""
+        enc, text = self._ready(text, first)
+        return enc(text) if enc is not None else None
+
+    def _ready(self, text: str, first: bool) -> tuple[_Encoder | None, str]:
+        """(the encoder, the text as it takes it), or (None, _) where Python must encode."""
         if self._off or len(text) >= 1 << 28:
-            return None
+            return None, text
         if self._prepare is not None:  # Metaspace without split: one text, spaces as "▁", the "▁" prepended
             text = "".join(self._prepare(text, first))
         if self._user is not None and self._user.search(text):
-            return None
+            return None, text
         enc = self._enc
         if enc is None:
             self._work += len(text)
             if self._work < WARMUP:
-                return None
+                return None, text
             with self._building:
                 if self._off:
-                    return None
+                    return None, text
                 if (enc := self._enc) is None:
                     fns = _functions()
                     try:
@@ -214,5 +248,5 @@ class CEncoder:
                         enc = None
                     if enc is None:
                         self._off = True
-                        return None
-        return enc(text)
+                        return None, text
+        return enc, text

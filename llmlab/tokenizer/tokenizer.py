@@ -462,13 +462,13 @@ class Tokenizer:
         text = _well_formed(text)
         if self._normalize is not None:
             text = self._normalize(text)
-        if self._fast is not None and (ids := self._fast(text)) is not None:
+        if self._fast is not None and (ids := self._fast.array(text)) is not None:
             return np.frombuffer(ids, dtype=np.int32).astype(dtype)
         return np.asarray(self._encode_python(text), dtype=dtype)
 
     def _encode_normalized(self, text: str, first: bool = True) -> list[int]:
         if self._fast is not None and (ids := self._fast(text, first)) is not None:
-            return ids.tolist()
+            return ids
         return self._encode_python(text, first)
 
     def _encode_python(self, text: str, first: bool = True) -> list[int]:
