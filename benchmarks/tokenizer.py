@@ -149,6 +149,8 @@ def batch_section(train: list[str], train_bytes: int) -> dict:
         t_tk, ids_tk = timed(lambda e=enc: e.encode_ordinary_batch(train, num_threads=threads), repeat=2)
         t_cold, ids_cold = timed(lambda o=ours: o.encode_ordinary_batch(train, num_threads=threads))
         t_warm, ids_warm = timed(lambda o=ours: o.encode_ordinary_batch(train, num_threads=threads), repeat=2)
+        one = load_tokenizer(path, pattern=name)  # the same on one thread, a fresh tokenizer
+        t_one, _ = timed(lambda o=one: o.encode_ordinary_batch(train, num_threads=1))
         t_np_tk, np_tk = timed(lambda e=enc: [e.encode_to_numpy(t) for t in train], repeat=2)
         t_np, np_ours = timed(lambda o=ours: [o.encode_to_numpy(t) for t in train], repeat=2)  # warm
         t_list, _ = timed(lambda o=ours: [o.encode_ordinary(t) for t in train], repeat=2)  # warm, one thread
@@ -156,6 +158,7 @@ def batch_section(train: list[str], train_bytes: int) -> dict:
         out[name] = {
             "batch_mb_s": {"llmlab_cold": mbs(t_cold), "llmlab_warm": mbs(t_warm), "tiktoken": mbs(t_tk)},
             "batch_ratio_vs_tiktoken": {"cold": round(t_tk / t_cold, 3), "warm": round(t_tk / t_warm, 3)},
+            "one_thread_mb_s": {"llmlab_cold": mbs(t_one), "llmlab_warm": mbs(t_list)},
             "to_numpy_mb_s": {"llmlab_warm": mbs(t_np), "tiktoken": mbs(t_np_tk), "llmlab_list_warm": mbs(t_list)},
             "to_numpy_ratio_vs_tiktoken": round(t_np_tk / t_np, 3),
             "ids_identical": ids_tk == ids_cold == ids_warm and all(
@@ -352,7 +355,8 @@ def main() -> int:
         r = batch[name]
         for kind in ("cold", "warm"):
             print(f"{f'{name} batch MB/s, {kind}':26}{r['batch_mb_s']['llmlab_' + kind]:>10.2f}"
-                  f"{r['batch_mb_s']['tiktoken']:>10.2f}   {r['batch_ratio_vs_tiktoken'][kind]:.2f}x tiktoken")
+                  f"{r['batch_mb_s']['tiktoken']:>10.2f}   {r['batch_ratio_vs_tiktoken'][kind]:.2f}x tiktoken "
+                  f"(llmlab on one thread: {r['one_thread_mb_s']['llmlab_' + kind]:.2f})")
         print(f"{f'{name} to_numpy MB/s, warm':26}{r['to_numpy_mb_s']['llmlab_warm']:>10.2f}"
               f"{r['to_numpy_mb_s']['tiktoken']:>10.2f}   {r['to_numpy_ratio_vs_tiktoken']:.2f}x tiktoken "
               f"(llmlab as a list: {r['to_numpy_mb_s']['llmlab_list_warm']:.2f})")

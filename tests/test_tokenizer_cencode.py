@@ -396,9 +396,10 @@ def test_encode_batch_on_threads_is_encode_in_order(monkeypatch, name, pattern):
     pool = tok._pool[2]
     tok.encode_batch(texts[:4], num_threads=3)
     assert tok._pool[2] is pool  # the same threads, their caches warm
-    assert tok.encode_batch(texts) == [ref.encode(t) for t in texts]  # the default: the usable cores
+    assert tok.encode_batch(texts) == [ref.encode(t) for t in texts]  # the default: one thread
+    assert tok._pool[2] is pool  # (the pool is left as it was)
     assert tok.encode_batch([]) == []
-    for bad in (0, -1, 1.5, True, "2"):
+    for bad in (0, -1, 1.5, True, "2", None):
         with pytest.raises(TokenizerError, match="num_threads must be a whole number >= 1"):
             tok.encode_batch(texts, num_threads=bad)
     with pytest.raises(TokenizerError, match="one str"):
