@@ -494,7 +494,7 @@ class Tokenizer:
     def encode_batch(self, texts: Iterable[str], *, num_threads: int = 1, **kw) -> list[list[int]]:
         """encode(text, **kw) of each text, in order, on `num_threads` threads (default 1). Where the C encoder runs
         (cencode.py) it releases the GIL, each thread with a cache of its own (the threads stay for the next batch,
-        their caches warm). On a 2-core VM two threads measured 0.8-1.4x one thread cold and 0.6-1.0x warm
+        their caches warm). On a 2-core VM two threads measured 0.8-1.4x one thread cold and 0.6-1.1x warm
         (benchmarks/tokenizer.py section 6): each thread merges the pieces its own cache has not seen, and lists
         are made under the GIL; hence one thread unless asked (tiktoken's encode_batch defaults to 8)."""
         return self._batch(self.encode, texts, num_threads, kw)
