@@ -37,8 +37,8 @@ from pathlib import Path
 _MATH = ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 FLAG_SETS = (["-O3", "-march=native", "-fopenmp", *_MATH], ["-O3", "-march=native", *_MATH], ["-O3", *_MATH])
 # Sources that call Python's C API (loaded with ctypes.PyDLL, the GIL held): built against this interpreter's headers,
-# so the path (hence the version) is in their cache key; without the headers (a Python without its -dev package) the
-# build fails and their callers keep the pure-Python route.
+# so the path (hence the version) is in their cache key; without the headers (a Python without its -dev package) they
+# are not built (`load` says why, `sources` leaves them out) and their callers keep the pure-Python route.
 PYTHON_API = frozenset({"cpu_pylist.c"})
 COMPILE_TIMEOUT_S = 120.0  # one compiler run; past it the build stops (later flag sets would hang the same way)
 _TIMED_OUT = "the compiler ran past"

@@ -3,7 +3,8 @@
     fast = CEncoder.of(model, patterns)  # byte-level BPE whose pre-split is PATTERNS' gpt2, cl100k, o200k, llama3,
                                          # qwen2 or SmolLM2's single digits + gpt2; SentencePiece-style BPE (Llama 2,
                                          # Mistral) split into "▁" words; else None
-    fast(text) -> array("i") | None      # the ids of text, or None: encode it in Python
+    fast(text) -> list[int] | None       # the ids of text, or None: encode it in Python
+    fast.array(text) -> array("i") | None  # the same as int32s (Tokenizer.encode_to_numpy)
 
 The Python encode spends its time making a str per piece and looking it up (a chunk cache takes most of that away
 once warm, not on first sight); C splits the text with each pattern's alternatives written out over character
