@@ -109,18 +109,26 @@ def sentencepiece_section(train: list[str], train_bytes: int) -> dict | None:
             "sentencepiece_version": sentencepiece.__version__}
 
 
-def ranks_section(train: list[str], train_bytes: int) -> dict:
-    """Encoding with the cl100k and o200k ranks: llmlab (cold, warm) vs tiktoken, per encoding."""
+def ranks_pair(name: str):
+    """(loader of a fresh llmlab tokenizer, tiktoken's Encoding) for the `name` ranks (gpt2, cl100k, o200k), both on
+    the ranks file fetched through llmlab.artifacts, without special tokens."""
     import tiktoken
 
     from llmlab import artifacts, load_tokenizer
     from llmlab.tokenizer import PATTERNS
 
+    path = artifacts.fetch(f"{name}-tiktoken")
+    load = lambda: load_tokenizer(path, pattern=name)  # noqa: E731
+    return load, tiktoken.Encoding(name, pat_str=PATTERNS[name], mergeable_ranks=load().model.vocab,
+                                   special_tokens={})
+
+
+def ranks_section(train: list[str], train_bytes: int) -> dict:
+    """Encoding with the cl100k and o200k ranks: llmlab (cold, warm) vs tiktoken, per encoding."""
     out = {}
     for name in ("cl100k", "o200k"):
-        path = artifacts.fetch(f"{name}-tiktoken")
-        ours = load_tokenizer(path, pattern=name)
-        enc = tiktoken.Encoding(name, pat_str=PATTERNS[name], mergeable_ranks=ours.model.vocab, special_tokens={})
+        load, enc = ranks_pair(name)
+        ours = load()
         t_tk, ids_tk = timed(lambda e=enc: [e.encode_ordinary(t) for t in train], repeat=2)
         t_cold, ids_cold = timed(lambda o=ours: [o.encode(t) for t in train])
         t_warm, ids_warm = timed(lambda o=ours: [o.encode(t) for t in train], repeat=2)
@@ -135,21 +143,16 @@ def batch_section(train: list[str], train_bytes: int) -> dict:
     """Many documents at once on the usable cores (threads: each library's batch call), and one document's ids as a
     NumPy array (what `data prepare` writes), with the GPT-2, cl100k and o200k ranks: llmlab vs tiktoken."""
     import numpy as np
-    import tiktoken
-
-    from llmlab import artifacts, load_tokenizer
-    from llmlab.tokenizer import PATTERNS
 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     out = {"threads": threads}
     for name in ("gpt2", "cl100k", "o200k"):
-        path = artifacts.fetch(f"{name}-tiktoken")
-        ours = load_tokenizer(path, pattern=name)
-        enc = tiktoken.Encoding(name, pat_str=PATTERNS[name], mergeable_ranks=ours.model.vocab, special_tokens={})
+        load, enc = ranks_pair(name)
+        ours = load()
         t_tk, ids_tk = timed(lambda e=enc: e.encode_ordinary_batch(train, num_threads=threads), repeat=2)
         t_cold, ids_cold = timed(lambda o=ours: o.encode_ordinary_batch(train, num_threads=threads))
         t_warm, ids_warm = timed(lambda o=ours: o.encode_ordinary_batch(train, num_threads=threads), repeat=2)
-        one = load_tokenizer(path, pattern=name)  # the same on one thread, a fresh tokenizer
+        one = load()  # the same on one thread, a fresh tokenizer
         t_one, _ = timed(lambda o=one: o.encode_ordinary_batch(train, num_threads=1))
         t_np_tk, np_tk = timed(lambda e=enc: [e.encode_to_numpy(t) for t in train], repeat=2)
         t_np, np_ours = timed(lambda o=ours: [o.encode_to_numpy(t) for t in train], repeat=2)  # warm
@@ -191,10 +194,7 @@ def po_strings(text: str) -> list[str]:
 def scripts_section(warm_up: list[str]) -> dict:
     """Encoding text in other scripts (Django's translations): llmlab (cold, warm) vs tiktoken with the GPT-2, cl100k
     and o200k ranks, and vs sentencepiece with Mistral 7B's tokenizer.model (when sentencepiece is installed)."""
-    import tiktoken
-
     from llmlab import artifacts, load_tokenizer
-    from llmlab.tokenizer import PATTERNS
 
     root = artifacts.fetch("django-locale")
     docs: dict[str, list[str]] = {"all": []}
@@ -206,10 +206,8 @@ def scripts_section(warm_up: list[str]) -> dict:
                 docs.setdefault(script, []).append(text)
     refs = []  # (name, our tokenizer's loader, reference name, its encode)
     for name in ("gpt2", "cl100k", "o200k"):
-        path = artifacts.fetch(f"{name}-tiktoken")
-        vocab = load_tokenizer(path, pattern=name).model.vocab
-        enc = tiktoken.Encoding(name, pat_str=PATTERNS[name], mergeable_ranks=vocab, special_tokens={})
-        refs.append((name, lambda p=path, n=name: load_tokenizer(p, pattern=n), "tiktoken", enc.encode_ordinary))
+        load, enc = ranks_pair(name)
+        refs.append((name, load, "tiktoken", enc.encode_ordinary))
     try:
         import sentencepiece
     except ImportError:

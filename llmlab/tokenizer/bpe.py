@@ -30,9 +30,8 @@ from itertools import accumulate
 
 import regex
 
-import llmlab.tokenizer.cmerge as cmerge
 from llmlab.errors import TokenizerError
-from llmlab.tokenizer.cmerge import CMerger
+from llmlab.tokenizer.cmerge import CMerger, RankTable
 from llmlab.tokenizer.rebuild import Rebuilt
 
 # Pre-split regexes. "gpt2" is the pattern of the original GPT-2 release (what Hugging Face's
@@ -213,19 +212,9 @@ class BPEModel(Rebuilt):
                 rk[i - 1] = pr.get((ids[i - 1], ids[i]), _INF)
         return tuple(ids)
 
-    def _rank_table(self) -> cmerge.RankTable | None:
-        """Ranks mode's C table (the one the merges and the C encoder share), or None without a C compiler or for
-        ranks past int32."""
-        c = self._c
-        if not isinstance(c._table, cmerge.RankTable):
-            lib = cmerge._library()
-            if lib is None:
-                return None
-            try:
-                c._table = cmerge.RankTable(lib, self.vocab)
-            except OverflowError:
-                return None
-        return c._table
+    def _rank_table(self) -> RankTable | None:
+        """Ranks mode's C table (the one the merges and the C encoder share), or None without C."""
+        return self._c.table()
 
     def derive_merges(self) -> list[tuple[bytes, bytes]]:
         """Explicit merges for a ranks-mode vocabulary (to write a tokenizer.json).

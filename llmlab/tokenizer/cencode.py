@@ -32,7 +32,7 @@ from collections.abc import Callable
 import regex
 
 from llmlab.tokenizer.bpe import PATTERNS, BPEModel
-from llmlab.tokenizer.cmerge import PairTable, RankTable, _library
+from llmlab.tokenizer.cmerge import RankTable, _library
 from llmlab.tokenizer.spm import SPACE, PieceBPEModel
 
 WARMUP = 1 << 16  # bytes encoded in Python before the C encoder is built
@@ -130,17 +130,17 @@ class _Encoder:
 
     def __init__(self, fns: ctypes.CDLL, kind: int, model: BPEModel | PieceBPEModel, limit: int = CACHE_LIMIT):
         addr = lambda a: a.buffer_info()[0] if a is not None else None  # noqa: E731
-        c = model._c
+        table = model._c.table()  # the merge rules' table (ranks mode: the ranks'), shared with the Python path's misses
+        if table is None:
+            raise OverflowError("the model's merge table does not fit C's int32 ids, ranks or offsets")
         if kind == SPM:  # characters -> ids (a bytes table of the vocabulary), the merge rules, the byte pieces
-            pairs = c._table = c._table if isinstance(c._table, PairTable) else PairTable(_library(), model._c_pairs())
+            pairs = table
             vocab = RankTable(_library(), {p.encode("utf-8"): i for p, i in model.vocab.items()})
             byte_ids = array("i", model._byte_ids)
         elif model.ranks_mode:
-            table = c._table if isinstance(c._table, RankTable) else RankTable(_library(), model.vocab)
-            c._table = table  # the Python path's misses share it
             vocab, pairs, byte_ids = table, None, None
         else:
-            pairs = c._table = c._table if isinstance(c._table, PairTable) else PairTable(_library(), model._c_pairs())
+            pairs = table
             vocab = RankTable(_library(), model.vocab) if model.ignore_merges else None
             byte_ids = array("i", (-1 if i is None else i for i in model._byte_id))
         self._keep = (vocab, pairs, byte_ids)
@@ -170,8 +170,10 @@ class _Encoder:
     def ids(self, text: str) -> list[int] | None:
         """The ids of `text` as a list, or None where C failed."""
         out = self(text)
-        if out is None or self._to_list is None:
-            return None if out is None else out.tolist()
+        if out is None:
+            return None
+        if self._to_list is None:
+            return out.tolist()
         return self._to_list(self._ints, out.buffer_info()[0], len(out))
 
     def __call__(self, text: str) -> array | None:

@@ -116,6 +116,19 @@ class CMerger:
         self._table: PairTable | RankTable | None = None
         self._off = False
 
+    def table(self) -> PairTable | RankTable | None:
+        """The C table, built now if it is not yet (the C encoder and BPEModel.derive_merges share it); None without
+        a C library or for ids, ranks or offsets past int32 (C then stays off: the Python loop does the work)."""
+        if self._table is None and not self._off:
+            lib = _library()
+            try:
+                self._table = None if lib is None else \
+                    PairTable(lib, self._pairs()) if self._ranks is None else RankTable(lib, self._ranks)
+            except OverflowError:
+                pass
+            self._off = self._table is None
+        return self._table
+
     def __call__(self, ids: list[int] | bytes) -> list[int] | None:
         """The merged ids of `ids` (merge rules) or the ranks of a piece's bytes (ranks mode); None: use Python."""
         table = self._table
@@ -123,18 +136,8 @@ class CMerger:
             if self._off:
                 return None
             self._work += len(ids) ** 2
-            if self._work < WARMUP:
+            if self._work < WARMUP or (table := self.table()) is None:
                 return None
-            lib = _library()
-            if lib is None:
-                self._off = True
-                return None
-            try:
-                table = PairTable(lib, self._pairs()) if self._ranks is None else RankTable(lib, self._ranks)
-            except OverflowError:  # ids, ranks or offsets past int32: the Python loop does the work
-                self._off = True
-                return None
-            self._table = table
         return table.merge(ids)
 
 

@@ -264,6 +264,12 @@ def _apply_all(fns: list[Callable[[str], str]], s: str) -> str:
     return s
 
 
+def _need_str(text, caller: str) -> str:
+    if not isinstance(text, str):
+        raise TokenizerError(f"{caller}() takes a str, got {type(text).__name__}; decode bytes first.")
+    return text
+
+
 def _well_formed(text: str) -> str:
     """`text` as UTF-8 can hold it: a lone surrogate (a str may hold one) becomes U+FFFD, a pair split in two
     surrogates becomes its character."""
@@ -274,6 +280,11 @@ def _well_formed(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+def _plain_splits(stages: list) -> bool:
+    """Whether every stage is a pattern split that keeps the text between matches and adds nothing."""
+    return all(isinstance(st, _Split) and not st.prefix_space and st.keep_gaps for st in stages)
 
 
 class _WordCache(dict):
@@ -334,13 +345,13 @@ class Tokenizer:
             self._cache = _WordCache(lambda p: model.encode_piece(p.encode("utf-8")))
         else:
             self._cache = _WordCache(model.encode_word)
-        plain = all(isinstance(st, _Split) and not st.prefix_space and st.keep_gaps for st in self._stages)
+        plain = _plain_splits(self._stages)
         coarse = coarse_split(self._stages[0].pattern.pattern) if plain and len(self._stages) == 1 else None
         # text in C, start to end (cencode.py), for byte-level BPE with a pre-split it knows and SentencePiece's words
         # (after a Metaspace that does not split: transformers' tokenizer.json for a tokenizer.model)
         meta = self._stages[0] if self._stages and isinstance(self._stages[0], _Metaspace) else None
         rest = self._stages[1:] if meta is not None else self._stages
-        if all(isinstance(st, _Split) and not st.prefix_space and st.keep_gaps for st in rest):
+        if _plain_splits(rest):
             self._fast = CEncoder.of(model, tuple(st.pattern.pattern for st in rest), meta)
         else:
             self._fast = None
@@ -411,8 +422,7 @@ class Tokenizer:
         """Ids of `text`. Special tokens in the text are recognised only if allowed
         (`"all"`, or a set of token strings); `add_special_tokens` applies the tokenizer's
         template (e.g. BERT's [CLS] ... [SEP])."""
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode() takes a str, got {type(text).__name__}; decode bytes first.")
+        _need_str(text, "encode")
         raw, normalized = self._added_splits(allowed_special)
         if raw is None and normalized is None:
             ids = self.encode_ordinary(text)
@@ -436,12 +446,12 @@ class Tokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text` with no special-token handling at all (the hot path)."""
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode_ordinary() takes a str, got {type(text).__name__}; decode bytes first.")
-        text = _well_formed(text)
-        if self._normalize is not None:
-            text = self._normalize(text)
-        return self._encode_normalized(text)
+        return self._encode_normalized(self._ordinary_text(text, "encode_ordinary"))
+
+    def _ordinary_text(self, text: str, caller: str) -> str:
+        """`text` checked, well-formed and normalized, as the ordinary encode takes it."""
+        text = _well_formed(_need_str(text, caller))
+        return self._normalize(text) if self._normalize is not None else text
 
     def encode_to_numpy(self, text: str, *, allowed_special: Literal["all", "none"] | Collection[str] = "none",
                         dtype="uint32"):
@@ -450,8 +460,7 @@ class Tokenizer:
         shards this way)."""
         import numpy as np
 
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode_to_numpy() takes a str, got {type(text).__name__}; decode bytes first.")
+        _need_str(text, "encode_to_numpy")
         dtype = np.dtype(dtype)
         if dtype.kind not in "iu" or np.iinfo(dtype).max < self.vocab_size - 1:
             raise TokenizerError(f"encode_to_numpy() dtype {dtype} cannot hold ids up to {self.vocab_size - 1}; use "
@@ -459,9 +468,7 @@ class Tokenizer:
         raw, normalized = self._added_splits(allowed_special)
         if raw is not None or normalized is not None:
             return np.asarray(self.encode(text, allowed_special=allowed_special), dtype=dtype)
-        text = _well_formed(text)
-        if self._normalize is not None:
-            text = self._normalize(text)
+        text = self._ordinary_text(text, "encode_to_numpy")
         if self._fast is not None and (ids := self._fast.array(text)) is not None:
             return np.frombuffer(ids, dtype=np.int32).astype(dtype)
         return np.asarray(self._encode_python(text), dtype=dtype)
@@ -506,7 +513,8 @@ class Tokenizer:
     def _batch(self, fn: Callable[..., list[int]], texts: Iterable[str], num_threads: int,
                kw: dict) -> list[list[int]]:
         if isinstance(texts, str):
-            raise TokenizerError("encode_batch() takes a list of str, got one str; pass [text], or call encode().")
+            raise TokenizerError(f"{fn.__name__}_batch() takes a list of str, got one str; pass [text], or call "
+                                 f"{fn.__name__}().")
         texts = list(texts)
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise TokenizerError(f"num_threads must be a whole number >= 1, got {num_threads!r}.")
