@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmlab.errors import CheckpointError
+from llmlab.errors import CheckpointError, is_int
 
 _NAME = re.compile(r"step-\d+")  # what save_checkpoint names a checkpoint (step-000200)
 
@@ -140,10 +140,28 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{state_file} is not valid JSON ({e}); the checkpoint is damaged: delete "
                               f"{path} to resume from the one before, or start a fresh run.") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise CheckpointError(f"{state_file} has no step; the checkpoint is damaged: delete {path} to resume "
-                              "from the one before, or start a fresh run.")
+    if not isinstance(state, dict):
+        state = {}
+    for key, (ok, meaning) in _STATE_FIELDS.items():
+        if not ok(state.get(key)):
+            raise CheckpointError(f"{state_file} {'lacks' if key not in state else 'has no valid'} {key} ({meaning}); "
+                                  f"the checkpoint is damaged: delete {path} to resume from the one before, or start "
+                                  "a fresh run.")
     return state
+
+
+# what a resume reads back from trainer_state.json (save_checkpoint and train write it): key -> (test, its meaning);
+# checked up front, so that an edited or damaged file is one sentence, not a KeyError from halfway through a resume
+_STATE_FIELDS = {
+    "step": (lambda v: is_int(v) and v >= 0, "a step number"),
+    "config": (lambda v: isinstance(v, dict), "the run's config"),
+    "loader": (lambda v: isinstance(v, dict) and is_int(v.get("step")) and is_int(v.get("seed")),
+               "the data position"),
+    "scaler": (lambda v: isinstance(v, dict) and all(k in v for k in ("scale", "good_steps", "skipped")),
+               "the loss scaler's state"),
+    "optimizer_param_groups": (lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v),
+                               "the optimizer's parameter groups"),
+}
 
 
 _TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # train now fills eos_token_id from the shards
