@@ -60,7 +60,7 @@ def parse_overrides(extra: list[str]) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from llmlab.data.shards import ShardInfo
     from llmlab.train.config import PRESETS, build_config, check_override_keys
-    from llmlab.train.loop import no_validation_reason, train
+    from llmlab.train.loop import TrainingInterrupted, no_validation_reason, train
 
     overrides = parse_overrides(args.overrides)
     check_override_keys(overrides)  # a misspelt key first: fixing one error must not reveal the next
@@ -82,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     try:
         result = train(cfg, resume=args.resume)
-    except KeyboardInterrupt:  # Ctrl-C: say what --resume would continue from
+    except TrainingInterrupted as e:  # Ctrl-C in the loop: the step under way was finished and saved
+        print(f"interrupted at step {e.step}; saved {e.checkpoint}, which --resume continues from.", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C before the loop, or a second one: say what --resume would continue from
         from llmlab.train.checkpoint import latest_checkpoint
 
         newest = latest_checkpoint(Path(cfg.out) / "checkpoints")

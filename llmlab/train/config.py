@@ -143,7 +143,7 @@ FIELD_DOCS: dict[str, str] = {
     "eval_every": "steps between validation losses (0: only at the end)",
     "eval_batches": "validation batches per evaluation",
     "log_every": "steps between logged train losses (metrics.jsonl, progress bar)",
-    "ckpt_every": "steps between checkpoints (0: only at the end)",
+    "ckpt_every": "steps between checkpoints (0: only at the end; Ctrl-C also saves the step it stops at)",
     "keep_last": "checkpoints kept on disk (older ones are deleted)",
     "seed": "seed of the initial weights, data order and dropout",
     "progress": "show a progress bar (true/false)",

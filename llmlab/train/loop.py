@@ -6,7 +6,8 @@
 Per optimizer step: `grad_accum` micro-batches (loss / grad_accum, so the sum of micro-gradients is
 the gradient of the mean over the big batch), dynamic loss scaling for fp16, unscale -> clip ->
 AdamW with the scheduled learning rate. Logged: JSONL metrics, a tqdm bar with tokens/s (and MFU on
-a GPU with a known peak), periodic validation loss / perplexity, atomic checkpoints.
+a GPU with a known peak), periodic validation loss / perplexity, atomic checkpoints. Ctrl-C lets the step under
+way finish, saves it and raises `TrainingInterrupted` (a KeyboardInterrupt); a second Ctrl-C stops at once.
 
 Determinism: on CPU in fp32 a run resumed from step k replays exactly the batches, dropout masks
 and updates of an uninterrupted run (data order is a function of (seed, step); RNG states are
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -63,6 +67,14 @@ class TrainResult:
     metrics: Path
     stopped_early: bool = False
     already_complete: bool = False  # resumed at max_steps: nothing trained or written, the checkpoint's numbers
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, raised once the step under way has finished and been saved to `checkpoint`."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}; saved {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
 
 
 def resolve_device(name: str) -> torch.device:
@@ -256,7 +268,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
                dynamic_ncols=True)
     say = bar.write if cfg.progress else log
     evaluated = saved_at = None  # the last eval's (step, val loss) and save's (step, path), if any
+    interrupt = _StopAfterStep()
     try:  # the bar is closed before any error or Ctrl-C message is printed
+        interrupt.install()
         for step in range(start, cfg.max_steps):
             lr = lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                        min_lr_ratio=cfg.min_lr_ratio)
@@ -307,11 +321,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
                     saved_at = (done, save(done, float(loss_t), val if eval_now else None))
                 pause = time.perf_counter() - t_pause
                 paused, paused_since_log = paused + pause, paused_since_log + pause
+            if interrupt.asked and done < cfg.max_steps:  # (at max_steps the run ends and saves as usual)
+                path = saved_at[1] if saved_at is not None and saved_at[0] == done else save(
+                    done, float(loss_t), evaluated[1] if evaluated is not None and evaluated[0] == done else None)
+                raise TrainingInterrupted(done, path)
             if out_of_time:
                 stopped_early = True
                 say(f"time budget of {cfg.time_budget_s:.0f}s reached at step {done}; stopping.")
                 break
     finally:
+        interrupt.restore()
         bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -339,6 +358,36 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     return TrainResult(steps=final_step, train_loss=loss, val_loss=final_val,
                        tokens_per_s=steps_run * cfg.tokens_per_step / max(seconds, 1e-9), checkpoint=ckpt,
                        metrics=metrics.path, stopped_early=stopped_early)
+
+
+class _StopAfterStep:
+    """Ctrl-C in the training loop: the step under way finishes and is saved (the loop reads `asked` after each
+    step), instead of every step since the last checkpoint being lost (all of them with ckpt_every 0); a second
+    Ctrl-C stops at once. Only where Python's own SIGINT handler is in place: in the main thread, and neither
+    ignored (a background job) nor taken over by the program that calls `train`."""
+
+    def __init__(self):
+        self.asked, self._previous = False, None
+
+    def install(self) -> None:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        try:
+            print("\ninterrupt: saving a checkpoint when this step ends (Ctrl-C again to stop without it)",
+                  file=sys.stderr, flush=True)
+        except RuntimeError:  # the signal came inside a write to stderr (a reentrant call): the note is skipped
+            pass
 
 
 def _check_writable(root: Path) -> None:
