@@ -87,23 +87,28 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.data.shards import prepare_shards
     from llmlab.estimate import count_params
     from llmlab.tokenizer import train_bpe
+    from llmlab.tokenizer.train import DEFAULT_SPECIAL_TOKENS
     from llmlab.train.config import build_config
     from llmlab.train.loop import evaluate, train
 
     if not 0 <= args.seed < 2**32:
         raise ConfigError(f"--seed must be in [0, 2**32), got {args.seed}.")
-    if not args.minutes > 0:
+    if not 0 < args.minutes < math.inf:  # (NaN too) an infinite budget would pass here and fail in train, minutes on
         raise ConfigError(f"--minutes must be a positive number of minutes, got {args.minutes:g}.")
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}; leave it out to train for --minutes.")
+    smallest = 256 + len(DEFAULT_SPECIAL_TOKENS)  # the bytes and the special tokens, before any merge
+    if args.vocab_size < smallest:  # before the corpus is fetched, not in step 2
+        raise ConfigError(f"--vocab-size must be at least {smallest} (256 bytes + {len(DEFAULT_SPECIAL_TOKENS)} "
+                          f"special tokens), got {args.vocab_size}; leave it out for the default 2048.")
     t0 = time.perf_counter()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
 
     print("== 1/5 corpus")
     corpus = resolve_corpus(args.corpus) if args.corpus else default_corpus()
     print(f"{corpus.name}: {len(corpus.files)} files, {corpus.num_bytes / 1e6:.1f} MB")
+    out.mkdir(parents=True, exist_ok=True)  # after the corpus: a missing one leaves no empty --out behind
 
     print(f"== 2/5 byte-level BPE tokenizer, vocab {args.vocab_size}")
     t = time.perf_counter()

@@ -10,6 +10,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 
 def test_demo_runs_end_to_end(tmp_path):
     corpus = tmp_path / "corpus"
@@ -55,6 +57,23 @@ def test_demo_refuses_a_seed_out_of_range(tmp_path, capsys):
     assert main(["demo", "--seed", str(10**20), "--steps", "1", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "--seed must be in [0, 2**32)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--vocab-size", "258"], "--vocab-size must be at least 259 (256 bytes + 3 special tokens), got 258"),
+    (["--minutes", "inf"], "--minutes must be a positive number of minutes, got inf"),
+    (["--corpus", "no-such-file.txt"], "corpus input no-such-file.txt does not exist"),
+])
+def test_demo_refuses_bad_arguments_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+    from llmlab.cli import main
+    from llmlab.data import corpora
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(corpora, "_builtin", lambda name: pytest.fail(f"the {name} corpus was read"))
+    assert main(["demo", *argv, "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()  # nothing written
 
 
 def test_report_states_the_comparison_with_the_bigram_by_its_sign(tmp_path):
