@@ -207,6 +207,20 @@ def test_train_refuses_what_it_cannot_honour(tmp_path, capsys):
         train_wordpiece(["<|endoftext|>"], 300, special_tokens=["[UNK]", "<|endoftext|>"])
 
 
+@pytest.mark.parametrize("out", ["file.txt", "file.txt/tok"])
+def test_train_refuses_an_out_under_a_file_before_training(out, tmp_path, capsys, monkeypatch):
+    from llmlab.tokenizer import train as train_mod
+
+    src = tmp_path / "c.txt"
+    src.write_text(MIXED, encoding="utf-8")
+    (tmp_path / "file.txt").write_text("mine")
+    monkeypatch.setattr(train_mod, "train_bpe", lambda *a, **k: pytest.fail("trained before the --out was checked"))
+    assert main(["tokenizer", "train", "--input", str(src), "--vocab-size", "300", "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'file.txt'} is a file; pass a new or existing directory" in err and "Traceback" not in err
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
 def test_train_notes_when_the_merges_run_out(tmp_path, capsys):
     src = tmp_path / "c.txt"
     src.write_text(MIXED, encoding="utf-8")

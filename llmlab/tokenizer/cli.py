@@ -70,6 +70,10 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.kind == "wordpiece" and args.pattern is not None:
         raise TokenizerError("--pattern applies to --kind bpe; WordPiece always splits as BERT does: drop --pattern.")
+    found = next(p for p in (args.out, *args.out.parents) if p.exists())  # "." at worst
+    if not found.is_dir():  # refused now, not at the save after the training
+        raise TokenizerError(f"--out {args.out} cannot be a directory: {found} is a file; pass a new or existing "
+                             "directory for tokenizer.json.")
     # as `data prepare`: text or record files, directories or a built-in name, one document at a time
     texts = resolve_corpus(args.input, text_field=args.text_field).texts()
     kw = {} if args.special_tokens is None else {"special_tokens": args.special_tokens}
