@@ -64,6 +64,12 @@ def test_data_prepare_warns_when_the_validation_split_is_empty_or_short(shards, 
     assert 0 < val <= 128 and f"the validation split has only {val} tokens" in err
     assert main([*argv, "--out", str(tmp_path / "s2"), "--val-fraction", "0.5"]) == 0
     assert "warning" not in capsys.readouterr().err
+    (tmp_path / "short.txt").write_text("hi\n")  # train then refuses the shards: said now, not only about validation
+    assert main([*argv[:3], str(tmp_path / "short.txt"), *argv[4:], "--out", str(tmp_path / "s3")]) == 0
+    train_tokens = ShardInfo.load(tmp_path / "s3").train_tokens
+    assert (f"warning: the train split has only {train_tokens} tokens, shorter than one sequence of 128 + 1 (preset "
+            f"tiny-cpu), so `llmlab train` refuses these shards unless --seq_len is below {train_tokens}; add text."
+            in capsys.readouterr().err)
 
 
 def test_train_without_preset_or_config_is_refused_before_any_work(shards, tmp_path, capsys):  # noqa: F811

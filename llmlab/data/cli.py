@@ -47,18 +47,22 @@ def run_prepare(args: argparse.Namespace) -> int:
     docs = f"{info.documents} document{'' if info.documents == 1 else 's'}"
     print(f"{docs}, {corpus.num_bytes / 1e6:.1f} MB -> {info.train_tokens:,} train + {info.val_tokens:,} val tokens "
           f"({info.dtype}) in {info.path}")
-    warning = small_val_warning(info, args.val_fraction, records=all(map(is_record_file, corpus.files)))
+    warning = small_split_warning(info, args.val_fraction, records=all(map(is_record_file, corpus.files)))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
-def small_val_warning(info, val_fraction: float, records: bool = False) -> str | None:
-    """A warning when the validation split is empty or shorter than one sequence of the smallest preset; `records`:
-    the corpus is record files (whole records are held out, not tails)."""
+def small_split_warning(info, val_fraction: float, records: bool = False) -> str | None:
+    """A warning when the train split, or else the validation split, is empty or shorter than one sequence of the
+    smallest preset; `records`: the corpus is record files (whole records are held out, not tails)."""
     from llmlab.train.config import PRESETS
 
     preset, seq_len = min(((name, p["seq_len"]) for name, p in PRESETS.items()), key=lambda np_: np_[1])
+    if info.windows("train", seq_len) == 0:  # first: train refuses these shards, with or without validation
+        return (f"the train split has only {info.train_tokens} tokens, shorter than one sequence of {seq_len} + 1 "
+                f"(preset {preset}), so `llmlab train` refuses these shards unless --seq_len is below "
+                f"{info.train_tokens}; add text.")
     if info.val_tokens <= 1:
         why = ("--val-fraction is 0" if val_fraction == 0 else
                f"fewer than 1 / {val_fraction:g} = {1 / val_fraction:.0f} records, so none is held out" if records else
