@@ -1,5 +1,6 @@
 """Edges of `llmlab train` that a first-time-user audit met: a trainer_state.json that lacks what a resume reads back
-(a KeyError traceback before), and Ctrl-C in the training loop (every step since the last checkpoint was lost)."""
+(a KeyError traceback before), a metrics.jsonl line that is JSON but no record (a KeyError or TypeError before), and
+Ctrl-C in the training loop (every step since the last checkpoint was lost)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from test_train_loop import cfg_for
 from test_train_resume_edges import copy_run, finished, two_shards  # noqa: F401 (fixtures)
 
 from llmlab.cli import main
-from llmlab.errors import CheckpointError
+from llmlab.errors import CheckpointError, LlmlabError
 from llmlab.train import loop as loop_mod
 from llmlab.train.checkpoint import latest_checkpoint
 from llmlab.train.loop import TrainingInterrupted, train
@@ -37,6 +38,20 @@ def test_a_trainer_state_that_lacks_what_resume_reads_is_one_clear_error(two_sha
     (ckpt / "trainer_state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match=f"trainer_state.json (lacks|has no valid) .*damaged: delete {ckpt}"):
         train(cfg_for(two_shards[0], run, max_steps=10), resume=True, log=lambda *a: None)
+
+
+@pytest.mark.parametrize("line", ['[1, 2]', '{"kind": "note"}', '{"kind": "train", "step": 3}',
+                                  '{"kind": "eval", "step": 3, "val_loss": null}'])
+def test_a_metrics_line_that_is_json_but_no_record_is_named_before_training(two_shards, finished, tmp_path,  # noqa: F811
+                                                                            line):
+    run = copy_run(finished, tmp_path)
+    n = len((run / "metrics.jsonl").read_text().splitlines())
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(line + "\n")
+    steps = []
+    with pytest.raises(LlmlabError, match=f"metrics.jsonl line {n + 1} is not a metrics record .* move it aside"):
+        train(cfg_for(two_shards[0], run, max_steps=10), resume=True, log=steps.append)
+    assert not any("step 9" in s for s in steps) and latest_checkpoint(run / "checkpoints").name == "step-000008"
 
 
 @pytest.fixture

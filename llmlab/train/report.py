@@ -17,12 +17,24 @@ def read_metrics(path: str | Path) -> list[dict]:
     records = []
     for i, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if i < len(lines) - 1:
                 raise LlmlabError(f"{path} line {i + 1} is not JSON: the metrics log is damaged; move it aside "
-                                 "to keep training (only its plot and records are lost).") from None
+                                  "to keep training (only its plot and records are lost).") from None
+            continue
+        # (a resume, the plot and an already-complete run read these fields: an edited line is named here, not a
+        # KeyError there)
+        needs = _FIELDS.get(record.get("kind"), ("step",)) if isinstance(record, dict) else ("step",)
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), (int, float)) for k in needs):
+            raise LlmlabError(f"{path} line {i + 1} is not a metrics record (a JSON object with a numeric "
+                              f"{', '.join(needs)}): the metrics log is damaged; move it aside to keep training (only "
+                              "its plot and records are lost).")
+        records.append(record)
     return records
+
+
+_FIELDS = {"train": ("step", "loss", "tokens_per_s"), "eval": ("step", "val_loss")}  # what a record must hold
 
 
 class MetricsLog:
