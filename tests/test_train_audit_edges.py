@@ -54,6 +54,16 @@ def test_a_metrics_line_that_is_json_but_no_record_is_named_before_training(two_
     assert not any("step 9" in s for s in steps) and latest_checkpoint(run / "checkpoints").name == "step-000008"
 
 
+def test_resume_names_a_checkpoint_without_its_trainer_state_instead_of_finding_none(two_shards, finished,  # noqa: F811
+                                                                                    tmp_path):
+    run = copy_run(finished, tmp_path)
+    (latest_checkpoint(run / "checkpoints") / "trainer_state.json").unlink()
+    notes = []
+    train(cfg_for(two_shards[0], run, max_steps=2), resume=True, log=notes.append)
+    assert any("--resume found no complete checkpoint under" in n and "(step-000008 has no trainer_state.json)" in n
+               and "new run from step 0" in n for n in notes), notes
+
+
 @pytest.fixture
 def ctrl_c_at(monkeypatch):
     """ctrl_c_at(step, times): SIGINT to this process, `times` times, as the loop starts step `step` (0-based), once;

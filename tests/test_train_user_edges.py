@@ -174,7 +174,7 @@ def test_resume_without_a_checkpoint_says_it_is_a_new_run(two_shards, tmp_path):
     notes = []
     result = train(cfg_for(two_shards[0], tmp_path / "typo", max_steps=2), resume=True, log=notes.append)
     assert result.steps == 2
-    assert any("found no checkpoint" in n and "new run from step 0" in n for n in notes)
+    assert any("found no complete checkpoint" in n and "new run from step 0" in n for n in notes)
 
 
 class _Shards:

@@ -77,6 +77,13 @@ def _checkpoints(root: Path) -> list[Path]:
     return [d for d in root.glob("step-*") if _NAME.fullmatch(d.name) and (d / "trainer_state.json").is_file()]
 
 
+def incomplete_checkpoints(root: Path) -> list[Path]:
+    """Directories named like a checkpoint (step-<digits>) that lack a trainer state, so are neither resumed from nor
+    pruned: a user's partial copy, or an old one whose pruning was cut short."""
+    return [d for d in Path(root).glob("step-*") if _NAME.fullmatch(d.name) and d.is_dir()
+            and not (d / "trainer_state.json").is_file()]
+
+
 def load_checkpoint(path: str | Path, *, model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model weights, optimizer and RNG in place; return the trainer state."""
     from llmlab.model.pretrained import from_pretrained

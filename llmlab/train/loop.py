@@ -38,6 +38,7 @@ from llmlab.model.transformer import Transformer
 from llmlab.train.attention_backend import choose_backends, prefer
 from llmlab.train.checkpoint import (
     check_same_model,
+    incomplete_checkpoints,
     latest_checkpoint,
     load_checkpoint,
     read_trainer_state,
@@ -222,8 +223,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
 
     start = 0
     if resume and ckpt is None:  # lenient, so that one command both starts a run and continues it
-        log(f"note: --resume found no checkpoint under {ckpt_root}, so this is a new run from step 0 (check --out "
-            "if you meant to continue one).")
+        torn = sorted(d.name for d in incomplete_checkpoints(ckpt_root))
+        why = f" ({', '.join(torn)} {'has' if len(torn) == 1 else 'have'} no trainer_state.json)" if torn else ""
+        log(f"note: --resume found no complete checkpoint under {ckpt_root}{why}, so this is a new run from step 0 "
+            "(check --out if you meant to continue one).")
     elif ckpt is not None:
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer)
         loader.load_state_dict(state["loader"])
