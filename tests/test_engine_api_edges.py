@@ -89,3 +89,20 @@ def test_metrics_follow_a_step_of_the_wall_clock(monkeypatch):
     m = out.metrics
     assert abs(m.finished_time - time.time()) < 5 and abs(m.first_token_time - time.time()) < 5
     assert m.arrival_time <= m.first_scheduled_time <= m.first_token_time <= m.finished_time
+
+
+def test_a_numpy_seed_samples_as_its_int_and_breaks_no_other_request():
+    """np.int64 seeds (a seed drawn with numpy) overflowed inside the step, which aborted every request in it."""
+    llm = LLM(tiny())
+    engine = llm.llm_engine
+    params = SamplingParams(max_tokens=4, ignore_eos=True, seed=5)
+    want = llm.generate([[1, 2, 3]], params)[0].outputs[0].token_ids
+    engine.add_request("other", [4, 5, 6], SamplingParams(max_tokens=4, ignore_eos=True, seed=1))
+    engine.add_request("numpy", [1, 2, 3], SamplingParams(max_tokens=4, ignore_eos=True, seed=np.int64(5)))
+    got = {}
+    while engine.has_unfinished_requests():
+        got.update((o.request_id, o.outputs[0].token_ids) for o in engine.step(finished_only=True))
+    assert got["numpy"] == want and len(got["other"]) == 4
+    assert type(SamplingParams(n=np.int64(2), top_k=np.int32(3), max_tokens=np.int64(4), min_tokens=np.int8(1),
+                               logprobs=np.int64(2), seed=np.uint64(2**63)).seed) is int
+    assert clean(llm)

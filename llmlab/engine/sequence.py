@@ -96,6 +96,11 @@ class SamplingParams:
         for name in ("seed", "logprobs", "max_tokens", "prompt_logprobs"):
             if getattr(self, name) is not None and not is_int(getattr(self, name)):
                 fail(f"{name} must be None or an integer, got {getattr(self, name)!r}")
+        # numpy ints as Python ints: np.int64 arithmetic overflows (a seed's stream, inside the step of every request
+        # in the batch) where Python's does not
+        for name in ("n", "top_k", "seed", "logprobs", "max_tokens", "prompt_logprobs"):
+            if getattr(self, name) is not None:
+                setattr(self, name, int(getattr(self, name)))
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not isinstance(self.stop, (list, tuple, type(None))):
@@ -106,6 +111,7 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids or [])
         if not is_int(self.min_tokens):
             fail(f"min_tokens must be an integer, got {self.min_tokens!r}")
+        self.min_tokens = int(self.min_tokens)
         if self.logit_bias is not None:
             if not isinstance(self.logit_bias, dict):
                 fail(f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}")
