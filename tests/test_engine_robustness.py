@@ -177,3 +177,25 @@ def test_unknown_engine_options_name_the_known_ones():
 
     with pytest.raises(ConfigError, match="unknown option\\(s\\) foo; engine options are: max_num_seqs, "):
         LLM(tiny(), foo=1)
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"enable_prefix_caching": "no"}, "enable_prefix_caching must be True or False, got 'no'"),  # was: on
+    ({"enforce_eager": 0}, "enforce_eager must be True or False, got 0"),
+    ({"async_scheduling": 1}, "async_scheduling must be True, False or None"),
+    ({"max_num_seqs": True}, "max_num_seqs must be a positive integer, got True"),  # was: a TypeError in cpu_decode
+    ({"gpu_memory_utilization": "0.5"}, "gpu_memory_utilization must be a number in \\(0, 1\\], got '0.5'"),
+])
+def test_engine_options_of_the_wrong_type_are_one_sentence_errors(kw, match):
+    from llmlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        LLM(tiny(), **kw)
+
+
+def test_numpy_engine_options_are_their_python_values():
+    model = tiny()
+    llm = LLM(model, block_size=np.int64(4), num_blocks=np.int32(40), enable_prefix_caching=np.bool_(False))
+    assert type(llm.config.block_size) is int and llm.config.enable_prefix_caching is False
+    assert llm.generate([[5, 6, 7]], GREEDY)[0].outputs[0].token_ids == reference(model, [5, 6, 7])
+    assert clean(llm)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from llmlab.errors import ConfigError, is_int
+from llmlab.errors import ConfigError, is_int, is_number
 
 
 @dataclass(slots=True)
@@ -53,12 +53,21 @@ class EngineConfig:
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "cuda_graph_max_bs"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:  # True is not a count (it failed deep inside the CPU decode)
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer, got {value!r}.")
+            setattr(self, name, int(value))  # numpy's too, as Python ints
         for name in ("max_model_len", "num_blocks", "kv_cache_memory"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ConfigError(f"EngineConfig.{name} must be a positive integer or None, got {value!r}.")
+            if value is not None:
+                setattr(self, name, int(value))
+        for f in fields(self):
+            if f.type == "bool":  # the on/off options: "no" or "false" would switch one on
+                value = getattr(self, f.name)
+                if type(value).__name__ not in ("bool", "bool_"):  # bool, or numpy's
+                    raise ConfigError(f"EngineConfig.{f.name} must be True or False, got {value!r}.")
+                setattr(self, f.name, bool(value))
         if self.seed is None:
             self.seed = 0
         if not is_int(self.seed) or not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
@@ -71,7 +80,8 @@ class EngineConfig:
                               f"{self.max_logprobs!r}.")
         if self.paged_kernel not in ("auto", "triton", "cpu", "gather"):
             raise ConfigError(f"paged_kernel must be 'auto', 'triton', 'cpu' or 'gather', got {self.paged_kernel!r}.")
-        if self.async_scheduling not in (None, True, False):
+        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):  # (1 == True)
             raise ConfigError(f"async_scheduling must be True, False or None (auto), got {self.async_scheduling!r}.")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}.")
+        if not is_number(self.gpu_memory_utilization) or not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be a number in (0, 1], got "
+                              f"{self.gpu_memory_utilization!r}.")
