@@ -199,3 +199,18 @@ def test_numpy_engine_options_are_their_python_values():
     assert type(llm.config.block_size) is int and llm.config.enable_prefix_caching is False
     assert llm.generate([[5, 6, 7]], GREEDY)[0].outputs[0].token_ids == reference(model, [5, 6, 7])
     assert clean(llm)
+
+
+def test_a_model_of_the_wrong_kind_or_a_missing_device_is_one_sentence():
+    """Both were raw TypeErrors from pathlib, and torch's AssertionError / RuntimeError for a Transformer's device."""
+    from llmlab.errors import ConfigError
+
+    for bad in (None, 5, torch.nn.Linear(2, 2)):
+        with pytest.raises(ConfigError, match=f"LLM\\(\\) takes a model directory, .* got {type(bad).__name__}; "):
+            LLM(bad)
+    with pytest.raises(ConfigError, match="device 'tpu' is not a device name"):
+        LLM(tiny(), device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="this machine has no CUDA GPU"):
+            LLM(tiny(), device="cuda")
+    assert LLM(tiny(), device="cpu").model.embed.weight.device.type == "cpu"

@@ -98,9 +98,15 @@ class LLM:
         elif tokenizer is not None and not all(hasattr(tokenizer, a) for a in ("encode", "decode", "token_bytes")):
             raise ConfigError(f"LLM(tokenizer=...) takes an llmlab Tokenizer or the path of a tokenizer.json or model "
                               f"directory, got a {type(tokenizer).__name__}; pass the path its files are in.")
+        if not isinstance(model, (str, Path, Transformer)):
+            raise ConfigError(f"LLM() takes a model directory, a .gguf file, a registry name or an llmlab Transformer, "
+                              f"got {type(model).__name__}; save a transformers model with save_pretrained(dir) "
+                              "and pass the directory.")
         if isinstance(model, Transformer):  # used where it is, unless told otherwise
             if device is not None:
-                model = model.to(device)
+                from llmlab.model.pretrained import resolve_device
+
+                model = model.to(resolve_device(device))  # a bad name or a missing GPU: one sentence, not torch's
             if dtype is not None:
                 from llmlab.model.pretrained import resolve_dtype
 
