@@ -106,3 +106,14 @@ def test_a_numpy_seed_samples_as_its_int_and_breaks_no_other_request():
     assert type(SamplingParams(n=np.int64(2), top_k=np.int32(3), max_tokens=np.int64(4), min_tokens=np.int8(1),
                                logprobs=np.int64(2), seed=np.uint64(2**63)).seed) is int
     assert clean(llm)
+
+
+def test_an_unhashable_request_id_or_a_template_not_text_is_one_sentence():
+    """Both were raw TypeErrors: 'unhashable type: list' from the engine, 'expected string' from the renderer."""
+    tok = train_bpe(["hello there, how are you? fine thanks. " * 10], vocab_size=300, progress=False)
+    llm = LLM(tiny(vocab=tok.vocab_size, max_position_embeddings=256), tokenizer=tok)
+    with pytest.raises(RequestError, match=r"request id \['a'\] is a list, which cannot key a request; give a string"):
+        llm.llm_engine.add_request(["a"], [1, 2], GREEDY)
+    with pytest.raises(RequestError, match="chat_template must be the template's Jinja text \\(a str\\), got int"):
+        llm.chat([{"role": "user", "content": "hello"}], GREEDY, chat_template=5)
+    assert clean(llm)

@@ -231,6 +231,9 @@ class LLM:
         if chat_template_content_format not in ("auto", "string", "openai"):
             raise RequestError(f"chat_template_content_format must be 'auto', 'string' or 'openai', got "
                                f"{chat_template_content_format!r}.")
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise RequestError(f"chat_template must be the template's Jinja text (a str), got "
+                               f"{type(chat_template).__name__}.")
         if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
             raise RequestError(f"chat_template_kwargs must be a dict of template variables, got "
                                f"{type(chat_template_kwargs).__name__}.")

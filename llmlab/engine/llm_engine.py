@@ -148,6 +148,11 @@ class LLMEngine:
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise RequestError(f"sampling params must be a SamplingParams, got {type(params).__name__}.")
+        try:
+            hash(request_id)
+        except TypeError:
+            raise RequestError(f"request id {request_id!r} is a {type(request_id).__name__}, which cannot key a "
+                               "request; give a string (vLLM's) or another hashable id.") from None
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use; ids must be unique among live requests.")
         if params.stop and self.tokenizer is None:
