@@ -214,3 +214,17 @@ def test_a_model_of_the_wrong_kind_or_a_missing_device_is_one_sentence():
         with pytest.raises(ConfigError, match="this machine has no CUDA GPU"):
             LLM(tiny(), device="cuda")
     assert LLM(tiny(), device="cpu").model.embed.weight.device.type == "cpu"
+
+
+def test_llm_engine_refuses_arguments_of_the_wrong_kind():
+    """A path for the model or tokenizer, or a dict of options: raw AttributeError / TypeError from deep inside."""
+    from llmlab.engine import EngineConfig, LLMEngine
+    from llmlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="LLMEngine\\(\\) takes a loaded llmlab Transformer, got str; load a"):
+        LLMEngine("some/dir")
+    with pytest.raises(ConfigError, match="takes a loaded llmlab Tokenizer, got str; load it with llmlab.tokenizer"):
+        LLMEngine(tiny(), "some/dir")
+    with pytest.raises(ConfigError, match="LLMEngine\\(config=...\\) takes an EngineConfig, got dict; build one"):
+        LLMEngine(tiny(), config={"block_size": 4})
+    assert LLMEngine(tiny(), config=EngineConfig(block_size=4)).block_manager.block_size == 4

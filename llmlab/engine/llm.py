@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from llmlab.engine.config import EngineConfig
-from llmlab.engine.llm_engine import LLMEngine
+from llmlab.engine.llm_engine import LLMEngine, is_tokenizer
 from llmlab.engine.output import RequestOutput
 from llmlab.engine.sequence import RequestError, SamplingParams
 from llmlab.errors import ConfigError, TokenizerError, is_number
@@ -95,7 +95,7 @@ class LLM:
             from llmlab.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(tokenizer)
-        elif tokenizer is not None and not all(hasattr(tokenizer, a) for a in ("encode", "decode", "token_bytes")):
+        elif tokenizer is not None and not is_tokenizer(tokenizer):
             raise ConfigError(f"LLM(tokenizer=...) takes an llmlab Tokenizer or the path of a tokenizer.json or model "
                               f"directory, got a {type(tokenizer).__name__}; pass the path its files are in.")
         if not isinstance(model, (str, Path, Transformer)):

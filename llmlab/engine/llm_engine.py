@@ -47,7 +47,7 @@ from llmlab.engine.model_runner import InflightStep, ModelRunner
 from llmlab.engine.output import CompletionOutput, Detokenizer, Logprob, RequestMetrics, RequestOutput
 from llmlab.engine.scheduler import ScheduledBatch, Scheduler
 from llmlab.engine.sequence import RequestError, SamplingParams, Sequence
-from llmlab.errors import is_int, is_number
+from llmlab.errors import ConfigError, is_int, is_number
 from llmlab.model.transformer import Transformer
 
 
@@ -65,6 +65,15 @@ class _Request:
 class LLMEngine:
     def __init__(self, model: Transformer, tokenizer=None, config: EngineConfig | None = None, *,
                  pad_decode: bool = False):
+        if not isinstance(model, Transformer):
+            raise ConfigError(f"LLMEngine() takes a loaded llmlab Transformer, got {type(model).__name__}; load a "
+                              "checkpoint with LLM(path) and use its llm_engine, or from_pretrained(path).")
+        if tokenizer is not None and not is_tokenizer(tokenizer):
+            raise ConfigError(f"LLMEngine(tokenizer=...) takes a loaded llmlab Tokenizer, got "
+                              f"{type(tokenizer).__name__}; load it with llmlab.tokenizer.load_tokenizer(path).")
+        if config is not None and not isinstance(config, EngineConfig):
+            raise ConfigError(f"LLMEngine(config=...) takes an EngineConfig, got {type(config).__name__}; build one "
+                              "with EngineConfig(**options).")
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
@@ -438,6 +447,11 @@ class LLMEngine:
                 "preemptions": self.scheduler.num_preemptions,
                 "free_blocks": bm.num_free_blocks, "num_blocks": bm.num_blocks,
                 "prefix_cache_hit_rate": bm.num_hits / bm.num_queries if bm.num_queries else 0.0}
+
+
+def is_tokenizer(obj) -> bool:
+    """Whether obj can be the engine's tokenizer (an llmlab Tokenizer, or anything with its methods)."""
+    return all(hasattr(obj, a) for a in ("encode", "decode", "token_bytes"))
 
 
 def _unwrap(prompt: dict) -> str | list[int]:
