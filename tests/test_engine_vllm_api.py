@@ -58,6 +58,11 @@ def test_dict_prompts_are_vllms_text_and_tokens_prompts(llm):
         llm.generate({"prompt": "x", "multi_modal_data": {}}, GREEDY)
     with pytest.raises(RequestError, match="needs 'prompt'"):
         llm.generate([{}], GREEDY)
+    # each key holds its own kind (text under prompt_token_ids was tokenized, ids under prompt taken as ids)
+    with pytest.raises(RequestError, match="'prompt_token_ids' takes a list of token ids, got text; give text as"):
+        llm.generate({"prompt_token_ids": "The quick"}, GREEDY)
+    with pytest.raises(RequestError, match="'prompt' takes text, got list; give token ids as"):
+        llm.generate({"prompt": [5, 6]}, GREEDY)
     assert llm.generate("The", GREEDY)[0].outputs  # the engine still serves after those refusals
 
 

@@ -460,9 +460,14 @@ def _unwrap(prompt: dict) -> str | list[int]:
     if other:
         raise RequestError(f"prompt keys {', '.join(map(repr, other))} are not supported (this engine takes text "
                            "and token ids only); give {'prompt': text} or {'prompt_token_ids': ids}.")
-    if "prompt_token_ids" in prompt:
+    if "prompt_token_ids" in prompt:  # text there (or ids under 'prompt') would be read as the other kind
+        if isinstance(prompt["prompt_token_ids"], str):
+            raise RequestError("'prompt_token_ids' takes a list of token ids, got text; give text as {'prompt': text}.")
         return prompt["prompt_token_ids"]
     if "prompt" in prompt:
+        if not isinstance(prompt["prompt"], str):
+            raise RequestError(f"'prompt' takes text, got {type(prompt['prompt']).__name__}; give token ids as "
+                               "{'prompt_token_ids': ids}.")
         return prompt["prompt"]
     raise RequestError("a dict prompt needs 'prompt' (text) or 'prompt_token_ids' (a list of token ids).")
 
