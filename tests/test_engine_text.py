@@ -284,3 +284,15 @@ def test_cli_chat_refuses_max_tokens_that_fill_the_context(tok, model, tmp_path,
     tok.save(tmp_path)
     assert main(["chat", "--model", str(tmp_path), "--message", "hi", "--max-tokens", "128"]) == 2
     assert "--max-tokens 128 leaves no room for a prompt in the model's 128-token context" in capsys.readouterr().err
+
+
+def test_cli_chat_default_max_tokens_fits_a_short_context(tok, model, tmp_path, capsys):
+    """The default of 256 was refused for this 128-token model as "--max-tokens 256 leaves no room", a flag the user
+    never gave; now the default is what the context leaves, and the reply ends at the context."""
+    from llmlab.cli import main
+
+    model.save_pretrained(tmp_path)
+    tok.save(tmp_path)
+    assert main(["chat", "--model", str(tmp_path), "--message", "hi", "--temperature", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "error" not in err and "--max-tokens" not in err, err

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="HF model directory, .gguf file, or registry name (default: smollm2-135m)")
     p.add_argument("--message", action="append", help="a user message; skips the interactive prompt (repeatable)")
     p.add_argument("--system", help="a system message to start the conversation with")
-    p.add_argument("--max-tokens", type=int, default=256, help="most new tokens in one reply (default: 256)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="most new tokens in one reply (default: 256, or less where the model's context is shorter)")
     p.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature, 0 = greedy (default: the model's generation_config.json, else 0.7)")
     p.add_argument("--top-p", type=float, default=None,
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise RequestError(f"--temperature must be a finite number >= 0 (0 is greedy), got {args.temperature}.")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise RequestError(f"--top-p must be in (0, 1], got {args.top_p}; 1 keeps every token.")
-    if args.max_tokens < 1:
+    if args.max_tokens is not None and args.max_tokens < 1:
         raise RequestError(f"--max-tokens must be at least 1, got {args.max_tokens}.")
     if args.message and not all(m.strip() for m in args.message):
         raise RequestError("--message is empty; give the text to send (an empty line ends an interactive chat).")
@@ -72,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if llm.tokenizer.chat_template is None:
         raise RequestError(f"{args.model}'s tokenizer has no chat template (a base model?); use `llmlab generate "
                            "--prompt` instead, or add a chat_template to its tokenizer_config.json.")
+    if args.max_tokens is None:  # a default the context cannot hold is not the user's to fix: replies end there
+        args.max_tokens = min(256, llm.engine.max_model_len - 1)
     params = _sampling(llm, args)
     if args.max_tokens >= llm.engine.max_model_len:
         raise RequestError(f"--max-tokens {args.max_tokens} leaves no room for a prompt in the model's "
