@@ -252,3 +252,20 @@ def test_missing_tokenizer_names_the_registry_tokenizers(tmp_path):
     with pytest.raises(TokenizerError, match="or use a registry name: cl100k-tiktoken, gpt2-tiktoken, .*smollm2-135m") as e:
         load_tokenizer(tmp_path / "nope.json")
     assert "shakespeare" not in str(e.value)
+
+
+def test_a_txt_that_is_no_vocab_is_named_as_such(tmp_path, capsys, monkeypatch):
+    """A .txt tokenizer is read as a WordPiece vocab.txt: binary bytes there were a raw UnicodeDecodeError, and a
+    corpus file given by mistake got an [UNK] message that did not say how the file had been read."""
+    binary = tmp_path / "bin.txt"
+    binary.write_bytes(b"\xff\xfe\x00abc\n")
+    with pytest.raises(TokenizerError, match=r"bin\.txt is not UTF-8 text, so it is no WordPiece vocab\.txt"):
+        load_tokenizer(binary)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi"))
+    assert main(["tokenizer", "encode", "--tokenizer", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8 text" in err and "Traceback" not in err
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be,\nthat is the question.\n")
+    with pytest.raises(TokenizerError, match=r"was read as a WordPiece vocab\.txt .* has no \[UNK\] token"):
+        load_tokenizer(corpus)

@@ -279,10 +279,17 @@ def load_vocab_txt(path: Path, lowercase: bool = True) -> Tokenizer:
     cfg_path = path.parent / "tokenizer_config.json"
     if cfg_path.is_file():
         lowercase = bool(json.loads(cfg_path.read_text(encoding="utf-8")).get("do_lower_case", lowercase))
-    tokens = path.read_text(encoding="utf-8").splitlines()
+    try:
+        tokens = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path} is not UTF-8 text, so it is no WordPiece vocab.txt (the kind of tokenizer a .txt "
+                             "file is read as); pass a tokenizer.json, tokenizer.model, .tiktoken, .gguf or a model "
+                             "directory.") from None
     vocab = {t: i for i, t in enumerate(tokens) if t}
     if "[UNK]" not in vocab:
-        raise TokenizerError(f"{path} has no [UNK] token; a BERT vocab.txt lists [PAD], [UNK], [CLS], [SEP], [MASK].")
+        raise TokenizerError(f"{path} was read as a WordPiece vocab.txt (one token a line) and has no [UNK] token; a "
+                             "BERT vocab.txt lists [PAD], [UNK], [CLS], [SEP], [MASK]: pass a tokenizer file, not a "
+                             "corpus.")
     special = {t: vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if t in vocab}
     return Tokenizer(WordPieceModel(vocab), normalizer=BertNormalizer(lowercase=lowercase).to_json(),
                      pre_tokenizer={"type": "BertPreTokenizer"}, special_tokens=special,
