@@ -8,6 +8,7 @@ import dataclasses
 import time
 
 import pytest
+from test_train_loop import TEXT, cfg_for, shards  # noqa: F401 (shards is a fixture)
 
 from llmlab.cli import main
 from llmlab.data.corpora import CorpusError, resolve_corpus
@@ -17,7 +18,6 @@ from llmlab.tokenizer import load_tokenizer
 from llmlab.train import loop
 from llmlab.train.config import FIELD_DOCS, TrainConfig, build_config
 from llmlab.train.loop import train
-from test_train_loop import TEXT, cfg_for, shards  # noqa: F401 (shards is a fixture)
 
 TINY = ["--model.hidden_size", "32", "--model.num_layers", "1", "--model.num_heads", "2", "--model.num_kv_heads", "2",
         "--model.intermediate_size", "64", "--model.max_position_embeddings", "32", "--batch_size", "2",
