@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from llmlab.data.shards import prepare_shards
     from llmlab.estimate import count_params
     from llmlab.tokenizer import train_bpe
-    from llmlab.tokenizer.train import DEFAULT_SPECIAL_TOKENS
+    from llmlab.tokenizer.train import DEFAULT_SPECIAL_TOKENS, bpe_min_vocab
     from llmlab.train.config import build_config
     from llmlab.train.loop import evaluate, train
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--minutes must be a positive number of minutes, got {args.minutes:g}.")
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be at least 1, got {args.steps}; leave it out to train for --minutes.")
-    smallest = 256 + len(DEFAULT_SPECIAL_TOKENS)  # the bytes and the special tokens, before any merge
+    smallest = bpe_min_vocab()  # the bytes and the default special tokens, before any merge
     if args.vocab_size < smallest:  # before the corpus is fetched, not in step 2
         raise ConfigError(f"--vocab-size must be at least {smallest} (256 bytes + {len(DEFAULT_SPECIAL_TOKENS)} "
                           f"special tokens), got {args.vocab_size}; leave it out for the default 2048.")

@@ -35,6 +35,11 @@ def is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def is_bool(v) -> bool:
+    """True or False, Python's or numpy's: "no" or 1 would read as True where a flag is only tested for truth."""
+    return type(v).__name__ in ("bool", "bool_")
+
+
 def is_number(v) -> bool:
     """A real number (numpy ones too; NaN included) that is not a bool."""
     return isinstance(v, numbers.Real) and not isinstance(v, bool)

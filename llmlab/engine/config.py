@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from llmlab.errors import ConfigError, is_int, is_number
+from llmlab.errors import ConfigError, is_bool, is_int, is_number
 
 
 @dataclass(slots=True)
@@ -65,7 +65,7 @@ class EngineConfig:
         for f in fields(self):
             if f.type == "bool":  # the on/off options: "no" or "false" would switch one on
                 value = getattr(self, f.name)
-                if type(value).__name__ not in ("bool", "bool_"):  # bool, or numpy's
+                if not is_bool(value):
                     raise ConfigError(f"EngineConfig.{f.name} must be True or False, got {value!r}.")
                 setattr(self, f.name, bool(value))
         if self.seed is None:

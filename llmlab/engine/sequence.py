@@ -22,7 +22,7 @@ import itertools
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from llmlab.errors import LlmlabError, is_int, is_number
+from llmlab.errors import LlmlabError, is_bool, is_int, is_number
 
 if TYPE_CHECKING:
     from llmlab.engine.output import Logprob
@@ -83,23 +83,23 @@ class SamplingParams:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
             if not _is_number(getattr(self, name)):
                 fail(f"{name} must be a number, got {getattr(self, name)!r}")
+        # numpy ints become Python ints: np.int64 arithmetic overflows (a seed's stream, inside the step of every
+        # request in the batch) where Python's does not
         for name in ("n", "top_k"):
             if not is_int(getattr(self, name)):
                 fail(f"{name} must be an integer, got {getattr(self, name)!r}")
+            setattr(self, name, int(getattr(self, name)))
         if self.seed == -1 and is_int(self.seed):  # vLLM's "no seed"
             self.seed = None
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):  # "false" would be true
             value = getattr(self, name)
-            if type(value).__name__ not in ("bool", "bool_"):  # bool, or numpy's
+            if not is_bool(value):
                 fail(f"{name} must be True or False, got {value!r}")
             setattr(self, name, bool(value))
         for name in ("seed", "logprobs", "max_tokens", "prompt_logprobs"):
-            if getattr(self, name) is not None and not is_int(getattr(self, name)):
-                fail(f"{name} must be None or an integer, got {getattr(self, name)!r}")
-        # numpy ints as Python ints: np.int64 arithmetic overflows (a seed's stream, inside the step of every request
-        # in the batch) where Python's does not
-        for name in ("n", "top_k", "seed", "logprobs", "max_tokens", "prompt_logprobs"):
             if getattr(self, name) is not None:
+                if not is_int(getattr(self, name)):
+                    fail(f"{name} must be None or an integer, got {getattr(self, name)!r}")
                 setattr(self, name, int(getattr(self, name)))
         if isinstance(self.stop, str):
             self.stop = [self.stop]

@@ -172,15 +172,20 @@ def _progress(total: int, progress: bool | None, desc: str) -> tqdm:
     return tqdm(total=total, disable=not show, desc=desc, unit="merge")
 
 
+def bpe_min_vocab(special_tokens: Iterable[str] = DEFAULT_SPECIAL_TOKENS) -> int:
+    """The smallest byte-level BPE vocabulary: the 256 bytes and the special tokens, before any merge."""
+    return 256 + len(list(dict.fromkeys(special_tokens)))
+
+
 def train_bpe(texts_or_files, vocab_size: int, *, special_tokens: Iterable[str] = DEFAULT_SPECIAL_TOKENS,
               pattern: str = "gpt2", min_frequency: int = 2, progress: bool | None = None) -> Tokenizer:
     """Train byte-level BPE; `vocab_size` counts the 256 bytes, the merges and the special tokens. The result is
     smaller when the merges run out (no pair occurs `min_frequency` times): compare its `vocab_size`."""
     special_tokens = _checked_options(special_tokens, min_frequency)
-    n_merges = vocab_size - 256 - len(special_tokens)
+    n_merges = vocab_size - bpe_min_vocab(special_tokens)
     if n_merges < 0:
         raise TokenizerError(f"vocab_size {vocab_size} is below 256 bytes + {len(special_tokens)} special "
-                             f"tokens; use at least {256 + len(special_tokens)}.")
+                             f"tokens; use at least {bpe_min_vocab(special_tokens)}.")
     compiled = compile_pattern(pattern)
     split = fast_findall(compiled.pattern, compiled)
     coarse = coarse_split(compiled.pattern)
